@@ -1,0 +1,164 @@
+"""`Result`: one flat row per Case, as the child measured it.
+
+Units live in the field names (`_gib`, `_bytes`, `_ms`, `_s`, `_per_s`). Memory is in GiB
+(2**30 bytes) unless the name says bytes. Per-step series (`step_ms`, `losses`, `grad_norms`) are
+lists; everything else is a scalar, so `pd.DataFrame(rows)` needs no flattening. A metric that
+was not measured is None (NaN in the frame), never 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from qlora_core.spec import Case
+
+RESULT_SCHEMA_VERSION = 1
+
+
+class Status(str, Enum):
+    """How a case ended. Every outcome is a recorded row; none is an exception in the parent."""
+
+    OK = "ok"
+    OOM = "oom"
+    NAN = "nan"
+    TIMEOUT = "timeout"
+    CRASHED = "crashed"
+    CUDA_ERROR = "cuda_error"
+    UNSUPPORTED = "unsupported"
+    CONFIG_ERROR = "config_error"
+    MISSING_MODEL = "missing_model"
+
+
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+# Outcomes that say something about the case itself (kept on --resume); the others are failures
+# of the run (crash, timeout, ...) that a resume retries.
+FINAL_STATUSES: frozenset[str] = frozenset({"ok", "oom", "nan", "unsupported", "config_error"})
+
+
+@dataclass
+class Result:
+    """One case's outcome and measurements. Case fields are copied in flat, prefixed by nothing."""
+
+    # identity
+    case_id: str
+    case_hash: str
+    profile: str
+    case: dict[str, Any]
+    status: str = Status.CRASHED.value
+    reason: str = ""
+    schema_version: int = RESULT_SCHEMA_VERSION
+    started_at: str = ""
+    finished_at: str = ""
+    wall_s: float | None = None
+    load_s: float | None = None
+
+    # device and emulation
+    device: str = ""  # "cuda" or "cpu"
+    gpu_name: str = ""
+    gpu_capability: str = ""
+    gpu_total_gib: float | None = None
+    emulated: bool = False
+    emulated_on: str = ""
+    memory_cap_gib: float | None = None
+    bf16_native: bool | None = None  # compute capability >= 8.0
+    bf16_torch_supported: bool | None = None  # torch.cuda.is_bf16_supported() (counts emulation)
+
+    # environment
+    python_version: str = ""
+    torch_version: str = ""
+    cuda_version: str = ""
+    driver_version: str = ""
+    transformers_version: str = ""
+    peft_version: str = ""
+    bitsandbytes_version: str = ""
+    accelerate_version: str = ""
+
+    # parameters and bytes
+    total_params: int | None = None  # as peft counts them (4-bit packed weights counted x2)
+    trainable_params: int | None = None
+    trainable_dtypes: str = ""  # e.g. "float32" or "bfloat16,float32"
+    quantized_params: int | None = None  # parameters held in 4-bit
+    weight_bytes: int | None = None  # all parameters + buffers + quantization statistics
+    quant_data_bytes: int | None = None  # packed 4-bit payload
+    quant_stats_bytes: int | None = None  # absmax (+ nested absmax, code, offset with DQ)
+    footprint_bytes: int | None = None  # model.get_memory_footprint() (omits quant stats)
+
+    # memory by stage (allocator on CUDA; process RSS on the CPU)
+    load_alloc_gib: float | None = None
+    load_reserved_gib: float | None = None
+    prepare_alloc_gib: float | None = None
+    prepare_reserved_gib: float | None = None
+    lora_alloc_gib: float | None = None
+    lora_reserved_gib: float | None = None
+    peak_alloc_gib: float | None = None  # training peak, max_memory_allocated
+    peak_reserved_gib: float | None = None  # training peak, max_memory_reserved
+    nvml_base_gib: float | None = None  # device used before this process allocated anything
+    nvml_peak_gib: float | None = None  # device used at its highest sample (context included)
+    cpu_peak_rss_gib: float | None = None  # ru_maxrss of the child
+
+    # training
+    tokens_per_step: int | None = None
+    step_ms: list[float] = field(default_factory=list)  # measured steps only
+    losses: list[float] = field(default_factory=list)  # every step, warm-up included
+    grad_norms: list[float] = field(default_factory=list)  # every step, warm-up included
+    step_ms_median: float | None = None
+    step_ms_spread: float | None = None  # (p90 - p10) / median of measured steps
+    tokens_per_s: float | None = None  # tokens_per_step / median step time
+    first_loss: float | None = None
+    final_loss: float | None = None
+    first_nonfinite_step: int | None = None  # 0-based index into losses; None if all finite
+
+    # quality (data == "text")
+    ppl_before: float | None = None  # held-out perplexity after load, before training
+    ppl_after: float | None = None  # held-out perplexity after training
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=False, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def for_case(cls, case: Case, profile: str) -> Result:
+        return cls(case_id=case.id, case_hash=case.hash, profile=profile, case=case.to_dict())
+
+    def row(self) -> dict[str, Any]:
+        """Flat dict for a DataFrame row: the case's fields beside the measurements."""
+        out = dataclasses.asdict(self)
+        case = out.pop("case")
+        case["target_modules"] = ",".join(case["target_modules"])
+        case["extra"] = ",".join(f"{k}={v}" for k, v in case["extra"])
+        for key, value in case.items():
+            out.setdefault(key, value)
+        return out
+
+
+RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Result))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_result(path: Path) -> Result:
+    return Result.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,256 @@
+"""`Case`: one frozen, validated description of a QLoRA (or 16-bit LoRA reference) run.
+
+Every axis of the matrix is a field. Validation collects every problem into one `CaseError`
+that names the field and the allowed values, so a bad matrix fails before any heavy work.
+`case.id` is readable and used as the pytest id; `case.hash` is stable across runs, machines and
+Python versions (sha256 of the canonical JSON of the fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+QuantType = Literal["nf4", "fp4", "none"]
+ComputeDtype = Literal["fp16", "bf16", "fp32"]
+QuantStorage = Literal["uint8", "fp16", "bf16", "fp32"]
+Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
+DataKind = Literal["synthetic", "text"]
+
+QUANT_TYPES: tuple[str, ...] = ("nf4", "fp4", "none")
+COMPUTE_DTYPES: tuple[str, ...] = ("fp16", "bf16", "fp32")
+QUANT_STORAGES: tuple[str, ...] = ("uint8", "fp16", "bf16", "fp32")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw_8bit", "paged_adamw_8bit")
+DATA_KINDS: tuple[str, ...] = ("synthetic", "text")
+# The lesson's LoRA recipe targets all seven projections of a Llama-style decoder.
+LESSON_TARGET_MODULES: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+
+
+class CaseError(ValueError):
+    """A Case (or a set of Case arguments) is invalid; `problems` lists every reason."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid case:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One run of the matrix. Field docstrings double as the documentation of the axes."""
+
+    model: str
+    """Architecture shape name (see `models.SHAPES`), the real model `smollm2-135m-instruct`,
+    a local checkpoint path, or a hub id (org/name)."""
+    quant_type: QuantType = "nf4"
+    """4-bit data type; `none` is the 16-bit LoRA reference (weights in `compute_dtype`)."""
+    double_quant: bool = True
+    """bnb_4bit_use_double_quant: quantize the per-block absmax scaling factors again."""
+    compute_dtype: ComputeDtype = "bf16"
+    """bnb_4bit_compute_dtype; for the 16-bit reference, the dtype of the weights (fp16/bf16)."""
+    quant_storage: QuantStorage = "uint8"
+    """bnb_4bit_quant_storage: the dtype that packs the 4-bit values."""
+    batch_size: int = 1
+    seq_len: int = 512
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step; each measured step is one optimizer step."""
+    gradient_checkpointing: bool = True
+    prepare_kbit: bool = True
+    """Apply peft's prepare_model_for_kbit_training (casts non-quantized params to fp32)."""
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = LESSON_TARGET_MODULES
+    optimizer: Optimizer = "adamw"
+    lr: float = 2e-4
+    warmup_steps: int = 2
+    """Optimizer steps run before timing starts (CUDA kernels compile, allocator warms up)."""
+    measured_steps: int = 10
+    seed: int = 0
+    data: DataKind = "synthetic"
+    """synthetic: seeded random tokens (speed, memory); text: Python's docs (loss, perplexity)."""
+    extra: tuple[tuple[str, str], ...] = field(default=())
+    """Test-only knobs (e.g. ('fault', 'exit')) for outcome-classification tests; part of the id."""
+
+    def __post_init__(self) -> None:
+        if self.quant_type == "none":
+            # Not applicable to the 16-bit reference: normalized so the defaults just work and
+            # equal cases hash equally.
+            object.__setattr__(self, "double_quant", False)
+            object.__setattr__(self, "prepare_kbit", False)
+        problems = validate(self)
+        if problems:
+            raise CaseError(problems)
+
+    # -- identity --------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """Readable id: `<model>-<quant>[-dq]-<dtype>-b<batch>-s<seq>` plus non-default axes."""
+        model = self.model.rstrip("/").split("/")[-1].lower()
+        quant = "lora16" if self.quant_type == "none" else self.quant_type
+        parts = [model, quant]
+        if self.quant_type != "none" and self.double_quant:
+            parts.append("dq")
+        parts += [self.compute_dtype, f"b{self.batch_size}", f"s{self.seq_len}"]
+        defaults = _DEFAULTS
+        if self.grad_accum != 1:
+            parts.append(f"ga{self.grad_accum}")
+        if not self.gradient_checkpointing:
+            parts.append("nogc")
+        if not self.prepare_kbit and self.is_quantized:
+            parts.append("noprep")
+        if self.quant_storage != defaults["quant_storage"]:
+            parts.append(f"qs-{self.quant_storage}")
+        if (self.lora_r, self.lora_alpha) != (defaults["lora_r"], defaults["lora_alpha"]):
+            parts.append(f"r{self.lora_r}a{self.lora_alpha}")
+        if self.lora_dropout != defaults["lora_dropout"]:
+            parts.append(f"do{self.lora_dropout:g}")
+        if self.target_modules != defaults["target_modules"]:
+            parts.append("tm-" + "+".join(m.replace("_proj", "") for m in self.target_modules))
+        if self.optimizer != defaults["optimizer"]:
+            parts.append(self.optimizer.replace("_", ""))
+        if self.lr != defaults["lr"]:
+            parts.append(f"lr{self.lr:g}")
+        if (self.warmup_steps, self.measured_steps) != (
+            defaults["warmup_steps"],
+            defaults["measured_steps"],
+        ):
+            parts.append(f"w{self.warmup_steps}m{self.measured_steps}")
+        if self.seed != defaults["seed"]:
+            parts.append(f"seed{self.seed}")
+        if self.data != defaults["data"]:
+            parts.append(self.data)
+        parts += [f"{k}-{v}" for k, v in self.extra]
+        return "-".join(parts)
+
+    @property
+    def hash(self) -> str:
+        """12 hex digits of sha256 over the canonical JSON of every field."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    # -- (de)serialization ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["target_modules"] = list(self.target_modules)
+        out["extra"] = [list(kv) for kv in self.extra]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Case:
+        """Inverse of `to_dict`; unknown keys are an error that lists the known ones."""
+        unknown = sorted(set(data) - set(FIELD_NAMES))
+        if unknown:
+            raise CaseError([f"unknown field(s) {unknown}; known fields: {list(FIELD_NAMES)}"])
+        kwargs = dict(data)
+        if "target_modules" in kwargs:
+            kwargs["target_modules"] = tuple(kwargs["target_modules"])
+        if "extra" in kwargs:
+            kwargs["extra"] = tuple(tuple(kv) for kv in kwargs["extra"])
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> Case:
+        """A new validated Case with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.quant_type != "none"
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens processed by one optimizer step."""
+        return self.batch_size * self.seq_len * self.grad_accum
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_choice(problems: list[str], name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        problems.append(f"{name}={value!r} is not one of {list(allowed)}")
+
+
+def _check_int(problems: list[str], name: str, value: object, low: int, high: int) -> None:
+    if not _is_int(value) or not low <= value <= high:  # type: ignore[operator]
+        problems.append(f"{name}={value!r} must be an integer in [{low}, {high}]")
+
+
+def _check_bool(problems: list[str], name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        problems.append(f"{name}={value!r} must be True or False")
+
+
+def validate(case: Case) -> list[str]:
+    """Every problem with `case`, each naming the field and what is allowed; [] if valid."""
+    p: list[str] = []
+    if not isinstance(case.model, str) or not case.model.strip():
+        p.append(f"model={case.model!r} must be a non-empty string (shape name, path or hub id)")
+    _check_choice(p, "quant_type", case.quant_type, QUANT_TYPES)
+    _check_bool(p, "double_quant", case.double_quant)
+    _check_choice(p, "compute_dtype", case.compute_dtype, COMPUTE_DTYPES)
+    _check_choice(p, "quant_storage", case.quant_storage, QUANT_STORAGES)
+    _check_int(p, "batch_size", case.batch_size, 1, 4096)
+    _check_int(p, "seq_len", case.seq_len, 8, 131072)
+    _check_int(p, "grad_accum", case.grad_accum, 1, 4096)
+    _check_bool(p, "gradient_checkpointing", case.gradient_checkpointing)
+    _check_bool(p, "prepare_kbit", case.prepare_kbit)
+    _check_int(p, "lora_r", case.lora_r, 1, 4096)
+    _check_int(p, "lora_alpha", case.lora_alpha, 1, 65536)
+    if not isinstance(case.lora_dropout, (int, float)) or isinstance(case.lora_dropout, bool) or not (
+        0.0 <= case.lora_dropout < 1.0
+    ):
+        p.append(f"lora_dropout={case.lora_dropout!r} must be a number in [0, 1)")
+    if (
+        not isinstance(case.target_modules, tuple)
+        or not case.target_modules
+        or not all(isinstance(m, str) and m for m in case.target_modules)
+        or len(set(case.target_modules)) != len(case.target_modules)
+    ):
+        p.append(
+            f"target_modules={case.target_modules!r} must be a non-empty tuple of distinct module"
+            f" names, e.g. {list(LESSON_TARGET_MODULES)}"
+        )
+    _check_choice(p, "optimizer", case.optimizer, OPTIMIZERS)
+    if not isinstance(case.lr, (int, float)) or isinstance(case.lr, bool) or not 0 < case.lr < 1e6:
+        p.append(f"lr={case.lr!r} must be a positive number")
+    _check_int(p, "warmup_steps", case.warmup_steps, 0, 100000)
+    _check_int(p, "measured_steps", case.measured_steps, 1, 100000)
+    _check_int(p, "seed", case.seed, 0, 2**31 - 1)
+    _check_choice(p, "data", case.data, DATA_KINDS)
+    if not isinstance(case.extra, tuple) or not all(
+        isinstance(kv, tuple) and len(kv) == 2 and all(isinstance(s, str) for s in kv)
+        for kv in case.extra
+    ):
+        p.append(f"extra={case.extra!r} must be a tuple of (key, value) string pairs")
+    # Cross-field rules.
+    if case.quant_type == "none":
+        if case.compute_dtype == "fp32":
+            p.append("compute_dtype='fp32' with quant_type='none': the 16-bit reference needs fp16 or bf16")
+        if case.quant_storage != "uint8":
+            p.append("quant_storage applies only to 4-bit quant types; leave it 'uint8' for 'none'")
+    return p
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Case))
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(Case) if f.default is not dataclasses.MISSING
+}
+
+
+def reference_of(case: Case) -> Case:
+    """The 16-bit LoRA reference at the same point (same model, batch, length, LoRA, optimizer)."""
+    dtype = case.compute_dtype if case.compute_dtype != "fp32" else "bf16"
+    return case.replace(quant_type="none", compute_dtype=dtype, quant_storage="uint8")

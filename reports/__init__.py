@@ -1,0 +1,1 @@
+"""reports: results -> pandas; claims and verdicts; tables; plots; baselines."""
