@@ -51,6 +51,8 @@ class Result:
     case_hash: str
     profile: str
     case: dict[str, Any]
+    families: str = ""  # matrix families this case serves, comma-separated ("factorial,ladder:2")
+    overrides: str = ""  # run-level forced fields (`--force`), e.g. "prepare_kbit=True"; "" if none
     status: str = Status.CRASHED.value
     reason: str = ""
     schema_version: int = RESULT_SCHEMA_VERSION
@@ -128,8 +130,10 @@ class Result:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def for_case(cls, case: Case, profile: str) -> Result:
-        return cls(case_id=case.id, case_hash=case.hash, profile=profile, case=case.to_dict())
+    def for_case(cls, case: Case, profile: str, families: str = "") -> Result:
+        return cls(
+            case_id=case.id, case_hash=case.hash, profile=profile, case=case.to_dict(), families=families
+        )
 
     def row(self) -> dict[str, Any]:
         """Flat dict for a DataFrame row: the case's fields beside the measurements."""
