@@ -57,8 +57,12 @@ PROFILES: dict[str, GpuProfile] = {
         GpuProfile("t4", "Tesla T4", 16, 15360 / _MIB_IN_GIB, (7, 5), 65.0, 0.0, 320.0),
         GpuProfile("l4", "NVIDIA L4", 24, 23034 / _MIB_IN_GIB, (8, 9), 121.0, 121.0, 300.0),
         GpuProfile("a10g", "NVIDIA A10G", 24, 23028 / _MIB_IN_GIB, (8, 6), 125.0, 125.0, 600.0),
-        GpuProfile("a100-40gb", "NVIDIA A100-SXM4-40GB", 40, 40960 / _MIB_IN_GIB, (8, 0), 312.0, 312.0, 1555.0),
-        GpuProfile("a100-80gb", "NVIDIA A100-SXM4-80GB", 80, 81920 / _MIB_IN_GIB, (8, 0), 312.0, 312.0, 2039.0),
+        GpuProfile(
+            "a100-40gb", "NVIDIA A100-SXM4-40GB", 40, 40960 / _MIB_IN_GIB, (8, 0), 312.0, 312.0, 1555.0
+        ),
+        GpuProfile(
+            "a100-80gb", "NVIDIA A100-SXM4-80GB", 80, 81920 / _MIB_IN_GIB, (8, 0), 312.0, 312.0, 2039.0
+        ),
         GpuProfile("h100", "NVIDIA H100 80GB HBM3", 80, 81559 / _MIB_IN_GIB, (9, 0), 989.0, 989.0, 3350.0),
         GpuProfile("h200", "NVIDIA H200", 141, 143771 / _MIB_IN_GIB, (9, 0), 989.0, 989.0, 4800.0),
         GpuProfile("cpu", "CPU", 0, 0.0, (0, 0), 0.0, 0.0, 0.0),

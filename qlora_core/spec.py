@@ -209,8 +209,10 @@ def validate(case: Case) -> list[str]:
     _check_bool(p, "prepare_kbit", case.prepare_kbit)
     _check_int(p, "lora_r", case.lora_r, 1, 4096)
     _check_int(p, "lora_alpha", case.lora_alpha, 1, 65536)
-    if not isinstance(case.lora_dropout, (int, float)) or isinstance(case.lora_dropout, bool) or not (
-        0.0 <= case.lora_dropout < 1.0
+    if (
+        not isinstance(case.lora_dropout, (int, float))
+        or isinstance(case.lora_dropout, bool)
+        or not (0.0 <= case.lora_dropout < 1.0)
     ):
         p.append(f"lora_dropout={case.lora_dropout!r} must be a number in [0, 1)")
     if (
@@ -231,8 +233,7 @@ def validate(case: Case) -> list[str]:
     _check_int(p, "seed", case.seed, 0, 2**31 - 1)
     _check_choice(p, "data", case.data, DATA_KINDS)
     if not isinstance(case.extra, tuple) or not all(
-        isinstance(kv, tuple) and len(kv) == 2 and all(isinstance(s, str) for s in kv)
-        for kv in case.extra
+        isinstance(kv, tuple) and len(kv) == 2 and all(isinstance(s, str) for s in kv) for kv in case.extra
     ):
         p.append(f"extra={case.extra!r} must be a tuple of (key, value) string pairs")
     # Cross-field rules.

@@ -1,0 +1,93 @@
+"""The lesson's recipe, from a Case: 4-bit load -> prepare_model_for_kbit_training -> LoRA.
+
+Each stage is its own function so the runner can measure memory between them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from qlora_core.spec import Case
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+}
+
+
+def bnb_config(case: Case) -> Any:
+    """BitsAndBytesConfig for a 4-bit case; None for the 16-bit reference.
+
+    fp32 compute is expressed by *omitting* bnb_4bit_compute_dtype: that is bitsandbytes'
+    default, the configuration the lesson's "float32" row describes.
+    """
+    if not case.is_quantized:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": case.quant_type,
+        "bnb_4bit_use_double_quant": case.double_quant,
+        "bnb_4bit_quant_storage": TORCH_DTYPES.get(case.quant_storage, torch.uint8),
+    }
+    if case.compute_dtype != "fp32":
+        kwargs["bnb_4bit_compute_dtype"] = TORCH_DTYPES[case.compute_dtype]
+    return BitsAndBytesConfig(**kwargs)
+
+
+def load_model(case: Case, path: str, device: str) -> torch.nn.Module:
+    """Load the checkpoint at `path` as the case asks (4-bit, or 16-bit for the reference).
+
+    Non-quantized parameters (embeddings, norms, lm_head) load in the compute dtype, as they
+    would for a user who sets both; prepare_model_for_kbit_training may cast them to fp32 later.
+    """
+    from transformers import AutoModelForCausalLM
+
+    device_map = {"": 0} if device == "cuda" else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=TORCH_DTYPES[case.compute_dtype],
+        quantization_config=bnb_config(case),
+        device_map=device_map,
+        low_cpu_mem_usage=True,
+    )
+    # The cache is useless in training and wrong with checkpointing.
+    model.config.use_cache = False
+    return model
+
+
+def prepare(model: torch.nn.Module, case: Case) -> torch.nn.Module:
+    """prepare_model_for_kbit_training when the case asks; otherwise only checkpointing.
+
+    peft turns gradient checkpointing on by default here; we pass the case's choice so the
+    checkpointing axis is measured independently of the prepare axis.
+    """
+    if case.prepare_kbit:
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=case.gradient_checkpointing)
+    if case.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        # Reentrant checkpointing needs an input that requires grad when the embeddings are
+        # frozen, or no gradient reaches the adapters (peft's prepare does the same).
+        model.enable_input_require_grads()
+    return model
+
+
+def add_lora(model: torch.nn.Module, case: Case) -> Any:
+    """get_peft_model with the case's LoRA settings (peft's defaults otherwise, as the lesson)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=case.lora_r,
+        lora_alpha=case.lora_alpha,
+        lora_dropout=case.lora_dropout,
+        target_modules=list(case.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)

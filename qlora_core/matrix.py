@@ -1,0 +1,266 @@
+"""The benchmark matrix: which Cases a profile runs, in one place.
+
+Families (each case carries the tags of every family it serves, so a case shared by two
+families runs once):
+- ``factorial``: the lesson's four axes, nf4/fp4 x double quant on/off x fp16/bf16, at the
+  profile's reference point on its primary model.
+- ``sweep``: batch x sequence length at the lesson's recommended config (nf4 + double quant +
+  the lesson's compute dtype for the profile), beside the 16-bit LoRA reference (tag ``reference``).
+- ``fp32``: bitsandbytes' default compute dtype (fp32) at the reference point.
+- ``gc`` / ``prepare``: gradient checkpointing off, prepare_model_for_kbit_training off, each beside
+  the reference point (which carries the tag too).
+- ``ladder:N``: the lesson's OOM resolution order from its T4 setting (8B, batch 4, seq 2048,
+  8-bit Adam, no checkpointing): batch 2 -> batch 1 with gradient accumulation keeping the
+  effective batch -> seq 1024 -> gradient checkpointing.
+- ``compat``: each model of the profile loaded and trained as QLoRA and as 16-bit LoRA at the
+  smallest point: which sizes fit on this GPU at all.
+- ``quality``: the real model on held-out text: nf4/fp4 x double quant and the 16-bit reference.
+- ``stability``: the real model on text, fp16 vs bf16 compute at learning rates 1e-4, 2e-4, 1e-3.
+
+Tiers: ``smoke`` (at most 6 cases), ``default`` (at most 40), ``full`` (everything).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from qlora_core.gpus import GpuProfile
+from qlora_core.models import REAL_MODEL
+from qlora_core.spec import Case, reference_of
+
+MATRICES: tuple[str, ...] = ("smoke", "default", "full")
+SMOKE_MAX = 6
+DEFAULT_MAX = 40
+LADDER_START_LR = 2e-4
+STABILITY_LRS: tuple[float, ...] = (1e-4, 2e-4, 1e-3)
+
+
+class MatrixError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Sizes of the matrix for one kind of machine."""
+
+    models: tuple[str, ...]
+    primary: str
+    ladder_model: str
+    ref_batch: int
+    ref_seq: int
+    sweep_batches: tuple[int, ...]
+    sweep_seqs: tuple[int, ...]
+    default_sweep_batches: tuple[int, ...]
+    default_sweep_seqs: tuple[int, ...]
+    ladder_batch: int
+    ladder_seq: int
+    text_seq: int
+    text_batch: int
+    warmup_steps: int
+    measured_steps: int
+    text_steps: int
+
+
+GPU_TIER = Tier(
+    models=("llama-3.2-3b", "llama-3.1-8b"),
+    primary="llama-3.2-3b",
+    ladder_model="llama-3.1-8b",
+    ref_batch=1,
+    ref_seq=512,
+    sweep_batches=(1, 2, 4),
+    sweep_seqs=(512, 1024, 2048),
+    default_sweep_batches=(1, 4),
+    default_sweep_seqs=(512, 2048),
+    ladder_batch=4,
+    ladder_seq=2048,
+    text_seq=512,
+    text_batch=4,
+    warmup_steps=2,
+    measured_steps=8,
+    text_steps=30,
+)
+CPU_TIER = Tier(
+    models=("tiny", REAL_MODEL),
+    primary="tiny",
+    ladder_model="tiny",
+    ref_batch=1,
+    ref_seq=64,
+    sweep_batches=(1, 2, 4),
+    sweep_seqs=(32, 64, 128),
+    default_sweep_batches=(1, 4),
+    default_sweep_seqs=(32, 128),
+    ladder_batch=4,
+    ladder_seq=256,
+    text_seq=64,
+    text_batch=2,
+    warmup_steps=1,
+    measured_steps=4,
+    text_steps=20,
+)
+# Larger GPUs add the 13B shape to what runs (compat family).
+_LARGE_GPU_EXTRA_MODELS: tuple[str, ...] = ("llama-2-13b",)
+_LARGE_GPU_MIN_GIB = 40.0
+
+
+def tier_for(profile: GpuProfile) -> Tier:
+    if not profile.is_gpu:
+        return CPU_TIER
+    if profile.total_gib >= _LARGE_GPU_MIN_GIB:
+        return _with_models(GPU_TIER, GPU_TIER.models + _LARGE_GPU_EXTRA_MODELS)
+    return GPU_TIER
+
+
+def _with_models(tier: Tier, models: tuple[str, ...]) -> Tier:
+    from dataclasses import replace
+
+    return replace(tier, models=models)
+
+
+def lesson_dtype(profile: GpuProfile) -> str:
+    """The lesson's advice: fp16 on pre-Ampere (T4), bf16 where the hardware has it."""
+    if not profile.is_gpu:
+        return "bf16"
+    return "bf16" if profile.native_bf16 else "fp16"
+
+
+@dataclass
+class PlannedCase:
+    case: Case
+    families: list[str] = field(default_factory=list)
+
+    @property
+    def tags(self) -> str:
+        return ",".join(self.families)
+
+
+class _Plan:
+    """Ordered, de-duplicated (by case hash) list of cases with their family tags."""
+
+    def __init__(self) -> None:
+        self._by_hash: dict[str, PlannedCase] = {}
+
+    def add(self, case: Case, family: str) -> None:
+        planned = self._by_hash.setdefault(case.hash, PlannedCase(case))
+        if family not in planned.families:
+            planned.families.append(family)
+
+    def cases(self) -> list[PlannedCase]:
+        return list(self._by_hash.values())
+
+
+def build_matrix(
+    profile: GpuProfile, matrix: str = "default", models: Iterable[str] | None = None
+) -> list[PlannedCase]:
+    """Every case `profile` runs at tier `matrix`; `models` replaces the profile's model set."""
+    if matrix not in MATRICES:
+        raise MatrixError(f"unknown matrix {matrix!r}; allowed: {', '.join(MATRICES)}")
+    tier = tier_for(profile)
+    if models:
+        models = tuple(models)
+        tier = _with_models(tier, models)
+        from dataclasses import replace
+
+        tier = replace(tier, primary=models[0], ladder_model=models[-1])
+    dtype = lesson_dtype(profile)
+    steps = {"warmup_steps": tier.warmup_steps, "measured_steps": tier.measured_steps}
+    lesson = Case(
+        tier.primary,
+        quant_type="nf4",
+        double_quant=True,
+        compute_dtype=dtype,
+        batch_size=tier.ref_batch,
+        seq_len=tier.ref_seq,
+        **steps,
+    )
+    text_steps = {"warmup_steps": 0, "measured_steps": tier.text_steps, "data": "text"}
+    text_lesson = Case(
+        REAL_MODEL,
+        compute_dtype=dtype,
+        batch_size=tier.text_batch,
+        seq_len=tier.text_seq,
+        **text_steps,
+    )
+    plan = _Plan()
+    if matrix == "smoke":
+        plan.add(lesson, "factorial")
+        plan.add(lesson.replace(quant_type="fp4"), "factorial")
+        plan.add(lesson.replace(double_quant=False), "factorial")
+        plan.add(reference_of(lesson), "reference")
+        plan.add(lesson.replace(prepare_kbit=False), "prepare")
+        plan.add(text_lesson, "quality")
+        planned = plan.cases()
+        assert len(planned) <= SMOKE_MAX
+        return planned
+
+    full = matrix == "full"
+    # factorial
+    for quant in ("nf4", "fp4"):
+        for dq in (True, False):
+            for cdt in ("fp16", "bf16"):
+                plan.add(lesson.replace(quant_type=quant, double_quant=dq, compute_dtype=cdt), "factorial")
+    # sweep with the 16-bit reference at the same points
+    batches = tier.sweep_batches if full else tier.default_sweep_batches
+    seqs = tier.sweep_seqs if full else tier.default_sweep_seqs
+    for b in batches:
+        for s in seqs:
+            point = lesson.replace(batch_size=b, seq_len=s)
+            plan.add(point, "sweep")
+            plan.add(reference_of(point), "reference")
+    plan.add(lesson.replace(compute_dtype="fp32"), "fp32")
+    plan.add(lesson, "gc")
+    plan.add(lesson.replace(gradient_checkpointing=False), "gc")
+    plan.add(lesson, "prepare")
+    plan.add(lesson.replace(prepare_kbit=False), "prepare")
+    for step, case in enumerate(ladder_cases(profile, tier)):
+        plan.add(case, f"ladder:{step}")
+    for model in tier.models:
+        if model == REAL_MODEL:
+            continue
+        small = lesson.replace(model=model, batch_size=1, seq_len=tier.ref_seq)
+        plan.add(small, "compat")
+        plan.add(reference_of(small), "compat")
+    for quant in ("nf4", "fp4"):
+        for dq in (True, False):
+            plan.add(text_lesson.replace(quant_type=quant, double_quant=dq), "quality")
+    plan.add(reference_of(text_lesson), "quality")
+    for cdt in ("fp16", "bf16"):
+        for lr in STABILITY_LRS:
+            plan.add(text_lesson.replace(compute_dtype=cdt, lr=lr), "stability")
+    planned = plan.cases()
+    if not full and len(planned) > DEFAULT_MAX:
+        raise MatrixError(f"default matrix for {profile.name} has {len(planned)} cases (> {DEFAULT_MAX})")
+    return planned
+
+
+def ladder_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
+    """The lesson's OOM resolution order, from its T4 budget setting, one step at a time.
+
+    0: batch 4, seq 2048, 8-bit Adam, no checkpointing (the T4 budget table's setting)
+    1: batch 2, grad accumulation 2      (step 1: reduce batch size)
+    2: batch 1, grad accumulation 4      (step 2: accumulation keeps the effective batch)
+    3: seq 1024                          (step 3: reduce sequence length)
+    4: gradient checkpointing on         (step 4)
+    """
+    start = Case(
+        tier.ladder_model,
+        quant_type="nf4",
+        double_quant=True,
+        compute_dtype=lesson_dtype(profile),
+        batch_size=tier.ladder_batch,
+        seq_len=tier.ladder_seq,
+        gradient_checkpointing=False,
+        optimizer="adamw_8bit",
+        lr=LADDER_START_LR,
+        warmup_steps=tier.warmup_steps,
+        measured_steps=max(2, tier.measured_steps // 2),
+    )
+    half = max(1, tier.ladder_batch // 2)
+    steps = [
+        start,
+        start.replace(batch_size=half, grad_accum=tier.ladder_batch // half),
+        start.replace(batch_size=1, grad_accum=tier.ladder_batch),
+        start.replace(batch_size=1, grad_accum=tier.ladder_batch, seq_len=tier.ladder_seq // 2),
+    ]
+    steps.append(steps[-1].replace(gradient_checkpointing=True))
+    return steps

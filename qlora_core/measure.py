@@ -1,0 +1,161 @@
+"""Memory and parameter measurements.
+
+On CUDA: the caching allocator's allocated/reserved bytes at each stage and at the training peak,
+and the device's used memory from NVML, sampled in a background thread (NVML also sees the CUDA
+context, cuBLAS workspaces and managed memory, which the allocator does not). On the CPU: the
+child's peak RSS. Bytes of the quantized weights are counted from the tensors themselves,
+including each 4-bit weight's quantization statistics, which `get_memory_footprint()` omits.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+BYTES_IN_GIB = 1024**3
+_NVML_SAMPLE_S = 0.02
+
+
+def gib(num_bytes: float) -> float:
+    return num_bytes / BYTES_IN_GIB
+
+
+def cuda_stage_memory() -> tuple[float, float]:
+    """(allocated, reserved) GiB right now; call after synchronize for a settled value."""
+    torch.cuda.synchronize()
+    return gib(torch.cuda.memory_allocated()), gib(torch.cuda.memory_reserved())
+
+
+def reset_cuda_peaks() -> None:
+    """Start a fresh peak window. empty_cache first, or the old reserved peak leaks in."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def cuda_peaks() -> tuple[float, float]:
+    """(max allocated, max reserved) GiB since the last reset."""
+    torch.cuda.synchronize()
+    return gib(torch.cuda.max_memory_allocated()), gib(torch.cuda.max_memory_reserved())
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / BYTES_IN_GIB if sys.platform == "darwin" else maxrss * 1024 / BYTES_IN_GIB
+
+
+def current_rss_gib() -> float:
+    import psutil
+
+    return gib(psutil.Process().memory_info().rss)
+
+
+class NvmlSampler:
+    """Samples the device's used memory every 20 ms in a daemon thread; `peak_gib` is the max.
+
+    NVML's "used" is device-wide: on a shared GPU other processes count too, which is why the
+    result also records `nvml_base_gib`, read before this process touched the device.
+    """
+
+    def __init__(self, index: int = 0) -> None:
+        import pynvml
+
+        self._nvml = pynvml
+        pynvml.nvmlInit()
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.base_gib = self.used_gib()
+        self.peak_gib = self.base_gib
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nvml-sampler", daemon=True)
+
+    def used_gib(self) -> float:
+        return gib(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_gib = max(self.peak_gib, self.used_gib())
+            self._stop.wait(_NVML_SAMPLE_S)
+
+    def start(self) -> NvmlSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self.peak_gib = max(self.peak_gib, self.used_gib())
+        return self.peak_gib
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    weight_bytes: int
+    """Every parameter and buffer, plus the quantization statistics of the 4-bit weights."""
+    quant_data_bytes: int
+    """The packed 4-bit payload of the quantized weights."""
+    quant_stats_bytes: int
+    """absmax per block; with double quantization the 8-bit absmax, its nested fp32 absmax,
+    the nested code table and the offset; plus each weight's 16-entry code table."""
+    quantized_params: int
+    """Parameters held in 4-bit (the original weights' element count)."""
+    footprint_bytes: int
+    """model.get_memory_footprint(), for comparison (it misses the statistics)."""
+
+
+def _tensor_bytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def quant_state_bytes(quant_state: Any) -> int:
+    """Bytes held by a bitsandbytes QuantState: absmax, code, and the nested state with DQ."""
+    total = _tensor_bytes(quant_state.absmax) + _tensor_bytes(getattr(quant_state, "code", None))
+    if getattr(quant_state, "nested", False):
+        nested = quant_state.state2
+        total += _tensor_bytes(nested.absmax) + _tensor_bytes(getattr(nested, "code", None))
+        total += _tensor_bytes(getattr(quant_state, "offset", None))
+    return total
+
+
+def weight_bytes(model: torch.nn.Module) -> WeightBytes:
+    """Count the model's weight memory from its tensors, quantization statistics included."""
+    quant_data = quant_stats = quantized = plain = 0
+    seen: set[int] = set()  # tied weights are one tensor
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        state = getattr(param, "quant_state", None)
+        if state is not None:
+            quant_data += _tensor_bytes(param)
+            quant_stats += quant_state_bytes(state)
+            quantized += int(torch.Size(state.shape).numel())
+        else:
+            plain += _tensor_bytes(param)
+    buffers = sum(_tensor_bytes(b) for b in model.buffers())
+    footprint = int(model.get_memory_footprint()) if hasattr(model, "get_memory_footprint") else 0
+    return WeightBytes(
+        weight_bytes=plain + buffers + quant_data + quant_stats,
+        quant_data_bytes=quant_data,
+        quant_stats_bytes=quant_stats,
+        quantized_params=quantized,
+        footprint_bytes=footprint,
+    )
+
+
+def parameter_counts(peft_model: Any) -> tuple[int, int]:
+    """(trainable, total) exactly as peft's print_trainable_parameters counts them (4-bit packed
+    parameters counted at their unpacked size)."""
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    return int(trainable), int(total)
+
+
+def trainable_dtypes(model: torch.nn.Module) -> str:
+    """Sorted distinct dtypes of the trainable parameters, e.g. 'float32'."""
+    names = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
+    return ",".join(sorted(names))
