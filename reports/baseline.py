@@ -246,7 +246,8 @@ def run_environment(results: pd.DataFrame, environment: dict[str, Any] | None = 
     }
     return {
         "profile": _column_value(results, "profile") or str(environment.get("profile") or ""),
-        "gpu_name": _column_value(results, "gpu_name") or str(environment.get("gpu_name") or ""),
+        "gpu_name": _column_value(results, "gpu_name")
+        or str(environment.get("gpu_name") or environment.get("gpu_present") or ""),
         "versions": versions,
     }
 
@@ -537,14 +538,19 @@ def compare_metric(
     change_pct = (c - b) / abs(b) * 100 if b != 0 else None
     # Only the harmful direction counts: a drop of speed, a rise of memory or loss.
     harm = b - c if metric == "tokens_per_s" else c - b
-    moved = f"{_fmt(metric, b)} -> {_fmt(metric, c)}" + (
-        f", {change_pct:+.1f}%" if change_pct is not None else ""
-    )
     if harm > allowed + _REL_EPS * max(abs(b), 1.0):
-        direction = "dropped" if metric == "tokens_per_s" else "rose"
-        why = f"{direction} beyond the limit {limit} ({moved})"
+        why = f"{_describe_harm(metric, b, c, change_pct)}, beyond the limit {limit}"
         return MetricComparison(case_id, metric, b, c, change_pct, limit, "fail", why)
-    return MetricComparison(case_id, metric, b, c, change_pct, limit, "pass", f"within {limit} ({moved})")
+    return MetricComparison(case_id, metric, b, c, change_pct, limit, "pass", "within the limit")
+
+
+def _describe_harm(metric: str, base: float, current: float, change_pct: float | None) -> str:
+    """E.g. "dropped 10.0% (1,000.0 -> 900.0 tok/s)" or "rose 512 MiB, 5.0% (10.000 -> 10.500 GiB)"."""
+    direction = "dropped" if metric == "tokens_per_s" else "rose"
+    size = f"{abs(change_pct):.1f}%" if change_pct is not None else "from 0"
+    if metric in MEMORY_METRICS:
+        size = f"{abs(current - base) * _MIB_IN_GIB:.0f} MiB, {size}"
+    return f"{direction} {size} ({_fmt(metric, base)} -> {_fmt(metric, current)})"
 
 
 def speed_limit(
@@ -602,6 +608,10 @@ def gate(baseline_path: Path, run: RunData, thresholds: Thresholds, run_dir: Pat
     """
     baseline = load_baseline(Path(baseline_path), profile=run_profile(run))
     report = compare(baseline, run.results, thresholds)
+    forced = run.environment.get("forced")
+    if forced:
+        # --force runs every case with a field changed under the matrix's ids: a simulated change.
+        report.flags.append(f"forced fields (simulated code change): {forced}")
     text = render_diff_markdown(report, baseline, run.results)
     write_atomic(Path(run_dir) / BASELINE_DIFF_MD, text)
     return report

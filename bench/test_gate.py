@@ -1,0 +1,48 @@
+"""The release gate, run by `pytest bench` after every matrix test (the plugin orders it last).
+
+`--baseline PATH` compares this run with a stored baseline and fails on any regression;
+`--save-baseline PATH` stores this run as the baseline. Given both (even the same path), the
+comparison runs first, against the old file. The logic lives in `reports.baseline`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from reports.baseline import BASELINE_DIFF_MD, BaselineError, gate, save_run_baseline
+
+
+# Defined first so that with --baseline and --save-baseline on one path, the old file is judged
+# before it is replaced.
+def test_regression_gate(bench_session: Any) -> None:
+    """This run against --baseline: any regression fails, listing each; writes baseline-diff.md."""
+    options = bench_session.options
+    if options.baseline is None:
+        pytest.skip("no --baseline PATH given: this run was not compared with a baseline")
+    run = bench_session.load()
+    try:
+        report = gate(options.baseline, run, options.thresholds, bench_session.run_dir)
+    except BaselineError as e:
+        pytest.fail(f"unusable baseline, the gate cannot pass: {e}", pytrace=False)
+    for flag in report.flags:
+        print(f"baseline flag: {flag}")
+    if not report.passed:
+        diff = bench_session.run_dir / BASELINE_DIFF_MD
+        lines = "\n".join(f"  - {line}" for line in report.failures)
+        pytest.fail(
+            f"{len(report.failures)} regression(s) against {options.baseline} (see {diff}):\n{lines}",
+            pytrace=False,
+        )
+
+
+def test_save_baseline(bench_session: Any) -> None:
+    """Store this run as --save-baseline and check that it reads back with every case."""
+    options = bench_session.options
+    if options.save_baseline is None:
+        pytest.skip("no --save-baseline PATH given: no baseline written")
+    run = bench_session.load()
+    loaded = save_run_baseline(options.save_baseline, run, command=options.command_line)
+    assert len(loaded["cases"]) == run.results["case_id"].nunique()
+    print(f"baseline written: {options.save_baseline} ({len(loaded['cases'])} cases)")
