@@ -108,36 +108,44 @@ class WeightBytes:
     """model.get_memory_footprint(), for comparison (it misses the statistics)."""
 
 
-def _tensor_bytes(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.numel() * t.element_size()
+def _tensor_bytes(t: torch.Tensor | None, seen: set[int] | None = None) -> int:
+    """Bytes of `t`; with `seen`, a storage already counted (a shared code table) counts 0."""
+    if t is None:
+        return 0
+    if seen is not None:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            return 0
+        seen.add(ptr)
+    return t.numel() * t.element_size()
 
 
-def quant_state_bytes(quant_state: Any) -> int:
-    """Bytes held by a bitsandbytes QuantState: absmax, code, and the nested state with DQ."""
-    total = _tensor_bytes(quant_state.absmax) + _tensor_bytes(getattr(quant_state, "code", None))
+def quant_state_bytes(quant_state: Any, seen: set[int] | None = None) -> int:
+    """Bytes held by a bitsandbytes QuantState: absmax and code, and with double quantization
+    the nested absmax, nested code and offset. Storage in `seen` is not counted again."""
+    total = _tensor_bytes(quant_state.absmax, seen) + _tensor_bytes(getattr(quant_state, "code", None), seen)
     if getattr(quant_state, "nested", False):
         nested = quant_state.state2
-        total += _tensor_bytes(nested.absmax) + _tensor_bytes(getattr(nested, "code", None))
-        total += _tensor_bytes(getattr(quant_state, "offset", None))
+        total += _tensor_bytes(nested.absmax, seen) + _tensor_bytes(getattr(nested, "code", None), seen)
+        total += _tensor_bytes(getattr(quant_state, "offset", None), seen)
     return total
 
 
 def weight_bytes(model: torch.nn.Module) -> WeightBytes:
     """Count the model's weight memory from its tensors, quantization statistics included."""
     quant_data = quant_stats = quantized = plain = 0
-    seen: set[int] = set()  # tied weights are one tensor
+    seen: set[int] = set()  # storages counted so far: tied weights and shared tables count once
     for param in model.parameters():
-        if id(param) in seen:
+        if param.untyped_storage().data_ptr() in seen:
             continue
-        seen.add(id(param))
         state = getattr(param, "quant_state", None)
         if state is not None:
-            quant_data += _tensor_bytes(param)
-            quant_stats += quant_state_bytes(state)
+            quant_data += _tensor_bytes(param, seen)
+            quant_stats += quant_state_bytes(state, seen)
             quantized += int(torch.Size(state.shape).numel())
         else:
-            plain += _tensor_bytes(param)
-    buffers = sum(_tensor_bytes(b) for b in model.buffers())
+            plain += _tensor_bytes(param, seen)
+    buffers = sum(_tensor_bytes(b, seen) for b in model.buffers())
     footprint = int(model.get_memory_footprint()) if hasattr(model, "get_memory_footprint") else 0
     return WeightBytes(
         weight_bytes=plain + buffers + quant_data + quant_stats,

@@ -189,6 +189,12 @@ class BenchSession:
         write_atomic(path, pd.DataFrame(rows).to_csv(index=False))
         return path
 
+    def append_measurement(self, name: str, row: dict[str, Any]) -> Path:
+        """Add one row to measurements/<name>.csv (rows from earlier in this session are kept)."""
+        path = self.run_dir / MEASUREMENTS_DIR / f"{name}.csv"
+        rows = pd.read_csv(path).to_dict("records") if path.exists() else []
+        return self.record_measurement(name, [*rows, row])
+
     # -- reading back ----------------------------------------------------------------------------
     def load(self) -> RunData:
         return load_run(self.run_dir)

@@ -1,0 +1,90 @@
+"""GPU profile registry, name matching, emulation decisions and detection without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from qlora_core.gpus import (
+    PROFILE_NAMES,
+    PROFILES,
+    DetectedGpu,
+    UnknownProfileError,
+    detect_gpu,
+    get_profile,
+    is_emulated,
+    profile_for_device,
+    resolve_profile,
+)
+
+
+def test_registry_has_every_documented_profile():
+    assert set(PROFILE_NAMES) == {"t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100", "h200", "cpu"}
+
+
+@pytest.mark.parametrize(
+    ("name", "capability", "native_bf16"),
+    [("t4", (7, 5), False), ("l4", (8, 9), True), ("a10g", (8, 6), True), ("a100-40gb", (8, 0), True),
+     ("a100-80gb", (8, 0), True), ("h100", (9, 0), True), ("h200", (9, 0), True), ("cpu", (0, 0), False)],
+)
+def test_capability_decides_native_bf16(name, capability, native_bf16):
+    profile = get_profile(name)
+    assert profile.capability == capability
+    assert profile.native_bf16 is native_bf16
+
+
+def test_profiles_are_physically_plausible():
+    for profile in PROFILES.values():
+        if not profile.is_gpu:
+            continue
+        # The driver's total in GB lies near the marketed size: HBM parts are sized in GiB (A100:
+        # 40 GiB = 42.9 GB), GDDR parts reserve a little (T4: 15,360 MiB of 16 GB).
+        assert 0.95 * profile.memory_gb < profile.total_gib * 1.073741824 <= profile.memory_gb * 1.08
+        assert profile.fp16_tflops > 0 and profile.bandwidth_gbs > 0
+        assert (profile.bf16_tflops > 0) == profile.native_bf16
+    assert get_profile("T4") is PROFILES["t4"]
+
+
+def test_unknown_profile_lists_allowed_names():
+    with pytest.raises(UnknownProfileError) as err:
+        get_profile("v100")
+    for name in PROFILE_NAMES:
+        assert name in str(err.value)
+    assert "auto" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("device_name", "gib", "expected"),
+    [("Tesla T4", 14.6, "t4"), ("NVIDIA L4", 22.5, "l4"), ("NVIDIA A10G", 22.5, "a10g"),
+     ("NVIDIA A100-SXM4-40GB", 39.4, "a100-40gb"), ("NVIDIA A100 80GB PCIe", 79.2, "a100-80gb"),
+     ("NVIDIA H100 80GB HBM3", 79.1, "h100"), ("NVIDIA H200", 140.4, "h200"), ("NVIDIA RTX 4090", 24, None)],
+)
+def test_device_names_map_to_profiles(device_name, gib, expected):
+    match = profile_for_device(device_name, gib)
+    assert (match.name if match else None) == expected
+
+
+def test_emulation_only_on_a_different_gpu():
+    h200 = DetectedGpu("NVIDIA H200", 140.4, (9, 0), "580")
+    assert is_emulated(get_profile("t4"), h200)
+    assert not is_emulated(get_profile("h200"), h200)
+    assert not is_emulated(get_profile("cpu"), h200)
+    assert not is_emulated(get_profile("t4"), None)
+
+
+def test_without_gpu_auto_is_cpu_and_gpu_profiles_refuse():
+    if detect_gpu() is not None:
+        pytest.skip("this machine has a GPU; the no-GPU behaviour is tested on CI")
+    profile, gpu = resolve_profile("auto")
+    assert profile.name == "cpu" and gpu is None
+    with pytest.raises(UnknownProfileError, match="needs a GPU"):
+        resolve_profile("t4")
+    with pytest.raises(UnknownProfileError, match="unknown GPU profile"):
+        resolve_profile("tpu")
+
+
+@pytest.mark.gpu
+def test_detects_the_gpu_present(gpu_required):
+    gpu = detect_gpu()
+    assert gpu is not None and gpu.total_gib > 1 and gpu.capability >= (7, 0)
+    profile, _ = resolve_profile("auto")
+    assert profile.is_gpu
