@@ -253,7 +253,7 @@ def on_gpu(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def status_summary(rows: pd.DataFrame) -> str:
-    """ "2 oom, 1 crashed"-style count of statuses."""
+    """Count of statuses, like "2 oom, 1 crashed"."""
     counts = rows["status"].astype(str).value_counts()
     return ", ".join(f"{n} {s}" for s, n in counts.items())
 
@@ -284,7 +284,9 @@ def select(
         ran = ran[present(ran[col])]
     if ran.empty:
         return inconclusive(
-            f"{what} rows have no {', '.join(cols)} measurement", evidence=ids(rows), condition=condition
+            f"{what} rows ({status_summary(rows)}) have no {', '.join(cols)} measurement",
+            evidence=ids(rows),
+            condition=condition,
         )
     return ran
 
@@ -325,8 +327,28 @@ def seven_b_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["model"].astype(str).isin(keep)]
 
 
+LESSON_SIZED_MIN = 2.5e9  # the lesson's examples and budgets are about 3B-13B models
+
+
+def lesson_sized(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Rows of models in the lesson's size range (3B and up), and a note naming the models left
+    out (their overheads and ratios are not what the lesson's numbers describe)."""
+    if df.empty:
+        return df, ""
+    sizes = model_sizes(df)
+    keep = [m for m, (p, _) in sizes.items() if p >= LESSON_SIZED_MIN]
+    small = sorted(set(df["model"].astype(str)) - set(keep))
+    note = f"models below 2.5B params not judged: {', '.join(small)}" if small else ""
+    return df[df["model"].astype(str).isin(keep)], note
+
+
+def modules_label(modules: str) -> str:
+    """Target modules in words: "the seven projections" for the lesson's set, else the list."""
+    return "the seven projections" if modules == _SEVEN else str(modules).replace("_proj", "")
+
+
 def quant_label(row: pd.Series) -> str:
-    """ "nf4+dq", "fp4", "16-bit (fp16)": the weight format of a row."""
+    """The weight format of a row: "nf4+dq", "fp4", "16-bit (fp16)"."""
     if row["quant_type"] == "none":
         return f"16-bit ({row['compute_dtype']})"
     return f"{row['quant_type']}{'+dq' if truthy(row['double_quant']) else ''}"
@@ -415,6 +437,13 @@ def device_used_gib(row: pd.Series) -> float | None:
     return peak - (fval(row, "nvml_base_gib") or 0.0)
 
 
+def training_peak_gib(row: pd.Series) -> float | None:
+    """The training peak a user would see: device memory used (NVML), else the allocator's
+    reserved peak where NVML was not read."""
+    device = device_used_gib(row)
+    return device if device is not None else fval(row, "peak_reserved_gib")
+
+
 def activation_gib(row: pd.Series) -> float | None:
     """Training peak minus the allocation after LoRA: activations plus adapter gradients and
     optimizer states (an upper bound on activation memory)."""
@@ -476,8 +505,8 @@ def _in_range(value: float, low: float, high: float, tol: float) -> bool:
     return low * (1 - tol) <= value <= high * (1 + tol)
 
 
-def _group(rows: pd.DataFrame, by: Sequence[str]) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
-    """groupby that keeps bool/str keys readable and tolerates an empty frame."""
+def group_by(rows: pd.DataFrame, by: Sequence[str]) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
+    """(key tuple, rows) per group, in order of appearance; [] for an empty frame."""
     if rows.empty:
         return []
     return [
@@ -485,11 +514,11 @@ def _group(rows: pd.DataFrame, by: Sequence[str]) -> list[tuple[tuple[Any, ...],
     ]
 
 
-def _median(rows: pd.DataFrame, col: str) -> float:
+def median_of(rows: pd.DataFrame, col: str) -> float:
     return float(num(rows[col]).median())
 
 
-def _span(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+def span(values: Sequence[float], fmt: Callable[[float], str]) -> str:
     low, high = min(values), max(values)
     return fmt(low) if math.isclose(low, high, rel_tol=1e-9) else f"{fmt(low)} to {fmt(high)}"
 
@@ -500,7 +529,8 @@ def _lower_better(a: float, b: float, noise: float) -> int:
     return -1 if rel < -noise else (1 if rel > noise else 0)
 
 
-def _is_nan_run(row: pd.Series) -> bool:
+def is_nan_run(row: pd.Series) -> bool:
+    """The row went NaN: its status says so, or it recorded a first non-finite step."""
     return row["status"] == "nan" or fval(row, "first_nonfinite_step") is not None
 
 
@@ -512,7 +542,7 @@ def _is_nan_run(row: pd.Series) -> bool:
 LESSON_7B_WEIGHTS_GB: dict[str, float] = {"FP32": 28.0, "FP16": 14.0, "INT8": 7.0, "INT4": 3.5}
 LESSON_7B_TOTAL_GB: dict[str, float] = {"FP32": 100.0, "FP16": 56.0, "INT8": 28.0, "INT4": 10.0}
 # Which rows of the matrix hold each precision's weights; None: the matrix runs none.
-_PRECISION_ROWS: dict[str, str | None] = {"FP32": None, "FP16": "none", "INT8": None, "INT4": "nf4"}
+PRECISION_ROWS: dict[str, str | None] = {"FP32": None, "FP16": "none", "INT8": None, "INT4": "nf4"}
 _NOT_IN_MATRIX = {
     "FP32": "the matrix loads no FP32 weights (fp32 appears only as a 4-bit compute dtype)",
     "INT8": "the matrix loads no 8-bit weights (no load_in_8bit case)",
@@ -521,8 +551,8 @@ WEIGHTS_TOL = 0.10
 TOTAL_TOL = 0.25
 
 
-def _precision_rows(df: pd.DataFrame, precision: str) -> pd.DataFrame:
-    quant = _PRECISION_ROWS[precision]
+def precision_rows(df: pd.DataFrame, precision: str) -> pd.DataFrame:
+    quant = PRECISION_ROWS[precision]
     rows = seven_b_rows(df)
     return sixteen_bit(rows) if quant == "none" else quantized(rows, quant)
 
@@ -530,7 +560,7 @@ def _precision_rows(df: pd.DataFrame, precision: str) -> pd.DataFrame:
 def _weights_evaluation(precision: str, rows: pd.DataFrame, condition: str) -> Evaluation:
     """Measured weight bytes of one 7-8B model at one precision, scaled per parameter to 7e9."""
     expected = LESSON_7B_WEIGHTS_GB[precision]
-    wbytes = _median(rows, "weight_bytes")
+    wbytes = median_of(rows, "weight_bytes")
     params = float(np.median([base_params(r) for _, r in rows.iterrows()]))
     per_param = wbytes / params
     at_7b = per_param * LESSON_7B_PARAMS
@@ -556,11 +586,11 @@ def _weights_by_precision(run: RunData, precisions: Sequence[str]) -> list[Evalu
     df = frame(run)
     out: list[Evaluation] = []
     for precision in precisions:
-        if _PRECISION_ROWS[precision] is None:
+        if PRECISION_ROWS[precision] is None:
             out.append(not_run(_NOT_IN_MATRIX[precision], condition=precision))
             continue
         rows = select(
-            _precision_rows(df, precision),
+            precision_rows(df, precision),
             f"7-8B {precision}",
             ("weight_bytes", "total_params"),
             condition=precision,
@@ -570,7 +600,7 @@ def _weights_by_precision(run: RunData, precisions: Sequence[str]) -> list[Evalu
             out.append(rows)
             continue
         by = ["model"] if precision == "FP16" else ["model", "double_quant"]
-        for key, group in _group(rows, by):
+        for key, group in group_by(rows, by):
             condition = f"{precision} on {key[0]}"
             if precision == "INT4":
                 condition += f" (nf4, double quant {'on' if truthy(key[1]) else 'off'})"
@@ -593,13 +623,13 @@ def check_training_total_7b(run: RunData) -> list[Evaluation]:
     df = frame(run)
     out: list[Evaluation] = []
     for precision in ("FP32", "FP16", "INT8", "INT4"):
-        if _PRECISION_ROWS[precision] is None:
+        if PRECISION_ROWS[precision] is None:
             why = _NOT_IN_MATRIX[precision] + "; no training at this precision was measured"
             out.append(not_run(why, condition=precision))
             continue
         kind = "16-bit LoRA" if precision == "FP16" else "QLoRA (nf4)"
         rows = select(
-            on_gpu(_precision_rows(df, precision)),
+            on_gpu(precision_rows(df, precision)),
             f"7-8B {kind}",
             ("peak_reserved_gib",),
             condition=precision,
@@ -627,7 +657,7 @@ def check_training_total_7b(run: RunData) -> list[Evaluation]:
         if min(totals_gb) * (1 - TOTAL_TOL) <= expected <= max(totals_gb) * (1 + TOTAL_TOL):
             out.append(holds(measured, ids(rows), condition, why))
         else:
-            corrected = f"{kind} training of this model peaked at {_span(totals_gb, lambda x: f'{x:.1f}')} GB"
+            corrected = f"{kind} training of this model peaked at {span(totals_gb, lambda x: f'{x:.1f}')} GB"
             out.append(refuted(measured, corrected, ids(rows), condition, why))
     return out
 
@@ -646,16 +676,16 @@ def check_cut_4x(run: RunData) -> list[Evaluation]:
     if isinstance(sixteen, Evaluation):
         return [sixteen]
     out: list[Evaluation] = []
-    for (model, dq), group in _group(four, ["model", "double_quant"]):
+    for (model, dq), group in group_by(four, ["model", "double_quant"]):
         ref = sixteen[sixteen["model"] == model]
         condition = f"{model}, nf4 double quant {'on' if truthy(dq) else 'off'}"
         if ref.empty:
             out.append(inconclusive(f"no 16-bit row of {model} measured weight_bytes", condition=condition))
             continue
-        b16, b4 = _median(ref, "weight_bytes"), _median(group, "weight_bytes")
+        b16, b4 = median_of(ref, "weight_bytes"), median_of(group, "weight_bytes")
         ratio = b16 / b4
         measured = f"16-bit {fmt_gb(b16)} / 4-bit {fmt_gb(b4)} = {ratio:.2f}x (whole model)"
-        linear = _linear_ratio(group)
+        linear = linear_ratio(group)
         if linear is not None:
             measured += f"; quantized linear layers alone: {linear:.2f}x"
         evidence = ids(ref) + ids(group)
@@ -674,12 +704,12 @@ def check_cut_4x(run: RunData) -> list[Evaluation]:
     return out
 
 
-def _linear_ratio(rows: pd.DataFrame) -> float | None:
+def linear_ratio(rows: pd.DataFrame) -> float | None:
     """16-bit bytes of the quantized layers (2 bytes per parameter) over their 4-bit bytes."""
     cols = ("quantized_params", "quant_data_bytes", "quant_stats_bytes")
     if not all(present(rows[c]).any() for c in cols):
         return None
-    qparams, data, stats = (_median(rows, c) for c in cols)
+    qparams, data, stats = (median_of(rows, c) for c in cols)
     return qparams * 2 / (data + stats)
 
 
@@ -699,9 +729,9 @@ def weight_breakdown(rows: pd.DataFrame) -> str:
     cols = ("quant_data_bytes", "quant_stats_bytes", "quantized_params")
     if not all(present(rows[c]).any() for c in cols):
         return ""
-    total, data, stats = (_median(rows, c) for c in ("weight_bytes", "quant_data_bytes", "quant_stats_bytes"))
+    total, data, stats = (median_of(rows, c) for c in ("weight_bytes", *cols[:2]))
     base = float(np.median([base_params(r) for _, r in rows.iterrows()]))
-    rest_params = base - _median(rows, "quantized_params")
+    rest_params = base - median_of(rows, "quantized_params")
     return (
         f"4-bit payload {data / GB:.2f} GB + quant stats {stats / GB:.2f} GB + {rest_params:,.0f}"
         f" non-quantized params {(total - data - stats) / GB:.2f} GB"
@@ -714,7 +744,7 @@ def check_formula(run: RunData) -> list[Evaluation]:
     rows = select(quantized(df), "4-bit", ("weight_bytes", "total_params"), statuses=LOADED)
     by_size: dict[int, list[tuple[str, pd.DataFrame]]] = {s: [] for s in LESSON_FORMULA_SIZES_B}
     if not isinstance(rows, Evaluation):
-        for (model,), group in _group(rows, ["model"]):
+        for (model,), group in group_by(rows, ["model"]):
             lesson_cfg = group[group["double_quant"].map(truthy) & (group["quant_type"] == "nf4")]
             group = lesson_cfg if not lesson_cfg.empty else group
             size = nominal_size(float(np.median([base_params(r) for _, r in group.iterrows()])))
@@ -732,7 +762,7 @@ def check_formula(run: RunData) -> list[Evaluation]:
         for model, group in models:
             params = float(np.median([base_params(r) for _, r in group.iterrows()]))
             formula = params * 4 / 8
-            wbytes = _median(group, "weight_bytes")
+            wbytes = median_of(group, "weight_bytes")
             ratio = wbytes / formula
             measured = (
                 f"{model} ({params:,.0f} params): formula {fmt_gb(formula)}, measured {fmt_gb(wbytes)}"
@@ -808,7 +838,7 @@ def _quant_error_evaluations(run: RunData) -> list[Evaluation]:
         return [dataclasses.replace(table, condition="reconstruction error")]
     out = []
     table = table.assign(double_quant=table["double_quant"].map(truthy))
-    for (dq,), group in _group(table, ["double_quant"]):
+    for (dq,), group in group_by(table, ["double_quant"]):
         condition = f"reconstruction error, double quant {'on' if dq else 'off'}"
         stats = {}
         for qt in ("nf4", "fp4"):
@@ -986,7 +1016,7 @@ def check_dq_overhead(run: RunData) -> list[Evaluation]:
         return [rows]
     seven = seven_b_rows(rows)
     if not seven.empty:
-        target = _median(seven, "quantized_params")
+        target = median_of(seven, "quantized_params")
         scaling = f"scaled to {seven['model'].iloc[0]}'s {target:,.0f} quantized params (measured)"
     else:
         target = LESSON_7B_PARAMS
@@ -1172,7 +1202,7 @@ def _stability_gate(df: pd.DataFrame) -> list[Evaluation]:
 
 
 def _loss_text(row: pd.Series) -> str:
-    if _is_nan_run(row):
+    if is_nan_run(row):
         step = fval(row, "first_nonfinite_step")
         return "NaN" + (f" at step {int(step)}" if step is not None else "")
     loss = fval(row, "final_loss")
@@ -1190,7 +1220,7 @@ def check_bf16_quality(run: RunData) -> list[Evaluation]:
         condition = f"lr {float(fp16['lr']):g}, {where(pd.DataFrame([fp16, bf16]))}"
         evidence = (str(fp16["case_id"]), str(bf16["case_id"]))
         measured = f"fp16 {_loss_text(fp16)}; bf16 {_loss_text(bf16)}"
-        nan16, nanb = _is_nan_run(fp16), _is_nan_run(bf16)
+        nan16, nanb = is_nan_run(fp16), is_nan_run(bf16)
         why = f"stability rows on {fp16['model']}; final losses within {pct(QUALITY_NOISE)} count as equal"
         if nan16 or nanb:
             if nan16 and not nanb:
@@ -1223,13 +1253,13 @@ def check_bf16_quality(run: RunData) -> list[Evaluation]:
 
 
 def check_nan_bf16(run: RunData) -> list[Evaluation]:
-    """ "Use bfloat16": where fp16 went NaN, did bf16 at the same lr stay finite?"""
+    """Advice "Use bfloat16": where fp16 went NaN, did bf16 at the same lr stay finite?"""
     df = frame(run)
     gate = _stability_gate(df)
     if gate:
         return gate
     found = _stability_pairs(df)
-    nan_fp16 = [(a, b) for a, b in found if _is_nan_run(a)]
+    nan_fp16 = [(a, b) for a, b in found if is_nan_run(a)]
     summary = "; ".join(
         f"lr {float(a['lr']):g}: fp16 {_loss_text(a)}, bf16 {_loss_text(b)}" for a, b in found
     )
@@ -1238,7 +1268,7 @@ def check_nan_bf16(run: RunData) -> list[Evaluation]:
     if not nan_fp16:
         why = "no fp16 stability row went NaN: the advice is untested by this data"
         return [inconclusive(why, summary, evidence, condition)]
-    still = [b for _, b in nan_fp16 if _is_nan_run(b)]
+    still = [b for _, b in nan_fp16 if is_nan_run(b)]
     why = "stability rows: fp16 NaN rows and their bf16 twins at the same lr"
     if still:
         lrs = ", ".join(f"{float(b['lr']):g}" for b in still)
@@ -1250,14 +1280,14 @@ LESSON_NAN_LR = 1e-4
 
 
 def check_nan_lr(run: RunData) -> list[Evaluation]:
-    """ "Reduce to 1e-4": per dtype, where a higher lr went NaN, does lr 1e-4 stay finite?"""
+    """Advice "Reduce to 1e-4": per dtype, where a higher lr went NaN, does lr 1e-4 stay finite?"""
     df = frame(run)
     fam = family_rows(df, "stability")
     if fam.empty:
         return [not_run("no stability rows in this run")]
     rows = fam[fam["status"].isin({"ok", "nan"})]
     out = []
-    for (dtype,), group in _group(fam, ["compute_dtype"]):
+    for (dtype,), group in group_by(fam, ["compute_dtype"]):
         condition = f"{dtype}, {where(group)}"
         ran = rows[rows["compute_dtype"] == dtype]
         low = ran[np.isclose(num(ran["lr"]), LESSON_NAN_LR)]
@@ -1271,13 +1301,13 @@ def check_nan_lr(run: RunData) -> list[Evaluation]:
             )
             out.append(inconclusive(why, summary, ids(group), condition))
             continue
-        high_nan = high[high.apply(_is_nan_run, axis=1)]
+        high_nan = high[high.apply(is_nan_run, axis=1)]
         if high_nan.empty:
             why = f"no {dtype} row above lr 1e-4 went NaN: the advice is untested by this data"
             out.append(inconclusive(why, summary, ids(ran), condition))
             continue
         why = f"{dtype} stability rows: NaN above 1e-4, outcome at 1e-4"
-        if low.apply(_is_nan_run, axis=1).any():
+        if low.apply(is_nan_run, axis=1).any():
             out.append(refuted(summary, f"{dtype} also went NaN at lr 1e-4", ids(ran), condition, why))
         else:
             out.append(holds(summary, ids(ran), condition, why))
@@ -1288,7 +1318,7 @@ def check_nan_lr(run: RunData) -> list[Evaluation]:
 # T4 and bf16
 # ---------------------------------------------------------------------------------------------
 def check_t4_bf16(run: RunData) -> list[Evaluation]:
-    """ "T4 does not support bfloat16": native hardware, whether bf16 runs, and its speed."""
+    """Claim "T4 does not support bfloat16": native hardware, whether bf16 runs, and its speed."""
     df = frame(run)
     t4 = PROFILES["t4"]
     out: list[Evaluation] = []
@@ -1373,7 +1403,7 @@ def _t4_bf16_speed(df: pd.DataFrame) -> Evaluation:
     ratios = [(fval(b, "tokens_per_s") or 0) / (fval(f, "tokens_per_s") or 1) for b, f in found]
     evidence = tuple(str(r["case_id"]) for pair in found for r in pair)
     measured = (
-        f"bf16 at {_span(ratios, lambda x: f'{x:.2f}x')} the tokens/s of fp16 over {len(found)} point(s)"
+        f"bf16 at {span(ratios, lambda x: f'{x:.2f}x')} the tokens/s of fp16 over {len(found)} point(s)"
     )
     if max(ratios) <= 1 - SLOW_MARGIN:
         return holds(
@@ -1405,17 +1435,23 @@ def _3b_load_rows(df: pd.DataFrame, condition: str = "") -> pd.DataFrame | Evalu
 
 
 def check_3b_load(run: RunData) -> list[Evaluation]:
-    """ "Allocated: 2.84 GB" / "Reserved: 3.14 GB" after loading the 3B model in 4-bit (GiB)."""
+    """Output "Allocated: 2.84 GB" / "Reserved: 3.14 GB" after loading the 3B model in 4-bit (GiB)."""
     rows = _3b_load_rows(frame(run))
     if isinstance(rows, Evaluation):
         return [rows]
     out = []
-    for (dtype,), group in _group(rows, ["compute_dtype"]):
+    # The lesson's T4 config computes in fp16 (bf16 on Ampere); the compute dtype can change the
+    # dtype of the non-quantized weights at load, so other dtypes are not the lesson's output.
+    lesson_dtype = next((d for d in ("fp16", "bf16") if (rows["compute_dtype"] == d).any()), None)
+    if lesson_dtype is None:
+        why = f"no llama-3.2-3b nf4+dq row computes in fp16 or bf16 ({', '.join(set(rows['compute_dtype']))})"
+        return [not_run(why, evidence=ids(rows))]
+    for (dtype,), group in group_by(rows[rows["compute_dtype"] == lesson_dtype], ["compute_dtype"]):
         for stat, col in (("allocated", "load_alloc_gib"), ("reserved", "load_reserved_gib")):
             values = list(num(group[col]))
             value = float(np.median(values))
             expected = LESSON_3B_LOAD_GIB[stat]
-            measured = f"{stat} {_span(values, fmt_gib)} over {len(values)} row(s)"
+            measured = f"{stat} {span(values, fmt_gib)} over {len(values)} row(s)"
             condition = f"{stat}, compute {dtype}, {where(group)}"
             why = f"{col} after load (the lesson prints memory_{stat}() / 1024**3, i.e. GiB)"
             if _within(value, expected, LOAD_TOL):
@@ -1427,12 +1463,12 @@ def check_3b_load(run: RunData) -> list[Evaluation]:
 
 
 def check_3b_headroom(run: RunData) -> list[Evaluation]:
-    """ "~3GB in 4-bit, leaving 12GB": load allocation, and T4 memory minus what the load reserved."""
+    """Claim "~3GB in 4-bit, leaving 12GB": load allocation; T4 memory minus what the load reserved."""
     rows = _3b_load_rows(frame(run))
     if isinstance(rows, Evaluation):
         return [rows]
     total = PROFILES["t4"].total_gib
-    alloc, reserved = _median(rows, "load_alloc_gib"), _median(rows, "load_reserved_gib")
+    alloc, reserved = median_of(rows, "load_alloc_gib"), median_of(rows, "load_reserved_gib")
     left = total - reserved
     cond = where(rows)
     out = []
@@ -1463,15 +1499,16 @@ RANGE_TOL = 0.10
 
 
 def check_adapter_overhead(run: RunData) -> list[Evaluation]:
-    """ "LoRA adapters: +0.1-0.5 GB", per model and LoRA config (GiB from the allocator)."""
+    """Range "LoRA adapters: +0.1-0.5 GB", per model and LoRA config (GiB from the allocator)."""
     df = frame(run)
-    rows = select(quantized(df), "4-bit", ("trainable_params",), statuses=LOADED)
+    sized, note = lesson_sized(quantized(df))
+    rows = select(sized, "4-bit 3B-13B", ("trainable_params",), statuses=LOADED)
     if isinstance(rows, Evaluation):
-        return [rows]
+        return [dataclasses.replace(rows, why="; ".join(filter(None, [rows.why, note])))]
     out = []
-    for (model, r, modules), group in _group(rows, ["model", "lora_r", "target_modules"]):
+    for (model, r, modules), group in group_by(rows, ["model", "lora_r", "target_modules"]):
         values = [v for v in (adapter_gib(row) for _, row in group.iterrows()) if v is not None]
-        condition = f"{model}, r={int(r)} on {modules}"
+        condition = f"{model}, r={int(r)} on {modules_label(modules)}"
         if not values:
             out.append(
                 inconclusive(
@@ -1483,9 +1520,11 @@ def check_adapter_overhead(run: RunData) -> list[Evaluation]:
             continue
         gib = [v for v, _ in values]
         value = float(np.median(gib))
-        measured = f"{_span(gib, fmt_gib)} ({values[0][1]})"
+        measured = f"{span(gib, fmt_gib)} ({values[0][1]})"
         low, high = LESSON_ADAPTER_GB
-        why = f"lesson range {low}-{high} GB, bounds widened by {pct(RANGE_TOL)}"
+        why = "; ".join(
+            filter(None, [f"lesson range {low}-{high} GB, bounds widened by {pct(RANGE_TOL)}", note])
+        )
         if _in_range(value, *LESSON_ADAPTER_GB, RANGE_TOL):
             out.append(holds(measured, ids(group), condition, why))
         else:
@@ -1502,7 +1541,7 @@ def check_adapter_overhead(run: RunData) -> list[Evaluation]:
 
 
 def check_optimizer_overhead(run: RunData) -> list[Evaluation]:
-    """ "Optimizer states: +1-2 GB": needs a measurement that isolates optimizer-state memory."""
+    """Range "Optimizer states: +1-2 GB": needs a measurement that isolates optimizer states."""
     df = frame(run)
     rows = select(quantized(df), "4-bit", ("trainable_params",), statuses=LOADED)
     if isinstance(rows, Evaluation):
@@ -1510,7 +1549,7 @@ def check_optimizer_overhead(run: RunData) -> list[Evaluation]:
     counts = ", ".join(
         f"{m}: {int(num(g['trainable_params']).median()):,} trainable"
         f" ({','.join(sorted(set(g['optimizer'])))})"
-        for (m,), g in _group(rows, ["model"])
+        for (m,), g in group_by(rows, ["model"])
     )
     why = (
         "no column isolates optimizer-state memory: the rows record the allocator after load, prepare"
@@ -1526,19 +1565,19 @@ def _bs(row: pd.Series) -> str:
 
 
 def check_activation_overhead(run: RunData) -> list[Evaluation]:
-    """ "Activation memory: +2-8 GB": peak - after-LoRA allocation over the sweep's batch/seq."""
+    """Range "Activation memory: +2-8 GB": peak - after-LoRA allocation over the sweep's points."""
     df = frame(run)
     rows = select(on_gpu(family_rows(df, "sweep")), "sweep", ("peak_alloc_gib", "lora_alloc_gib"))
     if isinstance(rows, Evaluation):
         return [rows]
     out = []
-    for (gc, prep), group in _group(rows, ["gradient_checkpointing", "prepare_kbit"]):
+    for (gc, prep), group in group_by(rows, ["gradient_checkpointing", "prepare_kbit"]):
         values = [(activation_gib(r), r) for _, r in group.iterrows()]
         gib = [v for v, _ in values if v is not None]
         low_row = min(values, key=lambda vr: vr[0])[1]
         high_row = max(values, key=lambda vr: vr[0])[1]
         measured = (
-            f"{_span(gib, fmt_gib)} over {len(gib)} points (lowest at {_bs(low_row)},"
+            f"{span(gib, fmt_gib)} over {len(gib)} points (lowest at {_bs(low_row)},"
             f" highest at {_bs(high_row)})"
         )
         condition = (
@@ -1553,7 +1592,7 @@ def check_activation_overhead(run: RunData) -> list[Evaluation]:
         if all(_in_range(v, *LESSON_ACTIVATION_GB, RANGE_TOL) for v in gib):
             out.append(holds(measured, ids(group), condition, why))
         else:
-            corrected = f"activation memory measured {_span(gib, lambda x: f'{x:.2f}')} GiB over the sweep"
+            corrected = f"activation memory measured {span(gib, lambda x: f'{x:.2f}')} GiB over the sweep"
             out.append(refuted(measured, corrected, ids(group), condition, why))
     return out
 
@@ -1569,6 +1608,11 @@ LESSON_T4_BUDGET: dict[str, float] = {
     "Available buffer": 2.1,
 }
 BUDGET_TOL = 0.25
+LESSON_T4_VRAM_GB = 15.0  # the lesson's "T4 Budget (15GB VRAM)"
+# Components read at the training peak (the others are read before training starts).
+BUDGET_TRAINING_STAGE = frozenset(
+    {"Activations (batch=4, seq=2048)", "CUDA overhead", "Total", "Available buffer"}
+)
 
 
 def budget_measurements(row: pd.Series) -> dict[str, tuple[float | None, str]]:
@@ -1585,7 +1629,7 @@ def budget_measurements(row: pd.Series) -> dict[str, tuple[float | None, str]]:
     return {
         "8B model (4-bit)": (wbytes / GB if wbytes is not None else None, "weight_bytes, GB"),
         "LoRA adapters": (adapters[0] if adapters else None, adapters[1] if adapters else "not measured"),
-        "Optimizer (8-bit Adam)": (None, "no column isolates optimizer states"),
+        "Optimizer (8-bit Adam)": (None, "optimizer states: no column isolates them"),
         "Activations (batch=4, seq=2048)": (
             activation_gib(row) if trained else None,
             "peak_alloc_gib - lora_alloc_gib (with grads and optimizer states)",
@@ -1628,9 +1672,8 @@ def check_t4_budget(run: RunData) -> list[Evaluation]:
         expected = LESSON_T4_BUDGET[component]
         condition = f"{component}: {cond}"
         if value is None:
-            why = f"{how}: not measured" + (
-                f" (status {status}: peaks are truncated)" if status != "ok" else ""
-            )
+            truncated = status != "ok" and component in BUDGET_TRAINING_STAGE
+            why = f"{how}: not measured" + (f" (status {status}: peaks are truncated)" if truncated else "")
             out.append(inconclusive(why, "", evidence, condition))
             continue
         unit = "GB" if component.startswith("8B model") else "GiB"
@@ -1741,8 +1784,10 @@ def check_print_trainable(run: RunData) -> list[Evaluation]:
         out.append(refuted(measured, corrected, evidence, "all params", why))
     share = f"{100 * trainable / total:.4f}"
     measured = f"trainable% {share}%"
+    lesson_own = f"{100 * LESSON_TRAINABLE / LESSON_ALL_PARAMS:.4f}"
+    pct_why = f"trainable / all, printed to 4 decimals (the lesson's own two counts give {lesson_own}%)"
     if share == LESSON_TRAINABLE_PCT:
-        out.append(holds(measured, evidence, "trainable%", "trainable / all, printed to 4 decimals"))
+        out.append(holds(measured, evidence, "trainable%", pct_why))
     else:
         out.append(
             refuted(
@@ -1750,7 +1795,7 @@ def check_print_trainable(run: RunData) -> list[Evaluation]:
                 f"trainable% {share}%",
                 evidence,
                 "trainable%",
-                "trainable / all, printed to 4 decimals",
+                pct_why,
             )
         )
     return out
@@ -1760,13 +1805,13 @@ LESSON_ADAPTER_DTYPES = frozenset({"float16", "bfloat16"})
 
 
 def check_adapter_dtype(run: RunData) -> list[Evaluation]:
-    """ "LoRA adapters are trained in ... (FP16/BF16)": the measured dtype of trainable params."""
+    """Claim "LoRA adapters are trained in ... (FP16/BF16)": the dtype of the trainable params."""
     df = frame(run)
     rows = select(quantized(df), "4-bit", ("trainable_dtypes",), statuses=LOADED)
     if isinstance(rows, Evaluation):
         return [rows]
     out = []
-    for (prep, dtype), group in _group(rows, ["prepare_kbit", "compute_dtype"]):
+    for (prep, dtype), group in group_by(rows, ["prepare_kbit", "compute_dtype"]):
         found = sorted(
             {
                 d.strip().replace("torch.", "")
@@ -1791,18 +1836,19 @@ LORA_REDUCTION_TOL = 0.005  # "99%" as printed: 98.5% rounds to it
 
 
 def check_lora_99(run: RunData) -> list[Evaluation]:
-    """ "reduces the number of trainable parameters by 99%": 1 - trainable / all, per model."""
+    """Claim "reduces the number of trainable parameters by 99%": 1 - trainable / all, per model."""
     df = frame(run)
-    rows = select(df[df["quant_type"].notna()], "any", ("trainable_params", "total_params"), statuses=LOADED)
+    sized, note = lesson_sized(df)
+    rows = select(sized, "3B-13B", ("trainable_params", "total_params"), statuses=LOADED)
     if isinstance(rows, Evaluation):
-        return [rows]
+        return [dataclasses.replace(rows, why="; ".join(filter(None, [rows.why, note])))]
     out = []
-    for (model, r, modules), group in _group(rows, ["model", "lora_r", "target_modules"]):
+    for (model, r, modules), group in group_by(rows, ["model", "lora_r", "target_modules"]):
         share = float((num(group["trainable_params"]) / num(group["total_params"])).median())
         reduction = 1 - share
-        condition = f"{model}, r={int(r)} on {modules}"
+        condition = f"{model}, r={int(r)} on {modules_label(modules)}"
         measured = f"trainable {share:.4%} of all params: {reduction:.2%} fewer than full fine-tuning"
-        why = "1 - trainable_params / total_params"
+        why = "; ".join(filter(None, ["1 - trainable_params / total_params", note]))
         if reduction >= LORA_REDUCTION - LORA_REDUCTION_TOL:
             out.append(holds(measured, ids(group), condition, why))
         else:
@@ -1854,11 +1900,11 @@ def check_qlora_slower(run: RunData) -> list[Evaluation]:
             corrected = f"QLoRA ran {slowdown:+.0%} slower than 16-bit LoRA at {setting(q)}"
             out.append(refuted(measured, corrected, evidence, condition, why))
     evidence = tuple(str(r["case_id"]) for pair in found for r in pair)
-    measured = f"{_span(slowdowns, lambda x: f'{x:+.1%}')} over {len(found)} point(s)"
+    measured = f"{span(slowdowns, lambda x: f'{x:+.1%}')} over {len(found)} point(s)"
     if all(low <= s <= high for s in slowdowns):
         out.append(holds(measured, evidence, "overall", why))
     else:
-        corrected = f"QLoRA ran {_span(slowdowns, lambda x: f'{x:+.0%}')} slower than 16-bit LoRA"
+        corrected = f"QLoRA ran {span(slowdowns, lambda x: f'{x:+.0%}')} slower than 16-bit LoRA"
         out.append(refuted(measured, corrected, evidence, "overall", why))
     return out
 
@@ -1907,7 +1953,7 @@ def check_tradeoff_quality(run: RunData) -> list[Evaluation]:
     return out
 
 
-def _compat_outcomes(
+def compat_outcomes(
     df: pd.DataFrame,
 ) -> tuple[dict[str, dict[str, pd.Series]], dict[str, tuple[float, str]]]:
     """kind ("lora", "qlora") -> model -> its compat row; and each model's size."""
@@ -1918,7 +1964,8 @@ def _compat_outcomes(
     return out, model_sizes(df)
 
 
-def _outcomes_text(models: dict[str, pd.Series], sizes: dict[str, tuple[float, str]]) -> str:
+def outcomes_text(models: dict[str, pd.Series], sizes: dict[str, tuple[float, str]]) -> str:
+    """Each model's compat status, smallest first: "llama-3.2-3b ok, llama-3.1-8b oom"."""
     ordered = sorted(models, key=lambda m: sizes.get(m, (math.inf, ""))[0])
     return ", ".join(f"{m} {models[m]['status']}" for m in ordered)
 
@@ -1926,7 +1973,7 @@ def _outcomes_text(models: dict[str, pd.Series], sizes: dict[str, tuple[float, s
 def check_t4_compat(run: RunData) -> list[Evaluation]:
     """T4 compatibility "3B models only" (16-bit LoRA) and "Up to 8B models" (QLoRA): compat rows."""
     df = frame(run)
-    outcomes, sizes = _compat_outcomes(df)
+    outcomes, sizes = compat_outcomes(df)
     out = []
     for kind, limit, text in (("lora", 3.6e9, "3B models only"), ("qlora", 9.0e9, "Up to 8B models")):
         models = outcomes[kind]
@@ -1936,7 +1983,7 @@ def check_t4_compat(run: RunData) -> list[Evaluation]:
             out.append(not_run(f"no {label} compat rows on t4", condition=condition))
             continue
         evidence = tuple(str(r["case_id"]) for r in models.values())
-        measured = _outcomes_text(models, sizes)
+        measured = outcomes_text(models, sizes)
         unknown = [m for m, r in models.items() if r["status"] not in {"ok", "oom"} or m not in sizes]
         if unknown:
             out.append(
@@ -1991,16 +2038,16 @@ def check_t4_compat(run: RunData) -> list[Evaluation]:
 def check_a100_compat(run: RunData) -> list[Evaluation]:
     """A100 compatibility "Up to 70B" (16-bit LoRA) and "All sizes" (QLoRA): compat rows."""
     df = frame(run)
-    outcomes, sizes = _compat_outcomes(df)
+    outcomes, sizes = compat_outcomes(df)
     out = []
     lora = outcomes["lora"]
     big = {m: r for m, r in lora.items() if m in sizes and sizes[m][0] >= 6.0e10}
     condition = "16-bit LoRA: Up to 70B"
     if not big:
-        ran = _outcomes_text(lora, sizes) or "none"
+        ran = outcomes_text(lora, sizes) or "none"
         out.append(not_run(f"no ~70B model ran as 16-bit LoRA (compat rows: {ran})", condition=condition))
     else:
-        measured = _outcomes_text(big, sizes)
+        measured = outcomes_text(big, sizes)
         evidence = tuple(str(r["case_id"]) for r in big.values())
         if all(r["status"] == "ok" for r in big.values()):
             out.append(holds(measured, evidence, condition, "compat rows"))
@@ -2019,7 +2066,7 @@ def check_a100_compat(run: RunData) -> list[Evaluation]:
     if not qlora:
         out.append(not_run("no QLoRA compat rows on this A100 profile", condition=condition))
         return out
-    measured = _outcomes_text(qlora, sizes)
+    measured = outcomes_text(qlora, sizes)
     evidence = tuple(str(r["case_id"]) for r in qlora.values())
     failed = [m for m, r in qlora.items() if r["status"] == "oom"]
     if failed:
@@ -2147,6 +2194,10 @@ def check_gc_activations(run: RunData) -> list[Evaluation]:
         if a is None or b is None:
             out.append(inconclusive("peak_alloc_gib or lora_alloc_gib missing", "", evidence, condition))
             continue
+        if a < 0 or b < 0:
+            why = "a training peak below the after-LoRA allocation: inconsistent memory readings"
+            out.append(inconclusive(why, f"peak - after LoRA: {a:.2f} and {b:.2f} GiB", evidence, condition))
+            continue
         measured = f"activations (peak - after LoRA) {fmt_gib(a)} with vs {fmt_gib(b)} without" + speed
         why = f"peak_alloc_gib - lora_alloc_gib; a reduction of at least {pct(GC_MIN_REDUCTION)}"
         if a <= b * (1 - GC_MIN_REDUCTION):
@@ -2164,7 +2215,7 @@ COMFORT = 0.10  # "comfortably": at least this share of the T4 left at the peak
 
 
 def check_t4_fits_7b(run: RunData) -> list[Evaluation]:
-    """ "a 7B model fits comfortably in T4's 15GB": 7-8B QLoRA compat rows on t4."""
+    """Claim "a 7B model fits comfortably in T4's 15GB": 7-8B QLoRA compat rows on t4."""
     df = frame(run)
     rows = quantized(seven_b_rows(family_rows(df, "compat")))
     if rows.empty:

@@ -1,0 +1,390 @@
+"""tables.md: the lesson's tables regenerated with this run's measurements beside its numbers.
+
+Every "lesson" cell is what the lesson prints; every "measured" cell comes from the run's rows
+through the same selectors the claims use (`reports.claims`). A measurement the run does not
+have reads "not run" (with the rows' statuses when rows ran but did not measure it), never a
+number computed from the lesson.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from qlora_core.gpus import PROFILES
+from reports import claims as c
+from reports.frame import RunData
+
+NOT_RUN = "not run"
+_LIBRARIES = (
+    ("torch", "torch_version"),
+    ("CUDA", "cuda_version"),
+    ("transformers", "transformers_version"),
+    ("peft", "peft_version"),
+    ("bitsandbytes", "bitsandbytes_version"),
+)
+
+
+def md_cell(value: Any) -> str:
+    """One markdown table cell: pipes escaped, newlines as <br>, None as empty."""
+    if value is None:
+        return ""
+    return str(value).replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table (pandas' to_markdown needs tabulate, not installed)."""
+    lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [md_cell(v) for v in row]
+        if len(cells) != len(headers):
+            raise ValueError(f"row has {len(cells)} cells, the table {len(headers)} columns: {row!r}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _missing(outcome: c.Evaluation | pd.DataFrame) -> str:
+    """ "not run", with the statuses when rows ran but measured nothing."""
+    if isinstance(outcome, c.Evaluation) and outcome.verdict is c.Verdict.INCONCLUSIVE:
+        return f"{NOT_RUN} ({outcome.why})"
+    return NOT_RUN
+
+
+def _first(run: RunData, env_key: str, column: str | None = None) -> str:
+    """A run-level value: environment.json first, then the first non-empty result column."""
+    value = run.environment.get(env_key)
+    if value not in (None, ""):
+        return str(value)
+    df = c.frame(run)
+    column = column or env_key
+    if column in df.columns:
+        values = [str(v) for v in df[column] if v not in (None, "") and not pd.isna(v)]
+        if values:
+            return values[0]
+    return ""
+
+
+def header(run: RunData) -> str:
+    """Title and the run's context: profile, GPU, emulation, library versions, case outcomes."""
+    df = c.frame(run)
+    profile = _first(run, "profile") or "unknown"
+    emulated_on = _first(run, "emulated_on")
+    gpu = _first(run, "gpu_present", "gpu_name") or "none (CPU)"
+    libs = ", ".join(f"{name} {_first(run, key)}" for name, key in _LIBRARIES if _first(run, key))
+    lines = [
+        "# The lesson's tables, measured",
+        "",
+        f"- profile: {profile}" + (f" (emulated on {emulated_on})" if emulated_on else ""),
+        f"- GPU: {gpu}"
+        + (f", capability {_first(run, 'gpu_capability')}" if _first(run, "gpu_capability") else ""),
+        f"- emulated on: {emulated_on or 'no (the profile is the GPU present)'}",
+        f"- libraries: {libs or 'not recorded'}",
+        f"- cases: {len(df)}" + (f" ({c.status_summary(df)})" if len(df) else ""),
+        "",
+        '"lesson" cells are what the lesson prints; "measured" cells come from this run\'s rows;'
+        ' "not run" means no row of this run measured it. GB = 10**9 bytes, GiB = 2**30 bytes.',
+    ]
+    return "\n".join(lines)
+
+
+# -- memory by precision -------------------------------------------------------------------------
+def _weights_cell(df: pd.DataFrame, precision: str) -> str:
+    if c.PRECISION_ROWS[precision] is None:
+        return NOT_RUN
+    rows = c.select(
+        c.precision_rows(df, precision),
+        f"7-8B {precision}",
+        ("weight_bytes", "total_params"),
+        statuses=c.LOADED,
+    )
+    if isinstance(rows, c.Evaluation):
+        return _missing(rows)
+    if precision == "INT4":
+        lesson_cfg = rows[rows["double_quant"].map(c.truthy) == True]  # noqa: E712 - a mask
+        rows = lesson_cfg if not lesson_cfg.empty else rows
+    cells = []
+    for (model,), group in c.group_by(rows, ["model"]):
+        wbytes = c.median_of(group, "weight_bytes")
+        params = float(np.median([c.base_params(r) for _, r in group.iterrows()]))
+        at_7b = wbytes / params * c.LESSON_7B_PARAMS
+        cells.append(f"{model}: {wbytes / c.GB:.2f} GB; {at_7b / c.GB:.2f} GB at 7e9 params")
+    return "; ".join(cells)
+
+
+def _total_cell(df: pd.DataFrame, precision: str) -> str:
+    if c.PRECISION_ROWS[precision] is None:
+        return NOT_RUN
+    rows = c.select(c.on_gpu(c.precision_rows(df, precision)), "7-8B", ("peak_reserved_gib",))
+    if isinstance(rows, c.Evaluation):
+        return _missing(rows)
+    peaks = []
+    for _, r in rows.iterrows():
+        peaks.append((c.training_peak_gib(r) or 0.0) * c.GIB / c.GB)
+    models = ", ".join(dict.fromkeys(rows["model"]))
+    return f"{c.span(peaks, lambda x: f'{x:.1f}')} GB over {len(peaks)} setting(s) of {models}"
+
+
+def memory_by_precision(run: RunData) -> str:
+    """The 7B memory table with the 7-8B shape's measured weights and training peaks."""
+    df = c.frame(run)
+    rows = [
+        (
+            precision,
+            f"{c.LESSON_7B_WEIGHTS_GB[precision]:g} GB",
+            _weights_cell(df, precision),
+            f"~{c.LESSON_7B_TOTAL_GB[precision]:g} GB",
+            _total_cell(df, precision),
+        )
+        for precision in ("FP32", "FP16", "INT8", "INT4")
+    ]
+    headers = (
+        "Precision",
+        "Weights: lesson",
+        "Weights: measured",
+        "Total with training: lesson",
+        "Total: measured",
+    )
+    note = (
+        "Measured weights are weight_bytes of the 7-8B shape that ran (INT4 = nf4 with double quant),"
+        " also scaled per parameter to 7e9; totals are device peaks (NVML) of its LoRA/QLoRA rows."
+    )
+    return "## Memory for a 7B model, by precision\n\n" + md_table(headers, rows) + "\n\n" + note
+
+
+# -- compute dtypes -------------------------------------------------------------------------------
+_LESSON_DTYPES = (
+    ("float32", "fp32", "Slow", "Highest", "All GPUs"),
+    ("float16", "fp16", "Fast", "Good", "Most GPUs"),
+    ("bfloat16", "bf16", "Fast", "Better", "Ampere+ (A100, RTX 30xx+)"),
+)
+
+
+def _dtype_point(df: pd.DataFrame) -> pd.DataFrame:
+    """Ok 4-bit rows at one point that differ only in compute dtype: the fp32 row's point, or the
+    lesson's (nf4 + double quant) factorial point when no fp32 row ran."""
+    rows = c.quantized(df[df["status"] == "ok"]) if not df.empty else df
+    rows = rows[c.present(rows["tokens_per_s"])] if not rows.empty else rows
+    anchors = c.family_rows(rows, "fp32")
+    if anchors.empty:
+        anchors = c.family_rows(rows, "factorial")
+        anchors = anchors[(anchors["quant_type"] == "nf4") & anchors["double_quant"].map(c.truthy)]
+    if anchors.empty:
+        return anchors
+    anchor = anchors.iloc[[0]]
+    matched = [b for _, b in c.pairs(anchor, rows, vary=("compute_dtype",))]
+    return pd.DataFrame(matched)
+
+
+def _final_loss(row: pd.Series) -> str:
+    if c.is_nan_run(row):
+        return "NaN"
+    loss = c.fval(row, "final_loss")
+    return f"{loss:.3f}" if loss is not None else NOT_RUN
+
+
+def _stability_cells(df: pd.DataFrame, dtype: str) -> tuple[str, str]:
+    rows = c.family_rows(df, "stability")
+    rows = rows[rows["compute_dtype"] == dtype] if not rows.empty else rows
+    if rows.empty:
+        return NOT_RUN, NOT_RUN
+    ran = rows[rows["status"].isin({"ok", "nan"})]
+    nan = sum(c.is_nan_run(r) for _, r in ran.iterrows())
+    losses = ", ".join(
+        f"lr {float(r['lr']):g}: {_final_loss(r)}" for _, r in ran.sort_values("lr").iterrows()
+    )
+    return f"{nan} of {len(ran)} runs", losses or f"{NOT_RUN} ({c.status_summary(rows)})"
+
+
+def compute_dtypes(run: RunData) -> str:
+    """The compute-dtype table with tokens/s at one point and the stability family's outcomes."""
+    df = c.frame(run)
+    point = _dtype_point(df)
+    speeds = {r["compute_dtype"]: c.fval(r, "tokens_per_s") for _, r in point.iterrows()}
+    rows = []
+    for name, key, speed, quality, hardware in _LESSON_DTYPES:
+        tps = speeds.get(key)
+        nan, losses = _stability_cells(df, key)
+        rows.append((name, speed, f"{tps:,.0f}" if tps else NOT_RUN, quality, nan, losses, hardware))
+    headers = (
+        "Compute dtype",
+        "Speed: lesson",
+        "tokens/s: measured",
+        "Quality: lesson",
+        "NaN runs (stability)",
+        "Final loss by lr (stability)",
+        "Hardware: lesson",
+    )
+    where = c.setting(point.iloc[0]).split(",")[0] if not point.empty else "no point with several dtypes"
+    profile = PROFILES.get(_first(run, "profile"))
+    hardware = (
+        f"profile {profile.name}: compute capability {profile.capability[0]}.{profile.capability[1]},"
+        f" native bf16 {'yes' if profile.native_bf16 else 'no'} (datasheet, qlora_core.gpus)"
+        if profile and profile.is_gpu
+        else "no GPU profile"
+    )
+    note = f"tokens/s at {where} (QLoRA, same point for every dtype). {hardware}."
+    return "## Compute data type\n\n" + md_table(headers, rows) + "\n\n" + note
+
+
+# -- T4 budget ------------------------------------------------------------------------------------
+def _budget_row(df: pd.DataFrame) -> tuple[pd.Series | None, str]:
+    t4 = df[df["profile"] == "t4"] if not df.empty else df
+    rows = c.family_rows(t4, "ladder:0")
+    if rows.empty:
+        profiles = ", ".join(sorted(set(df["profile"].astype(str)))) if not df.empty else "none"
+        return None, f"{NOT_RUN} (no ladder:0 row on profile t4; this run: {profiles})"
+    return rows.iloc[-1], ""
+
+
+def t4_budget(run: RunData) -> str:
+    """The T4 budget table (8B, batch 4, seq 2048) against the ladder:0 row on profile t4."""
+    df = c.frame(run)
+    row, missing = _budget_row(df)
+    measured = c.budget_measurements(row) if row is not None else {}
+    rows, running = [], 0.0
+    for component, lesson in c.LESSON_T4_BUDGET.items():
+        if component == "Total":
+            lesson_total = f"{lesson:g} GB"
+        elif component == "Available buffer":
+            lesson_total = f"{c.LESSON_T4_VRAM_GB:g} GB"
+        else:
+            running += lesson
+            lesson_total = f"{running:g} GB"
+        if row is None:
+            cell, how = missing, ""
+        else:
+            value, how = measured[component]
+            unit = "GB" if component.startswith("8B model") else "GiB"
+            truncated = row["status"] != "ok" and component in c.BUDGET_TRAINING_STAGE
+            cell = f"{value:.2f} {unit}" if value is not None else NOT_RUN
+            if value is None and truncated:
+                cell += f" (status {row['status']})"
+        rows.append((component, f"{lesson:g} GB", lesson_total, cell, how))
+    fits = missing if row is None else f"status {row['status']}"
+    rows.append(("Fits in the T4", "yes", f"{c.LESSON_T4_VRAM_GB:g} GB", fits, "status of the ladder:0 row"))
+    headers = ("Component", "Memory: lesson", "Running total: lesson", "Measured", "How measured")
+    case = f"case {row['case_id']}, {c.where(pd.DataFrame([row]))}" if row is not None else "no case"
+    return "## T4 budget (15GB VRAM), 8B at batch 4, seq 2048\n\n" + md_table(headers, rows) + f"\n\n{case}."
+
+
+# -- QLoRA vs LoRA ----------------------------------------------------------------------------------
+def _speed_cells(df: pd.DataFrame) -> tuple[str, str]:
+    rows = df[(df["status"] == "ok") & c.present(df["tokens_per_s"])] if not df.empty else df
+    found = c.pairs(c.quantized(rows, "nf4"), c.sixteen_bit(rows), vary=c.QUANT_FIELDS)
+    if not found:
+        return NOT_RUN, NOT_RUN
+    ref = [c.fval(b, "tokens_per_s") or 0.0 for _, b in found]
+    slow = [1 - (c.fval(a, "tokens_per_s") or 0.0) / (c.fval(b, "tokens_per_s") or 1.0) for a, b in found]
+    n = len(found)
+    return (
+        f"{c.span(ref, lambda x: f'{x:,.0f}')} tokens/s ({n} points)",
+        f"{c.span(slow, lambda x: f'{x:+.0%}')} slower ({n} points)",
+    )
+
+
+def _quality_cells(df: pd.DataFrame) -> tuple[str, str]:
+    rows = c.family_rows(df, "quality")
+    rows = rows[(rows["status"] == "ok") & c.present(rows["ppl_after"])] if not rows.empty else rows
+    found = c.pairs(c.quantized(rows, "nf4"), c.sixteen_bit(rows), vary=c.QUANT_FIELDS)
+    found = [(a, b) for a, b in found if c.truthy(a["double_quant"])] or found
+    if not found:
+        return NOT_RUN, NOT_RUN
+    q, ref = found[0]
+    return f"ppl {c.fval(ref, 'ppl_after'):.2f}", f"ppl {c.fval(q, 'ppl_after'):.2f} ({c.quant_label(q)})"
+
+
+def _compat_cells(df: pd.DataFrame, profiles: Sequence[str]) -> tuple[str, str]:
+    sub = df[df["profile"].isin(profiles)] if not df.empty else df
+    outcomes, sizes = c.compat_outcomes(sub)
+    return tuple(  # type: ignore[return-value]
+        c.outcomes_text(outcomes[kind], sizes) or f"{NOT_RUN} (no compat rows on {'/'.join(profiles)})"
+        for kind in ("lora", "qlora")
+    )
+
+
+def tradeoffs(run: RunData) -> str:
+    """The QLoRA vs LoRA trade-off table."""
+    df = c.frame(run)
+    speed_lora, speed_qlora = _speed_cells(df)
+    quality_lora, quality_qlora = _quality_cells(df)
+    t4_lora, t4_qlora = _compat_cells(df, ("t4",))
+    a100_lora, a100_qlora = _compat_cells(df, ("a100-40gb", "a100-80gb"))
+    rows = [
+        ("Memory for 7B model", "~14 GB", _weights_cell(df, "FP16"), "~3.5 GB", _weights_cell(df, "INT4")),
+        ("Training speed", "Faster", speed_lora, "~10-20% slower", speed_qlora),
+        ("Quality", "Slightly higher", quality_lora, "Slightly lower", quality_qlora),
+        ("T4 compatibility", "3B models only", t4_lora, "Up to 8B models", t4_qlora),
+        ("A100 compatibility", "Up to 70B", a100_lora, "All sizes", a100_qlora),
+    ]
+    headers = (
+        "Factor",
+        "LoRA (16-bit): lesson",
+        "LoRA: measured",
+        "QLoRA (4-bit): lesson",
+        "QLoRA: measured",
+    )
+    note = (
+        "Speed: 16-bit LoRA tokens/s and QLoRA (nf4) slowdown at the same points; quality: held-out"
+        " perplexity after training (lower is better); compatibility: compat rows' status per model."
+    )
+    return "## QLoRA vs LoRA trade-offs\n\n" + md_table(headers, rows) + "\n\n" + note
+
+
+# -- memory formula -------------------------------------------------------------------------------
+def memory_formula(run: RunData) -> str:
+    """The formula's examples (params x 4 / 8) beside every 4-bit shape that ran."""
+    df = c.frame(run)
+    rows_4bit = c.select(c.quantized(df), "4-bit", ("weight_bytes", "total_params"), statuses=c.LOADED)
+    shapes: list[tuple[float, str, pd.DataFrame]] = []
+    if not isinstance(rows_4bit, c.Evaluation):
+        for (model,), group in c.group_by(rows_4bit, ["model"]):
+            lesson_cfg = group[(group["quant_type"] == "nf4") & group["double_quant"].map(c.truthy)]
+            group = lesson_cfg if not lesson_cfg.empty else group
+            params = float(np.median([c.base_params(r) for _, r in group.iterrows()]))
+            shapes.append((params, str(model), group))
+    shapes.sort()
+    rows = []
+    matched: set[int] = set()
+    for params, model, group in shapes:
+        size = c.nominal_size(params)
+        if size is not None:
+            matched.add(size)
+        formula = params * 4 / 8
+        wbytes = c.median_of(group, "weight_bytes")
+        rows.append(
+            (
+                model,
+                f"{params:,.0f}",
+                f"{size} x 4 / 8 = {size * 4 / 8:g} GB" if size else "-",
+                f"{formula / c.GB:.2f} GB",
+                f"{wbytes / c.GB:.2f} GB ({c.quant_label(group.iloc[0])})",
+                f"{wbytes / formula:.2f}x",
+            )
+        )
+    for size in c.LESSON_FORMULA_SIZES_B:
+        if size not in matched:
+            rows.append(
+                (f"{size}B (lesson)", NOT_RUN, f"{size} x 4 / 8 = {size * 4 / 8:g} GB", NOT_RUN, NOT_RUN, "-")
+            )
+    headers = (
+        "Model",
+        "Params",
+        "Lesson example",
+        "Formula, real params",
+        "Measured 4-bit weights",
+        "Measured / formula",
+    )
+    note = (
+        "Measured = weight_bytes after load: 4-bit payload, quantization statistics and the 16-bit"
+        " embeddings, lm_head and norms."
+    )
+    return "## Memory calculation: Parameters x Bits / 8\n\n" + md_table(headers, rows) + "\n\n" + note
+
+
+def render_tables(run: RunData) -> str:
+    """tables.md for one run."""
+    sections = (header, memory_by_precision, compute_dtypes, t4_budget, tradeoffs, memory_formula)
+    return "\n\n".join(section(run) for section in sections) + "\n"
