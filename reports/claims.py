@@ -2656,6 +2656,41 @@ def evaluate_all(run: RunData) -> list[tuple[Claim, Evaluation]]:
     return out
 
 
+def _describe(e: Evaluation) -> str:
+    parts = [f"[{e.condition}]"] if e.condition else []
+    parts.append(f"measured {e.measured or '-'}")
+    if e.corrected:
+        parts.append(f"corrected: {e.corrected}")
+    if e.evidence:
+        parts.append(f"evidence: {', '.join(e.evidence)}")
+    return "; ".join(parts)
+
+
+def claim_outcome(claim: Claim, evaluations: Sequence[Evaluation]) -> tuple[str, str]:
+    """How a claim's test ends, and its message: ("fail" | "xfail" | "skip" | "pass", text).
+
+    Any refuted evaluation fails, unless the claim carries a known documentation error (xfail);
+    with none refuted, a claim none of whose evaluations holds is skipped with the reasons
+    (inconclusive ones prefixed "inconclusive:"); otherwise it passes.
+    """
+    refuted_ = [e for e in evaluations if e.verdict is Verdict.REFUTED]
+    if refuted_ and not claim.known_doc_error:
+        return "fail", f"{claim.id} refuted: " + " | ".join(_describe(e) for e in refuted_)
+    if refuted_:
+        measured = " | ".join(e.measured for e in refuted_)
+        return "xfail", f"known documentation error: {claim.known_doc_error}; measured {measured}"
+    if not any(e.verdict is Verdict.HOLDS for e in evaluations):
+        reasons = [
+            ("inconclusive: " if e.verdict is Verdict.INCONCLUSIVE else "")
+            + e.why
+            + (f" [{e.condition}]" if e.condition else "")
+            for e in evaluations
+        ]
+        return "skip", "; ".join(reasons)
+    held = sum(e.verdict is Verdict.HOLDS for e in evaluations)
+    return "pass", f"{claim.id}: {held} of {len(evaluations)} evaluation(s) hold"
+
+
 CLAIMS_FRAME_COLUMNS: tuple[str, ...] = (
     "id",
     "section",
