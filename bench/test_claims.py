@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from reports.claims import CLAIMS, Claim, evaluate, claim_outcome
+from reports.claims import CLAIMS, Claim, claim_outcome, evaluate
 from reports.frame import RunData
 
 
