@@ -408,6 +408,17 @@ def write_run_dir(
     return run_dir
 
 
+def pick(evaluations: list[Any], needle: str = "") -> Any:
+    """The one evaluation whose condition contains `needle` (all of them must be unique)."""
+    found = [e for e in evaluations if needle in e.condition]
+    assert len(found) == 1, f"{len(found)} evaluations with {needle!r}: {[e.condition for e in evaluations]}"
+    return found[0]
+
+
+def verdicts(evaluations: list[Any]) -> list[str]:
+    return [e.verdict.value for e in evaluations]
+
+
 @pytest.fixture
 def build() -> SimpleNamespace:
     """The row and run builders of this module, for tests (conftest is not imported directly)."""
@@ -429,6 +440,8 @@ def build() -> SimpleNamespace:
         shapes=SHAPES,
         nf4_codes=NF4_CODES,
         fp4_codes=FP4_CODES,
+        pick=pick,
+        verdicts=verdicts,
     )
 
 
