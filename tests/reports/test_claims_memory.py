@@ -405,3 +405,25 @@ def test_allocator_claims_do_not_apply_to_the_cpu_profile(build, claim_id):
     run = build.run([build.result(THREE, profile="cpu", device="cpu", families="sweep,gc,ladder:0")])
     (only,) = c.evaluate(claim(claim_id), run)
     assert only.verdict is c.Verdict.NOT_RUN
+
+
+def test_3b_load_not_run_without_the_lessons_compute_dtype(build):
+    (only,) = c.check_3b_load(build.run([_three_loaded(build, 2.8, 3.1, compute_dtype="fp32")]))
+    assert only.verdict is c.Verdict.NOT_RUN and "fp32" in only.why
+
+
+def test_t4_fits_inconclusive_without_a_peak(build):
+    (only,) = c.check_t4_fits_7b(build.run([_compat_8b(build, "ok", None)]))
+    assert only.verdict is c.Verdict.INCONCLUSIVE and "no peak" in only.why
+
+
+def test_ladder_and_gc_without_peaks_are_inconclusive(build):
+    rows = _ladder(build, [("ok", None), ("ok", None)])
+    assert c.check_oom_ladder(build.run(rows))[0].verdict is c.Verdict.INCONCLUSIVE
+    base = {"families": "gc", **build.gpu()}
+    on, off = build.result(THREE, **base), build.result(THREE, gradient_checkpointing=False, **base)
+    (only,) = c.check_gc_activations(build.run([on, off]))
+    assert only.verdict is c.Verdict.INCONCLUSIVE and "missing" in only.why
+    crashed = build.result(THREE, status="crashed", **base)
+    (none,) = c.check_gc_activations(build.run([crashed]))
+    assert none.verdict is c.Verdict.INCONCLUSIVE and "1 crashed" in none.why

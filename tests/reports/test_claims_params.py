@@ -181,3 +181,23 @@ def test_a100_compat(build):
     assert build.verdicts(on_a100) == ["not_run", "inconclusive"]
     t4 = build.run([_compat(build, THREE, "nf4", "ok")])
     assert c.evaluate(claim("a100-compat"), t4)[0].verdict is c.Verdict.NOT_RUN
+
+
+def test_print_trainable_share_holds_when_it_prints_as_the_lesson(build):
+    row = build.result(THREE, total_params=1_000_000, trainable_params=1_061)
+    assert build.pick(c.check_print_trainable(build.run([row])), "trainable%").verdict is c.Verdict.HOLDS
+
+
+def test_t4_compat_inconclusive_without_small_or_8b_class_models(build):
+    rows = [_compat(build, EIGHT, "none", "oom"), _compat(build, THREE, "nf4", "ok")]
+    evals = c.check_t4_compat(build.run(rows))
+    assert "below 3.6B" in build.pick(evals, "16-bit").why
+    assert "no 8B-class model" in build.pick(evals, "QLoRA").why
+
+
+def test_a100_compat_holds_when_70b_ran(build):
+    rows = [
+        _compat(build, "llama-2-70b", "none", "ok", "a100-80gb"),
+        _compat(build, "llama-2-70b", "nf4", "ok", "a100-80gb"),
+    ]
+    assert build.verdicts(c.check_a100_compat(build.run(rows))) == ["holds", "holds"]

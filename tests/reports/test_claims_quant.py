@@ -3,6 +3,9 @@ factor width, speed), compute dtype speed and quality, bf16 on the T4, the NaN a
 
 from __future__ import annotations
 
+import dataclasses
+
+from qlora_core.gpus import PROFILES
 from reports import claims as c
 
 SMALL = "smollm2-135m-instruct"
@@ -295,3 +298,57 @@ def test_t4_bf16_without_bf16_rows_and_on_other_profiles(build):
     assert build.pick(evals, "bf16 runs").verdict is c.Verdict.NOT_RUN
     run = build.run([build.result(THREE, profile="a100-80gb", **build.gpu(False))])
     assert c.evaluate(claim("t4-no-bf16"), run)[0].verdict is c.Verdict.NOT_RUN
+
+
+def test_t4_bf16_real_gpu_reporting_native_bf16_refutes_and_registry_decides_when_emulated(
+    build, monkeypatch
+):
+    row = _t4(build, "fp16", emulated=False)
+    row.bf16_native = True
+    evals = c.check_t4_bf16(build.run([row]))
+    assert build.pick(evals, "hardware").verdict is c.Verdict.REFUTED
+    fake = dataclasses.replace(PROFILES["t4"], capability=(8, 0))
+    monkeypatch.setitem(c.PROFILES, "t4", fake)
+    evals = c.check_t4_bf16(build.run([_t4(build, "fp16")]))
+    assert build.pick(evals, "hardware").verdict is c.Verdict.REFUTED
+
+
+def test_t4_bf16_real_gpu_edge_outcomes(build):
+    rows = [_t4(build, "bf16", "timeout", emulated=False), _t4(build, "fp16", emulated=False)]
+    assert build.pick(c.check_t4_bf16(build.run(rows)), "bf16 runs").verdict is c.Verdict.INCONCLUSIVE
+    rows = [_t4(build, "bf16", emulated=False, tps=980.0), _t4(build, "fp16", emulated=False)]
+    speed = build.pick(c.check_t4_bf16(build.run(rows)), "speed")
+    assert speed.verdict is c.Verdict.INCONCLUSIVE and "0.98x" in speed.measured
+
+
+def test_bf16_quality_both_nan_or_unmeasured_is_inconclusive(build):
+    both = [_stability(build, "fp16", 1e-3, None), _stability(build, "bf16", 1e-3, None)]
+    assert c.check_bf16_quality(build.run(both))[0].verdict is c.Verdict.INCONCLUSIVE
+    rows = [_stability(build, "fp16", 1e-4, 2.9), _stability(build, "bf16", 1e-4, 2.8)]
+    rows[0].final_loss = None
+    (only,) = c.check_bf16_quality(build.run(rows))
+    assert only.verdict is c.Verdict.INCONCLUSIVE and "final_loss" in only.why
+
+
+def test_quality_and_error_tables_with_missing_halves(build):
+    rows = [_quality(build, "nf4", True, 21.0, 17.0)]
+    evals = c.check_nf4_quality(build.run(rows, {"quant_error": build.quant_error()[:2]}))
+    assert build.pick(evals, "perplexity").verdict is c.Verdict.NOT_RUN  # no fp4 twin
+    nf4_only = [r for r in build.quant_error() if r["quant_type"] == "nf4"]
+    evals = c.check_nf4_quality(build.run(rows, {"quant_error": nf4_only}))
+    assert {e.verdict for e in evals if "reconstruction" in e.condition} == {c.Verdict.NOT_RUN}
+    pair = [_quality(build, "nf4", True, 21.0, 17.0), _quality(build, "fp4", True, 24.0, 19.0)]
+    pair[1].ppl_after = None
+    after = build.pick(c.check_nf4_quality(build.run(pair)), "after training")
+    assert after.verdict is c.Verdict.INCONCLUSIVE and "ppl_after" in after.why
+
+
+def test_code_books_without_nf4_and_layouts_without_bits(build):
+    fp4_only = [r for r in build.quant_codes() if r["quant_type"] == "fp4"]
+    assert c.check_nf4_near_zero(build.run([], {"quant_codes": fp4_only}))[0].verdict is c.Verdict.NOT_RUN
+    layout = [{k: v for k, v in r.items() if k != "absmax_bits"} for r in build.quant_state(8)]
+    evals = c.check_dq_factor_dtype(build.run([], {"quant_state_layout": layout}))
+    assert "uint8 (8 bits)" in build.pick(evals, "on").measured  # width derived from the dtype name
+    layout[1]["absmax_dtype"] = "mystery"
+    evals = c.check_dq_factor_dtype(build.run([], {"quant_state_layout": layout}))
+    assert build.pick(evals, "on").verdict is c.Verdict.INCONCLUSIVE
