@@ -1,0 +1,105 @@
+"""reports.tables: the markdown helper and the lesson's tables with measured numbers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from reports.tables import NOT_RUN, md_cell, md_table, render_tables
+
+
+def test_md_table_escapes_pipes_and_newlines():
+    text = md_table(("a", "b|c"), [("x|y", "line1\nline2"), (None, 3)])
+    assert text.splitlines() == [
+        "| a | b\\|c |",
+        "|---|---|",
+        "| x\\|y | line1<br>line2 |",
+        "|  | 3 |",
+    ]
+    assert md_cell(1.5) == "1.5"
+
+
+def test_md_table_rejects_ragged_rows():
+    with pytest.raises(ValueError, match="2 columns"):
+        md_table(("a", "b"), [("only one",)])
+
+
+def _section(text: str, title: str) -> str:
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def _row(section: str, first_cell: str) -> list[str]:
+    line = next(x for x in section.splitlines() if x.startswith(f"| {first_cell} |"))
+    return [cell.strip() for cell in line.strip("|").split(" | ")]
+
+
+def test_render_tables_on_a_synthetic_t4_run(synthetic_run):
+    text = render_tables(synthetic_run)
+    assert text.startswith("# The lesson's tables, measured")
+    assert "- profile: t4 (emulated on NVIDIA H200)" in text
+    assert "bitsandbytes 0.50.2" in text and "peft 0.21.2" in text
+
+    memory = _section(text, "Memory for a 7B model")
+    assert _row(memory, "FP32") == ["FP32", "28 GB", NOT_RUN, "~100 GB", NOT_RUN]
+    int4 = _row(memory, "INT4")
+    assert int4[1] == "3.5 GB" and int4[2] == "llama-3.1-8b: 5.70 GB; 4.97 GB at 7e9 params"
+    assert "over 4 setting(s)" in int4[4]
+    assert _row(memory, "FP16")[2].startswith(f"{NOT_RUN} (")  # the 16-bit 8B row ran out of memory
+
+    dtypes = _section(text, "Compute data type")
+    assert _row(dtypes, "float32")[:3] == ["float32", "Slow", "700"]
+    fp16 = _row(dtypes, "float16")
+    assert fp16[2] == "1,940" and fp16[4] == "1 of 3 runs" and "lr 0.001: NaN" in fp16[5]
+    assert "native bf16 no (datasheet" in dtypes
+
+    budget = _section(text, "T4 budget")
+    assert _row(budget, "8B model (4-bit)")[1:4] == ["4 GB", "4 GB", "5.70 GB"]
+    assert _row(budget, "Activations (batch=4, seq=2048)")[3] == f"{NOT_RUN} (status oom)"
+    assert _row(budget, "Optimizer (8-bit Adam)")[3] == NOT_RUN
+    assert _row(budget, "Fits in the T4")[3] == "status oom"
+
+    trade = _section(text, "QLoRA vs LoRA trade-offs")
+    assert _row(trade, "T4 compatibility")[2:5] == [
+        "llama-3.2-3b ok, llama-3.1-8b oom",
+        "Up to 8B models",
+        "llama-3.2-3b ok, llama-3.1-8b ok",
+    ]
+    assert "ppl 16.60" in _row(trade, "Quality")[2]
+    assert _row(trade, "A100 compatibility")[2].startswith(NOT_RUN)
+
+    formula = _section(text, "Memory calculation")
+    assert _row(formula, "llama-3.1-8b")[2:] == ["8 x 4 / 8 = 4 GB", "4.02 GB", "5.70 GB (nf4+dq)", "1.42x"]
+    assert _row(formula, "13B (lesson)")[1] == NOT_RUN
+
+
+# Measured columns of each table (0-based): on an empty run every one must say "not run".
+MEASURED_COLUMNS = {
+    "Memory for a 7B model": (2, 4),
+    "Compute data type": (2, 4, 5),
+    "T4 budget": (3,),
+    "QLoRA vs LoRA trade-offs": (2, 4),
+    "Memory calculation": (1, 3, 4),
+}
+
+
+@pytest.mark.parametrize(("title", "columns"), MEASURED_COLUMNS.items())
+def test_render_tables_on_an_empty_run_makes_up_no_number(build, title, columns):
+    section = _section(render_tables(build.run([])), title)
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]  # without the header
+    assert rows
+    for line in rows:
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        for i in columns:
+            assert cells[i].startswith(NOT_RUN), (title, cells)
+            assert not re.search(r"\d\.\d", cells[i]), (title, cells)
+
+
+def test_budget_table_needs_the_t4_profile_and_header_falls_back_to_results(build):
+    row = build.result("llama-3.1-8b", families="ladder:0", profile="h100", **build.gpu(False))
+    row.torch_version = "2.13.0"
+    text = render_tables(build.run([row]))
+    assert "no ladder:0 row on profile t4; this run: h100" in _section(text, "T4 budget")
+    assert "- profile: h100" in text and "torch 2.13.0" in text and "GPU: Tesla T4" in text
