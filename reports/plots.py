@@ -83,8 +83,10 @@ def plot_memory_vs_seq(run: RunData, path: Path) -> Path | None:
             ax.plot(good["seq_len"], c.num(good[column]), marker="o", color=color, label=name)
         failed = group[group.index.isin(oom.index)]
         if not failed.empty and limit is not None:
+            # OOM points of different lines share x and y: nudge each line's crosses sideways.
+            nudge = 2 ** (0.06 * (i % 5 - 2))
             ax.scatter(
-                failed["seq_len"],
+                failed["seq_len"] * nudge,
                 [limit[1]] * len(failed),
                 marker="x",
                 s=80,
@@ -94,11 +96,11 @@ def plot_memory_vs_seq(run: RunData, path: Path) -> Path | None:
     if limit is not None:
         ax.axhline(limit[1], color="black", linestyle="--", linewidth=1)
         ax.text(
-            0.99,
+            0.01,
             limit[1],
-            f"{limit[0]} memory: {limit[1]:.1f} GiB",
+            f"{limit[0]} memory: {limit[1]:.1f} GiB (x: out of memory)",
             transform=ax.get_yaxis_transform(),
-            ha="right",
+            ha="left",
             va="bottom",
             fontsize=8,
         )
