@@ -1,0 +1,93 @@
+"""reports.render and `python -m reports render`: the run folder's reports, and the exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reports.__main__ import EXIT_OK, EXIT_USAGE, main
+from reports.claims import CLAIMS, evaluate_all
+from reports.frame import load_run
+from reports.render import RunFolderError, check_run_dir, render_claims, render_run, verdict_counts
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_render_run_writes_claims_tables_and_plots(synthetic_run_dir):
+    written = render_run(synthetic_run_dir)
+    assert set(written) == {
+        "claims",
+        "tables",
+        "peak_memory_vs_seq",
+        "tokens_per_s",
+        "loss_curves",
+        "perplexity",
+    }
+    assert all(path.exists() and path.parent.is_relative_to(synthetic_run_dir) for path in written.values())
+    claims_md = written["claims"].read_text()
+    counts = verdict_counts(evaluate_all(load_run(synthetic_run_dir)))
+    summary = " · ".join(f"{v.value.replace('_', ' ')} {n}" for v, n in counts.items())
+    assert f"**{summary}**" in claims_md
+    assert written["tables"].read_text().startswith("# The lesson's tables, measured")
+
+
+def test_claims_md_lists_every_evaluation_with_its_reasons(synthetic_run):
+    text = render_claims(synthetic_run)
+    results = evaluate_all(synthetic_run)
+    table_rows = [
+        line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| Claim |")
+    ]
+    assert len(table_rows) == len(results)
+    assert {row.split(" | ")[0].lstrip("| ") for row in table_rows} == {c.id for c in CLAIMS}
+    assert "## Refuted: what the measurements support" in text
+    assert "- **fp4-uniform** (fp4): bitsandbytes' FP4 levels are not equally spaced" in text
+    assert "## Not run and inconclusive: why" in text
+    assert "- **mem7b-weights** (FP32), not run: the matrix loads no FP32 weights" in text
+    assert "(+14 more)" in text  # long evidence lists are shortened
+
+
+def test_check_run_dir_names_the_problem(tmp_path):
+    with pytest.raises(RunFolderError, match="does not exist"):
+        check_run_dir(tmp_path / "missing")
+    with pytest.raises(RunFolderError, match=r"no results\.jsonl"):
+        check_run_dir(tmp_path)
+
+
+def test_cli_exit_codes(synthetic_run_dir, tmp_path, capsys):
+    assert main(["render", str(synthetic_run_dir)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"claims: {synthetic_run_dir / 'claims.md'}" in out
+    assert main(["render", str(tmp_path / "missing")]) == EXIT_USAGE
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["render", str(tmp_path)]) == EXIT_USAGE
+    assert "no results.jsonl" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main([])
+    assert usage.value.code == EXIT_USAGE
+
+
+def test_python_dash_m_reports_render(synthetic_run_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    ok = subprocess.run(
+        [sys.executable, "-m", "reports", "render", str(synthetic_run_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert (synthetic_run_dir / "plots" / "tokens_per_s.png").exists()
+    missing = subprocess.run(
+        [sys.executable, "-m", "reports", "render", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
