@@ -123,7 +123,13 @@ def case_result(planned_case: PlannedCase, bench_session: BenchSession) -> Resul
 def assert_memory_measured(result: Result) -> None:
     """Every stage's memory and the training peak were measured, and are consistent."""
     if result.device == "cuda":
-        for name in ("load_alloc_gib", "lora_alloc_gib", "peak_alloc_gib", "peak_reserved_gib", "nvml_peak_gib"):
+        for name in (
+            "load_alloc_gib",
+            "lora_alloc_gib",
+            "peak_alloc_gib",
+            "peak_reserved_gib",
+            "nvml_peak_gib",
+        ):
             assert getattr(result, name) is not None, f"{name} not measured"
         assert result.peak_alloc_gib >= result.lora_alloc_gib * 0.999
         assert result.peak_reserved_gib >= result.peak_alloc_gib
@@ -149,7 +155,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     render_run(bench.run_dir)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     bench = config.stash.get(_SESSION_KEY, None)
     if bench is None:
         return

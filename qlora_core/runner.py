@@ -10,12 +10,15 @@ adds the exit code or the timeout and returns the row.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
-import multiprocessing
+import json
 import os
 import platform
 import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -50,41 +53,85 @@ def now_iso() -> str:
 
 
 def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -> Result:
-    """Run `case` in a spawned child; always returns a Result (never raises for the case's fault).
+    """Run `case` in a fresh child; always returns a Result (never raises for the case's fault).
 
-    `result_path`: where the child writes its Result (a temp file when None).
+    `result_path`: where the child writes its Result (a temp file when None). The child is a new
+    interpreter (`python -m qlora_core.runner REQUEST`) in its own process group, so a timeout
+    kills it together with anything it started.
     """
     get_profile(options.profile)  # fail fast, in the parent, on a bad profile
     cleanup = result_path is None
     if result_path is None:
         fd, name = tempfile.mkstemp(prefix=f"qlora-{case.hash}-", suffix=".json")
         os.close(fd)
-        os.unlink(name)
         result_path = Path(name)
     result_path.unlink(missing_ok=True)
-    ctx = multiprocessing.get_context("spawn")
-    child = ctx.Process(
-        target=child_main,
-        args=(case.to_dict(), options, str(result_path)),
-        name=f"qlora-case-{case.hash}",
-        daemon=False,
+    request = result_path.with_name(result_path.name + ".request")
+    write_atomic(
+        request,
+        json.dumps(
+            {"case": case.to_dict(), "options": dataclasses.asdict(options), "result": str(result_path)}
+        ),
     )
+    log_path = result_path.with_suffix(".log")
     started = time.monotonic()
     started_at = now_iso()
-    child.start()
-    child.join(options.timeout_s)
-    timed_out = child.is_alive()
-    if timed_out:
-        child.terminate()
-        child.join(_KILL_GRACE_S)
-        if child.is_alive():
-            child.kill()
-            child.join()
+    with log_path.open("w") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "qlora_core.runner", str(request)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=_child_env(),
+        )
+        timed_out = False
+        try:
+            child.wait(timeout=options.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(child)
     wall_s = time.monotonic() - started
-    result = _collect(case, options, result_path, child.exitcode, timed_out, started_at, wall_s)
+    request.unlink(missing_ok=True)
+    result = _collect(case, options, result_path, child.returncode, timed_out, started_at, wall_s)
+    if result.status in ("crashed", "timeout", "cuda_error"):
+        tail = _log_tail(log_path)
+        if tail:
+            result.reason = f"{result.reason}\n--- last lines of {log_path.name} ---\n{tail}"
+            write_atomic(result_path, result.to_json())
     if cleanup:
         result_path.unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)
     return result
+
+
+def _child_env() -> dict[str, str]:
+    """The parent's environment, with the libraries' progress bars off (the log stays readable)."""
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    env.setdefault("TQDM_DISABLE", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def _kill_group(child: subprocess.Popen) -> None:
+    """SIGTERM the child's process group, then SIGKILL what is left after a grace period."""
+    for sig, wait_s in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, sig)
+        try:
+            child.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _collect(
@@ -201,9 +248,12 @@ class _Checkpointer:
         write_atomic(self.path, self.result.to_json())
 
 
-def child_main(case_dict: dict, options: RunOptions, result_path: str) -> None:
-    """Entry point of the spawned child: run the case, write the Result, exit 0."""
-    case = Case.from_dict(case_dict)
+def child_main(request_path: str) -> None:
+    """Entry point of the child: read the request, run the case, write the Result, exit 0."""
+    request = json.loads(Path(request_path).read_text())
+    case = Case.from_dict(request["case"])
+    options = RunOptions(**request["options"])
+    result_path = request["result"]
     result = Result.for_case(case, options.profile, options.families)
     result.started_at = now_iso()
     result.overrides = options.overrides
@@ -224,9 +274,9 @@ def child_main(case_dict: dict, options: RunOptions, result_path: str) -> None:
 def _apply_fault(case: Case, where: str) -> None:
     """Test-only fault injection through `case.extra` (e.g. ('fault', 'exit')); no-op otherwise."""
     fault = dict(case.extra).get("fault")
-    if fault == "exit" and where == "after-load":
+    if fault == "exit" and where == "before-prepare":
         os._exit(3)
-    if fault == "hang" and where == "after-load":
+    if fault == "hang" and where == "before-prepare":
         time.sleep(10**6)
 
 
@@ -262,9 +312,9 @@ def _run_in_child(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple
     r.quantized_params = counted.quantized_params
     r.footprint_bytes = counted.footprint_bytes
     _record_stage(r, "load", device)
-    _apply_fault(case, "after-load")
 
-    ckpt.stage("prepare")
+    ckpt.stage("prepare")  # also saves what load measured, so a crash from here keeps it
+    _apply_fault(case, "before-prepare")
     model = load.prepare(model, case)
     _record_stage(r, "prepare", device)
 
@@ -380,3 +430,7 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu, options: RunOptions):
         torch.cuda.set_per_process_memory_fraction(min(1.0, max(cap, 0.01) / total), 0)
         r.memory_cap_gib = cap
     return sampler.start()
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1])

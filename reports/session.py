@@ -178,7 +178,8 @@ class BenchSession:
         peak = r.peak_reserved_gib if r.peak_reserved_gib is not None else r.cpu_peak_rss_gib
         peak_text = f"peak {peak:.2f} GiB" if peak is not None else "peak -"
         took = "reused" if reused else f"{r.wall_s or 0:.1f} s"
-        line = f"[{done}/{total}] {self.options.profile.name}-{r.case_id}  {r.status}  {speed}  {peak_text}  ({took})"
+        name = f"{self.options.profile.name}-{r.case_id}"
+        line = f"[{done}/{total}] {name}  {r.status}  {speed}  {peak_text}  ({took})"
         if r.status != "ok" and r.reason:
             line += f"  {r.reason.splitlines()[0][:160]}"
         self.write_line(line)

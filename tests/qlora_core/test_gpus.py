@@ -23,8 +23,16 @@ def test_registry_has_every_documented_profile():
 
 @pytest.mark.parametrize(
     ("name", "capability", "native_bf16"),
-    [("t4", (7, 5), False), ("l4", (8, 9), True), ("a10g", (8, 6), True), ("a100-40gb", (8, 0), True),
-     ("a100-80gb", (8, 0), True), ("h100", (9, 0), True), ("h200", (9, 0), True), ("cpu", (0, 0), False)],
+    [
+        ("t4", (7, 5), False),
+        ("l4", (8, 9), True),
+        ("a10g", (8, 6), True),
+        ("a100-40gb", (8, 0), True),
+        ("a100-80gb", (8, 0), True),
+        ("h100", (9, 0), True),
+        ("h200", (9, 0), True),
+        ("cpu", (0, 0), False),
+    ],
 )
 def test_capability_decides_native_bf16(name, capability, native_bf16):
     profile = get_profile(name)
@@ -54,9 +62,16 @@ def test_unknown_profile_lists_allowed_names():
 
 @pytest.mark.parametrize(
     ("device_name", "gib", "expected"),
-    [("Tesla T4", 14.6, "t4"), ("NVIDIA L4", 22.5, "l4"), ("NVIDIA A10G", 22.5, "a10g"),
-     ("NVIDIA A100-SXM4-40GB", 39.4, "a100-40gb"), ("NVIDIA A100 80GB PCIe", 79.2, "a100-80gb"),
-     ("NVIDIA H100 80GB HBM3", 79.1, "h100"), ("NVIDIA H200", 140.4, "h200"), ("NVIDIA RTX 4090", 24, None)],
+    [
+        ("Tesla T4", 14.6, "t4"),
+        ("NVIDIA L4", 22.5, "l4"),
+        ("NVIDIA A10G", 22.5, "a10g"),
+        ("NVIDIA A100-SXM4-40GB", 39.4, "a100-40gb"),
+        ("NVIDIA A100 80GB PCIe", 79.2, "a100-80gb"),
+        ("NVIDIA H100 80GB HBM3", 79.1, "h100"),
+        ("NVIDIA H200", 140.4, "h200"),
+        ("NVIDIA RTX 4090", 24, None),
+    ],
 )
 def test_device_names_map_to_profiles(device_name, gib, expected):
     match = profile_for_device(device_name, gib)

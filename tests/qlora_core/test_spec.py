@@ -81,7 +81,9 @@ def test_reference_normalizes_not_applicable_fields():
     ref = Case("tiny", quant_type="none")
     assert ref.double_quant is False and ref.prepare_kbit is False
     assert ref == Case("tiny", quant_type="none", double_quant=True, prepare_kbit=True)
-    assert reference_of(Case("tiny", compute_dtype="fp16")) == Case("tiny", quant_type="none", compute_dtype="fp16")
+    assert reference_of(Case("tiny", compute_dtype="fp16")) == Case(
+        "tiny", quant_type="none", compute_dtype="fp16"
+    )
 
 
 def test_id_readable_and_lists_non_defaults():
@@ -91,8 +93,14 @@ def test_id_readable_and_lists_non_defaults():
     )
     assert Case("llama-3.2-3b", quant_type="none").id == "llama-3.2-3b-lora16-bf16-b1-s512"
     case = Case(
-        "llama-3.1-8b", grad_accum=4, gradient_checkpointing=False, prepare_kbit=False,
-        optimizer="adamw_8bit", lr=1e-3, data="text", target_modules=("q_proj", "v_proj"),
+        "llama-3.1-8b",
+        grad_accum=4,
+        gradient_checkpointing=False,
+        prepare_kbit=False,
+        optimizer="adamw_8bit",
+        lr=1e-3,
+        data="text",
+        target_modules=("q_proj", "v_proj"),
     )
     assert case.id == "llama-3.1-8b-nf4-dq-bf16-b1-s512-ga4-nogc-noprep-tm-q+v-adamw8bit-lr0.001-text"
     assert Case("/models/My-Model/").id.startswith("my-model-")
@@ -101,12 +109,24 @@ def test_id_readable_and_lists_non_defaults():
 def test_ids_differ_whenever_cases_differ():
     base = Case("tiny")
     variants = [
-        base.replace(quant_type="fp4"), base.replace(double_quant=False), base.replace(compute_dtype="fp16"), base.replace(batch_size=2),
-        base.replace(seq_len=256), base.replace(grad_accum=2), base.replace(gradient_checkpointing=False),
-        base.replace(prepare_kbit=False), base.replace(quant_storage="bf16"), base.replace(lora_r=8),
-        base.replace(lora_dropout=0.05), base.replace(optimizer="paged_adamw_8bit"), base.replace(lr=1e-4),
-        base.replace(measured_steps=3), base.replace(seed=1), base.replace(data="text"),
-        base.replace(extra=(("fault", "exit"),)), base.replace(target_modules=("q_proj",)),
+        base.replace(quant_type="fp4"),
+        base.replace(double_quant=False),
+        base.replace(compute_dtype="fp16"),
+        base.replace(batch_size=2),
+        base.replace(seq_len=256),
+        base.replace(grad_accum=2),
+        base.replace(gradient_checkpointing=False),
+        base.replace(prepare_kbit=False),
+        base.replace(quant_storage="bf16"),
+        base.replace(lora_r=8),
+        base.replace(lora_dropout=0.05),
+        base.replace(optimizer="paged_adamw_8bit"),
+        base.replace(lr=1e-4),
+        base.replace(measured_steps=3),
+        base.replace(seed=1),
+        base.replace(data="text"),
+        base.replace(extra=(("fault", "exit"),)),
+        base.replace(target_modules=("q_proj",)),
     ]
     ids = {c.id for c in [base, *variants]}
     hashes = {c.hash for c in [base, *variants]}
@@ -120,7 +140,10 @@ def test_hash_is_stable_across_processes_and_pinned():
     assert case.hash == "c791c62d4483"
     code = "from qlora_core.spec import Case; print(Case('llama-3.2-3b').hash)"
     other = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
         env={"PYTHONHASHSEED": "123", "PATH": ""},
     )
     assert other.stdout.strip() == case.hash
@@ -139,8 +162,18 @@ def test_from_dict_rejects_unknown_fields():
 
 def test_lesson_defaults():
     case = Case("tiny")
-    assert case.target_modules == LESSON_TARGET_MODULES == (
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    assert (
+        case.target_modules
+        == LESSON_TARGET_MODULES
+        == (
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        )
     )
     assert (case.lora_r, case.lora_alpha, case.lora_dropout) == (16, 16, 0.0)
     assert case.tokens_per_step == 512

@@ -1,0 +1,180 @@
+"""run_case end to end on the CPU (real bitsandbytes 4-bit kernels, real models, real text) and
+outcome classification: ok, nan, timeout, crashed, config_error, missing_model, oom (GPU)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from qlora_core.models import REAL_MODEL, SHAPES
+from qlora_core.result import read_result
+from qlora_core.runner import RunOptions, classify_exception, run_case
+from qlora_core.spec import Case
+
+CPU = RunOptions(profile="cpu", timeout_s=600)
+# bitsandbytes' layout: per 64-weight block an fp32 absmax (0.5 bit/param); with double
+# quantization an 8-bit absmax (0.125) plus an fp32 absmax per 256 blocks (32/16384).
+DQ_SAVING_BITS = 32 / 64 - (8 / 64 + 32 / (64 * 256))
+
+
+def lora_trainable_by_hand(shape_name: str, r: int = 16) -> int:
+    """LoRA parameters of r on the seven projections, from the shape's dimensions."""
+    s = SHAPES[shape_name]
+    head_dim = s.head_dim or s.hidden_size // s.num_heads
+    h, i, q, kv = s.hidden_size, s.intermediate_size, s.num_heads * head_dim, s.num_kv_heads * head_dim
+    per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)
+    return s.num_layers * r * per_layer
+
+
+def test_dq_saving_constant_is_the_documented_0_373_bits():
+    assert DQ_SAVING_BITS == pytest.approx(0.373, abs=5e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """The tiny shape, NF4 with and without double quantization, trained for real."""
+    out = tmp_path_factory.mktemp("tiny")
+    base = Case("tiny", seq_len=64, batch_size=2, warmup_steps=1, measured_steps=3)
+    return (
+        run_case(base, CPU, out / "dq.json"),
+        run_case(base.replace(double_quant=False), CPU, out / "nodq.json"),
+    )
+
+
+def test_tiny_runs_ok_with_real_numbers(tiny_pair):
+    dq, _ = tiny_pair
+    assert dq.status == "ok", dq.reason
+    assert dq.device == "cpu" and dq.torch_version and dq.bitsandbytes_version
+    assert dq.trainable_params == lora_trainable_by_hand("tiny")
+    assert dq.trainable_dtypes == "float32"  # peft autocasts adapters to fp32 by default
+    assert dq.quantized_params == SHAPES["tiny"].linear_params
+    assert len(dq.step_ms) == 3 and len(dq.losses) == 4
+    assert all(math.isfinite(x) for x in dq.losses + dq.grad_norms)
+    assert dq.tokens_per_s == pytest.approx(128 / (dq.step_ms_median / 1000))
+    assert dq.cpu_peak_rss_gib > dq.load_alloc_gib * 0.5 > 0
+    # get_memory_footprint does not see the quantization statistics; our count does.
+    assert dq.weight_bytes - dq.footprint_bytes == pytest.approx(dq.quant_stats_bytes, rel=0.05)
+
+
+def test_tiny_double_quant_saves_what_the_layout_predicts(tiny_pair):
+    """Exact for small layers too, where each weight's nested 256-entry fp32 code table (1 KiB)
+    and offset outweigh the absmax saving: the prediction counts them."""
+    dq, nodq = tiny_pair
+    s = SHAPES["tiny"]
+    head_dim = s.head_dim or s.hidden_size // s.num_heads
+    h, i = s.hidden_size, s.intermediate_size
+    shapes = [
+        (h, s.num_heads * head_dim),
+        (h, s.num_kv_heads * head_dim),
+        (h, s.num_kv_heads * head_dim),
+        (s.num_heads * head_dim, h),
+        (h, i),
+        (h, i),
+        (i, h),
+    ] * s.num_layers
+    saving = 0
+    for a, b in shapes:
+        blocks = math.ceil(a * b / 64)
+        saving += 4 * blocks - (blocks + 4 * math.ceil(blocks / 256) + 256 * 4 + 4)
+    assert nodq.quant_stats_bytes - dq.quant_stats_bytes == saving
+    assert nodq.quant_data_bytes == dq.quant_data_bytes
+
+
+@pytest.mark.slow
+def test_real_model_nf4_dq_trains_on_real_text(tmp_path):
+    case = Case(REAL_MODEL, batch_size=2, seq_len=64, warmup_steps=0, measured_steps=20, data="text")
+    dq = run_case(case, CPU, tmp_path / "dq.json")
+    nodq = run_case(case.replace(double_quant=False, measured_steps=1), CPU, tmp_path / "nodq.json")
+    assert dq.status == "ok", dq.reason
+    assert nodq.status == "ok", nodq.reason
+    assert dq.trainable_params == lora_trainable_by_hand("smollm2-135m") == 4_884_480
+    assert len(dq.losses) == 20 and all(math.isfinite(x) for x in dq.losses)
+    assert sum(dq.losses[-5:]) < sum(dq.losses[:5]), dq.losses  # training loss falls
+    assert dq.ppl_after < dq.ppl_before  # and so does held-out perplexity
+    saved_bits = (nodq.quant_stats_bytes - dq.quant_stats_bytes) * 8 / dq.quantized_params
+    assert saved_bits == pytest.approx(DQ_SAVING_BITS, rel=0.10)
+
+
+def test_nan_from_a_huge_learning_rate_is_recorded(tmp_path):
+    result = run_case(Case("tiny", seq_len=64, lr=1e5, measured_steps=6), CPU, tmp_path / "r.json")
+    assert result.status == "nan", result.reason
+    assert result.first_nonfinite_step is not None
+    assert len(result.losses) == result.first_nonfinite_step + 1  # stopped at the bad step
+    assert not math.isfinite(result.losses[-1]) or not math.isfinite(result.grad_norms[-1])
+
+
+def test_timeout_kills_the_child_and_keeps_what_it_measured(tmp_path):
+    case = Case("tiny", seq_len=64, extra=(("fault", "hang"),))
+    result = run_case(case, RunOptions(profile="cpu", timeout_s=45), tmp_path / "r.json")
+    assert result.status == "timeout"
+    assert "45 s" in result.reason and "prepare" in result.reason
+    assert result.weight_bytes and result.weight_bytes > 0  # measured before the hang, kept
+    assert 45 <= result.wall_s < 60
+
+
+def test_crash_by_os_exit_is_recorded_with_exit_code(tmp_path):
+    path = tmp_path / "r.json"
+    result = run_case(Case("tiny", seq_len=64, extra=(("fault", "exit"),)), CPU, path)
+    assert result.status == "crashed"
+    assert "exited with code 3" in result.reason and "prepare" in result.reason
+    assert result.weight_bytes and result.weight_bytes > 0
+    assert read_result(path).status == "crashed"  # the file on disk says the same
+
+
+def test_config_error_and_missing_model(tmp_path):
+    bad_target = run_case(Case("tiny", seq_len=64, target_modules=("nope_proj",)), CPU, tmp_path / "a.json")
+    assert bad_target.status == "config_error"
+    assert "nope_proj" in bad_target.reason
+    missing = run_case(Case(str(tmp_path / "no-such-model"), seq_len=64), CPU, tmp_path / "b.json")
+    assert missing.status == "missing_model"
+    assert "no-such-model" in missing.reason
+
+
+def test_classify_exception_maps_library_errors():
+    import torch
+
+    from qlora_core.models import ModelUnavailableError
+
+    assert classify_exception(torch.OutOfMemoryError("CUDA out of memory")).value == "oom"
+    assert classify_exception(RuntimeError("DefaultCPUAllocator: can't allocate memory")).value == "oom"
+    assert classify_exception(RuntimeError("CUDA error: an illegal memory access")).value == "cuda_error"
+    assert classify_exception(ModelUnavailableError("x")).value == "missing_model"
+    assert classify_exception(NotImplementedError("no kernel")).value == "unsupported"
+    assert classify_exception(ValueError("bad")).value == "config_error"
+    assert classify_exception(RuntimeError("boom")).value == "crashed"
+
+
+@pytest.mark.gpu
+def test_oom_forced_by_a_small_memory_cap(gpu_required, tmp_path):
+    options = RunOptions(profile="h200", timeout_s=600, memory_cap_gib=0.5)
+    result = run_case(Case("llama-3.2-1b", seq_len=512), options, tmp_path / "r.json")
+    assert result.status == "oom", result.reason
+    assert result.memory_cap_gib == 0.5
+
+
+@pytest.mark.gpu
+def test_gpu_case_measures_every_stage(gpu_required, tmp_path):
+    result = run_case(
+        Case("tiny", seq_len=64, measured_steps=3), RunOptions(profile="h200"), tmp_path / "r.json"
+    )
+    assert result.status == "ok", result.reason
+    assert result.device == "cuda" and result.gpu_name
+    for name in (
+        "load_alloc_gib",
+        "prepare_alloc_gib",
+        "lora_alloc_gib",
+        "peak_alloc_gib",
+        "peak_reserved_gib",
+        "nvml_peak_gib",
+        "nvml_base_gib",
+    ):
+        assert getattr(result, name) is not None, name
+    assert result.nvml_peak_gib > result.nvml_base_gib
+
+
+def test_result_files_are_complete_json(tmp_path, tiny_pair):
+    for result in tiny_pair:
+        assert result.case_hash and result.finished_at and result.wall_s > 0
+    assert not list(Path(tmp_path).glob("*.tmp"))
