@@ -70,7 +70,5 @@ def load_run(run_dir: Path) -> RunData:
     results = results_frame(read_results_jsonl(run_dir / RESULTS_JSONL))
     env_path = run_dir / ENVIRONMENT_JSON
     environment = json.loads(env_path.read_text()) if env_path.exists() else {}
-    measurements = {
-        p.stem: pd.read_csv(p) for p in sorted((run_dir / MEASUREMENTS_DIR).glob("*.csv"))
-    }
+    measurements = {p.stem: pd.read_csv(p) for p in sorted((run_dir / MEASUREMENTS_DIR).glob("*.csv"))}
     return RunData(results, measurements, environment, run_dir)
