@@ -95,9 +95,9 @@ class Evaluation:
 
     verdict: Verdict
     measured: str
-    """The measured value(s), with units; "" when nothing was measured."""
+    """The measured value(s), with units; empty when nothing was measured."""
     corrected: str
-    """"" unless refuted: the statement the measurement supports."""
+    """Empty unless refuted: the statement the measurement supports."""
     evidence: tuple[str, ...]
     """Case ids (and measurement table names) the verdict rests on."""
     condition: str
@@ -342,6 +342,13 @@ def lesson_sized(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return df[df["model"].astype(str).isin(keep)], note
 
 
+def with_note(evaluation: Evaluation, note: str) -> Evaluation:
+    """The evaluation with `note` appended to its why."""
+    if not note:
+        return evaluation
+    return dataclasses.replace(evaluation, why="; ".join(filter(None, [evaluation.why, note])))
+
+
 def modules_label(modules: str) -> str:
     """Target modules in words: "the seven projections" for the lesson's set, else the list."""
     return "the seven projections" if modules == _SEVEN else str(modules).replace("_proj", "")
@@ -382,8 +389,15 @@ def where(rows: pd.DataFrame) -> str:
 
 
 def fmt_gb(nbytes: float) -> str:
-    """Bytes as "5.70 GB (5.31 GiB)"."""
+    """Bytes as "5.70 GB (5.31 GiB)"; below 0.1 GB as "48.20 MB (45.97 MiB)"."""
+    if abs(nbytes) < 0.1 * GB:
+        return f"{nbytes / 1e6:.2f} MB ({nbytes / 2**20:.2f} MiB)"
     return f"{nbytes / GB:.2f} GB ({nbytes / GIB:.2f} GiB)"
+
+
+def fmt_size(nbytes: float) -> str:
+    """Bytes in the lesson's unit: "5.70 GB", or "48.20 MB" below 0.1 GB."""
+    return f"{nbytes / 1e6:.2f} MB" if abs(nbytes) < 0.1 * GB else f"{nbytes / GB:.2f} GB"
 
 
 def fmt_gib(gib: float) -> str:
@@ -668,13 +682,14 @@ QUANT_RATIO_TOL = 0.10
 
 def check_cut_4x(run: RunData) -> list[Evaluation]:
     """16-bit weight bytes / 4-bit weight bytes of the same model (and of its quantized layers)."""
-    df = frame(run)
-    four = select(quantized(df, "nf4"), "nf4", ("weight_bytes",), statuses=LOADED)
+    # The ratio depends on the embedding share, i.e. on model size: judged on the lesson's sizes.
+    df, note = lesson_sized(frame(run))
+    four = select(quantized(df, "nf4"), "nf4 3B-13B", ("weight_bytes",), statuses=LOADED)
     if isinstance(four, Evaluation):
-        return [four]
-    sixteen = select(sixteen_bit(df), "16-bit", ("weight_bytes",), statuses=LOADED)
+        return [with_note(four, note)]
+    sixteen = select(sixteen_bit(df), "16-bit 3B-13B", ("weight_bytes",), statuses=LOADED)
     if isinstance(sixteen, Evaluation):
-        return [sixteen]
+        return [with_note(sixteen, note)]
     out: list[Evaluation] = []
     for (model, dq), group in group_by(four, ["model", "double_quant"]):
         ref = sixteen[sixteen["model"] == model]
@@ -692,7 +707,7 @@ def check_cut_4x(run: RunData) -> list[Evaluation]:
         why = (
             "weight_bytes of the 16-bit and 4-bit rows of the same model; embeddings, lm_head and norms"
             " stay 16-bit. Linear-only ratio: quantized_params x 2 bytes / (quant_data_bytes +"
-            " quant_stats_bytes)"
+            " quant_stats_bytes)" + (f"; {note}" if note else "")
         )
         if _within(ratio, QUANT_RATIO, QUANT_RATIO_TOL):
             out.append(holds(measured, evidence, condition, why))
@@ -1007,13 +1022,55 @@ LESSON_FACTOR_BITS: dict[bool, int] = {False: 32, True: 4}
 QUANT_STATE_COLS = ("double_quant", "absmax_dtype")
 
 
+# Below this many quantized parameters, per-tensor constants of a QuantState (each weight's
+# 16-entry code table, the nested code and offset) weigh on bits/param and do not scale to 7B.
+DQ_SCALING_MIN_QPARAMS = 1e9
+
+
+def _stats_bits(
+    rows: pd.DataFrame, run: RunData, dq: bool
+) -> tuple[float, str, tuple[str, ...]] | Evaluation:
+    """Bits of scaling factors per quantized parameter, and their source: rows of models with at
+    least DQ_SCALING_MIN_QPARAMS quantized params, else the quant_state_layout table's
+    stats_bits_per_param (one large weight), else inconclusive (only small models measured)."""
+    condition = f"double quant {'on' if dq else 'off'}"
+    group = rows[rows["double_quant"].map(truthy) == dq] if not rows.empty else rows
+    large = group[num(group["quantized_params"]) >= DQ_SCALING_MIN_QPARAMS] if not group.empty else group
+    if not large.empty:
+        bits = num(large["quant_stats_bytes"]) * 8 / num(large["quantized_params"])
+        models = ", ".join(dict.fromkeys(large["model"].astype(str)))
+        return float(bits.median()), f"quant_stats_bytes x 8 / quantized_params of {models}", ids(large)
+    table = run.measurements.get("quant_state_layout")
+    if table is not None and {"double_quant", "stats_bits_per_param"} <= set(table.columns):
+        match = table[table["double_quant"].map(truthy) == dq]
+        if not match.empty and present(match["stats_bits_per_param"]).any():
+            bits = float(num(match["stats_bits_per_param"]).dropna().iloc[0])
+            return (
+                bits,
+                "stats_bits_per_param of measurement table quant_state_layout",
+                ("quant_state_layout",),
+            )
+    if group.empty:
+        return not_run(f"no 4-bit row with {condition} measured quant_stats_bytes", condition=condition)
+    bits = num(group["quant_stats_bytes"]) * 8 / num(group["quantized_params"])
+    why = (
+        f"only models below {DQ_SCALING_MIN_QPARAMS:.0e} quantized params measured it, where per-tensor"
+        " constants (code tables, offsets) inflate bits/param; no quant_state_layout table to fall back on"
+    )
+    return inconclusive(
+        why, f"{span(list(bits), lambda x: f'{x:.4f}')} bits/quantized param", ids(group), condition
+    )
+
+
 def check_dq_overhead(run: RunData) -> list[Evaluation]:
-    """Scaling-factor bytes per quantized parameter (quant_stats_bytes / quantized_params),
-    scaled to the quantized parameter count of the 7-8B shape that ran (7e9 where none did)."""
+    """Scaling-factor bits per quantized parameter, scaled to the quantized parameter count of
+    the 7-8B shape that ran (7e9 where none did)."""
     df = frame(run)
     rows = select(quantized(df), "4-bit", ("quant_stats_bytes", "quantized_params"), statuses=LOADED)
     if isinstance(rows, Evaluation):
-        return [rows]
+        if run.measurements.get("quant_state_layout") is None:
+            return [rows]
+        rows = quantized(df).iloc[0:0]
     seven = seven_b_rows(rows)
     if not seven.empty:
         target = median_of(seven, "quantized_params")
@@ -1021,27 +1078,22 @@ def check_dq_overhead(run: RunData) -> list[Evaluation]:
     else:
         target = LESSON_7B_PARAMS
         scaling = "scaled to the lesson's 7e9 params (no 7-8B row measured its quantized params)"
-    bits = num(rows["quant_stats_bytes"]) * 8 / num(rows["quantized_params"])
-    rows = rows.assign(_bits=bits, _dq=rows["double_quant"].map(truthy))
     out = []
     for dq in (False, True):
-        group = rows[rows["_dq"] == dq]
         condition = f"double quant {'on' if dq else 'off'}"
-        if group.empty:
-            out.append(
-                not_run(f"no 4-bit row with {condition} measured quant_stats_bytes", condition=condition)
-            )
+        found = _stats_bits(rows, run, dq)
+        if isinstance(found, Evaluation):
+            out.append(found)
             continue
-        per_param = float(group["_bits"].median())
+        per_param, source, evidence = found
         overhead = per_param * target / 8
-        expected = LESSON_DQ_OVERHEAD_GB[dq]
         measured = f"{per_param:.4f} bits/quantized param -> {fmt_gb(overhead)} ({scaling})"
-        why = f"quant_stats_bytes x 8 / quantized_params over {len(group)} row(s); GB = 10**9 bytes"
-        if _within(overhead / GB, expected, DQ_OVERHEAD_TOL):
-            out.append(holds(measured, ids(group), condition, why))
+        why = f"{source}; GB = 10**9 bytes"
+        if _within(overhead / GB, LESSON_DQ_OVERHEAD_GB[dq], DQ_OVERHEAD_TOL):
+            out.append(holds(measured, evidence, condition, why))
         else:
             corrected = f"scaling factors take ~{overhead / GB:.2f} GB for a 7-8B model with {condition}"
-            out.append(refuted(measured, corrected, ids(group), condition, why))
+            out.append(refuted(measured, corrected, evidence, condition, why))
     return out
 
 
@@ -1504,7 +1556,7 @@ def check_adapter_overhead(run: RunData) -> list[Evaluation]:
     sized, note = lesson_sized(quantized(df))
     rows = select(sized, "4-bit 3B-13B", ("trainable_params",), statuses=LOADED)
     if isinstance(rows, Evaluation):
-        return [dataclasses.replace(rows, why="; ".join(filter(None, [rows.why, note])))]
+        return [with_note(rows, note)]
     out = []
     for (model, r, modules), group in group_by(rows, ["model", "lora_r", "target_modules"]):
         values = [v for v in (adapter_gib(row) for _, row in group.iterrows()) if v is not None]
@@ -1841,7 +1893,7 @@ def check_lora_99(run: RunData) -> list[Evaluation]:
     sized, note = lesson_sized(df)
     rows = select(sized, "3B-13B", ("trainable_params", "total_params"), statuses=LOADED)
     if isinstance(rows, Evaluation):
-        return [dataclasses.replace(rows, why="; ".join(filter(None, [rows.why, note])))]
+        return [with_note(rows, note)]
     out = []
     for (model, r, modules), group in group_by(rows, ["model", "lora_r", "target_modules"]):
         share = float((num(group["trainable_params"]) / num(group["total_params"])).median())

@@ -110,7 +110,7 @@ def _weights_cell(df: pd.DataFrame, precision: str) -> str:
         wbytes = c.median_of(group, "weight_bytes")
         params = float(np.median([c.base_params(r) for _, r in group.iterrows()]))
         at_7b = wbytes / params * c.LESSON_7B_PARAMS
-        cells.append(f"{model}: {wbytes / c.GB:.2f} GB; {at_7b / c.GB:.2f} GB at 7e9 params")
+        cells.append(f"{model}: {c.fmt_size(wbytes)}; {c.fmt_size(at_7b)} at 7e9 params")
     return "; ".join(cells)
 
 
@@ -359,8 +359,8 @@ def memory_formula(run: RunData) -> str:
                 model,
                 f"{params:,.0f}",
                 f"{size} x 4 / 8 = {size * 4 / 8:g} GB" if size else "-",
-                f"{formula / c.GB:.2f} GB",
-                f"{wbytes / c.GB:.2f} GB ({c.quant_label(group.iloc[0])})",
+                c.fmt_size(formula),
+                f"{c.fmt_size(wbytes)} ({c.quant_label(group.iloc[0])})",
                 f"{wbytes / formula:.2f}x",
             )
         )

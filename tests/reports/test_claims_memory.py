@@ -427,3 +427,12 @@ def test_ladder_and_gc_without_peaks_are_inconclusive(build):
     crashed = build.result(THREE, status="crashed", **base)
     (none,) = c.check_gc_activations(build.run([crashed]))
     assert none.verdict is c.Verdict.INCONCLUSIVE and "1 crashed" in none.why
+
+
+def test_cut_4x_is_judged_on_the_lessons_model_sizes(build):
+    rows = [
+        build.result("tiny", quant_type="none", weight_bytes=1_000_000),
+        build.result("tiny", weight_bytes=500_000),
+    ]
+    (only,) = c.check_cut_4x(build.run(rows))
+    assert only.verdict is c.Verdict.NOT_RUN and "not judged: tiny" in only.why

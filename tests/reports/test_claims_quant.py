@@ -352,3 +352,19 @@ def test_code_books_without_nf4_and_layouts_without_bits(build):
     layout[1]["absmax_dtype"] = "mystery"
     evals = c.check_dq_factor_dtype(build.run([], {"quant_state_layout": layout}))
     assert build.pick(evals, "on").verdict is c.Verdict.INCONCLUSIVE
+
+
+def test_dq_overhead_small_models_only_fall_back_to_the_layout_table_or_are_inconclusive(build):
+    tiny = build.result(
+        SMALL, **build.params(SMALL), quant_stats_bytes=5_000_000, quantized_params=100_000_000
+    )  # 0.4 bits/param: per-tensor constants of a small model
+    evals = c.check_dq_overhead(build.run([tiny]))
+    on = build.pick(evals, "on")
+    assert on.verdict is c.Verdict.INCONCLUSIVE and "0.4000 bits" in on.measured and "per-tensor" in on.why
+    layout = [r | {"stats_bits_per_param": bits} for r, bits in zip(build.quant_state(8), (0.5001, 0.1290))]
+    evals = c.check_dq_overhead(build.run([tiny], {"quant_state_layout": layout}))
+    on, off = build.pick(evals, "on"), build.pick(evals, "off")
+    assert on.verdict is c.Verdict.REFUTED and "0.1290 bits" in on.measured and "quant_state_layout" in on.why
+    assert off.verdict is c.Verdict.HOLDS and on.evidence == ("quant_state_layout",)
+    only_table = c.check_dq_overhead(build.run([], {"quant_state_layout": layout}))
+    assert build.verdicts(only_table) == ["holds", "refuted"]
