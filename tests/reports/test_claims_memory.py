@@ -436,3 +436,17 @@ def test_cut_4x_is_judged_on_the_lessons_model_sizes(build):
     ]
     (only,) = c.check_cut_4x(build.run(rows))
     assert only.verdict is c.Verdict.NOT_RUN and "not judged: tiny" in only.why
+
+
+def test_3b_headroom_inconclusive_when_the_3b_rows_failed(build):
+    (only,) = c.check_3b_headroom(build.run([build.result(THREE, status="crashed", **build.gpu())]))
+    assert only.verdict is c.Verdict.INCONCLUSIVE and "1 crashed" in only.why
+
+
+def test_tradeoff_memory_refuted_and_inconclusive(build):
+    rows = [
+        build.result(EIGHT, quant_type="none", status="oom"),
+        build.result(EIGHT, **build.params(EIGHT), **build.weights(EIGHT)),
+    ]
+    evals = c.check_tradeoff_memory_7b(build.run(rows))
+    assert build.verdicts(evals) == ["inconclusive", "refuted"]

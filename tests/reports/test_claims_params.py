@@ -201,3 +201,11 @@ def test_a100_compat_holds_when_70b_ran(build):
         _compat(build, "llama-2-70b", "nf4", "ok", "a100-80gb"),
     ]
     assert build.verdicts(c.check_a100_compat(build.run(rows))) == ["holds", "holds"]
+
+
+def test_qlora_slower_inconclusive_when_no_row_ran(build):
+    rows = [_speed(build, "nf4", 850.0), _speed(build, "none", 1000.0)]
+    for row in rows:
+        row.status = "timeout"
+    (only,) = c.check_qlora_slower(build.run(rows))
+    assert only.verdict is c.Verdict.INCONCLUSIVE and "2 timeout" in only.why
