@@ -1474,16 +1474,22 @@ LESSON_3B_LEFT_GIB = 12.0
 HEADROOM_TOL = 0.15
 
 
-def _3b_load_rows(df: pd.DataFrame, condition: str = "") -> pd.DataFrame | Evaluation:
+def _3b_load_rows(df: pd.DataFrame) -> pd.DataFrame | Evaluation:
+    """llama-3.2-3b nf4+dq rows on CUDA that measured the load, in the lesson's compute dtype.
+
+    The lesson's T4 config computes in fp16 (bf16 on Ampere); the compute dtype can change the
+    dtype of the non-quantized weights at load, so rows of other dtypes are not its output.
+    """
     rows = quantized(model_rows(on_gpu(df), "llama-3.2-3b"), "nf4")
-    rows = rows[rows["double_quant"].map(truthy) == True]  # noqa: E712
-    return select(
-        rows,
-        "llama-3.2-3b nf4+dq",
-        ("load_alloc_gib", "load_reserved_gib"),
-        condition=condition,
-        statuses=LOADED,
-    )
+    rows = rows[rows["double_quant"].map(truthy) == True]  # noqa: E712 - a mask
+    rows = select(rows, "llama-3.2-3b nf4+dq", ("load_alloc_gib", "load_reserved_gib"), statuses=LOADED)
+    if isinstance(rows, Evaluation):
+        return rows
+    lesson_dtype = next((d for d in ("fp16", "bf16") if (rows["compute_dtype"] == d).any()), None)
+    if lesson_dtype is None:
+        why = f"no llama-3.2-3b nf4+dq row computes in fp16 or bf16 ({', '.join(set(rows['compute_dtype']))})"
+        return not_run(why, evidence=ids(rows))
+    return rows[rows["compute_dtype"] == lesson_dtype]
 
 
 def check_3b_load(run: RunData) -> list[Evaluation]:
@@ -1492,25 +1498,18 @@ def check_3b_load(run: RunData) -> list[Evaluation]:
     if isinstance(rows, Evaluation):
         return [rows]
     out = []
-    # The lesson's T4 config computes in fp16 (bf16 on Ampere); the compute dtype can change the
-    # dtype of the non-quantized weights at load, so other dtypes are not the lesson's output.
-    lesson_dtype = next((d for d in ("fp16", "bf16") if (rows["compute_dtype"] == d).any()), None)
-    if lesson_dtype is None:
-        why = f"no llama-3.2-3b nf4+dq row computes in fp16 or bf16 ({', '.join(set(rows['compute_dtype']))})"
-        return [not_run(why, evidence=ids(rows))]
-    for (dtype,), group in group_by(rows[rows["compute_dtype"] == lesson_dtype], ["compute_dtype"]):
-        for stat, col in (("allocated", "load_alloc_gib"), ("reserved", "load_reserved_gib")):
-            values = list(num(group[col]))
-            value = float(np.median(values))
-            expected = LESSON_3B_LOAD_GIB[stat]
-            measured = f"{stat} {span(values, fmt_gib)} over {len(values)} row(s)"
-            condition = f"{stat}, compute {dtype}, {where(group)}"
-            why = f"{col} after load (the lesson prints memory_{stat}() / 1024**3, i.e. GiB)"
-            if _within(value, expected, LOAD_TOL):
-                out.append(holds(measured, ids(group), condition, why))
-            else:
-                corrected = f"the 3B model in 4-bit shows {stat} {value:.2f} GiB after load"
-                out.append(refuted(measured, corrected, ids(group), condition, why))
+    dtype = rows["compute_dtype"].iloc[0]
+    for stat, col in (("allocated", "load_alloc_gib"), ("reserved", "load_reserved_gib")):
+        values = list(num(rows[col]))
+        value = float(np.median(values))
+        measured = f"{stat} {span(values, fmt_gib)} over {len(values)} row(s)"
+        condition = f"{stat}, compute {dtype}, {where(rows)}"
+        why = f"{col} after load (the lesson prints memory_{stat}() / 1024**3, i.e. GiB)"
+        if _within(value, LESSON_3B_LOAD_GIB[stat], LOAD_TOL):
+            out.append(holds(measured, ids(rows), condition, why))
+        else:
+            corrected = f"the 3B model in 4-bit shows {stat} {value:.2f} GiB after load"
+            out.append(refuted(measured, corrected, ids(rows), condition, why))
     return out
 
 
@@ -1522,7 +1521,7 @@ def check_3b_headroom(run: RunData) -> list[Evaluation]:
     total = PROFILES["t4"].total_gib
     alloc, reserved = median_of(rows, "load_alloc_gib"), median_of(rows, "load_reserved_gib")
     left = total - reserved
-    cond = where(rows)
+    cond = f"compute {rows['compute_dtype'].iloc[0]}, {where(rows)}"
     out = []
     measured = f"load allocated {fmt_gib(alloc)}"
     why = "load_alloc_gib (GiB)"
