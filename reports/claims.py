@@ -1372,78 +1372,77 @@ def check_nan_lr(run: RunData) -> list[Evaluation]:
 def check_t4_bf16(run: RunData) -> list[Evaluation]:
     """Claim "T4 does not support bfloat16": native hardware, whether bf16 runs, and its speed."""
     df = frame(run)
-    t4 = PROFILES["t4"]
-    out: list[Evaluation] = []
-    real = df[~df["emulated"].map(lambda e: bool(truthy(e)))]
+    return [_t4_bf16_hardware(df), _t4_bf16_runs(df), _t4_bf16_speed(df)]
+
+
+def _is_emulated(rows: pd.DataFrame) -> pd.Series:
+    return rows["emulated"].map(lambda e: bool(truthy(e)))
+
+
+def _emulation_blocks(rows: pd.DataFrame, condition: str) -> Evaluation | None:
+    """Inconclusive when the bf16 rows ran on a larger GPU standing in for the T4: that GPU has
+    bf16 hardware, so neither whether bf16 runs on a T4 nor how fast shows in them."""
+    bf16 = rows[rows["compute_dtype"] == "bf16"]
+    if bf16.empty or not _is_emulated(bf16).any():
+        return None
+    hosts = ", ".join(sorted({str(e) for e in bf16["emulated_on"] if e})) or "a larger GPU"
+    why = (
+        f"emulated on {hosts}, which has bf16 hardware: whether bf16 runs on a T4, and how fast, is not shown"
+    )
+    measured = f"bf16 rows: {status_summary(bf16)}" if condition == "bf16 runs" else ""
+    return inconclusive(why, measured, ids(bf16), condition)
+
+
+def _t4_bf16_hardware(df: pd.DataFrame) -> Evaluation:
+    """bf16_native of rows on a real T4; the registry's capability (a datasheet fact) otherwise."""
+    condition = "hardware (native bf16)"
+    real = df[~_is_emulated(df)]
     native = real[present(real["bf16_native"])]
     if not native.empty:
-        flags = {bool(truthy(v)) for v in native["bf16_native"]}
-        measured = (
-            f"bf16_native = {sorted(flags)} on {', '.join(sorted(set(native['gpu_name'].astype(str))))}"
-        )
-        if flags == {False}:
-            out.append(
-                holds(measured, ids(native), "hardware (native bf16)", "bf16_native measured on a real T4")
-            )
-        else:
-            out.append(
-                refuted(
-                    measured, "this T4-profile GPU reports native bf16", ids(native), "hardware (native bf16)"
-                )
-            )
-    else:
-        why = (
-            f"datasheet fact, not measured (qlora_core.gpus registry: T4 compute capability"
-            f" {t4.capability[0]}.{t4.capability[1]} < 8.0); no row ran on a real T4"
-        )
-        measured = f"capability {t4.capability[0]}.{t4.capability[1]} (datasheet)"
-        if t4.native_bf16:
-            out.append(
-                refuted(measured, "the registry gives T4 native bf16", (), "hardware (native bf16)", why)
-            )
-        else:
-            out.append(holds(measured, (), "hardware (native bf16)", why))
+        flags = sorted({bool(truthy(v)) for v in native["bf16_native"]})
+        measured = f"bf16_native = {flags} on {', '.join(sorted(set(native['gpu_name'].astype(str))))}"
+        if flags == [False]:
+            return holds(measured, ids(native), condition, "bf16_native measured on a real T4")
+        return refuted(measured, "this T4-profile GPU reports native bf16", ids(native), condition)
+    t4 = PROFILES["t4"]
+    capability = f"{t4.capability[0]}.{t4.capability[1]}"
+    why = (
+        f"datasheet fact, not measured (qlora_core.gpus registry: T4 compute capability {capability});"
+        " no row ran on a real T4"
+    )
+    measured = f"capability {capability} (datasheet)"
+    if t4.native_bf16:
+        return refuted(measured, "the registry gives T4 native bf16", (), condition, why)
+    return holds(measured, (), condition, why)
+
+
+def _t4_bf16_runs(df: pd.DataFrame) -> Evaluation:
+    """Whether bf16 rows ran on a real T4 (refuting "does not support" in the sense of "cannot")."""
+    condition = "bf16 runs"
     bf16 = df[df["compute_dtype"] == "bf16"]
-    emulated_on = sorted({str(e) for e in bf16["emulated_on"] if e}) if not bf16.empty else []
-    emulated = not bf16.empty and bf16["emulated"].map(lambda e: bool(truthy(e))).any()
     if bf16.empty:
-        out.append(not_run("no bf16 row on profile t4", condition="bf16 runs"))
-    elif emulated:
-        why = (
-            f"emulated on {', '.join(emulated_on) or 'a larger GPU'}, which has bf16 hardware:"
-            " whether bf16 runs on a T4, and how fast, is not shown"
+        return not_run("no bf16 row on profile t4", condition=condition)
+    blocked = _emulation_blocks(df, condition)
+    if blocked is not None:
+        return blocked
+    torch_says = sorted({str(truthy(v)) for v in bf16["bf16_torch_supported"] if truthy(v) is not None})
+    measured = f"bf16 rows: {status_summary(bf16)}; torch.cuda.is_bf16_supported() = {', '.join(torch_says) or 'n/a'}"
+    if (bf16["status"] == "ok").any():
+        corrected = (
+            "T4 has no bf16 hardware (capability 7.5), but bf16 training runs on it (through emulation)"
         )
-        out.append(inconclusive(why, f"bf16 rows: {status_summary(bf16)}", ids(bf16), "bf16 runs"))
-        out.append(inconclusive(why, "", ids(bf16), "bf16 speed"))
-        return out
-    else:
-        torch_says = sorted({str(truthy(v)) for v in bf16["bf16_torch_supported"] if truthy(v) is not None})
-        measured = (
-            f"bf16 rows: {status_summary(bf16)};"
-            f" torch.cuda.is_bf16_supported() = {', '.join(torch_says) or 'n/a'}"
-        )
-        ok = bf16[bf16["status"] == "ok"]
-        if not ok.empty:
-            corrected = (
-                "T4 has no bf16 hardware (capability 7.5), but bf16 training runs on it (through emulation)"
-            )
-            out.append(
-                refuted(measured, corrected, ids(bf16), "bf16 runs", "status of the bf16 rows on a real T4")
-            )
-        elif bf16["status"].isin({"unsupported", "cuda_error", "crashed"}).all():
-            out.append(holds(measured, ids(bf16), "bf16 runs", "every bf16 row failed on a real T4"))
-        else:
-            out.append(
-                inconclusive(
-                    "bf16 rows neither ran ok nor failed as unsupported", measured, ids(bf16), "bf16 runs"
-                )
-            )
-    out.append(_t4_bf16_speed(df))
-    return out
+        return refuted(measured, corrected, ids(bf16), condition, "status of the bf16 rows on a real T4")
+    if bf16["status"].isin({"unsupported", "cuda_error", "crashed"}).all():
+        return holds(measured, ids(bf16), condition, "every bf16 row failed on a real T4")
+    return inconclusive("bf16 rows neither ran ok nor failed as unsupported", measured, ids(bf16), condition)
 
 
 def _t4_bf16_speed(df: pd.DataFrame) -> Evaluation:
+    """bf16 vs fp16 tokens/s at the same point on a real T4."""
     condition = "bf16 speed"
+    blocked = _emulation_blocks(df, condition)
+    if blocked is not None:
+        return blocked
     rows = select(quantized(df), "4-bit t4", ("tokens_per_s",), condition=condition)
     if isinstance(rows, Evaluation):
         return rows
