@@ -1426,7 +1426,8 @@ def _t4_bf16_runs(df: pd.DataFrame) -> Evaluation:
     if blocked is not None:
         return blocked
     torch_says = sorted({str(truthy(v)) for v in bf16["bf16_torch_supported"] if truthy(v) is not None})
-    measured = f"bf16 rows: {status_summary(bf16)}; torch.cuda.is_bf16_supported() = {', '.join(torch_says) or 'n/a'}"
+    torch_text = ", ".join(torch_says) or "n/a"
+    measured = f"bf16 rows: {status_summary(bf16)}; torch.cuda.is_bf16_supported() = {torch_text}"
     if (bf16["status"] == "ok").any():
         corrected = (
             "T4 has no bf16 hardware (capability 7.5), but bf16 training runs on it (through emulation)"
