@@ -1,0 +1,114 @@
+"""Matrix expansion: sizes per tier and profile, unique ids, the families the lesson needs."""
+
+from __future__ import annotations
+
+import pytest
+
+from qlora_core.gpus import PROFILE_NAMES, get_profile
+from qlora_core.matrix import (
+    DEFAULT_MAX,
+    SMOKE_MAX,
+    STABILITY_LRS,
+    MatrixError,
+    build_matrix,
+    lesson_dtype,
+)
+from qlora_core.models import REAL_MODEL, model_problem
+
+
+def cases_of(planned, family):
+    return [p.case for p in planned if any(t.split(":")[0] == family for t in p.families)]
+
+
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
+def test_tier_sizes_and_unique_ids(profile):
+    p = get_profile(profile)
+    smoke, default, full = (build_matrix(p, m) for m in ("smoke", "default", "full"))
+    assert 1 <= len(smoke) <= SMOKE_MAX
+    assert len(smoke) < len(default) <= DEFAULT_MAX < len(full)
+    for planned in (smoke, default, full):
+        ids = [x.case.id for x in planned]
+        assert len(ids) == len(set(ids))
+        assert len({x.case.hash for x in planned}) == len(ids)
+        assert all(model_problem(x.case.model) is None for x in planned)
+    # The default tier is a subset of full: nothing is measured only at the smaller tier.
+    assert {x.case.hash for x in default} <= {x.case.hash for x in full}
+
+
+def test_counts_per_profile_are_pinned():
+    # A change here changes what the hardware runners measure: review it deliberately.
+    counts = {name: len(build_matrix(get_profile(name), "default")) for name in ("t4", "h200", "cpu")}
+    assert counts == {"t4": 35, "h200": 37, "cpu": 35}
+
+
+def test_factorial_is_full_and_t4_keeps_bf16_rows():
+    planned = build_matrix(get_profile("t4"), "default")
+    factorial = cases_of(planned, "factorial")
+    combos = {(c.quant_type, c.double_quant, c.compute_dtype) for c in factorial}
+    assert combos == {(q, d, t) for q in ("nf4", "fp4") for d in (True, False) for t in ("fp16", "bf16")}
+    assert any(c.compute_dtype == "bf16" for c in cases_of(planned, "stability"))
+    assert lesson_dtype(get_profile("t4")) == "fp16"
+    assert lesson_dtype(get_profile("a100-80gb")) == "bf16"
+
+
+def test_sweep_has_a_reference_at_every_point():
+    planned = build_matrix(get_profile("h200"), "full")
+    sweep = cases_of(planned, "sweep")
+    refs = {(c.model, c.batch_size, c.seq_len, c.compute_dtype) for c in cases_of(planned, "reference")}
+    assert {(c.batch_size, c.seq_len) for c in sweep} == {
+        (b, s) for b in (1, 2, 4) for s in (512, 1024, 2048)
+    }
+    for c in sweep:
+        assert (c.quant_type, c.double_quant) == ("nf4", True)
+        assert (c.model, c.batch_size, c.seq_len, c.compute_dtype) in refs
+
+
+def test_ladder_follows_the_lesson_order():
+    planned = build_matrix(get_profile("t4"), "default")
+    ladder = sorted(
+        ((int(t.split(":")[1]), p.case) for p in planned for t in p.families if t.startswith("ladder:")),
+        key=lambda x: x[0],
+    )
+    steps = [c for _, c in ladder]
+    assert [s for s, _ in ladder] == [0, 1, 2, 3, 4]
+    first = steps[0]
+    assert (first.model, first.batch_size, first.seq_len) == ("llama-3.1-8b", 4, 2048)
+    assert first.optimizer == "adamw_8bit" and not first.gradient_checkpointing
+    assert [(c.batch_size, c.grad_accum) for c in steps] == [(4, 1), (2, 2), (1, 4), (1, 4), (1, 4)]
+    assert all(c.batch_size * c.grad_accum == 4 for c in steps)  # effective batch kept
+    assert [c.seq_len for c in steps] == [2048, 2048, 2048, 1024, 1024]
+    assert [c.gradient_checkpointing for c in steps] == [False, False, False, False, True]
+
+
+def test_quality_and_stability_use_the_real_model_on_text():
+    planned = build_matrix(get_profile("cpu"), "default")
+    quality = cases_of(planned, "quality")
+    assert {(c.quant_type, c.double_quant) for c in quality} == {
+        ("nf4", True),
+        ("nf4", False),
+        ("fp4", True),
+        ("fp4", False),
+        ("none", False),
+    }
+    stability = cases_of(planned, "stability")
+    assert {(c.compute_dtype, c.lr) for c in stability} == {
+        (d, lr) for d in ("fp16", "bf16") for lr in STABILITY_LRS
+    }
+    for c in quality + stability:
+        assert c.model == REAL_MODEL and c.data == "text"
+
+
+def test_large_gpus_add_13b_and_cpu_runs_small_models():
+    h200 = {p.case.model for p in build_matrix(get_profile("h200"), "default")}
+    t4 = {p.case.model for p in build_matrix(get_profile("t4"), "default")}
+    cpu = {p.case.model for p in build_matrix(get_profile("cpu"), "default")}
+    assert "llama-2-13b" in h200 and "llama-2-13b" not in t4
+    assert {"llama-3.2-3b", "llama-3.1-8b"} <= t4
+    assert cpu == {"tiny", REAL_MODEL}
+
+
+def test_model_override_and_unknown_tier():
+    planned = build_matrix(get_profile("cpu"), "smoke", models=["smollm2-135m"])
+    assert {p.case.model for p in planned} - {REAL_MODEL} == {"smollm2-135m"}
+    with pytest.raises(MatrixError, match="smoke, default, full"):
+        build_matrix(get_profile("cpu"), "huge")

@@ -1,0 +1,160 @@
+"""The `pytest bench` plugin end to end, in subprocesses: option errors, the CPU smoke run and
+its run folder, and --resume after a real interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CASES = "test_case and tiny"  # -k expression: the tiny shape's training cases only
+
+
+def bench(*args: str, out: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", "-p", "no:cacheprovider", "--out", str(out), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_dirs(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.is_dir())
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--gpu", "v100"], ["--gpu", "unknown GPU profile 'v100'", "t4", "h200", "cpu"]),
+        (["--matrix", "huge"], ["--matrix 'huge'", "smoke, default, full"]),
+        (["--model", "llama-9000"], ["--model", "llama-3.2-3b", "tiny"]),
+        (["--force", "batchsize=2"], ["--force", "batch_size"]),
+        (["--case-timeout", "0"], ["--case-timeout"]),
+        (["--resume", "/no/such/run"], ["--resume", "no such run folder"]),
+    ],
+)
+def test_bad_options_fail_before_anything_runs(tmp_path, args, words):
+    proc = bench("--collect-only", "-q", *args, out=tmp_path)
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage error
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # no run folder was created
+
+
+def test_several_bad_options_are_reported_together(tmp_path):
+    proc = bench("--collect-only", "--gpu", "v100", "--matrix", "huge", out=tmp_path)
+    assert "--gpu" in proc.stderr and "--matrix" in proc.stderr
+
+
+def test_collection_ids_are_profile_and_case_ids(tmp_path):
+    proc = bench("--collect-only", "-q", "--matrix", "smoke", out=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ids = [line for line in proc.stdout.splitlines() if "::test_case[cpu-" in line]
+    assert len(ids) == 6
+    assert any("test_case[cpu-tiny-nf4-dq-bf16-b1-s64-w1m4]" in i for i in ids)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    proc = bench("--matrix", "smoke", out=out)
+    return proc, out
+
+
+@pytest.mark.slow
+def test_cpu_smoke_writes_the_run_folder(smoke_run):
+    proc, out = smoke_run
+    (run_dir,) = run_dirs(out)
+    frame = pd.read_csv(run_dir / "results.csv")
+    assert len(frame) == 6 and frame["case_id"].is_unique
+    assert set(frame["status"]) == {"ok"}, proc.stdout[-3000:]
+    assert pd.read_parquet(run_dir / "results.parquet").shape[0] == 6
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["profile"] == "cpu" and env["torch_version"] and env["cases"] == 6
+    for name in ("claims.md", "tables.md", "measurements/quant_codes.csv", "measurements/kernels.csv"):
+        assert (run_dir / name).exists(), name
+    # One progress line per case and the summary.
+    assert proc.stdout.count("[") >= 6 and "qlora-bench: 6 cases on profile cpu" in proc.stdout
+    assert f"run folder: {run_dir}" in proc.stdout
+
+
+def _interrupted_run(out: Path, after_rows: int) -> Path:
+    """Start a run and kill it (with its children) once `after_rows` cases are stored."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "bench",
+            "-p",
+            "no:cacheprovider",
+            "--out",
+            str(out),
+            "--matrix",
+            "smoke",
+            "-k",
+            TINY_CASES,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            dirs = run_dirs(out) if out.exists() else []
+            if dirs and (dirs[0] / "results.jsonl").exists() and len(rows(dirs[0])) >= after_rows:
+                break
+            assert proc.poll() is None, "the run finished before it could be interrupted"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return run_dirs(out)[0]
+
+
+@pytest.mark.slow
+def test_resume_reruns_only_missing_and_failed_cases(tmp_path):
+    full = bench("--matrix", "smoke", "-k", TINY_CASES, out=tmp_path / "full")
+    assert full.returncode == 0, full.stdout[-3000:]
+    reference = {r["case_id"]: r for r in rows(run_dirs(tmp_path / "full")[0])}
+    assert len(reference) == 5
+
+    run_dir = _interrupted_run(tmp_path / "cut", after_rows=2)
+    kept = rows(run_dir)
+    assert 2 <= len(kept) < 5
+    # Mark one stored case as crashed, as a case that died would be: resume must rerun it.
+    failed = dict(kept[0], status="crashed", reason="simulated crash")
+    with (run_dir / "results.jsonl").open("a") as f:
+        f.write(json.dumps(failed) + "\n")
+    reused = {r["case_id"]: r for r in kept[1:]}
+
+    resumed = bench("--matrix", "smoke", "-k", TINY_CASES, "--resume", str(run_dir), out=tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert run_dirs(tmp_path / "cut") == [run_dir]  # no second folder
+    final = pd.read_csv(run_dir / "results.csv")
+    by_id = {r.case_id: r for r in final.itertuples()}
+    assert set(by_id) == set(reference)
+    for case_id, row in by_id.items():
+        assert row.status == reference[case_id]["status"] == "ok"
+        # Same seeds, same machine: the rerun and reused cases reproduce the uninterrupted run.
+        assert json.loads(row.losses) == pytest.approx(reference[case_id]["losses"], rel=1e-4)
+        if case_id in reused:
+            assert row.started_at == reused[case_id]["started_at"]  # reused, not rerun
+    assert by_id[failed["case_id"]].started_at != failed["started_at"]  # the failed one reran
+    assert f"{len(reused)} reused" in resumed.stdout
