@@ -565,6 +565,19 @@ def _resolve_hub(name: str) -> ResolvedModel:
     return ResolvedModel(name=name, source="hub", path=name, tokenizer_path=name, vocab_size=vocab_size)
 
 
+def is_materialized(name: str) -> bool:
+    """True when `name` needs no creation or conversion before loading (cheap: no torch work).
+
+    Shapes and the real model are materialized once into the cache; paths and hub ids need
+    nothing from us.
+    """
+    if name in SHAPES:
+        return _is_complete(_shape_dir(SHAPES[name]), _SHAPE_RECIPE)
+    if name == REAL_MODEL:
+        return _is_complete(_real_dir(), _REAL_RECIPE)
+    return True
+
+
 def resolve_model(name: str, *, device: str | None = None) -> ResolvedModel:
     """Materialize what `name` needs and say where to load it from.
 

@@ -288,6 +288,8 @@ def _run_in_child(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple
     r.device = device
     sampler = None
     if device == "cuda":
+        ckpt.stage("model creation")
+        _materialize(case.model, device)
         sampler = _setup_cuda(r, profile, gpu, options)
     import torch
 
@@ -365,6 +367,30 @@ def _run_in_child(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple
         ckpt.stage("perplexity after training")
         r.ppl_after = quality.perplexity(model, heldout, device)
     return Status.OK, ""
+
+
+def _materialize(model: str, device: str) -> None:
+    """Create a shape's checkpoint (or convert the real model) in a process of its own.
+
+    Creating an 8B checkpoint allocates 16 GB on the GPU: done in this process it would run into
+    an emulated profile's cap and count in this case's NVML and allocator numbers.
+    """
+    from qlora_core.models import ModelUnavailableError, is_materialized
+
+    if is_materialized(model):
+        return
+    code = (
+        "import sys; from qlora_core.models import resolve_model;"
+        " resolve_model(sys.argv[1], device=sys.argv[2])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, model, device], capture_output=True, text=True, env=_child_env()
+    )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
+        if "ModelUnavailableError" in proc.stderr:
+            raise ModelUnavailableError(tail)
+        raise RuntimeError(f"creating the checkpoint of {model} failed:\n{tail}")
 
 
 def summarize_steps(r: Result) -> None:
