@@ -163,6 +163,10 @@ def parameter_counts(peft_model: Any) -> tuple[int, int]:
     return int(trainable), int(total)
 
 
+def trainable_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
 def trainable_dtypes(model: torch.nn.Module) -> str:
     """Sorted distinct dtypes of the trainable parameters, e.g. 'float32'."""
     names = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}

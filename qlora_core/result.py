@@ -86,6 +86,8 @@ class Result:
     total_params: int | None = None  # as peft counts them (4-bit packed weights counted x2)
     trainable_params: int | None = None
     trainable_dtypes: str = ""  # e.g. "float32" or "bfloat16,float32"
+    trainable_bytes: int | None = None  # the LoRA adapters' parameters (their gradients match)
+    optimizer_state_bytes: int | None = None  # every tensor in optimizer.state after training
     quantized_params: int | None = None  # parameters held in 4-bit
     weight_bytes: int | None = None  # all parameters + buffers + quantization statistics
     quant_data_bytes: int | None = None  # packed 4-bit payload

@@ -324,6 +324,7 @@ def _run_in_child(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple
     model = load.add_lora(model, case)
     r.trainable_params, r.total_params = measure.parameter_counts(model)
     r.trainable_dtypes = measure.trainable_dtypes(model)
+    r.trainable_bytes = measure.trainable_bytes(model)
     _record_stage(r, "lora", device)
 
     ckpt.stage("data")
@@ -360,6 +361,7 @@ def _run_in_child(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple
     r.first_loss = stats.losses[0] if stats.losses else None
     r.final_loss = stats.losses[-1] if stats.losses else None
     r.first_nonfinite_step = stats.first_nonfinite_step
+    r.optimizer_state_bytes = stats.optimizer_state_bytes
     summarize_steps(r)
     if stats.diverged:
         return Status.NAN, f"non-finite loss or gradient norm at step {stats.first_nonfinite_step}"

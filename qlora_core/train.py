@@ -24,6 +24,7 @@ class TrainStats:
     losses: list[float] = field(default_factory=list)  # every step
     grad_norms: list[float] = field(default_factory=list)  # every step
     first_nonfinite_step: int | None = None
+    optimizer_state_bytes: int = 0
 
     @property
     def diverged(self) -> bool:
@@ -103,4 +104,15 @@ def train(
         if not finite:
             stats.first_nonfinite_step = step
             break
+    stats.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     return stats
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor the optimizer keeps (moments; 8-bit states and their scales)."""
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    )

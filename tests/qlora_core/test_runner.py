@@ -49,6 +49,8 @@ def test_tiny_runs_ok_with_real_numbers(tiny_pair):
     assert dq.device == "cpu" and dq.torch_version and dq.bitsandbytes_version
     assert dq.trainable_params == lora_trainable_by_hand("tiny")
     assert dq.trainable_dtypes == "float32"  # peft autocasts adapters to fp32 by default
+    assert dq.trainable_bytes == 4 * dq.trainable_params
+    assert dq.optimizer_state_bytes == 2 * dq.trainable_bytes + 4 * 28  # AdamW: 2 moments + steps
     assert dq.quantized_params == SHAPES["tiny"].linear_params
     assert len(dq.step_ms) == 3 and len(dq.losses) == 4
     assert all(math.isfinite(x) for x in dq.losses + dq.grad_norms)
@@ -149,7 +151,7 @@ def test_classify_exception_maps_library_errors():
 @pytest.mark.gpu
 def test_oom_forced_by_a_small_memory_cap(gpu_required, tmp_path):
     options = RunOptions(profile="h200", timeout_s=600, memory_cap_gib=0.5)
-    result = run_case(Case("llama-3.2-1b", seq_len=512), options, tmp_path / "r.json")
+    result = run_case(Case("llama-3.2-3b", seq_len=512), options, tmp_path / "r.json")
     assert result.status == "oom", result.reason
     assert result.memory_cap_gib == 0.5
 
