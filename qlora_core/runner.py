@@ -90,6 +90,11 @@ def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -
         except subprocess.TimeoutExpired:
             timed_out = True
             _kill_group(child)
+        except BaseException:
+            # Interrupted (Ctrl-C, a killed session): the child has a session of its own and
+            # would outlive us, holding the GPU. Take it down before going.
+            _kill_group(child)
+            raise
     wall_s = time.monotonic() - started
     request.unlink(missing_ok=True)
     result = _collect(case, options, result_path, child.returncode, timed_out, started_at, wall_s)
