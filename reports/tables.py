@@ -256,8 +256,7 @@ def t4_budget(run: RunData) -> str:
         if row is None:
             cell, how = missing, ""
         else:
-            value, how = measured[component]
-            unit = "GB" if component.startswith("8B model") else "GiB"
+            value, unit, how = measured[component]
             truncated = row["status"] != "ok" and component in c.BUDGET_TRAINING_STAGE
             cell = f"{value:.2f} {unit}" if value is not None else NOT_RUN
             if value is None and truncated:

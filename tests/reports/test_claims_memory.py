@@ -161,10 +161,21 @@ def test_adapters_inconclusive_without_allocator_or_dtype_and_not_run_for_small_
     assert none.verdict is c.Verdict.NOT_RUN and "below 2.5B" in none.why
 
 
-def test_optimizer_overhead_is_inconclusive_without_a_measurement_that_isolates_it(build):
+def test_optimizer_overhead_from_optimizer_state_bytes(build):
+    rows = [
+        build.result(THREE, **build.params(THREE), optimizer_state_bytes=1_500_000_000),
+        build.result(EIGHT, optimizer="adamw_8bit", **build.params(EIGHT), optimizer_state_bytes=335_544_320),
+    ]
+    evals = c.check_optimizer_overhead(build.run(rows))
+    assert build.pick(evals, THREE).verdict is c.Verdict.HOLDS
+    eight = build.pick(evals, "adamw_8bit")
+    assert eight.verdict is c.Verdict.REFUTED and "0.34 GB" in eight.corrected
+    assert "41,943,040 trainable params" in eight.measured
+
+
+def test_optimizer_overhead_inconclusive_without_the_column_and_not_run_without_rows(build):
     (only,) = c.check_optimizer_overhead(build.run([build.result(THREE, **build.params(THREE))]))
-    assert only.verdict is c.Verdict.INCONCLUSIVE and "optimizer.step()" in only.why
-    assert "24,313,856 trainable" in only.measured
+    assert only.verdict is c.Verdict.INCONCLUSIVE and "optimizer_state_bytes" in only.why
     (none,) = c.check_optimizer_overhead(build.run([build.result(THREE, quant_type="none")]))
     assert none.verdict is c.Verdict.NOT_RUN
 
@@ -235,7 +246,7 @@ def test_budget_holds_component_by_component_when_the_lesson_numbers_are_met(bui
     assert build.pick(evals, "fits").verdict is c.Verdict.HOLDS
     for component in ("8B model", "LoRA adapters", "Activations", "Total"):
         assert build.pick(evals, component).verdict is c.Verdict.HOLDS, component
-    assert build.pick(evals, "Optimizer").verdict is c.Verdict.INCONCLUSIVE
+    assert build.pick(evals, "Optimizer").verdict is c.Verdict.INCONCLUSIVE  # no optimizer_state_bytes
     assert build.pick(evals, "CUDA overhead").verdict is c.Verdict.REFUTED  # 12.0 - 11.0 GiB = 1.0
     assert build.pick(evals, "Available buffer").verdict is c.Verdict.REFUTED  # 15 - 12.0 GiB = 3.0
 
@@ -450,3 +461,12 @@ def test_tradeoff_memory_refuted_and_inconclusive(build):
     ]
     evals = c.check_tradeoff_memory_7b(build.run(rows))
     assert build.verdicts(evals) == ["inconclusive", "refuted"]
+
+
+def test_budget_reads_optimizer_states_of_a_trained_row_and_adapters_from_trainable_bytes(build):
+    row = _ladder0(build, **build.memory(5.3, 7.2, 7.5, 12.0), optimizer_state_bytes=600_000_000)
+    optimizer = build.pick(c.check_t4_budget(build.run([row])), "Optimizer")
+    assert optimizer.verdict is c.Verdict.HOLDS and "0.60 GB (optimizer_state_bytes)" in optimizer.measured
+    cpu = build.result(THREE, device="cpu", **build.params(THREE), trainable_bytes=97_255_424)
+    (adapters,) = c.check_adapter_overhead(build.run([cpu]))
+    assert "(trainable_bytes)" in adapters.measured and "0.09 GiB" in adapters.measured
