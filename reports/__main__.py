@@ -1,6 +1,12 @@
-"""`python -m reports render RUN_DIR`: re-render a run folder's claims.md, tables.md and plots.
+"""The reports command line, for stored run folders (no GPU needed):
 
-Exit codes: 0 rendered; 2 usage error, missing folder, or a folder without results.jsonl.
+- `python -m reports render RUN_DIR`: re-render claims.md, tables.md and plots/.
+- `python -m reports baseline RUN_DIR PATH`: store a run as a baseline (as --save-baseline does).
+- `python -m reports gate RUN_DIR BASELINE`: compare a stored run with a baseline (as --baseline
+  does), write RUN_DIR/baseline-diff.md.
+
+Exit codes: 0 done (gate: passed); 1 the gate found regressions; 2 usage error, missing folder,
+a folder without results.jsonl, or an unusable baseline.
 """
 
 from __future__ import annotations
@@ -10,9 +16,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reports.render import RunFolderError, render_run
+from reports.baseline import BASELINE_DIFF_MD, BaselineError, Thresholds, gate, save_run_baseline
+from reports.frame import load_run
+from reports.render import RunFolderError, check_run_dir, render_run
 
 EXIT_OK = 0
+EXIT_REGRESSION = 1
 EXIT_USAGE = 2
 
 
@@ -25,20 +34,55 @@ def build_parser() -> argparse.ArgumentParser:
         description="Re-render the reports of a run folder (results.jsonl, environment.json, measurements/).",
     )
     render.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (holds results.jsonl)")
+    save = commands.add_parser("baseline", help="store a run folder's metrics as a baseline JSON")
+    save.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    save.add_argument("path", type=Path, metavar="PATH", help="the baseline JSON to write")
+    save.add_argument(
+        "--command",
+        dest="command_text",
+        default=None,
+        help="the command that produced the run (default: environment.json's)",
+    )
+    check = commands.add_parser("gate", help="compare a run folder with a baseline; exit 1 on regressions")
+    check.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    check.add_argument("baseline", type=Path, metavar="BASELINE")
+    check.add_argument(
+        "--pyproject",
+        type=Path,
+        default=Path("pyproject.toml"),
+        help="thresholds from this file's [tool.qlora-bench] (default: ./pyproject.toml; defaults if absent)",
+    )
     return parser
+
+
+def _gate(run_dir: Path, baseline: Path, pyproject: Path) -> int:
+    run = load_run(check_run_dir(run_dir))
+    report = gate(baseline, run, Thresholds.from_pyproject(pyproject), run_dir)
+    for flag in report.flags:
+        print(f"flag: {flag}")
+    for line in report.failures:
+        print(f"FAIL {line}")
+    print(f"{report.summary} ({run_dir / BASELINE_DIFF_MD})")
+    return EXIT_OK if report.passed else EXIT_REGRESSION
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the process exit code."""
     args = build_parser().parse_args(argv)  # exits 2 itself on a usage error
-    if args.command == "render":
-        try:
-            written = render_run(args.run_dir)
-        except RunFolderError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        for name, path in written.items():
-            print(f"{name}: {path}")
+    try:
+        if args.command == "render":
+            for name, path in render_run(args.run_dir).items():
+                print(f"{name}: {path}")
+        elif args.command == "baseline":
+            run = load_run(check_run_dir(args.run_dir))
+            command = args.command_text or run.environment.get("command", "")
+            saved = save_run_baseline(args.path, run, command=command)
+            print(f"baseline written: {args.path} ({len(saved['cases'])} cases)")
+        elif args.command == "gate":
+            return _gate(args.run_dir, args.baseline, args.pyproject)
+    except (RunFolderError, BaselineError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 

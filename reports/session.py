@@ -114,6 +114,7 @@ class BenchSession:
     reused: set[str] = field(default_factory=set)
     write_line: Callable[[str], None] = print
     started_at: str = ""
+    earlier_commands: list[str] = field(default_factory=list)  # sessions this run resumed
 
     @classmethod
     def open(cls, options: BenchOptions, write_line: Callable[[str], None] = print) -> BenchSession:
@@ -130,6 +131,9 @@ class BenchSession:
             stored = {}
         run_dir.mkdir(parents=True, exist_ok=True)
         session = cls(options, run_dir, stored=stored, write_line=write_line)
+        if options.resume is not None and (run_dir / ENVIRONMENT_JSON).exists():
+            earlier = json.loads((run_dir / ENVIRONMENT_JSON).read_text())
+            session.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
         session.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         session.write_environment()
         return session
@@ -219,6 +223,8 @@ class BenchSession:
             "emulated_on": gpu.name if (gpu and self.options.emulated) else None,
             "forced": dict(self.options.force),
             "command": self.options.command_line,
+            # Every session that added to this folder (--resume), oldest first.
+            "commands": [*self.earlier_commands, self.options.command_line],
             "host": platform.node(),
             "platform": platform.platform(),
             "started_at": self.started_at,

@@ -158,3 +158,5 @@ def test_resume_reruns_only_missing_and_failed_cases(tmp_path):
             assert row.started_at == reused[case_id]["started_at"]  # reused, not rerun
     assert by_id[failed["case_id"]].started_at != failed["started_at"]  # the failed one reran
     assert f"{len(reused)} reused" in resumed.stdout
+    commands = json.loads((run_dir / "environment.json").read_text())["commands"]
+    assert len(commands) == 2 and "--resume" not in commands[0] and "--resume" in commands[1]
