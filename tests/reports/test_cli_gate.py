@@ -1,0 +1,38 @@
+"""`python -m reports baseline` and `python -m reports gate` on stored run folders."""
+
+from __future__ import annotations
+
+import json
+
+from reports.__main__ import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, main
+from reports.baseline import BASELINE_DIFF_MD
+
+
+def test_baseline_then_gate_passes_and_a_slower_run_fails(build, synthetic_run_dir, tmp_path, capsys):
+    baseline = tmp_path / "base.json"
+    assert main(["baseline", str(synthetic_run_dir), str(baseline), "--command", "pytest bench --gpu t4"]) == EXIT_OK
+    saved = json.loads(baseline.read_text())
+    assert saved["command"] == "pytest bench --gpu t4" and saved["profile"] == "t4"
+
+    assert main(["gate", str(synthetic_run_dir), str(baseline)]) == EXIT_OK
+    assert "PASS" in capsys.readouterr().out
+    assert (synthetic_run_dir / BASELINE_DIFF_MD).exists()
+
+    # The same run, every ok case 30% slower (beyond any noise floor of the synthetic spreads).
+    slower = []
+    for result in build.synthetic_results():
+        if result.status == "ok" and result.tokens_per_s:
+            result.tokens_per_s *= 0.7
+        slower.append(result)
+    slow_dir = build.write_run_dir(tmp_path / "slow", slower, environment=build.synthetic_environment())
+    assert main(["gate", str(slow_dir), str(baseline)]) == EXIT_REGRESSION
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "tokens_per_s" in out
+
+
+def test_gate_with_an_unusable_baseline_is_a_usage_error(synthetic_run_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema_version": 1, "cases": {')
+    assert main(["gate", str(synthetic_run_dir), str(bad)]) == EXIT_USAGE
+    assert "bad.json" in capsys.readouterr().err
+    assert main(["baseline", str(tmp_path / "no-run"), str(bad)]) == EXIT_USAGE
