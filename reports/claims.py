@@ -73,8 +73,11 @@ QUANT_FIELDS: tuple[str, ...] = ("quant_type", "double_quant", "quant_storage", 
 _SEVEN = ",".join(LESSON_TARGET_MODULES)
 
 # Minimum relative difference treated as a real speed difference; a pair's own step-time spread
-# can raise it (see `speed_noise`).
-MIN_SPEED_NOISE = 0.02
+# can raise it (see `speed_noise`). Measured, not assumed: on the lent H200 the same 3B case at
+# batch 1, seq 512 gave tokens/s varying by up to 30% between three runs of one day (reports/
+# reference/h200-smoke and reports/reference/gate/*), while each run's own spread was often far
+# smaller. Two rows from different processes are therefore not told apart below +-15%.
+MIN_SPEED_NOISE = 0.15
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1223,7 +1226,7 @@ def check_dtype_speed(run: RunData) -> list[Evaluation]:
             why = f"'Slow' vs 'Fast' = fp32 at least {pct(SLOW_MARGIN)} below; noise {pct(noise)}"
             if ratio <= 1 - SLOW_MARGIN:
                 out.append(holds(measured, evidence, condition, why))
-            elif ratio >= 1 - noise:
+            elif ratio >= 1 - SLOW_MARGIN + noise:
                 corrected = f"fp32 compute ran at {ratio:.2f}x the tokens/s of {dtype}: not slower"
                 out.append(refuted(measured, corrected, evidence, condition, why))
             else:
@@ -1965,30 +1968,45 @@ def check_qlora_slower(run: RunData) -> list[Evaluation]:
         return [not_run("no ok nf4 row has an ok 16-bit reference row at the same point")]
     low, high = LESSON_SLOWDOWN[0] - SLOWDOWN_SLACK, LESSON_SLOWDOWN[1] + SLOWDOWN_SLACK
     out, slowdowns = [], []
-    why = f"median tokens/s; the lesson's 10-20% widened to {pct(low)}-{pct(high)}"
+    why = (
+        f"median tokens/s; the lesson's 10-20% widened to {pct(low)}-{pct(high)}; a point outside"
+        " that range by less than its step-time noise is inconclusive"
+    )
     for q, ref in found:
         a, b = fval(q, "tokens_per_s"), fval(ref, "tokens_per_s")
         assert a is not None and b is not None
         slowdown = 1 - a / b
+        noise = speed_noise(q, ref)
         slowdowns.append(slowdown)
         measured = (
-            f"{quant_label(q)} {a:,.0f} vs 16-bit {b:,.0f} tokens/s: {slowdown:+.1%} slower"
-            f" (noise {pct(speed_noise(q, ref))})"
+            f"{quant_label(q)} {a:,.0f} vs 16-bit {b:,.0f} tokens/s:"
+            f" {slowdown:+.1%} slower (noise {pct(noise)})"
         )
         condition = f"{quant_label(q)}: {setting(q)}, {where(pd.DataFrame([q]))}"
         evidence = (str(q["case_id"]), str(ref["case_id"]))
         if low <= slowdown <= high:
             out.append(holds(measured, evidence, condition, why))
+        elif low - noise <= slowdown <= high + noise:
+            out.append(
+                inconclusive(
+                    why + ": outside the range by less than the noise", measured, evidence, condition
+                )
+            )
         else:
             corrected = f"QLoRA ran {slowdown:+.0%} slower than 16-bit LoRA at {setting(q)}"
             out.append(refuted(measured, corrected, evidence, condition, why))
     evidence = tuple(str(r["case_id"]) for pair in found for r in pair)
     measured = f"{span(slowdowns, lambda x: f'{x:+.1%}')} over {len(found)} point(s)"
-    if all(low <= s <= high for s in slowdowns):
+    verdicts = {e.verdict for e in out}
+    if verdicts == {Verdict.HOLDS}:
         out.append(holds(measured, evidence, "overall", why))
-    else:
+    elif Verdict.REFUTED in verdicts:
         corrected = f"QLoRA ran {span(slowdowns, lambda x: f'{x:+.0%}')} slower than 16-bit LoRA"
         out.append(refuted(measured, corrected, evidence, "overall", why))
+    else:
+        out.append(
+            inconclusive(why + ": some points within noise of the range", measured, evidence, "overall")
+        )
     return out
 
 

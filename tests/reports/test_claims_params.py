@@ -73,9 +73,14 @@ def test_lora_99pct(build):
 
 
 # -- QLoRA vs LoRA speed ----------------------------------------------------------------------------
-def _speed(build, quant: str, tps: float, **fields):
+def _speed(build, quant: str, tps: float, spread: float = 0.04, **fields):
     return build.result(
-        THREE, quant_type=quant, compute_dtype="fp16", **build.gpu(), **build.training(tps), **fields
+        THREE,
+        quant_type=quant,
+        compute_dtype="fp16",
+        **build.gpu(),
+        **build.training(tps, spread=spread),
+        **fields,
     )
 
 
@@ -92,6 +97,17 @@ def test_qlora_slower_per_point_and_overall(build):
     assert far.verdict is c.Verdict.REFUTED and "+50%" in far.corrected
     overall = build.pick(evals, "overall")
     assert overall.verdict is c.Verdict.REFUTED and "+15.0% to +50.0%" in overall.measured
+
+
+def test_qlora_slower_within_noise_of_the_range_is_inconclusive(build):
+    # +1% slower: below the 5% bound by less than the noise (the 15% floor between processes).
+    rows = [_speed(build, "nf4", 990.0, spread=0.30), _speed(build, "none", 1000.0, spread=0.30)]
+    point, overall = c.check_qlora_slower(build.run(rows))
+    assert point.verdict is c.Verdict.INCONCLUSIVE and "noise" in point.why
+    assert overall.verdict is c.Verdict.INCONCLUSIVE
+    # Beyond the range by more than the noise floor (15% between processes) is a refutation.
+    far = [_speed(build, "nf4", 550.0, spread=0.02), _speed(build, "none", 1000.0, spread=0.02)]
+    assert build.verdicts(c.check_qlora_slower(build.run(far))) == ["refuted", "refuted"]
 
 
 def test_qlora_slower_names_the_prepare_condition_and_needs_a_reference(build):
