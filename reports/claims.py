@@ -37,6 +37,7 @@ GB = 1e9  # the lesson's "GB" where it multiplies parameters by bytes (7e9 x 4 b
 GIB = 2**30  # torch's "GB" (/ 1024**3) and every `_gib` column
 LESSON_7B_PARAMS = 7e9  # the lesson's "7B model"
 SEVEN_B_CLASS = (6.0e9, 9.0e9)  # base parameter counts that stand for the lesson's 7-8B models
+SEVEN_B_EXACT = (6.5e9, 7.5e9)  # a model whose 4-bit bytes per parameter may stand for "7B"
 
 OK_ONLY: frozenset[str] = frozenset({"ok"})
 # Load-stage columns (weights, parameter counts, dtypes, load/prepare/LoRA memory) are measured
@@ -593,6 +594,15 @@ def _weights_evaluation(precision: str, rows: pd.DataFrame, condition: str) -> E
         f"weight_bytes / (total_params - trainable_params) of {model}, scaled to the lesson's"
         " 7e9 parameters (GB = 10**9 bytes)"
     )
+    if precision != "FP16" and not SEVEN_B_EXACT[0] <= params <= SEVEN_B_EXACT[1]:
+        # 4-bit bytes per parameter depend on the share of parameters that stay 16-bit
+        # (embeddings, lm_head), which another vocabulary changes: no verdict for "7B" from it.
+        return inconclusive(
+            why + f"; {model} is not a 7B model and its 16-bit share (embeddings, lm_head) differs",
+            measured,
+            ids(rows),
+            condition,
+        )
     if _within(at_7b / GB, expected, WEIGHTS_TOL):
         return holds(measured, ids(rows), condition, why)
     corrected = (

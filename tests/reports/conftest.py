@@ -38,6 +38,7 @@ FP4_CODES = [
 SHAPES: dict[str, dict[str, int]] = {
     "llama-3.2-3b": {"base": 3_212_749_824, "linear": 2_818_572_288, "lora": 24_313_856},
     "llama-3.1-8b": {"base": 8_030_261_248, "linear": 6_979_321_856, "lora": 41_943_040},
+    "mistral-7b": {"base": 7_241_732_096, "linear": 6_979_321_856, "lora": 41_943_040},
     "smollm2-135m-instruct": {"base": 134_515_008, "linear": 106_168_320, "lora": 4_884_480},
 }
 

@@ -10,7 +10,10 @@ from reports.baseline import BASELINE_DIFF_MD
 
 def test_baseline_then_gate_passes_and_a_slower_run_fails(build, synthetic_run_dir, tmp_path, capsys):
     baseline = tmp_path / "base.json"
-    assert main(["baseline", str(synthetic_run_dir), str(baseline), "--command", "pytest bench --gpu t4"]) == EXIT_OK
+    assert (
+        main(["baseline", str(synthetic_run_dir), str(baseline), "--command", "pytest bench --gpu t4"])
+        == EXIT_OK
+    )
     saved = json.loads(baseline.read_text())
     assert saved["command"] == "pytest bench --gpu t4" and saved["profile"] == "t4"
 
