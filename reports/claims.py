@@ -2805,6 +2805,18 @@ def claim_outcome(claim: Claim, evaluations: Sequence[Evaluation]) -> tuple[str,
     return "pass", f"{claim.id}: {held} of {len(evaluations)} evaluation(s) hold"
 
 
+def _with_known_errors(claims: tuple[Claim, ...]) -> tuple[Claim, ...]:
+    from reports.known_errors import KNOWN_DOC_ERRORS
+
+    unknown = set(KNOWN_DOC_ERRORS) - {c.id for c in claims}
+    if unknown:
+        raise ValueError(f"known_errors names claims that do not exist: {sorted(unknown)}")
+    return tuple(dataclasses.replace(c, known_doc_error=KNOWN_DOC_ERRORS.get(c.id, "")) for c in claims)
+
+
+CLAIMS = _with_known_errors(CLAIMS)
+
+
 CLAIMS_FRAME_COLUMNS: tuple[str, ...] = (
     "id",
     "section",
