@@ -122,9 +122,19 @@ def test_qlora_slower_names_the_prepare_condition_and_needs_a_reference(build):
 
 
 # -- QLoRA vs LoRA quality --------------------------------------------------------------------------
-def _ppl(build, quant: str, after: float):
+def _ppl(build, quant: str, after: float, steps: int = 30):
+    # batch 4 x seq 512 x 30 steps = 61,440 tokens: enough training to judge fine-tuned quality.
     return build.result(
-        SMALL, families="quality", quant_type=quant, data="text", compute_dtype="fp16", ppl_after=after
+        SMALL,
+        families="quality",
+        quant_type=quant,
+        data="text",
+        compute_dtype="fp16",
+        ppl_after=after,
+        batch_size=4,
+        seq_len=512,
+        tokens_per_step=2048,
+        losses=[3.0] * steps,
     )
 
 
@@ -138,6 +148,11 @@ def test_tradeoff_quality(build):
     (tie,) = c.check_tradeoff_quality(build.run([_ppl(build, "nf4", 16.05), _ppl(build, "none", 16.0)]))
     assert tie.verdict is c.Verdict.INCONCLUSIVE
     assert c.check_tradeoff_quality(build.run([_ppl(build, "nf4", 16.0)]))[0].verdict is c.Verdict.NOT_RUN
+    # A 50% gap after 2,048 tokens is still the untrained quantization gap: no verdict.
+    (short,) = c.check_tradeoff_quality(
+        build.run([_ppl(build, "nf4", 24.0, 1), _ppl(build, "none", 16.0, 1)])
+    )
+    assert short.verdict is c.Verdict.INCONCLUSIVE and "too little" in short.why
 
 
 # -- compatibility ----------------------------------------------------------------------------------
