@@ -164,4 +164,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(line)
     claims_md = bench.run_dir / "claims.md"
     if claims_md.exists():
-        terminalreporter.write_line(f"  claims: {claims_md}")
+        from collections import Counter
+
+        from reports.claims import evaluate_all
+
+        verdicts = Counter(e.verdict.value for _, e in evaluate_all(bench.load()))
+        counts = ", ".join(f"{n} {v}" for v, n in verdicts.most_common())
+        terminalreporter.write_line(f"  claims: {counts} ({claims_md})")
