@@ -23,7 +23,7 @@ Tiers: ``smoke`` (at most 6 cases), ``default`` (at most 40), ``full`` (everythi
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from qlora_core.gpus import GpuProfile
 from qlora_core.models import REAL_MODEL
@@ -107,14 +107,8 @@ def tier_for(profile: GpuProfile) -> Tier:
     if not profile.is_gpu:
         return CPU_TIER
     if profile.total_gib >= _LARGE_GPU_MIN_GIB:
-        return _with_models(GPU_TIER, GPU_TIER.models + _LARGE_GPU_EXTRA_MODELS)
+        return replace(GPU_TIER, models=GPU_TIER.models + _LARGE_GPU_EXTRA_MODELS)
     return GPU_TIER
-
-
-def _with_models(tier: Tier, models: tuple[str, ...]) -> Tier:
-    from dataclasses import replace
-
-    return replace(tier, models=models)
 
 
 def lesson_dtype(profile: GpuProfile) -> str:
@@ -158,10 +152,7 @@ def build_matrix(
     tier = tier_for(profile)
     if models:
         models = tuple(models)
-        tier = _with_models(tier, models)
-        from dataclasses import replace
-
-        tier = replace(tier, primary=models[0], ladder_model=models[-1])
+        tier = replace(tier, models=models, primary=models[0], ladder_model=models[-1])
     dtype = lesson_dtype(profile)
     steps = {"warmup_steps": tier.warmup_steps, "measured_steps": tier.measured_steps}
     lesson = Case(
@@ -190,7 +181,8 @@ def build_matrix(
         plan.add(lesson.replace(prepare_kbit=False), "prepare")
         plan.add(text_lesson, "quality")
         planned = plan.cases()
-        assert len(planned) <= SMOKE_MAX
+        if len(planned) > SMOKE_MAX:
+            raise MatrixError(f"smoke matrix for {profile.name} has {len(planned)} cases (> {SMOKE_MAX})")
         return planned
 
     full = matrix == "full"
