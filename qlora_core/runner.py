@@ -30,9 +30,6 @@ from qlora_core.result import Result, Status, read_result, write_atomic
 from qlora_core.spec import Case, CaseError
 
 DEFAULT_TIMEOUT_S = 1800.0
-# Kept free under an emulated profile's memory for what the allocator cap cannot see besides the
-# context (cuBLAS workspaces, NCCL/bnb handles). The context itself is measured, not assumed.
-_EMULATION_MARGIN_GIB = 0.0
 _KILL_GRACE_S = 5.0
 
 
@@ -98,11 +95,6 @@ def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -
     wall_s = time.monotonic() - started
     request.unlink(missing_ok=True)
     result = _collect(case, options, result_path, child.returncode, timed_out, started_at, wall_s)
-    if result.status in ("crashed", "timeout", "cuda_error"):
-        tail = _log_tail(log_path)
-        if tail:
-            result.reason = f"{result.reason}\n--- last lines of {log_path.name} ---\n{tail}"
-            write_atomic(result_path, result.to_json())
     if cleanup:
         result_path.unlink(missing_ok=True)
         log_path.unlink(missing_ok=True)
@@ -162,6 +154,11 @@ def _collect(
         result.status = Status.CRASHED.value
         how = _describe_exit(exitcode)
         result.reason = f"{result.reason}; child {how}" if result.reason else f"child {how}"
+    if result.status in ("crashed", "timeout", "cuda_error"):
+        log_path = result_path.with_suffix(".log")
+        tail = _log_tail(log_path)
+        if tail:
+            result.reason = f"{result.reason}\n--- last lines of {log_path.name} ---\n{tail}"
     result.started_at = result.started_at or started_at
     result.finished_at = now_iso()
     result.wall_s = wall_s
@@ -454,7 +451,7 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu, options: RunOptions):
     r.bf16_torch_supported = bool(torch.cuda.is_bf16_supported())
     cap = options.memory_cap_gib
     if cap is None and is_emulated(profile, gpu):
-        cap = profile.total_gib - context_gib - _EMULATION_MARGIN_GIB
+        cap = profile.total_gib - context_gib
         r.emulated = True
         r.emulated_on = props.name
         # What the emulated card would say about bf16, not the host's answer.

@@ -34,7 +34,6 @@ from reports.frame import (
     RunData,
     load_run,
     read_results_jsonl,
-    results_frame,
 )
 
 CASES_DIR = "cases"
@@ -203,9 +202,6 @@ class BenchSession:
     # -- reading back ----------------------------------------------------------------------------
     def load(self) -> RunData:
         return load_run(self.run_dir)
-
-    def frame(self) -> pd.DataFrame:
-        return results_frame(self.results.values())
 
     # -- outputs ---------------------------------------------------------------------------------
     def environment(self) -> dict[str, Any]:
