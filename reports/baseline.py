@@ -34,6 +34,7 @@ import pandas as pd
 
 from qlora_core.result import STATUSES, Status, write_atomic
 from reports.frame import RunData
+from reports.markdown import md_table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -697,20 +698,12 @@ def _metrics_table(comparisons: list[MetricComparison]) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    """A GitHub markdown table ("(none)" when there are no rows)."""
-    if not rows:
-        return "(none)"
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A markdown table ("(none)" when there are no rows)."""
+    return md_table(header, rows) if rows else "(none)"
 
 
 def _bullets(items: list[str]) -> str:
     return "\n".join(f"- {item}" for item in items) if items else "(none)"
-
-
-def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _fmt(metric: str, value: float | None) -> str:

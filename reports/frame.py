@@ -4,11 +4,18 @@ A run folder holds `results.jsonl` (one Result per line, appended as cases finis
 by --resume appends again and the last line for a case hash wins), `environment.json`, and
 `measurements/<name>.csv` for in-process measurements that are not training cases (4-bit code
 tables, per-layer quantization error, kernel timings).
+
+The results frame is typed once, here, from the `Result` and `Case` field annotations: bools as
+pandas `boolean`, ints as nullable `Int64`, floats as `float64` (NaN = not measured), text as `str`;
+the per-step lists stay Python lists. Readers compare and mask columns directly, without guards.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,20 +23,52 @@ from typing import Any
 
 import pandas as pd
 
-from qlora_core.result import RESULT_FIELDS, Result
+from qlora_core.result import Result
+from qlora_core.spec import Case
 
 RESULTS_JSONL = "results.jsonl"
 ENVIRONMENT_JSON = "environment.json"
 MEASUREMENTS_DIR = "measurements"
 
 
+def column_dtype(annotation: Any) -> str | None:
+    """The pandas dtype of a column holding a field annotated `annotation`; None for lists and
+    dicts (kept as Python objects). Tuples are text: `Result.row()` joins them with commas."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]  # `X | None`: the nullable dtypes below hold the None
+    if typing.get_origin(annotation) is typing.Literal:
+        annotation = type(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) is tuple:
+        return "str"
+    return {bool: "boolean", int: "Int64", float: "float64", str: "str"}.get(annotation)
+
+
+def _column_dtypes() -> dict[str, str | None]:
+    """Column -> dtype for every column of a results frame, in `Result.row()` order."""
+    result_hints = typing.get_type_hints(Result)
+    case_hints = typing.get_type_hints(Case)
+    columns = {
+        f.name: column_dtype(result_hints[f.name]) for f in dataclasses.fields(Result) if f.name != "case"
+    }
+    for f in dataclasses.fields(Case):
+        columns.setdefault(f.name, column_dtype(case_hints[f.name]))
+    return columns
+
+
+COLUMN_DTYPES: dict[str, str | None] = _column_dtypes()
+"""Every column of a results frame and its dtype (None: Python objects), from the field types."""
+
+
 def results_frame(results: Iterable[Result | dict[str, Any]]) -> pd.DataFrame:
-    """One row per result, case fields flattened beside the measurements."""
+    """One row per result, case fields flattened beside the measurements, every Result and Case
+    column present (an empty run included) and cast to its field's type."""
     rows = [r.row() if isinstance(r, Result) else Result.from_dict(r).row() for r in results]
-    if not rows:
-        columns = [c for c in RESULT_FIELDS if c != "case"]
-        return pd.DataFrame(columns=columns)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(COLUMN_DTYPES))
+    missing = [c for c in COLUMN_DTYPES if c not in frame.columns]
+    if missing:
+        frame = frame.assign(**{c: None for c in missing})
+    return frame.astype({c: t for c, t in COLUMN_DTYPES.items() if t is not None})
 
 
 def read_results_jsonl(path: Path) -> list[Result]:

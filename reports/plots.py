@@ -18,8 +18,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from qlora_core.gpus import PROFILES
-from reports import claims as c
 from reports.frame import RunData
+from reports.rows import family_rows, group_by, num, present, quant_label
 
 DPI = 110
 _LINE_STYLES = {"nf4": "-", "fp4": "--", "none": ":"}
@@ -51,19 +51,17 @@ def _profile_memory(run: RunData, df: pd.DataFrame) -> tuple[str, float] | None:
 def plot_memory_vs_seq(run: RunData, path: Path) -> Path | None:
     """Peak memory vs sequence length, one line per (model, weight format, batch), sweep and
     reference rows; OOM points as crosses at the profile's memory line."""
-    df = c.frame(run)
-    rows = pd.concat([c.family_rows(df, "sweep"), c.family_rows(df, "reference")]).drop_duplicates(
-        "case_hash"
-    )
+    df = run.results
+    rows = pd.concat([family_rows(df, "sweep"), family_rows(df, "reference")]).drop_duplicates("case_hash")
     if rows.empty:
         return None
-    on_gpu = c.present(rows["peak_reserved_gib"]).any()
+    on_gpu = present(rows["peak_reserved_gib"]).any()
     column, label = (
         ("peak_reserved_gib", "peak reserved (GiB)")
         if on_gpu
         else ("cpu_peak_rss_gib", "process peak RSS (GiB)")
     )
-    ok = rows[(rows["status"] == "ok") & c.present(rows[column])]
+    ok = rows[(rows["status"] == "ok") & present(rows[column])]
     oom = rows[rows["status"] == "oom"]
     if ok.empty and oom.empty:
         return None
@@ -71,16 +69,16 @@ def plot_memory_vs_seq(run: RunData, path: Path) -> Path | None:
     several_models = rows["model"].nunique() > 1
     fig = _figure(8.5, 4.8)
     ax = fig.add_subplot()
-    lines = c.group_by(rows, ["model", "quant_type", "double_quant", "compute_dtype", "batch_size"])
+    lines = group_by(rows, ["model", "quant_type", "double_quant", "compute_dtype", "batch_size"])
     for i, (_, group) in enumerate(lines):
         first = group.iloc[0]
-        name = f"{c.quant_label(first)} b{int(first['batch_size'])}"
+        name = f"{quant_label(first)} b{int(first['batch_size'])}"
         if several_models:
             name = f"{first['model']} {name}"
         color = _COLORS[i % len(_COLORS)]
         good = group[group.index.isin(ok.index)].sort_values("seq_len")
         if not good.empty:
-            ax.plot(good["seq_len"], c.num(good[column]), marker="o", color=color, label=name)
+            ax.plot(good["seq_len"], num(good[column]), marker="o", color=color, label=name)
         failed = group[group.index.isin(oom.index)]
         if not failed.empty and limit is not None:
             # OOM points of different lines share x and y: nudge each line's crosses sideways.
@@ -109,7 +107,7 @@ def plot_memory_vs_seq(run: RunData, path: Path) -> Path | None:
     ax.set_xticks(seqs, [str(s) for s in seqs])
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel(label)
-    top = max([c.num(ok[column]).max() if not ok.empty else 0.0] + ([limit[1]] if limit else []))
+    top = max([num(ok[column]).max() if not ok.empty else 0.0] + ([limit[1]] if limit else []))
     ax.set_ylim(0, top * 1.12)
     ax.set_title("Peak memory vs sequence length (sweep and 16-bit reference)")
     ax.grid(True, alpha=0.3)
@@ -119,14 +117,12 @@ def plot_memory_vs_seq(run: RunData, path: Path) -> Path | None:
 
 def plot_tokens_per_s(run: RunData, path: Path) -> Path | None:
     """tokens/s of every ok row, one horizontal bar per case id, grouped by model."""
-    df = c.frame(run)
-    rows = df[(df["status"] == "ok") & c.present(df["tokens_per_s"])] if not df.empty else df
+    df = run.results
+    rows = df[(df["status"] == "ok") & present(df["tokens_per_s"])] if not df.empty else df
     if rows.empty:
         return None
-    rows = rows.assign(_tps=c.num(rows["tokens_per_s"])).sort_values(
-        ["model", "_tps"], ascending=[False, True]
-    )
-    labels = [c.quant_label(r) for _, r in rows.iterrows()]
+    rows = rows.assign(_tps=num(rows["tokens_per_s"])).sort_values(["model", "_tps"], ascending=[False, True])
+    labels = [quant_label(r) for _, r in rows.iterrows()]
     palette = {name: _COLORS[i % len(_COLORS)] for i, name in enumerate(dict.fromkeys(sorted(labels)))}
     fig = _figure(9.0, 1.6 + 0.26 * len(rows))
     ax = fig.add_subplot()
@@ -142,8 +138,8 @@ def plot_tokens_per_s(run: RunData, path: Path) -> Path | None:
 
 
 def _quality_rows(run: RunData) -> pd.DataFrame:
-    df = c.frame(run)
-    rows = c.family_rows(df, "quality")
+    df = run.results
+    rows = family_rows(df, "quality")
     return rows[rows["status"].isin({"ok", "nan"})] if not rows.empty else rows
 
 
@@ -161,10 +157,10 @@ def plot_loss_curves(run: RunData, path: Path) -> Path | None:
         ax.plot(
             range(len(values)),
             values,
-            label=c.quant_label(row),
+            label=quant_label(row),
             color=_COLORS[i % len(_COLORS)],
             linestyle=_LINE_STYLES.get(str(row["quant_type"]), "-"),
-            marker="o" if c.truthy(row["double_quant"]) else None,
+            marker="o" if row["double_quant"] else None,
             markersize=3,
             markevery=max(1, len(values) // 10),
             linewidth=1.4,
@@ -181,10 +177,10 @@ def plot_loss_curves(run: RunData, path: Path) -> Path | None:
 def plot_perplexity(run: RunData, path: Path) -> Path | None:
     """Held-out perplexity before and after training, per quality row."""
     rows = _quality_rows(run)
-    rows = rows[c.present(rows["ppl_before"]) | c.present(rows["ppl_after"])] if not rows.empty else rows
+    rows = rows[present(rows["ppl_before"]) | present(rows["ppl_after"])] if not rows.empty else rows
     if rows.empty:
         return None
-    labels = [c.quant_label(r) for _, r in rows.iterrows()]
+    labels = [quant_label(r) for _, r in rows.iterrows()]
     fig = _figure(max(5.0, 1.3 * len(rows) + 2), 4.5)
     ax = fig.add_subplot()
     width = 0.38
@@ -192,7 +188,7 @@ def plot_perplexity(run: RunData, path: Path) -> Path | None:
         (-width / 2, "ppl_before", "before training", "#9ecae1"),
         (width / 2, "ppl_after", "after training", "#08519c"),
     ):
-        values = c.num(rows[col]).tolist()
+        values = num(rows[col]).tolist()
         bars = ax.bar([i + offset for i in range(len(rows))], values, width, label=name, color=color)
         ax.bar_label(bars, labels=[f"{v:.2f}" if math.isfinite(v) else "" for v in values], fontsize=7)
     ax.set_xticks(range(len(rows)), labels)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from reports.claims import Claim, Evaluation, Verdict, evaluate_all
 from reports.frame import RESULTS_JSONL, RunData, load_run
+from reports.markdown import md_table
 from reports.plots import render_plots
-from reports.tables import header, md_table, render_tables
+from reports.tables import header, render_tables
 
 CLAIMS_MD = "claims.md"
 TABLES_MD = "tables.md"

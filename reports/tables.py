@@ -1,22 +1,60 @@
 """tables.md: the lesson's tables regenerated with this run's measurements beside its numbers.
 
 Every "lesson" cell is what the lesson prints; every "measured" cell comes from the run's rows
-through the same selectors the claims use (`reports.claims`). A measurement the run does not
+through the same selectors the claims use (`reports.rows`), and the lesson's numbers come from the
+claim modules that check them (`reports.claims.*`). A measurement the run does not
 have reads "not run" (with the rows' statuses when rows ran but did not measure it), never a
 number computed from the lesson.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from qlora_core.gpus import PROFILES
-from reports import claims as c
+from reports.claims.calculation import LESSON_FORMULA_SIZES_B, nominal_size
+from reports.claims.memory_problem import (
+    LESSON_7B_PARAMS,
+    LESSON_7B_TOTAL_GB,
+    LESSON_7B_WEIGHTS_GB,
+    PRECISION_ROWS,
+    precision_rows,
+)
+from reports.claims.t4_budget import (
+    BUDGET_TRAINING_STAGE,
+    LESSON_T4_BUDGET,
+    LESSON_T4_VRAM_GB,
+    budget_measurements,
+)
+from reports.claims.tradeoffs import compat_outcomes, outcomes_text
 from reports.frame import RunData
+from reports.markdown import md_table
+from reports.rows import (
+    LOADED,
+    QUANT_FIELDS,
+    NoRows,
+    base_params,
+    family_rows,
+    fval,
+    group_by,
+    is_nan_run,
+    median_of,
+    on_gpu,
+    pairs,
+    present,
+    quant_label,
+    quantized,
+    setting,
+    sixteen_bit,
+    status_summary,
+    training_peak_gib,
+    usable,
+    where,
+)
+from reports.units import GB, GIB, fmt_size, span
 
 NOT_RUN = "not run"
 _LIBRARIES = (
@@ -28,29 +66,9 @@ _LIBRARIES = (
 )
 
 
-def md_cell(value: Any) -> str:
-    """One markdown table cell: pipes escaped, newlines as <br>, None as empty."""
-    if value is None:
-        return ""
-    return str(value).replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
-
-
-def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-flavoured markdown table (pandas' to_markdown needs tabulate, not installed)."""
-    lines = ["| " + " | ".join(md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        cells = [md_cell(v) for v in row]
-        if len(cells) != len(headers):
-            raise ValueError(f"row has {len(cells)} cells, the table {len(headers)} columns: {row!r}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _missing(outcome: c.Evaluation | pd.DataFrame) -> str:
+def _missing(none: NoRows) -> str:
     """ "not run", with the statuses when rows ran but measured nothing."""
-    if isinstance(outcome, c.Evaluation) and outcome.verdict is c.Verdict.INCONCLUSIVE:
-        return f"{NOT_RUN} ({outcome.why})"
-    return NOT_RUN
+    return NOT_RUN if none.absent else f"{NOT_RUN} ({none.why})"
 
 
 def _first(run: RunData, env_key: str, column: str | None = None) -> str:
@@ -58,7 +76,7 @@ def _first(run: RunData, env_key: str, column: str | None = None) -> str:
     value = run.environment.get(env_key)
     if value not in (None, ""):
         return str(value)
-    df = c.frame(run)
+    df = run.results
     column = column or env_key
     if column in df.columns:
         values = [str(v) for v in df[column] if v not in (None, "") and not pd.isna(v)]
@@ -69,7 +87,7 @@ def _first(run: RunData, env_key: str, column: str | None = None) -> str:
 
 def header(run: RunData) -> str:
     """Title and the run's context: profile, GPU, emulation, library versions, case outcomes."""
-    df = c.frame(run)
+    df = run.results
     profile = _first(run, "profile") or "unknown"
     emulated_on = _first(run, "emulated_on")
     gpu = _first(run, "gpu_present", "gpu_name") or "none (CPU)"
@@ -82,7 +100,7 @@ def header(run: RunData) -> str:
         + (f", capability {_first(run, 'gpu_capability')}" if _first(run, "gpu_capability") else ""),
         f"- emulated on: {emulated_on or 'no (the profile is the GPU present)'}",
         f"- libraries: {libs or 'not recorded'}",
-        f"- cases: {len(df)}" + (f" ({c.status_summary(df)})" if len(df) else ""),
+        f"- cases: {len(df)}" + (f" ({status_summary(df)})" if len(df) else ""),
         "",
         '"lesson" cells are what the lesson prints; "measured" cells come from this run\'s rows;'
         ' "not run" means no row of this run measured it. GB = 10**9 bytes, GiB = 2**30 bytes.',
@@ -92,50 +110,50 @@ def header(run: RunData) -> str:
 
 # -- memory by precision -------------------------------------------------------------------------
 def _weights_cell(df: pd.DataFrame, precision: str) -> str:
-    if c.PRECISION_ROWS[precision] is None:
+    if PRECISION_ROWS[precision] is None:
         return NOT_RUN
-    rows = c.select(
-        c.precision_rows(df, precision),
+    rows = usable(
+        precision_rows(df, precision),
         f"7-8B {precision}",
         ("weight_bytes", "total_params"),
-        statuses=c.LOADED,
+        statuses=LOADED,
     )
-    if isinstance(rows, c.Evaluation):
+    if isinstance(rows, NoRows):
         return _missing(rows)
     if precision == "INT4":
-        lesson_cfg = rows[rows["double_quant"].map(c.truthy) == True]  # noqa: E712 - a mask
+        lesson_cfg = rows[rows["double_quant"]]
         rows = lesson_cfg if not lesson_cfg.empty else rows
     cells = []
-    for (model,), group in c.group_by(rows, ["model"]):
-        wbytes = c.median_of(group, "weight_bytes")
-        params = float(np.median([c.base_params(r) for _, r in group.iterrows()]))
-        at_7b = wbytes / params * c.LESSON_7B_PARAMS
-        cells.append(f"{model}: {c.fmt_size(wbytes)}; {c.fmt_size(at_7b)} at 7e9 params")
+    for (model,), group in group_by(rows, ["model"]):
+        wbytes = median_of(group, "weight_bytes")
+        params = float(np.median([base_params(r) for _, r in group.iterrows()]))
+        at_7b = wbytes / params * LESSON_7B_PARAMS
+        cells.append(f"{model}: {fmt_size(wbytes)}; {fmt_size(at_7b)} at 7e9 params")
     return "; ".join(cells)
 
 
 def _total_cell(df: pd.DataFrame, precision: str) -> str:
-    if c.PRECISION_ROWS[precision] is None:
+    if PRECISION_ROWS[precision] is None:
         return NOT_RUN
-    rows = c.select(c.on_gpu(c.precision_rows(df, precision)), "7-8B", ("peak_reserved_gib",))
-    if isinstance(rows, c.Evaluation):
+    rows = usable(on_gpu(precision_rows(df, precision)), "7-8B", ("peak_reserved_gib",))
+    if isinstance(rows, NoRows):
         return _missing(rows)
     peaks = []
     for _, r in rows.iterrows():
-        peaks.append((c.training_peak_gib(r) or 0.0) * c.GIB / c.GB)
+        peaks.append((training_peak_gib(r) or 0.0) * GIB / GB)
     models = ", ".join(dict.fromkeys(rows["model"]))
-    return f"{c.span(peaks, lambda x: f'{x:.1f}')} GB over {len(peaks)} setting(s) of {models}"
+    return f"{span(peaks, lambda x: f'{x:.1f}')} GB over {len(peaks)} setting(s) of {models}"
 
 
 def memory_by_precision(run: RunData) -> str:
     """The 7B memory table with the 7-8B shape's measured weights and training peaks."""
-    df = c.frame(run)
+    df = run.results
     rows = [
         (
             precision,
-            f"{c.LESSON_7B_WEIGHTS_GB[precision]:g} GB",
+            f"{LESSON_7B_WEIGHTS_GB[precision]:g} GB",
             _weights_cell(df, precision),
-            f"~{c.LESSON_7B_TOTAL_GB[precision]:g} GB",
+            f"~{LESSON_7B_TOTAL_GB[precision]:g} GB",
             _total_cell(df, precision),
         )
         for precision in ("FP32", "FP16", "INT8", "INT4")
@@ -165,44 +183,44 @@ _LESSON_DTYPES = (
 def _dtype_point(df: pd.DataFrame) -> pd.DataFrame:
     """Ok 4-bit rows at one point that differ only in compute dtype: the fp32 row's point, or the
     lesson's (nf4 + double quant) factorial point when no fp32 row ran."""
-    rows = c.quantized(df[df["status"] == "ok"]) if not df.empty else df
-    rows = rows[c.present(rows["tokens_per_s"])] if not rows.empty else rows
-    anchors = c.family_rows(rows, "fp32")
+    rows = quantized(df[df["status"] == "ok"]) if not df.empty else df
+    rows = rows[present(rows["tokens_per_s"])] if not rows.empty else rows
+    anchors = family_rows(rows, "fp32")
     if anchors.empty:
-        anchors = c.family_rows(rows, "factorial")
-        anchors = anchors[(anchors["quant_type"] == "nf4") & anchors["double_quant"].map(c.truthy)]
+        anchors = family_rows(rows, "factorial")
+        anchors = anchors[(anchors["quant_type"] == "nf4") & anchors["double_quant"]]
     if anchors.empty:
         return anchors
     anchor = anchors.iloc[[0]]
-    matched = [b for _, b in c.pairs(anchor, rows, vary=("compute_dtype",))]
+    matched = [b for _, b in pairs(anchor, rows, vary=("compute_dtype",))]
     return pd.DataFrame(matched)
 
 
 def _final_loss(row: pd.Series) -> str:
-    if c.is_nan_run(row):
+    if is_nan_run(row):
         return "NaN"
-    loss = c.fval(row, "final_loss")
+    loss = fval(row, "final_loss")
     return f"{loss:.3f}" if loss is not None else NOT_RUN
 
 
 def _stability_cells(df: pd.DataFrame, dtype: str) -> tuple[str, str]:
-    rows = c.family_rows(df, "stability")
+    rows = family_rows(df, "stability")
     rows = rows[rows["compute_dtype"] == dtype] if not rows.empty else rows
     if rows.empty:
         return NOT_RUN, NOT_RUN
     ran = rows[rows["status"].isin({"ok", "nan"})]
-    nan = sum(c.is_nan_run(r) for _, r in ran.iterrows())
+    nan = sum(is_nan_run(r) for _, r in ran.iterrows())
     losses = ", ".join(
         f"lr {float(r['lr']):g}: {_final_loss(r)}" for _, r in ran.sort_values("lr").iterrows()
     )
-    return f"{nan} of {len(ran)} runs", losses or f"{NOT_RUN} ({c.status_summary(rows)})"
+    return f"{nan} of {len(ran)} runs", losses or f"{NOT_RUN} ({status_summary(rows)})"
 
 
 def compute_dtypes(run: RunData) -> str:
     """The compute-dtype table with tokens/s at one point and the stability family's outcomes."""
-    df = c.frame(run)
+    df = run.results
     point = _dtype_point(df)
-    speeds = {r["compute_dtype"]: c.fval(r, "tokens_per_s") for _, r in point.iterrows()}
+    speeds = {r["compute_dtype"]: fval(r, "tokens_per_s") for _, r in point.iterrows()}
     rows = []
     for name, key, speed, quality, hardware in _LESSON_DTYPES:
         tps = speeds.get(key)
@@ -217,7 +235,7 @@ def compute_dtypes(run: RunData) -> str:
         "Final loss by lr (stability)",
         "Hardware: lesson",
     )
-    where = c.setting(point.iloc[0]).split(",")[0] if not point.empty else "no point with several dtypes"
+    at = setting(point.iloc[0]).split(",")[0] if not point.empty else "no point with several dtypes"
     profile = PROFILES.get(_first(run, "profile"))
     hardware = (
         f"profile {profile.name}: compute capability {profile.capability[0]}.{profile.capability[1]},"
@@ -225,14 +243,14 @@ def compute_dtypes(run: RunData) -> str:
         if profile and profile.is_gpu
         else "no GPU profile"
     )
-    note = f"tokens/s at {where} (QLoRA, same point for every dtype). {hardware}."
+    note = f"tokens/s at {at} (QLoRA, same point for every dtype). {hardware}."
     return "## Compute data type\n\n" + md_table(headers, rows) + "\n\n" + note
 
 
 # -- T4 budget ------------------------------------------------------------------------------------
 def _budget_row(df: pd.DataFrame) -> tuple[pd.Series | None, str]:
     t4 = df[df["profile"] == "t4"] if not df.empty else df
-    rows = c.family_rows(t4, "ladder:0")
+    rows = family_rows(t4, "ladder:0")
     if rows.empty:
         profiles = ", ".join(sorted(set(df["profile"].astype(str)))) if not df.empty else "none"
         return None, f"{NOT_RUN} (no ladder:0 row on profile t4; this run: {profiles})"
@@ -241,15 +259,15 @@ def _budget_row(df: pd.DataFrame) -> tuple[pd.Series | None, str]:
 
 def t4_budget(run: RunData) -> str:
     """The T4 budget table (8B, batch 4, seq 2048) against the ladder:0 row on profile t4."""
-    df = c.frame(run)
+    df = run.results
     row, missing = _budget_row(df)
-    measured = c.budget_measurements(row) if row is not None else {}
+    measured = budget_measurements(row) if row is not None else {}
     rows, running = [], 0.0
-    for component, lesson in c.LESSON_T4_BUDGET.items():
+    for component, lesson in LESSON_T4_BUDGET.items():
         if component == "Total":
             lesson_total = f"{lesson:g} GB"
         elif component == "Available buffer":
-            lesson_total = f"{c.LESSON_T4_VRAM_GB:g} GB"
+            lesson_total = f"{LESSON_T4_VRAM_GB:g} GB"
         else:
             running += lesson
             lesson_total = f"{running:g} GB"
@@ -257,56 +275,56 @@ def t4_budget(run: RunData) -> str:
             cell, how = missing, ""
         else:
             value, unit, how = measured[component]
-            truncated = row["status"] != "ok" and component in c.BUDGET_TRAINING_STAGE
+            truncated = row["status"] != "ok" and component in BUDGET_TRAINING_STAGE
             cell = f"{value:.2f} {unit}" if value is not None else NOT_RUN
             if value is None and truncated:
                 cell += f" (status {row['status']})"
         rows.append((component, f"{lesson:g} GB", lesson_total, cell, how))
     fits = missing if row is None else f"status {row['status']}"
-    rows.append(("Fits in the T4", "yes", f"{c.LESSON_T4_VRAM_GB:g} GB", fits, "status of the ladder:0 row"))
+    rows.append(("Fits in the T4", "yes", f"{LESSON_T4_VRAM_GB:g} GB", fits, "status of the ladder:0 row"))
     headers = ("Component", "Memory: lesson", "Running total: lesson", "Measured", "How measured")
-    case = f"case {row['case_id']}, {c.where(pd.DataFrame([row]))}" if row is not None else "no case"
+    case = f"case {row['case_id']}, {where(pd.DataFrame([row]))}" if row is not None else "no case"
     return "## T4 budget (15GB VRAM), 8B at batch 4, seq 2048\n\n" + md_table(headers, rows) + f"\n\n{case}."
 
 
 # -- QLoRA vs LoRA ----------------------------------------------------------------------------------
 def _speed_cells(df: pd.DataFrame) -> tuple[str, str]:
-    rows = df[(df["status"] == "ok") & c.present(df["tokens_per_s"])] if not df.empty else df
-    found = c.pairs(c.quantized(rows, "nf4"), c.sixteen_bit(rows), vary=c.QUANT_FIELDS)
+    rows = df[(df["status"] == "ok") & present(df["tokens_per_s"])] if not df.empty else df
+    found = pairs(quantized(rows, "nf4"), sixteen_bit(rows), vary=QUANT_FIELDS)
     if not found:
         return NOT_RUN, NOT_RUN
-    ref = [c.fval(b, "tokens_per_s") or 0.0 for _, b in found]
-    slow = [1 - (c.fval(a, "tokens_per_s") or 0.0) / (c.fval(b, "tokens_per_s") or 1.0) for a, b in found]
+    ref = [fval(b, "tokens_per_s") or 0.0 for _, b in found]
+    slow = [1 - (fval(a, "tokens_per_s") or 0.0) / (fval(b, "tokens_per_s") or 1.0) for a, b in found]
     n = len(found)
     return (
-        f"{c.span(ref, lambda x: f'{x:,.0f}')} tokens/s ({n} points)",
-        f"{c.span(slow, lambda x: f'{x:+.0%}')} slower ({n} points)",
+        f"{span(ref, lambda x: f'{x:,.0f}')} tokens/s ({n} points)",
+        f"{span(slow, lambda x: f'{x:+.0%}')} slower ({n} points)",
     )
 
 
 def _quality_cells(df: pd.DataFrame) -> tuple[str, str]:
-    rows = c.family_rows(df, "quality")
-    rows = rows[(rows["status"] == "ok") & c.present(rows["ppl_after"])] if not rows.empty else rows
-    found = c.pairs(c.quantized(rows, "nf4"), c.sixteen_bit(rows), vary=c.QUANT_FIELDS)
-    found = [(a, b) for a, b in found if c.truthy(a["double_quant"])] or found
+    rows = family_rows(df, "quality")
+    rows = rows[(rows["status"] == "ok") & present(rows["ppl_after"])] if not rows.empty else rows
+    found = pairs(quantized(rows, "nf4"), sixteen_bit(rows), vary=QUANT_FIELDS)
+    found = [(a, b) for a, b in found if a["double_quant"]] or found
     if not found:
         return NOT_RUN, NOT_RUN
     q, ref = found[0]
-    return f"ppl {c.fval(ref, 'ppl_after'):.2f}", f"ppl {c.fval(q, 'ppl_after'):.2f} ({c.quant_label(q)})"
+    return f"ppl {fval(ref, 'ppl_after'):.2f}", f"ppl {fval(q, 'ppl_after'):.2f} ({quant_label(q)})"
 
 
 def _compat_cells(df: pd.DataFrame, profiles: Sequence[str]) -> tuple[str, str]:
     sub = df[df["profile"].isin(profiles)] if not df.empty else df
-    outcomes, sizes = c.compat_outcomes(sub)
+    outcomes, sizes = compat_outcomes(sub)
     return tuple(  # type: ignore[return-value]
-        c.outcomes_text(outcomes[kind], sizes) or f"{NOT_RUN} (no compat rows on {'/'.join(profiles)})"
+        outcomes_text(outcomes[kind], sizes) or f"{NOT_RUN} (no compat rows on {'/'.join(profiles)})"
         for kind in ("lora", "qlora")
     )
 
 
 def tradeoffs(run: RunData) -> str:
     """The QLoRA vs LoRA trade-off table."""
-    df = c.frame(run)
+    df = run.results
     speed_lora, speed_qlora = _speed_cells(df)
     quality_lora, quality_qlora = _quality_cells(df)
     t4_lora, t4_qlora = _compat_cells(df, ("t4",))
@@ -335,35 +353,35 @@ def tradeoffs(run: RunData) -> str:
 # -- memory formula -------------------------------------------------------------------------------
 def memory_formula(run: RunData) -> str:
     """The formula's examples (params x 4 / 8) beside every 4-bit shape that ran."""
-    df = c.frame(run)
-    rows_4bit = c.select(c.quantized(df), "4-bit", ("weight_bytes", "total_params"), statuses=c.LOADED)
+    df = run.results
+    rows_4bit = usable(quantized(df), "4-bit", ("weight_bytes", "total_params"), statuses=LOADED)
     shapes: list[tuple[float, str, pd.DataFrame]] = []
-    if not isinstance(rows_4bit, c.Evaluation):
-        for (model,), group in c.group_by(rows_4bit, ["model"]):
-            lesson_cfg = group[(group["quant_type"] == "nf4") & group["double_quant"].map(c.truthy)]
+    if not isinstance(rows_4bit, NoRows):
+        for (model,), group in group_by(rows_4bit, ["model"]):
+            lesson_cfg = group[(group["quant_type"] == "nf4") & group["double_quant"]]
             group = lesson_cfg if not lesson_cfg.empty else group
-            params = float(np.median([c.base_params(r) for _, r in group.iterrows()]))
+            params = float(np.median([base_params(r) for _, r in group.iterrows()]))
             shapes.append((params, str(model), group))
     shapes.sort()
     rows = []
     matched: set[int] = set()
     for params, model, group in shapes:
-        size = c.nominal_size(params)
+        size = nominal_size(params)
         if size is not None:
             matched.add(size)
         formula = params * 4 / 8
-        wbytes = c.median_of(group, "weight_bytes")
+        wbytes = median_of(group, "weight_bytes")
         rows.append(
             (
                 model,
                 f"{params:,.0f}",
                 f"{size} x 4 / 8 = {size * 4 / 8:g} GB" if size else "-",
-                c.fmt_size(formula),
-                f"{c.fmt_size(wbytes)} ({c.quant_label(group.iloc[0])})",
+                fmt_size(formula),
+                f"{fmt_size(wbytes)} ({quant_label(group.iloc[0])})",
                 f"{wbytes / formula:.2f}x",
             )
         )
-    for size in c.LESSON_FORMULA_SIZES_B:
+    for size in LESSON_FORMULA_SIZES_B:
         if size not in matched:
             rows.append(
                 (f"{size}B (lesson)", NOT_RUN, f"{size} x 4 / 8 = {size * 4 / 8:g} GB", NOT_RUN, NOT_RUN, "-")

@@ -18,8 +18,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from qlora_core.models import REAL_MODEL
+from qlora_core.models import SHAPES as MODEL_SHAPES
 from qlora_core.result import RESULT_FIELDS, Result
-from qlora_core.spec import FIELD_NAMES, Case
+from qlora_core.spec import FIELD_NAMES, LESSON_TARGET_MODULES, Case
+from reports.claims.lora_config import lora_param_count
 from reports.frame import ENVIRONMENT_JSON, MEASUREMENTS_DIR, RESULTS_JSONL, RunData, results_frame
 
 GIB = 2**30
@@ -34,12 +37,21 @@ FP4_CODES = [
     0.0, -0.005208, -0.666667, -1.0, -0.333333, -0.5, -0.166667, -0.25,
 ]  # fmt: skip
 
-# Parameter counts of the shapes (docs/architectures.md) and LoRA r=16 on the seven projections.
+# Parameter counts of the shapes (qlora_core.models.SHAPES) and LoRA r=16 on the seven projections;
+# the real model has the smollm2-135m shape.
+_SHAPE_OF = {
+    "llama-3.2-3b": "llama-3.2-3b",
+    "llama-3.1-8b": "llama-3.1-8b",
+    "mistral-7b": "mistral-7b",
+    REAL_MODEL: "smollm2-135m",
+}
 SHAPES: dict[str, dict[str, int]] = {
-    "llama-3.2-3b": {"base": 3_212_749_824, "linear": 2_818_572_288, "lora": 24_313_856},
-    "llama-3.1-8b": {"base": 8_030_261_248, "linear": 6_979_321_856, "lora": 41_943_040},
-    "mistral-7b": {"base": 7_241_732_096, "linear": 6_979_321_856, "lora": 41_943_040},
-    "smollm2-135m-instruct": {"base": 134_515_008, "linear": 106_168_320, "lora": 4_884_480},
+    model: {
+        "base": MODEL_SHAPES[shape].total_params,
+        "linear": MODEL_SHAPES[shape].linear_params,
+        "lora": lora_param_count(shape, 16, LESSON_TARGET_MODULES),
+    }
+    for model, shape in _SHAPE_OF.items()
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,19 @@ import pytest
 
 from reports.__main__ import EXIT_OK, EXIT_USAGE, main
 from reports.claims import CLAIMS, evaluate_all
-from reports.frame import load_run
-from reports.render import RunFolderError, check_run_dir, render_claims, render_run, verdict_counts
+from reports.render import RunFolderError, check_run_dir, render_claims, render_run
 
 REPO = Path(__file__).resolve().parents[2]
+VERDICTS = ("holds", "refuted", "inconclusive", "not run")
+
+
+def summary_and_table_counts(claims_md: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Verdict counts as claims.md's summary line states them, and as its table's rows show them."""
+    line = next(x for x in claims_md.splitlines() if x.startswith("**holds "))
+    summary = {v: int(re.search(rf"{v} (\d+)", line).group(1)) for v in VERDICTS}
+    cells = [row.split(" | ")[3] for row in claims_md.splitlines() if row.startswith("| ") and " | **" in row]
+    table = {v: cells.count(f"**{v}**") for v in VERDICTS}
+    return summary, table
 
 
 def test_render_run_writes_claims_tables_and_plots(synthetic_run_dir):
@@ -28,11 +38,17 @@ def test_render_run_writes_claims_tables_and_plots(synthetic_run_dir):
         "perplexity",
     }
     assert all(path.exists() and path.parent.is_relative_to(synthetic_run_dir) for path in written.values())
-    claims_md = written["claims"].read_text()
-    counts = verdict_counts(evaluate_all(load_run(synthetic_run_dir)))
-    summary = " · ".join(f"{v.value.replace('_', ' ')} {n}" for v, n in counts.items())
-    assert f"**{summary}**" in claims_md
+    summary, table = summary_and_table_counts(written["claims"].read_text())
+    assert summary == table and sum(table.values()) > 0
     assert written["tables"].read_text().startswith("# The lesson's tables, measured")
+
+
+def test_the_summary_check_catches_a_count_that_disagrees_with_the_table(synthetic_run):
+    text = render_claims(synthetic_run)
+    broken = text.replace("| **holds** |", "| **refuted** |", 1)  # one row changed, summary not
+    summary, table = summary_and_table_counts(broken)
+    assert summary != table
+    assert table["refuted"] == summary["refuted"] + 1
 
 
 def test_claims_md_lists_every_evaluation_with_its_reasons(synthetic_run):

@@ -1,4 +1,4 @@
-"""reports.tables: the markdown helper and the lesson's tables with measured numbers."""
+"""reports.tables: the lesson's tables with measured numbers."""
 
 from __future__ import annotations
 
@@ -6,23 +6,7 @@ import re
 
 import pytest
 
-from reports.tables import NOT_RUN, md_cell, md_table, render_tables
-
-
-def test_md_table_escapes_pipes_and_newlines():
-    text = md_table(("a", "b|c"), [("x|y", "line1\nline2"), (None, 3)])
-    assert text.splitlines() == [
-        "| a | b\\|c |",
-        "|---|---|",
-        "| x\\|y | line1<br>line2 |",
-        "|  | 3 |",
-    ]
-    assert md_cell(1.5) == "1.5"
-
-
-def test_md_table_rejects_ragged_rows():
-    with pytest.raises(ValueError, match="2 columns"):
-        md_table(("a", "b"), [("only one",)])
+from reports.tables import NOT_RUN, render_tables
 
 
 def _section(text: str, title: str) -> str:

@@ -1,0 +1,104 @@
+"""What the claim checks of every lesson section share: row selection that ends in a verdict,
+measurement tables, tolerances and the speed noise floor."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from qlora_core.spec import LESSON_TARGET_MODULES
+from reports.claims.model import Evaluation, inconclusive, not_run
+from reports.frame import RunData
+from reports.rows import OK_ONLY, NoRows, fval, model_sizes, usable
+
+SEVEN_MODULES = ",".join(LESSON_TARGET_MODULES)  # the lesson's target modules as a row holds them
+LESSON_SIZED_MIN = 2.5e9  # the lesson's examples and budgets are about 3B-13B models
+
+# Minimum relative difference treated as a real speed difference; a pair's own step-time spread
+# can raise it (see `speed_noise`). Measured, not assumed: on the lent H200 the same 3B case at
+# batch 1, seq 512 gave tokens/s varying by up to 30% between three runs of one day (reports/
+# reference/h200-smoke and reports/reference/gate/*), while each run's own spread was often far
+# smaller. Two rows from different processes are therefore not told apart below +-15%.
+MIN_SPEED_NOISE = 0.15
+
+
+def select(
+    rows: pd.DataFrame,
+    what: str,
+    cols: Sequence[str] = (),
+    *,
+    condition: str = "",
+    statuses: frozenset[str] = OK_ONLY,
+) -> pd.DataFrame | Evaluation:
+    """`rows` that ran with a status in `statuses` and measured every column in `cols`.
+
+    When none do, the Evaluation that says so: not_run when there are no such rows at all,
+    inconclusive when they ran but failed or did not measure the columns.
+    """
+    found = usable(rows, what, cols, statuses=statuses)
+    if not isinstance(found, NoRows):
+        return found
+    if found.absent:
+        return not_run(found.why, condition=condition)
+    return inconclusive(found.why, evidence=found.evidence, condition=condition)
+
+
+def lesson_sized(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Rows of models in the lesson's size range (3B and up), and a note naming the models left
+    out (their overheads and ratios are not what the lesson's numbers describe)."""
+    if df.empty:
+        return df, ""
+    sizes = model_sizes(df)
+    keep = [m for m, (p, _) in sizes.items() if p >= LESSON_SIZED_MIN]
+    small = sorted(set(df["model"].astype(str)) - set(keep))
+    note = f"models below 2.5B params not judged: {', '.join(small)}" if small else ""
+    return df[df["model"].astype(str).isin(keep)], note
+
+
+def with_note(evaluation: Evaluation, note: str) -> Evaluation:
+    """The evaluation with `note` appended to its why."""
+    if not note:
+        return evaluation
+    return dataclasses.replace(evaluation, why="; ".join(filter(None, [evaluation.why, note])))
+
+
+def modules_label(modules: str) -> str:
+    """Target modules in words: "the seven projections" for the lesson's set, else the list."""
+    return "the seven projections" if modules == SEVEN_MODULES else str(modules).replace("_proj", "")
+
+
+def speed_noise(*rows: pd.Series) -> float:
+    """Relative tokens/s difference below which two rows are not told apart: half the largest
+    step-time spread ((p90 - p10) / median) of the rows, at least MIN_SPEED_NOISE."""
+    spreads = [s for s in (fval(r, "step_ms_spread") for r in rows) if s is not None]
+    return max([MIN_SPEED_NOISE] + [s / 2 for s in spreads])
+
+
+def measurement(run: RunData, name: str, cols: Sequence[str]) -> pd.DataFrame | Evaluation:
+    """The measurement table `name` with columns `cols`, or a not_run saying what is missing."""
+    table = run.measurements.get(name)
+    if table is None or table.empty:
+        return not_run(f"measurement table {name} is absent from this run")
+    lacking = [c for c in cols if c not in table.columns]
+    if lacking:
+        return not_run(f"measurement table {name} lacks column(s) {', '.join(lacking)}")
+    return table
+
+
+def within(value: float, expected: float, tol: float) -> bool:
+    """`value` within `tol` (relative) of `expected`."""
+    return abs(value - expected) <= tol * abs(expected)
+
+
+def in_range(value: float, low: float, high: float, tol: float) -> bool:
+    """`value` within [low, high], each bound widened by `tol` (relative)."""
+    return low * (1 - tol) <= value <= high * (1 + tol)
+
+
+def lower_better(a: float, b: float, noise: float) -> int:
+    """-1 when a is lower than b by more than `noise` (relative to b), 1 when higher, 0 within."""
+    rel = (a - b) / abs(b) if b else math.inf
+    return -1 if rel < -noise else (1 if rel > noise else 0)

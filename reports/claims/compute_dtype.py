@@ -1,0 +1,275 @@
+"""Lesson section "Compute Data Type": its claims, each check beside its entry.
+
+The compute-dtype table: float32 "Slow", bfloat16 "Better" than float16, "T4 does not support
+bfloat16". The stability family's pairing lives here; the NaN advice (`issues`) reuses it.
+
+Each check stands next to the lesson's numbers it compares with; `CLAIMS` lists this section's
+claims in the lesson's order.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from qlora_core.gpus import PROFILES
+from reports.claims.common import lower_better, select, speed_noise
+from reports.claims.model import ON_GPU, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
+from reports.frame import RunData
+from reports.rows import (
+    family_rows,
+    fval,
+    ids,
+    is_nan_run,
+    pairs,
+    present,
+    quantized,
+    setting,
+    status_summary,
+    where,
+)
+from reports.units import pct, span
+
+SECTION = "Compute Data Type"
+
+SLOW_MARGIN = 0.10  # fp32 must be at least this much slower to be "Slow" next to "Fast"
+QUALITY_NOISE = 0.02  # relative final-loss difference treated as noise
+
+
+def check_dtype_speed(run: RunData) -> list[Evaluation]:
+    """float32 "Slow" vs float16/bfloat16 "Fast": tokens/s at the same point."""
+    df = run.results
+    rows = select(quantized(df), "4-bit", ("tokens_per_s",))
+    if isinstance(rows, Evaluation):
+        return [rows]
+    fp32 = rows[rows["compute_dtype"] == "fp32"]
+    if fp32.empty:
+        return [not_run("no ok fp32-compute row with tokens/s in this run")]
+    out = []
+    for dtype in ("fp16", "bf16"):
+        found = pairs(fp32, rows[rows["compute_dtype"] == dtype], vary=("compute_dtype",))
+        if not found:
+            out.append(not_run(f"no ok {dtype} row at the fp32 row's point", condition=f"fp32 vs {dtype}"))
+            continue
+        for slow, fast in found:
+            a, b = fval(slow, "tokens_per_s"), fval(fast, "tokens_per_s")
+            assert a is not None and b is not None
+            ratio = a / b
+            noise = speed_noise(slow, fast)
+            measured = f"fp32 {a:,.0f} vs {dtype} {b:,.0f} tokens/s (fp32 at {ratio:.2f}x)"
+            condition = f"fp32 vs {dtype}: {setting(fast)}, {where(pd.DataFrame([slow, fast]))}"
+            evidence = (str(slow["case_id"]), str(fast["case_id"]))
+            why = f"'Slow' vs 'Fast' = fp32 at least {pct(SLOW_MARGIN)} below; noise {pct(noise)}"
+            if ratio <= 1 - SLOW_MARGIN:
+                out.append(holds(measured, evidence, condition, why))
+            elif ratio >= 1 - SLOW_MARGIN + noise:
+                corrected = f"fp32 compute ran at {ratio:.2f}x the tokens/s of {dtype}: not slower"
+                out.append(refuted(measured, corrected, evidence, condition, why))
+            else:
+                out.append(
+                    inconclusive(why + ": slower, but by less than the margin", measured, evidence, condition)
+                )
+    return out
+
+
+def stability_pairs(df: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
+    """(fp16 row, bf16 row) of the stability family at the same learning rate and point."""
+    rows = family_rows(df, "stability")
+    rows = rows[rows["status"].isin({"ok", "nan"})]
+    return pairs(
+        rows[rows["compute_dtype"] == "fp16"], rows[rows["compute_dtype"] == "bf16"], ("compute_dtype",)
+    )
+
+
+def stability_gate(df: pd.DataFrame) -> list[Evaluation]:
+    """not_run / inconclusive when the stability family cannot answer at all; [] when it can."""
+    fam = family_rows(df, "stability")
+    if fam.empty:
+        return [not_run("no stability rows in this run")]
+    if not stability_pairs(df):
+        return [
+            inconclusive(
+                f"no fp16/bf16 stability pair ran to an outcome ({status_summary(fam)})", evidence=ids(fam)
+            )
+        ]
+    return []
+
+
+def loss_text(row: pd.Series) -> str:
+    """How a stability row ended: "NaN at step k" or "final loss x"."""
+    if is_nan_run(row):
+        step = fval(row, "first_nonfinite_step")
+        return "NaN" + (f" at step {int(step)}" if step is not None else "")
+    loss = fval(row, "final_loss")
+    return f"final loss {loss:.4f}" if loss is not None else "final loss not measured"
+
+
+def check_bf16_quality(run: RunData) -> list[Evaluation]:
+    """bfloat16 "Better" than float16: NaN outcomes and final losses of the stability rows, per lr."""
+    df = run.results
+    gate = stability_gate(df)
+    if gate:
+        return gate
+    out = []
+    for fp16, bf16 in stability_pairs(df):
+        condition = f"lr {float(fp16['lr']):g}, {where(pd.DataFrame([fp16, bf16]))}"
+        evidence = (str(fp16["case_id"]), str(bf16["case_id"]))
+        measured = f"fp16 {loss_text(fp16)}; bf16 {loss_text(bf16)}"
+        nan16, nanb = is_nan_run(fp16), is_nan_run(bf16)
+        why = f"stability rows on {fp16['model']}; final losses within {pct(QUALITY_NOISE)} count as equal"
+        if nan16 or nanb:
+            if nan16 and not nanb:
+                out.append(holds(measured, evidence, condition, why))
+            elif nanb and not nan16:
+                out.append(refuted(measured, "bf16 went NaN where fp16 did not", evidence, condition, why))
+            else:
+                out.append(inconclusive("both dtypes went NaN", measured, evidence, condition))
+            continue
+        a, b = fval(bf16, "final_loss"), fval(fp16, "final_loss")
+        if a is None or b is None:
+            out.append(inconclusive("final_loss not measured on both rows", measured, evidence, condition))
+            continue
+        order = lower_better(a, b, QUALITY_NOISE)
+        if order < 0:
+            out.append(holds(measured, evidence, condition, why))
+        elif order > 0:
+            out.append(
+                refuted(
+                    measured,
+                    f"fp16 reached a lower final loss than bf16 ({b:.4f} vs {a:.4f})",
+                    evidence,
+                    condition,
+                    why,
+                )
+            )
+        else:
+            out.append(inconclusive(why + ": no difference beyond it", measured, evidence, condition))
+    return out
+
+
+def check_t4_bf16(run: RunData) -> list[Evaluation]:
+    """Claim "T4 does not support bfloat16": native hardware, whether bf16 runs, and its speed."""
+    df = run.results
+    return [_t4_bf16_hardware(df), _t4_bf16_runs(df), _t4_bf16_speed(df)]
+
+
+def _emulation_blocks(rows: pd.DataFrame, condition: str) -> Evaluation | None:
+    """Inconclusive when the bf16 rows ran on a larger GPU standing in for the T4: that GPU has
+    bf16 hardware, so neither whether bf16 runs on a T4 nor how fast shows in them."""
+    bf16 = rows[rows["compute_dtype"] == "bf16"]
+    if bf16.empty or not bf16["emulated"].any():
+        return None
+    hosts = ", ".join(sorted({str(e) for e in bf16["emulated_on"] if e})) or "a larger GPU"
+    why = (
+        f"emulated on {hosts}, which has bf16 hardware: whether bf16 runs on a T4, and how fast, is not shown"
+    )
+    measured = f"bf16 rows: {status_summary(bf16)}" if condition == "bf16 runs" else ""
+    return inconclusive(why, measured, ids(bf16), condition)
+
+
+def _t4_bf16_hardware(df: pd.DataFrame) -> Evaluation:
+    """bf16_native of rows on a real T4; the registry's capability (a datasheet fact) otherwise."""
+    condition = "hardware (native bf16)"
+    real = df[~df["emulated"]]
+    native = real[present(real["bf16_native"])]
+    if not native.empty:
+        flags = sorted({bool(v) for v in native["bf16_native"]})
+        measured = f"bf16_native = {flags} on {', '.join(sorted(set(native['gpu_name'].astype(str))))}"
+        if flags == [False]:
+            return holds(measured, ids(native), condition, "bf16_native measured on a real T4")
+        return refuted(measured, "this T4-profile GPU reports native bf16", ids(native), condition)
+    t4 = PROFILES["t4"]
+    capability = f"{t4.capability[0]}.{t4.capability[1]}"
+    why = (
+        f"datasheet fact, not measured (qlora_core.gpus registry: T4 compute capability {capability});"
+        " no row ran on a real T4"
+    )
+    measured = f"capability {capability} (datasheet)"
+    if t4.native_bf16:
+        return refuted(measured, "the registry gives T4 native bf16", (), condition, why)
+    return holds(measured, (), condition, why)
+
+
+def _t4_bf16_runs(df: pd.DataFrame) -> Evaluation:
+    """Whether bf16 rows ran on a real T4 (refuting "does not support" in the sense of "cannot")."""
+    condition = "bf16 runs"
+    bf16 = df[df["compute_dtype"] == "bf16"]
+    if bf16.empty:
+        return not_run("no bf16 row on profile t4", condition=condition)
+    blocked = _emulation_blocks(df, condition)
+    if blocked is not None:
+        return blocked
+    torch_says = sorted({str(v) for v in bf16["bf16_torch_supported"].dropna()})
+    torch_text = ", ".join(torch_says) or "n/a"
+    measured = f"bf16 rows: {status_summary(bf16)}; torch.cuda.is_bf16_supported() = {torch_text}"
+    if (bf16["status"] == "ok").any():
+        corrected = (
+            "T4 has no bf16 hardware (capability 7.5), but bf16 training runs on it (through emulation)"
+        )
+        return refuted(measured, corrected, ids(bf16), condition, "status of the bf16 rows on a real T4")
+    if bf16["status"].isin({"unsupported", "cuda_error", "crashed"}).all():
+        return holds(measured, ids(bf16), condition, "every bf16 row failed on a real T4")
+    return inconclusive("bf16 rows neither ran ok nor failed as unsupported", measured, ids(bf16), condition)
+
+
+def _t4_bf16_speed(df: pd.DataFrame) -> Evaluation:
+    """bf16 vs fp16 tokens/s at the same point on a real T4."""
+    condition = "bf16 speed"
+    blocked = _emulation_blocks(df, condition)
+    if blocked is not None:
+        return blocked
+    rows = select(quantized(df), "4-bit t4", ("tokens_per_s",), condition=condition)
+    if isinstance(rows, Evaluation):
+        return rows
+    found = pairs(
+        rows[rows["compute_dtype"] == "bf16"], rows[rows["compute_dtype"] == "fp16"], ("compute_dtype",)
+    )
+    if not found:
+        return not_run("no ok bf16 and fp16 rows at the same point", condition=condition)
+    ratios = [(fval(b, "tokens_per_s") or 0) / (fval(f, "tokens_per_s") or 1) for b, f in found]
+    evidence = tuple(str(r["case_id"]) for pair in found for r in pair)
+    measured = (
+        f"bf16 at {span(ratios, lambda x: f'{x:.2f}x')} the tokens/s of fp16 over {len(found)} point(s)"
+    )
+    if max(ratios) <= 1 - SLOW_MARGIN:
+        return holds(
+            measured, evidence, condition, "bf16 clearly slower than fp16: consistent with no bf16 hardware"
+        )
+    return inconclusive("bf16 is not clearly slower than fp16 on this T4", measured, evidence, condition)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        id="dtype-speed",
+        section=SECTION,
+        quote="float32 | Slow",
+        measures="tokens_per_s of the fp32-compute row vs fp16/bf16 rows at the same point",
+        expected="fp32 at least 10% slower than fp16 and bf16",
+        tolerance=SLOW_MARGIN,
+        check=check_dtype_speed,
+        applies_to=ON_GPU,
+    ),
+    Claim(
+        id="bf16-quality",
+        section=SECTION,
+        quote="bfloat16 | Fast | Better",
+        measures=(
+            "stability rows fp16 vs bf16 per lr: NaN outcome (status nan, first_nonfinite_step), final_loss"
+        ),
+        expected="bf16 better than fp16 (no NaN where fp16 has one; lower final loss beyond 2%)",
+        tolerance=QUALITY_NOISE,
+        check=check_bf16_quality,
+    ),
+    Claim(
+        id="t4-no-bf16",
+        section=SECTION,
+        quote="T4 does not support bfloat16",
+        measures=(
+            "bf16_native of real-T4 rows (else the registry's capability, a datasheet fact); status and "
+            "bf16_torch_supported of bf16 rows; bf16 vs fp16 tokens_per_s"
+        ),
+        expected="no bf16 on T4 (hardware; whether it runs; speed)",
+        tolerance=None,
+        check=check_t4_bf16,
+        applies_to=ON_T4,
+    ),
+)

@@ -1,0 +1,331 @@
+"""Lesson section "Common Issues and Solutions": its claims, each check beside its entry.
+
+The OOM resolution order, gradient checkpointing's saving (a sentence of the T4 budget section,
+judged on the ladder's rows), QLoRA's slowdown, and the NaN advice.
+
+Each check stands next to the lesson's numbers it compares with; `CLAIMS` lists this section's
+claims in the lesson's order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from reports.claims.common import select, speed_noise
+from reports.claims.compute_dtype import loss_text, stability_gate, stability_pairs
+from reports.claims.model import ON_GPU, Claim, Evaluation, Verdict, holds, inconclusive, not_run, refuted
+from reports.frame import RunData
+from reports.rows import (
+    QUANT_FIELDS,
+    activation_gib,
+    family_rows,
+    fval,
+    group_by,
+    ids,
+    is_nan_run,
+    num,
+    on_gpu,
+    pairs,
+    point_key,
+    quant_label,
+    quantized,
+    setting,
+    sixteen_bit,
+    status_summary,
+    where,
+)
+from reports.units import fmt_gib, pct, span
+
+SECTION = "Common Issues and Solutions"
+
+LADDER_STEPS = 5
+PEAK_TOL = 0.01  # a step may not raise a peak by more than this (allocator rounding)
+_LADDER_FIELDS = ("batch_size", "grad_accum", "seq_len", "gradient_checkpointing", "optimizer", "model")
+
+
+def _step_change(prev: pd.Series, cur: pd.Series) -> str:
+    changes = [
+        f"{f} {prev[f]} -> {cur[f]}" for f in _LADDER_FIELDS if point_key(prev, [f]) != point_key(cur, [f])
+    ]
+    return ", ".join(changes) or "no field changed"
+
+
+def check_oom_ladder(run: RunData) -> list[Evaluation]:
+    """Each OOM-resolution step lowers peak memory: ladder:k vs ladder:k-1."""
+    df = run.results
+    steps = {k: family_rows(df, f"ladder:{k}") for k in range(LADDER_STEPS)}
+    out = []
+    for k in range(1, LADDER_STEPS):
+        prev, cur = steps[k - 1], steps[k]
+        condition = f"step {k}"
+        if prev.empty or cur.empty:
+            missing = ", ".join(f"ladder:{j}" for j in (k - 1, k) if steps[j].empty)
+            out.append(not_run(f"{missing} not in this run", condition=condition))
+            continue
+        p, c = prev.iloc[-1], cur.iloc[-1]
+        condition = f"step {k}: {_step_change(p, c)}, {where(cur)}"
+        evidence = (str(p["case_id"]), str(c["case_id"]))
+        values = {
+            name: (fval(p, col), fval(c, col))
+            for name, col in (("alloc", "peak_alloc_gib"), ("reserved", "peak_reserved_gib"))
+        }
+        measured = f"ladder:{k - 1} {p['status']}, ladder:{k} {c['status']}; " + ", ".join(
+            f"peak {n} {a:.2f} -> {b:.2f} GiB"
+            for n, (a, b) in values.items()
+            if a is not None and b is not None
+        )
+        if p["status"] == "oom" and c["status"] == "ok":
+            out.append(holds(measured, evidence, condition, "the step turned an OOM into a run"))
+        elif p["status"] == "ok" and c["status"] == "oom":
+            out.append(
+                refuted(measured, f"step {k} ran out of memory after ladder:{k - 1} fit", evidence, condition)
+            )
+        elif p["status"] == "ok" and c["status"] == "ok":
+            pairs_ = [(a, b) for a, b in values.values() if a is not None and b is not None]
+            if not pairs_:
+                out.append(
+                    inconclusive("peak memory not measured on both steps", measured, evidence, condition)
+                )
+            elif all(b <= a * (1 + PEAK_TOL) for a, b in pairs_):
+                out.append(holds(measured, evidence, condition, "peak_alloc_gib and peak_reserved_gib"))
+            else:
+                out.append(
+                    refuted(
+                        measured,
+                        f"step {k} raised peak memory",
+                        evidence,
+                        condition,
+                        "peak_alloc_gib and peak_reserved_gib",
+                    )
+                )
+        else:
+            why = f"ladder:{k - 1} {p['status']} and ladder:{k} {c['status']}: no complete peak to compare"
+            out.append(inconclusive(why, measured, evidence, condition))
+    return out
+
+
+GC_MIN_REDUCTION = 0.05
+
+
+def check_gc_activations(run: RunData) -> list[Evaluation]:
+    """Gradient checkpointing reduces activation memory: rows differing only in checkpointing."""
+    df = on_gpu(run.results)
+    rows = df[df["status"].isin({"ok", "oom"})] if not df.empty else df
+    gc_on = rows[rows["gradient_checkpointing"]]
+    gc_off = rows[~rows["gradient_checkpointing"]]
+    found = pairs(gc_on, gc_off, vary=("gradient_checkpointing",))
+    if not found:
+        fam = family_rows(df, "gc")
+        if fam.empty:
+            return [not_run("no rows with and without checkpointing at the same point")]
+        return [
+            inconclusive(f"gc rows did not both run to an outcome ({status_summary(fam)})", evidence=ids(fam))
+        ]
+    out = []
+    for on, off in found:
+        condition = f"{setting(on).replace(', checkpointing on', '')}, {where(pd.DataFrame([on]))}"
+        evidence = (str(on["case_id"]), str(off["case_id"]))
+        speed = ""
+        if fval(on, "tokens_per_s") and fval(off, "tokens_per_s"):
+            speed = (
+                f"; tokens/s {fval(on, 'tokens_per_s'):,.0f} with vs {fval(off, 'tokens_per_s'):,.0f} without"
+            )
+        if on["status"] == "ok" and off["status"] == "oom":
+            out.append(holds("without checkpointing: oom; with: ok" + speed, evidence, condition, "status"))
+            continue
+        if on["status"] != "ok" or off["status"] != "ok":
+            out.append(inconclusive(f"with {on['status']}, without {off['status']}", "", evidence, condition))
+            continue
+        a, b = activation_gib(on), activation_gib(off)
+        if a is None or b is None:
+            out.append(inconclusive("peak_alloc_gib or lora_alloc_gib missing", "", evidence, condition))
+            continue
+        if a < 0 or b < 0:
+            why = "a training peak below the after-LoRA allocation: inconsistent memory readings"
+            out.append(inconclusive(why, f"peak - after LoRA: {a:.2f} and {b:.2f} GiB", evidence, condition))
+            continue
+        measured = f"activations (peak - after LoRA) {fmt_gib(a)} with vs {fmt_gib(b)} without" + speed
+        why = f"peak_alloc_gib - lora_alloc_gib; a reduction of at least {pct(GC_MIN_REDUCTION)}"
+        if a <= b * (1 - GC_MIN_REDUCTION):
+            out.append(holds(measured, evidence, condition, why))
+        else:
+            out.append(
+                refuted(
+                    measured, "checkpointing did not reduce activation memory here", evidence, condition, why
+                )
+            )
+    return out
+
+
+LESSON_SLOWDOWN = (0.10, 0.20)
+SLOWDOWN_SLACK = 0.05  # absolute: "10-20%" holds for 5%-25%
+
+
+def check_qlora_slower(run: RunData) -> list[Evaluation]:
+    """QLoRA (nf4) tokens/s vs the 16-bit LoRA reference at the same point."""
+    df = run.results
+    rows = select(df, "any", ("tokens_per_s",))
+    if isinstance(rows, Evaluation):
+        return [rows]
+    found = pairs(quantized(rows, "nf4"), sixteen_bit(rows), vary=QUANT_FIELDS)
+    if not found:
+        return [not_run("no ok nf4 row has an ok 16-bit reference row at the same point")]
+    low, high = LESSON_SLOWDOWN[0] - SLOWDOWN_SLACK, LESSON_SLOWDOWN[1] + SLOWDOWN_SLACK
+    out, slowdowns = [], []
+    why = (
+        f"median tokens/s; the lesson's 10-20% widened to {pct(low)}-{pct(high)}; a point outside"
+        " that range by less than its step-time noise is inconclusive"
+    )
+    for q, ref in found:
+        a, b = fval(q, "tokens_per_s"), fval(ref, "tokens_per_s")
+        assert a is not None and b is not None
+        slowdown = 1 - a / b
+        noise = speed_noise(q, ref)
+        slowdowns.append(slowdown)
+        measured = (
+            f"{quant_label(q)} {a:,.0f} vs 16-bit {b:,.0f} tokens/s:"
+            f" {slowdown:+.1%} slower (noise {pct(noise)})"
+        )
+        condition = f"{quant_label(q)}: {setting(q)}, {where(pd.DataFrame([q]))}"
+        evidence = (str(q["case_id"]), str(ref["case_id"]))
+        if low <= slowdown <= high:
+            out.append(holds(measured, evidence, condition, why))
+        elif low - noise <= slowdown <= high + noise:
+            out.append(
+                inconclusive(
+                    why + ": outside the range by less than the noise", measured, evidence, condition
+                )
+            )
+        else:
+            corrected = f"QLoRA ran {slowdown:+.0%} slower than 16-bit LoRA at {setting(q)}"
+            out.append(refuted(measured, corrected, evidence, condition, why))
+    evidence = tuple(str(r["case_id"]) for pair in found for r in pair)
+    measured = f"{span(slowdowns, lambda x: f'{x:+.1%}')} over {len(found)} point(s)"
+    verdicts = {e.verdict for e in out}
+    if verdicts == {Verdict.HOLDS}:
+        out.append(holds(measured, evidence, "overall", why))
+    elif Verdict.REFUTED in verdicts:
+        corrected = f"QLoRA ran {span(slowdowns, lambda x: f'{x:+.0%}')} slower than 16-bit LoRA"
+        out.append(refuted(measured, corrected, evidence, "overall", why))
+    else:
+        out.append(
+            inconclusive(why + ": some points within noise of the range", measured, evidence, "overall")
+        )
+    return out
+
+
+LESSON_NAN_LR = 1e-4
+
+
+def check_nan_lr(run: RunData) -> list[Evaluation]:
+    """Advice "Reduce to 1e-4": per dtype, where a higher lr went NaN, does lr 1e-4 stay finite?"""
+    df = run.results
+    fam = family_rows(df, "stability")
+    if fam.empty:
+        return [not_run("no stability rows in this run")]
+    rows = fam[fam["status"].isin({"ok", "nan"})]
+    out = []
+    for (dtype,), group in group_by(fam, ["compute_dtype"]):
+        condition = f"{dtype}, {where(group)}"
+        ran = rows[rows["compute_dtype"] == dtype]
+        low = ran[np.isclose(num(ran["lr"]), LESSON_NAN_LR)]
+        high = ran[num(ran["lr"]) > LESSON_NAN_LR * (1 + 1e-9)]
+        summary = "; ".join(
+            f"lr {float(r['lr']):g}: {loss_text(r)}" for _, r in ran.sort_values("lr").iterrows()
+        )
+        if low.empty or high.empty:
+            why = (
+                f"no {dtype} stability rows ran to an outcome at lr 1e-4 and above ({status_summary(group)})"
+            )
+            out.append(inconclusive(why, summary, ids(group), condition))
+            continue
+        high_nan = high[high.apply(is_nan_run, axis=1)]
+        if high_nan.empty:
+            why = f"no {dtype} row above lr 1e-4 went NaN: the advice is untested by this data"
+            out.append(inconclusive(why, summary, ids(ran), condition))
+            continue
+        why = f"{dtype} stability rows: NaN above 1e-4, outcome at 1e-4"
+        if low.apply(is_nan_run, axis=1).any():
+            out.append(refuted(summary, f"{dtype} also went NaN at lr 1e-4", ids(ran), condition, why))
+        else:
+            out.append(holds(summary, ids(ran), condition, why))
+    return out
+
+
+def check_nan_bf16(run: RunData) -> list[Evaluation]:
+    """Advice "Use bfloat16": where fp16 went NaN, did bf16 at the same lr stay finite?"""
+    df = run.results
+    gate = stability_gate(df)
+    if gate:
+        return gate
+    found = stability_pairs(df)
+    nan_fp16 = [(a, b) for a, b in found if is_nan_run(a)]
+    summary = "; ".join(f"lr {float(a['lr']):g}: fp16 {loss_text(a)}, bf16 {loss_text(b)}" for a, b in found)
+    evidence = tuple(str(r["case_id"]) for pair in found for r in pair)
+    condition = where(pd.DataFrame([r for pair in found for r in pair]))
+    if not nan_fp16:
+        why = "no fp16 stability row went NaN: the advice is untested by this data"
+        return [inconclusive(why, summary, evidence, condition)]
+    still = [b for _, b in nan_fp16 if is_nan_run(b)]
+    why = "stability rows: fp16 NaN rows and their bf16 twins at the same lr"
+    if still:
+        lrs = ", ".join(f"{float(b['lr']):g}" for b in still)
+        return [refuted(summary, f"bf16 also went NaN at lr {lrs}", evidence, condition, why)]
+    return [holds(summary, evidence, condition, why)]
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        id="oom-ladder",
+        section=SECTION,
+        quote="Solutions (in order)",
+        measures="peak_alloc_gib / peak_reserved_gib (and status) of ladder:0..4, step to step",
+        expected="each step lowers peak memory (a rise within 1% counts as none)",
+        tolerance=PEAK_TOL,
+        check=check_oom_ladder,
+        applies_to=ON_GPU,
+    ),
+    Claim(
+        id="gc-activations",
+        section="T4 Budget (15GB VRAM)",
+        quote="you can further reduce activation memory",
+        measures=(
+            "peak_alloc_gib - lora_alloc_gib (and status) of rows differing only in gradient checkpointing"
+        ),
+        expected="lower with checkpointing (by at least 5%)",
+        tolerance=GC_MIN_REDUCTION,
+        check=check_gc_activations,
+        applies_to=ON_GPU,
+    ),
+    Claim(
+        id="qlora-slower",
+        section=SECTION,
+        quote="10-20% slower than FP16 LoRA",
+        measures="tokens_per_s of nf4 rows vs the 16-bit reference at the same model, batch, seq, dtype",
+        expected="10-20% slower (5-25% accepted)",
+        tolerance=SLOWDOWN_SLACK,
+        check=check_qlora_slower,
+        applies_to=ON_GPU,
+    ),
+    Claim(
+        id="nan-lr",
+        section=SECTION,
+        quote="Learning rate too high → Reduce to 1e-4",
+        measures=(
+            "stability rows per dtype: NaN (status nan / first_nonfinite_step) above lr 1e-4, outcome at 1e-4"
+        ),
+        expected="where a higher lr went NaN, lr 1e-4 stays finite",
+        tolerance=None,
+        check=check_nan_lr,
+    ),
+    Claim(
+        id="nan-bf16",
+        section=SECTION,
+        quote="Numerical instability → Use bfloat16",
+        measures="stability rows per lr: where fp16 went NaN, the bf16 outcome",
+        expected="bf16 stays finite where fp16 went NaN",
+        tolerance=None,
+        check=check_nan_bf16,
+    ),
+)

@@ -1,0 +1,175 @@
+"""Lesson section "Combining QLoRA with LoRA Config": its claims, each check beside its entry.
+
+The printed trainable-parameter counts of the lesson's LoRA config and the adapters' dtype.
+
+Each check stands next to the lesson's numbers it compares with; `CLAIMS` lists this section's
+claims in the lesson's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qlora_core.models import SHAPES
+from qlora_core.spec import LESSON_TARGET_MODULES
+from reports.claims.common import SEVEN_MODULES, select
+from reports.claims.model import Claim, Evaluation, holds, refuted
+from reports.frame import RunData
+from reports.rows import LOADED, group_by, ids, model_rows, num, quantized
+
+SECTION = "Combining QLoRA with LoRA Config"
+
+LESSON_TRAINABLE = 3_407_872
+LESSON_ALL_PARAMS = 3_213_749_248
+LESSON_TRAINABLE_PCT = "0.1061"
+_MODULE_SETS: tuple[tuple[str, ...], ...] = (
+    ("q_proj", "v_proj"),
+    ("q_proj", "k_proj", "v_proj"),
+    ("q_proj", "k_proj", "v_proj", "o_proj"),
+    LESSON_TARGET_MODULES,
+)
+
+
+def lora_param_count(shape: str, r: int, modules: Sequence[str]) -> int:
+    """Parameters LoRA of rank r adds on `modules` of a shape of `qlora_core.models.SHAPES`:
+    r x (in + out) per projection and layer."""
+    spec = SHAPES[shape]
+    head_dim = spec.head_dim or spec.hidden_size // spec.num_heads
+    hidden, inter = spec.hidden_size, spec.intermediate_size
+    q, kv = spec.num_heads * head_dim, spec.num_kv_heads * head_dim
+    dims = {
+        "q_proj": (hidden, q),
+        "k_proj": (hidden, kv),
+        "v_proj": (hidden, kv),
+        "o_proj": (q, hidden),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+    }
+    return spec.num_layers * sum(r * (dims[m][0] + dims[m][1]) for m in modules)
+
+
+def configs_giving(count: int) -> list[str]:
+    """LoRA configs (a shape of `SHAPES`, r, module set) whose adapter count equals `count`."""
+    return [
+        f"r={r} on {'+'.join(m.replace('_proj', '') for m in mods)} of {shape}"
+        for shape in SHAPES
+        for r in (4, 8, 16, 32, 64)
+        for mods in _MODULE_SETS
+        if lora_param_count(shape, r, mods) == count
+    ]
+
+
+def check_print_trainable(run: RunData) -> list[Evaluation]:
+    """print_trainable_parameters for r=16 on the seven projections of Llama-3.2-3B."""
+    df = run.results
+    rows = model_rows(df, "llama-3.2-3b")
+    rows = (
+        rows[(num(rows["lora_r"]) == 16) & (rows["target_modules"] == SEVEN_MODULES)]
+        if not rows.empty
+        else rows
+    )
+    rows = select(
+        rows, "llama-3.2-3b r=16 seven-projection", ("trainable_params", "total_params"), statuses=LOADED
+    )
+    if isinstance(rows, Evaluation):
+        return [rows]
+    trainable = int(num(rows["trainable_params"]).median())
+    total = int(num(rows["total_params"]).median())
+    evidence = ids(rows)
+    hand = lora_param_count("llama-3.2-3b", 16, LESSON_TARGET_MODULES)
+    consistency = f"hand count from the public config {hand:,}" + (
+        " agrees" if hand == trainable else f" DISAGREES with the measured {trainable:,}"
+    )
+    matches = configs_giving(LESSON_TRAINABLE)
+    out = []
+    measured = f"trainable params {trainable:,}"
+    why = f"trainable_params of {len(rows)} row(s); {consistency}"
+    if trainable == LESSON_TRAINABLE:
+        out.append(holds(measured, evidence, "trainable params", why))
+    else:
+        corrected = f"r=16 on the seven projections of Llama-3.2-3B trains {trainable:,} params"
+        if matches:
+            corrected += f"; the lesson's {LESSON_TRAINABLE:,} is what {' or '.join(matches)} trains"
+        out.append(refuted(measured, corrected, evidence, "trainable params", why))
+    base = total - trainable
+    measured = f"all params {total:,} (base {base:,} + adapters {trainable:,})"
+    why = "total_params as peft counts it (adapters included, 4-bit weights counted as parameters)"
+    if total == LESSON_ALL_PARAMS:
+        out.append(holds(measured, evidence, "all params", why))
+    else:
+        lesson_base = LESSON_ALL_PARAMS - LESSON_TRAINABLE
+        corrected = (
+            f"all params {total:,}; the lesson's {LESSON_ALL_PARAMS:,} minus its trainable count leaves a"
+            f" base of {lesson_base:,}, not the measured {base:,}"
+        )
+        out.append(refuted(measured, corrected, evidence, "all params", why))
+    share = f"{100 * trainable / total:.4f}"
+    measured = f"trainable% {share}%"
+    lesson_own = f"{100 * LESSON_TRAINABLE / LESSON_ALL_PARAMS:.4f}"
+    pct_why = f"trainable / all, printed to 4 decimals (the lesson's own two counts give {lesson_own}%)"
+    if share == LESSON_TRAINABLE_PCT:
+        out.append(holds(measured, evidence, "trainable%", pct_why))
+    else:
+        out.append(
+            refuted(
+                measured,
+                f"trainable% {share}%",
+                evidence,
+                "trainable%",
+                pct_why,
+            )
+        )
+    return out
+
+
+LESSON_ADAPTER_DTYPES = frozenset({"float16", "bfloat16"})
+
+
+def check_adapter_dtype(run: RunData) -> list[Evaluation]:
+    """Claim "LoRA adapters are trained in ... (FP16/BF16)": the dtype of the trainable params."""
+    df = run.results
+    rows = select(quantized(df), "4-bit", ("trainable_dtypes",), statuses=LOADED)
+    if isinstance(rows, Evaluation):
+        return [rows]
+    out = []
+    for (prep, dtype), group in group_by(rows, ["prepare_kbit", "compute_dtype"]):
+        found = sorted(
+            {
+                d.strip().replace("torch.", "")
+                for v in group["trainable_dtypes"]
+                for d in str(v).split(",")
+                if d.strip()
+            }
+        )
+        condition = f"prepare_kbit {'on' if prep else 'off'}, compute {dtype}"
+        measured = f"trainable dtypes: {', '.join(found)} ({len(group)} rows)"
+        why = "trainable_dtypes of the rows after get_peft_model"
+        if set(found) <= LESSON_ADAPTER_DTYPES:
+            out.append(holds(measured, ids(group), condition, why))
+        else:
+            corrected = f"with {condition}, LoRA adapters are trained in {', '.join(found)}"
+            out.append(refuted(measured, corrected, ids(group), condition, why))
+    return out
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        id="print-trainable-3b",
+        section=SECTION,
+        quote="trainable params: 3,407,872 || all params: 3,213,749,248",
+        measures="trainable_params, total_params of llama-3.2-3b rows with r=16 on the seven projections",
+        expected="trainable 3,407,872; all 3,213,749,248; trainable% 0.1061 (exact)",
+        tolerance=0.0,
+        check=check_print_trainable,
+    ),
+    Claim(
+        id="adapter-dtype",
+        section=SECTION,
+        quote="LoRA adapters are trained in full precision (FP16/BF16)",
+        measures="trainable_dtypes per prepare_kbit and compute dtype",
+        expected="float16 or bfloat16",
+        tolerance=None,
+        check=check_adapter_dtype,
+    ),
+)

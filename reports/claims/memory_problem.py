@@ -1,0 +1,259 @@
+"""Lesson section "The Memory Problem": its claims, each check beside its entry.
+
+The 7B memory table by precision (weights, total with training) and "a 7B model fits
+comfortably in T4's 15GB".
+
+Each check stands next to the lesson's numbers it compares with; `CLAIMS` lists this section's
+claims in the lesson's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from qlora_core.gpus import PROFILES
+from reports.claims.common import select, within
+from reports.claims.model import ON_GPU, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
+from reports.frame import RunData
+from reports.rows import (
+    LOADED,
+    base_params,
+    device_used_gib,
+    family_rows,
+    fval,
+    group_by,
+    ids,
+    median_of,
+    on_gpu,
+    quantized,
+    setting,
+    seven_b_rows,
+    sixteen_bit,
+    where,
+)
+from reports.units import GB, GIB, fmt_gb, fmt_gib, pct, span
+
+SECTION = "The Memory Problem"
+
+LESSON_7B_PARAMS = 7e9  # the lesson's "7B model"
+SEVEN_B_EXACT = (6.5e9, 7.5e9)  # a model whose 4-bit bytes per parameter may stand for "7B"
+# What the lesson says (hypotheses, never measured values): weights and "Total with Training"
+# per precision for a 7B model, in GB (10**9 bytes).
+LESSON_7B_WEIGHTS_GB: dict[str, float] = {"FP32": 28.0, "FP16": 14.0, "INT8": 7.0, "INT4": 3.5}
+LESSON_7B_TOTAL_GB: dict[str, float] = {"FP32": 100.0, "FP16": 56.0, "INT8": 28.0, "INT4": 10.0}
+# Which rows of the matrix hold each precision's weights; None: the matrix runs none.
+PRECISION_ROWS: dict[str, str | None] = {"FP32": None, "FP16": "none", "INT8": None, "INT4": "nf4"}
+_NOT_IN_MATRIX = {
+    "FP32": "the matrix loads no FP32 weights (fp32 appears only as a 4-bit compute dtype)",
+    "INT8": "the matrix loads no 8-bit weights (no load_in_8bit case)",
+}
+WEIGHTS_TOL = 0.10
+TOTAL_TOL = 0.25
+
+
+def precision_rows(df: pd.DataFrame, precision: str) -> pd.DataFrame:
+    """Rows of the 7-8B models that hold `precision`'s weights (see PRECISION_ROWS)."""
+    quant = PRECISION_ROWS[precision]
+    rows = seven_b_rows(df)
+    return sixteen_bit(rows) if quant == "none" else quantized(rows, quant)
+
+
+def _weights_evaluation(precision: str, rows: pd.DataFrame, condition: str) -> Evaluation:
+    """Measured weight bytes of one 7-8B model at one precision, scaled per parameter to 7e9."""
+    expected = LESSON_7B_WEIGHTS_GB[precision]
+    wbytes = median_of(rows, "weight_bytes")
+    params = float(np.median([base_params(r) for _, r in rows.iterrows()]))
+    per_param = wbytes / params
+    at_7b = per_param * LESSON_7B_PARAMS
+    model = rows["model"].iloc[0]
+    measured = (
+        f"{model}: {fmt_gb(wbytes)} for {params:,.0f} params = {per_param:.3f} bytes/param;"
+        f" x 7e9 params = {fmt_gb(at_7b)}"
+    )
+    why = (
+        f"weight_bytes / (total_params - trainable_params) of {model}, scaled to the lesson's"
+        " 7e9 parameters (GB = 10**9 bytes)"
+    )
+    if precision != "FP16" and not SEVEN_B_EXACT[0] <= params <= SEVEN_B_EXACT[1]:
+        # 4-bit bytes per parameter depend on the share of parameters that stay 16-bit
+        # (embeddings, lm_head), which another vocabulary changes: no verdict for "7B" from it.
+        return inconclusive(
+            why + f"; {model} is not a 7B model and its 16-bit share (embeddings, lm_head) differs",
+            measured,
+            ids(rows),
+            condition,
+        )
+    if within(at_7b / GB, expected, WEIGHTS_TOL):
+        return holds(measured, ids(rows), condition, why)
+    corrected = (
+        f"{precision} weights of a 7B model take ~{at_7b / GB:.1f} GB ({per_param:.3f} bytes/param"
+        f" measured on {model})"
+    )
+    return refuted(measured, corrected, ids(rows), condition, why)
+
+
+def weights_by_precision(run: RunData, precisions: Sequence[str]) -> list[Evaluation]:
+    """The weights of the 7-8B models at each of `precisions`, one Evaluation per model (and
+    double-quant setting for INT4); not_run for a precision the matrix does not load."""
+    df = run.results
+    out: list[Evaluation] = []
+    for precision in precisions:
+        if PRECISION_ROWS[precision] is None:
+            out.append(not_run(_NOT_IN_MATRIX[precision], condition=precision))
+            continue
+        rows = select(
+            precision_rows(df, precision),
+            f"7-8B {precision}",
+            ("weight_bytes", "total_params"),
+            condition=precision,
+            statuses=LOADED,
+        )
+        if isinstance(rows, Evaluation):
+            out.append(rows)
+            continue
+        by = ["model"] if precision == "FP16" else ["model", "double_quant"]
+        for key, group in group_by(rows, by):
+            condition = f"{precision} on {key[0]}"
+            if precision == "INT4":
+                condition += f" (nf4, double quant {'on' if key[1] else 'off'})"
+            out.append(_weights_evaluation(precision, group, condition))
+    return out
+
+
+def check_weights_7b(run: RunData) -> list[Evaluation]:
+    """The 7B table's "Memory for Weights" column, one Evaluation per precision and shape."""
+    return weights_by_precision(run, ("FP32", "FP16", "INT8", "INT4"))
+
+
+def check_training_total_7b(run: RunData) -> list[Evaluation]:
+    """The 7B table's "Total with Training": peak memory of the 7-8B LoRA/QLoRA rows that ran."""
+    df = run.results
+    out: list[Evaluation] = []
+    for precision in ("FP32", "FP16", "INT8", "INT4"):
+        if PRECISION_ROWS[precision] is None:
+            why = _NOT_IN_MATRIX[precision] + "; no training at this precision was measured"
+            out.append(not_run(why, condition=precision))
+            continue
+        kind = "16-bit LoRA" if precision == "FP16" else "QLoRA (nf4)"
+        rows = select(
+            on_gpu(precision_rows(df, precision)),
+            f"7-8B {kind}",
+            ("peak_reserved_gib",),
+            condition=precision,
+        )
+        if isinstance(rows, Evaluation):
+            out.append(rows)
+            continue
+        expected = LESSON_7B_TOTAL_GB[precision]
+        points, totals_gb = [], []
+        for _, r in rows.iterrows():
+            device = device_used_gib(r)
+            peak = device if device is not None else fval(r, "peak_reserved_gib")
+            assert peak is not None  # select() kept only rows with peak_reserved_gib
+            totals_gb.append(peak * GIB / GB)
+            device_text = f", device {fmt_gib(device)}" if device is not None else ""
+            points.append(f"{setting(r)}: reserved {fmt_gib(fval(r, 'peak_reserved_gib') or 0)}{device_text}")
+        measured = "; ".join(points)
+        models = ", ".join(dict.fromkeys(rows["model"]))
+        condition = f"{precision}: {kind} (not full fine-tuning) on {models}, {where(rows)}"
+        why = (
+            f"device peak (NVML, context included; allocator reserved where NVML is absent) over"
+            f" {len(rows)} setting(s); the lesson names no batch or length, so it holds when"
+            f" {expected:g} GB lies within the measured range widened by {pct(TOTAL_TOL)}"
+        )
+        if min(totals_gb) * (1 - TOTAL_TOL) <= expected <= max(totals_gb) * (1 + TOTAL_TOL):
+            out.append(holds(measured, ids(rows), condition, why))
+        else:
+            corrected = f"{kind} training of this model peaked at {span(totals_gb, lambda x: f'{x:.1f}')} GB"
+            out.append(refuted(measured, corrected, ids(rows), condition, why))
+    return out
+
+
+COMFORT = 0.10  # "comfortably": at least this share of the T4 left at the peak
+
+
+def check_t4_fits_7b(run: RunData) -> list[Evaluation]:
+    """Claim "a 7B model fits comfortably in T4's 15GB": 7-8B QLoRA compat rows on t4."""
+    df = run.results
+    rows = quantized(seven_b_rows(family_rows(df, "compat")))
+    if rows.empty:
+        return [not_run("no 7-8B QLoRA compat row on t4")]
+    total = PROFILES["t4"].total_gib
+    out = []
+    for _, r in rows.iterrows():
+        condition = f"{setting(r)}, {where(pd.DataFrame([r]))}"
+        evidence = (str(r["case_id"]),)
+        if r["status"] == "oom":
+            out.append(
+                refuted(
+                    "status oom",
+                    f"{r['model']} QLoRA does not fit the T4 at {setting(r)}",
+                    evidence,
+                    condition,
+                )
+            )
+            continue
+        if r["status"] != "ok":
+            out.append(inconclusive(f"ended {r['status']}: {r.get('reason') or ''}", "", evidence, condition))
+            continue
+        device = device_used_gib(r)
+        used = device if device is not None else fval(r, "peak_reserved_gib")
+        if used is None:
+            out.append(inconclusive("no peak memory measured", "status ok", evidence, condition))
+            continue
+        left = total - used
+        source = "NVML device peak" if device is not None else "peak_reserved_gib (no NVML)"
+        measured = f"status ok; peak {fmt_gib(used)} ({source}) of {total:.1f} GiB: {fmt_gib(left)} left"
+        why = f"'comfortably' = at least {pct(COMFORT)} of the T4 left; the lesson's 15GB is T4's 15 GiB"
+        if left >= COMFORT * total:
+            out.append(holds(measured, evidence, condition, why))
+        else:
+            out.append(
+                refuted(
+                    measured, f"{r['model']} fits with only {left:.2f} GiB left", evidence, condition, why
+                )
+            )
+    return out
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        id="mem7b-weights",
+        section=SECTION,
+        quote="Memory for Weights",
+        measures=(
+            "weight_bytes / base params of the 7-8B shape that ran, x 7e9, per precision; GB = 10**9 bytes"
+        ),
+        expected="FP32 28 GB, FP16 14 GB, INT8 7 GB, INT4 3.5 GB (within 10%)",
+        tolerance=WEIGHTS_TOL,
+        check=check_weights_7b,
+    ),
+    Claim(
+        id="mem7b-training-total",
+        section=SECTION,
+        quote="Total with Training",
+        measures=(
+            "device peak (nvml_peak_gib - nvml_base_gib, else peak_reserved_gib) of the 7-8B rows that "
+            "trained, per precision, over their batch/seq; compared in GB (10**9), shown in GiB too"
+        ),
+        expected="FP32 ~100 GB, FP16 ~56 GB, INT8 ~28 GB, INT4 ~10 GB (within the measured range +-25%)",
+        tolerance=TOTAL_TOL,
+        check=check_training_total_7b,
+        applies_to=ON_GPU,
+    ),
+    Claim(
+        id="t4-fits-7b",
+        section=SECTION,
+        quote="a 7B model fits comfortably in T4's 15GB VRAM",
+        measures=(
+            "status and device peak of the 7-8B QLoRA compat rows on t4 vs T4's 15 GiB (registry total_gib)"
+        ),
+        expected="fits, with at least 10% of the T4 left",
+        tolerance=COMFORT,
+        check=check_t4_fits_7b,
+        applies_to=ON_T4,
+    ),
+)

@@ -1,0 +1,186 @@
+"""The claim model: a `Claim` of the lesson, the `Evaluation`s a run gives it, and how they end.
+
+A `Claim` quotes the few words of the lesson it checks and states what the lesson says
+(`expected`, with its tolerance). Those numbers are hypotheses: a check never copies them into a
+measured value. Its verdict comes only from measured columns of `RunData.results` and from the
+measurement tables in `RunData.measurements`; where the rows are missing or did not run ok, the
+verdict is `not_run` or `inconclusive` with the reason, never `holds`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from qlora_core.gpus import PROFILES, GpuProfile
+from reports.frame import RunData
+
+
+class Verdict(str, Enum):
+    """What the measurements say about a claim."""
+
+    HOLDS = "holds"
+    REFUTED = "refuted"
+    INCONCLUSIVE = "inconclusive"
+    NOT_RUN = "not_run"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One verdict for one condition of a claim."""
+
+    verdict: Verdict
+    measured: str
+    """The measured value(s), with units; empty when nothing was measured."""
+    corrected: str
+    """Empty unless refuted: the statement the measurement supports."""
+    evidence: tuple[str, ...]
+    """Case ids (and measurement table names) the verdict rests on."""
+    condition: str
+    """The condition this verdict holds under (e.g. "prepare_kbit on, checkpointing on")."""
+    why: str
+
+    def __post_init__(self) -> None:
+        # A refutation without the statement the measurement supports would leave the reader with
+        # "wrong" and nothing else; a corrected statement on any other verdict would contradict it.
+        if (self.verdict is Verdict.REFUTED) != bool(self.corrected):
+            raise ValueError(
+                f"a {self.verdict.value} evaluation must {'' if self.verdict is Verdict.REFUTED else 'not '}"
+                f"carry a corrected statement (got {self.corrected!r}; condition {self.condition!r})"
+            )
+
+
+@dataclass(frozen=True)
+class ProfilePredicate:
+    """Which GPU profiles a claim speaks about; callable on a `GpuProfile`."""
+
+    description: str
+    test: Callable[[GpuProfile], bool]
+
+    def __call__(self, profile: GpuProfile) -> bool:
+        return self.test(profile)
+
+
+ON_GPU = ProfilePredicate("a GPU profile (allocator memory and GPU speed)", lambda p: p.is_gpu)
+
+
+ON_T4 = ProfilePredicate("profile t4", lambda p: p.name == "t4")
+
+
+ON_A100 = ProfilePredicate("an A100 profile (a100-40gb, a100-80gb)", lambda p: p.name.startswith("a100"))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One statement of the lesson, what it says, and how a run checks it."""
+
+    id: str
+    section: str
+    quote: str
+    """The lesson's exact few words."""
+    measures: str
+    """What is measured, from which columns/tables, and in which unit."""
+    expected: str
+    """What the lesson says, with the tolerance used."""
+    tolerance: float | None
+    check: Callable[[RunData], list[Evaluation]]
+    known_doc_error: str = ""
+    """Set only after a real GPU measurement showed the lesson wrong: the corrected value."""
+    applies_to: ProfilePredicate | None = None
+
+
+def holds(measured: str, evidence: Iterable[str] = (), condition: str = "", why: str = "") -> Evaluation:
+    """The measurement agrees with the lesson."""
+    return Evaluation(Verdict.HOLDS, measured, "", tuple(evidence), condition, why)
+
+
+def refuted(
+    measured: str, corrected: str, evidence: Iterable[str] = (), condition: str = "", why: str = ""
+) -> Evaluation:
+    """The measurement contradicts the lesson; `corrected` states what it supports."""
+    return Evaluation(Verdict.REFUTED, measured, corrected, tuple(evidence), condition, why)
+
+
+def inconclusive(
+    why: str, measured: str = "", evidence: Iterable[str] = (), condition: str = ""
+) -> Evaluation:
+    """Rows ran but cannot decide (failed, unmeasured, or within noise); `why` says which."""
+    return Evaluation(Verdict.INCONCLUSIVE, measured, "", tuple(evidence), condition, why)
+
+
+def not_run(why: str, condition: str = "", evidence: Iterable[str] = ()) -> Evaluation:
+    """The run has no rows that could answer; `why` names what is missing."""
+    return Evaluation(Verdict.NOT_RUN, "", "", tuple(evidence), condition, why)
+
+
+def _run_profiles(run: RunData) -> list[str]:
+    return sorted({str(p) for p in run.results["profile"].dropna()}) if "profile" in run.results else []
+
+
+def evaluate(claim: Claim, run: RunData) -> list[Evaluation]:
+    """The claim's evaluations on the rows of the profiles it applies to.
+
+    A claim that applies to no profile of the run, or a run without results, is not_run.
+    """
+    if run.results.empty:
+        return [not_run("no results in this run")]
+    if claim.applies_to is not None:
+        names = _run_profiles(run)
+        keep = [n for n in names if n in PROFILES and claim.applies_to(PROFILES[n])]
+        if not keep:
+            return [
+                not_run(f"applies to {claim.applies_to.description}; this run's profile: {', '.join(names)}")
+            ]
+        run = dataclasses.replace(run, results=run.results[run.results["profile"].isin(keep)])
+    evaluations = claim.check(run)
+    return evaluations or [inconclusive("the check produced no evaluation")]
+
+
+def evaluate_claims(claims: Iterable[Claim], run: RunData) -> list[tuple[Claim, Evaluation]]:
+    """Each claim's evaluations, in order. A check that raises is reported inconclusive with the
+    error, so one broken check cannot hide the others (its bench test still fails on the exception)."""
+    out: list[tuple[Claim, Evaluation]] = []
+    for claim in claims:
+        try:
+            evaluations = evaluate(claim, run)
+        except Exception as exc:  # report every other claim even if one check is broken
+            evaluations = [inconclusive(f"the check raised {type(exc).__name__}: {exc}")]
+        out += [(claim, e) for e in evaluations]
+    return out
+
+
+def _describe(e: Evaluation) -> str:
+    parts = [f"[{e.condition}]"] if e.condition else []
+    parts.append(f"measured {e.measured or '-'}")
+    if e.corrected:
+        parts.append(f"corrected: {e.corrected}")
+    if e.evidence:
+        parts.append(f"evidence: {', '.join(e.evidence)}")
+    return "; ".join(parts)
+
+
+def claim_outcome(claim: Claim, evaluations: Sequence[Evaluation]) -> tuple[str, str]:
+    """How a claim's test ends, and its message: ("fail" | "xfail" | "skip" | "pass", text).
+
+    Any refuted evaluation fails, unless the claim carries a known documentation error (xfail);
+    with none refuted, a claim none of whose evaluations holds is skipped with the reasons
+    (inconclusive ones prefixed "inconclusive:"); otherwise it passes.
+    """
+    refuted_ = [e for e in evaluations if e.verdict is Verdict.REFUTED]
+    if refuted_ and not claim.known_doc_error:
+        return "fail", f"{claim.id} refuted: " + " | ".join(_describe(e) for e in refuted_)
+    if refuted_:
+        measured = " | ".join(e.measured for e in refuted_)
+        return "xfail", f"known documentation error: {claim.known_doc_error}; measured {measured}"
+    if not any(e.verdict is Verdict.HOLDS for e in evaluations):
+        reasons = [
+            ("inconclusive: " if e.verdict is Verdict.INCONCLUSIVE else "")
+            + e.why
+            + (f" [{e.condition}]" if e.condition else "")
+            for e in evaluations
+        ]
+        return "skip", "; ".join(reasons)
+    held = sum(e.verdict is Verdict.HOLDS for e in evaluations)
+    return "pass", f"{claim.id}: {held} of {len(evaluations)} evaluation(s) hold"

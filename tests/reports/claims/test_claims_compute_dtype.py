@@ -1,0 +1,145 @@
+"""reports.claims.compute_dtype: the claims of "Compute Data Type", on hand-made rows."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from qlora_core.gpus import PROFILES
+from reports.claims import Verdict, claim_by_id, evaluate
+from reports.claims.compute_dtype import check_bf16_quality, check_dtype_speed, check_t4_bf16
+
+THREE = "llama-3.2-3b"
+SMALL = "smollm2-135m-instruct"
+TEXT = {"data": "text", "batch_size": 2, "seq_len": 64, "compute_dtype": "fp16"}
+
+
+# -- compute dtype ----------------------------------------------------------------------------------
+def test_dtype_speed(build):
+    def row(dtype: str, tps: float):
+        return build.result(THREE, compute_dtype=dtype, **build.gpu(), **build.training(tps))
+
+    evals = check_dtype_speed(build.run([row("fp16", 1000.0), row("bf16", 1100.0), row("fp32", 400.0)]))
+    assert build.verdicts(evals) == ["holds", "holds"]
+    assert "fp32 at 0.40x" in build.pick(evals, "fp32 vs fp16").measured
+    # Not slower even allowing the cross-process noise floor (fp32 at 1.2x): refuted.
+    evals = check_dtype_speed(build.run([row("fp16", 1000.0), row("fp32", 1200.0)]))
+    assert build.verdicts(evals) == ["refuted", "not_run"]
+    assert "not slower" in evals[0].corrected
+    evals = check_dtype_speed(build.run([row("fp16", 1000.0), row("fp32", 1000.0)]))
+    assert build.verdicts(evals) == ["inconclusive", "not_run"]
+    evals = check_dtype_speed(build.run([row("fp16", 1000.0), row("fp32", 950.0)]))
+    assert build.verdicts(evals)[0] == "inconclusive"
+    assert build.verdicts(check_dtype_speed(build.run([row("fp16", 1000.0)]))) == ["not_run"]
+
+
+def _stability(build, dtype: str, lr: float, final: float | None, **fields):
+    status = "nan" if final is None else "ok"
+    losses = [3.0, float("nan")] if final is None else [3.0, final]
+    extra = {"first_nonfinite_step": 1} if final is None else {}
+    return build.result(
+        SMALL,
+        families="stability",
+        status=status,
+        lr=lr,
+        **{**TEXT, "compute_dtype": dtype},
+        **build.training(900.0, losses),
+        **extra,
+        **fields,
+    )
+
+
+def test_bf16_quality_per_learning_rate(build):
+    rows = [
+        _stability(build, "fp16", 1e-4, 2.90),
+        _stability(build, "bf16", 1e-4, 2.80),
+        _stability(build, "fp16", 2e-4, 2.80),
+        _stability(build, "bf16", 2e-4, 2.81),
+        _stability(build, "fp16", 1e-3, None),
+        _stability(build, "bf16", 1e-3, 2.70),
+    ]
+    evals = check_bf16_quality(build.run(rows))
+    assert build.verdicts(evals) == ["holds", "inconclusive", "holds"]
+    assert "fp16 NaN at step 1" in build.pick(evals, "lr 0.001").measured
+
+
+def test_bf16_quality_refuted(build):
+    worse = [_stability(build, "fp16", 1e-4, 2.5), _stability(build, "bf16", 1e-4, 2.9)]
+    assert check_bf16_quality(build.run(worse))[0].verdict is Verdict.REFUTED
+    nan = [_stability(build, "fp16", 1e-4, 2.5), _stability(build, "bf16", 1e-4, None)]
+    (only,) = check_bf16_quality(build.run(nan))
+    assert only.verdict is Verdict.REFUTED and "bf16 went NaN" in only.corrected
+
+
+def test_bf16_quality_not_run_and_inconclusive(build):
+    assert check_bf16_quality(build.run([build.result(THREE)]))[0].verdict is Verdict.NOT_RUN
+    crashed = _stability(build, "fp16", 1e-4, 2.5)
+    crashed.status = "crashed"
+    (only,) = check_bf16_quality(build.run([crashed]))
+    assert only.verdict is Verdict.INCONCLUSIVE and "1 crashed" in only.why
+
+
+# -- bf16 on the T4 -----------------------------------------------------------------------------------
+def _t4(build, dtype: str, status: str = "ok", emulated: bool = True, tps: float = 1000.0):
+    return build.result(
+        THREE, compute_dtype=dtype, status=status, **build.gpu(emulated), **build.training(tps)
+    )
+
+
+def test_t4_bf16_emulated_is_a_datasheet_fact_plus_inconclusive_runs(build):
+    evals = check_t4_bf16(build.run([_t4(build, "bf16"), _t4(build, "fp16")]))
+    hardware = build.pick(evals, "hardware")
+    assert hardware.verdict is Verdict.HOLDS and "datasheet" in hardware.why and "7.5" in hardware.measured
+    runs = build.pick(evals, "bf16 runs")
+    assert runs.verdict is Verdict.INCONCLUSIVE and "NVIDIA H200" in runs.why
+    assert build.pick(evals, "speed").verdict is Verdict.INCONCLUSIVE
+
+
+def test_t4_bf16_on_a_real_t4(build):
+    rows = [_t4(build, "bf16", emulated=False, tps=300.0), _t4(build, "fp16", emulated=False)]
+    evals = check_t4_bf16(build.run(rows))
+    hardware = build.pick(evals, "hardware")
+    assert hardware.verdict is Verdict.HOLDS and "bf16_native = [False]" in hardware.measured
+    runs = build.pick(evals, "bf16 runs")
+    assert runs.verdict is Verdict.REFUTED and "runs on it" in runs.corrected
+    assert build.pick(evals, "speed").verdict is Verdict.HOLDS
+    rows = [_t4(build, "bf16", "unsupported", emulated=False), _t4(build, "fp16", emulated=False)]
+    evals = check_t4_bf16(build.run(rows))
+    assert build.pick(evals, "bf16 runs").verdict is Verdict.HOLDS
+    assert build.pick(evals, "speed").verdict is Verdict.NOT_RUN
+
+
+def test_t4_bf16_without_bf16_rows_and_on_other_profiles(build):
+    evals = check_t4_bf16(build.run([_t4(build, "fp16", emulated=False)]))
+    assert build.pick(evals, "bf16 runs").verdict is Verdict.NOT_RUN
+    run = build.run([build.result(THREE, profile="a100-80gb", **build.gpu(False))])
+    assert evaluate(claim_by_id("t4-no-bf16"), run)[0].verdict is Verdict.NOT_RUN
+
+
+def test_t4_bf16_real_gpu_reporting_native_bf16_refutes_and_registry_decides_when_emulated(
+    build, monkeypatch
+):
+    row = _t4(build, "fp16", emulated=False)
+    row.bf16_native = True
+    evals = check_t4_bf16(build.run([row]))
+    assert build.pick(evals, "hardware").verdict is Verdict.REFUTED
+    fake = dataclasses.replace(PROFILES["t4"], capability=(8, 0))
+    monkeypatch.setitem(PROFILES, "t4", fake)
+    evals = check_t4_bf16(build.run([_t4(build, "fp16")]))
+    assert build.pick(evals, "hardware").verdict is Verdict.REFUTED
+
+
+def test_t4_bf16_real_gpu_edge_outcomes(build):
+    rows = [_t4(build, "bf16", "timeout", emulated=False), _t4(build, "fp16", emulated=False)]
+    assert build.pick(check_t4_bf16(build.run(rows)), "bf16 runs").verdict is Verdict.INCONCLUSIVE
+    rows = [_t4(build, "bf16", emulated=False, tps=980.0), _t4(build, "fp16", emulated=False)]
+    speed = build.pick(check_t4_bf16(build.run(rows)), "speed")
+    assert speed.verdict is Verdict.INCONCLUSIVE and "0.98x" in speed.measured
+
+
+def test_bf16_quality_both_nan_or_unmeasured_is_inconclusive(build):
+    both = [_stability(build, "fp16", 1e-3, None), _stability(build, "bf16", 1e-3, None)]
+    assert check_bf16_quality(build.run(both))[0].verdict is Verdict.INCONCLUSIVE
+    rows = [_stability(build, "fp16", 1e-4, 2.9), _stability(build, "bf16", 1e-4, 2.8)]
+    rows[0].final_loss = None
+    (only,) = check_bf16_quality(build.run(rows))
+    assert only.verdict is Verdict.INCONCLUSIVE and "final_loss" in only.why

@@ -1,0 +1,197 @@
+"""reports.claims.issues: the claims of "Common Issues and Solutions", on hand-made rows."""
+
+from __future__ import annotations
+
+from reports.claims import Verdict, claim_by_id, evaluate
+from reports.claims.issues import (
+    check_gc_activations,
+    check_nan_bf16,
+    check_nan_lr,
+    check_oom_ladder,
+    check_qlora_slower,
+)
+
+EIGHT = "llama-3.1-8b"
+THREE = "llama-3.2-3b"
+# -- the OOM ladder and checkpointing ---------------------------------------------------------------
+LADDER = [
+    {"batch_size": 4},
+    {"batch_size": 2, "grad_accum": 2},
+    {"batch_size": 1, "grad_accum": 4},
+    {"batch_size": 1, "grad_accum": 4, "seq_len": 1024},
+    {"batch_size": 1, "grad_accum": 4, "seq_len": 1024, "gradient_checkpointing": True},
+]
+
+
+def _ladder(build, outcomes: list[tuple[str, float | None]]):
+    rows = []
+    for k, (status, peak) in enumerate(outcomes):
+        fields = {"seq_len": 2048, "gradient_checkpointing": False, "optimizer": "adamw_8bit", **LADDER[k]}
+        memory = build.memory(5.3, 7.2, 7.36, peak) if peak else {}
+        rows.append(
+            build.result(EIGHT, families=f"ladder:{k}", status=status, **build.gpu(), **fields, **memory)
+        )
+    return rows
+
+
+def test_ladder_each_step_gets_its_own_verdict(build):
+    rows = _ladder(build, [("oom", None), ("oom", None), ("ok", 13.0), ("ok", 10.0), ("ok", 10.5)])
+    evals = check_oom_ladder(build.run(rows))
+    assert build.verdicts(evals) == ["inconclusive", "holds", "holds", "refuted"]
+    assert "batch_size 4 -> 2" in evals[0].condition
+    assert "gradient_checkpointing False -> True" in evals[3].condition
+    assert "10.00 -> 10.50 GiB" in evals[3].measured
+
+
+def test_ladder_refuted_when_a_step_runs_out_of_memory_and_not_run_when_missing(build):
+    rows = _ladder(build, [("ok", 12.0), ("oom", None)])
+    evals = check_oom_ladder(build.run(rows))
+    assert build.verdicts(evals) == ["refuted", "not_run", "not_run", "not_run"]
+    assert "ladder:2" in evals[1].why
+
+
+def test_gc_reduces_activations(build):
+    base = {"families": "gc", **build.gpu()}
+    on = build.result(THREE, **base, **build.memory(2.0, 2.8, 2.9, 3.6), **build.training(1800.0))
+    off = build.result(THREE, gradient_checkpointing=False, **base, **build.memory(2.0, 2.8, 2.9, 5.2))
+    (only,) = check_gc_activations(build.run([on, off]))
+    assert only.verdict is Verdict.HOLDS and "0.70 GiB" in only.measured
+    worse = build.result(THREE, gradient_checkpointing=False, **base, **build.memory(2.0, 2.8, 2.9, 3.0))
+    assert check_gc_activations(build.run([on, worse]))[0].verdict is Verdict.REFUTED
+    oom = build.result(THREE, gradient_checkpointing=False, status="oom", **base)
+    assert check_gc_activations(build.run([on, oom]))[0].verdict is Verdict.HOLDS
+
+
+def test_gc_inconclusive_and_not_run(build):
+    base = {"families": "gc", **build.gpu()}
+    on = build.result(THREE, status="oom", **base)
+    off = build.result(THREE, gradient_checkpointing=False, status="oom", **base)
+    assert check_gc_activations(build.run([on, off]))[0].verdict is Verdict.INCONCLUSIVE
+    odd = build.result(THREE, **base, **build.memory(2.0, 2.8, 2.9, 2.5))
+    ok_off = build.result(THREE, gradient_checkpointing=False, **base, **build.memory(2.0, 2.8, 2.9, 5.0))
+    (inconsistent,) = check_gc_activations(build.run([odd, ok_off]))
+    assert inconsistent.verdict is Verdict.INCONCLUSIVE and "inconsistent" in inconsistent.why
+    assert check_gc_activations(build.run([build.result(THREE, **build.gpu())]))[0].verdict is Verdict.NOT_RUN
+
+
+def test_ladder_and_gc_without_peaks_are_inconclusive(build):
+    rows = _ladder(build, [("ok", None), ("ok", None)])
+    assert check_oom_ladder(build.run(rows))[0].verdict is Verdict.INCONCLUSIVE
+    base = {"families": "gc", **build.gpu()}
+    on, off = build.result(THREE, **base), build.result(THREE, gradient_checkpointing=False, **base)
+    (only,) = check_gc_activations(build.run([on, off]))
+    assert only.verdict is Verdict.INCONCLUSIVE and "missing" in only.why
+    crashed = build.result(THREE, status="crashed", **base)
+    (none,) = check_gc_activations(build.run([crashed]))
+    assert none.verdict is Verdict.INCONCLUSIVE and "1 crashed" in none.why
+
+
+SMALL = "smollm2-135m-instruct"
+
+
+# -- QLoRA vs LoRA speed ----------------------------------------------------------------------------
+def _speed(build, quant: str, tps: float, spread: float = 0.04, **fields):
+    return build.result(
+        THREE,
+        quant_type=quant,
+        compute_dtype="fp16",
+        **build.gpu(),
+        **build.training(tps, spread=spread),
+        **fields,
+    )
+
+
+def test_qlora_slower_per_point_and_overall(build):
+    rows = [
+        _speed(build, "nf4", 850.0),
+        _speed(build, "none", 1000.0),
+        _speed(build, "nf4", 500.0, seq_len=2048),
+        _speed(build, "none", 1000.0, seq_len=2048),
+    ]
+    evals = check_qlora_slower(build.run(rows))
+    assert build.pick(evals, "s512").verdict is Verdict.HOLDS
+    far = build.pick(evals, "s2048")
+    assert far.verdict is Verdict.REFUTED and "+50%" in far.corrected
+    overall = build.pick(evals, "overall")
+    assert overall.verdict is Verdict.REFUTED and "+15.0% to +50.0%" in overall.measured
+
+
+def test_qlora_slower_within_noise_of_the_range_is_inconclusive(build):
+    # +1% slower: below the 5% bound by less than the noise (the 15% floor between processes).
+    rows = [_speed(build, "nf4", 990.0, spread=0.30), _speed(build, "none", 1000.0, spread=0.30)]
+    point, overall = check_qlora_slower(build.run(rows))
+    assert point.verdict is Verdict.INCONCLUSIVE and "noise" in point.why
+    assert overall.verdict is Verdict.INCONCLUSIVE
+    # Beyond the range by more than the noise floor (15% between processes) is a refutation.
+    far = [_speed(build, "nf4", 550.0, spread=0.02), _speed(build, "none", 1000.0, spread=0.02)]
+    assert build.verdicts(check_qlora_slower(build.run(far))) == ["refuted", "refuted"]
+
+
+def test_qlora_slower_names_the_prepare_condition_and_needs_a_reference(build):
+    rows = [_speed(build, "nf4", 880.0, prepare_kbit=False), _speed(build, "none", 1000.0)]
+    evals = check_qlora_slower(build.run(rows))
+    assert "prepare_kbit off" in evals[0].condition
+    assert build.verdicts(evals) == ["holds", "holds"]
+    (none,) = check_qlora_slower(build.run([_speed(build, "nf4", 880.0)]))
+    assert none.verdict is Verdict.NOT_RUN
+    cpu = build.run([build.result(THREE, profile="cpu", device="cpu")])
+    assert evaluate(claim_by_id("qlora-slower"), cpu)[0].verdict is Verdict.NOT_RUN
+
+
+def test_qlora_slower_inconclusive_when_no_row_ran(build):
+    rows = [_speed(build, "nf4", 850.0), _speed(build, "none", 1000.0)]
+    for row in rows:
+        row.status = "timeout"
+    (only,) = check_qlora_slower(build.run(rows))
+    assert only.verdict is Verdict.INCONCLUSIVE and "2 timeout" in only.why
+
+
+TEXT = {"data": "text", "batch_size": 2, "seq_len": 64, "compute_dtype": "fp16"}
+
+
+def _stability(build, dtype: str, lr: float, final: float | None, **fields):
+    status = "nan" if final is None else "ok"
+    losses = [3.0, float("nan")] if final is None else [3.0, final]
+    extra = {"first_nonfinite_step": 1} if final is None else {}
+    return build.result(
+        SMALL,
+        families="stability",
+        status=status,
+        lr=lr,
+        **{**TEXT, "compute_dtype": dtype},
+        **build.training(900.0, losses),
+        **extra,
+        **fields,
+    )
+
+
+# -- the NaN advice ---------------------------------------------------------------------------------
+def test_nan_lr_holds_refuted_and_untested(build):
+    fp16 = [_stability(build, "fp16", 1e-4, 2.9), _stability(build, "fp16", 1e-3, None)]
+    bf16 = [_stability(build, "bf16", 1e-4, 2.9), _stability(build, "bf16", 1e-3, 2.8)]
+    evals = check_nan_lr(build.run(fp16 + bf16))
+    assert build.pick(evals, "fp16").verdict is Verdict.HOLDS
+    untested = build.pick(evals, "bf16")
+    assert untested.verdict is Verdict.INCONCLUSIVE and "untested" in untested.why
+    both = [_stability(build, "fp16", 1e-4, None), _stability(build, "fp16", 1e-3, None)]
+    (refuted,) = check_nan_lr(build.run(both))
+    assert refuted.verdict is Verdict.REFUTED and "1e-4" in refuted.corrected
+
+
+def test_nan_lr_not_run_and_inconclusive_without_both_learning_rates(build):
+    assert check_nan_lr(build.run([build.result(THREE)]))[0].verdict is Verdict.NOT_RUN
+    (only,) = check_nan_lr(build.run([_stability(build, "fp16", 1e-3, None)]))
+    assert only.verdict is Verdict.INCONCLUSIVE
+
+
+def test_nan_bf16(build):
+    rows = [_stability(build, "fp16", 1e-3, None), _stability(build, "bf16", 1e-3, 2.8)]
+    (ok,) = check_nan_bf16(build.run(rows))
+    assert ok.verdict is Verdict.HOLDS
+    rows = [_stability(build, "fp16", 1e-3, None), _stability(build, "bf16", 1e-3, None)]
+    (bad,) = check_nan_bf16(build.run(rows))
+    assert bad.verdict is Verdict.REFUTED and "0.001" in bad.corrected
+    rows = [_stability(build, "fp16", 1e-3, 2.9), _stability(build, "bf16", 1e-3, 2.8)]
+    (untested,) = check_nan_bf16(build.run(rows))
+    assert untested.verdict is Verdict.INCONCLUSIVE and "untested" in untested.why
+    assert check_nan_bf16(build.run([]))[0].verdict is Verdict.NOT_RUN

@@ -1,0 +1,114 @@
+"""reports.claims.model: the claim and evaluation data model, evaluate / evaluate_claims, and how
+verdicts become test outcomes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from reports.claims.model import (
+    ON_GPU,
+    ON_T4,
+    Claim,
+    Evaluation,
+    Verdict,
+    claim_outcome,
+    evaluate,
+    evaluate_claims,
+    holds,
+    inconclusive,
+    not_run,
+    refuted,
+)
+
+
+def _claim(check, applies_to=None, known: str = "") -> Claim:
+    return Claim(
+        id="x",
+        section="s",
+        quote="q",
+        measures="m",
+        expected="e",
+        tolerance=None,
+        check=check,
+        known_doc_error=known,
+        applies_to=applies_to,
+    )
+
+
+def test_evaluate_applies_the_profile_predicate(build):
+    seen: list[set[str]] = []
+
+    def check(run):
+        seen.append(set(run.results["profile"]))
+        return [holds("m")]
+
+    run = build.run([build.result(profile="t4"), build.result(profile="h100", batch_size=2)])
+    assert evaluate(_claim(check, ON_T4), run)[0].verdict is Verdict.HOLDS
+    assert seen == [{"t4"}]
+    cpu = build.run([build.result(profile="cpu", device="cpu")])
+    (only,) = evaluate(_claim(check, ON_GPU), cpu)
+    assert only.verdict is Verdict.NOT_RUN and "cpu" in only.why and "GPU" in only.why
+    assert evaluate(_claim(check), build.run([]))[0].verdict is Verdict.NOT_RUN
+
+
+def test_evaluate_claims_reports_a_broken_check_as_inconclusive(build):
+    def broken(run):
+        raise KeyError("boom")
+
+    out = evaluate_claims((_claim(broken), _claim(lambda run: [holds("fine")])), build.run([build.result()]))
+    assert [e.verdict for _, e in out] == [Verdict.INCONCLUSIVE, Verdict.HOLDS]
+    assert "KeyError" in out[0][1].why
+
+
+EV = {
+    "holds": holds("1 GB", ("a",)),
+    "refuted": refuted("9 GB", "it is 9 GB", ("b",), "cond"),
+    "inconclusive": inconclusive("too noisy"),
+    "not_run": not_run("no rows"),
+}
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "known", "kind", "needle"),
+    [
+        (("holds",), "", "pass", "1 of 1"),
+        (("holds", "not_run"), "", "pass", "1 of 2"),
+        (("refuted", "holds"), "", "fail", "it is 9 GB"),
+        (("refuted",), "9 GB, not 1", "xfail", "known documentation error: 9 GB, not 1; measured 9 GB"),
+        (("not_run",), "", "skip", "no rows"),
+        (("inconclusive", "not_run"), "", "skip", "inconclusive: too noisy"),
+        (("refuted", "inconclusive"), "known", "xfail", "known documentation error"),
+    ],
+)
+def test_claim_outcome(verdicts, known, kind, needle):
+    claim = dataclasses.replace(_claim(lambda run: []), known_doc_error=known)
+    got_kind, message = claim_outcome(claim, [EV[v] for v in verdicts])
+    assert got_kind == kind
+    assert needle in message
+
+
+def test_refuted_fail_message_names_measured_corrected_and_evidence():
+    kind, message = claim_outcome(_claim(lambda run: []), [EV["refuted"]])
+    assert kind == "fail"
+    assert "measured 9 GB" in message and "corrected: it is 9 GB" in message and "evidence: b" in message
+
+
+def test_no_check_raises_on_a_full_run(synthetic_run):
+    """A check that raises (an invalid Evaluation included) is reported inconclusive with
+    "the check raised": none may, on a run that exercises every verdict."""
+    from reports.claims import evaluate_all
+
+    results = evaluate_all(synthetic_run)
+    assert {e.verdict for _, e in results} == set(Verdict)
+    assert [c.id for c, e in results if e.why.startswith("the check raised")] == []
+
+
+@pytest.mark.parametrize(
+    ("verdict", "corrected"),
+    [(Verdict.REFUTED, ""), (Verdict.HOLDS, "it is 9 GB"), (Verdict.NOT_RUN, "it is 9 GB")],
+)
+def test_an_evaluation_with_a_correction_on_the_wrong_verdict_is_refused(verdict, corrected):
+    with pytest.raises(ValueError, match="corrected statement"):
+        Evaluation(verdict, "9 GB", corrected, (), "cond", "why")
