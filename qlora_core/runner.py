@@ -296,14 +296,15 @@ def _run_in_child(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple
     import torch
 
     from qlora_core import data as data_mod
-    from qlora_core import load, measure, models, quality, train
+    from qlora_core import load, measure, quality, train
+    from qlora_core.models.resolve import resolve_model
 
     for key, value in environment_fields().items():
         setattr(r, key, value)
     torch.manual_seed(case.seed)
 
     ckpt.stage("model resolution")
-    resolved = models.resolve_model(case.model, device=device)
+    resolved = resolve_model(case.model, device=device)
 
     ckpt.stage("load")
     t0 = time.perf_counter()
@@ -379,12 +380,13 @@ def _materialize(model: str, device: str) -> None:
     Creating an 8B checkpoint allocates 16 GB on the GPU: done in this process it would run into
     an emulated profile's cap and count in this case's NVML and allocator numbers.
     """
-    from qlora_core.models import ModelUnavailableError, is_materialized
+    from qlora_core.models import ModelUnavailableError
+    from qlora_core.models.resolve import is_materialized
 
     if is_materialized(model):
         return
     code = (
-        "import sys; from qlora_core.models import resolve_model;"
+        "import sys; from qlora_core.models.resolve import resolve_model;"
         " resolve_model(sys.argv[1], device=sys.argv[2])"
     )
     proc = subprocess.run(

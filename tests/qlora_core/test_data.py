@@ -175,7 +175,8 @@ def test_real_corpus_pipeline_with_byte_tokenizer() -> None:
 def test_tokenize_corpus_with_real_tokenizer() -> None:
     from transformers import AutoTokenizer
 
-    from qlora_core.models import REAL_MODEL, resolve_model
+    from qlora_core.models import REAL_MODEL
+    from qlora_core.models.resolve import resolve_model
 
     resolved = resolve_model(REAL_MODEL)
     ids = tokenize_corpus(resolved.tokenizer_path, resolved.vocab_size)
