@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from qlora_core.models.cache import build_once, is_complete
 from qlora_core.models.real import REAL_RECIPE, materialize_real_model, real_dir
@@ -98,7 +98,10 @@ def resolve_model(name: str, *, device: str | None = None) -> ResolvedModel:
     if name in SHAPES:
         spec = SHAPES[name]
         target = device or default_device()
-        build = lambda out: write_shape_checkpoint(spec, out, target)  # noqa: E731
+
+        def build(out: Path) -> dict[str, Any]:
+            return write_shape_checkpoint(spec, out, target)
+
         path = build_once(shape_dir(spec), SHAPE_RECIPE, build)
         return ResolvedModel(name, "shape", str(path), None, spec.vocab_size)
     if name == REAL_MODEL:
