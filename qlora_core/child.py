@@ -19,9 +19,11 @@ hang, oom, error, cuda-assert (CUDA only). A fired fault is named in the row's r
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +39,7 @@ from qlora_core.result import Result, Status, write_atomic
 from qlora_core.runner import RunOptions, child_env, now_iso
 from qlora_core.spec import Case
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _REASON_CHARS = 2000
 # The innermost frames and the message are at the end of a traceback; keep those.
 _TRACEBACK_CHARS = 16000
@@ -104,6 +107,7 @@ class _Checkpointer:
 def child_main(request_path: str) -> None:
     """Entry point of the child: read the request, run the case, write the Result, exit 0."""
     request = json.loads(Path(request_path).read_text())
+    _die_with_parent(request["parent_pid"])
     case = Case.from_dict(request["case"])
     options = RunOptions(**request["options"])
     result = Result.for_case(case, options.profile, options.families)
@@ -128,6 +132,20 @@ def child_main(request_path: str) -> None:
     # Leave without running atexit handlers of CUDA libraries that may hang after an error; the
     # result is already on disk.
     os._exit(0)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when the parent dies (Linux).
+
+    The parent kills the child's group when it is interrupted, but a parent that is killed
+    outright (SIGKILL, a crashed runner) cannot; without this the child would run on, holding
+    the GPU, until its own end.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[Status, str]:

@@ -71,7 +71,12 @@ def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -
     write_atomic(
         request,
         json.dumps(
-            {"case": case.to_dict(), "options": dataclasses.asdict(options), "result": str(result_path)}
+            {
+                "case": case.to_dict(),
+                "options": dataclasses.asdict(options),
+                "result": str(result_path),
+                "parent_pid": os.getpid(),
+            }
         ),
     )
     log_path = result_path.with_suffix(".log")

@@ -58,10 +58,11 @@ def _child_env(cache: Path) -> dict[str, str]:
 # -- the registry without torch --------------------------------------------------------------------
 _IMPORT_PROBE = """
 import sys
-import qlora_core.models, qlora_core.matrix
+import qlora_core.models, qlora_core.matrix, qlora_core.runner
 from qlora_core.models import SHAPES, ShapeSpec, REAL_MODEL, model_problem, ModelUnavailableError
 {extra}
-print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
+import json
+print(json.dumps(sorted(m for m in ("torch", "transformers") if m in sys.modules)))
 """
 
 
@@ -74,10 +75,11 @@ def _modules_loaded_by(extra: str) -> list[str]:
         timeout=CHILD_TIMEOUT_S,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1].replace("'", '"'))
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_registry_and_matrix_import_without_torch() -> None:
+def test_registry_matrix_and_runner_import_without_torch() -> None:
+    """What conftest.py imports at collection time (model names, the matrix, the parent)."""
     assert _modules_loaded_by("") == []
 
 
