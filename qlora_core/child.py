@@ -2,7 +2,8 @@
 
     python -m qlora_core.child REQUEST
 
-where REQUEST is a JSON file `{"case": ..., "options": RunOptions fields, "result": path}`.
+where REQUEST is a JSON file `{"case": ..., "options": RunOptions fields, "result": path,
+"parent_pid": ...}`; the child dies with that parent (`_die_with_parent`).
 The stages (`faults.STAGES`) run in order: on CUDA, the checkpoint is created in a process of its
 own, NVML is read and the allocator capped (emulation); then model resolution, 4-bit load,
 prepare_model_for_kbit_training, LoRA, data, (perplexity,) training, (perplexity). The Result is
