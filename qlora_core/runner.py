@@ -97,8 +97,9 @@ def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -
             timed_out = True
             _kill_group(child)
         except BaseException:
-            # Interrupted (Ctrl-C, a killed session): the child has a session of its own and
-            # would outlive us, holding the GPU. Take it down before going.
+            # Interrupted (Ctrl-C, pytest stopping): the child has a session of its own and
+            # would outlive us, holding the GPU. Take it down before going. (A parent killed
+            # outright cannot; the child then dies with it: child._die_with_parent.)
             _kill_group(child)
             raise
     wall_s = time.monotonic() - started
