@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from qlora_core.spec import CaseError
+
 _BYTE_VALUES = 256
 
 
@@ -60,11 +62,6 @@ class ByteTokenizer:
         """Token ids of `text` (no special tokens added)."""
         return [byte + self.num_special for byte in text.encode("utf-8")]
 
-    def decode(self, ids: list[int]) -> str:
-        """Inverse of `encode`; special ids are skipped, invalid UTF-8 is replaced."""
-        data = bytes(i - self.num_special for i in ids if i >= self.num_special)
-        return data.decode("utf-8", errors="replace")
-
     def __len__(self) -> int:
         return self.vocab_size
 
@@ -77,9 +74,13 @@ def tokenize_corpus(tokenizer_path: str | None, vocab_size: int) -> torch.Tensor
     text = corpus_text()
     if tokenizer_path is None:
         if vocab_size < ByteTokenizer.vocab_size:
-            raise ValueError(
-                f"vocab_size={vocab_size} is too small for the byte tokenizer, which needs"
-                f" {ByteTokenizer.vocab_size} ids; use a model with a larger vocabulary or its own tokenizer"
+            # The case asks for text on a model that cannot take it: a problem of the case.
+            raise CaseError(
+                [
+                    f"vocab_size={vocab_size} is too small for the byte tokenizer, which needs"
+                    f" {ByteTokenizer.vocab_size} ids; use a model with a larger vocabulary or its own"
+                    " tokenizer"
+                ]
             )
         ids = ByteTokenizer().encode(text)
     else:
@@ -91,9 +92,11 @@ def tokenize_corpus(tokenizer_path: str | None, vocab_size: int) -> torch.Tensor
         ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     out = torch.tensor(ids, dtype=torch.long)
     if out.numel() and int(out.max()) >= vocab_size:
-        raise ValueError(
-            f"tokenizer {tokenizer_path!r} produced id {int(out.max())}, outside the model's"
-            f" vocab_size={vocab_size}"
+        raise CaseError(
+            [
+                f"tokenizer {tokenizer_path!r} produced id {int(out.max())}, outside the model's"
+                f" vocab_size={vocab_size}"
+            ]
         )
     return out
 
@@ -117,10 +120,12 @@ def text_batches(
     """`count` LongTensors [batch_size, seq_len] of windows at seeded random offsets in `train_ids`."""
     _check_positive(batch_size=batch_size, seq_len=seq_len, count=count)
     n = train_ids.numel()
-    if n < seq_len:
-        raise ValueError(
-            f"training corpus has {n} tokens, too short for one window of seq_len={seq_len};"
-            f" lower seq_len or the held-out fraction"
+    if n < seq_len:  # the case's seq_len does not fit the corpus: a problem of the case
+        raise CaseError(
+            [
+                f"training corpus has {n} tokens, too short for one window of seq_len={seq_len};"
+                f" lower seq_len or the held-out fraction"
+            ]
         )
     starts = torch.randint(0, n - seq_len + 1, (count, batch_size), generator=_generator(seed))
     # [count, batch, 1] + [seq_len] -> indices of every token of every window.
@@ -136,8 +141,10 @@ def heldout_windows(heldout_ids: torch.Tensor, seq_len: int, max_windows: int) -
     _check_positive(seq_len=seq_len, max_windows=max_windows)
     n = min(max_windows, heldout_ids.numel() // seq_len)
     if n == 0:
-        raise ValueError(
-            f"held-out corpus has {heldout_ids.numel()} tokens, too short for one window of"
-            f" seq_len={seq_len}; lower seq_len or raise the held-out fraction"
+        raise CaseError(
+            [
+                f"held-out corpus has {heldout_ids.numel()} tokens, too short for one window of"
+                f" seq_len={seq_len}; lower seq_len or raise the held-out fraction"
+            ]
         )
     return heldout_ids[: n * seq_len].reshape(n, seq_len).clone()

@@ -1,22 +1,14 @@
 """GPU profiles and detection.
 
-A profile is the GPU a run targets: its memory, its compute capability (which decides native
-bf16), its datasheet peaks, and the memory a training process can really use. `--gpu t4` on a
-bigger card emulates the T4 by capping the child's caching allocator (see `runner`).
+A profile is the GPU a run targets: the memory a process sees on it and its compute capability
+(which decides native bf16). `--gpu t4` on a bigger card emulates the T4 by capping the child's
+caching allocator (see `qlora_core.child`).
 
-Datasheet sources (dense, i.e. without 2:4 sparsity; tensor-core fp16/bf16 with fp32 accumulate
-where the vendor gives it):
-- T4: NVIDIA T4 Tensor Core GPU datasheet (65 TFLOP/s fp16 mixed precision, 320 GB/s, 16 GB).
-- L4: NVIDIA L4 datasheet (242 TFLOP/s fp16/bf16 *with* sparsity -> 121 dense, 300 GB/s, 24 GB).
-- A10G: AWS publishes no datasheet; NVIDIA A10 datasheet values are used (250 TFLOP/s with
-  sparsity -> 125 dense, 600 GB/s, 24 GB). A10G's tensor rate is lower (~70); treat as an upper bound.
-- A100 40GB/80GB SXM: NVIDIA A100 datasheet (312 TFLOP/s fp16/bf16 dense; 1,555 GB/s and
-  2,039 GB/s).
-- H100 SXM: NVIDIA H100 datasheet (1,979 TFLOP/s with sparsity -> 989 dense; 3.35 TB/s, 80 GB).
-- H200 SXM: NVIDIA H200 datasheet (989 dense, as H100; 4.8 TB/s, 141 GB).
 `total_gib` is what the driver reports to a process (nvidia-smi "MiB" total / 1024), which is a
-little below the marketed size: T4 15,360 MiB, L4 23,034 MiB, A10G 23,028 MiB, A100-40GB
-40,960 MiB, A100-80GB 81,920 MiB, H100 81,559 MiB, H200 143,771 MiB (the lent H200 here).
+little below the marketed size: T4 15,360 MiB (16 GB), L4 23,034 MiB (24 GB), A10G 23,028 MiB
+(24 GB), A100-40GB 40,960 MiB, A100-80GB 81,920 MiB, H100 SXM 81,559 MiB (80 GB), H200 SXM
+143,771 MiB (141 GB; read on an H200). Compute capabilities are NVIDIA's (CUDA GPUs list):
+T4 7.5, L4 8.9, A10G 8.6, A100 8.0, H100 and H200 9.0.
 """
 
 from __future__ import annotations
@@ -30,16 +22,9 @@ _MIB_IN_GIB = 1024
 class GpuProfile:
     name: str
     """Profile key, as given to `--gpu`."""
-    marketing_name: str
-    memory_gb: float
-    """Memory as marketed, in GB (10**9): what docs like the lesson quote ("15GB T4")."""
     total_gib: float
     """Memory the driver reports for the device, GiB. 0 for the cpu profile."""
     capability: tuple[int, int]
-    fp16_tflops: float
-    bf16_tflops: float
-    """Dense tensor-core bf16 peak; 0.0 where the hardware has no bf16 (pre-Ampere)."""
-    bandwidth_gbs: float
 
     @property
     def is_gpu(self) -> bool:
@@ -54,18 +39,14 @@ class GpuProfile:
 PROFILES: dict[str, GpuProfile] = {
     p.name: p
     for p in (
-        GpuProfile("t4", "Tesla T4", 16, 15360 / _MIB_IN_GIB, (7, 5), 65.0, 0.0, 320.0),
-        GpuProfile("l4", "NVIDIA L4", 24, 23034 / _MIB_IN_GIB, (8, 9), 121.0, 121.0, 300.0),
-        GpuProfile("a10g", "NVIDIA A10G", 24, 23028 / _MIB_IN_GIB, (8, 6), 125.0, 125.0, 600.0),
-        GpuProfile(
-            "a100-40gb", "NVIDIA A100-SXM4-40GB", 40, 40960 / _MIB_IN_GIB, (8, 0), 312.0, 312.0, 1555.0
-        ),
-        GpuProfile(
-            "a100-80gb", "NVIDIA A100-SXM4-80GB", 80, 81920 / _MIB_IN_GIB, (8, 0), 312.0, 312.0, 2039.0
-        ),
-        GpuProfile("h100", "NVIDIA H100 80GB HBM3", 80, 81559 / _MIB_IN_GIB, (9, 0), 989.0, 989.0, 3350.0),
-        GpuProfile("h200", "NVIDIA H200", 141, 143771 / _MIB_IN_GIB, (9, 0), 989.0, 989.0, 4800.0),
-        GpuProfile("cpu", "CPU", 0, 0.0, (0, 0), 0.0, 0.0, 0.0),
+        GpuProfile("t4", 15360 / _MIB_IN_GIB, (7, 5)),
+        GpuProfile("l4", 23034 / _MIB_IN_GIB, (8, 9)),
+        GpuProfile("a10g", 23028 / _MIB_IN_GIB, (8, 6)),
+        GpuProfile("a100-40gb", 40960 / _MIB_IN_GIB, (8, 0)),
+        GpuProfile("a100-80gb", 81920 / _MIB_IN_GIB, (8, 0)),
+        GpuProfile("h100", 81559 / _MIB_IN_GIB, (9, 0)),
+        GpuProfile("h200", 143771 / _MIB_IN_GIB, (9, 0)),
+        GpuProfile("cpu", 0.0, (0, 0)),
     )
 }
 PROFILE_NAMES: tuple[str, ...] = tuple(PROFILES)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from qlora_core.spec import Case
+from qlora_core.spec import Case, CaseError
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
@@ -78,9 +78,25 @@ def prepare(model: torch.nn.Module, case: Case) -> torch.nn.Module:
     return model
 
 
+def check_target_modules(model: torch.nn.Module, case: Case) -> None:
+    """Raise CaseError unless every target module names linear layers of `model`.
+
+    peft matches a target against the end of each module's dotted name; a target that matches
+    nothing is a mistake in the case, reported with the names the model does have.
+    """
+    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    missing = [t for t in case.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        available = sorted({name.rsplit(".", 1)[-1] for name in names})
+        problem = f"target_modules {missing} match no linear layer of {case.model}; it has {available}"
+        raise CaseError([problem])
+
+
 def add_lora(model: torch.nn.Module, case: Case) -> Any:
     """get_peft_model with the case's LoRA settings (peft's defaults otherwise, as the lesson)."""
     from peft import LoraConfig, get_peft_model
+
+    check_target_modules(model, case)
 
     config = LoraConfig(
         r=case.lora_r,

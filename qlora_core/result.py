@@ -23,23 +23,30 @@ RESULT_SCHEMA_VERSION = 1
 
 
 class Status(str, Enum):
-    """How a case ended. Every outcome is a recorded row; none is an exception in the parent."""
+    """How a case ended. Every outcome is a recorded row; none is an exception in the parent.
+
+    Which exception gives which status: `qlora_core.outcomes`; how the child died (timeout,
+    signal, exit code): `qlora_core.runner`.
+    """
 
     OK = "ok"
     OOM = "oom"
     NAN = "nan"
     TIMEOUT = "timeout"
-    CRASHED = "crashed"
+    CRASHED = "crashed"  # a death, or an exception we do not recognise (a bug): rerun
     CUDA_ERROR = "cuda_error"
-    UNSUPPORTED = "unsupported"
-    CONFIG_ERROR = "config_error"
+    UNSUPPORTED = "unsupported"  # a recognised library refusal (outcomes.RECOGNISED_REFUSALS)
+    CONFIG_ERROR = "config_error"  # the Case or its arguments failed validation (CaseError)
     MISSING_MODEL = "missing_model"
 
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
-# Outcomes that say something about the case itself (kept on --resume); the others are failures
-# of the run (crash, timeout, ...) that a resume retries.
-FINAL_STATUSES: frozenset[str] = frozenset({"ok", "oom", "nan", "unsupported", "config_error"})
+# Outcomes that say something about the case itself (kept on --resume): rerunning the same case
+# on the same stack gives the same outcome. The others (crashed, timeout, cuda_error,
+# missing_model) are failures of the run, or of our code, that a resume retries.
+FINAL_STATUSES: frozenset[str] = frozenset(
+    s.value for s in (Status.OK, Status.OOM, Status.NAN, Status.UNSUPPORTED, Status.CONFIG_ERROR)
+)
 
 
 @dataclass
@@ -54,7 +61,8 @@ class Result:
     families: str = ""  # matrix families this case serves, comma-separated ("factorial,ladder:2")
     overrides: str = ""  # run-level forced fields (`--force`), e.g. "prepare_kbit=True"; "" if none
     status: str = Status.CRASHED.value
-    reason: str = ""
+    reason: str = ""  # why it ended as it did: the stage and the error, or how the child died
+    traceback: str = ""  # the formatted traceback of the exception that ended the case; "" if none
     schema_version: int = RESULT_SCHEMA_VERSION
     started_at: str = ""
     finished_at: str = ""

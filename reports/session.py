@@ -205,7 +205,7 @@ class BenchSession:
 
     # -- outputs ---------------------------------------------------------------------------------
     def environment(self) -> dict[str, Any]:
-        from qlora_core.runner import environment_fields
+        from qlora_core.child import environment_fields
 
         gpu = self.options.gpu_present
         return {

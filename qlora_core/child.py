@@ -1,0 +1,335 @@
+"""The child process: runs one Case and writes its Result. Started by `runner.run_case` as
+
+    python -m qlora_core.child REQUEST
+
+where REQUEST is a JSON file `{"case": ..., "options": RunOptions fields, "result": path,
+"parent_pid": ...}`; the child dies with that parent (`_die_with_parent`).
+The stages (`faults.STAGES`) run in order: on CUDA, the checkpoint is created in a process of its
+own, NVML is read and the allocator capped (emulation); then model resolution, 4-bit load,
+prepare_model_for_kbit_training, LoRA, data, (perplexity,) training, (perplexity). The Result is
+written atomically as each stage starts, marked "died during <stage>", so a child that dies keeps
+what it measured before; an exception is classified (`outcomes.classify_exception`) and recorded
+with its traceback. The child always exits 0 itself; any other exit is a death the parent reads.
+
+**Fault injection (tests only).** A fault `KIND@STAGE` fires as the child enters STAGE:
+`RunOptions.inject_fault` for one run (outside the case's identity: the same case can fault, then
+rerun clean), or `Case.extra=(("fault", "KIND@STAGE"),)` for every run of a case (part of its id,
+so it cannot hide in a production matrix). Kinds (`faults.FAULT_KINDS`): sigkill, sigsegv, exit,
+hang, oom, error, cuda-assert (CUDA only). A fired fault is named in the row's reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from qlora_core import faults
+from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated
+from qlora_core.outcomes import classify_exception, recognised_refusal
+from qlora_core.result import Result, Status, write_atomic
+from qlora_core.runner import RunOptions, child_env, now_iso
+from qlora_core.spec import Case
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_REASON_CHARS = 2000
+# The innermost frames and the message are at the end of a traceback; keep those.
+_TRACEBACK_CHARS = 16000
+
+
+def environment_fields() -> dict[str, str]:
+    """Library versions of this process, as Result fields."""
+    import importlib.metadata as md
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return ""
+
+    import torch
+
+    return {
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "",
+        "transformers_version": version("transformers"),
+        "peft_version": version("peft"),
+        "bitsandbytes_version": version("bitsandbytes"),
+        "accelerate_version": version("accelerate"),
+    }
+
+
+class _Checkpointer:
+    """Writes the Result as each stage starts, marked as dying in it until the case ends."""
+
+    def __init__(self, result: Result, path: Path) -> None:
+        self.result = result
+        self.path = path
+        self.current = ""
+        self.fault: faults.Fault | None = None
+
+    def stage(self, name: str) -> None:
+        if name not in faults.STAGES:
+            raise AssertionError(f"stage {name!r} is not in faults.STAGES")
+        self.current = name
+        self.result.status = Status.CRASHED.value
+        self.result.reason = f"died during {name}"
+        write_atomic(self.path, self.result.to_json())
+        self._fire_if_due()
+
+    def arm(self, spec: str) -> None:
+        """Inject the fault `spec` (KIND@STAGE, "" for none); fires now if STAGE is the current one."""
+        self.fault = faults.parse_fault(spec)
+        self._fire_if_due()
+
+    def _fire_if_due(self) -> None:
+        if self.fault is not None and self.fault.stage == self.current:
+            self.result.reason += f" (injected fault {self.fault})"
+            write_atomic(self.path, self.result.to_json())
+            faults.fire(self.fault)
+
+    def finish(self, status: Status, reason: str = "", tb: str = "") -> None:
+        self.result.status = status.value
+        self.result.reason = reason
+        self.result.traceback = tb
+        write_atomic(self.path, self.result.to_json())
+
+
+def child_main(request_path: str) -> None:
+    """Entry point of the child: read the request, run the case, write the Result, exit 0."""
+    request = json.loads(Path(request_path).read_text())
+    _die_with_parent(request["parent_pid"])
+    case = Case.from_dict(request["case"])
+    options = RunOptions(**request["options"])
+    result = Result.for_case(case, options.profile, options.families)
+    result.started_at = now_iso()
+    result.overrides = options.overrides
+    ckpt = _Checkpointer(result, Path(request["result"]))
+    ckpt.stage("start-up")  # from here on the result file exists, whatever happens
+    tb = ""
+    try:
+        # The one-shot fault of this run wins over the case's own (a test sets one or the other).
+        ckpt.arm(options.inject_fault or dict(case.extra).get("fault", ""))
+        status, reason = _run_stages(case, options, ckpt)
+    except BaseException as exc:  # every outcome is a row: classify, keep the measurements
+        status = classify_exception(exc)
+        stage = ckpt.result.reason.removeprefix("died during ")  # with the fault, if one fired
+        refusal = recognised_refusal(exc) if status == Status.UNSUPPORTED else None
+        what = f"{refusal.why}: " if refusal else ""
+        message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        reason = f"{stage}: {what}{message}"[:_REASON_CHARS]
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-_TRACEBACK_CHARS:]
+    ckpt.finish(status, reason, tb)
+    # Leave without running atexit handlers of CUDA libraries that may hang after an error; the
+    # result is already on disk.
+    os._exit(0)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when the parent dies (Linux).
+
+    The parent kills the child's group when it is interrupted, but a parent that is killed
+    outright (SIGKILL, a crashed runner) cannot; without this the child would run on, holding
+    the GPU, until its own end.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[Status, str]:
+    r = ckpt.result
+    profile = get_profile(options.profile)
+    gpu = detect_gpu() if profile.is_gpu else None
+    device = "cuda" if gpu is not None else "cpu"
+    r.device = device
+    sampler = None
+    if device == "cuda":
+        ckpt.stage("model creation")
+        _materialize(case.model, device)
+        sampler = _setup_cuda(r, profile, gpu, options)
+    import torch
+
+    from qlora_core import data as data_mod
+    from qlora_core import load, measure, quality, train
+    from qlora_core.models.resolve import resolve_model
+
+    for key, value in environment_fields().items():
+        setattr(r, key, value)
+    torch.manual_seed(case.seed)
+
+    ckpt.stage("model resolution")
+    resolved = resolve_model(case.model, device=device)
+
+    ckpt.stage("load")
+    t0 = time.perf_counter()
+    model = load.load_model(case, resolved.path, device)
+    r.load_s = time.perf_counter() - t0
+    counted = measure.weight_bytes(model)
+    r.weight_bytes = counted.weight_bytes
+    r.quant_data_bytes = counted.quant_data_bytes
+    r.quant_stats_bytes = counted.quant_stats_bytes
+    r.quantized_params = counted.quantized_params
+    r.footprint_bytes = counted.footprint_bytes
+    _record_stage(r, "load", device)
+
+    ckpt.stage("prepare")  # also saves what load measured, so a crash from here keeps it
+    model = load.prepare(model, case)
+    _record_stage(r, "prepare", device)
+
+    ckpt.stage("LoRA")
+    model = load.add_lora(model, case)
+    r.trainable_params, r.total_params = measure.parameter_counts(model)
+    r.trainable_dtypes = measure.trainable_dtypes(model)
+    r.trainable_bytes = measure.trainable_bytes(model)
+    _record_stage(r, "lora", device)
+
+    ckpt.stage("data")
+    steps = case.warmup_steps + case.measured_steps
+    count = steps * case.grad_accum
+    heldout = None
+    if case.data == "text":
+        ids = data_mod.tokenize_corpus(resolved.tokenizer_path, resolved.vocab_size)
+        train_ids, heldout_ids = data_mod.split_train_heldout(ids)
+        batches = data_mod.text_batches(train_ids, case.batch_size, case.seq_len, count, case.seed)
+        heldout = data_mod.heldout_windows(heldout_ids, case.seq_len, max_windows=16)
+        ckpt.stage("perplexity before training")
+        r.ppl_before = quality.perplexity(model, heldout, device)
+    else:
+        batches = data_mod.synthetic_batches(
+            resolved.vocab_size, case.batch_size, case.seq_len, count, case.seed
+        )
+
+    ckpt.stage("training")
+    if device == "cuda":
+        measure.reset_cuda_peaks()
+    r.tokens_per_step = case.tokens_per_step
+
+    def on_step(step: int, stats: train.TrainStats) -> None:
+        r.losses, r.grad_norms, r.step_ms = stats.losses, stats.grad_norms, stats.step_ms
+
+    stats = train.train(model, case, batches, device, on_step=on_step)
+    if device == "cuda":
+        r.peak_alloc_gib, r.peak_reserved_gib = measure.cuda_peaks()
+    if sampler is not None:
+        r.nvml_peak_gib = sampler.stop()
+    r.cpu_peak_rss_gib = measure.peak_rss_gib()
+    r.losses, r.grad_norms, r.step_ms = stats.losses, stats.grad_norms, stats.step_ms
+    r.first_loss = stats.losses[0] if stats.losses else None
+    r.final_loss = stats.losses[-1] if stats.losses else None
+    r.first_nonfinite_step = stats.first_nonfinite_step
+    r.optimizer_state_bytes = stats.optimizer_state_bytes
+    summarize_steps(r)
+    if stats.diverged:
+        return Status.NAN, f"non-finite loss or gradient norm at step {stats.first_nonfinite_step}"
+    if heldout is not None:
+        ckpt.stage("perplexity after training")
+        r.ppl_after = quality.perplexity(model, heldout, device)
+    return Status.OK, ""
+
+
+def _materialize(model: str, device: str) -> None:
+    """Create a shape's checkpoint (or convert the real model) in a process of its own.
+
+    Creating an 8B checkpoint allocates 16 GB on the GPU: done in this process it would run into
+    an emulated profile's cap and count in this case's NVML and allocator numbers.
+    """
+    from qlora_core.models import ModelUnavailableError
+    from qlora_core.models.resolve import is_materialized
+
+    if is_materialized(model):
+        return
+    code = (
+        "import sys; from qlora_core.models.resolve import resolve_model;"
+        " resolve_model(sys.argv[1], device=sys.argv[2])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, model, device], capture_output=True, text=True, env=child_env()
+    )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
+        if "ModelUnavailableError" in proc.stderr:
+            raise ModelUnavailableError(tail)
+        raise RuntimeError(f"creating the checkpoint of {model} failed:\n{tail}")
+
+
+def summarize_steps(r: Result) -> None:
+    """Median step time, its relative spread (p90 - p10) / median, and tokens/s."""
+    if not r.step_ms:
+        return
+    ordered = sorted(r.step_ms)
+    median = statistics.median(ordered)
+    r.step_ms_median = median
+
+    def pct(q: float) -> float:
+        pos = q * (len(ordered) - 1)
+        lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+        return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+    r.step_ms_spread = (pct(0.9) - pct(0.1)) / median if median > 0 else None
+    if r.tokens_per_step and median > 0:
+        r.tokens_per_s = r.tokens_per_step / (median / 1000.0)
+
+
+def _record_stage(r: Result, stage: str, device: str) -> None:
+    from qlora_core import measure
+
+    if device == "cuda":
+        alloc, reserved = measure.cuda_stage_memory()
+    else:
+        # On the CPU the process RSS is what the stage costs; reserved has no meaning.
+        alloc, reserved = measure.current_rss_gib(), None
+    setattr(r, f"{stage}_alloc_gib", alloc)
+    setattr(r, f"{stage}_reserved_gib", reserved)
+
+
+def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options: RunOptions) -> Any:
+    """Read NVML before anything touches the device, create the context, cap the allocator.
+
+    Emulating a smaller GPU: the cap is the profile's device memory minus this process's CUDA
+    context (measured here, since the allocator cannot see it), as a fraction of the real card.
+    Returns the started NVML sampler.
+    """
+    import torch
+
+    from qlora_core.measure import NvmlSampler, gib
+
+    sampler = NvmlSampler(0)
+    r.nvml_base_gib = sampler.base_gib
+    _free, total_b = torch.cuda.mem_get_info(0)  # creates the context, allocates nothing
+    total = gib(total_b)
+    context_gib = max(0.0, sampler.used_gib() - sampler.base_gib)
+    props = torch.cuda.get_device_properties(0)
+    r.gpu_name = props.name
+    r.gpu_capability = f"{props.major}.{props.minor}"
+    r.gpu_total_gib = total
+    r.driver_version = gpu.driver_version if gpu else ""
+    r.bf16_native = (props.major, props.minor) >= (8, 0)
+    r.bf16_torch_supported = bool(torch.cuda.is_bf16_supported())
+    cap = options.memory_cap_gib
+    if cap is None and is_emulated(profile, gpu):
+        cap = profile.total_gib - context_gib
+        r.emulated = True
+        r.emulated_on = props.name
+        # What the emulated card would say about bf16, not the host's answer.
+        r.bf16_native = profile.native_bf16
+    if cap is not None:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, max(cap, 0.01) / total), 0)
+        r.memory_cap_gib = cap
+    return sampler.start()
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1])

@@ -1,0 +1,103 @@
+"""Test-only fault injection into the child: `KIND@STAGE`, fired when the child enters STAGE.
+
+Two sources, one syntax (see `qlora_core.child`):
+- `RunOptions(inject_fault="sigkill@training")`: one run only, outside the case's identity, so
+  the same case can fault once and then run clean (what a `--resume` after a fault does).
+- `Case.extra=(("fault", "exit@prepare"),)`: every run of that case; part of its id, so it can
+  never hide in a production matrix.
+When a fault fires, the row's reason says so ("... (injected fault sigkill@training)").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from qlora_core.spec import CaseError
+
+STAGES: tuple[str, ...] = (
+    "start-up",
+    "model creation",  # CUDA only: a shape's checkpoint is built in a process of its own
+    "model resolution",
+    "load",
+    "prepare",
+    "LoRA",
+    "data",
+    "perplexity before training",  # data == "text" only
+    "training",
+    "perplexity after training",  # data == "text" only
+)
+"""The child's stages, in order; its Result is written as each one starts."""
+
+FAULT_KINDS: dict[str, str] = {
+    "sigkill": "the child sends itself SIGKILL (as the kernel's OOM killer does)",
+    "sigsegv": "a real segmentation fault: a read of address 0",
+    "exit": "os._exit(3): the interpreter leaves without unwinding",
+    "hang": "the child sleeps until the parent's timeout kills it",
+    "oom": "raises torch.OutOfMemoryError, as the CUDA caching allocator does",
+    "error": "raises KeyError from our own code: a bug (crashed, with its traceback)",
+    "cuda-assert": "a real device-side assert: an out-of-range index on the GPU (CUDA only)",
+}
+CUDA_ONLY_KINDS: frozenset[str] = frozenset({"cuda-assert"})
+_HANG_S = 10**6
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault to inject: what happens, and at the start of which stage."""
+
+    kind: str
+    stage: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}@{self.stage}"
+
+
+def parse_fault(spec: str) -> Fault | None:
+    """`KIND@STAGE` -> Fault; "" -> None. A CaseError lists the allowed kinds and stages."""
+    if not spec:
+        return None
+    kind, _, stage = spec.partition("@")
+    problems = []
+    if kind not in FAULT_KINDS:
+        problems.append(f"fault kind {kind!r} in {spec!r} is not one of {sorted(FAULT_KINDS)}")
+    if stage not in STAGES:
+        problems.append(f"fault stage {stage!r} in {spec!r} is not one of {list(STAGES)}")
+    if problems:
+        raise CaseError(problems)
+    return Fault(kind, stage)
+
+
+def fire(fault: Fault) -> None:
+    """Inflict `fault` on this process. The kill kinds do not return; the others raise."""
+    if fault.kind == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault.kind == "sigsegv":
+        ctypes.string_at(0)  # dereferences NULL: the kernel delivers SIGSEGV
+    elif fault.kind == "exit":
+        os._exit(3)
+    elif fault.kind == "hang":
+        time.sleep(_HANG_S)
+    elif fault.kind == "oom":
+        import torch
+
+        raise torch.OutOfMemoryError(f"injected fault {fault}: out of memory")
+    elif fault.kind == "error":
+        lookup: dict[str, int] = {}
+        lookup[f"injected fault {fault}"]  # a KeyError raised by our code, as a bug would be
+    elif fault.kind == "cuda-assert":
+        _device_side_assert()
+    raise AssertionError(f"fault {fault} did not take effect")
+
+
+def _device_side_assert() -> None:
+    """Index a CUDA tensor out of range: the gather kernel's bounds check asserts on the device."""
+    import torch
+
+    values = torch.zeros(4, device="cuda")
+    index = torch.tensor([1 << 20], device="cuda")
+    values[index].sum().item()  # .item() synchronizes, so the assert surfaces here
+    torch.cuda.synchronize()
