@@ -14,10 +14,11 @@ loads the ML stack.
 
 from qlora_core.models.registry import (
     REAL_MODEL,
+    REAL_MODEL_WHEEL,
     SHAPES,
     ModelUnavailableError,
     ShapeSpec,
     model_problem,
 )
 
-__all__ = ["REAL_MODEL", "SHAPES", "ModelUnavailableError", "ShapeSpec", "model_problem"]
+__all__ = ["REAL_MODEL", "REAL_MODEL_WHEEL", "SHAPES", "ModelUnavailableError", "ShapeSpec", "model_problem"]

