@@ -24,11 +24,11 @@ TINY_LORA_PARAMS = 2 * 16 * ((128 + 128) + 2 * (128 + 64) + (128 + 128) + 2 * (1
 MIXED_PRECISION_FIELDS = ("autocast", "grad_scaler", "scaler_skipped_steps", "scaler_final_scale")
 
 
-def trained_model(case: Case) -> torch.nn.Module:
+def trained_model(case: Case, device: str = "cpu") -> torch.nn.Module:
     """Load, prepare and add LoRA as the runner's child does; same seed, same adapters."""
-    resolved = models.resolve_model(case.model, device="cpu")
+    resolved = models.resolve_model(case.model, device=device)
     torch.manual_seed(case.seed)
-    model = load.load_model(case, resolved.path, "cpu")
+    model = load.load_model(case, resolved.path, device)
     return load.add_lora(load.prepare(model, case), case)
 
 
@@ -44,9 +44,10 @@ class _Calls(list):
         self.append(step)
 
 
-def run(case: Case) -> tuple[TrainStats, list[int]]:
+def run(case: Case, device: str = "cpu") -> tuple[TrainStats, list[int]]:
     calls = _Calls()
-    stats = run_training(trained_model(case), case, repeated_batches(case), "cpu", calls.append_step)
+    model = trained_model(case, device)
+    stats = run_training(model, case, repeated_batches(case), device, calls.append_step)
     return stats, calls
 
 
@@ -55,6 +56,7 @@ def bf16_runs() -> dict[str, tuple[TrainStats, list[int]]]:
     return {engine: run(BASE.replace(engine=engine)) for engine in ENGINES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_each_engine_trains_and_measures_every_step(bf16_runs, engine):
     stats, calls = bf16_runs[engine]
@@ -74,6 +76,7 @@ def test_each_engine_trains_and_measures_every_step(bf16_runs, engine):
     assert stats.optimizer_state_bytes >= 2 * element * TINY_LORA_PARAMS
 
 
+@pytest.mark.slow
 def test_engines_fill_the_same_fields_under_result_names(bf16_runs):
     filled = {
         engine: {k for k, v in stats.result_fields().items() if v not in (None, "", [])}
@@ -84,6 +87,7 @@ def test_engines_fill_the_same_fields_under_result_names(bf16_runs):
     assert set(MIXED_PRECISION_FIELDS) <= set(RESULT_FIELDS)
 
 
+@pytest.mark.slow
 def test_engines_see_the_same_batches_and_train_alike(bf16_runs):
     loop, trainer, sft = (bf16_runs[e][0] for e in ("loop", "trainer", "sft"))
     # Step 0 is the same forward on the same weights and batch, whichever engine.
@@ -101,6 +105,7 @@ def test_engines_see_the_same_batches_and_train_alike(bf16_runs):
     assert sft.losses == pytest.approx(loop.losses, rel=2e-2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_huge_learning_rate_is_recorded_as_nan_with_its_step(engine):
     case = BASE.replace(engine=engine, compute_dtype="fp16", lr=1e5, warmup_steps=0, measured_steps=4)
@@ -119,6 +124,7 @@ def test_a_huge_learning_rate_is_recorded_as_nan_with_its_step(engine):
         assert (stats.autocast, stats.grad_scaler, stats.scaler_skipped_steps) == ("none", False, None)
 
 
+@pytest.mark.slow
 def test_the_fp16_scaler_skips_overflowing_steps_and_counts_them(monkeypatch):
     # From a loss scale of 2**30 the scaled gradients overflow fp16 until the scaler has halved
     # its way down: those steps are skipped and counted, and the loss stays finite throughout.
@@ -139,6 +145,7 @@ def test_the_fp16_scaler_skips_overflowing_steps_and_counts_them(monkeypatch):
     assert stats.losses[-1] < stats.losses[0]
 
 
+@pytest.mark.slow
 def test_the_loop_under_autocast_is_close_to_the_loop_in_fp32():
     autocast, _ = run(BASE)
     full, _ = run(BASE.replace(compute_dtype="fp32"))
@@ -178,3 +185,22 @@ def test_too_few_or_misshapen_batches_fail_before_training():
         check_batches(case, good[:11])
     with pytest.raises(ValueError, match=r"not of shape \(2, 64\)"):
         check_batches(case, [*good[:5], good[5][:, :32], *good[6:]])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fp16_on_a_gpu_runs_under_autocast_with_a_scaler(gpu_required, engine):
+    stats, _ = run(BASE.replace(engine=engine, compute_dtype="fp16"), "cuda")
+    assert (stats.autocast, stats.grad_scaler) == ("fp16", True)
+    assert stats.scaler_skipped_steps is not None and stats.scaler_final_scale is not None
+    assert stats.scaler_final_scale == 2.0**16 / 2**stats.scaler_skipped_steps
+    assert all(math.isfinite(x) for x in stats.losses) and stats.losses[-1] < stats.losses[0]
+    assert len(stats.step_ms) == BASE.measured_steps
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bf16_on_a_gpu_runs_under_autocast(gpu_required, engine):
+    stats, _ = run(BASE.replace(engine=engine), "cuda")
+    assert (stats.autocast, stats.grad_scaler) == ("bf16", False)
+    assert all(math.isfinite(x) for x in stats.losses) and stats.losses[-1] < stats.losses[0]
