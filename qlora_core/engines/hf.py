@@ -129,7 +129,7 @@ def run_sft(
     trainable_parameters(model)
     with tempfile.TemporaryDirectory(prefix="qlora-sft-") as out:
         recorder = StepRecorder("sft", case, device, on_step)
-        # TRL's name for the sequence length (the lesson's `max_seq_length`, renamed in TRL 0.20).
+        # TRL's name for the sequence length (the lesson's `max_seq_length`; TRL 1.x says max_length).
         config = SFTConfig(**training_arguments(case, device, out), max_length=case.seq_len, packing=False)
         trainer = SFTTrainer(
             model=model,
