@@ -16,6 +16,12 @@ families runs once):
   smallest point: which sizes fit on this GPU at all.
 - ``quality``: the real model on held-out text: nf4/fp4 x double quant and the 16-bit reference.
 - ``stability``: the real model on text, fp16 vs bf16 compute at learning rates 1e-4, 2e-4, 1e-3.
+- ``engine``: the same case trained by the core loop, transformers' Trainer and TRL's SFTTrainer,
+  at a device-bound point (large GPUs: the primary model at batch 4, seq 2048; smaller GPUs: batch
+  4, seq 512, the largest default sweep point that fit the emulated T4; the CPU: the real model on
+  text) and, in the full tier, at the lesson's point too. The default tier leaves the lesson's
+  point out: its batch-1 steps are host-bound (their times jitter 10-40% between processes) and
+  it would take large GPUs past the default tier's 40 cases.
 
 Tiers: ``smoke`` (at most 6 cases), ``default`` (at most 40), ``full`` (everything).
 """
@@ -27,7 +33,7 @@ from dataclasses import dataclass, field, replace
 
 from qlora_core.gpus import GpuProfile
 from qlora_core.models import REAL_MODEL
-from qlora_core.spec import Case, reference_of
+from qlora_core.spec import ENGINES, Case, reference_of
 
 MATRICES: tuple[str, ...] = ("smoke", "default", "full")
 SMOKE_MAX = 6
@@ -60,6 +66,8 @@ class Tier:
     warmup_steps: int
     measured_steps: int
     text_steps: int
+    engine_point: tuple[int, int] | None
+    """(batch, seq) of the engine family's device-bound point; None: the real model's text point."""
 
 
 GPU_TIER = Tier(
@@ -79,6 +87,7 @@ GPU_TIER = Tier(
     warmup_steps=2,
     measured_steps=8,
     text_steps=30,
+    engine_point=(4, 512),
 )
 CPU_TIER = Tier(
     models=("tiny", REAL_MODEL),
@@ -97,17 +106,24 @@ CPU_TIER = Tier(
     warmup_steps=1,
     measured_steps=4,
     text_steps=20,
+    engine_point=None,
 )
 # Larger GPUs add the 13B shape to what runs (compat family).
 _LARGE_GPU_EXTRA_MODELS: tuple[str, ...] = ("llama-2-13b",)
 _LARGE_GPU_MIN_GIB = 40.0
+# ...and train their engine family at the lesson's T4 setting (b4 s2048), which fits them.
+_LARGE_GPU_ENGINE_POINT = (4, 2048)
 
 
 def tier_for(profile: GpuProfile) -> Tier:
     if not profile.is_gpu:
         return CPU_TIER
     if profile.total_gib >= _LARGE_GPU_MIN_GIB:
-        return replace(GPU_TIER, models=GPU_TIER.models + _LARGE_GPU_EXTRA_MODELS)
+        return replace(
+            GPU_TIER,
+            models=GPU_TIER.models + _LARGE_GPU_EXTRA_MODELS,
+            engine_point=_LARGE_GPU_ENGINE_POINT,
+        )
     return GPU_TIER
 
 
@@ -219,6 +235,13 @@ def build_matrix(
     for cdt in ("fp16", "bf16"):
         for lr in STABILITY_LRS:
             plan.add(text_lesson.replace(compute_dtype=cdt, lr=lr), "stability")
+    if tier.engine_point is None:
+        device_bound = text_lesson
+    else:
+        device_bound = lesson.replace(batch_size=tier.engine_point[0], seq_len=tier.engine_point[1])
+    for point in (device_bound, lesson) if full else (device_bound,):
+        for engine in ENGINES:
+            plan.add(point.replace(engine=engine), "engine")
     planned = plan.cases()
     if not full and len(planned) > DEFAULT_MAX:
         raise MatrixError(f"default matrix for {profile.name} has {len(planned)} cases (> {DEFAULT_MAX})")

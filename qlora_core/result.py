@@ -131,6 +131,13 @@ class Result:
     ppl_before: float | None = None  # held-out perplexity after load, before training
     ppl_after: float | None = None  # held-out perplexity after training
 
+    # mixed precision as the engine ran it (the engine itself is the case's `engine` field)
+    autocast: str = ""  # dtype forward and loss ran under torch.autocast: "bf16", "fp16" or "none"
+    grad_scaler: bool | None = None  # an fp16 gradient scaler scaled the loss
+    scaler_skipped_steps: int | None = None  # steps the scaler skipped on overflow; None: no scaler
+    scaler_final_scale: float | None = None  # the scaler's loss scale after the last step
+    trained_dtypes: str = ""  # trainable parameters' dtypes as trained (SFTTrainer casts to bf16)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=False, allow_nan=True)
 

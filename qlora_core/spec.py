@@ -3,7 +3,8 @@
 Every axis of the matrix is a field. Validation collects every problem into one `CaseError`
 that names the field and the allowed values, so a bad matrix fails before any heavy work.
 `case.id` is readable and used as the pytest id; `case.hash` is stable across runs, machines and
-Python versions (sha256 of the canonical JSON of the fields).
+Python versions (sha256 of the canonical JSON of the fields; fields added later count only when
+they differ from their default, see `LATER_FIELDS`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ ComputeDtype = Literal["fp16", "bf16", "fp32"]
 QuantStorage = Literal["uint8", "fp16", "bf16", "fp32"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
 DataKind = Literal["synthetic", "text"]
+Engine = Literal["loop", "trainer", "sft"]
 
 QUANT_TYPES: tuple[str, ...] = ("nf4", "fp4", "none")
 COMPUTE_DTYPES: tuple[str, ...] = ("fp16", "bf16", "fp32")
 QUANT_STORAGES: tuple[str, ...] = ("uint8", "fp16", "bf16", "fp32")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 DATA_KINDS: tuple[str, ...] = ("synthetic", "text")
+ENGINES: tuple[str, ...] = ("loop", "trainer", "sft")
 # The lesson's LoRA recipe targets all seven projections of a Llama-style decoder.
 LESSON_TARGET_MODULES: tuple[str, ...] = (
     "q_proj",
@@ -81,6 +84,10 @@ class Case:
     """synthetic: seeded random tokens (speed, memory); text: Python's docs (loss, perplexity)."""
     extra: tuple[tuple[str, str], ...] = field(default=())
     """Test-only knobs (e.g. ('fault', 'exit')) for outcome-classification tests; part of the id."""
+    # -- fields added after runs were stored: see LATER_FIELDS (hashed only when not default) --
+    engine: Engine = "loop"
+    """How the case trains: `loop` (the core loop, mixed precision under autocast),
+    `trainer` (transformers.Trainer) or `sft` (TRL's SFTTrainer), on the same token batches."""
 
     def __post_init__(self) -> None:
         if self.quant_type == "none":
@@ -130,13 +137,20 @@ class Case:
             parts.append(f"seed{self.seed}")
         if self.data != defaults["data"]:
             parts.append(self.data)
+        if self.engine != defaults["engine"]:
+            parts.append(self.engine)
         parts += [f"{k}-{v}" for k, v in self.extra]
         return "-".join(parts)
 
     @property
     def hash(self) -> str:
-        """12 hex digits of sha256 over the canonical JSON of every field."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """12 hex digits of sha256 over the canonical JSON of the fields (see `LATER_FIELDS`)."""
+        hashed = {
+            name: value
+            for name, value in self.to_dict().items()
+            if name not in LATER_FIELDS or value != _DEFAULTS[name]
+        }
+        canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     # -- (de)serialization ---------------------------------------------------------------------
@@ -232,6 +246,7 @@ def validate(case: Case) -> list[str]:
     _check_int(p, "measured_steps", case.measured_steps, 1, 100000)
     _check_int(p, "seed", case.seed, 0, 2**31 - 1)
     _check_choice(p, "data", case.data, DATA_KINDS)
+    _check_choice(p, "engine", case.engine, ENGINES)
     if not isinstance(case.extra, tuple) or not all(
         isinstance(kv, tuple) and len(kv) == 2 and all(isinstance(s, str) for s in kv) for kv in case.extra
     ):
@@ -246,6 +261,11 @@ def validate(case: Case) -> list[str]:
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Case))
+# The hash rule. Stored results and baselines are keyed by `Case.hash`, the sha256 of every field
+# as of the first release. A field added later enters the hash only when it differs from its
+# default, so every case that existed before it keeps its hash (and its stored runs), while a case
+# that sets it gets a new one. Add each new field here, with a default that means "as before".
+LATER_FIELDS: tuple[str, ...] = ("engine",)
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(Case) if f.default is not dataclasses.MISSING
 }

@@ -14,6 +14,7 @@ from qlora_core.matrix import (
     lesson_dtype,
 )
 from qlora_core.models import REAL_MODEL, model_problem
+from qlora_core.spec import ENGINES
 
 
 def cases_of(planned, family):
@@ -38,7 +39,7 @@ def test_tier_sizes_and_unique_ids(profile):
 def test_counts_per_profile_are_pinned():
     # A change here changes what the hardware runners measure: review it deliberately.
     counts = {name: len(build_matrix(get_profile(name), "default")) for name in ("t4", "h200", "cpu")}
-    assert counts == {"t4": 35, "h200": 37, "cpu": 35}
+    assert counts == {"t4": 37, "h200": 39, "cpu": 37}
 
 
 def test_factorial_is_full_and_t4_keeps_bf16_rows():
@@ -112,3 +113,39 @@ def test_model_override_and_unknown_tier():
     assert {p.case.model for p in planned} - {REAL_MODEL} == {"smollm2-135m"}
     with pytest.raises(MatrixError, match="smoke, default, full"):
         build_matrix(get_profile("cpu"), "huge")
+
+
+def engine_points(planned):
+    """{case with engine reset to the loop: engines it runs through} for the engine family."""
+    points: dict = {}
+    for case in cases_of(planned, "engine"):
+        points.setdefault(case.replace(engine="loop"), set()).add(case.engine)
+    return points
+
+
+@pytest.mark.parametrize(
+    ("profile", "default_point", "full_extra"),
+    [
+        ("h200", ("llama-3.2-3b", 4, 2048, "synthetic"), ("llama-3.2-3b", 1, 512, "synthetic")),
+        ("a100-40gb", ("llama-3.2-3b", 4, 2048, "synthetic"), ("llama-3.2-3b", 1, 512, "synthetic")),
+        ("t4", ("llama-3.2-3b", 4, 512, "synthetic"), ("llama-3.2-3b", 1, 512, "synthetic")),
+        ("cpu", (REAL_MODEL, 2, 64, "text"), ("tiny", 1, 64, "synthetic")),
+    ],
+)
+def test_engine_family_trains_each_point_with_every_engine(profile, default_point, full_extra):
+    p = get_profile(profile)
+    default, full = build_matrix(p, "default"), build_matrix(p, "full")
+
+    def where(points):
+        return {(c.model, c.batch_size, c.seq_len, c.data) for c in points}
+
+    assert where(engine_points(default)) == {default_point}
+    assert where(engine_points(full)) == {default_point, full_extra}
+    for planned in (default, full):
+        families = {x.case.hash: x.families for x in planned}
+        for point, engines in engine_points(planned).items():
+            assert engines == set(ENGINES), point.id
+            assert point.compute_dtype == lesson_dtype(p) and point.quant_type == "nf4"
+            # The loop's run of the point is the very case another family measures (one run).
+            assert len(families[point.hash]) > 1, families[point.hash]
+    assert not cases_of(build_matrix(p, "smoke"), "engine")

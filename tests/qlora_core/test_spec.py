@@ -10,6 +10,8 @@ import pytest
 
 from qlora_core.spec import (
     COMPUTE_DTYPES,
+    ENGINES,
+    LATER_FIELDS,
     LESSON_TARGET_MODULES,
     OPTIMIZERS,
     QUANT_TYPES,
@@ -49,6 +51,7 @@ BAD_VALUES = [
     ("seed", -1, "seed"),
     ("data", "wikitext", "synthetic"),
     ("extra", (("fault",),), "extra"),
+    ("engine", "accelerate", str(list(ENGINES))),
 ]
 
 
@@ -127,6 +130,8 @@ def test_ids_differ_whenever_cases_differ():
         base.replace(data="text"),
         base.replace(extra=(("fault", "exit"),)),
         base.replace(target_modules=("q_proj",)),
+        base.replace(engine="trainer"),
+        base.replace(engine="sft"),
     ]
     ids = {c.id for c in [base, *variants]}
     hashes = {c.hash for c in [base, *variants]}
@@ -177,3 +182,42 @@ def test_lesson_defaults():
     )
     assert (case.lora_r, case.lora_alpha, case.lora_dropout) == (16, 16, 0.0)
     assert case.tokens_per_step == 512
+
+
+# Hashes computed before the `engine` field existed (commit a493ec7): stored runs and baselines
+# are keyed by them, so adding a field must leave every one unchanged.
+HASHES_BEFORE_ENGINE = [
+    (Case("llama-3.2-3b"), "c791c62d4483"),
+    (Case("tiny", quant_type="none", compute_dtype="fp16"), "8800d2a71fe1"),
+    (
+        Case(
+            "llama-3.1-8b",
+            batch_size=4,
+            seq_len=2048,
+            optimizer="adamw_8bit",
+            gradient_checkpointing=False,
+            grad_accum=2,
+        ),
+        "fdd51be62ec3",
+    ),
+    (Case("smollm2-135m-instruct", data="text", lr=1e-3, extra=(("fault", "exit"),)), "c3843b4cd594"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"), HASHES_BEFORE_ENGINE, ids=[c.id for c, _ in HASHES_BEFORE_ENGINE]
+)
+def test_fields_added_later_leave_old_hashes_unchanged(case, expected):
+    assert case.hash == expected
+    # A stored case dict has no `engine` key; it reads back as the default and hashes the same.
+    stored = {k: v for k, v in case.to_dict().items() if k not in LATER_FIELDS}
+    assert Case.from_dict(stored).hash == expected
+
+
+def test_a_later_field_set_away_from_its_default_changes_hash_and_id():
+    base = Case("llama-3.2-3b")
+    trainer, sft = base.replace(engine="trainer"), base.replace(engine="sft")
+    assert base.engine == "loop"
+    assert (trainer.id, sft.id) == (base.id + "-trainer", base.id + "-sft")
+    assert len({base.hash, trainer.hash, sft.hash}) == 3
+    assert reference_of(sft).engine == "sft"  # the 16-bit reference trains the same way

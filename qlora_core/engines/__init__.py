@@ -1,0 +1,47 @@
+"""Training engines: how a case trains, one contract whichever engine runs it.
+
+`run_training(model, case, batches, device, on_step)` trains a loaded, prepared LoRA model on
+`batches` ((warmup + measured) * grad_accum micro-batches [batch_size, seq_len]) with the engine
+`case.engine` names, and returns `TrainStats`:
+
+- `loop` (`engines.loop`): the core loop, mixed precision under autocast as frameworks do it;
+- `trainer` (`engines.hf`): `transformers.Trainer`;
+- `sft` (`engines.hf`): TRL's `SFTTrainer`.
+
+Every engine trains the case alike (`engines.common`: clipping, weight decay, warm-up schedule)
+and fills the same fields: per-step synchronized times (warm-up excluded), losses, grad norms,
+the first non-finite step, optimizer-state bytes, and what mixed precision actually ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from qlora_core.engines.common import OnStep, TrainStats
+from qlora_core.spec import ENGINES, Case
+
+__all__ = ["ENGINES", "OnStep", "TrainStats", "run_training"]
+
+
+def run_training(
+    model: torch.nn.Module,
+    case: Case,
+    batches: Sequence[torch.Tensor],
+    device: str,
+    on_step: OnStep | None = None,
+) -> TrainStats:
+    """Train `model` on `batches` with the engine of `case` (see the module docstring)."""
+    if case.engine == "loop":
+        from qlora_core.engines.loop import run_loop
+
+        return run_loop(model, case, batches, device, on_step)
+    # Imported only here: transformers' Trainer, TRL and datasets are heavy.
+    from qlora_core.engines import hf
+
+    if case.engine == "trainer":
+        return hf.run_trainer(model, case, batches, device, on_step)
+    if case.engine == "sft":
+        return hf.run_sft(model, case, batches, device, on_step)
+    raise ValueError(f"engine={case.engine!r} is not one of {list(ENGINES)}")

@@ -1,0 +1,221 @@
+"""The trainer engines: transformers' `Trainer` and TRL's `SFTTrainer`, set up as the lesson's
+readers write them, fed the same token batches as the core loop.
+
+Both get `TrainingArguments` (an `SFTConfig` for TRL) with the case's batch size, gradient
+accumulation, checkpointing, fp16/bf16, optimizer, step count, learning rate and the loop's
+warm-up schedule; no evaluation, saving or reporting. What they do with it is theirs: accelerate
+applies autocast and, for fp16 on a GPU, a gradient scaler; SFTTrainer computes the loss through
+its fused LM head and casts QLoRA adapters to bf16. The row reports what actually ran (autocast,
+scaler, adapter dtypes) read from the trainer, not from the case.
+
+accelerate gives fp16 no autocast and no scaler on the CPU (`Accelerator` sets `native_amp` only
+for a non-CPU device), so an fp16 case on the CPU trains in the model's own dtypes there; bf16
+on the CPU runs under CPU autocast.
+
+Measuring choices, none of which changes training: one log per step (`logging_steps=1`) with the
+NaN filter off (`logging_nan_inf_filter=True`, the default, would replace a NaN loss in the log
+by the mean of the previous ones), no progress bar, a temporary output directory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from qlora_core.engines.common import (
+    LR_SCHEDULER,
+    MAX_GRAD_NORM,
+    NO_AUTOCAST,
+    WEIGHT_DECAY,
+    OnStep,
+    TrainStats,
+    check_batches,
+    optimizer_state_bytes,
+    synchronize,
+    total_steps,
+    trainable_parameters,
+)
+from qlora_core.measure import trainable_dtypes
+from qlora_core.spec import Case
+
+# Case.optimizer -> TrainingArguments.optim (transformers' names for the same optimizers).
+TRAINER_OPTIMS: dict[str, str] = {
+    "adamw": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+}
+
+
+def training_arguments(case: Case, device: str, output_dir: str) -> dict[str, Any]:
+    """The keyword arguments of `TrainingArguments` (and `SFTConfig`) for `case`."""
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": case.batch_size,
+        "gradient_accumulation_steps": case.grad_accum,
+        "gradient_checkpointing": case.gradient_checkpointing,
+        # Both always given: SFTConfig turns bf16 on when neither is set.
+        "fp16": case.compute_dtype == "fp16",
+        "bf16": case.compute_dtype == "bf16",
+        "optim": TRAINER_OPTIMS[case.optimizer],
+        "max_steps": total_steps(case),
+        "learning_rate": case.lr,
+        "lr_scheduler_type": LR_SCHEDULER,
+        "warmup_steps": case.warmup_steps,
+        "weight_decay": WEIGHT_DECAY,
+        "max_grad_norm": MAX_GRAD_NORM,
+        "seed": case.seed,
+        "use_cpu": device == "cpu",
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "report_to": "none",
+        "logging_steps": 1,
+        "logging_nan_inf_filter": False,
+        "disable_tqdm": True,
+    }
+
+
+def token_dataset(case: Case, batches: Sequence[torch.Tensor]) -> Any:
+    """The micro-batches as rows of a `datasets.IterableDataset`, in order.
+
+    Iterable, so that no sampler shuffles it: the trainers' dataloader re-forms exactly the same
+    micro-batches (`per_device_train_batch_size` rows each, every row `seq_len` ids). `labels`
+    equal `input_ids`, as in the loop; the model shifts them.
+    """
+    from datasets import Dataset
+
+    rows = [row.tolist() for ids in batches[: total_steps(case) * case.grad_accum] for row in ids]
+    return Dataset.from_dict({"input_ids": rows, "labels": rows}).to_iterable_dataset()
+
+
+def run_trainer(
+    model: torch.nn.Module,
+    case: Case,
+    batches: Sequence[torch.Tensor],
+    device: str,
+    on_step: OnStep | None = None,
+) -> TrainStats:
+    """Train `model` with `transformers.Trainer` on `batches`."""
+    from transformers import Trainer, TrainingArguments
+
+    check_batches(case, batches)
+    trainable_parameters(model)  # fail early, before the trainer is built
+    with tempfile.TemporaryDirectory(prefix="qlora-trainer-") as out:
+        recorder = StepRecorder("trainer", case, device, on_step)
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**training_arguments(case, device, out)),
+            train_dataset=token_dataset(case, batches),
+            callbacks=[recorder],
+        )
+        return _train(trainer, recorder)
+
+
+def run_sft(
+    model: torch.nn.Module,
+    case: Case,
+    batches: Sequence[torch.Tensor],
+    device: str,
+    on_step: OnStep | None = None,
+) -> TrainStats:
+    """Train `model` with TRL's `SFTTrainer` on `batches` (pre-tokenized, packing off)."""
+    from trl import SFTConfig, SFTTrainer
+
+    check_batches(case, batches)
+    trainable_parameters(model)
+    with tempfile.TemporaryDirectory(prefix="qlora-sft-") as out:
+        recorder = StepRecorder("sft", case, device, on_step)
+        # TRL's name for the sequence length (the lesson's `max_seq_length`; TRL 1.x says max_length).
+        config = SFTConfig(**training_arguments(case, device, out), max_length=case.seq_len, packing=False)
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=token_dataset(case, batches),
+            processing_class=pad_only_tokenizer(model),
+            callbacks=[recorder],
+        )
+        return _train(trainer, recorder)
+
+
+def pad_only_tokenizer(model: torch.nn.Module) -> Any:
+    """A tokenizer that knows one token, the model's pad (or eos) id.
+
+    SFTTrainer requires a tokenizer, and shapes have none. On pre-tokenized rows with labels, it
+    tokenizes nothing: it takes only the pad id, for a collator that pads nothing here (every row
+    is `seq_len` long), and writes it back to the model's config. Using the model's own id keeps
+    that config unchanged.
+    """
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    config = model.config
+    candidates = [config.pad_token_id, config.eos_token_id, 0]
+    pad_id = next(c for c in candidates if c is not None)
+    if isinstance(pad_id, list):
+        pad_id = pad_id[0]
+    pad = "<pad>"
+    tokenizer = Tokenizer(WordLevel({pad: int(pad_id)}, unk_token=pad))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad, eos_token=pad)
+
+
+def _train(trainer: Any, recorder: StepRecorder) -> TrainStats:
+    """Run `trainer.train()` and complete the statistics from what the trainer actually used."""
+    accelerator = trainer.accelerator
+    stats = recorder.stats
+    stats.autocast = accelerator.mixed_precision if accelerator.native_amp else NO_AUTOCAST
+    stats.grad_scaler = accelerator.scaler is not None
+    stats.scaler_skipped_steps = 0 if stats.grad_scaler else None
+    trainer.train()
+    if accelerator.scaler is not None:
+        stats.scaler_final_scale = float(accelerator.scaler.get_scale())
+    stats.optimizer_state_bytes = optimizer_state_bytes(trainer.optimizer)
+    stats.trained_dtypes = trainable_dtypes(trainer.model)
+    return stats
+
+
+class StepRecorder(TrainerCallback):
+    """Per optimizer step: synchronized wall time, loss, grad norm, scaler skip, NaN stop.
+
+    A step is timed from `on_step_begin` (its micro-batches already fetched) to `on_step_end`
+    (optimizer stepped, gradients zeroed), each after a device synchronization. Its loss and
+    gradient norm arrive in the log that follows; a non-finite step stops training there.
+    """
+
+    def __init__(self, engine: str, case: Case, device: str, on_step: OnStep | None) -> None:
+        self.case = case
+        self.device = device
+        self.on_step = on_step
+        self.stats = TrainStats(engine=engine, autocast=NO_AUTOCAST, grad_scaler=False)
+        self._start = 0.0
+        self._ended: tuple[int, float, bool] | None = None
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        synchronize(self.device)
+        elapsed_ms = (time.perf_counter() - self._start) * 1000.0
+        # accelerate's optimizer wrapper knows whether its scaler skipped this step.
+        skipped = bool(getattr(kwargs.get("optimizer"), "step_was_skipped", False))
+        self._ended = (state.global_step - 1, elapsed_ms, skipped)  # global_step already counts it
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not logs or "loss" not in logs or self._ended is None:
+            return  # the end-of-training summary, or a log of no step
+        step, elapsed_ms, skipped = self._ended
+        self._ended = None
+        if "grad_norm" not in logs:
+            raise RuntimeError(f"the trainer logged no grad_norm at step {step}: {sorted(logs)}")
+        measured = elapsed_ms if step >= self.case.warmup_steps else None
+        loss, grad_norm = float(logs["loss"]), float(logs["grad_norm"])
+        stop = self.stats.record_step(step, loss, grad_norm, measured, skipped)
+        if self.on_step is not None:
+            self.on_step(step, self.stats)
+        if stop:
+            control.should_training_stop = True

@@ -1,0 +1,143 @@
+"""The core loop, with mixed precision as training frameworks apply it.
+
+fp16/bf16 compute: the forward and the loss run under `torch.autocast` of the compute dtype, the
+backward outside it; fp16 adds a gradient scaler as `Trainer(fp16=True)` does (the loss scaled
+before backward, gradients unscaled before clipping, an overflowing step skipped and counted).
+fp32 compute: no autocast. The 16-bit LoRA reference runs the same way.
+
+Without autocast nobody trains QLoRA: after `prepare_model_for_kbit_training` the norms,
+embeddings and lm_head are fp32, peft's adapters are fp32 and `Linear4bit` returns the input's
+dtype, so everything but the 4-bit matmuls would run in fp32.
+
+On the CPU the loop does exactly what it does on CUDA: torch's CPU autocast supports bf16 and
+fp16 (torch 2.13: `torch.autocast("cpu", dtype=torch.float16)` casts matmuls to fp16) and
+`torch.amp.GradScaler("cpu")` scales, unscales and skips through the same kernels. (accelerate,
+and so Trainer, turns fp16 on the CPU into no autocast and no scaler: see `hf.py`.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+
+import torch
+
+from qlora_core.engines.common import (
+    LR_SCHEDULER,
+    MAX_GRAD_NORM,
+    NO_AUTOCAST,
+    WEIGHT_DECAY,
+    OnStep,
+    TrainStats,
+    check_batches,
+    is_nonfinite,
+    optimizer_state_bytes,
+    synchronize,
+    total_steps,
+    trainable_parameters,
+)
+from qlora_core.measure import trainable_dtypes
+from qlora_core.spec import Case
+
+_AUTOCAST_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
+GRAD_SCALER_INIT_SCALE = 2.0**16
+"""The fp16 scaler's first loss scale: torch's default, and so accelerate's and Trainer's."""
+
+
+def make_optimizer(model: torch.nn.Module, case: Case) -> torch.optim.Optimizer:
+    """The case's optimizer over the trainable parameters, with the engines' shared settings."""
+    params = trainable_parameters(model)
+    if case.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=case.lr, weight_decay=WEIGHT_DECAY)
+    import bitsandbytes as bnb
+
+    if case.optimizer == "adamw_8bit":
+        return bnb.optim.AdamW8bit(params, lr=case.lr, weight_decay=WEIGHT_DECAY)
+    if case.optimizer == "paged_adamw_8bit":
+        return bnb.optim.PagedAdamW8bit(params, lr=case.lr, weight_decay=WEIGHT_DECAY)
+    raise ValueError(f"optimizer={case.optimizer!r} is not one of adamw, adamw_8bit, paged_adamw_8bit")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, case: Case) -> torch.optim.lr_scheduler.LRScheduler:
+    """transformers' own warm-up schedule, the one the trainer engines get from `LR_SCHEDULER`."""
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        LR_SCHEDULER,
+        optimizer=optimizer,
+        num_warmup_steps=case.warmup_steps,
+        num_training_steps=total_steps(case),
+    )
+
+
+def run_loop(
+    model: torch.nn.Module,
+    case: Case,
+    batches: Sequence[torch.Tensor],
+    device: str,
+    on_step: OnStep | None = None,
+) -> TrainStats:
+    """Train `model` for warm-up + measured steps over `batches` in the core loop."""
+    check_batches(case, batches)
+    # from_pretrained returns eval mode; transformers applies checkpointing only in training.
+    model.train()
+    params = trainable_parameters(model)
+    optimizer = make_optimizer(model, case)
+    scheduler = make_scheduler(optimizer, case)
+    autocast_dtype = _AUTOCAST_DTYPES.get(case.compute_dtype)
+    scaler = None
+    if case.compute_dtype == "fp16":
+        scaler = torch.amp.GradScaler(device, init_scale=GRAD_SCALER_INIT_SCALE)
+    stats = TrainStats(
+        engine="loop",
+        autocast=case.compute_dtype if autocast_dtype is not None else NO_AUTOCAST,
+        grad_scaler=scaler is not None,
+        scaler_skipped_steps=0 if scaler is not None else None,
+    )
+    for step in range(total_steps(case)):
+        synchronize(device)
+        start = time.perf_counter()
+        step_loss = torch.zeros((), device=device)
+        for micro in range(case.grad_accum):
+            ids = batches[step * case.grad_accum + micro].to(device, non_blocking=True)
+            with _autocast(device, autocast_dtype):
+                loss = model(input_ids=ids, labels=ids).loss / case.grad_accum
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            step_loss += loss.detach().float()
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip (and measure) the true gradients, not the scaled ones
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm=MAX_GRAD_NORM))
+        loss_value = float(step_loss)
+        skipped = False
+        if scaler is not None:
+            # Stepped even after a non-finite loss, as Trainer does: the scaler skips and counts it.
+            scale_before = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            # The scaler lowers its scale exactly when it skipped the step (as accelerate tells).
+            skipped = scaler.get_scale() < scale_before
+        elif not is_nonfinite(loss_value, grad_norm, grad_scaler=False):
+            optimizer.step()
+        if not skipped:
+            scheduler.step()  # as Trainer: a skipped step does not advance the schedule
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        measured = elapsed_ms if step >= case.warmup_steps else None
+        stop = stats.record_step(step, loss_value, grad_norm, measured, skipped)
+        if on_step is not None:
+            on_step(step, stats)
+        if stop:
+            break
+    if scaler is not None:
+        stats.scaler_final_scale = float(scaler.get_scale())
+    stats.optimizer_state_bytes = optimizer_state_bytes(optimizer)
+    stats.trained_dtypes = trainable_dtypes(model)
+    return stats
+
+
+def _autocast(device: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=dtype)

@@ -1,0 +1,206 @@
+"""The training engines on the CPU, for real: the tiny shape in NF4 + double quant through
+bitsandbytes' CPU kernels, LoRA from peft, bf16 under CPU autocast; loop, Trainer, SFTTrainer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qlora_core import load, models
+from qlora_core.data import synthetic_batches
+from qlora_core.engines import TrainStats, run_training
+from qlora_core.engines import loop as loop_engine
+from qlora_core.engines.common import LR_SCHEDULER, MAX_GRAD_NORM, WEIGHT_DECAY, check_batches
+from qlora_core.engines.hf import TRAINER_OPTIMS, training_arguments
+from qlora_core.result import RESULT_FIELDS
+from qlora_core.spec import ENGINES, OPTIMIZERS, Case
+
+# A high learning rate on one repeated micro-batch: the loss must fall within a few steps.
+BASE = Case("tiny", batch_size=2, seq_len=64, lr=5e-3, warmup_steps=1, measured_steps=5)
+# r=16 on the seven projections of the tiny shape's 2 layers (test_runner counts it by hand).
+TINY_LORA_PARAMS = 2 * 16 * ((128 + 128) + 2 * (128 + 64) + (128 + 128) + 2 * (128 + 384) + (384 + 128))
+MIXED_PRECISION_FIELDS = ("autocast", "grad_scaler", "scaler_skipped_steps", "scaler_final_scale")
+
+
+def trained_model(case: Case, device: str = "cpu") -> torch.nn.Module:
+    """Load, prepare and add LoRA as the runner's child does; same seed, same adapters."""
+    resolved = models.resolve_model(case.model, device=device)
+    torch.manual_seed(case.seed)
+    model = load.load_model(case, resolved.path, device)
+    return load.add_lora(load.prepare(model, case), case)
+
+
+def repeated_batches(case: Case) -> list[torch.Tensor]:
+    vocab = models.SHAPES[case.model].vocab_size
+    one = synthetic_batches(vocab, case.batch_size, case.seq_len, 1, case.seed)[0]
+    return [one.clone() for _ in range((case.warmup_steps + case.measured_steps) * case.grad_accum)]
+
+
+class _Calls(list):
+    def append_step(self, step: int, stats: TrainStats) -> None:
+        assert len(stats.losses) == step + 1  # called after the step is recorded
+        self.append(step)
+
+
+def run(case: Case, device: str = "cpu") -> tuple[TrainStats, list[int]]:
+    calls = _Calls()
+    model = trained_model(case, device)
+    stats = run_training(model, case, repeated_batches(case), device, calls.append_step)
+    return stats, calls
+
+
+@pytest.fixture(scope="module")
+def bf16_runs() -> dict[str, tuple[TrainStats, list[int]]]:
+    return {engine: run(BASE.replace(engine=engine)) for engine in ENGINES}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_trains_and_measures_every_step(bf16_runs, engine):
+    stats, calls = bf16_runs[engine]
+    steps = BASE.warmup_steps + BASE.measured_steps
+    assert stats.engine == engine
+    assert calls == list(range(steps))
+    assert len(stats.losses) == len(stats.grad_norms) == steps
+    assert len(stats.step_ms) == BASE.measured_steps and all(ms > 0 for ms in stats.step_ms)
+    assert all(math.isfinite(x) for x in stats.losses + stats.grad_norms)
+    assert stats.first_nonfinite_step is None
+    assert stats.losses[-1] < stats.losses[0] - 0.1, stats.losses  # it learns the repeated batch
+    # bf16 runs under CPU autocast on every engine; no scaler without fp16.
+    assert (stats.autocast, stats.grad_scaler) == ("bf16", False)
+    assert stats.scaler_skipped_steps is None and stats.scaler_final_scale is None
+    # AdamW keeps two moments per trainable value, in the trainable dtype.
+    element = 2 if stats.trained_dtypes == "bfloat16" else 4
+    assert stats.optimizer_state_bytes >= 2 * element * TINY_LORA_PARAMS
+
+
+@pytest.mark.slow
+def test_engines_fill_the_same_fields_under_result_names(bf16_runs):
+    filled = {
+        engine: {k for k, v in stats.result_fields().items() if v not in (None, "", [])}
+        for engine, (stats, _) in bf16_runs.items()
+    }
+    assert filled["loop"] == filled["trainer"] == filled["sft"]
+    assert set(bf16_runs["loop"][0].result_fields()) <= set(RESULT_FIELDS)
+    assert set(MIXED_PRECISION_FIELDS) <= set(RESULT_FIELDS)
+
+
+@pytest.mark.slow
+def test_engines_see_the_same_batches_and_train_alike(bf16_runs):
+    loop, trainer, sft = (bf16_runs[e][0] for e in ("loop", "trainer", "sft"))
+    # Step 0 is the same forward on the same weights and batch, whichever engine.
+    assert trainer.losses[0] == pytest.approx(loop.losses[0], rel=1e-4)
+    assert sft.losses[0] == pytest.approx(loop.losses[0], rel=1e-4)
+    # Same clipping, decay, schedule and precision: Trainer follows the loop step for step.
+    assert trainer.losses == pytest.approx(loop.losses, rel=1e-3)
+    assert trainer.grad_norms == pytest.approx(loop.grad_norms, rel=1e-2)
+    # SFTTrainer casts QLoRA adapters to bf16 (its loss goes through its fused LM head).
+    assert (loop.trained_dtypes, trainer.trained_dtypes, sft.trained_dtypes) == (
+        "float32",
+        "float32",
+        "bfloat16",
+    )
+    assert sft.losses == pytest.approx(loop.losses, rel=2e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_huge_learning_rate_is_recorded_as_nan_with_its_step(engine):
+    case = BASE.replace(engine=engine, compute_dtype="fp16", lr=1e5, warmup_steps=0, measured_steps=4)
+    stats, _ = run(case)
+    assert stats.first_nonfinite_step is not None
+    assert len(stats.losses) == stats.first_nonfinite_step + 1  # training stopped there
+    assert math.isnan(stats.losses[-1])  # the loss itself, not only the gradient norm
+    assert all(math.isfinite(x) for x in stats.losses[:-1])
+    if engine == "loop":
+        # The loop scales fp16 on the CPU too; the scaler skips the NaN step but does not hide it.
+        assert (stats.autocast, stats.grad_scaler) == ("fp16", True)
+        assert stats.scaler_skipped_steps == 1
+        assert stats.scaler_final_scale == loop_engine.GRAD_SCALER_INIT_SCALE / 2
+    else:
+        # accelerate gives fp16 neither autocast nor a scaler on the CPU.
+        assert (stats.autocast, stats.grad_scaler, stats.scaler_skipped_steps) == ("none", False, None)
+
+
+@pytest.mark.slow
+def test_the_fp16_scaler_skips_overflowing_steps_and_counts_them(monkeypatch):
+    # From a loss scale of 2**30 the scaled gradients overflow fp16 until the scaler has halved
+    # its way down: those steps are skipped and counted, and the loss stays finite throughout.
+    monkeypatch.setattr(loop_engine, "GRAD_SCALER_INIT_SCALE", 2.0**30)
+    case = BASE.replace(compute_dtype="fp16", warmup_steps=0, measured_steps=16)
+    stats, _ = run(case)
+    assert stats.first_nonfinite_step is None
+    assert len(stats.losses) == 16 and all(math.isfinite(x) for x in stats.losses)
+    skipped = stats.scaler_skipped_steps
+    assert 1 <= skipped < 16
+    assert stats.scaler_final_scale == 2.0**30 / 2**skipped  # halved once per skip, never grown
+    # The skipped steps are the ones whose (unscaled) gradients overflowed, the first among them.
+    overflowed = [i for i, g in enumerate(stats.grad_norms) if not math.isfinite(g)]
+    assert len(overflowed) == skipped and overflowed[0] == 0
+    # A skipped step changes nothing: the next loss on the repeated batch is the same.
+    for i in overflowed[:-1]:
+        assert stats.losses[i + 1] == pytest.approx(stats.losses[i], rel=1e-6)
+    assert stats.losses[-1] < stats.losses[0]
+
+
+@pytest.mark.slow
+def test_the_loop_under_autocast_is_close_to_the_loop_in_fp32():
+    autocast, _ = run(BASE)
+    full, _ = run(BASE.replace(compute_dtype="fp32"))
+    assert (autocast.autocast, full.autocast) == ("bf16", "none")
+    assert autocast.losses == pytest.approx(full.losses, rel=1e-2)
+    assert autocast.losses != full.losses  # bf16 matmuls did run: not the same arithmetic
+
+
+def test_trainer_arguments_are_the_readers_with_the_loops_settings(tmp_path):
+    from transformers import TrainingArguments
+    from trl import SFTConfig
+
+    # The shared settings equal what TrainingArguments gives a reader who leaves them unset.
+    defaults = TrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert (defaults.max_grad_norm, defaults.weight_decay) == (MAX_GRAD_NORM, WEIGHT_DECAY)
+    assert set(TRAINER_OPTIMS) == set(OPTIMIZERS)
+    case = Case(
+        "tiny", compute_dtype="fp32", batch_size=4, seq_len=2048, grad_accum=2, optimizer="adamw_8bit"
+    )
+    kwargs = training_arguments(case, "cpu", str(tmp_path))
+    for optim in TRAINER_OPTIMS.values():
+        TrainingArguments(**{**kwargs, "optim": optim})  # a name transformers knows
+    config = SFTConfig(**kwargs, max_length=case.seq_len, packing=False)
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (4, 2)
+    assert config.max_length == 2048 and not config.packing
+    assert not config.bf16 and not config.fp16  # fp32 stays fp32 (SFTConfig defaults bf16 on)
+    assert config.optim == "adamw_bnb_8bit" and config.max_steps == 12
+    assert (config.lr_scheduler_type, config.warmup_steps) == (LR_SCHEDULER, case.warmup_steps)
+    assert config.gradient_checkpointing and not config.logging_nan_inf_filter
+
+
+def test_too_few_or_misshapen_batches_fail_before_training():
+    case = BASE.replace(grad_accum=2)
+    good = synthetic_batches(1024, 2, 64, 12, 0)
+    check_batches(case, good)
+    with pytest.raises(ValueError, match="needs 12 micro-batches, got 11"):
+        check_batches(case, good[:11])
+    with pytest.raises(ValueError, match=r"not of shape \(2, 64\)"):
+        check_batches(case, [*good[:5], good[5][:, :32], *good[6:]])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fp16_on_a_gpu_runs_under_autocast_with_a_scaler(gpu_required, engine):
+    stats, _ = run(BASE.replace(engine=engine, compute_dtype="fp16"), "cuda")
+    assert (stats.autocast, stats.grad_scaler) == ("fp16", True)
+    assert stats.scaler_skipped_steps is not None and stats.scaler_final_scale is not None
+    assert stats.scaler_final_scale == 2.0**16 / 2**stats.scaler_skipped_steps
+    assert all(math.isfinite(x) for x in stats.losses) and stats.losses[-1] < stats.losses[0]
+    assert len(stats.step_ms) == BASE.measured_steps
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bf16_on_a_gpu_runs_under_autocast(gpu_required, engine):
+    stats, _ = run(BASE.replace(engine=engine), "cuda")
+    assert (stats.autocast, stats.grad_scaler) == ("bf16", False)
+    assert all(math.isfinite(x) for x in stats.losses) and stats.losses[-1] < stats.losses[0]
