@@ -163,7 +163,8 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     import torch
 
     from qlora_core import data as data_mod
-    from qlora_core import load, measure, quality, train
+    from qlora_core import load, measure, quality
+    from qlora_core.engines import TrainStats, run_training
     from qlora_core.models.resolve import resolve_model
 
     for key, value in environment_fields().items():
@@ -217,20 +218,19 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
         measure.reset_cuda_peaks()
     r.tokens_per_step = case.tokens_per_step
 
-    def on_step(step: int, stats: train.TrainStats) -> None:
+    def on_step(step: int, stats: TrainStats) -> None:
         r.losses, r.grad_norms, r.step_ms = stats.losses, stats.grad_norms, stats.step_ms
 
-    stats = train.train(model, case, batches, device, on_step=on_step)
+    stats = run_training(model, case, batches, device, on_step=on_step)
     if device == "cuda":
         r.peak_alloc_gib, r.peak_reserved_gib = measure.cuda_peaks()
     if sampler is not None:
         r.nvml_peak_gib = sampler.stop()
     r.cpu_peak_rss_gib = measure.peak_rss_gib()
-    r.losses, r.grad_norms, r.step_ms = stats.losses, stats.grad_norms, stats.step_ms
+    for name, value in stats.result_fields().items():
+        setattr(r, name, value)
     r.first_loss = stats.losses[0] if stats.losses else None
     r.final_loss = stats.losses[-1] if stats.losses else None
-    r.first_nonfinite_step = stats.first_nonfinite_step
-    r.optimizer_state_bytes = stats.optimizer_state_bytes
     summarize_steps(r)
     if stats.diverged:
         return Status.NAN, f"non-finite loss or gradient norm at step {stats.first_nonfinite_step}"

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -96,6 +97,26 @@ class ShapeSpec:
         # Qwen2 has q/k/v biases built into its attention class; no config flag is needed.
         classes = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
         return classes[self.arch](**self.config_kwargs())
+
+    def lora_params(self, r: int, modules: Sequence[str]) -> int:
+        """Parameters LoRA of rank `r` adds on `modules` (Llama-style projection names): r x (in +
+        out) for each projection of each decoder layer. The one LoRA count of the project."""
+        head_dim = self.head_dim or self.hidden_size // self.num_heads
+        hidden, inter = self.hidden_size, self.intermediate_size
+        q, kv = self.num_heads * head_dim, self.num_kv_heads * head_dim
+        dims = {
+            "q_proj": (hidden, q),
+            "k_proj": (hidden, kv),
+            "v_proj": (hidden, kv),
+            "o_proj": (q, hidden),
+            "gate_proj": (hidden, inter),
+            "up_proj": (hidden, inter),
+            "down_proj": (inter, hidden),
+        }
+        unknown = sorted(set(modules) - set(dims))
+        if unknown:
+            raise ValueError(f"no LoRA count for modules {unknown}; known: {sorted(dims)}")
+        return self.num_layers * sum(r * (dims[m][0] + dims[m][1]) for m in modules)
 
     @property
     def config_hash(self) -> str:

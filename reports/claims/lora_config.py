@@ -31,22 +31,8 @@ _MODULE_SETS: tuple[tuple[str, ...], ...] = (
 
 
 def lora_param_count(shape: str, r: int, modules: Sequence[str]) -> int:
-    """Parameters LoRA of rank r adds on `modules` of a shape of `qlora_core.models.SHAPES`:
-    r x (in + out) per projection and layer."""
-    spec = SHAPES[shape]
-    head_dim = spec.head_dim or spec.hidden_size // spec.num_heads
-    hidden, inter = spec.hidden_size, spec.intermediate_size
-    q, kv = spec.num_heads * head_dim, spec.num_kv_heads * head_dim
-    dims = {
-        "q_proj": (hidden, q),
-        "k_proj": (hidden, kv),
-        "v_proj": (hidden, kv),
-        "o_proj": (q, hidden),
-        "gate_proj": (hidden, inter),
-        "up_proj": (hidden, inter),
-        "down_proj": (inter, hidden),
-    }
-    return spec.num_layers * sum(r * (dims[m][0] + dims[m][1]) for m in modules)
+    """Parameters LoRA of rank r adds on `modules` of a shape of `qlora_core.models.SHAPES`."""
+    return SHAPES[shape].lora_params(r, modules)
 
 
 def configs_giving(count: int) -> list[str]:

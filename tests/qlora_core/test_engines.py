@@ -14,19 +14,19 @@ from qlora_core.engines import TrainStats, run_training
 from qlora_core.engines import loop as loop_engine
 from qlora_core.engines.common import LR_SCHEDULER, MAX_GRAD_NORM, WEIGHT_DECAY, check_batches
 from qlora_core.engines.hf import TRAINER_OPTIMS, training_arguments
+from qlora_core.models.resolve import resolve_model
 from qlora_core.result import RESULT_FIELDS
-from qlora_core.spec import ENGINES, OPTIMIZERS, Case
+from qlora_core.spec import ENGINES, LESSON_TARGET_MODULES, OPTIMIZERS, Case
 
 # A high learning rate on one repeated micro-batch: the loss must fall within a few steps.
 BASE = Case("tiny", batch_size=2, seq_len=64, lr=5e-3, warmup_steps=1, measured_steps=5)
-# r=16 on the seven projections of the tiny shape's 2 layers (test_runner counts it by hand).
-TINY_LORA_PARAMS = 2 * 16 * ((128 + 128) + 2 * (128 + 64) + (128 + 128) + 2 * (128 + 384) + (384 + 128))
+TINY_LORA_PARAMS = models.SHAPES["tiny"].lora_params(16, LESSON_TARGET_MODULES)
 MIXED_PRECISION_FIELDS = ("autocast", "grad_scaler", "scaler_skipped_steps", "scaler_final_scale")
 
 
 def trained_model(case: Case, device: str = "cpu") -> torch.nn.Module:
     """Load, prepare and add LoRA as the runner's child does; same seed, same adapters."""
-    resolved = models.resolve_model(case.model, device=device)
+    resolved = resolve_model(case.model, device=device)
     torch.manual_seed(case.seed)
     model = load.load_model(case, resolved.path, device)
     return load.add_lora(load.prepare(model, case), case)

@@ -14,21 +14,12 @@ import torch
 from qlora_core.measure import quant_state_bytes
 from qlora_core.models import REAL_MODEL, SHAPES
 from qlora_core.runner import RunOptions, run_case
-from qlora_core.spec import Case
+from qlora_core.spec import LESSON_TARGET_MODULES, Case
 
 CPU = RunOptions(profile="cpu", timeout_s=600)
 # bitsandbytes' layout: per 64-weight block an fp32 absmax (0.5 bit/param); with double
 # quantization an 8-bit absmax (0.125) plus an fp32 absmax per 256 blocks (32/16384).
 DQ_SAVING_BITS = 32 / 64 - (8 / 64 + 32 / (64 * 256))
-
-
-def lora_trainable_by_hand(shape_name: str, r: int = 16) -> int:
-    """LoRA parameters of r on the seven projections, from the shape's dimensions."""
-    s = SHAPES[shape_name]
-    head_dim = s.head_dim or s.hidden_size // s.num_heads
-    h, i, q, kv = s.hidden_size, s.intermediate_size, s.num_heads * head_dim, s.num_kv_heads * head_dim
-    per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)
-    return s.num_layers * r * per_layer
 
 
 def dq_saving_bits(rows: int, cols: int) -> float:
@@ -67,7 +58,7 @@ def test_tiny_runs_ok_with_real_numbers(tiny_pair):
     dq, _ = tiny_pair
     assert dq.status == "ok", dq.reason
     assert dq.device == "cpu" and dq.torch_version and dq.bitsandbytes_version
-    assert dq.trainable_params == lora_trainable_by_hand("tiny")
+    assert dq.trainable_params == SHAPES["tiny"].lora_params(16, LESSON_TARGET_MODULES)
     assert dq.trainable_dtypes == "float32"  # peft autocasts adapters to fp32 by default
     assert dq.trainable_bytes == 4 * dq.trainable_params
     assert dq.optimizer_state_bytes == 2 * dq.trainable_bytes + 4 * 28  # AdamW: 2 moments + steps
@@ -111,7 +102,7 @@ def test_real_model_nf4_dq_trains_on_real_text(tmp_path):
     nodq = run_case(case.replace(double_quant=False, measured_steps=1), CPU, tmp_path / "nodq.json")
     assert dq.status == "ok", dq.reason
     assert nodq.status == "ok", nodq.reason
-    assert dq.trainable_params == lora_trainable_by_hand("smollm2-135m") == 4_884_480
+    assert dq.trainable_params == SHAPES["smollm2-135m"].lora_params(16, LESSON_TARGET_MODULES) == 4_884_480
     assert len(dq.losses) == 20 and all(math.isfinite(x) for x in dq.losses)
     assert sum(dq.losses[-5:]) < sum(dq.losses[:5]), dq.losses  # training loss falls
     assert dq.ppl_after < dq.ppl_before  # and so does held-out perplexity
