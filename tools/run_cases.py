@@ -1,0 +1,77 @@
+"""Run a hand-picked list of cases, outside the matrix, into a run folder the reports can read.
+
+For a measurement the matrix does not plan (an engine comparison at one point, a repro of one
+case): each case runs in its own child exactly as `pytest bench` runs it, its row is appended to
+`OUT/results.jsonl` as soon as it finishes (nothing measured is lost if the command is killed),
+and `python -m reports render OUT` works on the folder.
+
+    python -u tools/run_cases.py --gpu h200 --out runs/engines \\
+        --case model=llama-3.1-8b,batch_size=4,seq_len=2048,engine=loop \\
+        --case model=llama-3.1-8b,batch_size=4,seq_len=2048,engine=trainer
+
+A field's value is read as JSON when it parses (4, true, 2e-4), else as a string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qlora_core.result import Result  # noqa: E402  (after the repo is on the path)
+from qlora_core.runner import DEFAULT_TIMEOUT_S, RunOptions, run_case  # noqa: E402
+from qlora_core.spec import Case, CaseError  # noqa: E402
+
+
+def parse_case(text: str) -> Case:
+    """`field=value,field=value` -> a validated Case (every problem named at once)."""
+    fields: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise CaseError([f"{item!r} is not FIELD=VALUE"])
+        try:
+            fields[key.strip()] = json.loads(raw)
+        except ValueError:
+            fields[key.strip()] = raw
+    return Case.from_dict(fields)
+
+
+def summary(result: Result) -> str:
+    speed = f"{result.tokens_per_s:,.0f} tok/s" if result.tokens_per_s else "-"
+    peak = f"peak {result.peak_alloc_gib:.2f} GiB" if result.peak_alloc_gib else ""
+    return f"{result.case_id}: {result.status} {speed} {peak} {result.reason[:200]}".rstrip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", default="cpu", metavar="PROFILE", help="GPU profile. Default: cpu.")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="the run folder")
+    parser.add_argument("--case", action="append", required=True, metavar="FIELDS", help="repeatable")
+    parser.add_argument("--case-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
+    args = parser.parse_args(argv)
+    try:
+        cases = [parse_case(text) for text in args.case]
+    except CaseError as error:
+        print(f"run_cases: {error}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = shlex.join([sys.executable, *sys.argv])
+    (args.out / "environment.json").write_text(json.dumps({"commands": [command]}, indent=2) + "\n")
+    cases_dir = args.out / "cases"
+    for case in cases:
+        options = RunOptions(profile=args.gpu, timeout_s=args.case_timeout, families="hand-picked")
+        result = run_case(case, options, cases_dir / f"{case.hash}.json")
+        with (args.out / "results.jsonl").open("a") as f:
+            f.write(result.to_json() + "\n")
+        print(summary(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
