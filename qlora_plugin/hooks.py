@@ -1,20 +1,25 @@
-"""The matrix as pytest tests: one test per case, ids are `<profile>-<case id>`.
+"""The matrix as pytest tests: parametrization, ordering, fixtures, and the end of the session.
 
 Each `bench/test_<family>.py` module declares `FAMILY`; every planned case is tested by exactly
-one module (`module_for`), even when it serves several families. Claims and the release gate
-read the whole run, so their modules are ordered after every case.
+one module (`module_for`), even when it serves several families; test ids are
+`<profile>-<case id>`. Kernel timings, claims and the release gate read the whole run, so their
+modules are ordered after every case. At the end the run's tables and reports are written from
+the stored results; a report that cannot be written fails the session (the results stay).
 """
 
 from __future__ import annotations
 
+import traceback
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
 from qlora_core.matrix import PlannedCase, build_matrix
 from qlora_core.result import Result
+from qlora_plugin.options import bench_options
+from qlora_plugin.session import BenchSession, ResultNotStoredError, RunFolderInUseError
 from reports.frame import RunData
-from reports.session import BenchOptions, BenchSession
 
 # Which module tests a case: the first of its families found here, in this order.
 _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
@@ -30,14 +35,18 @@ _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
     ("reference", "memory"),
 )
 # Kernel timings run in this process and create a CUDA context, which NVML would count in
-# every later case: they go after the cases.
+# every later case: they go after the cases. Claims and the gate read every case.
 _LAST_MODULES = ("test_kernels.py", "test_claims.py", "test_gate.py")
 # Outcomes that are findings about the case (recorded, reported) rather than suite failures.
 EXPECTED_FAILURE_STATUSES = frozenset({"oom", "nan"})
 _SESSION_KEY = pytest.StashKey[BenchSession]()
+_MATRIX_KEY = pytest.StashKey[list[PlannedCase]]()
+_REPORT_ERROR_KEY = pytest.StashKey[str]()
+_VERDICTS_KEY = pytest.StashKey[Counter]()
 
 
 def module_for(planned: PlannedCase) -> str:
+    """The family module (`bench/test_<family>.py`) that tests this case."""
     tags = [t.split(":")[0] for t in planned.families]
     for family, module in _MODULE_BY_FAMILY:
         if family in tags:
@@ -45,24 +54,19 @@ def module_for(planned: PlannedCase) -> str:
     raise ValueError(f"case {planned.case.id} has no family a bench module tests: {planned.families}")
 
 
-def _options(config: pytest.Config) -> BenchOptions:
-    return config.qlora_options  # type: ignore[attr-defined]
-
-
 def planned_cases(config: pytest.Config) -> list[PlannedCase]:
-    cached = getattr(config, "_qlora_matrix", None)
-    if cached is None:
-        options = _options(config)
-        cached = build_matrix(options.profile, options.matrix, options.models or None)
-        config._qlora_matrix = cached  # type: ignore[attr-defined]
-    return cached
+    """The session's matrix, built once from the options."""
+    if _MATRIX_KEY not in config.stash:
+        options = bench_options(config)
+        config.stash[_MATRIX_KEY] = build_matrix(options.profile, options.matrix, options.models or None)
+    return config.stash[_MATRIX_KEY]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "planned_case" not in metafunc.fixturenames:
         return
     family = metafunc.module.FAMILY
-    profile = _options(metafunc.config).profile.name
+    profile = bench_options(metafunc.config).profile.name
     cases = [p for p in planned_cases(metafunc.config) if module_for(p) == family]
     metafunc.parametrize(
         "planned_case", cases, ids=[f"{profile}-{p.case.id}" for p in cases], scope="function"
@@ -70,16 +74,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Cases first, in matrix order per module; then claims, then the gate.
+    # Bench cases first, in matrix order per module; then kernels, claims, the gate. Other tests
+    # (a `pytest tests bench` call) keep their place: the sort is stable.
     def key(item: pytest.Item) -> int:
         name = item.path.name
-        return _LAST_MODULES.index(name) + 1 if name in _LAST_MODULES else 0
+        is_bench = "bench_session" in getattr(item, "fixturenames", ())
+        return _LAST_MODULES.index(name) + 1 if is_bench and name in _LAST_MODULES else 0
 
     items.sort(key=key)
 
 
 @pytest.fixture(scope="session")
 def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
+    """The session's run folder and results, opened at the first bench test."""
     config = request.config
     reporter = config.pluginmanager.get_plugin("terminalreporter")
 
@@ -90,7 +97,10 @@ def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
         else:
             print(line)
 
-    session = BenchSession.open(_options(config), write_line)
+    try:
+        session = BenchSession.open(bench_options(config), write_line)
+    except RunFolderInUseError as exc:
+        pytest.exit(f"qlora-bench: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     session.planned = planned_cases(config)
     config.stash[_SESSION_KEY] = session
     write_line(f"qlora-bench: run folder {session.run_dir}")
@@ -113,46 +123,41 @@ def check_outcome(result: Result) -> None:
 
 
 @pytest.fixture
-def case_result(planned_case: PlannedCase, bench_session: BenchSession) -> Result:
+def case_result(
+    planned_case: PlannedCase, bench_session: BenchSession, request: pytest.FixtureRequest
+) -> Result:
     """Run this test's case (or reuse it on --resume); OOM/NaN xfail, failures fail."""
-    result = bench_session.run(planned_case)
+    try:
+        result = bench_session.run(planned_case)
+    except ResultNotStoredError as exc:
+        # A full disk fails every later case too: stop here, with the message, after this test.
+        request.session.shouldstop = f"qlora-bench: results can no longer be stored: {exc}"
+        raise
     check_outcome(result)
     return result
 
 
-def assert_memory_measured(result: Result) -> None:
-    """Every stage's memory and the training peak were measured, and are consistent."""
-    if result.device == "cuda":
-        for name in (
-            "load_alloc_gib",
-            "lora_alloc_gib",
-            "peak_alloc_gib",
-            "peak_reserved_gib",
-            "nvml_peak_gib",
-        ):
-            assert getattr(result, name) is not None, f"{name} not measured"
-        assert result.peak_alloc_gib >= result.lora_alloc_gib * 0.999
-        assert result.peak_reserved_gib >= result.peak_alloc_gib
-        assert result.nvml_peak_gib >= result.peak_reserved_gib * 0.99
-    else:
-        assert result.cpu_peak_rss_gib and result.cpu_peak_rss_gib > 0
-    assert result.weight_bytes and result.weight_bytes > 0
-    if result.case["quant_type"] != "none":
-        assert result.quant_stats_bytes and result.quant_stats_bytes > 0
-        assert result.quantized_params and result.quantized_params > 0
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    bench = session.config.stash.get(_SESSION_KEY, None)
+    config = session.config
+    bench = config.stash.get(_SESSION_KEY, None)
     if bench is None:
         return
-    bench.finish()
     try:
+        bench.finish()
+        # Imported here: rendering pulls in matplotlib and the claims, which `pytest tests` and
+        # option errors never need. An import error is a report failure like any other.
+        from reports.claims import evaluate_all
         from reports.render import render_run
-    except ImportError:
-        return
-    # Reports are re-rendered from the stored results, exactly as `python -m reports render`.
-    render_run(bench.run_dir)
+
+        # Reports are re-rendered from the stored results, exactly as `python -m reports render`.
+        render_run(bench.run_dir)
+        config.stash[_VERDICTS_KEY] = Counter(e.verdict.value for _, e in evaluate_all(bench.load()))
+    except Exception:
+        config.stash[_REPORT_ERROR_KEY] = traceback.format_exc()
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    finally:
+        bench.close()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -162,12 +167,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.section("qlora-bench")
     for line in bench.summary_lines():
         terminalreporter.write_line(line)
-    claims_md = bench.run_dir / "claims.md"
-    if claims_md.exists():
-        from collections import Counter
-
-        from reports.claims import evaluate_all
-
-        verdicts = Counter(e.verdict.value for _, e in evaluate_all(bench.load()))
+    verdicts = config.stash.get(_VERDICTS_KEY, None)
+    if verdicts is not None:
         counts = ", ".join(f"{n} {v}" for v, n in verdicts.most_common())
-        terminalreporter.write_line(f"  claims: {counts} ({claims_md})")
+        terminalreporter.write_line(f"  claims: {counts} ({bench.run_dir / 'claims.md'})")
+    error = config.stash.get(_REPORT_ERROR_KEY, None)
+    if error is not None:
+        terminalreporter.write_line(
+            f"qlora-bench: REPORTS NOT WRITTEN, the session fails. Every result is kept in"
+            f" {bench.run_dir}; after fixing the cause, the same command with --resume"
+            f" {bench.run_dir} writes them (finished cases are reused, not rerun).",
+            red=True,
+            bold=True,
+        )
+        terminalreporter.write_line(error.rstrip(), red=True)

@@ -7,7 +7,9 @@ import pytest
 from qlora_core.gpus import get_profile
 from qlora_core.matrix import PlannedCase
 from qlora_core.spec import Case, CaseError
-from reports.session import BenchOptions, BenchSession, parse_force
+from qlora_plugin.options import BenchOptions, parse_force
+from qlora_plugin.session import BenchSession
+from reports.thresholds import Thresholds
 
 
 def test_parse_force_types_values_like_the_case_fields():
@@ -35,7 +37,7 @@ def test_forced_case_runs_changed_but_keeps_the_matrix_identity(tmp_path):
         case_timeout_s=60,
         baseline=None,
         save_baseline=None,
-        thresholds=None,
+        thresholds=Thresholds(),
         force=parse_force(["prepare_kbit=true"]),
         command_line="pytest bench --force prepare_kbit=true",
     )
