@@ -62,3 +62,32 @@ def test_gate_command_reads_threshold_options(build, synthetic_run_dir, tmp_path
     capsys.readouterr()
     assert main([*args, "--tokens-per-s-drop-pct", "-5"]) == EXIT_USAGE
     assert "tokens_per_s_drop_pct=-5.0 must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_pyproject_values_are_read_and_unknown_keys_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "pyproject.toml"
+    path.write_text("[tool.qlora-bench]\ntokens_per_s_drop_pct = 10\nmemory_rise_pct = 1.5\n")
+    assert Thresholds.from_pyproject(path) == Thresholds(tokens_per_s_drop_pct=10.0, memory_rise_pct=1.5)
+    path.write_text("[tool.qlora-bench]\ntokens_drop = 5.0\n")
+    with pytest.raises(ValueError, match=r"tokens_drop.*allowed keys.*tokens_per_s_drop_pct"):
+        Thresholds.from_pyproject(path)
+    path.write_text("[tool.qlora-bench]\nmemory_rise_pct = -1\n")
+    with pytest.raises(ValueError, match=r"memory_rise_pct=-1\.0 must be a finite number >= 0"):
+        Thresholds.from_pyproject(path)
+
+
+def test_defaults_without_a_file_or_a_table(tmp_path: Path) -> None:
+    assert Thresholds.from_pyproject(tmp_path / "absent.toml") == Thresholds()
+    path = tmp_path / "pyproject.toml"
+    path.write_text('[project]\nname = "x"\n')
+    assert Thresholds.from_pyproject(path) == Thresholds()
+
+
+def test_overrides_ignore_none_and_reject_unknown_or_invalid_values() -> None:
+    assert Thresholds().with_overrides(memory_rise_pct=None, final_loss_rise_pct=5.0) == Thresholds(
+        final_loss_rise_pct=5.0
+    )
+    with pytest.raises(ValueError, match="unknown threshold"):
+        Thresholds().with_overrides(speed=1.0)
+    with pytest.raises(ValueError, match="speed_noise_multiple"):
+        Thresholds(speed_noise_multiple=float("nan"))
