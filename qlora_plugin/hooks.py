@@ -9,6 +9,7 @@ the stored results; a report that cannot be written fails the session (the resul
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from collections import Counter
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ _LAST_MODULES = ("test_kernels.py", "test_claims.py", "test_gate.py")
 EXPECTED_FAILURE_STATUSES = frozenset({"oom", "nan"})
 _SESSION_KEY = pytest.StashKey[BenchSession]()
 _MATRIX_KEY = pytest.StashKey[list[PlannedCase]]()
+_SELECTED_KEY = pytest.StashKey[list[PlannedCase]]()
 _REPORT_ERROR_KEY = pytest.StashKey[str]()
 _VERDICTS_KEY = pytest.StashKey[Counter]()
 
@@ -84,24 +86,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=key)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The cases this session will run (after -k and deselection): the progress lines count them.
+    session.config.stash[_SELECTED_KEY] = [
+        item.callspec.params["planned_case"]
+        for item in session.items
+        if "planned_case" in getattr(getattr(item, "callspec", None), "params", {})
+    ]
+
+
 @pytest.fixture(scope="session")
 def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
     """The session's run folder and results, opened at the first bench test."""
     config = request.config
     reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
 
     def write_line(line: str) -> None:
-        if reporter is not None:
+        if reporter is None:
+            print(line)
+            return
+        # Lines come while a test runs, when pytest captures the terminal's file descriptor:
+        # without suspending capture they would land in the test's captured output, unseen.
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
             reporter.ensure_newline()
             reporter.write_line(line)
-        else:
-            print(line)
 
     try:
         session = BenchSession.open(bench_options(config), write_line)
     except RunFolderInUseError as exc:
         pytest.exit(f"qlora-bench: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
-    session.planned = planned_cases(config)
+    session.planned = config.stash.get(_SELECTED_KEY, [])
     config.stash[_SESSION_KEY] = session
     write_line(f"qlora-bench: run folder {session.run_dir}")
     yield session

@@ -88,6 +88,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("finished")
     proc = bench("--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # One progress line per case as it finishes, shown while pytest captures the test's output.
+    assert "\n[1/2] cpu-tiny-" in proc.stdout and "\n[2/2] cpu-tiny-" in proc.stdout, proc.stdout
     run_dir = only_run_dir(out)
     assert len(final_rows(run_dir)) == 2 and {r["status"] for r in final_rows(run_dir).values()} == {"ok"}
     return run_dir
