@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from qlora_plugin.checks import assert_baseline_reproduces_run
 from reports.baseline import BASELINE_DIFF_MD, BaselineError, gate, save_run_baseline
 
 
@@ -38,11 +39,11 @@ def test_regression_gate(bench_session: Any) -> None:
 
 
 def test_save_baseline(bench_session: Any) -> None:
-    """Store this run as --save-baseline and check that it reads back with every case."""
+    """Store this run as --save-baseline; read back, it must gate this very run as a pass."""
     options = bench_session.options
     if options.save_baseline is None:
         pytest.skip("no --save-baseline PATH given: no baseline written")
     run = bench_session.load()
     loaded = save_run_baseline(options.save_baseline, run, command=options.command_line)
-    assert len(loaded["cases"]) == run.results["case_id"].nunique()
+    assert_baseline_reproduces_run(loaded, run)
     print(f"baseline written: {options.save_baseline} ({len(loaded['cases'])} cases)")

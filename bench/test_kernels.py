@@ -30,4 +30,3 @@ def test_kernel(benchmark, bench_session, op, quant_type):
             "rounds": stats.rounds,
         },
     )
-    assert stats.median > 0

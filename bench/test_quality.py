@@ -39,7 +39,8 @@ def test_reconstruction_error(bench_session):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from qlora_core.models import REAL_MODEL, resolve_model
+    from qlora_core.models import REAL_MODEL
+    from qlora_core.models.resolve import resolve_model
 
     resolved = resolve_model(REAL_MODEL, device="cpu")
     model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.bfloat16)

@@ -1,12 +1,11 @@
-"""Stability: fp16 vs bf16 compute at learning rates 1e-4, 2e-4 and 1e-3 on real text. A NaN is
-a recorded outcome (xfail with its first bad step); an ok case must be finite throughout."""
+"""Stability: fp16 vs bf16 compute at learning rates 1e-4, 2e-4 and 1e-3 on real text.
 
-import math
+The case's outcome is the test (`case_result`): ok passes (the child reports ok only when every
+step's loss and gradient norm were finite), NaN is a recorded outcome that xfails with its first
+bad step, anything else fails. The claims compare the cases."""
 
 FAMILY = "stability"
 
 
 def test_case(case_result):
-    assert case_result.first_nonfinite_step is None
-    assert len(case_result.losses) == case_result.case["warmup_steps"] + case_result.case["measured_steps"]
-    assert all(math.isfinite(x) for x in case_result.losses + case_result.grad_norms)
+    """Runs (or reuses) the case; its status decides the outcome."""

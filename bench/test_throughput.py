@@ -1,16 +1,12 @@
 """Throughput: the lesson's four axes (nf4/fp4 x double quant x fp16/bf16) and fp32 compute;
 tokens/s is the median over measured steps, warm-up excluded, each step synchronized."""
 
-import math
-
-from conftest import assert_memory_measured
+from qlora_plugin.checks import assert_memory_consistent
 
 FAMILY = "throughput"
 
 
 def test_case(case_result):
-    case = case_result.case
-    assert len(case_result.step_ms) == case["measured_steps"]
-    assert case_result.tokens_per_s and case_result.tokens_per_s > 0
-    assert all(math.isfinite(x) for x in case_result.losses)
-    assert_memory_measured(case_result)
+    # Steps, tokens/s and finite losses are what status ok means (the child sets it only then);
+    # what ok does not vouch for is that the memory figures agree.
+    assert_memory_consistent(case_result)

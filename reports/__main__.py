@@ -16,9 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reports.baseline import BASELINE_DIFF_MD, BaselineError, Thresholds, gate, save_run_baseline
+from reports.baseline import BASELINE_DIFF_MD, BaselineError, gate, save_run_baseline
 from reports.frame import load_run
 from reports.render import RunFolderError, check_run_dir, render_run
+from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
 
 EXIT_OK = 0
 EXIT_REGRESSION = 1
@@ -50,14 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--pyproject",
         type=Path,
         default=Path("pyproject.toml"),
-        help="thresholds from this file's [tool.qlora-bench] (default: ./pyproject.toml; defaults if absent)",
+        help="threshold overrides from this file's [tool.qlora-bench] table, if it has one"
+        " (default: ./pyproject.toml)",
     )
+    add_threshold_options(check.add_argument)  # the same options as `pytest bench`
     return parser
 
 
-def _gate(run_dir: Path, baseline: Path, pyproject: Path) -> int:
+def _gate(run_dir: Path, baseline: Path, thresholds: Thresholds) -> int:
     run = load_run(check_run_dir(run_dir))
-    report = gate(baseline, run, Thresholds.from_pyproject(pyproject), run_dir)
+    report = gate(baseline, run, thresholds, run_dir)
     for flag in report.flags:
         print(f"flag: {flag}")
     for line in report.failures:
@@ -79,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             saved = save_run_baseline(args.path, run, command=command)
             print(f"baseline written: {args.path} ({len(saved['cases'])} cases)")
         elif args.command == "gate":
-            return _gate(args.run_dir, args.baseline, args.pyproject)
+            thresholds = resolve_thresholds(args.pyproject, lambda name: getattr(args, name))
+            return _gate(args.run_dir, args.baseline, thresholds)
     except (RunFolderError, BaselineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -21,10 +21,8 @@ gate is for. A different profile, and every kind of unreadable baseline, is a `B
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,11 +33,7 @@ import pandas as pd
 from qlora_core.result import STATUSES, Status, write_atomic
 from reports.frame import RunData
 from reports.markdown import md_table
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the package allows 3.10, where tomli is the same parser
-    import tomli as tomllib
+from reports.thresholds import Thresholds
 
 BASELINE_SCHEMA_VERSION: int = 1
 GATED_METRICS: tuple[str, ...] = (
@@ -80,7 +74,6 @@ TOP_LEVEL_FIELDS: tuple[str, ...] = (
     "cases",
 )
 BASELINE_DIFF_MD = "baseline-diff.md"
-PYPROJECT_TABLE = "qlora-bench"
 
 _MIB_IN_GIB = 1024
 _OK = Status.OK.value
@@ -88,72 +81,6 @@ _OK = Status.OK.value
 _REL_EPS = 1e-9
 _MAX_LISTED_PROBLEMS = 20
 _UNKNOWN = "(unknown)"
-
-
-# -- thresholds -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Thresholds:
-    """How much a metric may move before the gate fails. Defaults live in pyproject.toml too."""
-
-    tokens_per_s_drop_pct: float = 7.0
-    """tokens/s may drop by this many percent (or more, when the noise floor is wider)."""
-    memory_rise_pct: float = 3.0
-    """Each memory metric may rise by this many percent of the baseline..."""
-    memory_rise_min_mib: float = 64.0
-    """...or by this many MiB, whichever is larger (small values are noisy in absolute terms)."""
-    final_loss_rise_pct: float = 2.0
-    """final_loss may rise by this many percent of |baseline|."""
-    speed_noise_multiple: float = 3.0
-    """The speed limit is never tighter than this x the measured step-time spread, in %."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
-                problems.append(f"{f.name}={value!r} must be a finite number >= 0")
-        if problems:
-            raise ValueError("invalid thresholds: " + "; ".join(problems))
-
-    @classmethod
-    def allowed_keys(cls) -> tuple[str, ...]:
-        """The threshold names, as pyproject keys and `with_overrides` arguments."""
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def from_pyproject(cls, path: Path) -> Thresholds:
-        """Thresholds from `[tool.qlora-bench]` of `path`; defaults where the file or table is absent."""
-        path = Path(path)
-        if not path.is_file():
-            return cls()
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: invalid TOML: {e}") from e
-        table = data.get("tool", {}).get(PYPROJECT_TABLE)
-        if table is None:
-            return cls()
-        if not isinstance(table, dict):
-            raise ValueError(f"{path}: [tool.{PYPROJECT_TABLE}] must be a table")
-        unknown = sorted(set(table) - set(cls.allowed_keys()))
-        if unknown:
-            raise ValueError(
-                f"{path}: unknown key(s) {unknown} in [tool.{PYPROJECT_TABLE}]; "
-                f"allowed keys: {list(cls.allowed_keys())}"
-            )
-        values = {k: float(v) if _is_number(v) else v for k, v in table.items()}
-        try:
-            return cls(**values)
-        except ValueError as e:
-            raise ValueError(f"{path}: [tool.{PYPROJECT_TABLE}]: {e}") from e
-
-    def with_overrides(self, **overrides: float | None) -> Thresholds:
-        """A copy with the given thresholds replaced; None values (an option not given) are ignored."""
-        unknown = sorted(set(overrides) - set(self.allowed_keys()))
-        if unknown:
-            raise ValueError(f"unknown threshold(s) {unknown}; allowed: {list(self.allowed_keys())}")
-        changes = {k: v for k, v in overrides.items() if v is not None}
-        return dataclasses.replace(self, **changes)
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,15 @@ def bench(*args: str, out: Path, timeout: float = 900) -> subprocess.CompletedPr
         text=True,
         timeout=timeout,
     )
+
+
+# The session's line per case: "[3/6] cpu-tiny-nf4-dq-bf16-b1-s64-w1m4  ok  1,234 tok/s  ...".
+_PROGRESS_LINE = re.compile(r"^\[(\d+)/(\d+)\] (\S+)  (\S+)  ", re.MULTILINE)
+
+
+def progress_lines(stdout: str) -> list[tuple[int, int, str, str]]:
+    """(done, total, profile-case id, status) of each progress line, in order."""
+    return [(int(n), int(t), name, status) for n, t, name, status in _PROGRESS_LINE.findall(stdout)]
 
 
 def run_dirs(out: Path) -> list[Path]:
@@ -68,6 +78,14 @@ def test_collection_ids_are_profile_and_case_ids(tmp_path):
     assert any("test_case[cpu-tiny-nf4-dq-bf16-b1-s64-w1m4]" in i for i in ids)
 
 
+def test_progress_lines_are_not_pytests_own_progress_markers():
+    pytest_only = "bench/test_memory.py ..   [ 33%]\nbench/test_throughput.py .... [100%]\n"
+    assert pytest_only.count("[") >= 2  # what the old check counted: met without a single case line
+    assert progress_lines(pytest_only) == []
+    ours = "[1/2] cpu-tiny-nf4-bf16-b1-s64-w1m4  ok  1,706 tok/s  peak 0.47 GiB  (11.6 s)\n"
+    assert progress_lines(ours) == [(1, 2, "cpu-tiny-nf4-bf16-b1-s64-w1m4", "ok")]
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
@@ -87,8 +105,11 @@ def test_cpu_smoke_writes_the_run_folder(smoke_run):
     assert env["profile"] == "cpu" and env["torch_version"] and env["cases"] == 6
     for name in ("claims.md", "tables.md", "measurements/quant_codes.csv", "measurements/kernels.csv"):
         assert (run_dir / name).exists(), name
-    # One progress line per case and the summary.
-    assert proc.stdout.count("[") >= 6 and "qlora-bench: 6 cases on profile cpu" in proc.stdout
+    # One progress line per case, counting up, and the summary.
+    progress = progress_lines(proc.stdout)
+    assert [(n, total) for n, total, _, _ in progress] == [(i, 6) for i in range(1, 7)], proc.stdout
+    assert sorted(name for _, _, name, _ in progress) == sorted(f"cpu-{c}" for c in frame["case_id"])
+    assert "qlora-bench: 6 cases on profile cpu" in proc.stdout
     assert f"run folder: {run_dir}" in proc.stdout
 
 

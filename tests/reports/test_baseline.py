@@ -471,46 +471,6 @@ def test_error_classes_are_distinct_value_errors() -> None:
         assert not any(issubclass(cls, other) for other in classes - {cls})
 
 
-# -- thresholds from pyproject --------------------------------------------------------------------
-def test_thresholds_from_the_repo_pyproject() -> None:
-    thresholds = Thresholds.from_pyproject(REPO / "pyproject.toml")
-    assert thresholds == Thresholds(
-        tokens_per_s_drop_pct=7.0,
-        memory_rise_pct=3.0,
-        memory_rise_min_mib=64.0,
-        final_loss_rise_pct=2.0,
-        speed_noise_multiple=3.0,
-    )
-
-
-def test_thresholds_from_pyproject_reads_values_and_rejects_unknown_keys(tmp_path: Path) -> None:
-    path = tmp_path / "pyproject.toml"
-    path.write_text("[tool.qlora-bench]\ntokens_per_s_drop_pct = 10\nmemory_rise_pct = 1.5\n")
-    assert Thresholds.from_pyproject(path) == Thresholds(tokens_per_s_drop_pct=10.0, memory_rise_pct=1.5)
-    path.write_text("[tool.qlora-bench]\ntokens_drop = 5.0\n")
-    with pytest.raises(ValueError, match=r"tokens_drop.*allowed keys.*tokens_per_s_drop_pct"):
-        Thresholds.from_pyproject(path)
-    path.write_text("[tool.qlora-bench]\nmemory_rise_pct = -1\n")
-    with pytest.raises(ValueError, match=r"memory_rise_pct=-1\.0 must be a finite number >= 0"):
-        Thresholds.from_pyproject(path)
-
-
-def test_thresholds_default_without_file_or_table(tmp_path: Path) -> None:
-    assert Thresholds.from_pyproject(tmp_path / "absent.toml") == Thresholds()
-    path = tmp_path / "pyproject.toml"
-    path.write_text('[project]\nname = "x"\n')
-    assert Thresholds.from_pyproject(path) == Thresholds()
-
-
-def test_thresholds_overrides_ignore_none() -> None:
-    t = Thresholds().with_overrides(memory_rise_pct=None, final_loss_rise_pct=5.0)
-    assert t == Thresholds(final_loss_rise_pct=5.0)
-    with pytest.raises(ValueError, match="unknown threshold"):
-        Thresholds().with_overrides(speed=1.0)
-    with pytest.raises(ValueError, match="speed_noise_multiple"):
-        Thresholds(speed_noise_multiple=float("nan"))
-
-
 # -- the diff report ------------------------------------------------------------------------------
 def test_render_diff_markdown_shows_everything(baseline_path: Path) -> None:
     new = CASE_A.replace(seq_len=2048)

@@ -1,0 +1,79 @@
+"""Assertions the bench modules share, importable by name (`from qlora_plugin.checks import ...`).
+
+Each checks a relation between measurements that a status of `ok` does not guarantee, so each
+can fail on a broken measurement (tests/qlora_plugin/test_checks.py shows how).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qlora_core.result import Result
+from reports.baseline import compare
+from reports.frame import RunData
+from reports.thresholds import Thresholds
+
+# NVML samples the device every few ms and can miss the last ~1% of a short-lived peak.
+_NVML_SAMPLING_SLACK = 0.99
+# The training peak holds at least what the model held after LoRA, up to allocator rounding.
+_PEAK_VS_STAGE_SLACK = 0.999
+
+
+def assert_memory_consistent(result: Result) -> None:
+    """The memory figures of one case agree with each other.
+
+    On CUDA: the training peak holds at least the model after LoRA, the reserved peak at least
+    the allocated one, and the device (NVML, context included) at least the allocator's blocks.
+    On the CPU: the process's peak RSS is at least its RSS after LoRA. For a 4-bit case, some
+    parameters were counted as 4-bit and their quantization statistics were counted.
+    """
+    name = result.case_id
+    if result.device == "cuda":
+        figures = ("lora_alloc_gib", "peak_alloc_gib", "peak_reserved_gib", "nvml_peak_gib")
+        missing = [f for f in figures if getattr(result, f) is None]
+        assert not missing, f"{name}: not measured: {missing}"
+        assert result.peak_alloc_gib >= result.lora_alloc_gib * _PEAK_VS_STAGE_SLACK, (
+            f"{name}: training peak {result.peak_alloc_gib:.3f} GiB is below the"
+            f" {result.lora_alloc_gib:.3f} GiB held after LoRA: the peaks were not measured over training"
+        )
+        assert result.peak_reserved_gib >= result.peak_alloc_gib, (
+            f"{name}: reserved peak {result.peak_reserved_gib:.3f} GiB < allocated peak"
+            f" {result.peak_alloc_gib:.3f} GiB"
+        )
+        assert result.nvml_peak_gib >= result.peak_reserved_gib * _NVML_SAMPLING_SLACK, (
+            f"{name}: NVML saw {result.nvml_peak_gib:.3f} GiB, less than the allocator's"
+            f" {result.peak_reserved_gib:.3f} GiB reserved"
+        )
+    else:
+        assert result.cpu_peak_rss_gib is not None and result.lora_alloc_gib is not None, (
+            f"{name}: CPU memory not measured"
+        )
+        assert result.cpu_peak_rss_gib >= result.lora_alloc_gib, (
+            f"{name}: peak RSS {result.cpu_peak_rss_gib:.3f} GiB is below the RSS after LoRA"
+            f" ({result.lora_alloc_gib:.3f} GiB): a unit or a reading is wrong"
+        )
+    if result.case["quant_type"] != "none":
+        assert result.quantized_params, f"{name}: a 4-bit case with no parameter counted in 4-bit"
+        assert result.quant_stats_bytes, f"{name}: a 4-bit case without quantization statistics"
+        assert result.weight_bytes and result.weight_bytes > result.quant_stats_bytes, (
+            f"{name}: weight bytes {result.weight_bytes} do not include the statistics"
+            f" ({result.quant_stats_bytes} bytes)"
+        )
+
+
+def assert_adapters_only_train(result: Result) -> None:
+    """LoRA trains some parameters, and fewer than the model has (the base stays frozen)."""
+    trainable, total = result.trainable_params, result.total_params
+    assert trainable and total, f"{result.case_id}: parameters not counted ({trainable} of {total})"
+    assert 0 < trainable < total, (
+        f"{result.case_id}: {trainable:,} of {total:,} parameters train: the base model is not frozen"
+    )
+
+
+def assert_baseline_reproduces_run(baseline: dict[str, Any], run: RunData) -> None:
+    """A baseline just saved from `run` gates `run` itself as a pass, case by case.
+
+    It fails when the stored baseline lost or changed a case, a status, a case hash or a metric.
+    """
+    report = compare(baseline, run.results, Thresholds())
+    assert report.passed, "the saved baseline does not reproduce this run:\n  " + "\n  ".join(report.failures)

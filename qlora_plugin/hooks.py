@@ -1,0 +1,199 @@
+"""The matrix as pytest tests: parametrization, ordering, fixtures, and the end of the session.
+
+Each `bench/test_<family>.py` module declares `FAMILY`; every planned case is tested by exactly
+one module (`module_for`), even when it serves several families; test ids are
+`<profile>-<case id>`. Kernel timings, claims and the release gate read the whole run, so their
+modules are ordered after every case. At the end the run's tables and reports are written from
+the stored results; a report that cannot be written fails the session (the results stay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from qlora_core.matrix import PlannedCase, build_matrix
+from qlora_core.result import Result
+from qlora_plugin.options import bench_options
+from qlora_plugin.session import BenchSession, ResultNotStoredError, RunFolderInUseError
+from reports.frame import RunData
+
+# Which module tests a case: the first of its families found here, in this order.
+_MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
+    ("quality", "quality"),
+    ("stability", "stability"),
+    ("ladder", "memory"),
+    ("compat", "memory"),
+    ("factorial", "throughput"),
+    ("fp32", "throughput"),
+    ("engine", "throughput"),
+    ("gc", "memory"),
+    ("prepare", "memory"),
+    ("sweep", "memory"),
+    ("reference", "memory"),
+)
+# Kernel timings run in this process and create a CUDA context, which NVML would count in
+# every later case: they go after the cases. Claims and the gate read every case.
+_LAST_MODULES = ("test_kernels.py", "test_claims.py", "test_gate.py")
+# Outcomes that are findings about the case (recorded, reported) rather than suite failures.
+EXPECTED_FAILURE_STATUSES = frozenset({"oom", "nan"})
+_SESSION_KEY = pytest.StashKey[BenchSession]()
+_MATRIX_KEY = pytest.StashKey[list[PlannedCase]]()
+_SELECTED_KEY = pytest.StashKey[list[PlannedCase]]()
+_REPORT_ERROR_KEY = pytest.StashKey[str]()
+_VERDICTS_KEY = pytest.StashKey[Counter]()
+
+
+def module_for(planned: PlannedCase) -> str:
+    """The family module (`bench/test_<family>.py`) that tests this case."""
+    tags = [t.split(":")[0] for t in planned.families]
+    for family, module in _MODULE_BY_FAMILY:
+        if family in tags:
+            return module
+    raise ValueError(f"case {planned.case.id} has no family a bench module tests: {planned.families}")
+
+
+def planned_cases(config: pytest.Config) -> list[PlannedCase]:
+    """The session's matrix, built once from the options."""
+    if _MATRIX_KEY not in config.stash:
+        options = bench_options(config)
+        config.stash[_MATRIX_KEY] = build_matrix(options.profile, options.matrix, options.models or None)
+    return config.stash[_MATRIX_KEY]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "planned_case" not in metafunc.fixturenames:
+        return
+    family = metafunc.module.FAMILY
+    profile = bench_options(metafunc.config).profile.name
+    cases = [p for p in planned_cases(metafunc.config) if module_for(p) == family]
+    metafunc.parametrize(
+        "planned_case", cases, ids=[f"{profile}-{p.case.id}" for p in cases], scope="function"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Bench cases first, in matrix order per module; then kernels, claims, the gate. Other tests
+    # (a `pytest tests bench` call) keep their place: the sort is stable.
+    def key(item: pytest.Item) -> int:
+        name = item.path.name
+        is_bench = "bench_session" in getattr(item, "fixturenames", ())
+        return _LAST_MODULES.index(name) + 1 if is_bench and name in _LAST_MODULES else 0
+
+    items.sort(key=key)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The cases this session will run (after -k and deselection): the progress lines count them.
+    # A module with no case of this matrix has one skipped item without a PlannedCase.
+    params = (getattr(getattr(item, "callspec", None), "params", {}) for item in session.items)
+    session.config.stash[_SELECTED_KEY] = [
+        p["planned_case"] for p in params if isinstance(p.get("planned_case"), PlannedCase)
+    ]
+
+
+@pytest.fixture(scope="session")
+def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
+    """The session's run folder and results, opened at the first bench test."""
+    config = request.config
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write_line(line: str) -> None:
+        if reporter is None:
+            print(line)
+            return
+        # Lines come while a test runs, when pytest captures the terminal's file descriptor:
+        # without suspending capture they would land in the test's captured output, unseen.
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+    try:
+        session = BenchSession.open(bench_options(config), write_line)
+    except RunFolderInUseError as exc:
+        pytest.exit(f"qlora-bench: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+    session.planned = config.stash.get(_SELECTED_KEY, [])
+    config.stash[_SESSION_KEY] = session
+    write_line(f"qlora-bench: run folder {session.run_dir}")
+    yield session
+
+
+@pytest.fixture(scope="session")
+def completed_run(bench_session: BenchSession) -> RunData:
+    """The run as stored, read back after every case module (ordering guarantees it)."""
+    return bench_session.load()
+
+
+def check_outcome(result: Result) -> None:
+    """Fail when the suite could not measure the case; xfail an OOM or NaN (a finding)."""
+    if result.status == "ok":
+        return
+    if result.status in EXPECTED_FAILURE_STATUSES:
+        pytest.xfail(f"{result.status} (recorded outcome): {result.reason[:300]}")
+    pytest.fail(f"{result.status}: {result.reason}", pytrace=False)
+
+
+@pytest.fixture
+def case_result(
+    planned_case: PlannedCase, bench_session: BenchSession, request: pytest.FixtureRequest
+) -> Result:
+    """Run this test's case (or reuse it on --resume); OOM/NaN xfail, failures fail."""
+    try:
+        result = bench_session.run(planned_case)
+    except ResultNotStoredError as exc:
+        # A full disk fails every later case too: stop here, with the message, after this test.
+        request.session.shouldstop = f"qlora-bench: results can no longer be stored: {exc}"
+        raise
+    check_outcome(result)
+    return result
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    bench = config.stash.get(_SESSION_KEY, None)
+    if bench is None:
+        return
+    try:
+        bench.finish()
+        # Imported here: rendering pulls in matplotlib and the claims, which `pytest tests` and
+        # option errors never need. An import error is a report failure like any other.
+        from reports.claims import evaluate_all
+        from reports.render import render_run
+
+        # Reports are re-rendered from the stored results, exactly as `python -m reports render`.
+        render_run(bench.run_dir)
+        config.stash[_VERDICTS_KEY] = Counter(e.verdict.value for _, e in evaluate_all(bench.load()))
+    except Exception:
+        config.stash[_REPORT_ERROR_KEY] = traceback.format_exc()
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    finally:
+        bench.close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    bench = config.stash.get(_SESSION_KEY, None)
+    if bench is None:
+        return
+    terminalreporter.section("qlora-bench")
+    for line in bench.summary_lines():
+        terminalreporter.write_line(line)
+    verdicts = config.stash.get(_VERDICTS_KEY, None)
+    if verdicts is not None:
+        counts = ", ".join(f"{n} {v}" for v, n in verdicts.most_common())
+        terminalreporter.write_line(f"  claims: {counts} ({bench.run_dir / 'claims.md'})")
+    error = config.stash.get(_REPORT_ERROR_KEY, None)
+    if error is not None:
+        terminalreporter.write_line(
+            f"qlora-bench: REPORTS NOT WRITTEN, the session fails. Every result is kept in"
+            f" {bench.run_dir}; after fixing the cause, the same command with --resume"
+            f" {bench.run_dir} writes them (finished cases are reused, not rerun).",
+            red=True,
+            bold=True,
+        )
+        terminalreporter.write_line(error.rstrip(), red=True)

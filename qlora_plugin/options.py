@@ -1,0 +1,231 @@
+"""The qlora-bench command-line options: declared in one group, read once, validated into `BenchOptions`.
+
+A bad value fails at configuration, every problem in one message with the allowed values, before
+any case runs or any run folder exists. Reading the options imports no torch: profile detection
+goes through NVML, and model names are checked against the registry only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qlora_core.gpus import (
+    PROFILE_NAMES,
+    DetectedGpu,
+    GpuProfile,
+    UnknownProfileError,
+    is_emulated,
+    resolve_profile,
+)
+from qlora_core.matrix import MATRICES
+from qlora_core.models import model_problem
+from qlora_core.runner import DEFAULT_TIMEOUT_S
+from qlora_core.spec import FIELD_NAMES, Case, CaseError
+from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
+
+_OPTIONS_KEY = pytest.StashKey["BenchOptions"]()
+# Every Case field but the model (--model chooses it) and extra (test-only fault injection).
+_FORCEABLE = tuple(f for f in FIELD_NAMES if f not in ("model", "extra"))
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """The `qlora-bench` command-line options, validated."""
+
+    gpu: str
+    profile: GpuProfile
+    gpu_present: DetectedGpu | None
+    matrix: str
+    models: tuple[str, ...]
+    out: Path
+    resume: Path | None
+    case_timeout_s: float
+    baseline: Path | None
+    save_baseline: Path | None
+    thresholds: Thresholds
+    force: tuple[tuple[str, Any], ...]
+    command_line: str
+
+    @property
+    def emulated(self) -> bool:
+        return is_emulated(self.profile, self.gpu_present)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("qlora-bench", "qlora-bench: the QLoRA measurement matrix")
+    group.addoption(
+        "--gpu",
+        default="auto",
+        metavar="PROFILE",
+        help=f"GPU profile: {', '.join(PROFILE_NAMES)} or auto (the GPU present, cpu without one)."
+        " A profile smaller than the GPU present is emulated by capping memory. Default: auto.",
+    )
+    group.addoption(
+        "--matrix",
+        default="default",
+        metavar="TIER",
+        help=f"matrix tier: {', '.join(MATRICES)} (smoke <= 6 cases, default <= 40). Default: default.",
+    )
+    group.addoption(
+        "--model",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="model to run instead of the profile's set (repeatable): a shape name, a local path"
+        " or a hub id. Default: the profile's model set.",
+    )
+    group.addoption(
+        "--out",
+        default="bench-results",
+        type=Path,
+        metavar="DIR",
+        help="folder for run folders. Default: bench-results/.",
+    )
+    group.addoption(
+        "--resume",
+        default=None,
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR: keep its finished cases, rerun the missing and failed ones.",
+    )
+    group.addoption(
+        "--case-timeout",
+        default=DEFAULT_TIMEOUT_S,
+        type=float,
+        metavar="SECONDS",
+        help="seconds before a case's child is killed and recorded as timeout."
+        f" Default: {DEFAULT_TIMEOUT_S:g}.",
+    )
+    group.addoption(
+        "--force",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="run every case with this Case field forced (e.g. prepare_kbit=true), keeping the"
+        " matrix's case ids: simulates a changed code path for the release gate. Repeatable.",
+    )
+    group.addoption(
+        "--save-baseline",
+        default=None,
+        type=Path,
+        metavar="PATH",
+        help="write this run's metrics as a baseline JSON.",
+    )
+    group.addoption(
+        "--baseline",
+        default=None,
+        type=Path,
+        metavar="PATH",
+        help="compare this run with a baseline JSON; regressions fail the session.",
+    )
+    add_threshold_options(group.addoption)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Validated for every session (cheap: NVML only, no torch) so that a typo fails at once; the
+    # run folder itself is created only when a bench test runs.
+    config.stash[_OPTIONS_KEY] = read_options(config)
+
+
+def bench_options(config: pytest.Config) -> BenchOptions:
+    """The session's validated options (read at configuration)."""
+    return config.stash[_OPTIONS_KEY]
+
+
+def read_options(config: pytest.Config) -> BenchOptions:
+    """Validate the qlora-bench options of `config`; a pytest.UsageError lists every problem."""
+    problems: list[str] = []
+    matrix = config.getoption("--matrix")
+    if matrix not in MATRICES:
+        problems.append(f"--matrix {matrix!r} is not one of: {', '.join(MATRICES)}")
+    models = tuple(config.getoption("--model"))
+    problems += [f"--model: {p}" for m in models if (p := model_problem(m))]
+    try:
+        force = parse_force(config.getoption("--force"))
+    except CaseError as exc:
+        problems += exc.problems
+        force = ()
+    timeout = config.getoption("--case-timeout")
+    if timeout <= 0:
+        problems.append(f"--case-timeout {timeout:g} must be positive")
+    resume = config.getoption("--resume")
+    if resume is not None and not resume.is_dir():
+        problems.append(f"--resume {resume}: no such run folder")
+    baseline = config.getoption("--baseline")
+    if baseline is not None and not baseline.exists():
+        problems.append(f"--baseline {baseline}: no such file")
+    try:
+        profile, gpu = resolve_profile(config.getoption("--gpu"))
+    except UnknownProfileError as exc:
+        problems.append(f"--gpu: {exc}")
+        profile, gpu = None, None
+    thresholds = Thresholds()
+    try:
+        # The rootdir's pyproject.toml, where pytest found its configuration; absent is fine.
+        thresholds = resolve_thresholds(config.rootpath / "pyproject.toml", config.getoption)
+    except ValueError as exc:
+        problems.append(f"gate thresholds: {exc}")
+    if problems or profile is None:
+        raise pytest.UsageError("qlora-bench options:\n  " + "\n  ".join(problems))
+    return BenchOptions(
+        gpu=config.getoption("--gpu"),
+        profile=profile,
+        gpu_present=gpu,
+        matrix=matrix,
+        models=models,
+        out=config.getoption("--out"),
+        resume=resume,
+        case_timeout_s=timeout,
+        baseline=baseline,
+        save_baseline=config.getoption("--save-baseline"),
+        thresholds=thresholds,
+        force=force,
+        command_line=command_line(),
+    )
+
+
+def parse_force(items: list[str]) -> tuple[tuple[str, Any], ...]:
+    """`FIELD=VALUE` pairs for --force, typed like the Case field; errors name the fields."""
+    forced: list[tuple[str, Any]] = []
+    problems: list[str] = []
+    defaults = {f.name: f.default for f in dataclasses.fields(Case)}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in _FORCEABLE:
+            problems.append(f"--force {item!r}: expected FIELD=VALUE with FIELD one of {list(_FORCEABLE)}")
+            continue
+        try:
+            forced.append((name, _typed_like(defaults[name], raw)))
+        except ValueError as exc:
+            problems.append(f"--force {item!r}: {exc}")
+    if problems:
+        raise CaseError(problems)
+    return tuple(forced)
+
+
+def _typed_like(default: Any, raw: str) -> Any:
+    """`raw` converted to the type of a Case field's default; ValueError when it does not parse."""
+    # bool before int: a bool is an int.
+    if isinstance(default, bool):
+        if raw.lower() not in ("true", "false", "on", "off", "1", "0"):
+            raise ValueError("expected true/false")
+        return raw.lower() in ("true", "on", "1")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, tuple):
+        return tuple(s for s in raw.split(",") if s)
+    return raw
+
+
+def command_line() -> str:
+    """This process's command line as a `pytest ...` string (stored in environment.json)."""
+    return shlex.join(["pytest", *sys.argv[1:]]) if sys.argv else "pytest"

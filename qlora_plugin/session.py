@@ -1,0 +1,368 @@
+"""One `pytest bench` session: its run folder, resume, progress lines and outputs.
+
+`BenchSession.open` takes the run folder (a new one, or `--resume RUN_DIR`) under an exclusive
+lock, so that a second session on the same folder is refused instead of interleaving its rows.
+Each case goes to `BenchSession.run`, which runs it in a child (or reuses a stored result on
+--resume), appends its row to `results.jsonl` and prints one progress line. At the end `finish`
+writes results.csv/.parquet and environment.json; the hooks render the reports after it.
+
+Nothing measured is lost to a fault of the session itself:
+- a row is appended whole or not at all: a failed append (a full disk) is cut back, and the
+  case's own `cases/<hash>.json` (written atomically by the runner) stays;
+- on --resume, a last line cut mid-write is moved to `results.jsonl.torn` and its case reruns;
+  a case whose `cases/<hash>.json` is unreadable or disagrees with its row reruns, with a warning.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import platform
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from qlora_core.matrix import PlannedCase
+from qlora_core.result import FINAL_STATUSES, Result, write_atomic
+from qlora_core.runner import RunOptions, run_case
+from qlora_core.spec import Case
+from qlora_plugin.options import BenchOptions
+from reports.frame import (
+    ENVIRONMENT_JSON,
+    MEASUREMENTS_DIR,
+    RESULTS_JSONL,
+    RunData,
+    load_run,
+    read_results_jsonl,
+)
+
+CASES_DIR = "cases"
+LOCK_FILE = "session.lock"
+TORN_SUFFIX = ".torn"
+_CASE_ID_IN_JSON = re.compile(r'"case_id":\s*"([^"]*)"')
+
+
+class RunFolderInUseError(RuntimeError):
+    """Another live session holds the run folder's lock."""
+
+
+class ResultNotStoredError(RuntimeError):
+    """A case's row could not be appended to results.jsonl (e.g. the disk is full)."""
+
+
+@dataclass
+class BenchSession:
+    """Run folder and results of one session. Create with `BenchSession.open`; `close` at the end."""
+
+    options: BenchOptions
+    run_dir: Path
+    planned: list[PlannedCase] = field(default_factory=list)
+    results: dict[str, Result] = field(default_factory=dict)  # by case hash, this session
+    stored: dict[str, Result] = field(default_factory=dict)  # from --resume, reusable
+    reused: set[str] = field(default_factory=set)
+    write_line: Callable[[str], None] = print
+    started_at: str = ""
+    earlier_commands: list[str] = field(default_factory=list)  # sessions this run resumed
+    warnings: list[str] = field(default_factory=list)  # shown again in the summary
+    _lock: IO[str] | None = None
+
+    @classmethod
+    def open(cls, options: BenchOptions, write_line: Callable[[str], None] = print) -> BenchSession:
+        """Take the run folder (RunFolderInUseError if another session holds it) and read what
+        --resume can reuse."""
+        run_dir = options.resume if options.resume is not None else _new_run_dir(options)
+        session = cls(options, run_dir, write_line=write_line)
+        session._lock = lock_run_dir(run_dir)
+        if options.resume is not None:
+            session._read_stored()
+            if (run_dir / ENVIRONMENT_JSON).exists():
+                earlier = json.loads((run_dir / ENVIRONMENT_JSON).read_text())
+                session.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
+        session.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        session.write_environment()
+        return session
+
+    def close(self) -> None:
+        """Release the run folder's lock (a dead process releases it too)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.write_line(f"qlora-bench: warning: {message}")
+
+    def _read_stored(self) -> None:
+        torn = repair_torn_tail(self.run_dir / RESULTS_JSONL)
+        if torn:
+            self.warn(torn)
+        for result in read_results_jsonl(self.run_dir / RESULTS_JSONL):
+            problem = case_file_problem(self.run_dir, result) if result.status in FINAL_STATUSES else None
+            if problem:
+                self.warn(f"{problem}: case {result.case_id} is treated as not measured and reruns")
+                continue
+            self.stored[result.case_hash] = result
+
+    # -- running ---------------------------------------------------------------------------------
+    def executed_case(self, planned: PlannedCase) -> Case:
+        """The case as run: the matrix's case with any --force fields applied."""
+        if not self.options.force:
+            return planned.case
+        return planned.case.replace(**dict(self.options.force))
+
+    def run(self, planned: PlannedCase) -> Result:
+        """Run (or, on --resume, reuse) one planned case; append and report its Result."""
+        case = planned.case
+        previous = self.stored.get(case.hash)
+        if previous is not None and previous.status in FINAL_STATUSES and not self.options.force:
+            self.reused.add(case.hash)
+            self.results[case.hash] = previous
+            self._progress(previous, reused=True)
+            return previous
+        forced = ",".join(f"{k}={v}" for k, v in self.options.force)
+        run_opts = RunOptions(
+            profile=self.options.profile.name,
+            timeout_s=self.options.case_timeout_s,
+            families=planned.tags,
+            overrides=forced,
+        )
+        executed = self.executed_case(planned)
+        result = run_case(executed, run_opts, self.run_dir / CASES_DIR / f"{case.hash}.json")
+        # The matrix's identity stays the key (the gate matches on it); what ran is in `case`.
+        result.case_id, result.case_hash = case.id, case.hash
+        self.record(result)
+        return result
+
+    def record(self, result: Result) -> None:
+        """Append `result` to results.jsonl (whole, or not at all) and print its progress line."""
+        path = self.run_dir / RESULTS_JSONL
+        try:
+            append_line(path, result.to_json())
+        except OSError as exc:
+            raise ResultNotStoredError(
+                f"case {result.case_id} ran ({result.status}) but its row could not be appended to {path}:"
+                f" {exc}. Every earlier row is intact; the case's own result is in"
+                f" {self.run_dir / CASES_DIR / (result.case_hash + '.json')}. Free the space and run"
+                f" again with --resume {self.run_dir}: this case reruns."
+            ) from exc
+        self.results[result.case_hash] = result
+        self._progress(result)
+
+    def _progress(self, r: Result, reused: bool = False) -> None:
+        done = len(self.results)
+        total = len(self.planned) or done
+        speed = f"{r.tokens_per_s:,.0f} tok/s" if r.tokens_per_s else "-"
+        peak = r.peak_reserved_gib if r.peak_reserved_gib is not None else r.cpu_peak_rss_gib
+        peak_text = f"peak {peak:.2f} GiB" if peak is not None else "peak -"
+        took = "reused" if reused else f"{r.wall_s or 0:.1f} s"
+        name = f"{self.options.profile.name}-{r.case_id}"
+        line = f"[{done}/{total}] {name}  {r.status}  {speed}  {peak_text}  ({took})"
+        if r.status != "ok" and r.reason:
+            line += f"  {r.reason.splitlines()[0][:160]}"
+        self.write_line(line)
+
+    def record_measurement(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        """Store an in-process measurement table as measurements/<name>.csv (replacing it)."""
+        path = self.run_dir / MEASUREMENTS_DIR / f"{name}.csv"
+        write_atomic(path, pd.DataFrame(rows).to_csv(index=False))
+        return path
+
+    def append_measurement(self, name: str, row: dict[str, Any]) -> Path:
+        """Add one row to measurements/<name>.csv (rows from earlier in this session are kept)."""
+        path = self.run_dir / MEASUREMENTS_DIR / f"{name}.csv"
+        rows = pd.read_csv(path).to_dict("records") if path.exists() else []
+        return self.record_measurement(name, [*rows, row])
+
+    # -- reading back ----------------------------------------------------------------------------
+    def load(self) -> RunData:
+        return load_run(self.run_dir)
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def environment(self) -> dict[str, Any]:
+        from qlora_core.child import environment_fields
+
+        gpu = self.options.gpu_present
+        return {
+            "profile": self.options.profile.name,
+            "matrix": self.options.matrix,
+            "gpu_present": gpu.name if gpu else None,
+            "gpu_total_gib": gpu.total_gib if gpu else None,
+            "gpu_capability": ".".join(map(str, gpu.capability)) if gpu else None,
+            "driver_version": gpu.driver_version if gpu else None,
+            "emulated": self.options.emulated,
+            "emulated_on": gpu.name if (gpu and self.options.emulated) else None,
+            "forced": dict(self.options.force),
+            "command": self.options.command_line,
+            # Every session that added to this folder (--resume), oldest first.
+            "commands": [*self.earlier_commands, self.options.command_line],
+            "host": platform.node(),
+            "platform": platform.platform(),
+            "started_at": self.started_at,
+            **environment_fields(),
+        }
+
+    def write_environment(self) -> None:
+        write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(self.environment(), indent=2, default=str))
+
+    def finish(self) -> dict[str, Path]:
+        """Write results.csv/.parquet and the environment; return the paths written."""
+        env = self.environment()
+        env["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        env["cases"] = len(self.results)
+        write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(env, indent=2, default=str))
+        frame = load_run(self.run_dir).results
+        paths = {"jsonl": self.run_dir / RESULTS_JSONL}
+        csv = frame.copy()
+        for col in ("step_ms", "losses", "grad_norms"):
+            if col in csv:
+                csv[col] = csv[col].map(json.dumps)
+        write_atomic(self.run_dir / "results.csv", csv.to_csv(index=False))
+        paths["csv"] = self.run_dir / "results.csv"
+        try:
+            frame.to_parquet(self.run_dir / "results.parquet", index=False)
+            paths["parquet"] = self.run_dir / "results.parquet"
+        except (ImportError, ValueError) as exc:  # never lose the run over an optional format
+            self.warn(f"results.parquet not written: {exc}")
+        return paths
+
+    def summary_lines(self) -> list[str]:
+        """Cases by status, the slowest cases, the warnings, the folder."""
+        results = list(self.results.values())
+        counts = Counter(r.status for r in results)
+        lines = [
+            f"qlora-bench: {len(results)} cases on profile {self.options.profile.name}"
+            + (f" (emulated on {self.options.gpu_present.name})" if self.options.emulated else "")
+            + ": "
+            + ", ".join(f"{n} {s}" for s, n in counts.most_common()),
+        ]
+        if self.reused:
+            lines.append(f"  {len(self.reused)} reused from {self.run_dir} (--resume)")
+        slow = sorted((r for r in results if r.wall_s), key=lambda r: -(r.wall_s or 0))[:5]
+        if slow:
+            lines.append("  slowest: " + ", ".join(f"{r.case_id} {r.wall_s:.0f} s" for r in slow))
+        lines += [f"  warning: {w}" for w in self.warnings]
+        lines.append(f"  run folder: {self.run_dir}")
+        return lines
+
+
+# -- the run folder's files -----------------------------------------------------------------------
+def _new_run_dir(options: BenchOptions) -> Path:
+    """Create `<out>/<profile>-<matrix>-<time>[-n]`; mkdir without exist_ok, so that two sessions
+    started in the same second never share a folder."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{options.profile.name}-{options.matrix}-{stamp}"
+    options.out.mkdir(parents=True, exist_ok=True)
+    suffix = 1
+    while True:
+        run_dir = options.out / (base if suffix == 1 else f"{base}-{suffix}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            suffix += 1
+
+
+def lock_run_dir(run_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on `run_dir` while the returned file is open.
+
+    flock belongs to the open file: the kernel releases it when the holder closes it or dies,
+    so a lock left by a killed session never blocks the next one. The file stays (deleting it
+    would let two sessions lock two different files); it names the holder for the error message.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunFolderInUseError(
+            f"run folder {run_dir} is in use by another qlora-bench session ({holder});"
+            " refusing to add to it. Wait for that session to end, or use another --out."
+        ) from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on {platform.node()}, since {_dt.datetime.now():%Y-%m-%d %H:%M:%S}\n")
+    handle.flush()
+    return handle
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append `line` and a newline to `path`, whole or not at all.
+
+    A write cut short (ENOSPC, EFBIG, an I/O error) is rolled back to the file's previous size
+    before the error propagates, so the file never ends in a torn line through this function.
+    """
+    data = memoryview((line + "\n").encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size_before = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size_before)
+            raise
+    finally:
+        os.close(fd)
+
+
+def repair_torn_tail(path: Path) -> str | None:
+    """Cut a last line that was cut mid-write (no final newline) off `path`; say what was done.
+
+    The torn text is appended to `<path>.torn` first, so nothing is deleted; its case is then
+    absent from the log and reruns. Returns None when the file is absent or ends whole.
+    """
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    keep = data.rfind(b"\n") + 1
+    torn = data[keep:]
+    side = path.with_name(path.name + TORN_SUFFIX)
+    with side.open("ab") as f:
+        f.write(torn + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.truncate(path, keep)
+    match = _CASE_ID_IN_JSON.search(torn.decode(errors="replace"))
+    case = f"case {match.group(1)}" if match else "an unidentified case"
+    return (
+        f"{path.name}: the last line ({len(torn)} bytes, {case}) was cut mid-write;"
+        f" moved to {side.name}, the case reruns"
+    )
+
+
+def case_file_problem(run_dir: Path, result: Result) -> str | None:
+    """Why `cases/<hash>.json` cannot vouch for a stored row (None when it can).
+
+    The runner writes that file atomically before the row is appended, so a row whose file is
+    missing, unreadable or different was not stored as measured.
+    """
+    relative = f"{CASES_DIR}/{result.case_hash}.json"
+    path = run_dir / relative
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+        recorded = Result.from_dict(data)
+    except FileNotFoundError:
+        return f"{relative} is missing"
+    except (OSError, ValueError, TypeError) as exc:
+        return f"{relative} is unreadable ({type(exc).__name__}: {exc})"
+    if (recorded.status, recorded.started_at) != (result.status, result.started_at):
+        return (
+            f"{relative} does not match its row in {RESULTS_JSONL} (status {recorded.status!r}"
+            f" started {recorded.started_at!r} vs {result.status!r} started {result.started_at!r})"
+        )
+    return None

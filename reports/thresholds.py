@@ -1,0 +1,169 @@
+"""Release-gate thresholds: how far a metric may move before the gate fails.
+
+`Thresholds` is the one source of each threshold's name, default, unit and meaning. Everything
+else is generated from its fields: the `--<name>` options of `pytest bench` and of
+`python -m reports gate` (`add_threshold_options`), the keys a `[tool.qlora-bench]` table may
+hold, and the help text. Precedence, lowest first: the defaults here, then an optional
+`[tool.qlora-bench]` table in a pyproject.toml (the one pytest's rootdir holds, or the CLI's
+`--pyproject`; an installed package has none and needs none), then the command line.
+
+No pandas and no torch here: the plugin reads these while it validates its options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the package allows 3.10, where tomli is the same parser
+    import tomli as tomllib
+
+PYPROJECT_TABLE = "qlora-bench"
+# How a unit is written as an option's metavar.
+_METAVARS = {"%": "PCT", "MiB": "MIB", "x": "MULTIPLE"}
+
+
+def _threshold(default: float, unit: str, meaning: str) -> Any:
+    """A Thresholds field: its default, its unit (one of _METAVARS) and what it means."""
+    if unit not in _METAVARS:
+        raise ValueError(f"unit {unit!r} is not one of {list(_METAVARS)}")
+    return dataclasses.field(default=default, metadata={"unit": unit, "meaning": meaning})
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """How much a metric may move before the gate fails (see reports/baseline.py for the rules)."""
+
+    tokens_per_s_drop_pct: float = _threshold(
+        default=7.0,
+        unit="%",
+        meaning="tokens/s may drop by this many percent (more when the noise floor is wider).",
+    )
+    memory_rise_pct: float = _threshold(
+        default=3.0,
+        unit="%",
+        meaning="each memory metric may rise by this many percent of the baseline, or by"
+        " memory_rise_min_mib, whichever is larger.",
+    )
+    memory_rise_min_mib: float = _threshold(
+        default=64.0,
+        unit="MiB",
+        meaning="each memory metric may always rise by this many MiB (small values are noisy).",
+    )
+    final_loss_rise_pct: float = _threshold(
+        default=2.0,
+        unit="%",
+        meaning="final_loss may rise by this many percent of |baseline|.",
+    )
+    speed_noise_multiple: float = _threshold(
+        default=3.0,
+        unit="x",
+        meaning="the tokens/s limit is never tighter than this multiple of the measured"
+        " step-time spread (p90 - p10) / median.",
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not is_number or not math.isfinite(value) or value < 0:
+                problems.append(f"{f.name}={value!r} must be a finite number >= 0")
+        if problems:
+            raise ValueError("invalid thresholds: " + "; ".join(problems))
+
+    @classmethod
+    def allowed_keys(cls) -> tuple[str, ...]:
+        """The threshold names, as pyproject keys and `with_overrides` arguments."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_pyproject(cls, path: Path) -> Thresholds:
+        """The defaults, overridden by `[tool.qlora-bench]` of `path` where the file has that table."""
+        path = Path(path)
+        if not path.is_file():
+            return cls()
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: invalid TOML: {e}") from e
+        table = data.get("tool", {}).get(PYPROJECT_TABLE)
+        if table is None:
+            return cls()
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: [tool.{PYPROJECT_TABLE}] must be a table")
+        unknown = sorted(set(table) - set(cls.allowed_keys()))
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown key(s) {unknown} in [tool.{PYPROJECT_TABLE}]; "
+                f"allowed keys: {list(cls.allowed_keys())}"
+            )
+        # TOML integers (`= 10`) are thresholds too; bools and strings fail validation below.
+        values = {k: float(v) if type(v) is int else v for k, v in table.items()}
+        try:
+            return cls(**values)
+        except ValueError as e:
+            raise ValueError(f"{path}: [tool.{PYPROJECT_TABLE}]: {e}") from e
+
+    def with_overrides(self, **overrides: float | None) -> Thresholds:
+        """A copy with the given thresholds replaced; None values (an option not given) are ignored."""
+        unknown = sorted(set(overrides) - set(self.allowed_keys()))
+        if unknown:
+            raise ValueError(f"unknown threshold(s) {unknown}; allowed: {list(self.allowed_keys())}")
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **changes)
+
+
+class ThresholdOption(NamedTuple):
+    """One threshold as a command-line option, derived from its Thresholds field."""
+
+    name: str  # the field name, also the option's dest
+    flag: str  # "--tokens-per-s-drop-pct"
+    metavar: str
+    help: str
+
+
+def threshold_options() -> tuple[ThresholdOption, ...]:
+    """Every threshold as a command-line option, in field order."""
+    options = []
+    for f in dataclasses.fields(Thresholds):
+        unit = f.metadata["unit"]
+        default = f"{f.default:g}{' ' if unit == 'MiB' else ''}{unit}"
+        text = (
+            f"gate threshold: {f.metadata['meaning']} Default: {default} (a"
+            f" [tool.{PYPROJECT_TABLE}] table in pyproject.toml may change it)."
+        )
+        options.append(ThresholdOption(f.name, "--" + f.name.replace("_", "-"), _METAVARS[unit], text))
+    return tuple(options)
+
+
+def add_threshold_options(add_option: Callable[..., object]) -> None:
+    """Add every threshold option through `add_option`: argparse's `add_argument` or pytest's
+    `addoption` (same signature). An option not given reads as None, so it overrides nothing."""
+    for option in threshold_options():
+        add_option(
+            option.flag,
+            dest=option.name,
+            type=float,
+            default=None,
+            metavar=option.metavar,
+            help=option.help.replace("%", "%%"),  # argparse %-formats help texts
+        )
+
+
+def resolve_thresholds(pyproject: Path | None, given: Callable[[str], float | None]) -> Thresholds:
+    """The thresholds a gate uses: defaults < `pyproject`'s table (if any) < options given.
+
+    `given(name)` returns the value of the option for threshold `name`, or None when it was not
+    given (`config.getoption` for pytest, `getattr(args, ...)` for argparse). Raises ValueError
+    naming every invalid value.
+    """
+    base = Thresholds.from_pyproject(pyproject) if pyproject is not None else Thresholds()
+    return base.with_overrides(**{name: given(name) for name in Thresholds.allowed_keys()})

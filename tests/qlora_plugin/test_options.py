@@ -1,0 +1,80 @@
+"""The option group: --force parsing, threshold options, and reading options without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qlora_core.spec import CaseError
+from qlora_plugin.options import parse_force
+
+pytest_plugins = ("pytester",)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_parse_force_types_values_like_the_case_fields():
+    forced = dict(parse_force(["prepare_kbit=true", "batch_size=2", "lr=1e-3", "compute_dtype=fp16"]))
+    assert forced == {"prepare_kbit": True, "batch_size": 2, "lr": 1e-3, "compute_dtype": "fp16"}
+    assert dict(parse_force(["target_modules=q_proj,v_proj"])) == {"target_modules": ("q_proj", "v_proj")}
+
+
+def test_parse_force_collects_every_problem():
+    with pytest.raises(CaseError) as err:
+        parse_force(["batchsize=2", "prepare_kbit=maybe", "model=x", "lr=fast"])
+    assert len(err.value.problems) == 4
+    assert "batch_size" in str(err.value)  # the allowed fields are listed
+
+
+def _imports_torch(module: str) -> bool:
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return proc.stdout.strip() == "True"
+
+
+def test_reading_options_imports_no_torch():
+    # The plugin adds no torch import of its own; the model registry is another module's job.
+    if _imports_torch("qlora_core.models"):
+        pytest.skip("qlora_core.models still imports torch (the torch-free registry is not in this tree)")
+    assert not _imports_torch("qlora_plugin.options")
+
+
+@pytest.fixture
+def plugin_session(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    """Run pytest in-process with only the option group loaded, in a folder with a pyproject."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+
+    def run(*args: str, pyproject: str = "") -> pytest.RunResult:
+        pytester.makefile(".toml", pyproject=pyproject)
+        return pytester.runpytest("-p", "qlora_plugin.options", "--collect-only", "-q", *args)
+
+    return run
+
+
+def test_threshold_options_override_pyproject_which_overrides_defaults(plugin_session, pytester):
+    pytester.makeconftest(
+        "from qlora_plugin.options import bench_options\n"
+        "def pytest_collection_finish(session):\n"
+        "    print('THRESHOLDS', bench_options(session.config).thresholds)\n"
+    )
+    table = "[tool.qlora-bench]\nmemory_rise_pct = 5\nfinal_loss_rise_pct = 4.0\n"
+    result = plugin_session("--final-loss-rise-pct", "9", pyproject=table)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["THRESHOLDS *tokens_per_s_drop_pct=7.0, memory_rise_pct=5.0,*"])
+    result.stdout.fnmatch_lines(["THRESHOLDS *final_loss_rise_pct=9.0*"])
+
+
+def test_bad_threshold_values_fail_as_option_errors(plugin_session):
+    table = "[tool.qlora-bench]\nmemory_rise = 5\n"
+    result = plugin_session("--speed-noise-multiple", "-1", pyproject=table)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "gate thresholds:" in result.stderr.str()
+    assert "unknown key(s) ['memory_rise']" in result.stderr.str()
+    assert "allowed keys: ['tokens_per_s_drop_pct', 'memory_rise_pct'," in result.stderr.str()
+    result = plugin_session("--speed-noise-multiple", "-1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "speed_noise_multiple=-1.0 must be a finite number >= 0" in result.stderr.str()

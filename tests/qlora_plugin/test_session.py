@@ -1,0 +1,178 @@
+"""BenchSession without a child process: --force identity, the run folder's lock, whole appends,
+and what --resume reuses from a folder that a fault left behind.
+
+The folders resumed here are copies of the committed H200 reference run (real rows and case
+files); the end-to-end faults with real CPU cases are in test_session_faults.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qlora_core.gpus import get_profile
+from qlora_core.matrix import PlannedCase
+from qlora_core.spec import Case
+from qlora_plugin.options import BenchOptions, parse_force
+from qlora_plugin.session import (
+    LOCK_FILE,
+    BenchSession,
+    ResultNotStoredError,
+    RunFolderInUseError,
+    append_line,
+    lock_run_dir,
+)
+from reports.frame import read_results_jsonl
+from reports.thresholds import Thresholds
+
+ROOT = Path(__file__).resolve().parents[2]
+REFERENCE = ROOT / "reports" / "reference" / "h200-smoke"
+
+
+def make_options(out: Path, **changes) -> BenchOptions:
+    options = BenchOptions(
+        gpu="cpu",
+        profile=get_profile("cpu"),
+        gpu_present=None,
+        matrix="smoke",
+        models=(),
+        out=out,
+        resume=None,
+        case_timeout_s=60,
+        baseline=None,
+        save_baseline=None,
+        thresholds=Thresholds(),
+        force=(),
+        command_line="pytest bench",
+    )
+    return dataclasses.replace(options, **changes)
+
+
+def open_quietly(options: BenchOptions) -> tuple[BenchSession, list[str]]:
+    lines: list[str] = []
+    return BenchSession.open(options, write_line=lines.append), lines
+
+
+@pytest.fixture
+def reference_copy(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "run"
+    shutil.copytree(REFERENCE, run_dir)
+    return run_dir
+
+
+def test_forced_case_runs_changed_but_keeps_the_matrix_identity(tmp_path):
+    command = "pytest bench --force prepare_kbit=true"
+    options = make_options(tmp_path, force=parse_force(["prepare_kbit=true"]), command_line=command)
+    session, _ = open_quietly(options)
+    planned = PlannedCase(Case("tiny", prepare_kbit=False), ["prepare"])
+    executed = session.executed_case(planned)
+    assert executed.prepare_kbit is True and planned.case.prepare_kbit is False
+    assert executed.hash != planned.case.hash
+    env = session.environment()
+    assert env["forced"] == {"prepare_kbit": True} and env["commands"] == [options.command_line]
+    session.close()
+
+
+# -- the lock -------------------------------------------------------------------------------------
+def test_a_second_session_on_a_run_folder_is_refused_until_the_first_closes(reference_copy):
+    first, _ = open_quietly(make_options(reference_copy.parent, resume=reference_copy))
+    with pytest.raises(RunFolderInUseError, match=r"in use by another qlora-bench session \(pid \d+"):
+        open_quietly(make_options(reference_copy.parent, resume=reference_copy))
+    first.close()
+    second, _ = open_quietly(make_options(reference_copy.parent, resume=reference_copy))
+    second.close()
+
+
+def test_two_new_sessions_started_together_get_two_folders(tmp_path):
+    one, _ = open_quietly(make_options(tmp_path))
+    two, _ = open_quietly(make_options(tmp_path))
+    assert one.run_dir != two.run_dir and one.run_dir.parent == two.run_dir.parent == tmp_path
+    one.close()
+    two.close()
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
+    code = (
+        "import os, sys; from pathlib import Path; from qlora_plugin.session import lock_run_dir;"
+        " lock_run_dir(Path(sys.argv[1])); os.kill(os.getpid(), 9)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "pid" in (tmp_path / LOCK_FILE).read_text()  # the dead holder's note is still there
+    lock_run_dir(tmp_path).close()
+
+
+# -- whole appends --------------------------------------------------------------------------------
+def test_append_line_rolls_back_a_write_cut_short(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_line(path, '{"case_id": "a"}')
+    before = path.read_bytes()
+    # A real short write: the kernel stops at the file-size limit (EFBIG), as a full disk would.
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 100, hard))
+    try:
+        with pytest.raises(OSError, match="too large"):
+            append_line(path, "x" * 1000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert path.read_bytes() == before
+
+
+def test_a_row_that_cannot_be_stored_is_a_loud_error(tmp_path):
+    session, _ = open_quietly(make_options(tmp_path))
+    (session.run_dir / "results.jsonl").mkdir()  # any OSError on the append
+    result = read_results_jsonl(REFERENCE / "results.jsonl")[0]
+    expected = f"case {result.case_id} ran .* --resume {session.run_dir}"
+    with pytest.raises(ResultNotStoredError, match=expected):
+        session.record(result)
+    assert result.case_hash not in session.results
+    session.close()
+
+
+# -- resuming a folder left by a fault ------------------------------------------------------------
+def test_resume_repairs_a_last_line_cut_mid_write(reference_copy):
+    log = reference_copy / "results.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    torn = lines[-1][: len(lines[-1]) // 2]
+    log.write_text("".join(lines[:-1]) + torn)
+    torn_id = json.loads(lines[-1])["case_id"]
+
+    session, printed = open_quietly(make_options(reference_copy.parent, resume=reference_copy))
+    session.close()
+    assert f"case {torn_id}) was cut mid-write" in "\n".join(printed)
+    assert log.read_text() == "".join(lines[:-1])  # every whole line kept, the file ends whole
+    assert (reference_copy / "results.jsonl.torn").read_text() == torn + "\n"
+    assert {r.case_id for r in session.stored.values()} == {json.loads(x)["case_id"] for x in lines[:-1]}
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda p: p.write_text('{"case_id": "cut'), "is unreadable (JSONDecodeError"),
+        (lambda p: p.write_text("[]"), "is unreadable (ValueError: expected a JSON object"),
+        (lambda p: p.unlink(), "is missing"),
+        (
+            lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "status": "crashed"})),
+            "does not match its row",
+        ),
+    ],
+)
+def test_resume_reruns_a_case_whose_case_file_is_damaged(reference_copy, damage, problem):
+    victim = read_results_jsonl(reference_copy / "results.jsonl")[0]
+    damage(reference_copy / "cases" / f"{victim.case_hash}.json")
+    session, printed = open_quietly(make_options(reference_copy.parent, resume=reference_copy))
+    session.close()
+    assert victim.case_hash not in session.stored and len(session.stored) == 5
+    (warning,) = session.warnings
+    assert problem in warning and f"case {victim.case_id} is treated as not measured and reruns" in warning
+    assert any(warning in line for line in printed)
