@@ -2,7 +2,8 @@
 
 `--baseline PATH` compares this run with a stored baseline and fails on any regression;
 `--save-baseline PATH` stores this run as the baseline. Given both (even the same path), the
-comparison runs first, against the old file. The logic lives in `reports.baseline`.
+comparison runs first, against the old file. The logic lives in `reports.gate` (the comparison)
+and `reports.baseline` (the file).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 
 from qlora_plugin.checks import assert_baseline_reproduces_run
-from reports.baseline import BASELINE_DIFF_MD, BaselineError, gate, save_run_baseline
+from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
+from reports.gate import gate
 
 
 # Defined first so that with --baseline and --save-baseline on one path, the old file is judged

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from qlora_core.result import Result
-from reports.baseline import compare
 from reports.frame import RunData
+from reports.gate import compare
 from reports.thresholds import Thresholds
 
 # NVML samples the device every few ms and can miss the last ~1% of a short-lived peak.

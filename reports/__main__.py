@@ -16,8 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reports.baseline import BASELINE_DIFF_MD, BaselineError, gate, save_run_baseline
+from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
 from reports.frame import load_run
+from reports.gate import gate
 from reports.render import RunFolderError, check_run_dir, render_run
 from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
 

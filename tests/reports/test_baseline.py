@@ -28,17 +28,14 @@ from reports.baseline import (
     BaselineFileError,
     BaselineProfileError,
     BaselineSchemaError,
-    GateReport,
-    Thresholds,
-    compare,
-    gate,
     load_baseline,
     make_baseline,
-    render_diff_markdown,
     save_baseline,
     save_run_baseline,
 )
 from reports.frame import RunData, results_frame
+from reports.gate import GateReport, compare, gate, render_diff_markdown
+from reports.thresholds import Thresholds
 
 pytest_plugins = ("pytester",)
 
@@ -546,8 +543,8 @@ FAKE_PLUGIN = textwrap.dedent(
 
     import pytest
 
-    from reports.baseline import Thresholds
     from reports.frame import load_run
+    from reports.thresholds import Thresholds
 
 
     @pytest.fixture(scope="session")
