@@ -158,6 +158,24 @@ def training(tokens_per_s: float, losses: list[float] | None = None, spread: flo
     }
 
 
+def stability_row(dtype: str, lr: float, final: float | None, **fields: Any) -> Result:
+    """A stability-family row of the real model: finite `final` loss, or NaN at step 1 (None)."""
+    status = "nan" if final is None else "ok"
+    losses = [3.0, float("nan")] if final is None else [3.0, final]
+    extra = {"first_nonfinite_step": 1} if final is None else {}
+    text = {"data": "text", "batch_size": 2, "seq_len": 64, "compute_dtype": dtype}
+    return make_result(
+        "smollm2-135m-instruct",
+        families="stability",
+        status=status,
+        lr=lr,
+        **text,
+        **training(900.0, losses),
+        **extra,
+        **fields,
+    )
+
+
 def quant_codes_rows() -> list[dict[str, Any]]:
     return [
         {"quant_type": q, "index": i, "value": v}
@@ -443,6 +461,7 @@ def build() -> SimpleNamespace:
         gpu=gpu,
         memory=memory,
         training=training,
+        stability=stability_row,
         quant_codes=quant_codes_rows,
         quant_state=quant_state_rows,
         quant_error=quant_error_rows,

@@ -9,8 +9,6 @@ from reports.claims import Verdict, claim_by_id, evaluate
 from reports.claims.compute_dtype import check_bf16_quality, check_dtype_speed, check_t4_bf16
 
 THREE = "llama-3.2-3b"
-SMALL = "smollm2-135m-instruct"
-TEXT = {"data": "text", "batch_size": 2, "seq_len": 64, "compute_dtype": "fp16"}
 
 
 # -- compute dtype ----------------------------------------------------------------------------------
@@ -32,30 +30,14 @@ def test_dtype_speed(build):
     assert build.verdicts(check_dtype_speed(build.run([row("fp16", 1000.0)]))) == ["not_run"]
 
 
-def _stability(build, dtype: str, lr: float, final: float | None, **fields):
-    status = "nan" if final is None else "ok"
-    losses = [3.0, float("nan")] if final is None else [3.0, final]
-    extra = {"first_nonfinite_step": 1} if final is None else {}
-    return build.result(
-        SMALL,
-        families="stability",
-        status=status,
-        lr=lr,
-        **{**TEXT, "compute_dtype": dtype},
-        **build.training(900.0, losses),
-        **extra,
-        **fields,
-    )
-
-
 def test_bf16_quality_per_learning_rate(build):
     rows = [
-        _stability(build, "fp16", 1e-4, 2.90),
-        _stability(build, "bf16", 1e-4, 2.80),
-        _stability(build, "fp16", 2e-4, 2.80),
-        _stability(build, "bf16", 2e-4, 2.81),
-        _stability(build, "fp16", 1e-3, None),
-        _stability(build, "bf16", 1e-3, 2.70),
+        build.stability("fp16", 1e-4, 2.90),
+        build.stability("bf16", 1e-4, 2.80),
+        build.stability("fp16", 2e-4, 2.80),
+        build.stability("bf16", 2e-4, 2.81),
+        build.stability("fp16", 1e-3, None),
+        build.stability("bf16", 1e-3, 2.70),
     ]
     evals = check_bf16_quality(build.run(rows))
     assert build.verdicts(evals) == ["holds", "inconclusive", "holds"]
@@ -63,16 +45,16 @@ def test_bf16_quality_per_learning_rate(build):
 
 
 def test_bf16_quality_refuted(build):
-    worse = [_stability(build, "fp16", 1e-4, 2.5), _stability(build, "bf16", 1e-4, 2.9)]
+    worse = [build.stability("fp16", 1e-4, 2.5), build.stability("bf16", 1e-4, 2.9)]
     assert check_bf16_quality(build.run(worse))[0].verdict is Verdict.REFUTED
-    nan = [_stability(build, "fp16", 1e-4, 2.5), _stability(build, "bf16", 1e-4, None)]
+    nan = [build.stability("fp16", 1e-4, 2.5), build.stability("bf16", 1e-4, None)]
     (only,) = check_bf16_quality(build.run(nan))
     assert only.verdict is Verdict.REFUTED and "bf16 went NaN" in only.corrected
 
 
 def test_bf16_quality_not_run_and_inconclusive(build):
     assert check_bf16_quality(build.run([build.result(THREE)]))[0].verdict is Verdict.NOT_RUN
-    crashed = _stability(build, "fp16", 1e-4, 2.5)
+    crashed = build.stability("fp16", 1e-4, 2.5)
     crashed.status = "crashed"
     (only,) = check_bf16_quality(build.run([crashed]))
     assert only.verdict is Verdict.INCONCLUSIVE and "1 crashed" in only.why
@@ -137,9 +119,9 @@ def test_t4_bf16_real_gpu_edge_outcomes(build):
 
 
 def test_bf16_quality_both_nan_or_unmeasured_is_inconclusive(build):
-    both = [_stability(build, "fp16", 1e-3, None), _stability(build, "bf16", 1e-3, None)]
+    both = [build.stability("fp16", 1e-3, None), build.stability("bf16", 1e-3, None)]
     assert check_bf16_quality(build.run(both))[0].verdict is Verdict.INCONCLUSIVE
-    rows = [_stability(build, "fp16", 1e-4, 2.9), _stability(build, "bf16", 1e-4, 2.8)]
+    rows = [build.stability("fp16", 1e-4, 2.9), build.stability("bf16", 1e-4, 2.8)]
     rows[0].final_loss = None
     (only,) = check_bf16_quality(build.run(rows))
     assert only.verdict is Verdict.INCONCLUSIVE and "final_loss" in only.why

@@ -86,9 +86,6 @@ def test_ladder_and_gc_without_peaks_are_inconclusive(build):
     assert none.verdict is Verdict.INCONCLUSIVE and "1 crashed" in none.why
 
 
-SMALL = "smollm2-135m-instruct"
-
-
 # -- QLoRA vs LoRA speed ----------------------------------------------------------------------------
 def _speed(build, quant: str, tps: float, spread: float = 0.04, **fields):
     return build.result(
@@ -146,52 +143,33 @@ def test_qlora_slower_inconclusive_when_no_row_ran(build):
     assert only.verdict is Verdict.INCONCLUSIVE and "2 timeout" in only.why
 
 
-TEXT = {"data": "text", "batch_size": 2, "seq_len": 64, "compute_dtype": "fp16"}
-
-
-def _stability(build, dtype: str, lr: float, final: float | None, **fields):
-    status = "nan" if final is None else "ok"
-    losses = [3.0, float("nan")] if final is None else [3.0, final]
-    extra = {"first_nonfinite_step": 1} if final is None else {}
-    return build.result(
-        SMALL,
-        families="stability",
-        status=status,
-        lr=lr,
-        **{**TEXT, "compute_dtype": dtype},
-        **build.training(900.0, losses),
-        **extra,
-        **fields,
-    )
-
-
 # -- the NaN advice ---------------------------------------------------------------------------------
 def test_nan_lr_holds_refuted_and_untested(build):
-    fp16 = [_stability(build, "fp16", 1e-4, 2.9), _stability(build, "fp16", 1e-3, None)]
-    bf16 = [_stability(build, "bf16", 1e-4, 2.9), _stability(build, "bf16", 1e-3, 2.8)]
+    fp16 = [build.stability("fp16", 1e-4, 2.9), build.stability("fp16", 1e-3, None)]
+    bf16 = [build.stability("bf16", 1e-4, 2.9), build.stability("bf16", 1e-3, 2.8)]
     evals = check_nan_lr(build.run(fp16 + bf16))
     assert build.pick(evals, "fp16").verdict is Verdict.HOLDS
     untested = build.pick(evals, "bf16")
     assert untested.verdict is Verdict.INCONCLUSIVE and "untested" in untested.why
-    both = [_stability(build, "fp16", 1e-4, None), _stability(build, "fp16", 1e-3, None)]
+    both = [build.stability("fp16", 1e-4, None), build.stability("fp16", 1e-3, None)]
     (refuted,) = check_nan_lr(build.run(both))
     assert refuted.verdict is Verdict.REFUTED and "1e-4" in refuted.corrected
 
 
 def test_nan_lr_not_run_and_inconclusive_without_both_learning_rates(build):
     assert check_nan_lr(build.run([build.result(THREE)]))[0].verdict is Verdict.NOT_RUN
-    (only,) = check_nan_lr(build.run([_stability(build, "fp16", 1e-3, None)]))
+    (only,) = check_nan_lr(build.run([build.stability("fp16", 1e-3, None)]))
     assert only.verdict is Verdict.INCONCLUSIVE
 
 
 def test_nan_bf16(build):
-    rows = [_stability(build, "fp16", 1e-3, None), _stability(build, "bf16", 1e-3, 2.8)]
+    rows = [build.stability("fp16", 1e-3, None), build.stability("bf16", 1e-3, 2.8)]
     (ok,) = check_nan_bf16(build.run(rows))
     assert ok.verdict is Verdict.HOLDS
-    rows = [_stability(build, "fp16", 1e-3, None), _stability(build, "bf16", 1e-3, None)]
+    rows = [build.stability("fp16", 1e-3, None), build.stability("bf16", 1e-3, None)]
     (bad,) = check_nan_bf16(build.run(rows))
     assert bad.verdict is Verdict.REFUTED and "0.001" in bad.corrected
-    rows = [_stability(build, "fp16", 1e-3, 2.9), _stability(build, "bf16", 1e-3, 2.8)]
+    rows = [build.stability("fp16", 1e-3, 2.9), build.stability("bf16", 1e-3, 2.8)]
     (untested,) = check_nan_bf16(build.run(rows))
     assert untested.verdict is Verdict.INCONCLUSIVE and "untested" in untested.why
     assert check_nan_bf16(build.run([]))[0].verdict is Verdict.NOT_RUN
