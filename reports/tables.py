@@ -30,6 +30,7 @@ from reports.claims.t4_budget import (
     budget_measurements,
 )
 from reports.claims.tradeoffs import compat_outcomes, outcomes_text
+from reports.engines_table import engine_comparison
 from reports.frame import RunData
 from reports.markdown import md_table
 from reports.rows import (
@@ -404,4 +405,5 @@ def memory_formula(run: RunData) -> str:
 def render_tables(run: RunData) -> str:
     """tables.md for one run."""
     sections = (header, memory_by_precision, compute_dtypes, t4_budget, tradeoffs, memory_formula)
+    sections += (engine_comparison,)
     return "\n\n".join(section(run) for section in sections) + "\n"
