@@ -39,7 +39,7 @@ def _threshold(default: float, unit: str, meaning: str) -> Any:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """How much a metric may move before the gate fails (see reports/baseline.py for the rules)."""
+    """How much a metric may move before the gate fails (the rules: reports/gate.py)."""
 
     tokens_per_s_drop_pct: float = _threshold(
         default=7.0,
