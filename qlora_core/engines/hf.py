@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -102,17 +102,15 @@ def run_trainer(
     """Train `model` with `transformers.Trainer` on `batches`."""
     from transformers import Trainer, TrainingArguments
 
-    check_batches(case, batches)
-    trainable_parameters(model)  # fail early, before the trainer is built
-    with tempfile.TemporaryDirectory(prefix="qlora-trainer-") as out:
-        recorder = StepRecorder("trainer", case, device, on_step)
-        trainer = Trainer(
+    def build(out: str, recorder: StepRecorder) -> Any:
+        return Trainer(
             model=model,
             args=TrainingArguments(**training_arguments(case, device, out)),
             train_dataset=token_dataset(case, batches),
             callbacks=[recorder],
         )
-        return _train(trainer, recorder)
+
+    return _run_hf("trainer", model, case, batches, device, on_step, build)
 
 
 def run_sft(
@@ -125,20 +123,35 @@ def run_sft(
     """Train `model` with TRL's `SFTTrainer` on `batches` (pre-tokenized, packing off)."""
     from trl import SFTConfig, SFTTrainer
 
-    check_batches(case, batches)
-    trainable_parameters(model)
-    with tempfile.TemporaryDirectory(prefix="qlora-sft-") as out:
-        recorder = StepRecorder("sft", case, device, on_step)
+    def build(out: str, recorder: StepRecorder) -> Any:
         # TRL's name for the sequence length (the lesson's `max_seq_length`; TRL 1.x says max_length).
         config = SFTConfig(**training_arguments(case, device, out), max_length=case.seq_len, packing=False)
-        trainer = SFTTrainer(
+        return SFTTrainer(
             model=model,
             args=config,
             train_dataset=token_dataset(case, batches),
             processing_class=pad_only_tokenizer(model),
             callbacks=[recorder],
         )
-        return _train(trainer, recorder)
+
+    return _run_hf("sft", model, case, batches, device, on_step, build)
+
+
+def _run_hf(
+    engine: str,
+    model: torch.nn.Module,
+    case: Case,
+    batches: Sequence[torch.Tensor],
+    device: str,
+    on_step: OnStep | None,
+    build: Callable[[str, StepRecorder], Any],
+) -> TrainStats:
+    """Check the inputs, build the trainer in a scratch output folder, train, collect the stats."""
+    check_batches(case, batches)
+    trainable_parameters(model)  # fail early, before the trainer is built
+    with tempfile.TemporaryDirectory(prefix=f"qlora-{engine}-") as out:
+        recorder = StepRecorder(engine, case, device, on_step)
+        return _train(build(out, recorder), recorder)
 
 
 def pad_only_tokenizer(model: torch.nn.Module) -> Any:
