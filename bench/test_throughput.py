@@ -1,5 +1,6 @@
-"""Throughput: the lesson's four axes (nf4/fp4 x double quant x fp16/bf16) and fp32 compute;
-tokens/s is the median over measured steps, warm-up excluded, each step synchronized."""
+"""Throughput at the device-bound point: the lesson's four axes (nf4/fp4 x double quant x
+fp16/bf16), fp32 compute, the 16-bit reference, and the engine comparison; tokens/s is the
+median over measured steps, warm-up excluded, each step synchronized."""
 
 from qlora_plugin.checks import assert_memory_consistent
 

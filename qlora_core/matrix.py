@@ -1,14 +1,26 @@
 """The benchmark matrix: which Cases a profile runs, in one place.
 
+Engines. The families whose rows the claims and the doc tables read for memory and speed run on
+`USERS_ENGINE`, transformers' `Trainer`, configured as the lesson's readers configure it
+(`TrainingArguments` with per_device_train_batch_size, gradient_accumulation_steps,
+gradient_checkpointing, fp16/bf16, optim): memory and speed are what a Trainer user gets, not
+what a hand-written loop gets (at 3B b2 s1024 the two differ by gigabytes). Kernel-level
+families that compare quantization data types on text (``quality``, ``stability``) keep the
+core loop, whose numerics are the same and whose steps are cheaper.
+
 Families (each case carries the tags of every family it serves, so a case shared by two
 families runs once):
 - ``factorial``: the lesson's four axes, nf4/fp4 x double quant on/off x fp16/bf16, at the
-  profile's reference point on its primary model.
+  profile's device-bound point (`Tier.device_bound`): every speed comparison between those axes
+  (double quant's overhead, fp16 vs bf16, nf4 vs fp4) is made where the GPU, not the host,
+  sets the pace. Memory comparisons hold at any point.
+- ``speed``: the device-bound point's nf4 + double quant row beside its 16-bit LoRA reference
+  and its fp32-compute row: the QLoRA-vs-LoRA slowdown and the compute-dtype table.
 - ``sweep``: batch x sequence length at the lesson's recommended config (nf4 + double quant +
   the lesson's compute dtype for the profile), beside the 16-bit LoRA reference (tag ``reference``).
-- ``fp32``: bitsandbytes' default compute dtype (fp32) at the reference point.
+- ``fp32``: bitsandbytes' default compute dtype (fp32), at the device-bound point.
 - ``gc`` / ``prepare``: gradient checkpointing off, prepare_model_for_kbit_training off, each beside
-  the reference point (which carries the tag too).
+  the lesson's point (which carries the tag too).
 - ``ladder:N``: the lesson's OOM resolution order from its T4 setting (8B, batch 4, seq 2048,
   8-bit Adam, no checkpointing): batch 2 -> batch 1 with gradient accumulation keeping the
   effective batch -> seq 1024 -> gradient checkpointing.
@@ -17,13 +29,17 @@ families runs once):
 - ``quality``: the real model on held-out text: nf4/fp4 x double quant and the 16-bit reference.
 - ``stability``: the real model on text, fp16 vs bf16 compute at learning rates 1e-4, 2e-4, 1e-3.
 - ``engine``: the same case trained by the core loop, transformers' Trainer and TRL's SFTTrainer,
-  at a device-bound point (large GPUs: the primary model at batch 4, seq 2048; smaller GPUs: batch
-  4, seq 512, the largest default sweep point that fit the emulated T4; the CPU: the real model on
-  text) and, in the full tier, at the lesson's point too. The default tier leaves the lesson's
-  point out: its batch-1 steps are host-bound (their times jitter 10-40% between processes) and
-  it would take large GPUs past the default tier's 40 cases.
+  at the device-bound point (the CPU: the real model on text) and, in the full tier, at the
+  lesson's point too. The default tier leaves the lesson's point out: its batch-1 steps are
+  host-bound (their times jitter 10-40% between processes).
 
-Tiers: ``smoke`` (at most 6 cases), ``default`` (at most 40), ``full`` (everything).
+The device-bound point: large GPUs the primary model at batch 4, seq 2048 (the lesson's T4
+setting); smaller GPUs batch 4, seq 512, the largest default sweep point that fits an emulated
+T4; the CPU the largest default sweep point.
+
+Tiers: ``smoke`` (at most 6 cases: the device-bound point's nf4+dq, fp4 and no-double-quant
+rows, its 16-bit reference and fp32-compute rows, and one quality case), ``default`` (at most
+40), ``full`` (everything).
 """
 
 from __future__ import annotations
@@ -36,6 +52,10 @@ from qlora_core.models import REAL_MODEL
 from qlora_core.spec import ENGINES, Case, reference_of
 
 MATRICES: tuple[str, ...] = ("smoke", "default", "full")
+USERS_ENGINE = "trainer"
+"""The engine of the families the memory and speed claims read (see the module docstring)."""
+KERNEL_ENGINE = "loop"
+"""The engine of the families that compare numerics on text (quality, stability)."""
 SMOKE_MAX = 6
 DEFAULT_MAX = 40
 LADDER_START_LR = 2e-4
@@ -66,8 +86,12 @@ class Tier:
     warmup_steps: int
     measured_steps: int
     text_steps: int
-    engine_point: tuple[int, int] | None
-    """(batch, seq) of the engine family's device-bound point; None: the real model's text point."""
+    device_bound: tuple[int, int]
+    """(batch, seq) where the primary model's steps are device-bound: the factorial, speed and
+    engine families run there."""
+    engine_on_text: bool = False
+    """The engine family trains the real model on text instead (the CPU: a real model's
+    tokenizer and loss, where the tiny shape's would say little)."""
 
 
 GPU_TIER = Tier(
@@ -87,7 +111,7 @@ GPU_TIER = Tier(
     warmup_steps=2,
     measured_steps=8,
     text_steps=30,
-    engine_point=(4, 512),
+    device_bound=(4, 512),
 )
 CPU_TIER = Tier(
     models=("tiny", REAL_MODEL),
@@ -106,13 +130,14 @@ CPU_TIER = Tier(
     warmup_steps=1,
     measured_steps=4,
     text_steps=20,
-    engine_point=None,
+    device_bound=(4, 128),
+    engine_on_text=True,
 )
 # Larger GPUs add the 13B shape to what runs (compat family).
 _LARGE_GPU_EXTRA_MODELS: tuple[str, ...] = ("llama-2-13b",)
 _LARGE_GPU_MIN_GIB = 40.0
-# ...and train their engine family at the lesson's T4 setting (b4 s2048), which fits them.
-_LARGE_GPU_ENGINE_POINT = (4, 2048)
+# ...and are device-bound at the lesson's T4 setting (b4 s2048), which fits them.
+_LARGE_GPU_DEVICE_BOUND = (4, 2048)
 
 
 def tier_for(profile: GpuProfile) -> Tier:
@@ -122,7 +147,7 @@ def tier_for(profile: GpuProfile) -> Tier:
         return replace(
             GPU_TIER,
             models=GPU_TIER.models + _LARGE_GPU_EXTRA_MODELS,
-            engine_point=_LARGE_GPU_ENGINE_POINT,
+            device_bound=_LARGE_GPU_DEVICE_BOUND,
         )
     return GPU_TIER
 
@@ -178,23 +203,26 @@ def build_matrix(
         compute_dtype=dtype,
         batch_size=tier.ref_batch,
         seq_len=tier.ref_seq,
+        engine=USERS_ENGINE,
         **steps,
     )
+    bound = lesson.replace(batch_size=tier.device_bound[0], seq_len=tier.device_bound[1])
     text_steps = {"warmup_steps": 0, "measured_steps": tier.text_steps, "data": "text"}
     text_lesson = Case(
         REAL_MODEL,
         compute_dtype=dtype,
         batch_size=tier.text_batch,
         seq_len=tier.text_seq,
+        engine=KERNEL_ENGINE,
         **text_steps,
     )
     plan = _Plan()
     if matrix == "smoke":
-        plan.add(lesson, "factorial")
-        plan.add(lesson.replace(quant_type="fp4"), "factorial")
-        plan.add(lesson.replace(double_quant=False), "factorial")
-        plan.add(reference_of(lesson), "reference")
-        plan.add(lesson.replace(prepare_kbit=False), "prepare")
+        plan.add(bound, "factorial")
+        plan.add(bound.replace(quant_type="fp4"), "factorial")
+        plan.add(bound.replace(double_quant=False), "factorial")
+        plan.add(reference_of(bound), "speed")
+        plan.add(bound.replace(compute_dtype="fp32"), "fp32")
         plan.add(text_lesson, "quality")
         planned = plan.cases()
         if len(planned) > SMOKE_MAX:
@@ -202,11 +230,13 @@ def build_matrix(
         return planned
 
     full = matrix == "full"
-    # factorial
     for quant in ("nf4", "fp4"):
         for dq in (True, False):
             for cdt in ("fp16", "bf16"):
-                plan.add(lesson.replace(quant_type=quant, double_quant=dq, compute_dtype=cdt), "factorial")
+                plan.add(bound.replace(quant_type=quant, double_quant=dq, compute_dtype=cdt), "factorial")
+    plan.add(bound, "speed")
+    plan.add(reference_of(bound), "speed")
+    plan.add(bound.replace(compute_dtype="fp32"), "fp32")
     # sweep with the 16-bit reference at the same points
     batches = tier.sweep_batches if full else tier.default_sweep_batches
     seqs = tier.sweep_seqs if full else tier.default_sweep_seqs
@@ -215,7 +245,6 @@ def build_matrix(
             point = lesson.replace(batch_size=b, seq_len=s)
             plan.add(point, "sweep")
             plan.add(reference_of(point), "reference")
-    plan.add(lesson.replace(compute_dtype="fp32"), "fp32")
     plan.add(lesson, "gc")
     plan.add(lesson.replace(gradient_checkpointing=False), "gc")
     plan.add(lesson, "prepare")
@@ -235,10 +264,7 @@ def build_matrix(
     for cdt in ("fp16", "bf16"):
         for lr in STABILITY_LRS:
             plan.add(text_lesson.replace(compute_dtype=cdt, lr=lr), "stability")
-    if tier.engine_point is None:
-        device_bound = text_lesson
-    else:
-        device_bound = lesson.replace(batch_size=tier.engine_point[0], seq_len=tier.engine_point[1])
+    device_bound = text_lesson if tier.engine_on_text else bound
     for point in (device_bound, lesson) if full else (device_bound,):
         for engine in ENGINES:
             plan.add(point.replace(engine=engine), "engine")
@@ -267,6 +293,7 @@ def ladder_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
         gradient_checkpointing=False,
         optimizer="adamw_8bit",
         lr=LADDER_START_LR,
+        engine=USERS_ENGINE,
         warmup_steps=tier.warmup_steps,
         measured_steps=max(2, tier.measured_steps // 2),
     )

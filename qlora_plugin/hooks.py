@@ -30,6 +30,7 @@ _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
     ("compat", "memory"),
     ("factorial", "throughput"),
     ("fp32", "throughput"),
+    ("speed", "throughput"),
     ("engine", "throughput"),
     ("gc", "memory"),
     ("prepare", "memory"),

@@ -75,7 +75,7 @@ def test_collection_ids_are_profile_and_case_ids(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ids = [line for line in proc.stdout.splitlines() if "::test_case[cpu-" in line]
     assert len(ids) == 6
-    assert any("test_case[cpu-tiny-nf4-dq-bf16-b1-s64-w1m4]" in i for i in ids)
+    assert any("test_case[cpu-tiny-nf4-dq-bf16-b4-s128-w1m4-trainer]" in i for i in ids)
 
 
 def test_progress_lines_are_not_pytests_own_progress_markers():

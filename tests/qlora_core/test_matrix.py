@@ -7,11 +7,14 @@ import pytest
 from qlora_core.gpus import PROFILE_NAMES, get_profile
 from qlora_core.matrix import (
     DEFAULT_MAX,
+    KERNEL_ENGINE,
     SMOKE_MAX,
     STABILITY_LRS,
+    USERS_ENGINE,
     MatrixError,
     build_matrix,
     lesson_dtype,
+    tier_for,
 )
 from qlora_core.models import REAL_MODEL, model_problem
 from qlora_core.spec import ENGINES
@@ -47,6 +50,8 @@ def test_factorial_is_full_and_t4_keeps_bf16_rows():
     factorial = cases_of(planned, "factorial")
     combos = {(c.quant_type, c.double_quant, c.compute_dtype) for c in factorial}
     assert combos == {(q, d, t) for q in ("nf4", "fp4") for d in (True, False) for t in ("fp16", "bf16")}
+    # Speed between the axes is compared where the device, not the host, sets the pace.
+    assert {(c.batch_size, c.seq_len) for c in factorial} == {(4, 512)}
     assert any(c.compute_dtype == "bf16" for c in cases_of(planned, "stability"))
     assert lesson_dtype(get_profile("t4")) == "fp16"
     assert lesson_dtype(get_profile("a100-80gb")) == "bf16"
@@ -146,6 +151,37 @@ def test_engine_family_trains_each_point_with_every_engine(profile, default_poin
         for point, engines in engine_points(planned).items():
             assert engines == set(ENGINES), point.id
             assert point.compute_dtype == lesson_dtype(p) and point.quant_type == "nf4"
-            # The loop's run of the point is the very case another family measures (one run).
-            assert len(families[point.hash]) > 1, families[point.hash]
+            # One engine's run of the point is the very case another family measures (one run).
+            shared = [e for e in ENGINES if len(families[point.replace(engine=e).hash]) > 1]
+            assert shared, point.id
     assert not cases_of(build_matrix(p, "smoke"), "engine")
+
+
+@pytest.mark.parametrize("profile", ["t4", "h200", "cpu"])
+@pytest.mark.parametrize("matrix", ["smoke", "default", "full"])
+def test_claim_families_run_on_the_users_engine(profile, matrix):
+    planned = build_matrix(get_profile(profile), matrix)
+    users = {"factorial", "speed", "fp32", "sweep", "reference", "gc", "prepare", "ladder", "compat"}
+    for p in planned:
+        tags = {t.split(":")[0] for t in p.families}
+        if tags & users:
+            assert p.case.engine == USERS_ENGINE, (p.case.id, p.families)
+        elif tags & {"quality", "stability"}:
+            assert p.case.engine == KERNEL_ENGINE, (p.case.id, p.families)
+        else:
+            assert tags == {"engine"}, (p.case.id, p.families)
+
+
+@pytest.mark.parametrize("profile", ["t4", "h200", "cpu"])
+def test_speed_comparisons_stand_at_the_device_bound_point(profile):
+    p = get_profile(profile)
+    point = tier_for(p).device_bound
+    for matrix in ("smoke", "default"):
+        planned = build_matrix(p, matrix)
+        speed = [c for f in ("factorial", "speed", "fp32") for c in cases_of(planned, f)]
+        assert {(c.batch_size, c.seq_len) for c in speed} == {point}
+        kinds = {(c.quant_type, c.double_quant, c.compute_dtype) for c in speed}
+        dtype = lesson_dtype(p)
+        # What the speed claims compare: QLoRA vs 16-bit LoRA, double quant on vs off, fp32.
+        assert {("nf4", True, dtype), ("none", False, dtype), ("nf4", False, dtype)} <= kinds
+        assert ("nf4", True, "fp32") in kinds

@@ -24,7 +24,7 @@ from reports.frame import read_results_jsonl
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-TWO_TINY_CASES = ["--matrix", "smoke", "-k", "test_case and tiny and throughput and not fp4"]
+TWO_TINY_CASES = ["--matrix", "smoke", "-k", "test_case and tiny and nf4 and not fp32"]
 # What must match between a resumed run and an uninterrupted one.
 IDENTITY = ("case_hash", "status", "profile", "families", "overrides", "case")
 
