@@ -18,6 +18,7 @@ from reports.units import fmt_size
 ATTRIBUTE_ABOVE = 0.05  # a relative difference from the loop that the table explains
 _REFERENCE = "loop"
 _ENGINE_ORDER = ("loop", "trainer", "sft")
+ENGINE_NAMES = {"loop": "core loop", "trainer": "transformers.Trainer", "sft": "TRL SFTTrainer"}
 _COMPARED = (("tokens/s", "tokens_per_s"), ("peak allocated", "peak_alloc_gib"))
 
 

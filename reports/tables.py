@@ -30,7 +30,7 @@ from reports.claims.t4_budget import (
     budget_measurements,
 )
 from reports.claims.tradeoffs import compat_outcomes, outcomes_text
-from reports.engines_table import engine_comparison
+from reports.engines_table import ENGINE_NAMES, engine_comparison
 from reports.frame import RunData
 from reports.markdown import md_table
 from reports.rows import (
@@ -102,11 +102,29 @@ def header(run: RunData) -> str:
         f"- emulated on: {emulated_on or 'no (the profile is the GPU present)'}",
         f"- libraries: {libs or 'not recorded'}",
         f"- cases: {len(df)}" + (f" ({status_summary(df)})" if len(df) else ""),
+        f"- engines: {engines_line(df)}",
         "",
         '"lesson" cells are what the lesson prints; "measured" cells come from this run\'s rows;'
         ' "not run" means no row of this run measured it. GB = 10**9 bytes, GiB = 2**30 bytes.',
     ]
     return "\n".join(lines)
+
+
+def engines_line(df: pd.DataFrame) -> str:
+    """Which engine trained which families' rows: the cells below read those rows, and claims
+    pair rows of one engine only (the matrix puts the claims' families on the users' engine)."""
+    if df.empty:
+        return "no rows"
+    # Rows stored before the engine axis existed trained in the core loop.
+    engines = df["engine"].fillna("loop").astype(str) if "engine" in df else pd.Series("loop", df.index)
+    parts = []
+    for engine in dict.fromkeys(engines):
+        rows = df[engines == engine]
+        families = dict.fromkeys(
+            t.split(":")[0] for tags in rows["families"].fillna("").astype(str) for t in tags.split(",") if t
+        )
+        parts.append(f"{ENGINE_NAMES.get(engine, engine)} ({len(rows)} rows: {', '.join(families)})")
+    return "; ".join(parts)
 
 
 # -- memory by precision -------------------------------------------------------------------------

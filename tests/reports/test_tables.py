@@ -87,3 +87,22 @@ def test_budget_table_needs_the_t4_profile_and_header_falls_back_to_results(buil
     text = render_tables(build.run([row]))
     assert "no ladder:0 row on profile t4; this run: h100" in _section(text, "T4 budget")
     assert "- profile: h100" in text and "torch 2.13.0" in text and "GPU: Tesla T4" in text
+
+
+def test_the_header_names_the_engine_behind_each_familys_rows():
+    import pandas as pd
+
+    from reports.tables import engines_line
+
+    rows = pd.DataFrame(
+        [
+            {"case_id": "a", "engine": "trainer", "families": "factorial,speed"},
+            {"case_id": "b", "engine": "trainer", "families": "ladder:0"},
+            {"case_id": "c", "engine": "loop", "families": "quality,stability"},
+            {"case_id": "d", "engine": None, "families": "sweep"},  # stored before the engine axis
+        ]
+    )
+    assert engines_line(rows) == (
+        "transformers.Trainer (2 rows: factorial, speed, ladder);"
+        " core loop (2 rows: quality, stability, sweep)"
+    )
