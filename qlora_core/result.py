@@ -60,6 +60,7 @@ class Result:
     case: dict[str, Any]
     families: str = ""  # matrix families this case serves, comma-separated ("factorial,ladder:2")
     overrides: str = ""  # run-level forced fields (`--force`), e.g. "prepare_kbit=True"; "" if none
+    repeat: int = 0  # 0-based: which fresh-process repeat of the case this row is (`--repeat N`)
     status: str = Status.CRASHED.value
     reason: str = ""  # why it ended as it did: the stage and the error, or how the child died
     traceback: str = ""  # the formatted traceback of the exception that ended the case; "" if none
@@ -126,6 +127,12 @@ class Result:
     first_loss: float | None = None
     final_loss: float | None = None
     first_nonfinite_step: int | None = None  # 0-based index into losses; None if all finite
+
+    # device time (issue 10)
+    kernel_ms_per_step: float | None = None
+    gpu_busy: float | None = None
+    host_bound: bool | None = None
+    step_ms_rel_iqr: float | None = None
 
     # quality (data == "text")
     ppl_before: float | None = None  # held-out perplexity after load, before training
