@@ -96,7 +96,11 @@ def memory_note(ok: list[Result]) -> str:
     first = ok[0].peak_alloc_gib
     notes = []
     for r in ok[1:]:
-        if first and r.peak_alloc_gib is not None and abs(r.peak_alloc_gib - first) > MEMORY_TOLERANCE * first:
+        if (
+            first
+            and r.peak_alloc_gib is not None
+            and abs(r.peak_alloc_gib - first) > MEMORY_TOLERANCE * first
+        ):
             change = (r.peak_alloc_gib - first) / first * 100
             notes.append(
                 f"repeat {r.repeat + 1}: peak_alloc_gib {r.peak_alloc_gib:.3f} vs {first:.3f} GiB"

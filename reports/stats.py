@@ -18,7 +18,7 @@ import math
 import random
 import statistics
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 BOOTSTRAP_SEED = 20240610
@@ -118,7 +118,7 @@ def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> MannWhitney:
     return MannWhitney(u, 0.5 * math.erfc(z / math.sqrt(2)), "normal")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _u_count(n: int, m: int, u: int) -> int:
     """How many orderings of n x-values and m y-values (no ties) give exactly U = u."""
     if u < 0 or u > n * m:
