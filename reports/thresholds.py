@@ -166,7 +166,11 @@ def add_threshold_options(add_option: Callable[..., object]) -> None:
     `add_argument` or pytest's `addoption` (same signature). A threshold option not given reads as
     None, so it overrides nothing."""
     add_option(
-        ALLOW_NOISY_FLAG, dest="allow_noisy", action="store_true", default=False, help=ALLOW_NOISY_HELP
+        ALLOW_NOISY_FLAG,
+        dest="allow_noisy",
+        action="store_true",
+        default=False,
+        help=ALLOW_NOISY_HELP.replace("%", "%%"),
     )
     for option in threshold_options():
         add_option(
