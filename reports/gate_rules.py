@@ -5,10 +5,11 @@
   makes a tight limit fair.
 - **tokens_per_s** fails only when its median drops by more than `tokens_per_s_drop_pct` (the
   minimum effect) AND the drop is significant over the repeats:
-  - 3 or more repeats on each side: the one-sided Mann-Whitney U test (baseline above this run)
-    gives p < `speed_alpha`;
-  - fewer on a side: the 95% bootstrap intervals of the medians do not overlap (as asv does; a
-    side of one repeat is its single value);
+  - 3 or more repeats on each side, enough for the test to reach p < `speed_alpha` (3 vs 3
+    cannot: its smallest p-value is 1/20 = 0.05): the one-sided Mann-Whitney U test (baseline
+    above this run) gives p < `speed_alpha`;
+  - otherwise: the 95% bootstrap intervals of the medians do not overlap (as asv does; a side of
+    one repeat is its single value);
   - one repeat on both sides: the minimum effect alone decides, and the rule says so.
   Before that, a case whose noise would need a limit more than twice the minimum effect (the
   larger side's 95% interval half-width, or with one repeat its within-run relative IQR of step
@@ -24,6 +25,7 @@ side only fails (regenerate the baseline). Each comparison names its rule and it
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +37,7 @@ PASS, FAIL, NOT_COMPARED = "pass", "fail", "n/a"
 TOO_NOISY, NOISY_ALLOWED = "too noisy to gate", "too noisy to gate (allowed)"
 FAILING_VERDICTS = frozenset({FAIL, TOO_NOISY})
 NOISE_LIMIT_MULTIPLE = 2.0  # noise beyond twice the minimum effect cannot be gated on tokens/s
-MWU_MIN_REPEATS = 3  # below this on a side, a one-sided p-value cannot reach 0.05
+MWU_MIN_REPEATS = 3  # fewer on a side: the intervals decide (as asv does)
 _REL_EPS = 1e-9  # a change exactly at its limit passes; this absorbs float rounding of that boundary
 _MIB_IN_GIB = 1024
 
@@ -158,18 +160,20 @@ def _significance(
     base_values = base.get("tokens_per_s_repeats") or [b]
     run_values = run.get("tokens_per_s_repeats") or [c]
     counts = f"{len(base_values)} vs {len(run_values)} repeats"
-    if len(base_values) >= MWU_MIN_REPEATS and len(run_values) >= MWU_MIN_REPEATS:
+    n, m = len(base_values), len(run_values)
+    # The smallest exact p-value is 1 / C(n + m, n): with 3 vs 3 it is 0.05, never below alpha.
+    if min(n, m) >= MWU_MIN_REPEATS and 1 / math.comb(n + m, n) < alpha:
         test = mann_whitney_greater(base_values, run_values)
         return (
             f"Mann-Whitney U ({counts})",
             f"p = {test.p:.3g} ({test.method}), alpha {alpha:g}",
             test.p < alpha,
         )
-    if len(base_values) == 1 and len(run_values) == 1:
+    if n == 1 and m == 1:
         return "minimum effect alone (1 repeat each: no significance test)", "", True
     base_ci, run_ci = _interval(base, b), _interval(run, c)
     evidence = f"95% CI baseline {_span(base_ci)}, this run {_span(run_ci)}"
-    return f"95% CIs do not overlap ({counts})", evidence, run_ci[1] < base_ci[0]
+    return f"95% CI overlap ({counts})", evidence, run_ci[1] < base_ci[0]
 
 
 def _interval(entry: dict[str, Any], value: float) -> tuple[float, float]:
