@@ -93,5 +93,5 @@ def test_overrides_ignore_none_and_reject_unknown_or_invalid_values() -> None:
         Thresholds(kernel_ms_rise_pct=float("nan"))
     with pytest.raises(ValueError, match=r"speed_alpha=1.5 must be a probability in \(0, 1\]"):
         Thresholds(speed_alpha=1.5)
-    with pytest.raises(ValueError, match="speed_alpha=0.0 must be a probability"):
+    with pytest.raises(ValueError, match=r"speed_alpha=0\.0 must be a probability"):
         Thresholds(speed_alpha=0.0)
