@@ -188,5 +188,16 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def result_file_name(case_hash: str, repeat: int = 0) -> str:
+    """The name of a run's own Result file in a run folder's cases/: `<hash>.json` for the first
+    repeat (as before repeats existed), `<hash>-r2.json`, `-r3`, ... for the others."""
+    return f"{case_hash}{repeat_suffix(repeat)}.json"
+
+
+def repeat_suffix(repeat: int) -> str:
+    """ "" for the first repeat, "-r2", "-r3", ... for the others (test ids, progress lines)."""
+    return "" if repeat == 0 else f"-r{repeat + 1}"
+
+
 def read_result(path: Path) -> Result:
     return Result.from_dict(json.loads(path.read_text()))

@@ -48,18 +48,6 @@ class Thresholds:
         " many percent and the drop is significant over the repeats (see speed_alpha); a case"
         " whose 95% interval is wider than twice this is too noisy to gate.",
     )
-    kernel_ms_rise_pct: float = _threshold(
-        default=3.0,
-        unit="%",
-        meaning="GPU kernel time per step may rise by this many percent (device time is stable"
-        " across processes; host-bound cases are gated on it alone).",
-    )
-    speed_alpha: float = _threshold(
-        default=0.05,
-        unit="p",
-        meaning="a tokens/s drop is significant when the one-sided Mann-Whitney U p-value over"
-        " the repeats (3 or more on each side) is below this.",
-    )
     memory_rise_pct: float = _threshold(
         default=3.0,
         unit="%",
@@ -75,6 +63,19 @@ class Thresholds:
         default=2.0,
         unit="%",
         meaning="final_loss may rise by this many percent of |baseline|.",
+    )
+
+    kernel_ms_rise_pct: float = _threshold(
+        default=3.0,
+        unit="%",
+        meaning="GPU kernel time per step may rise by this many percent (device time is stable"
+        " across processes; host-bound cases are gated on it alone).",
+    )
+    speed_alpha: float = _threshold(
+        default=0.05,
+        unit="p",
+        meaning="a tokens/s drop is significant when the one-sided Mann-Whitney U p-value over"
+        " the repeats (3 or more on each side) is below this.",
     )
 
     def __post_init__(self) -> None:
