@@ -534,6 +534,7 @@ FAKE_PLUGIN = textwrap.dedent(
             save_baseline=Path(cfg["save_baseline"]) if cfg["save_baseline"] else None,
             thresholds=Thresholds(),
             command_line="pytest bench --gpu t4",
+            allow_noisy=False,
         )
         return SimpleNamespace(options=options, run_dir=run_dir, load=lambda: load_run(run_dir))
     """
