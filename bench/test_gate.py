@@ -26,11 +26,13 @@ def test_regression_gate(bench_session: Any) -> None:
         pytest.skip("no --baseline PATH given: this run was not compared with a baseline")
     run = bench_session.load()
     try:
-        report = gate(options.baseline, run, options.thresholds, bench_session.run_dir)
+        report = gate(options.baseline, run, options.thresholds, bench_session.run_dir, options.allow_noisy)
     except BaselineError as e:
         pytest.fail(f"unusable baseline, the gate cannot pass: {e}", pytrace=False)
     for flag in report.flags:
         print(f"baseline flag: {flag}")
+    for noisy in report.too_noisy:
+        print(f"{noisy.verdict}: {noisy.case_id}: {noisy.why}")
     if not report.passed:
         diff = bench_session.run_dir / BASELINE_DIFF_MD
         lines = "\n".join(f"  - {line}" for line in report.failures)

@@ -114,6 +114,7 @@ def child_main(request_path: str) -> None:
     result = Result.for_case(case, options.profile, options.families)
     result.started_at = now_iso()
     result.overrides = options.overrides
+    result.repeat = options.repeat
     ckpt = _Checkpointer(result, Path(request["result"]))
     ckpt.stage("start-up")  # from here on the result file exists, whatever happens
     tb = ""

@@ -163,6 +163,9 @@ def lesson_dtype(profile: GpuProfile) -> str:
 class PlannedCase:
     case: Case
     families: list[str] = field(default_factory=list)
+    repeats: int = 1
+    """Fresh-process runs of this case (a tier may give its speed families more); `--repeat N`
+    overrides it for every case."""
 
     @property
     def tags(self) -> str:

@@ -60,6 +60,7 @@ class Result:
     case: dict[str, Any]
     families: str = ""  # matrix families this case serves, comma-separated ("factorial,ladder:2")
     overrides: str = ""  # run-level forced fields (`--force`), e.g. "prepare_kbit=True"; "" if none
+    repeat: int = 0  # 0-based: which fresh-process repeat of the case this row is (`--repeat N`)
     status: str = Status.CRASHED.value
     reason: str = ""  # why it ended as it did: the stage and the error, or how the child died
     traceback: str = ""  # the formatted traceback of the exception that ended the case; "" if none
@@ -127,6 +128,12 @@ class Result:
     final_loss: float | None = None
     first_nonfinite_step: int | None = None  # 0-based index into losses; None if all finite
 
+    # device time (issue 10)
+    kernel_ms_per_step: float | None = None
+    gpu_busy: float | None = None
+    host_bound: bool | None = None
+    step_ms_rel_iqr: float | None = None
+
     # quality (data == "text")
     ppl_before: float | None = None  # held-out perplexity after load, before training
     ppl_after: float | None = None  # held-out perplexity after training
@@ -179,6 +186,17 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def result_file_name(case_hash: str, repeat: int = 0) -> str:
+    """The name of a run's own Result file in a run folder's cases/: `<hash>.json` for the first
+    repeat (as before repeats existed), `<hash>-r2.json`, `-r3`, ... for the others."""
+    return f"{case_hash}{repeat_suffix(repeat)}.json"
+
+
+def repeat_suffix(repeat: int) -> str:
+    """ "" for the first repeat, "-r2", "-r3", ... for the others (test ids, progress lines)."""
+    return "" if repeat == 0 else f"-r{repeat + 1}"
 
 
 def read_result(path: Path) -> Result:

@@ -43,6 +43,8 @@ class RunOptions:
     """Cap the caching allocator at this many GiB (overrides the profile's emulation cap)."""
     families: str = ""
     overrides: str = ""
+    repeat: int = 0
+    """Which fresh-process repeat of the case this run is (0-based); recorded in the Result."""
     inject_fault: str = ""
     """Tests only: a fault `KIND@STAGE` the child inflicts on itself in this run (see
     `qlora_core.child`); "" for none. Not part of the case's identity."""
@@ -114,6 +116,8 @@ def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -
 def _check_options(options: RunOptions) -> None:
     """Raise on options the child could not honour, naming the allowed values."""
     profile = get_profile(options.profile)
+    if type(options.repeat) is not int or options.repeat < 0:
+        raise CaseError([f"repeat={options.repeat!r} must be an integer >= 0 (0-based repeat index)"])
     fault = faults.parse_fault(options.inject_fault)
     if fault is not None and fault.kind in faults.CUDA_ONLY_KINDS and not profile.is_gpu:
         raise CaseError([f"fault {fault} needs a GPU profile; profile {profile.name!r} runs on the CPU"])
@@ -182,6 +186,7 @@ def _collect(
     result.wall_s = wall_s
     result.families = options.families
     result.overrides = options.overrides
+    result.repeat = options.repeat
     write_atomic(result_path, result.to_json())
     return result
 

@@ -2,8 +2,11 @@
 
 Each `bench/test_<family>.py` module declares `FAMILY`; every planned case is tested by exactly
 one module (`module_for`), even when it serves several families; test ids are
-`<profile>-<case id>`. Kernel timings, claims and the release gate read the whole run, so their
-modules are ordered after every case. At the end the run's tables and reports are written from
+`<profile>-<case id>`. With `--repeat N` (or a case's own `repeats`) each repeat is its own test,
+`...-r2`, `-r3` after the first, ordered round by round across the whole matrix (round 1: every
+case, round 2: every case, ...) so that drift over the session hits every case alike. Kernel
+timings, claims and the release gate read the whole run, so their modules are ordered after
+every case. At the end the run's tables and reports are written from
 the stored results; a report that cannot be written fails the session (the results stay).
 """
 
@@ -17,9 +20,9 @@ from collections.abc import Iterator
 import pytest
 
 from qlora_core.matrix import PlannedCase, build_matrix
-from qlora_core.result import Result
+from qlora_core.result import Result, repeat_suffix
 from qlora_plugin.options import bench_options
-from qlora_plugin.session import BenchSession, ResultNotStoredError, RunFolderInUseError
+from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError, RunFolderInUseError
 from reports.frame import RunData
 
 # Which module tests a case: the first of its families found here, in this order.
@@ -44,7 +47,7 @@ _LAST_MODULES = ("test_kernels.py", "test_claims.py", "test_gate.py")
 EXPECTED_FAILURE_STATUSES = frozenset({"oom", "nan"})
 _SESSION_KEY = pytest.StashKey[BenchSession]()
 _MATRIX_KEY = pytest.StashKey[list[PlannedCase]]()
-_SELECTED_KEY = pytest.StashKey[list[PlannedCase]]()
+_SELECTED_KEY = pytest.StashKey[list[CaseRun]]()
 _REPORT_ERROR_KEY = pytest.StashKey[str]()
 _VERDICTS_KEY = pytest.StashKey[Counter]()
 
@@ -66,34 +69,45 @@ def planned_cases(config: pytest.Config) -> list[PlannedCase]:
     return config.stash[_MATRIX_KEY]
 
 
+def case_runs(cases: list[PlannedCase], repeat: int | None) -> list[CaseRun]:
+    """Every run of `cases`, round by round: `repeat` (--repeat) overrides each case's count."""
+    counts = [repeat if repeat is not None else p.repeats for p in cases]
+    rounds = max(counts, default=0)
+    return [CaseRun(p, r) for r in range(rounds) for p, n in zip(cases, counts) if r < n]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "planned_case" not in metafunc.fixturenames:
+    if "case_run" not in metafunc.fixturenames:
         return
     family = metafunc.module.FAMILY
-    profile = bench_options(metafunc.config).profile.name
+    options = bench_options(metafunc.config)
     cases = [p for p in planned_cases(metafunc.config) if module_for(p) == family]
-    metafunc.parametrize(
-        "planned_case", cases, ids=[f"{profile}-{p.case.id}" for p in cases], scope="function"
-    )
+    runs = case_runs(cases, options.repeat)
+    ids = [f"{options.profile.name}-{run.planned.case.id}{repeat_suffix(run.repeat)}" for run in runs]
+    metafunc.parametrize("case_run", runs, ids=ids, scope="function")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Bench cases first, in matrix order per module; then kernels, claims, the gate. Other tests
-    # (a `pytest tests bench` call) keep their place: the sort is stable.
-    def key(item: pytest.Item) -> int:
+    # Bench cases first, round by round across every module (repeat 1 of every case, then repeat
+    # 2, ...), in matrix order within a round; then kernels, claims, the gate. Other tests (a
+    # `pytest tests bench` call) keep their place: the sort is stable.
+    def key(item: pytest.Item) -> tuple[int, int]:
         name = item.path.name
         is_bench = "bench_session" in getattr(item, "fixturenames", ())
-        return _LAST_MODULES.index(name) + 1 if is_bench and name in _LAST_MODULES else 0
+        if is_bench and name in _LAST_MODULES:
+            return _LAST_MODULES.index(name) + 1, 0
+        run = getattr(getattr(item, "callspec", None), "params", {}).get("case_run")
+        return 0, run.repeat if isinstance(run, CaseRun) else 0
 
     items.sort(key=key)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    # The cases this session will run (after -k and deselection): the progress lines count them.
-    # A module with no case of this matrix has one skipped item without a PlannedCase.
+    # The runs this session will make (after -k and deselection): the progress lines count them.
+    # A module with no case of this matrix has one skipped item without a CaseRun.
     params = (getattr(getattr(item, "callspec", None), "params", {}) for item in session.items)
     session.config.stash[_SELECTED_KEY] = [
-        p["planned_case"] for p in params if isinstance(p.get("planned_case"), PlannedCase)
+        p["case_run"] for p in params if isinstance(p.get("case_run"), CaseRun)
     ]
 
 
@@ -140,12 +154,10 @@ def check_outcome(result: Result) -> None:
 
 
 @pytest.fixture
-def case_result(
-    planned_case: PlannedCase, bench_session: BenchSession, request: pytest.FixtureRequest
-) -> Result:
-    """Run this test's case (or reuse it on --resume); OOM/NaN xfail, failures fail."""
+def case_result(case_run: CaseRun, bench_session: BenchSession, request: pytest.FixtureRequest) -> Result:
+    """Run this test's case and repeat (or reuse it on --resume); OOM/NaN xfail, failures fail."""
     try:
-        result = bench_session.run(planned_case)
+        result = bench_session.run(case_run)
     except ResultNotStoredError as exc:
         # A full disk fails every later case too: stop here, with the message, after this test.
         request.session.shouldstop = f"qlora-bench: results can no longer be stored: {exc}"

@@ -52,6 +52,10 @@ class BenchOptions:
     thresholds: Thresholds
     force: tuple[tuple[str, Any], ...]
     command_line: str
+    repeat: int | None = None
+    """--repeat N: fresh-process runs of every case; None: each planned case's own count."""
+    allow_noisy: bool = False
+    """--allow-noisy: the gate lists cases too noisy to gate instead of failing on them."""
 
     @property
     def emulated(self) -> bool:
@@ -104,6 +108,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f" Default: {DEFAULT_TIMEOUT_S:g}.",
     )
     group.addoption(
+        "--repeat",
+        default=None,
+        metavar="N",
+        help="run every case N times, each in a fresh process, interleaved across the matrix (round"
+        " 1: every case, round 2: every case, ...); reports fold the repeats (median tokens/s, its"
+        " spread and 95%% interval). Test ids of repeats 2.. end in -r2, -r3. Default: 1.",
+    )
+    group.addoption(
         "--force",
         action="append",
         default=[],
@@ -152,6 +164,9 @@ def read_options(config: pytest.Config) -> BenchOptions:
     except CaseError as exc:
         problems += exc.problems
         force = ()
+    repeat, repeat_problem = parse_repeat(config.getoption("--repeat"))
+    if repeat_problem:
+        problems.append(repeat_problem)
     timeout = config.getoption("--case-timeout")
     if timeout <= 0:
         problems.append(f"--case-timeout {timeout:g} must be positive")
@@ -188,7 +203,22 @@ def read_options(config: pytest.Config) -> BenchOptions:
         thresholds=thresholds,
         force=force,
         command_line=command_line(),
+        repeat=repeat,
+        allow_noisy=bool(config.getoption("allow_noisy")),
     )
+
+
+def parse_repeat(raw: str | None) -> tuple[int | None, str]:
+    """--repeat's value as an int >= 1 (None when not given), or the problem with it."""
+    if raw is None:
+        return None, ""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1 or str(raw).strip() != str(value):
+        return None, f"--repeat {raw!r} must be an integer >= 1 (the fresh-process runs of each case)"
+    return value, ""
 
 
 def parse_force(items: list[str]) -> tuple[tuple[str, Any], ...]:

@@ -2,9 +2,12 @@
 
 `BenchSession.open` takes the run folder (a new one, or `--resume RUN_DIR`) under an exclusive
 lock, so that a second session on the same folder is refused instead of interleaving its rows.
-Each case goes to `BenchSession.run`, which runs it in a child (or reuses a stored result on
---resume), appends its row to `results.jsonl` and prints one progress line. At the end `finish`
-writes results.csv/.parquet and environment.json; the hooks render the reports after it.
+Each run of a case (`CaseRun`: the case and its 0-based repeat) goes to `BenchSession.run`,
+which runs it in a fresh child (or reuses a stored result of that case and repeat on --resume),
+appends its row to `results.jsonl` and prints one progress line. Reports read the repeats folded
+into one row per case (`reports.repeats`); the summary names a repeat whose memory differs. At
+the end `finish` writes results.csv/.parquet (one row per case) and environment.json; the hooks
+render the reports after it.
 
 Nothing measured is lost to a fault of the session itself:
 - a row is appended whole or not at all: a failed append (a full disk) is cut back, and the
@@ -25,12 +28,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import pandas as pd
 
 from qlora_core.matrix import PlannedCase
-from qlora_core.result import FINAL_STATUSES, Result, write_atomic
+from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
 from qlora_core.runner import RunOptions, run_case
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions
@@ -42,11 +45,22 @@ from reports.frame import (
     load_run,
     read_results_jsonl,
 )
+from reports.repeats import fold_repeats
 
 CASES_DIR = "cases"
 LOCK_FILE = "session.lock"
 TORN_SUFFIX = ".torn"
 _CASE_ID_IN_JSON = re.compile(r'"case_id":\s*"([^"]*)"')
+
+
+class CaseRun(NamedTuple):
+    """One run of a planned case: its 0-based repeat (each repeat is a fresh child process)."""
+
+    planned: PlannedCase
+    repeat: int = 0
+
+
+RunKey = tuple[str, int]  # (case hash, repeat): what --resume keys finished work by
 
 
 class RunFolderInUseError(RuntimeError):
@@ -63,10 +77,10 @@ class BenchSession:
 
     options: BenchOptions
     run_dir: Path
-    planned: list[PlannedCase] = field(default_factory=list)
-    results: dict[str, Result] = field(default_factory=dict)  # by case hash, this session
-    stored: dict[str, Result] = field(default_factory=dict)  # from --resume, reusable
-    reused: set[str] = field(default_factory=set)
+    planned: list[CaseRun] = field(default_factory=list)  # the runs selected, every repeat
+    results: dict[RunKey, Result] = field(default_factory=dict)  # this session's runs
+    stored: dict[RunKey, Result] = field(default_factory=dict)  # from --resume, reusable
+    reused: set[RunKey] = field(default_factory=set)
     write_line: Callable[[str], None] = print
     started_at: str = ""
     earlier_commands: list[str] = field(default_factory=list)  # sessions this run resumed
@@ -108,7 +122,7 @@ class BenchSession:
             if problem:
                 self.warn(f"{problem}: case {result.case_id} is treated as not measured and reruns")
                 continue
-            self.stored[result.case_hash] = result
+            self.stored[(result.case_hash, result.repeat)] = result
 
     # -- running ---------------------------------------------------------------------------------
     def executed_case(self, planned: PlannedCase) -> Case:
@@ -117,13 +131,14 @@ class BenchSession:
             return planned.case
         return planned.case.replace(**dict(self.options.force))
 
-    def run(self, planned: PlannedCase) -> Result:
-        """Run (or, on --resume, reuse) one planned case; append and report its Result."""
-        case = planned.case
-        previous = self.stored.get(case.hash)
+    def run(self, run: CaseRun) -> Result:
+        """Run (or, on --resume, reuse) one repeat of a planned case; append and report its Result."""
+        planned, case = run.planned, run.planned.case
+        key = (case.hash, run.repeat)
+        previous = self.stored.get(key)
         if previous is not None and previous.status in FINAL_STATUSES and not self.options.force:
-            self.reused.add(case.hash)
-            self.results[case.hash] = previous
+            self.reused.add(key)
+            self.results[key] = previous
             self._progress(previous, reused=True)
             return previous
         forced = ",".join(f"{k}={v}" for k, v in self.options.force)
@@ -132,9 +147,11 @@ class BenchSession:
             timeout_s=self.options.case_timeout_s,
             families=planned.tags,
             overrides=forced,
+            repeat=run.repeat,
         )
         executed = self.executed_case(planned)
-        result = run_case(executed, run_opts, self.run_dir / CASES_DIR / f"{case.hash}.json")
+        path = self.run_dir / CASES_DIR / result_file_name(case.hash, run.repeat)
+        result = run_case(executed, run_opts, path)
         # The matrix's identity stays the key (the gate matches on it); what ran is in `case`.
         result.case_id, result.case_hash = case.id, case.hash
         self.record(result)
@@ -149,10 +166,11 @@ class BenchSession:
             raise ResultNotStoredError(
                 f"case {result.case_id} ran ({result.status}) but its row could not be appended to {path}:"
                 f" {exc}. Every earlier row is intact; the case's own result is in"
-                f" {self.run_dir / CASES_DIR / (result.case_hash + '.json')}. Free the space and run"
+                f" {self.run_dir / CASES_DIR / result_file_name(result.case_hash, result.repeat)}."
+                " Free the space and run"
                 f" again with --resume {self.run_dir}: this case reruns."
             ) from exc
-        self.results[result.case_hash] = result
+        self.results[(result.case_hash, result.repeat)] = result
         self._progress(result)
 
     def _progress(self, r: Result, reused: bool = False) -> None:
@@ -162,7 +180,7 @@ class BenchSession:
         peak = r.peak_reserved_gib if r.peak_reserved_gib is not None else r.cpu_peak_rss_gib
         peak_text = f"peak {peak:.2f} GiB" if peak is not None else "peak -"
         took = "reused" if reused else f"{r.wall_s or 0:.1f} s"
-        name = f"{self.options.profile.name}-{r.case_id}"
+        name = f"{self.options.profile.name}-{r.case_id}{repeat_suffix(r.repeat)}"
         line = f"[{done}/{total}] {name}  {r.status}  {speed}  {peak_text}  ({took})"
         if r.status != "ok" and r.reason:
             line += f"  {r.reason.splitlines()[0][:160]}"
@@ -215,12 +233,13 @@ class BenchSession:
         """Write results.csv/.parquet and the environment; return the paths written."""
         env = self.environment()
         env["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        env["cases"] = len(self.results)
+        frame = load_run(self.run_dir).results  # one row per case, its repeats folded
+        env["cases"] = len({key[0] for key in self.results})
+        env["runs"] = len(self.results)
         write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(env, indent=2, default=str))
-        frame = load_run(self.run_dir).results
         paths = {"jsonl": self.run_dir / RESULTS_JSONL}
         csv = frame.copy()
-        for col in ("step_ms", "losses", "grad_norms"):
+        for col in ("step_ms", "losses", "grad_norms", "tokens_per_s_repeats", "kernel_ms_repeats"):
             if col in csv:
                 csv[col] = csv[col].map(json.dumps)
         write_atomic(self.run_dir / "results.csv", csv.to_csv(index=False))
@@ -233,14 +252,23 @@ class BenchSession:
         return paths
 
     def summary_lines(self) -> list[str]:
-        """Cases by status, the slowest cases, the warnings, the folder."""
+        """Cases by status (repeats folded), the slowest runs, memory that differs between
+        repeats, the warnings, the folder."""
         results = list(self.results.values())
-        counts = Counter(r.status for r in results)
+        folded = fold_repeats(results)
+        counts = Counter(row["status"] for row in folded)
+        runs = f" ({len(results)} runs in fresh processes)" if len(results) > len(folded) else ""
         lines = [
-            f"qlora-bench: {len(results)} cases on profile {self.options.profile.name}"
+            f"qlora-bench: {len(folded)} cases on profile {self.options.profile.name}"
             + (f" (emulated on {self.options.gpu_present.name})" if self.options.emulated else "")
+            + runs
             + ": "
             + ", ".join(f"{n} {s}" for s, n in counts.most_common()),
+        ]
+        lines += [
+            f"  memory differs between repeats of {row['case_id']}: {row['repeat_memory_note']}"
+            for row in folded
+            if row["repeat_memory_note"]
         ]
         if self.reused:
             lines.append(f"  {len(self.reused)} reused from {self.run_dir} (--resume)")
@@ -349,7 +377,7 @@ def case_file_problem(run_dir: Path, result: Result) -> str | None:
     The runner writes that file atomically before the row is appended, so a row whose file is
     missing, unreadable or different was not stored as measured.
     """
-    relative = f"{CASES_DIR}/{result.case_hash}.json"
+    relative = f"{CASES_DIR}/{result_file_name(result.case_hash, result.repeat)}"
     path = run_dir / relative
     try:
         data = json.loads(path.read_text())

@@ -59,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _gate(run_dir: Path, baseline: Path, thresholds: Thresholds) -> int:
+def _gate(run_dir: Path, baseline: Path, thresholds: Thresholds, allow_noisy: bool) -> int:
     run = load_run(check_run_dir(run_dir))
-    report = gate(baseline, run, thresholds, run_dir)
+    report = gate(baseline, run, thresholds, run_dir, allow_noisy)
     for flag in report.flags:
         print(f"flag: {flag}")
+    for noisy in report.too_noisy:
+        print(f"{noisy.verdict}: {noisy.case_id}: {noisy.why}")
     for line in report.failures:
         print(f"FAIL {line}")
     print(f"{report.summary} ({run_dir / BASELINE_DIFF_MD})")
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"baseline written: {args.path} ({len(saved['cases'])} cases)")
         elif args.command == "gate":
             thresholds = resolve_thresholds(args.pyproject, lambda name: getattr(args, name))
-            return _gate(args.run_dir, args.baseline, thresholds)
+            return _gate(args.run_dir, args.baseline, thresholds, args.allow_noisy)
     except (RunFolderError, BaselineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

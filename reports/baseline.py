@@ -1,9 +1,11 @@
 """Baselines: one JSON file per GPU profile that a later run is gated against (`reports.gate`).
 
 A baseline holds the environment it was measured in (GPU, torch, transformers, peft,
-bitsandbytes, CUDA, driver), the command that made it, and per case id the case hash, the status
-and the gated metrics. Writing one, reading one back, and refusing every unreadable kind with its
-own `BaselineError` (never a pass) live here; the comparison lives in `reports.gate`.
+bitsandbytes, CUDA, driver), the command that made it, and per case id the case hash, the status,
+the gated metrics and what the speed rules need: the per-repeat tokens/s and kernel times, their
+spread and interval, the within-run step-time spread, host_bound and gpu_busy. Writing one,
+reading one back, and refusing every unreadable kind with its own `BaselineError` (never a pass)
+live here; the comparison lives in `reports.gate`.
 """
 
 from __future__ import annotations
@@ -18,27 +20,40 @@ import pandas as pd
 
 from qlora_core.result import STATUSES, write_atomic
 from reports.frame import RunData
+from reports.stats import rel_iqr
 
-BASELINE_SCHEMA_VERSION: int = 1
+# 2: repeats, kernel time and the noise of each case (issue 10); a version-1 file is refused.
+BASELINE_SCHEMA_VERSION: int = 2
 GATED_METRICS: tuple[str, ...] = (
     "tokens_per_s",
+    "kernel_ms_per_step",
     "peak_alloc_gib",
     "peak_reserved_gib",
     "nvml_peak_gib",
     "final_loss",
 )
 MEMORY_METRICS: tuple[str, ...] = ("peak_alloc_gib", "peak_reserved_gib", "nvml_peak_gib")
-# Stored per case beside the gated metrics: the step-time spread sizes the speed threshold.
+# Stored per case beside the gated metrics: the noise and significance of the speed rules.
 CASE_METRICS: tuple[str, ...] = (
     "tokens_per_s",
+    "tokens_per_s_cv",
+    "tokens_per_s_ci_low",
+    "tokens_per_s_ci_high",
+    "kernel_ms_per_step",
+    "kernel_ms_per_step_cv",
+    "kernel_ms_per_step_ci_low",
+    "kernel_ms_per_step_ci_high",
+    "gpu_busy",
     "step_ms_median",
     "step_ms_spread",
+    "step_ms_rel_iqr",
     "peak_alloc_gib",
     "peak_reserved_gib",
     "nvml_peak_gib",
     "final_loss",
 )
-CASE_FIELDS: tuple[str, ...] = ("case_hash", "status", *CASE_METRICS)
+CASE_LISTS: tuple[str, ...] = ("tokens_per_s_repeats", "kernel_ms_repeats")  # per ok repeat, or null
+CASE_FIELDS: tuple[str, ...] = ("case_hash", "status", "repeats", "host_bound", *CASE_METRICS, *CASE_LISTS)
 # Library name in the baseline's `versions` -> column of the results frame.
 VERSION_COLUMNS: dict[str, str] = {
     "torch": "torch_version",
@@ -127,14 +142,23 @@ def save_baseline(
 
 
 def cases_of(results: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Case entries keyed by case id, sorted; the last row of a repeated case id wins."""
+    """Case entries keyed by case id, sorted, from a folded results frame (one row per case);
+    the last row of a repeated case id wins."""
     cases: dict[str, dict[str, Any]] = {}
     for row in results.to_dict("records"):
+        repeats = row.get("repeats")
+        host_bound = row.get("host_bound")
         entry: dict[str, Any] = {
             "case_hash": str(row["case_hash"]),
             "status": str(row["status"]),
+            "repeats": None if is_missing(repeats) else int(repeats),
+            "host_bound": None if is_missing(host_bound) else bool(host_bound),
         }
         entry.update({metric: number_or_none(row.get(metric)) for metric in CASE_METRICS})
+        entry.update({name: _numbers_or_none(row.get(name)) for name in CASE_LISTS})
+        if entry["step_ms_rel_iqr"] is None:
+            # Rows measured before the child recorded it: the same statistic, from the step times.
+            entry["step_ms_rel_iqr"] = rel_iqr([float(v) for v in row.get("step_ms") or []])
         cases[str(row["case_id"])] = entry
     return dict(sorted(cases.items()))
 
@@ -226,10 +250,16 @@ def _check_schema(path: Path, data: dict[str, Any]) -> None:
     if type(found) is int and found == BASELINE_SCHEMA_VERSION:
         return
     profile = data.get("profile") if isinstance(data.get("profile"), str) else "PROFILE"
+    why = ""
+    if type(found) is int and found < BASELINE_SCHEMA_VERSION:
+        why = (
+            " (an older baseline: it lacks the per-repeat tokens/s, kernel time and noise the"
+            " speed rules need)"
+        )
     raise BaselineSchemaError(
         path,
-        f"schema_version is {found!r}, expected {BASELINE_SCHEMA_VERSION}; regenerate it with "
-        f"`pytest bench --gpu {profile} --save-baseline {path}`",
+        f"schema_version is {found!r}, expected {BASELINE_SCHEMA_VERSION}{why}; regenerate it with "
+        f"`pytest bench --gpu {profile} --repeat 3 --save-baseline {path}`",
     )
 
 
@@ -278,9 +308,29 @@ def _case_problems(entry: object) -> list[str]:
         problems.append(f"status={entry['status']!r} is not one of {list(STATUSES)}")
     for metric in CASE_METRICS:
         value = entry.get(metric)
-        if value is not None and not (is_number(value) and math.isfinite(value)):
+        if value is not None and not _is_finite(value):
             problems.append(f"{metric}={value!r} must be a finite number or null")
+    repeats = entry.get("repeats")
+    if repeats is not None and not (type(repeats) is int and repeats >= 0):
+        problems.append(f"repeats={repeats!r} must be an integer >= 0 or null")
+    if entry.get("host_bound") not in (None, True, False):
+        problems.append(f"host_bound={entry['host_bound']!r} must be true, false or null")
+    for name in CASE_LISTS:
+        values = entry.get(name)
+        if values is not None and not (isinstance(values, list) and values and all(map(_is_finite, values))):
+            problems.append(f"{name}={values!r} must be a non-empty list of finite numbers or null")
     return problems
+
+
+def _is_finite(value: object) -> bool:
+    return is_number(value) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def _numbers_or_none(values: object) -> list[float] | None:
+    """A per-repeat list as floats; None when there is none (a single repeat)."""
+    if values is None or is_missing(values):
+        return None
+    return [float(v) for v in values]  # type: ignore[union-attr]
 
 
 def save_run_baseline(path: Path, run: RunData, *, command: str) -> dict[str, Any]:

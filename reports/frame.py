@@ -1,13 +1,17 @@
 """Results of a run as pandas: the one DataFrame every report, claim and gate reads.
 
 A run folder holds `results.jsonl` (one Result per line, appended as cases finish; a case rerun
-by --resume appends again and the last line for a case hash wins), `environment.json`, and
+by --resume appends again and the last line for a case hash and repeat wins), `environment.json`, and
 `measurements/<name>.csv` for in-process measurements that are not training cases (4-bit code
 tables, per-layer quantization error, kernel timings).
 
 The results frame is typed once, here, from the `Result` and `Case` field annotations: bools as
 pandas `boolean`, ints as nullable `Int64`, floats as `float64` (NaN = not measured), text as `str`;
 the per-step lists stay Python lists. Readers compare and mask columns directly, without guards.
+
+`RunData.results` holds one row per case, the fresh-process repeats of `--repeat N` folded
+(`reports.repeats`: median tokens/s, its spread and interval); `RunData.repeats` holds every
+repeat's own row.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pandas as pd
 
 from qlora_core.result import Result
 from qlora_core.spec import Case
+from reports.repeats import RepeatStats, fold_repeats
 
 RESULTS_JSONL = "results.jsonl"
 ENVIRONMENT_JSON = "environment.json"
@@ -53,6 +58,9 @@ def _column_dtypes() -> dict[str, str | None]:
     }
     for f in dataclasses.fields(Case):
         columns.setdefault(f.name, column_dtype(case_hints[f.name]))
+    repeat_hints = typing.get_type_hints(RepeatStats)
+    for f in dataclasses.fields(RepeatStats):
+        columns[f.name] = column_dtype(repeat_hints[f.name])
     return columns
 
 
@@ -61,9 +69,21 @@ COLUMN_DTYPES: dict[str, str | None] = _column_dtypes()
 
 
 def results_frame(results: Iterable[Result | dict[str, Any]]) -> pd.DataFrame:
-    """One row per result, case fields flattened beside the measurements, every Result and Case
-    column present (an empty run included) and cast to its field's type."""
-    rows = [r.row() if isinstance(r, Result) else Result.from_dict(r).row() for r in results]
+    """One row per case, its repeats folded (`reports.repeats`), case fields flattened beside the
+    measurements, every column present (an empty run included) and cast to its field's type."""
+    return _typed_frame(fold_repeats(_as_results(results)))
+
+
+def repeats_frame(results: Iterable[Result | dict[str, Any]]) -> pd.DataFrame:
+    """One row per result as stored (every repeat its own row), typed like `results_frame`."""
+    return _typed_frame([r.row() for r in _as_results(results)])
+
+
+def _as_results(results: Iterable[Result | dict[str, Any]]) -> list[Result]:
+    return [r if isinstance(r, Result) else Result.from_dict(r) for r in results]
+
+
+def _typed_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(COLUMN_DTYPES))
     missing = [c for c in COLUMN_DTYPES if c not in frame.columns]
     if missing:
@@ -72,11 +92,11 @@ def results_frame(results: Iterable[Result | dict[str, Any]]) -> pd.DataFrame:
 
 
 def read_results_jsonl(path: Path) -> list[Result]:
-    """Results in file order, the last line per case hash (and profile) winning.
+    """Results in file order, the last line per case hash, profile and repeat winning.
 
     A torn last line (a run killed mid-write) is skipped: every complete line is kept.
     """
-    latest: dict[tuple[str, str], Result] = {}
+    latest: dict[tuple[str, str, int], Result] = {}
     if not path.exists():
         return []
     for line in path.read_text().splitlines():
@@ -87,7 +107,7 @@ def read_results_jsonl(path: Path) -> list[Result]:
             result = Result.from_dict(json.loads(line))
         except (json.JSONDecodeError, TypeError):
             continue
-        key = (result.case_hash, result.profile)
+        key = (result.case_hash, result.profile, result.repeat)
         latest.pop(key, None)  # re-insert so the order is that of the latest run
         latest[key] = result
     return list(latest.values())
@@ -98,16 +118,19 @@ class RunData:
     """Everything a report needs from one run folder."""
 
     results: pd.DataFrame
+    """One row per case, repeats folded."""
     measurements: dict[str, pd.DataFrame] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     run_dir: Path | None = None
+    repeats: pd.DataFrame | None = None
+    """Every repeat's own row (None when the RunData was built from folded rows only)."""
 
 
 def load_run(run_dir: Path) -> RunData:
     """Read a run folder back (no GPU, no torch needed)."""
     run_dir = Path(run_dir)
-    results = results_frame(read_results_jsonl(run_dir / RESULTS_JSONL))
+    stored = read_results_jsonl(run_dir / RESULTS_JSONL)
     env_path = run_dir / ENVIRONMENT_JSON
     environment = json.loads(env_path.read_text()) if env_path.exists() else {}
     measurements = {p.stem: pd.read_csv(p) for p in sorted((run_dir / MEASUREMENTS_DIR).glob("*.csv"))}
-    return RunData(results, measurements, environment, run_dir)
+    return RunData(results_frame(stored), measurements, environment, run_dir, repeats_frame(stored))

@@ -1,17 +1,11 @@
 """Release gating: a run compared against a stored baseline fails on regressions.
 
-A baseline (`reports.baseline`) holds per case id the case hash, the status and the gated
-metrics. `compare` matches a run's cases to it by case id and
-hash and judges each metric against `Thresholds`:
-
-- tokens_per_s fails when it drops by more than max(tokens_per_s_drop_pct,
-  speed_noise_multiple x the step-time spread in %), the spread being the larger of the baseline's
-  and the run's (p90 - p10) / median. A rise never fails.
-- each memory metric fails when it rises by more than max(memory_rise_pct % of the baseline,
-  memory_rise_min_mib MiB). A drop never fails.
-- final_loss fails when it rises by more than final_loss_rise_pct % of |baseline|.
-- any change of status fails (ok -> oom, and oom -> ok too: the baseline is stale); a changed case
-  hash, a case on one side only, and a metric measured on one side only fail as well.
+A baseline (`reports.baseline`) holds per case id the case hash, the status, the gated metrics
+and their noise. `compare` matches a run's cases (repeats folded, `reports.repeats`) to it by case
+id and hash; each metric of a case ok on both sides is judged by its rule in `reports.gate_rules`
+(kernel time, tokens/s with significance and "too noisy to gate", memory, loss) against
+`Thresholds`. Any change of status fails (ok -> oom, and oom -> ok too: the baseline is stale); a
+changed case hash, a case on one side only, and a metric measured on one side only fail as well.
 
 A different GPU or library version is a flag, not a failure: judging a release bump is what the
 gate is for. A different profile, and every kind of unreadable baseline, is a `BaselineError`
@@ -30,7 +24,6 @@ from qlora_core.result import Status, write_atomic
 from reports.baseline import (
     BASELINE_DIFF_MD,
     GATED_METRICS,
-    MEMORY_METRICS,
     VERSION_COLUMNS,
     BaselineProfileError,
     cases_of,
@@ -39,33 +32,15 @@ from reports.baseline import (
     run_profile,
 )
 from reports.frame import RunData
+from reports.gate_rules import NOISY_ALLOWED, NOT_COMPARED, TOO_NOISY, MetricComparison, compare_metric, fmt
 from reports.markdown import md_table
 from reports.thresholds import Thresholds
 
 _UNKNOWN = "(unknown)"
 _OK = Status.OK.value
-_REL_EPS = 1e-9
-_MIB_IN_GIB = 1024
 
 
 # -- comparing ------------------------------------------------------------------------------------
-@dataclass
-class MetricComparison:
-    """One case x metric judgement."""
-
-    case_id: str
-    metric: str
-    baseline: float | None
-    current: float | None
-    change_pct: float | None
-    """(current - baseline) / |baseline| x 100; None where either is missing or baseline is 0."""
-    limit: str
-    """The allowed change as people read it, e.g. "-7.0% (noise floor 3x2.1%)"."""
-    verdict: str
-    """"pass", "fail" or "n/a" (not compared: not measured, status not ok, case changed)."""
-    why: str
-
-
 @dataclass
 class StatusChange:
     """A case whose status differs from the baseline's (always a failure)."""
@@ -105,7 +80,12 @@ class GateReport:
             for c in self.hash_changes
         ]
         lines += [f"{c.case_id}: status changed {c.baseline} -> {c.current}" for c in self.status_changes]
-        lines += [f"{c.case_id}: {c.metric} {c.why}" for c in self.comparisons if c.verdict == "fail"]
+        noisy = f"{TOO_NOISY}: "
+        lines += [
+            f"{c.case_id}: {c.metric} {noisy if c.verdict == TOO_NOISY else ''}{c.why}"
+            for c in self.comparisons
+            if c.fails
+        ]
         lines += [f"{case_id}: in the baseline but not in this run" for case_id in self.only_in_baseline]
         lines += [
             f"{case_id}: in this run but not in the baseline; regenerate the baseline"
@@ -118,17 +98,29 @@ class GateReport:
         return not self.failures
 
     @property
+    def too_noisy(self) -> list[MetricComparison]:
+        """Comparisons too noisy to gate: failures, or listed only under --allow-noisy."""
+        return [c for c in self.comparisons if c.verdict in (TOO_NOISY, NOISY_ALLOWED)]
+
+    @property
     def summary(self) -> str:
         """The one-line overall verdict."""
         failures = self.failures
-        checked = sum(c.verdict != "n/a" for c in self.comparisons)
+        checked = sum(c.verdict != NOT_COMPARED for c in self.comparisons)
         if not failures:
-            return f"PASS: no regressions ({checked} metric checks passed)"
+            noisy = len(self.too_noisy)
+            listed = f"; {noisy} too noisy to gate, listed (--allow-noisy)" if noisy else ""
+            return f"PASS: no regressions ({checked} metric checks made{listed})"
         return f"FAIL: {len(failures)} failure(s); {checked} metric checks made"
 
 
-def compare(baseline: dict[str, Any], results: pd.DataFrame, thresholds: Thresholds) -> GateReport:
-    """Judge a run's results against a (validated) baseline of the same profile."""
+def compare(
+    baseline: dict[str, Any], results: pd.DataFrame, thresholds: Thresholds, allow_noisy: bool = False
+) -> GateReport:
+    """Judge a run's results (repeats folded) against a (validated) baseline of the same profile.
+
+    `allow_noisy`: a case too noisy to gate on tokens/s is listed instead of failing.
+    """
     env = run_environment(results)
     if env["profile"] and env["profile"] != baseline["profile"]:
         raise BaselineProfileError(
@@ -142,7 +134,7 @@ def compare(baseline: dict[str, Any], results: pd.DataFrame, thresholds: Thresho
         flags=environment_flags(baseline, env),
     )
     for case_id in sorted(set(base_cases) & set(run_cases)):
-        _compare_case(report, case_id, base_cases[case_id], run_cases[case_id], thresholds)
+        _compare_case(report, case_id, base_cases[case_id], run_cases[case_id], thresholds, allow_noisy)
     return report
 
 
@@ -152,6 +144,7 @@ def _compare_case(
     base: dict[str, Any],
     run: dict[str, Any],
     thresholds: Thresholds,
+    allow_noisy: bool,
 ) -> None:
     """Add one matched case's definition, status and metric verdicts to `report`."""
     skip_why = ""
@@ -166,97 +159,11 @@ def _compare_case(
     for metric in GATED_METRICS:
         if skip_why:
             comparison = MetricComparison(
-                case_id, metric, base.get(metric), run.get(metric), None, "", "n/a", skip_why
+                case_id, metric, base.get(metric), run.get(metric), None, "", NOT_COMPARED, skip_why
             )
         else:
-            comparison = compare_metric(case_id, metric, base, run, thresholds)
+            comparison = compare_metric(case_id, metric, base, run, thresholds, allow_noisy)
         report.comparisons.append(comparison)
-
-
-def compare_metric(
-    case_id: str,
-    metric: str,
-    base: dict[str, Any],
-    run: dict[str, Any],
-    thresholds: Thresholds,
-) -> MetricComparison:
-    """Judge one gated metric of a case that is ok on both sides."""
-    b, c = base.get(metric), run.get(metric)
-    if metric == "tokens_per_s":
-        allowed, limit = speed_limit(thresholds, base.get("step_ms_spread"), run.get("step_ms_spread"), b)
-    elif metric in MEMORY_METRICS:
-        allowed, limit = memory_limit(thresholds, b)
-    elif metric == "final_loss":
-        allowed, limit = loss_limit(thresholds, b)
-    else:
-        raise ValueError(f"{metric!r} is not a gated metric; gated: {list(GATED_METRICS)}")
-
-    if b is None and c is None:
-        return MetricComparison(case_id, metric, b, c, None, limit, "n/a", "not measured on either side")
-    if c is None:
-        return MetricComparison(
-            case_id, metric, b, c, None, limit, "fail", f"was measured ({_fmt(metric, b)}), now missing"
-        )
-    if b is None:
-        return MetricComparison(
-            case_id,
-            metric,
-            b,
-            c,
-            None,
-            limit,
-            "fail",
-            f"was not measured in the baseline, now is ({_fmt(metric, c)}); regenerate the baseline",
-        )
-    change_pct = (c - b) / abs(b) * 100 if b != 0 else None
-    # Only the harmful direction counts: a drop of speed, a rise of memory or loss.
-    harm = b - c if metric == "tokens_per_s" else c - b
-    if harm > allowed + _REL_EPS * max(abs(b), 1.0):
-        why = f"{_describe_harm(metric, b, c, change_pct)}, beyond the limit {limit}"
-        return MetricComparison(case_id, metric, b, c, change_pct, limit, "fail", why)
-    return MetricComparison(case_id, metric, b, c, change_pct, limit, "pass", "within the limit")
-
-
-def _describe_harm(metric: str, base: float, current: float, change_pct: float | None) -> str:
-    """E.g. "dropped 10.0% (1,000.0 -> 900.0 tok/s)" or "rose 512 MiB, 5.0% (10.000 -> 10.500 GiB)"."""
-    direction = "dropped" if metric == "tokens_per_s" else "rose"
-    size = f"{abs(change_pct):.1f}%" if change_pct is not None else "from 0"
-    if metric in MEMORY_METRICS:
-        size = f"{abs(current - base) * _MIB_IN_GIB:.0f} MiB, {size}"
-    return f"{direction} {size} ({_fmt(metric, base)} -> {_fmt(metric, current)})"
-
-
-def speed_limit(
-    thresholds: Thresholds, base_spread: float | None, run_spread: float | None, base: float | None
-) -> tuple[float, str]:
-    """Allowed drop of tokens/s (absolute) and its text, widened to the measured noise floor."""
-    spreads = [s for s in (base_spread, run_spread) if s is not None]
-    spread_pct = 100 * max(spreads) if spreads else 0.0
-    limit_pct = max(thresholds.tokens_per_s_drop_pct, thresholds.speed_noise_multiple * spread_pct)
-    if spreads:
-        text = f"-{limit_pct:.1f}% (noise floor {thresholds.speed_noise_multiple:g}x{spread_pct:.1f}%)"
-    else:
-        text = f"-{limit_pct:.1f}% (no step-time spread measured)"
-    allowed = abs(base) * limit_pct / 100 if base is not None else 0.0
-    return allowed, text
-
-
-def memory_limit(thresholds: Thresholds, base_gib: float | None) -> tuple[float, str]:
-    """Allowed rise of a memory metric in GiB: max(pct of the baseline, the MiB floor)."""
-    floor_gib = thresholds.memory_rise_min_mib / _MIB_IN_GIB
-    pct_gib = abs(base_gib) * thresholds.memory_rise_pct / 100 if base_gib is not None else 0.0
-    allowed = max(pct_gib, floor_gib)
-    text = (
-        f"+{allowed * _MIB_IN_GIB:.0f} MiB "
-        f"(max of {thresholds.memory_rise_pct:g}% and {thresholds.memory_rise_min_mib:g} MiB)"
-    )
-    return allowed, text
-
-
-def loss_limit(thresholds: Thresholds, base: float | None) -> tuple[float, str]:
-    """Allowed rise of final_loss: a percentage of |baseline|."""
-    allowed = abs(base) * thresholds.final_loss_rise_pct / 100 if base is not None else 0.0
-    return allowed, f"+{thresholds.final_loss_rise_pct:.1f}%"
 
 
 def environment_flags(baseline: dict[str, Any], run_env: dict[str, Any]) -> list[str]:
@@ -268,13 +175,15 @@ def environment_flags(baseline: dict[str, Any], run_env: dict[str, Any]) -> list
 
 
 # -- the gate as the bench session runs it --------------------------------------------------------
-def gate(baseline_path: Path, run: RunData, thresholds: Thresholds, run_dir: Path) -> GateReport:
+def gate(
+    baseline_path: Path, run: RunData, thresholds: Thresholds, run_dir: Path, allow_noisy: bool = False
+) -> GateReport:
     """Load the baseline for the run's profile, compare, and write `run_dir/baseline-diff.md`.
 
     Raises a BaselineError when the baseline cannot be used; the caller fails on it.
     """
     baseline = load_baseline(Path(baseline_path), profile=run_profile(run))
-    report = compare(baseline, run.results, thresholds)
+    report = compare(baseline, run.results, thresholds, allow_noisy)
     forced = run.environment.get("forced")
     if forced:
         # --force runs every case with a field changed under the matrix's ids: a simulated change.
@@ -302,7 +211,19 @@ def render_diff_markdown(report: GateReport, baseline: dict[str, Any], results: 
         ]
     if report.failures:
         parts += ["## Failures", "\n".join(f"- {line}" for line in report.failures)]
-    parts += ["## Metrics", _metrics_table(report.comparisons)]
+    if report.too_noisy:
+        parts += [
+            "## Too noisy to gate",
+            "Their tokens/s noise needs a limit over twice the minimum effect: no verdict on speed"
+            " (they fail the gate unless `--allow-noisy`; then they are listed here).",
+            "\n".join(f"- {c.case_id}: {c.verdict}: {c.why}" for c in report.too_noisy),
+        ]
+    parts += [
+        "## Metrics",
+        "Each row: the rule that decided, the change with its evidence (p-value or 95% intervals"
+        " of the median over the repeats), the limit and the verdict.",
+        _metrics_table(report.comparisons),
+    ]
     parts += [
         "## Status changes",
         _table(
@@ -345,16 +266,24 @@ def _metrics_table(comparisons: list[MetricComparison]) -> str:
         [
             c.case_id,
             c.metric,
-            _fmt(c.metric, c.baseline),
-            _fmt(c.metric, c.current),
-            f"{c.change_pct:+.1f}%" if c.change_pct is not None else "",
+            c.rule,
+            fmt(c.metric, c.baseline),
+            fmt(c.metric, c.current),
+            _change_text(c),
             c.limit,
-            f"**{c.verdict}**" if c.verdict == "fail" else c.verdict,
+            f"**{c.verdict}**" if c.fails else c.verdict,
             c.why,
         ]
         for c in comparisons
     ]
-    return _table(["case", "metric", "baseline", "this run", "change", "limit", "verdict", "why"], rows)
+    header = ["case", "metric", "rule", "baseline", "this run", "change", "limit", "verdict", "why"]
+    return _table(header, rows)
+
+
+def _change_text(c: MetricComparison) -> str:
+    """The change in % and the evidence its rule weighed (a p-value, the intervals, the noise)."""
+    change = f"{c.change_pct:+.1f}%" if c.change_pct is not None else ""
+    return "; ".join(part for part in (change, c.evidence) if part)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -364,17 +293,3 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _bullets(items: list[str]) -> str:
     return "\n".join(f"- {item}" for item in items) if items else "(none)"
-
-
-def _fmt(metric: str, value: float | None) -> str:
-    """A metric value with its unit; "-" when not measured."""
-    if value is None:
-        return "-"
-    if metric == "tokens_per_s":
-        return f"{value:,.1f} tok/s"
-    if metric.endswith("_gib"):
-        return f"{value:.3f} GiB"
-    return f"{value:.4f}"
-
-
-# -- small helpers --------------------------------------------------------------------------------

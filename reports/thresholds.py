@@ -27,7 +27,7 @@ else:  # pragma: no cover - the package allows 3.10, where tomli is the same par
 
 PYPROJECT_TABLE = "qlora-bench"
 # How a unit is written as an option's metavar.
-_METAVARS = {"%": "PCT", "MiB": "MIB", "x": "MULTIPLE"}
+_METAVARS = {"%": "PCT", "MiB": "MIB", "p": "ALPHA"}
 
 
 def _threshold(default: float, unit: str, meaning: str) -> Any:
@@ -44,7 +44,9 @@ class Thresholds:
     tokens_per_s_drop_pct: float = _threshold(
         default=7.0,
         unit="%",
-        meaning="tokens/s may drop by this many percent (more when the noise floor is wider).",
+        meaning="the minimum effect: tokens/s fails only when its median drops by more than this"
+        " many percent and the drop is significant over the repeats (see speed_alpha); a case"
+        " whose 95% interval is wider than twice this is too noisy to gate.",
     )
     memory_rise_pct: float = _threshold(
         default=3.0,
@@ -62,11 +64,18 @@ class Thresholds:
         unit="%",
         meaning="final_loss may rise by this many percent of |baseline|.",
     )
-    speed_noise_multiple: float = _threshold(
+
+    kernel_ms_rise_pct: float = _threshold(
         default=3.0,
-        unit="x",
-        meaning="the tokens/s limit is never tighter than this multiple of the measured"
-        " step-time spread (p90 - p10) / median.",
+        unit="%",
+        meaning="GPU kernel time per step may rise by this many percent (device time is stable"
+        " across processes; host-bound cases are gated on it alone).",
+    )
+    speed_alpha: float = _threshold(
+        default=0.05,
+        unit="p",
+        meaning="a tokens/s drop is significant when the one-sided Mann-Whitney U p-value over"
+        " the repeats (3 or more on each side) is below this.",
     )
 
     def __post_init__(self) -> None:
@@ -76,6 +85,8 @@ class Thresholds:
             is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not is_number or not math.isfinite(value) or value < 0:
                 problems.append(f"{f.name}={value!r} must be a finite number >= 0")
+            elif f.metadata["unit"] == "p" and not 0 < value <= 1:
+                problems.append(f"{f.name}={value!r} must be a probability in (0, 1]")
         if problems:
             raise ValueError("invalid thresholds: " + "; ".join(problems))
 
@@ -135,7 +146,7 @@ def threshold_options() -> tuple[ThresholdOption, ...]:
     options = []
     for f in dataclasses.fields(Thresholds):
         unit = f.metadata["unit"]
-        default = f"{f.default:g}{' ' if unit == 'MiB' else ''}{unit}"
+        default = f"{f.default:g}" + {"%": "%", "MiB": " MiB", "p": ""}[unit]
         text = (
             f"gate threshold: {f.metadata['meaning']} Default: {default} (a"
             f" [tool.{PYPROJECT_TABLE}] table in pyproject.toml may change it)."
@@ -144,9 +155,24 @@ def threshold_options() -> tuple[ThresholdOption, ...]:
     return tuple(options)
 
 
+ALLOW_NOISY_FLAG = "--allow-noisy"
+ALLOW_NOISY_HELP = (
+    "gate: list the cases too noisy to gate (95% interval wider than twice"
+    " tokens_per_s_drop_pct) instead of failing on them. Default: they fail the gate."
+)
+
+
 def add_threshold_options(add_option: Callable[..., object]) -> None:
-    """Add every threshold option through `add_option`: argparse's `add_argument` or pytest's
-    `addoption` (same signature). An option not given reads as None, so it overrides nothing."""
+    """Add every threshold option, and --allow-noisy, through `add_option`: argparse's
+    `add_argument` or pytest's `addoption` (same signature). A threshold option not given reads as
+    None, so it overrides nothing."""
+    add_option(
+        ALLOW_NOISY_FLAG,
+        dest="allow_noisy",
+        action="store_true",
+        default=False,
+        help=ALLOW_NOISY_HELP.replace("%", "%%"),
+    )
     for option in threshold_options():
         add_option(
             option.flag,

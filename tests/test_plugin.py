@@ -17,6 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CASES = "test_case and tiny"  # -k expression: the tiny shape's training cases only
+# Two of them, in two modules (memory, throughput); "-r2" ids contain these names too.
+TWO_CASES = "test_case and (tiny-lora16-bf16-b1-s64-w1m4 or tiny-nf4-dq-bf16-b1-s64-w1m4)"
 
 
 def bench(*args: str, out: Path, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -113,8 +115,8 @@ def test_cpu_smoke_writes_the_run_folder(smoke_run):
     assert f"run folder: {run_dir}" in proc.stdout
 
 
-def _interrupted_run(out: Path, after_rows: int) -> Path:
-    """Start a run and kill it (with its children) once `after_rows` cases are stored."""
+def _interrupted_run(out: Path, after_rows: int, *args: str) -> Path:
+    """Start a run and kill it (with its children) once `after_rows` runs are stored."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -127,8 +129,7 @@ def _interrupted_run(out: Path, after_rows: int) -> Path:
             str(out),
             "--matrix",
             "smoke",
-            "-k",
-            TINY_CASES,
+            *(args or ("-k", TINY_CASES)),
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -181,3 +182,38 @@ def test_resume_reruns_only_missing_and_failed_cases(tmp_path):
     assert f"{len(reused)} reused" in resumed.stdout
     commands = json.loads((run_dir / "environment.json").read_text())["commands"]
     assert len(commands) == 2 and "--resume" not in commands[0] and "--resume" in commands[1]
+
+
+@pytest.mark.slow
+def test_repeats_run_interleaved_and_resume_reruns_only_the_missing_repeats(tmp_path):
+    args = ("--matrix", "smoke", "--repeat", "2", "-k", TWO_CASES)
+    run_dir = _interrupted_run(tmp_path, 3, *args)
+    kept = rows(run_dir)[:3]
+    # Round by round: both cases' first repeat, then the second repeat of the first case.
+    first, second = kept[0]["case_id"], kept[1]["case_id"]
+    assert first != second
+    assert [(r["case_id"], r["repeat"]) for r in kept] == [(first, 0), (second, 0), (first, 1)]
+    assert (run_dir / "cases" / f"{kept[2]['case_hash']}-r2.json").exists()  # each repeat its own file
+
+    resumed = bench(*args, "--resume", str(run_dir), out=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    stored = rows(run_dir)
+    assert [(r["case_id"], r["repeat"]) for r in stored[3:]] == [(second, 1)]  # only the missing repeat ran
+    assert [r["started_at"] for r in stored[:3]] == [r["started_at"] for r in kept]
+    assert [name for _, _, name, _ in progress_lines(resumed.stdout)] == [
+        f"cpu-{first}",
+        f"cpu-{second}",
+        f"cpu-{first}-r2",
+        f"cpu-{second}-r2",
+    ]
+    assert (
+        "3 reused" in resumed.stdout
+        and "2 cases on profile cpu (4 runs in fresh processes)" in resumed.stdout
+    )
+    # The reports read one row per case, its two repeats folded.
+    final = pd.read_csv(run_dir / "results.csv")
+    assert len(final) == 2 and set(final["repeats"]) == {2} and set(final["status"]) == {"ok"}
+    for row in final.itertuples():
+        per_repeat = json.loads(row.tokens_per_s_repeats)
+        assert len(per_repeat) == 2 and row.tokens_per_s == pytest.approx(sum(per_repeat) / 2)
+        assert row.tokens_per_s_ci_low <= row.tokens_per_s <= row.tokens_per_s_ci_high

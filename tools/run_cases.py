@@ -9,7 +9,9 @@ and `python -m reports render OUT` works on the folder.
         --case model=llama-3.1-8b,batch_size=4,seq_len=2048,engine=loop \\
         --case model=llama-3.1-8b,batch_size=4,seq_len=2048,engine=trainer
 
-A field's value is read as JSON when it parses (4, true, 2e-4), else as a string.
+A field's value is read as JSON when it parses (4, true, 2e-4), else as a string. `--repeat N`
+runs every case N times, each in a fresh child, round by round (all cases, then all again), so
+drift hits every case alike; the reports fold the repeats (median tokens/s, its spread).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qlora_core.result import Result  # noqa: E402  (after the repo is on the path)
+from qlora_core.result import Result, repeat_suffix, result_file_name  # noqa: E402  (after the path)
 from qlora_core.runner import DEFAULT_TIMEOUT_S, RunOptions, run_case  # noqa: E402
 from qlora_core.spec import Case, CaseError  # noqa: E402
 
@@ -45,7 +47,8 @@ def parse_case(text: str) -> Case:
 def summary(result: Result) -> str:
     speed = f"{result.tokens_per_s:,.0f} tok/s" if result.tokens_per_s else "-"
     peak = f"peak {result.peak_alloc_gib:.2f} GiB" if result.peak_alloc_gib else ""
-    return f"{result.case_id}: {result.status} {speed} {peak} {result.reason[:200]}".rstrip()
+    name = result.case_id + repeat_suffix(result.repeat)
+    return f"{name}: {result.status} {speed} {peak} {result.reason[:200]}".rstrip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="the run folder")
     parser.add_argument("--case", action="append", required=True, metavar="FIELDS", help="repeatable")
     parser.add_argument("--case-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
+    parser.add_argument(
+        "--repeat", type=int, default=1, metavar="N", help="fresh-process runs of each case. Default: 1."
+    )
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        print(f"run_cases: --repeat {args.repeat} must be an integer >= 1", file=sys.stderr)
+        return 2
     try:
         cases = [parse_case(text) for text in args.case]
     except CaseError as error:
@@ -64,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, *sys.argv])
     (args.out / "environment.json").write_text(json.dumps({"commands": [command]}, indent=2) + "\n")
     cases_dir = args.out / "cases"
-    for case in cases:
-        options = RunOptions(profile=args.gpu, timeout_s=args.case_timeout, families="hand-picked")
-        result = run_case(case, options, cases_dir / f"{case.hash}.json")
+    for repeat, case in ((r, c) for r in range(args.repeat) for c in cases):
+        options = RunOptions(
+            profile=args.gpu, timeout_s=args.case_timeout, families="hand-picked", repeat=repeat
+        )
+        result = run_case(case, options, cases_dir / result_file_name(case.hash, repeat))
         with (args.out / "results.jsonl").open("a") as f:
             f.write(result.to_json() + "\n")
         print(summary(result), flush=True)

@@ -14,7 +14,7 @@ import torch
 from qlora_core.measure import quant_state_bytes
 from qlora_core.models import REAL_MODEL, SHAPES
 from qlora_core.runner import RunOptions, run_case
-from qlora_core.spec import LESSON_TARGET_MODULES, Case
+from qlora_core.spec import LESSON_TARGET_MODULES, Case, CaseError
 
 CPU = RunOptions(profile="cpu", timeout_s=600)
 # bitsandbytes' layout: per 64-weight block an fp32 absmax (0.5 bit/param); with double
@@ -162,3 +162,9 @@ def test_result_files_are_complete_json(tmp_path, tiny_pair):
     for result in tiny_pair:
         assert result.case_hash and result.finished_at and result.wall_s > 0
     assert not list(Path(tmp_path).glob("*.tmp"))
+
+
+def test_a_bad_repeat_index_is_refused_before_any_child_starts(tmp_path: Path) -> None:
+    with pytest.raises(CaseError, match=r"repeat=-1 must be an integer >= 0"):
+        run_case(Case("tiny"), RunOptions(repeat=-1), tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.log").exists()

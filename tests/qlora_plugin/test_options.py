@@ -70,11 +70,30 @@ def test_threshold_options_override_pyproject_which_overrides_defaults(plugin_se
 
 def test_bad_threshold_values_fail_as_option_errors(plugin_session):
     table = "[tool.qlora-bench]\nmemory_rise = 5\n"
-    result = plugin_session("--speed-noise-multiple", "-1", pyproject=table)
+    result = plugin_session("--kernel-ms-rise-pct", "-1", pyproject=table)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "gate thresholds:" in result.stderr.str()
     assert "unknown key(s) ['memory_rise']" in result.stderr.str()
     assert "allowed keys: ['tokens_per_s_drop_pct', 'memory_rise_pct'," in result.stderr.str()
-    result = plugin_session("--speed-noise-multiple", "-1")
+    result = plugin_session("--kernel-ms-rise-pct", "-1", "--speed-alpha", "2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "speed_noise_multiple=-1.0 must be a finite number >= 0" in result.stderr.str()
+    assert "kernel_ms_rise_pct=-1.0 must be a finite number >= 0" in result.stderr.str()
+    assert "speed_alpha=2.0 must be a probability in (0, 1]" in result.stderr.str()
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_repeat_must_be_a_whole_number_of_at_least_one(plugin_session, value):
+    result = plugin_session("--repeat", value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"--repeat {value!r} must be an integer >= 1" in result.stderr.str()
+
+
+def test_repeat_and_allow_noisy_are_read_into_the_options(plugin_session, pytester):
+    pytester.makeconftest(
+        "from qlora_plugin.options import bench_options\n"
+        "def pytest_collection_finish(session):\n"
+        "    o = bench_options(session.config)\n"
+        "    print('OPTIONS', o.repeat, o.allow_noisy)\n"
+    )
+    plugin_session("--repeat", "3", "--allow-noisy").stdout.fnmatch_lines(["OPTIONS 3 True"])
+    plugin_session().stdout.fnmatch_lines(["OPTIONS None False"])

@@ -135,7 +135,7 @@ def test_a_row_that_cannot_be_stored_is_a_loud_error(tmp_path):
     expected = f"case {result.case_id} ran .* --resume {session.run_dir}"
     with pytest.raises(ResultNotStoredError, match=expected):
         session.record(result)
-    assert result.case_hash not in session.results
+    assert (result.case_hash, result.repeat) not in session.results and not session.results
     session.close()
 
 

@@ -10,16 +10,19 @@ import pytest
 from qlora_core.result import Result
 from qlora_core.spec import FIELD_NAMES
 from reports.frame import COLUMN_DTYPES, column_dtype, load_run, results_frame
+from reports.repeats import REPEAT_COLUMNS
 
 
 def test_every_result_and_case_field_is_a_column_with_its_type():
     columns = [f.name for f in dataclasses.fields(Result) if f.name != "case"] + list(FIELD_NAMES)
+    columns += list(REPEAT_COLUMNS)
     assert list(COLUMN_DTYPES) == columns
     assert COLUMN_DTYPES["emulated"] == "boolean" and COLUMN_DTYPES["bf16_native"] == "boolean"
     assert COLUMN_DTYPES["double_quant"] == "boolean" and COLUMN_DTYPES["batch_size"] == "Int64"
     assert COLUMN_DTYPES["total_params"] == "Int64" and COLUMN_DTYPES["peak_alloc_gib"] == "float64"
     assert COLUMN_DTYPES["quant_type"] == "str" and COLUMN_DTYPES["target_modules"] == "str"
     assert COLUMN_DTYPES["losses"] is None  # per-step lists stay Python lists
+    assert COLUMN_DTYPES["repeats"] == "Int64" and COLUMN_DTYPES["tokens_per_s_repeats"] is None
 
 
 @pytest.mark.parametrize(

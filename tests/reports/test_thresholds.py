@@ -89,5 +89,9 @@ def test_overrides_ignore_none_and_reject_unknown_or_invalid_values() -> None:
     )
     with pytest.raises(ValueError, match="unknown threshold"):
         Thresholds().with_overrides(speed=1.0)
-    with pytest.raises(ValueError, match="speed_noise_multiple"):
-        Thresholds(speed_noise_multiple=float("nan"))
+    with pytest.raises(ValueError, match="kernel_ms_rise_pct"):
+        Thresholds(kernel_ms_rise_pct=float("nan"))
+    with pytest.raises(ValueError, match=r"speed_alpha=1.5 must be a probability in \(0, 1\]"):
+        Thresholds(speed_alpha=1.5)
+    with pytest.raises(ValueError, match=r"speed_alpha=0\.0 must be a probability"):
+        Thresholds(speed_alpha=0.0)

@@ -35,3 +35,9 @@ def test_every_problem_is_named_before_any_run(tmp_path: Path, capsys) -> None:
     assert rc.main(["--out", str(tmp_path / "run"), "--case", "model=tiny,engine=nope"]) == 2
     assert "engine='nope'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_repeat_must_be_at_least_one(tmp_path: Path, capsys) -> None:
+    assert rc.main(["--out", str(tmp_path / "run"), "--case", "model=tiny", "--repeat", "0"]) == 2
+    assert "--repeat 0 must be an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
