@@ -3,7 +3,8 @@
 - `median`, `quantile` (linear interpolation between order statistics, numpy's default),
   `rel_iqr` (interquartile range / median) and `cv` (sample standard deviation / mean);
 - `bootstrap_median_ci`: a percentile bootstrap interval of the median, seeded, so the same
-  values always give the same interval;
+  values always give the same interval; `bootstrap_ratio_ci` the same for a ratio of medians
+  (the speed claims' "a ran at x times b's tokens/s");
 - `mann_whitney_greater`: the one-sided Mann-Whitney U test "the first sample tends to be
   larger", with the exact p-value when there are no ties and a normal approximation (tie and
   continuity corrected) when there are.
@@ -86,6 +87,30 @@ def bootstrap_median_ci(
     medians = [statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)]
     tail = (1 - level) / 2
     return Interval(quantile(medians, tail), quantile(medians, 1 - tail))  # type: ignore[arg-type]
+
+
+def bootstrap_ratio_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    level: float = CI_LEVEL,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> Interval | None:
+    """Percentile bootstrap interval of median(a) / median(b), each side resampled on its own
+    (two independent sets of processes); None below 2 values on a side or with a zero median."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if not 0 < level < 1:
+        raise ValueError(f"level={level!r} must be within (0, 1)")
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        denominator = statistics.median(rng.choices(b, k=len(b)))
+        if denominator == 0:
+            return None
+        ratios.append(statistics.median(rng.choices(a, k=len(a))) / denominator)
+    tail = (1 - level) / 2
+    return Interval(quantile(ratios, tail), quantile(ratios, 1 - tail))  # type: ignore[arg-type]
 
 
 class MannWhitney(NamedTuple):

@@ -23,6 +23,7 @@ from reports.claims.memory_problem import (
     PRECISION_ROWS,
     precision_rows,
 )
+from reports.claims.speed import device_bound_pairs, speed_ratio
 from reports.claims.t4_budget import (
     BUDGET_TRAINING_STAGE,
     LESSON_T4_BUDGET,
@@ -308,16 +309,26 @@ def t4_budget(run: RunData) -> str:
 
 # -- QLoRA vs LoRA ----------------------------------------------------------------------------------
 def _speed_cells(df: pd.DataFrame) -> tuple[str, str]:
+    """16-bit tokens/s and QLoRA's slowdown at the device-bound points (the claim's rows), each
+    slowdown with its interval; host-bound points are counted, not shown (see claims.speed)."""
     rows = df[(df["status"] == "ok") & present(df["tokens_per_s"])] if not df.empty else df
-    found = pairs(quantized(rows, "nf4"), sixteen_bit(rows), vary=QUANT_FIELDS)
+    every = pairs(quantized(rows, "nf4"), sixteen_bit(rows), vary=QUANT_FIELDS)
+    found, _ = device_bound_pairs(every)
+    host_bound = len(every) - len(found)
+    left_out = f"; {host_bound} host-bound point(s) left out" if host_bound else ""
     if not found:
-        return NOT_RUN, NOT_RUN
+        return NOT_RUN, NOT_RUN + left_out
     ref = [fval(b, "tokens_per_s") or 0.0 for _, b in found]
-    slow = [1 - (fval(a, "tokens_per_s") or 0.0) / (fval(b, "tokens_per_s") or 1.0) for a, b in found]
+    ratios = [speed_ratio(a, b) for a, b in found]
     n = len(found)
+    if n == 1:
+        slowdown, low, high = ratios[0].slowdown
+        slower = f"{slowdown:+.1%} slower [{low:+.1%}, {high:+.1%}], {ratios[0].basis}"
+    else:
+        slower = f"{span([r.slowdown[0] for r in ratios], lambda x: f'{x:+.0%}')} slower over {n} points"
     return (
         f"{span(ref, lambda x: f'{x:,.0f}')} tokens/s ({n} points)",
-        f"{span(slow, lambda x: f'{x:+.0%}')} slower ({n} points)",
+        f"{slower} (device-bound; intervals: claims.md, qlora-slower){left_out}",
     )
 
 

@@ -1,5 +1,5 @@
 """What the claim checks of every lesson section share: row selection that ends in a verdict,
-measurement tables, tolerances and the speed noise floor."""
+measurement tables and tolerances (speed comparisons: `reports.claims.speed`)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,10 @@ import pandas as pd
 from qlora_core.spec import LESSON_TARGET_MODULES
 from reports.claims.model import Evaluation, inconclusive, not_run
 from reports.frame import RunData
-from reports.rows import OK_ONLY, NoRows, fval, model_sizes, usable
+from reports.rows import OK_ONLY, NoRows, model_sizes, usable
 
 SEVEN_MODULES = ",".join(LESSON_TARGET_MODULES)  # the lesson's target modules as a row holds them
 LESSON_SIZED_MIN = 2.5e9  # the lesson's examples and budgets are about 3B-13B models
-
-# Minimum relative difference treated as a real speed difference; a pair's own step-time spread
-# can raise it (see `speed_noise`). Measured, not assumed: on the lent H200 the same 3B case at
-# batch 1, seq 512 gave tokens/s varying by up to 30% between three runs of one day (reports/
-# reference/h200-smoke and reports/reference/gate/*), while each run's own spread was often far
-# smaller. Two rows from different processes are therefore not told apart below +-15%.
-MIN_SPEED_NOISE = 0.15
 
 
 def select(
@@ -68,13 +61,6 @@ def with_note(evaluation: Evaluation, note: str) -> Evaluation:
 def modules_label(modules: str) -> str:
     """Target modules in words: "the seven projections" for the lesson's set, else the list."""
     return "the seven projections" if modules == SEVEN_MODULES else str(modules).replace("_proj", "")
-
-
-def speed_noise(*rows: pd.Series) -> float:
-    """Relative tokens/s difference below which two rows are not told apart: half the largest
-    step-time spread ((p90 - p10) / median) of the rows, at least MIN_SPEED_NOISE."""
-    spreads = [s for s in (fval(r, "step_ms_spread") for r in rows) if s is not None]
-    return max([MIN_SPEED_NOISE] + [s / 2 for s in spreads])
 
 
 def measurement(run: RunData, name: str, cols: Sequence[str]) -> pd.DataFrame | Evaluation:

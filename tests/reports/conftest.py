@@ -9,6 +9,7 @@ numbers are test inputs shaped like real measurements, not measurements.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -156,6 +157,11 @@ def training(tokens_per_s: float, losses: list[float] | None = None, spread: flo
         "first_loss": losses[0],
         "final_loss": losses[-1],
     }
+
+
+def in_processes(result: Result, tokens_per_s: Iterable[float]) -> list[Result]:
+    """`result` as run in one fresh process per value (`--repeat N`), each its own tokens/s."""
+    return [dataclasses.replace(result, repeat=i, tokens_per_s=tps) for i, tps in enumerate(tokens_per_s)]
 
 
 def stability_row(dtype: str, lr: float, final: float | None, **fields: Any) -> Result:
@@ -461,6 +467,7 @@ def build() -> SimpleNamespace:
         gpu=gpu,
         memory=memory,
         training=training,
+        in_processes=in_processes,
         stability=stability_row,
         quant_codes=quant_codes_rows,
         quant_state=quant_state_rows,

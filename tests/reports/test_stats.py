@@ -68,3 +68,15 @@ def test_mann_whitney_with_ties_uses_the_corrected_normal_approximation() -> Non
     assert mann_whitney_greater([1.0, 1.0], [1.0, 1.0]).p == 1.0  # all equal: no evidence
     with pytest.raises(ValueError, match="both sides"):
         mann_whitney_greater([], [1.0])
+
+
+def test_bootstrap_ratio_ci_by_hand_and_its_limits() -> None:
+    from reports.stats import Interval, bootstrap_ratio_ci
+
+    # Medians of two resampled values of [8, 10] are 8, 9 or 10; b's is always 10.
+    assert bootstrap_ratio_ci([8.0, 10.0], [10.0, 10.0]) == Interval(0.8, 1.0)
+    three = bootstrap_ratio_ci([90.0, 91.0, 92.0], [100.0, 101.0, 99.0])
+    assert three is not None and three.low <= 91 / 100 <= three.high
+    assert three == bootstrap_ratio_ci([90.0, 91.0, 92.0], [100.0, 101.0, 99.0])  # seeded
+    assert three.high < 1.0  # 9% slower over three processes each: the interval says so
+    assert bootstrap_ratio_ci([1.0], [1.0, 2.0]) is None

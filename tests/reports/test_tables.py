@@ -106,3 +106,19 @@ def test_the_header_names_the_engine_behind_each_familys_rows():
         "transformers.Trainer (2 rows: factorial, speed, ladder);"
         " core loop (2 rows: quality, stability, sweep)"
     )
+
+
+def test_the_speed_row_reads_device_bound_points_only(build):
+    from reports.tables import tradeoffs
+
+    def speed(quant: str, seq: int, tps: list[float], host_bound: bool):
+        row = build.result(
+            "llama-3.2-3b", quant_type=quant, seq_len=seq, host_bound=host_bound, **build.gpu()
+        )
+        return build.in_processes(row, tps)
+
+    rows = speed("nf4", 2048, [850.0, 851.0, 849.0], False) + speed("none", 2048, [1000.0] * 3, False)
+    rows += speed("nf4", 512, [400.0] * 3, True) + speed("none", 512, [1000.0] * 3, True)
+    line = next(x for x in tradeoffs(build.run(rows)).splitlines() if x.startswith("| Training speed"))
+    assert "+15.0% slower [" in line and "over 3 and 3 processes" in line
+    assert "1 host-bound point(s) left out" in line and "+60" not in line

@@ -18,15 +18,22 @@ def test_dtype_speed(build):
 
     evals = check_dtype_speed(build.run([row("fp16", 1000.0), row("bf16", 1100.0), row("fp32", 400.0)]))
     assert build.verdicts(evals) == ["holds", "holds"]
-    assert "fp32 at 0.40x" in build.pick(evals, "fp32 vs fp16").measured
+    assert "fp32 at 0.400x" in build.pick(evals, "fp32 vs fp16").measured
     # Not slower even allowing the cross-process noise floor (fp32 at 1.2x): refuted.
     evals = check_dtype_speed(build.run([row("fp16", 1000.0), row("fp32", 1200.0)]))
     assert build.verdicts(evals) == ["refuted", "not_run"]
-    assert "not slower" in evals[0].corrected
+    assert "not 'Slow'" in evals[0].corrected
     evals = check_dtype_speed(build.run([row("fp16", 1000.0), row("fp32", 1000.0)]))
     assert build.verdicts(evals) == ["inconclusive", "not_run"]
     evals = check_dtype_speed(build.run([row("fp16", 1000.0), row("fp32", 950.0)]))
     assert build.verdicts(evals)[0] == "inconclusive"
+    # 5% slower in three processes each, tightly: the whole interval above 0.9, refuted.
+    close = build.in_processes(row("fp16", 0), [1000.0, 1001.0, 999.0])
+    close += build.in_processes(row("fp32", 0), [950.0, 951.0, 949.0])
+    assert build.verdicts(check_dtype_speed(build.run(close)))[0] == "refuted"
+    host = [dataclasses.replace(r, host_bound=True) for r in close]
+    (left_out, _) = check_dtype_speed(build.run(host))
+    assert left_out.verdict.value == "inconclusive" and "host-bound" in left_out.measured
     assert build.verdicts(check_dtype_speed(build.run([row("fp16", 1000.0)]))) == ["not_run"]
 
 

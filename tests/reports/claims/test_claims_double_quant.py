@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from reports.claims import Verdict
 from reports.claims.double_quant import check_dq_compute_overhead, check_dq_factor_dtype, check_dq_overhead
 
@@ -55,12 +57,22 @@ def _speed_pair(build, slow: float, spread: float = 0.04, key: str = "double_qua
 
 
 def test_dq_compute_overhead(build):
-    (minor,) = check_dq_compute_overhead(build.run(_speed_pair(build, 1050.0)))
+    def pair(slow: list[float]):
+        on, off = _speed_pair(build, 0.0)
+        return build.in_processes(on, [1000.0, 1002.0, 998.0]) + build.in_processes(off, slow)
+
+    (minor,) = check_dq_compute_overhead(build.run(pair([1050.0, 1052.0, 1049.0])))
     assert minor.verdict is Verdict.HOLDS and "+4.8% slower" in minor.measured
-    (heavy,) = check_dq_compute_overhead(build.run(_speed_pair(build, 1500.0)))
+    (heavy,) = check_dq_compute_overhead(build.run(pair([1500.0, 1490.0, 1510.0])))
     assert heavy.verdict is Verdict.REFUTED and "33%" in heavy.corrected
-    (noisy,) = check_dq_compute_overhead(build.run(_speed_pair(build, 1130.0, spread=0.2)))
-    assert noisy.verdict is Verdict.INCONCLUSIVE and "noise" in noisy.why
+    (noisy,) = check_dq_compute_overhead(build.run(pair([1050.0, 1130.0, 1250.0])))
+    assert noisy.verdict is Verdict.INCONCLUSIVE and "straddles" in noisy.why
+    # One process each: a 3% overhead's interval reaches past 10% at the +-15% noise floor.
+    (single,) = check_dq_compute_overhead(build.run(_speed_pair(build, 1030.0)))
+    assert single.verdict is Verdict.INCONCLUSIVE
+    host = [dataclasses.replace(r, host_bound=True) for r in pair([1050.0, 1052.0, 1049.0])]
+    (left_out,) = check_dq_compute_overhead(build.run(host))
+    assert left_out.verdict is Verdict.INCONCLUSIVE and "host-bound" in left_out.why
     (none,) = check_dq_compute_overhead(build.run(_speed_pair(build, 1000.0)[:1]))
     assert none.verdict is Verdict.NOT_RUN
 

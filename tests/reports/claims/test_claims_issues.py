@@ -100,32 +100,59 @@ def _speed(build, quant: str, tps: float, spread: float = 0.04, **fields):
 
 def test_qlora_slower_per_point_and_overall(build):
     rows = [
-        _speed(build, "nf4", 850.0),
-        _speed(build, "none", 1000.0),
-        _speed(build, "nf4", 500.0, seq_len=2048),
-        _speed(build, "none", 1000.0, seq_len=2048),
+        *build.in_processes(_speed(build, "nf4", 0), [850.0, 852.0, 848.0]),
+        *build.in_processes(_speed(build, "none", 0), [1000.0, 1003.0, 998.0]),
+        *build.in_processes(_speed(build, "nf4", 0, seq_len=2048), [500.0, 505.0, 497.0]),
+        *build.in_processes(_speed(build, "none", 0, seq_len=2048), [1000.0, 990.0, 1004.0]),
     ]
     evals = check_qlora_slower(build.run(rows))
-    assert build.pick(evals, "s512").verdict is Verdict.HOLDS
+    near = build.pick(evals, "s512")
+    assert near.verdict is Verdict.HOLDS and "over 3 and 3 processes" in near.measured
     far = build.pick(evals, "s2048")
     assert far.verdict is Verdict.REFUTED and "+50%" in far.corrected
     overall = build.pick(evals, "overall")
     assert overall.verdict is Verdict.REFUTED and "+15.0% to +50.0%" in overall.measured
 
 
-def test_qlora_slower_within_noise_of_the_range_is_inconclusive(build):
-    # +1% slower: below the 5% bound by less than the noise (the 15% floor between processes).
-    rows = [_speed(build, "nf4", 990.0, spread=0.30), _speed(build, "none", 1000.0, spread=0.30)]
+def test_qlora_slower_decides_on_the_interval_not_the_point(build):
+    # 15% slower, inside 10-20%, but one process each: +-15% noise, so the interval straddles.
+    rows = [_speed(build, "nf4", 850.0), _speed(build, "none", 1000.0)]
     point, overall = check_qlora_slower(build.run(rows))
-    assert point.verdict is Verdict.INCONCLUSIVE and "noise" in point.why
-    assert overall.verdict is Verdict.INCONCLUSIVE
+    assert point.verdict is Verdict.INCONCLUSIVE and "straddles" in point.why
+    assert "one process each" in point.measured and overall.verdict is Verdict.INCONCLUSIVE
+    # 15% slower in three processes each, but with a wide spread between them: still straddles.
+    wide = [
+        *build.in_processes(_speed(build, "nf4", 0), [700.0, 850.0, 990.0]),
+        *build.in_processes(_speed(build, "none", 0), [1000.0, 1000.0, 1000.0]),
+    ]
+    assert build.verdicts(check_qlora_slower(build.run(wide))) == ["inconclusive", "inconclusive"]
     # Beyond the range by more than the noise floor (15% between processes) is a refutation.
     far = [_speed(build, "nf4", 550.0, spread=0.02), _speed(build, "none", 1000.0, spread=0.02)]
     assert build.verdicts(check_qlora_slower(build.run(far))) == ["refuted", "refuted"]
 
 
+def test_qlora_slower_leaves_host_bound_points_out(build):
+    bound = [
+        *build.in_processes(_speed(build, "nf4", 0, host_bound=False), [850.0, 851.0, 849.0]),
+        *build.in_processes(_speed(build, "none", 0, host_bound=False), [1000.0, 1001.0, 999.0]),
+    ]
+    host = [
+        *build.in_processes(_speed(build, "nf4", 0, seq_len=2048, host_bound=True), [500.0, 500.0, 501.0]),
+        *build.in_processes(_speed(build, "none", 0, seq_len=2048, host_bound=False), [1000.0] * 3),
+    ]
+    point, overall = check_qlora_slower(build.run(bound + host))
+    assert point.verdict is Verdict.HOLDS and "s512" in point.condition
+    assert overall.verdict is Verdict.HOLDS and "host-bound, not judged on speed" in overall.why
+    assert "s2048" in overall.why
+    (only,) = check_qlora_slower(build.run(host))
+    assert only.verdict is Verdict.INCONCLUSIVE and "host-bound" in only.measured
+
+
 def test_qlora_slower_names_the_prepare_condition_and_needs_a_reference(build):
-    rows = [_speed(build, "nf4", 880.0, prepare_kbit=False), _speed(build, "none", 1000.0)]
+    rows = [
+        *build.in_processes(_speed(build, "nf4", 0, prepare_kbit=False), [880.0, 881.0, 879.0]),
+        *build.in_processes(_speed(build, "none", 0), [1000.0, 1000.0, 1001.0]),
+    ]
     evals = check_qlora_slower(build.run(rows))
     assert "prepare_kbit off" in evals[0].condition
     assert build.verdicts(evals) == ["holds", "holds"]

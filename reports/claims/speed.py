@@ -1,0 +1,118 @@
+"""How a speed claim compares two rows: the ratio of their tokens/s, the interval around it, and
+whether the point was device-bound at all.
+
+A verdict on speed reads an interval, not a point estimate:
+- with repeats (`--repeat N`, N >= 2, on both rows) the interval is the 95% percentile-bootstrap
+  interval of median(a) / median(b) over the per-process tokens/s (`reports.stats`);
+- with one process per row it is the ratio widened by the noise floor (`speed_noise`), measured
+  between processes of one day on the H200: one process says nothing about the next.
+
+A claim holds where that interval lies inside the lesson's range, is refuted where it lies
+wholly outside, and is inconclusive only where it straddles a bound (`place`).
+
+Host-bound rows (`host_bound`: the GPU busy for less than the threshold of the step, see
+`qlora_core.engines.devicetime`) are left out of speed verdicts: their tokens/s is the host's
+pace (Python, kernel launches), which moves with the machine's CPU and load, not with what the
+lesson compares. A row that never measured device time (the CPU, rows stored before it was
+measured) is not known to be host-bound and is judged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import pandas as pd
+
+from reports.rows import fval
+from reports.stats import bootstrap_ratio_ci
+from reports.units import pct
+
+# Minimum relative difference treated as a real speed difference between two single processes;
+# a pair's own step-time spread can raise it (see `speed_noise`). Measured, not assumed: on the
+# lent H200 the same 3B case at batch 1, seq 512 gave tokens/s varying by up to 30% between three
+# processes of one day (reports/reference/h200-smoke and reports/reference/gate/*), while each
+# run's own spread was often far smaller. So two single rows are not told apart below +-15%.
+MIN_SPEED_NOISE = 0.15
+
+
+def speed_noise(*rows: pd.Series) -> float:
+    """Relative tokens/s difference below which two single-process rows are not told apart:
+    half the largest step-time spread ((p90 - p10) / median) of the rows, at least MIN_SPEED_NOISE."""
+    spreads = [s for s in (fval(r, "step_ms_spread") for r in rows) if s is not None]
+    return max([MIN_SPEED_NOISE] + [s / 2 for s in spreads])
+
+
+@dataclass(frozen=True)
+class SpeedRatio:
+    """tokens/s of row a over row b at one point, and the interval a verdict reads."""
+
+    ratio: float
+    low: float
+    high: float
+    basis: str
+    """How the interval was made, in words ("95% interval over 3 and 3 processes")."""
+
+    @property
+    def slowdown(self) -> tuple[float, float, float]:
+        """(1 - ratio, and its interval low, high): how much slower a ran than b."""
+        return 1 - self.ratio, 1 - self.high, 1 - self.low
+
+    def text(self) -> str:
+        return f"{self.ratio:.3f}x [{self.low:.3f}, {self.high:.3f}] ({self.basis})"
+
+
+def _repeats(row: pd.Series) -> list[float]:
+    values = row.get("tokens_per_s_repeats")
+    if isinstance(values, (list, tuple)) or hasattr(values, "tolist"):
+        return [float(v) for v in list(values)]
+    return []
+
+
+def speed_ratio(a: pd.Series, b: pd.Series) -> SpeedRatio:
+    """tokens/s of `a` over `b`, with its interval (both rows must have measured tokens/s)."""
+    ta, tb = fval(a, "tokens_per_s"), fval(b, "tokens_per_s")
+    if ta is None or tb is None or tb == 0:
+        raise ValueError(f"rows {a.get('case_id')} and {b.get('case_id')} need tokens_per_s")
+    ratio = ta / tb
+    ra, rb = _repeats(a), _repeats(b)
+    interval = bootstrap_ratio_ci(ra, rb) if len(ra) >= 2 and len(rb) >= 2 else None
+    if interval is not None:
+        basis = f"95% interval over {len(ra)} and {len(rb)} processes"
+        return SpeedRatio(ratio, min(interval.low, ratio), max(interval.high, ratio), basis)
+    noise = speed_noise(a, b)
+    return SpeedRatio(
+        ratio, ratio * (1 - noise), ratio * (1 + noise), f"one process each, noise +-{pct(noise)}"
+    )
+
+
+class Place(str, Enum):
+    INSIDE = "inside"
+    OUTSIDE = "outside"
+    STRADDLES = "straddles"
+
+
+def place(low: float, high: float, range_low: float, range_high: float) -> Place:
+    """Where the interval [low, high] lies relative to the range [range_low, range_high]."""
+    if range_low <= low and high <= range_high:
+        return Place.INSIDE
+    if high < range_low or low > range_high:
+        return Place.OUTSIDE
+    return Place.STRADDLES
+
+
+def is_host_bound(row: pd.Series) -> bool:
+    """True only when the row measured device time and found the step host-bound."""
+    value = row.get("host_bound")
+    return False if value is None or pd.isna(value) else bool(value)
+
+
+def device_bound_pairs(
+    found: Sequence[tuple[pd.Series, pd.Series]],
+) -> tuple[list[tuple[pd.Series, pd.Series]], str]:
+    """The pairs where neither row was host-bound, and a note naming the points left out."""
+    kept = [(a, b) for a, b in found if not (is_host_bound(a) or is_host_bound(b))]
+    left = [str(a["case_id"]) for a, b in found if is_host_bound(a) or is_host_bound(b)]
+    note = f"host-bound, not judged on speed: {', '.join(left)}" if left else ""
+    return kept, note
