@@ -13,7 +13,9 @@ T4 7.5, L4 8.9, A10G 8.6, A100 8.0, H100 and H200 9.0.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 _MIB_IN_GIB = 1024
 
@@ -95,6 +97,25 @@ class DetectedGpu:
     driver_version: str
 
 
+def nvml_handle(pynvml: Any, cuda_index: int = 0) -> Any:
+    """The NVML handle of the device CUDA calls `cuda_index` in this process.
+
+    NVML numbers devices physically and ignores CUDA_VISIBLE_DEVICES; CUDA numbers the visible
+    ones. A run pinned to the second GPU (CUDA_VISIBLE_DEVICES=1) must read NVML device 1, or
+    its memory figures are another GPU's. Entries may be indices or UUIDs (GPU-...).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if not visible:
+        return pynvml.nvmlDeviceGetHandleByIndex(cuda_index)
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if cuda_index >= len(entries):
+        raise ValueError(f"CUDA device {cuda_index} is not visible (CUDA_VISIBLE_DEVICES={visible!r})")
+    entry = entries[cuda_index]
+    if entry.isdigit():
+        return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
+    return pynvml.nvmlDeviceGetHandleByUUID(entry)
+
+
 def detect_gpu() -> DetectedGpu | None:
     """The first GPU present, read through NVML so the calling process never initializes CUDA
     (the parent must stay fork-safe and CUDA-free; children are spawned). None without a GPU."""
@@ -109,7 +130,7 @@ def detect_gpu() -> DetectedGpu | None:
     try:
         if pynvml.nvmlDeviceGetCount() < 1:
             return None
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        handle = nvml_handle(pynvml, 0)
         name = pynvml.nvmlDeviceGetName(handle)
         name = name.decode() if isinstance(name, bytes) else name
         total = pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30

@@ -64,11 +64,14 @@ class NvmlSampler:
     """
 
     def __init__(self, index: int = 0) -> None:
+        """`index`: the CUDA device index in this process (mapped to NVML's, see `nvml_handle`)."""
         import pynvml
+
+        from qlora_core.gpus import nvml_handle
 
         self._nvml = pynvml
         pynvml.nvmlInit()
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self._handle = nvml_handle(pynvml, index)
         self.base_gib = self.used_gib()
         self.peak_gib = self.base_gib
         self._stop = threading.Event()

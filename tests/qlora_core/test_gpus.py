@@ -114,3 +114,43 @@ def test_detects_the_gpu_present(gpu_required):
     assert gpu is not None and gpu.total_gib > 1 and gpu.capability >= (7, 0)
     profile, _ = resolve_profile("auto")
     assert profile.is_gpu
+
+
+class _RecordingNvml:
+    """NVML's two lookups, answering with what was asked (no GPU on the CPU runners)."""
+
+    @staticmethod
+    def nvmlDeviceGetHandleByIndex(index):
+        return ("index", index)
+
+    @staticmethod
+    def nvmlDeviceGetHandleByUUID(uuid):
+        return ("uuid", uuid)
+
+
+@pytest.mark.parametrize(
+    ("visible", "cuda_index", "handle"),
+    [
+        (None, 0, ("index", 0)),
+        ("", 1, ("index", 1)),
+        ("1", 0, ("index", 1)),  # a run pinned to the second GPU reads NVML device 1
+        ("3,2", 1, ("index", 2)),
+        ("GPU-aaaa, GPU-bbbb", 1, ("uuid", "GPU-bbbb")),
+    ],
+)
+def test_nvml_reads_the_gpu_cuda_uses(monkeypatch, visible, cuda_index, handle):
+    from qlora_core.gpus import nvml_handle
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert nvml_handle(_RecordingNvml, cuda_index) == handle
+
+
+def test_nvml_refuses_a_device_cuda_cannot_see(monkeypatch):
+    from qlora_core.gpus import nvml_handle
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with pytest.raises(ValueError, match="CUDA device 1 is not visible"):
+        nvml_handle(_RecordingNvml, 1)
