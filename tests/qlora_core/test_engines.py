@@ -10,7 +10,7 @@ import torch
 
 from qlora_core import load, models
 from qlora_core.data import synthetic_batches
-from qlora_core.engines import TrainStats, run_training
+from qlora_core.engines import StepPlan, TrainStats, plan_steps, run_training
 from qlora_core.engines import loop as loop_engine
 from qlora_core.engines.common import LR_SCHEDULER, MAX_GRAD_NORM, WEIGHT_DECAY, check_batches
 from qlora_core.engines.hf import TRAINER_OPTIMS, training_arguments
@@ -33,10 +33,10 @@ def trained_model(case: Case, device: str = "cpu") -> torch.nn.Module:
     return load.add_lora(load.prepare(model, case), case)
 
 
-def repeated_batches(case: Case) -> list[torch.Tensor]:
+def repeated_batches(case: Case, steps: int) -> list[torch.Tensor]:
     vocab = models.SHAPES[case.model].vocab_size
     one = synthetic_batches(vocab, case.batch_size, case.seq_len, 1, case.seed)[0]
-    return [one.clone() for _ in range((case.warmup_steps + case.measured_steps) * case.grad_accum)]
+    return [one.clone() for _ in range(steps * case.grad_accum)]
 
 
 class _Calls(list):
@@ -45,10 +45,13 @@ class _Calls(list):
         self.append(step)
 
 
-def run(case: Case, device: str = "cpu") -> tuple[TrainStats, list[int]]:
+def run(case: Case, device: str = "cpu", plan: StepPlan | None = None) -> tuple[TrainStats, list[int]]:
+    """Train `case` as `plan` says (default: the device's plan, fixed steps)."""
     calls = _Calls()
+    plan = plan or plan_steps(case, device, adaptive=False)
     model = trained_model(case, device)
-    stats = run_training(model, case, repeated_batches(case), device, calls.append_step)
+    batches = repeated_batches(case, plan.max_total_steps)
+    stats = run_training(model, case, batches, device, calls.append_step, plan)
     return stats, calls
 
 
@@ -166,7 +169,7 @@ def test_trainer_arguments_are_the_readers_with_the_loops_settings(tmp_path):
     case = Case(
         "tiny", compute_dtype="fp32", batch_size=4, seq_len=2048, grad_accum=2, optimizer="adamw_8bit"
     )
-    kwargs = training_arguments(case, "cpu", str(tmp_path))
+    kwargs = training_arguments(case, "cpu", str(tmp_path), plan_steps(case, "cpu"))
     for optim in TRAINER_OPTIMS.values():
         TrainingArguments(**{**kwargs, "optim": optim})  # a name transformers knows
     config = SFTConfig(**kwargs, max_length=case.seq_len, packing=False)
@@ -181,11 +184,11 @@ def test_trainer_arguments_are_the_readers_with_the_loops_settings(tmp_path):
 def test_too_few_or_misshapen_batches_fail_before_training():
     case = BASE.replace(grad_accum=2)
     good = synthetic_batches(1024, 2, 64, 12, 0)
-    check_batches(case, good)
+    check_batches(case, good, 6)
     with pytest.raises(ValueError, match="needs 12 micro-batches, got 11"):
-        check_batches(case, good[:11])
+        check_batches(case, good[:11], 6)
     with pytest.raises(ValueError, match=r"not of shape \(2, 64\)"):
-        check_batches(case, [*good[:5], good[5][:, :32], *good[6:]])
+        check_batches(case, [*good[:5], good[5][:, :32], *good[6:]], 6)
 
 
 @pytest.mark.gpu
