@@ -107,6 +107,7 @@ class _Checkpointer:
 
 def child_main(request_path: str) -> None:
     """Entry point of the child: read the request, run the case, write the Result, exit 0."""
+    main_at = time.time()
     request = json.loads(Path(request_path).read_text())
     _die_with_parent(request["parent_pid"])
     case = Case.from_dict(request["case"])
@@ -114,12 +115,15 @@ def child_main(request_path: str) -> None:
     result = Result.for_case(case, options.profile, options.families)
     result.started_at = now_iso()
     result.overrides = options.overrides
+    if "spawned_at" in request:
+        result.start_s = max(0.0, main_at - request["spawned_at"])
     ckpt = _Checkpointer(result, Path(request["result"]))
     ckpt.stage("start-up")  # from here on the result file exists, whatever happens
     tb = ""
     try:
         # The one-shot fault of this run wins over the case's own (a test sets one or the other).
         ckpt.arm(options.inject_fault or dict(case.extra).get("fault", ""))
+        faults.slowdown_of(case)  # a bad slowdown knob is a config_error before any heavy work
         status, reason = _run_stages(case, options, ckpt)
     except BaseException as exc:  # every outcome is a row: classify, keep the measurements
         status = classify_exception(exc)
@@ -156,16 +160,26 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     device = "cuda" if gpu is not None else "cpu"
     r.device = device
     sampler = None
+    t0 = time.perf_counter()
+    import torch  # touches no device: NVML's base reading below stays the device's own
+
+    r.import_s = time.perf_counter() - t0
     if device == "cuda":
         ckpt.stage("model creation")
         _materialize(case.model, device)
         sampler = _setup_cuda(r, profile, gpu, options)
-    import torch
+    # After the CUDA set-up: bitsandbytes loads its CUDA library when imported.
+    t0 = time.perf_counter()
+    import bitsandbytes  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
 
     from qlora_core import data as data_mod
     from qlora_core import load, measure, quality
-    from qlora_core.engines import TrainStats, run_training
+    from qlora_core.engines import TrainStats, plan_steps, run_training
     from qlora_core.models.resolve import resolve_model
+
+    r.import_s += time.perf_counter() - t0
 
     for key, value in environment_fields().items():
         setattr(r, key, value)
@@ -187,19 +201,23 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     _record_stage(r, "load", device)
 
     ckpt.stage("prepare")  # also saves what load measured, so a crash from here keeps it
+    t0 = time.perf_counter()
     model = load.prepare(model, case)
+    prepare_s = time.perf_counter() - t0
     _record_stage(r, "prepare", device)
 
     ckpt.stage("LoRA")
+    t0 = time.perf_counter()
     model = load.add_lora(model, case)
+    r.prepare_s = prepare_s + time.perf_counter() - t0
     r.trainable_params, r.total_params = measure.parameter_counts(model)
     r.trainable_dtypes = measure.trainable_dtypes(model)
     r.trainable_bytes = measure.trainable_bytes(model)
     _record_stage(r, "lora", device)
 
     ckpt.stage("data")
-    steps = case.warmup_steps + case.measured_steps
-    count = steps * case.grad_accum
+    plan = plan_steps(case, device, adaptive=options.adaptive_steps)
+    count = plan.max_total_steps * case.grad_accum  # the batches cover the step cap
     heldout = None
     if case.data == "text":
         ids = data_mod.tokenize_corpus(resolved.tokenizer_path, resolved.vocab_size)
@@ -207,7 +225,9 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
         batches = data_mod.text_batches(train_ids, case.batch_size, case.seq_len, count, case.seed)
         heldout = data_mod.heldout_windows(heldout_ids, case.seq_len, max_windows=16)
         ckpt.stage("perplexity before training")
+        t0 = time.perf_counter()
         r.ppl_before = quality.perplexity(model, heldout, device)
+        r.eval_s = time.perf_counter() - t0
     else:
         batches = data_mod.synthetic_batches(
             resolved.vocab_size, case.batch_size, case.seq_len, count, case.seed
@@ -221,7 +241,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     def on_step(step: int, stats: TrainStats) -> None:
         r.losses, r.grad_norms, r.step_ms = stats.losses, stats.grad_norms, stats.step_ms
 
-    stats = run_training(model, case, batches, device, on_step=on_step)
+    stats = run_training(model, case, batches, device, on_step=on_step, plan=plan)
     if device == "cuda":
         r.peak_alloc_gib, r.peak_reserved_gib = measure.cuda_peaks()
     if sampler is not None:
@@ -236,7 +256,9 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
         return Status.NAN, f"non-finite loss or gradient norm at step {stats.first_nonfinite_step}"
     if heldout is not None:
         ckpt.stage("perplexity after training")
+        t0 = time.perf_counter()
         r.ppl_after = quality.perplexity(model, heldout, device)
+        r.eval_s = (r.eval_s or 0.0) + time.perf_counter() - t0
     return Status.OK, ""
 
 
@@ -266,19 +288,17 @@ def _materialize(model: str, device: str) -> None:
 
 
 def summarize_steps(r: Result) -> None:
-    """Median step time, its relative spread (p90 - p10) / median, and tokens/s."""
+    """Median step time, its relative spreads (p90 - p10) / median and (p75 - p25) / median,
+    and tokens/s."""
+    from qlora_core.engines.pacing import percentile, rel_iqr
+
     if not r.step_ms:
         return
     ordered = sorted(r.step_ms)
     median = statistics.median(ordered)
     r.step_ms_median = median
-
-    def pct(q: float) -> float:
-        pos = q * (len(ordered) - 1)
-        lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-        return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-    r.step_ms_spread = (pct(0.9) - pct(0.1)) / median if median > 0 else None
+    r.step_ms_spread = (percentile(ordered, 0.9) - percentile(ordered, 0.1)) / median if median > 0 else None
+    r.step_ms_rel_iqr = rel_iqr(ordered)
     if r.tokens_per_step and median > 0:
         r.tokens_per_s = r.tokens_per_step / (median / 1000.0)
 
