@@ -1,5 +1,5 @@
 """The step plan: the stop rule of adaptive measuring, and the clock that walks warm-up, measured
-and profiled steps (driven here without a model; the engines drive it in test_engine_speed)."""
+and profiled steps (driven here without a model; the engines drive it in test_engines)."""
 
 from __future__ import annotations
 
