@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_core import faults
-from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated
+from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated, profile_for_device
 from qlora_core.outcomes import classify_exception, recognised_refusal
 from qlora_core.result import Result, Status, write_atomic
 from qlora_core.runner import RunOptions, child_env, now_iso
@@ -252,6 +252,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     r.first_loss = stats.losses[0] if stats.losses else None
     r.final_loss = stats.losses[-1] if stats.losses else None
     summarize_steps(r)
+    _record_mfu(r, case, model.config, gpu)
     if stats.diverged:
         return Status.NAN, f"non-finite loss or gradient norm at step {stats.first_nonfinite_step}"
     if heldout is not None:
@@ -301,6 +302,29 @@ def summarize_steps(r: Result) -> None:
     r.step_ms_rel_iqr = rel_iqr(ordered)
     if r.tokens_per_step and median > 0:
         r.tokens_per_s = r.tokens_per_step / (median / 1000.0)
+
+
+def _record_mfu(r: Result, case: Case, config: Any, gpu: DetectedGpu | None) -> None:
+    """FLOPs per step (any device) and MFU against the GPU the kernels ran on (never the
+    emulated profile's: an emulated T4's kernels run on the host GPU)."""
+    from qlora_core import flops
+
+    dims = flops.dims_of(config)
+    if dims is None:
+        return
+    r.flops_per_step = flops.step_flops(
+        dims,
+        batch_size=case.batch_size,
+        seq_len=case.seq_len,
+        grad_accum=case.grad_accum,
+        lora_r=case.lora_r,
+        target_modules=case.target_modules,
+        gradient_checkpointing=case.gradient_checkpointing,
+    )
+    host = profile_for_device(gpu.name, gpu.total_gib) if gpu is not None else None
+    peak = host.peak_tflops(case.compute_dtype) if host is not None else None
+    r.mfu = flops.mfu(r.flops_per_step, r.step_ms_median, peak)
+    r.mfu_kernel = flops.mfu(r.flops_per_step, r.kernel_ms_per_step, peak)
 
 
 def _record_stage(r: Result, stage: str, device: str) -> None:

@@ -140,6 +140,11 @@ class Result:
     host_bound: bool | None = None  # gpu_busy below devicetime.HOST_BOUND_BELOW
     profiled_steps: int | None = None  # optimizer steps profiled (in losses, not in step_ms)
     slowdown_ms_per_step: float | None = None  # test-only knob: device work added per step
+    # model FLOPs utilization (qlora_core.flops), against the GPU the kernels ran on (an emulated
+    # T4 runs on the host GPU: its MFU is the host's), at the compute dtype's dense peak
+    flops_per_step: float | None = None  # the FLOPs model's count for one optimizer step
+    mfu: float | None = None  # flops_per_step / median wall step / peak
+    mfu_kernel: float | None = None  # flops_per_step / kernel time per step / peak
     first_loss: float | None = None
     final_loss: float | None = None
     first_nonfinite_step: int | None = None  # 0-based index into losses; None if all finite

@@ -270,15 +270,6 @@ def test_the_slowdown_knob_adds_its_work_to_every_step_in_every_engine(engine):
     assert slowed.kernels_per_step >= plain.kernels_per_step + 1
 
 
-@pytest.mark.slow
-def test_the_slowdown_knob_raises_the_step_time():
-    case = BASE.replace(warmup_steps=2, measured_steps=8)
-    plain, _ = run(case)
-    slowed, _ = run(case.replace(extra=(("slowdown", "100"),)))
-    # +100% of the step; a rise, not its size: on a shared CPU load swings the step time widely.
-    assert statistics.median(slowed.step_ms) > statistics.median(plain.step_ms)
-
-
 # A device-bound case on an H200 (the knob's % is of the wall step, so only where the GPU is busy
 # does +10% of wall time mean +10% of kernel time); the test checks that it is device-bound.
 GPU_CASE = Case("llama-3.2-1b", batch_size=4, seq_len=1024, warmup_steps=3, measured_steps=10)
