@@ -220,7 +220,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     count = plan.max_total_steps * case.grad_accum  # the batches cover the step cap
     heldout = None
     if case.data == "text":
-        ids = data_mod.tokenize_corpus(resolved.tokenizer_path, resolved.vocab_size)
+        ids = data_mod.cached_corpus_ids(resolved.tokenizer_path, resolved.vocab_size)
         train_ids, heldout_ids = data_mod.split_train_heldout(ids)
         batches = data_mod.text_batches(train_ids, case.batch_size, case.seq_len, count, case.seed)
         heldout = data_mod.heldout_windows(heldout_ids, case.seq_len, max_windows=16)
