@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_core import faults
-from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated
+from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated, profile_for_device
 from qlora_core.outcomes import classify_exception, recognised_refusal
 from qlora_core.result import Result, Status, write_atomic
 from qlora_core.runner import RunOptions, child_env, now_iso
@@ -107,6 +107,7 @@ class _Checkpointer:
 
 def child_main(request_path: str) -> None:
     """Entry point of the child: read the request, run the case, write the Result, exit 0."""
+    main_at = time.time()
     request = json.loads(Path(request_path).read_text())
     _die_with_parent(request["parent_pid"])
     case = Case.from_dict(request["case"])
@@ -115,12 +116,15 @@ def child_main(request_path: str) -> None:
     result.started_at = now_iso()
     result.overrides = options.overrides
     result.repeat = options.repeat
+    if "spawned_at" in request:
+        result.start_s = max(0.0, main_at - request["spawned_at"])
     ckpt = _Checkpointer(result, Path(request["result"]))
     ckpt.stage("start-up")  # from here on the result file exists, whatever happens
     tb = ""
     try:
         # The one-shot fault of this run wins over the case's own (a test sets one or the other).
         ckpt.arm(options.inject_fault or dict(case.extra).get("fault", ""))
+        faults.slowdown_of(case)  # a bad slowdown knob is a config_error before any heavy work
         status, reason = _run_stages(case, options, ckpt)
     except BaseException as exc:  # every outcome is a row: classify, keep the measurements
         status = classify_exception(exc)
@@ -157,16 +161,26 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     device = "cuda" if gpu is not None else "cpu"
     r.device = device
     sampler = None
+    t0 = time.perf_counter()
+    import torch  # touches no device: NVML's base reading below stays the device's own
+
+    r.import_s = time.perf_counter() - t0
     if device == "cuda":
         ckpt.stage("model creation")
         _materialize(case.model, device)
         sampler = _setup_cuda(r, profile, gpu, options)
-    import torch
+    # After the CUDA set-up: bitsandbytes loads its CUDA library when imported.
+    t0 = time.perf_counter()
+    import bitsandbytes  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
 
     from qlora_core import data as data_mod
     from qlora_core import load, measure, quality
-    from qlora_core.engines import TrainStats, run_training
+    from qlora_core.engines import TrainStats, plan_steps, run_training
     from qlora_core.models.resolve import resolve_model
+
+    r.import_s += time.perf_counter() - t0
 
     for key, value in environment_fields().items():
         setattr(r, key, value)
@@ -188,27 +202,33 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     _record_stage(r, "load", device)
 
     ckpt.stage("prepare")  # also saves what load measured, so a crash from here keeps it
+    t0 = time.perf_counter()
     model = load.prepare(model, case)
+    prepare_s = time.perf_counter() - t0
     _record_stage(r, "prepare", device)
 
     ckpt.stage("LoRA")
+    t0 = time.perf_counter()
     model = load.add_lora(model, case)
+    r.prepare_s = prepare_s + time.perf_counter() - t0
     r.trainable_params, r.total_params = measure.parameter_counts(model)
     r.trainable_dtypes = measure.trainable_dtypes(model)
     r.trainable_bytes = measure.trainable_bytes(model)
     _record_stage(r, "lora", device)
 
     ckpt.stage("data")
-    steps = case.warmup_steps + case.measured_steps
-    count = steps * case.grad_accum
+    plan = plan_steps(case, device, adaptive=options.adaptive_steps)
+    count = plan.max_total_steps * case.grad_accum  # the batches cover the step cap
     heldout = None
     if case.data == "text":
-        ids = data_mod.tokenize_corpus(resolved.tokenizer_path, resolved.vocab_size)
+        ids = data_mod.cached_corpus_ids(resolved.tokenizer_path, resolved.vocab_size)
         train_ids, heldout_ids = data_mod.split_train_heldout(ids)
         batches = data_mod.text_batches(train_ids, case.batch_size, case.seq_len, count, case.seed)
         heldout = data_mod.heldout_windows(heldout_ids, case.seq_len, max_windows=16)
         ckpt.stage("perplexity before training")
+        t0 = time.perf_counter()
         r.ppl_before = quality.perplexity(model, heldout, device)
+        r.eval_s = time.perf_counter() - t0
     else:
         batches = data_mod.synthetic_batches(
             resolved.vocab_size, case.batch_size, case.seq_len, count, case.seed
@@ -222,7 +242,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     def on_step(step: int, stats: TrainStats) -> None:
         r.losses, r.grad_norms, r.step_ms = stats.losses, stats.grad_norms, stats.step_ms
 
-    stats = run_training(model, case, batches, device, on_step=on_step)
+    stats = run_training(model, case, batches, device, on_step=on_step, plan=plan)
     if device == "cuda":
         r.peak_alloc_gib, r.peak_reserved_gib = measure.cuda_peaks()
     if sampler is not None:
@@ -233,11 +253,14 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     r.first_loss = stats.losses[0] if stats.losses else None
     r.final_loss = stats.losses[-1] if stats.losses else None
     summarize_steps(r)
+    _record_mfu(r, case, model.config, gpu)
     if stats.diverged:
         return Status.NAN, f"non-finite loss or gradient norm at step {stats.first_nonfinite_step}"
     if heldout is not None:
         ckpt.stage("perplexity after training")
+        t0 = time.perf_counter()
         r.ppl_after = quality.perplexity(model, heldout, device)
+        r.eval_s = (r.eval_s or 0.0) + time.perf_counter() - t0
     return Status.OK, ""
 
 
@@ -267,21 +290,42 @@ def _materialize(model: str, device: str) -> None:
 
 
 def summarize_steps(r: Result) -> None:
-    """Median step time, its relative spread (p90 - p10) / median, and tokens/s."""
+    """Median step time, its relative spreads (p90 - p10) / median and (p75 - p25) / median,
+    and tokens/s."""
+    from qlora_core.engines.pacing import percentile, rel_iqr
+
     if not r.step_ms:
         return
     ordered = sorted(r.step_ms)
     median = statistics.median(ordered)
     r.step_ms_median = median
-
-    def pct(q: float) -> float:
-        pos = q * (len(ordered) - 1)
-        lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-        return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-    r.step_ms_spread = (pct(0.9) - pct(0.1)) / median if median > 0 else None
+    r.step_ms_spread = (percentile(ordered, 0.9) - percentile(ordered, 0.1)) / median if median > 0 else None
+    r.step_ms_rel_iqr = rel_iqr(ordered)
     if r.tokens_per_step and median > 0:
         r.tokens_per_s = r.tokens_per_step / (median / 1000.0)
+
+
+def _record_mfu(r: Result, case: Case, config: Any, gpu: DetectedGpu | None) -> None:
+    """FLOPs per step (any device) and MFU against the GPU the kernels ran on (never the
+    emulated profile's: an emulated T4's kernels run on the host GPU)."""
+    from qlora_core import flops
+
+    dims = flops.dims_of(config)
+    if dims is None:
+        return
+    r.flops_per_step = flops.step_flops(
+        dims,
+        batch_size=case.batch_size,
+        seq_len=case.seq_len,
+        grad_accum=case.grad_accum,
+        lora_r=case.lora_r,
+        target_modules=case.target_modules,
+        gradient_checkpointing=case.gradient_checkpointing,
+    )
+    host = profile_for_device(gpu.name, gpu.total_gib) if gpu is not None else None
+    peak = host.peak_tflops(case.compute_dtype) if host is not None else None
+    r.mfu = flops.mfu(r.flops_per_step, r.step_ms_median, peak)
+    r.mfu_kernel = flops.mfu(r.flops_per_step, r.kernel_ms_per_step, peak)
 
 
 def _record_stage(r: Result, stage: str, device: str) -> None:

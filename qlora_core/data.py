@@ -8,9 +8,15 @@ never seen in training.
 
 The corpus differs between Python versions, and a GGUF-built tokenizer may split it differently
 between transformers versions: compare losses and perplexities only within one environment.
+Tokenized once per (Python, transformers, tokenizer files, vocabulary) and kept in the model
+cache (`cached_corpus_ids`): every text case of a run tokenizes the same corpus the same way.
 """
 
 from __future__ import annotations
+
+import hashlib
+import platform
+from pathlib import Path
 
 import torch
 
@@ -99,6 +105,39 @@ def tokenize_corpus(tokenizer_path: str | None, vocab_size: int) -> torch.Tensor
             ]
         )
     return out
+
+
+CORPUS_RECIPE = "corpus-ids-v1"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def corpus_key(tokenizer_path: str | None, vocab_size: int) -> str:
+    """What the corpus ids depend on, hashed: the corpus (Python's version), the tokenizer (its
+    files' bytes, and transformers' version, which builds it), the vocabulary bound."""
+    import transformers
+
+    digest = hashlib.sha256()
+    for part in (CORPUS_RECIPE, platform.python_version(), transformers.__version__, str(vocab_size)):
+        digest.update(part.encode() + b"\0")
+    if tokenizer_path is None:
+        digest.update(b"byte-tokenizer")
+    else:
+        for name in _TOKENIZER_FILES:
+            path = Path(tokenizer_path) / name
+            digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-"))
+    return digest.hexdigest()[:16]
+
+
+def cached_corpus_ids(tokenizer_path: str | None, vocab_size: int) -> torch.Tensor:
+    """`tokenize_corpus`, tokenized once into the model cache and read back by later cases."""
+    from qlora_core.models.cache import build_once, cache_dir
+
+    def build(out: Path) -> dict[str, str]:
+        torch.save(tokenize_corpus(tokenizer_path, vocab_size), out / "ids.pt")
+        return {"tokenizer_path": str(tokenizer_path)}
+
+    final = cache_dir() / "corpus" / corpus_key(tokenizer_path, vocab_size)
+    return torch.load(build_once(final, CORPUS_RECIPE, build) / "ids.pt")
 
 
 def split_train_heldout(

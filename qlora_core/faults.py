@@ -6,17 +6,21 @@ Two sources, one syntax (see `qlora_core.child`):
 - `Case.extra=(("fault", "exit@prepare"),)`: every run of that case; part of its id, so it can
   never hide in a production matrix.
 When a fault fires, the row's reason says so ("... (injected fault sigkill@training)").
+
+The other test-only knob of `Case.extra`, `("slowdown", "PCT")`, is parsed here too (no torch,
+so the child refuses a bad one at start-up); what it does: `qlora_core.engines.slowdown`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import signal
 import time
 from dataclasses import dataclass
 
-from qlora_core.spec import CaseError
+from qlora_core.spec import Case, CaseError
 
 STAGES: tuple[str, ...] = (
     "start-up",
@@ -101,3 +105,32 @@ def _device_side_assert() -> None:
     index = torch.tensor([1 << 20], device="cuda")
     values[index].sum().item()  # .item() synchronizes, so the assert surfaces here
     torch.cuda.synchronize()
+
+
+SLOWDOWN_KEY = "slowdown"
+SLOWDOWN_PCT_RANGE = (0.0, 100.0)
+"""PCT must lie in (0, 100]: a positive slowdown of at most doubling the step."""
+
+
+def parse_slowdown(spec: str) -> float | None:
+    """ "PCT" -> PCT as a float; "" -> None. A CaseError names the allowed values."""
+    if spec == "":
+        return None
+    low, high = SLOWDOWN_PCT_RANGE
+    try:
+        pct = float(spec)
+    except ValueError:
+        pct = math.nan
+    if not low < pct <= high:  # NaN fails too
+        raise CaseError([f"slowdown {spec!r} must be a percentage in ({low:g}, {high:g}], e.g. '10'"])
+    return pct
+
+
+def slowdown_of(case: Case) -> float | None:
+    """The case's slowdown percentage, None without the knob; a CaseError for a bad one."""
+    pct = parse_slowdown(dict(case.extra).get(SLOWDOWN_KEY, ""))
+    if pct is not None and case.warmup_steps < 1:
+        raise CaseError(
+            [f"slowdown {pct:g}% calibrates on the warm-up steps: warmup_steps must be >= 1, got 0"]
+        )
+    return pct

@@ -27,6 +27,20 @@ class GpuProfile:
     total_gib: float
     """Memory the driver reports for the device, GiB. 0 for the cpu profile."""
     capability: tuple[int, int]
+    # Dense (non-sparse) peak TFLOPS from NVIDIA's datasheets, the sparse figure halved where the
+    # sheet gives only that: T4 (65 fp16 tensor, 8.1 fp32; no bf16), L4 (242 fp16/bf16 sparse,
+    # 30.3 fp32), A100 40/80 GB SXM (312 fp16/bf16, 19.5 fp32), H100 SXM and H200 SXM (1,979
+    # fp16/bf16 sparse, 67 fp32). A10G: NVIDIA publishes no sheet for it, so None (no MFU).
+    # fp32 is the CUDA-core figure (bitsandbytes' fp32 compute uses no TF32 tensor core).
+    fp16_tflops: float | None = None
+    bf16_tflops: float | None = None
+    fp32_tflops: float | None = None
+
+    def peak_tflops(self, compute_dtype: str) -> float | None:
+        """Dense peak at a compute dtype ("fp16", "bf16", "fp32"); None if not known."""
+        return {"fp16": self.fp16_tflops, "bf16": self.bf16_tflops, "fp32": self.fp32_tflops}.get(
+            compute_dtype
+        )
 
     @property
     def is_gpu(self) -> bool:
@@ -41,13 +55,13 @@ class GpuProfile:
 PROFILES: dict[str, GpuProfile] = {
     p.name: p
     for p in (
-        GpuProfile("t4", 15360 / _MIB_IN_GIB, (7, 5)),
-        GpuProfile("l4", 23034 / _MIB_IN_GIB, (8, 9)),
+        GpuProfile("t4", 15360 / _MIB_IN_GIB, (7, 5), 65.0, None, 8.1),
+        GpuProfile("l4", 23034 / _MIB_IN_GIB, (8, 9), 121.0, 121.0, 30.3),
         GpuProfile("a10g", 23028 / _MIB_IN_GIB, (8, 6)),
-        GpuProfile("a100-40gb", 40960 / _MIB_IN_GIB, (8, 0)),
-        GpuProfile("a100-80gb", 81920 / _MIB_IN_GIB, (8, 0)),
-        GpuProfile("h100", 81559 / _MIB_IN_GIB, (9, 0)),
-        GpuProfile("h200", 143771 / _MIB_IN_GIB, (9, 0)),
+        GpuProfile("a100-40gb", 40960 / _MIB_IN_GIB, (8, 0), 312.0, 312.0, 19.5),
+        GpuProfile("a100-80gb", 81920 / _MIB_IN_GIB, (8, 0), 312.0, 312.0, 19.5),
+        GpuProfile("h100", 81559 / _MIB_IN_GIB, (9, 0), 989.5, 989.5, 67.0),
+        GpuProfile("h200", 143771 / _MIB_IN_GIB, (9, 0), 989.5, 989.5, 67.0),
         GpuProfile("cpu", 0.0, (0, 0)),
     )
 }

@@ -67,8 +67,16 @@ class Result:
     schema_version: int = RESULT_SCHEMA_VERSION
     started_at: str = ""
     finished_at: str = ""
-    wall_s: float | None = None
-    load_s: float | None = None
+    wall_s: float | None = None  # the parent's: spawning the child to its exit
+    # where the wall time goes, phase by phase (seconds; see child.py)
+    start_s: float | None = None  # parent's spawn to the child's main (interpreter start-up)
+    import_s: float | None = None  # importing torch, transformers, peft, bitsandbytes
+    load_s: float | None = None  # from_pretrained in 4 bits (or 16)
+    prepare_s: float | None = None  # prepare_model_for_kbit_training + LoRA
+    warmup_s: float | None = None  # warm-up steps (+ the slowdown knob's calibration)
+    train_s: float | None = None  # measured steps
+    profile_s: float | None = None  # profiled steps, the profiler's start, stop and parse
+    eval_s: float | None = None  # held-out perplexity, before and after training (data == "text")
 
     # device and emulation
     device: str = ""  # "cuda" or "cpu"
@@ -124,15 +132,23 @@ class Result:
     step_ms_median: float | None = None
     step_ms_spread: float | None = None  # (p90 - p10) / median of measured steps
     tokens_per_s: float | None = None  # tokens_per_step / median step time
+    step_ms_rel_iqr: float | None = None  # (p75 - p25) / median of measured steps
+    stop_reason: str | None = None  # why measuring stopped: target, budget, cap (adaptive) or fixed
+    # device time from a profiler window after the measured steps (CUDA only; engines.devicetime)
+    kernel_ms_per_step: float | None = None  # sum of kernel durations per step
+    kernels_per_step: float | None = None  # kernel launches per step
+    gpu_busy: float | None = None  # union of device busy time / median measured wall step (0..1)
+    host_bound: bool | None = None  # gpu_busy below devicetime.HOST_BOUND_BELOW
+    profiled_steps: int | None = None  # optimizer steps profiled (in losses, not in step_ms)
+    slowdown_ms_per_step: float | None = None  # test-only knob: device work added per step
+    # model FLOPs utilization (qlora_core.flops), against the GPU the kernels ran on (an emulated
+    # T4 runs on the host GPU: its MFU is the host's), at the compute dtype's dense peak
+    flops_per_step: float | None = None  # the FLOPs model's count for one optimizer step
+    mfu: float | None = None  # flops_per_step / median wall step / peak
+    mfu_kernel: float | None = None  # flops_per_step / kernel time per step / peak
     first_loss: float | None = None
     final_loss: float | None = None
     first_nonfinite_step: int | None = None  # 0-based index into losses; None if all finite
-
-    # device time (issue 10)
-    kernel_ms_per_step: float | None = None
-    gpu_busy: float | None = None
-    host_bound: bool | None = None
-    step_ms_rel_iqr: float | None = None
 
     # quality (data == "text")
     ppl_before: float | None = None  # held-out perplexity after load, before training

@@ -48,6 +48,9 @@ class RunOptions:
     inject_fault: str = ""
     """Tests only: a fault `KIND@STAGE` the child inflicts on itself in this run (see
     `qlora_core.child`); "" for none. Not part of the case's identity."""
+    adaptive_steps: bool | None = None
+    """Measure until the step times are steady (`engines.pacing`); None: on CUDA only, where
+    the time is the point (the CPU runs stay deterministic)."""
 
 
 def now_iso() -> str:
@@ -78,6 +81,8 @@ def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -
                 "options": dataclasses.asdict(options),
                 "result": str(result_path),
                 "parent_pid": os.getpid(),
+                # Wall clock (comparable across processes): the child's start_s starts here.
+                "spawned_at": time.time(),
             }
         ),
     )

@@ -1,8 +1,10 @@
 """Training engines: how a case trains, one contract whichever engine runs it.
 
-`run_training(model, case, batches, device, on_step)` trains a loaded, prepared LoRA model on
-`batches` ((warmup + measured) * grad_accum micro-batches [batch_size, seq_len]) with the engine
-`case.engine` names, and returns `TrainStats`:
+`run_training(model, case, batches, device, on_step, plan)` trains a loaded, prepared LoRA model
+on `batches` (`plan.max_total_steps * grad_accum` micro-batches [batch_size, seq_len]) with the
+engine `case.engine` names, and returns `TrainStats`. The plan (`engines.pacing`) says how many
+steps are warm-up, measured (adaptive on CUDA) and profiled for device time (`engines.devicetime`,
+CUDA); `engines.slowdown` is the test-only slowdown knob. The engines:
 
 - `loop` (`engines.loop`): the core loop, mixed precision under autocast as frameworks do it;
 - `trainer` (`engines.hf`): `transformers.Trainer`;
@@ -20,9 +22,10 @@ from collections.abc import Sequence
 import torch
 
 from qlora_core.engines.common import OnStep, TrainStats
+from qlora_core.engines.pacing import StepPlan, plan_steps
 from qlora_core.spec import ENGINES, Case
 
-__all__ = ["ENGINES", "OnStep", "TrainStats", "run_training"]
+__all__ = ["ENGINES", "OnStep", "StepPlan", "TrainStats", "plan_steps", "run_training"]
 
 
 def run_training(
@@ -31,17 +34,20 @@ def run_training(
     batches: Sequence[torch.Tensor],
     device: str,
     on_step: OnStep | None = None,
+    plan: StepPlan | None = None,
 ) -> TrainStats:
-    """Train `model` on `batches` with the engine of `case` (see the module docstring)."""
+    """Train `model` on `batches` with the engine of `case` (see the module docstring), step by
+    step as `plan` says (default `plan_steps(case, device)`: adaptive and profiled on CUDA)."""
+    plan = plan or plan_steps(case, device)
     if case.engine == "loop":
         from qlora_core.engines.loop import run_loop
 
-        return run_loop(model, case, batches, device, on_step)
+        return run_loop(model, case, batches, device, on_step, plan)
     # Imported only here: transformers' Trainer, TRL and datasets are heavy.
     from qlora_core.engines import hf
 
     if case.engine == "trainer":
-        return hf.run_trainer(model, case, batches, device, on_step)
+        return hf.run_trainer(model, case, batches, device, on_step, plan)
     if case.engine == "sft":
-        return hf.run_sft(model, case, batches, device, on_step)
+        return hf.run_sft(model, case, batches, device, on_step, plan)
     raise ValueError(f"engine={case.engine!r} is not one of {list(ENGINES)}")

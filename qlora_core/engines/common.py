@@ -49,6 +49,21 @@ class TrainStats:
     """The scaler's loss scale after the last step; None without a scaler."""
     trained_dtypes: str = ""
     """dtypes of the trainable parameters as trained (an engine may cast the adapters)."""
+    # Speed (engines.pacing, engines.devicetime, engines.slowdown); None: not measured.
+    stop_reason: str | None = None
+    """Why measuring stopped: "target", "budget", "cap" (adaptive) or "fixed" (pacing)."""
+    kernel_ms_per_step: float | None = None
+    kernels_per_step: float | None = None
+    gpu_busy: float | None = None
+    host_bound: bool | None = None
+    profiled_steps: int = 0
+    """Optimizer steps run under the profiler after the measured ones (in `losses`, not timed)."""
+    slowdown_ms_per_step: float | None = None
+    """Device work the test-only slowdown knob added to each step after warm-up, as calibrated."""
+    warmup_s: float | None = None
+    train_s: float | None = None
+    """Seconds of the measured steps (from the end of warm-up to the last measured step)."""
+    profile_s: float | None = None
 
     @property
     def diverged(self) -> bool:
@@ -93,13 +108,10 @@ def is_nonfinite(loss: float, grad_norm: float, grad_scaler: bool) -> bool:
     return not grad_scaler and not math.isfinite(grad_norm)
 
 
-def total_steps(case: Case) -> int:
-    return case.warmup_steps + case.measured_steps
-
-
-def check_batches(case: Case, batches: Sequence[torch.Tensor]) -> None:
-    """Fail before training when there are too few micro-batches or one has the wrong shape."""
-    needed = total_steps(case) * case.grad_accum
+def check_batches(case: Case, batches: Sequence[torch.Tensor], steps: int) -> None:
+    """Fail before training when there are too few micro-batches for `steps` optimizer steps (a
+    plan's `max_total_steps`) or one has the wrong shape."""
+    needed = steps * case.grad_accum
     if len(batches) < needed:
         raise ValueError(f"training needs {needed} micro-batches, got {len(batches)}")
     shape = (case.batch_size, case.seq_len)

@@ -37,9 +37,9 @@ from qlora_core.engines.common import (
     check_batches,
     optimizer_state_bytes,
     synchronize,
-    total_steps,
     trainable_parameters,
 )
+from qlora_core.engines.pacing import StepClock, StepPlan, plan_steps
 from qlora_core.measure import trainable_dtypes
 from qlora_core.spec import Case
 
@@ -51,8 +51,9 @@ TRAINER_OPTIMS: dict[str, str] = {
 }
 
 
-def training_arguments(case: Case, device: str, output_dir: str) -> dict[str, Any]:
-    """The keyword arguments of `TrainingArguments` (and `SFTConfig`) for `case`."""
+def training_arguments(case: Case, device: str, output_dir: str, plan: StepPlan) -> dict[str, Any]:
+    """The keyword arguments of `TrainingArguments` (and `SFTConfig`) for `case`. `max_steps` is
+    the most the plan may run; the recorder stops training earlier when the plan is done."""
     return {
         "output_dir": output_dir,
         "per_device_train_batch_size": case.batch_size,
@@ -62,7 +63,7 @@ def training_arguments(case: Case, device: str, output_dir: str) -> dict[str, An
         "fp16": case.compute_dtype == "fp16",
         "bf16": case.compute_dtype == "bf16",
         "optim": TRAINER_OPTIMS[case.optimizer],
-        "max_steps": total_steps(case),
+        "max_steps": plan.max_total_steps,
         "learning_rate": case.lr,
         "lr_scheduler_type": LR_SCHEDULER,
         "warmup_steps": case.warmup_steps,
@@ -79,7 +80,7 @@ def training_arguments(case: Case, device: str, output_dir: str) -> dict[str, An
     }
 
 
-def token_dataset(case: Case, batches: Sequence[torch.Tensor]) -> Any:
+def token_dataset(case: Case, batches: Sequence[torch.Tensor], steps: int) -> Any:
     """The micro-batches as rows of a `datasets.IterableDataset`, in order.
 
     Iterable, so that no sampler shuffles it: the trainers' dataloader re-forms exactly the same
@@ -88,7 +89,7 @@ def token_dataset(case: Case, batches: Sequence[torch.Tensor]) -> Any:
     """
     from datasets import Dataset
 
-    rows = [row.tolist() for ids in batches[: total_steps(case) * case.grad_accum] for row in ids]
+    rows = [row.tolist() for ids in batches[: steps * case.grad_accum] for row in ids]
     return Dataset.from_dict({"input_ids": rows, "labels": rows}).to_iterable_dataset()
 
 
@@ -98,19 +99,21 @@ def run_trainer(
     batches: Sequence[torch.Tensor],
     device: str,
     on_step: OnStep | None = None,
+    plan: StepPlan | None = None,
 ) -> TrainStats:
     """Train `model` with `transformers.Trainer` on `batches`."""
     from transformers import Trainer, TrainingArguments
 
     def build(out: str, recorder: StepRecorder) -> Any:
+        steps = recorder.clock.plan.max_total_steps
         return Trainer(
             model=model,
-            args=TrainingArguments(**training_arguments(case, device, out)),
-            train_dataset=token_dataset(case, batches),
+            args=TrainingArguments(**training_arguments(case, device, out, recorder.clock.plan)),
+            train_dataset=token_dataset(case, batches, steps),
             callbacks=[recorder],
         )
 
-    return _run_hf("trainer", model, case, batches, device, on_step, build)
+    return _run_hf("trainer", model, case, batches, device, on_step, build, plan)
 
 
 def run_sft(
@@ -119,22 +122,26 @@ def run_sft(
     batches: Sequence[torch.Tensor],
     device: str,
     on_step: OnStep | None = None,
+    plan: StepPlan | None = None,
 ) -> TrainStats:
     """Train `model` with TRL's `SFTTrainer` on `batches` (pre-tokenized, packing off)."""
     from trl import SFTConfig, SFTTrainer
 
     def build(out: str, recorder: StepRecorder) -> Any:
+        plan = recorder.clock.plan
         # TRL's name for the sequence length (the lesson's `max_seq_length`; TRL 1.x says max_length).
-        config = SFTConfig(**training_arguments(case, device, out), max_length=case.seq_len, packing=False)
+        config = SFTConfig(
+            **training_arguments(case, device, out, plan), max_length=case.seq_len, packing=False
+        )
         return SFTTrainer(
             model=model,
             args=config,
-            train_dataset=token_dataset(case, batches),
+            train_dataset=token_dataset(case, batches, plan.max_total_steps),
             processing_class=pad_only_tokenizer(model),
             callbacks=[recorder],
         )
 
-    return _run_hf("sft", model, case, batches, device, on_step, build)
+    return _run_hf("sft", model, case, batches, device, on_step, build, plan)
 
 
 def _run_hf(
@@ -145,12 +152,14 @@ def _run_hf(
     device: str,
     on_step: OnStep | None,
     build: Callable[[str, StepRecorder], Any],
+    plan: StepPlan | None,
 ) -> TrainStats:
     """Check the inputs, build the trainer in a scratch output folder, train, collect the stats."""
-    check_batches(case, batches)
+    plan = plan or plan_steps(case, device)
+    check_batches(case, batches, plan.max_total_steps)
     trainable_parameters(model)  # fail early, before the trainer is built
     with tempfile.TemporaryDirectory(prefix=f"qlora-{engine}-") as out:
-        recorder = StepRecorder(engine, case, device, on_step)
+        recorder = StepRecorder(engine, case, device, on_step, plan)
         return _train(build(out, recorder), recorder)
 
 
@@ -183,7 +192,10 @@ def _train(trainer: Any, recorder: StepRecorder) -> TrainStats:
     stats.autocast = accelerator.mixed_precision if accelerator.native_amp else NO_AUTOCAST
     stats.grad_scaler = accelerator.scaler is not None
     stats.scaler_skipped_steps = 0 if stats.grad_scaler else None
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        recorder.clock.close()
     if accelerator.scaler is not None:
         stats.scaler_final_scale = float(accelerator.scaler.get_scale())
     stats.optimizer_state_bytes = optimizer_state_bytes(trainer.optimizer)
@@ -192,43 +204,46 @@ def _train(trainer: Any, recorder: StepRecorder) -> TrainStats:
 
 
 class StepRecorder(TrainerCallback):
-    """Per optimizer step: synchronized wall time, loss, grad norm, scaler skip, NaN stop.
+    """Per optimizer step: synchronized wall time, loss, grad norm, scaler skip, NaN stop; the
+    plan's phases through a `StepClock` (slowdown knob, profiler window, adaptive stop).
 
     A step is timed from `on_step_begin` (its micro-batches already fetched) to `on_step_end`
-    (optimizer stepped, gradients zeroed), each after a device synchronization. Its loss and
-    gradient norm arrive in the log that follows; a non-finite step stops training there.
+    (optimizer stepped, gradients zeroed, the slowdown's work queued), each after a device
+    synchronization. Its loss and gradient norm arrive in the log that follows; a non-finite
+    step, or the end of the plan, stops training there (`max_steps` is the plan's most).
     """
 
-    def __init__(self, engine: str, case: Case, device: str, on_step: OnStep | None) -> None:
-        self.case = case
+    def __init__(self, engine: str, case: Case, device: str, on_step: OnStep | None, plan: StepPlan) -> None:
         self.device = device
         self.on_step = on_step
         self.stats = TrainStats(engine=engine, autocast=NO_AUTOCAST, grad_scaler=False)
+        self.clock = StepClock(plan, case, device, self.stats)
         self._start = 0.0
-        self._ended: tuple[int, float, bool] | None = None
+        self._ended: tuple[int, float | None, bool] | None = None
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.clock.begin_step()
         synchronize(self.device)
         self._start = time.perf_counter()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.clock.pad_step()
         synchronize(self.device)
-        elapsed_ms = (time.perf_counter() - self._start) * 1000.0
+        measured = self.clock.end_step((time.perf_counter() - self._start) * 1000.0)
         # accelerate's optimizer wrapper knows whether its scaler skipped this step.
         skipped = bool(getattr(kwargs.get("optimizer"), "step_was_skipped", False))
-        self._ended = (state.global_step - 1, elapsed_ms, skipped)  # global_step already counts it
+        self._ended = (state.global_step - 1, measured, skipped)  # global_step already counts it
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs or self._ended is None:
             return  # the end-of-training summary, or a log of no step
-        step, elapsed_ms, skipped = self._ended
+        step, measured, skipped = self._ended
         self._ended = None
         if "grad_norm" not in logs:
             raise RuntimeError(f"the trainer logged no grad_norm at step {step}: {sorted(logs)}")
-        measured = elapsed_ms if step >= self.case.warmup_steps else None
         loss, grad_norm = float(logs["loss"]), float(logs["grad_norm"])
         stop = self.stats.record_step(step, loss, grad_norm, measured, skipped)
         if self.on_step is not None:
             self.on_step(step, self.stats)
-        if stop:
+        if stop or self.clock.done:
             control.should_training_stop = True

@@ -34,9 +34,9 @@ from qlora_core.engines.common import (
     is_nonfinite,
     optimizer_state_bytes,
     synchronize,
-    total_steps,
     trainable_parameters,
 )
+from qlora_core.engines.pacing import StepClock, StepPlan, plan_steps
 from qlora_core.measure import trainable_dtypes
 from qlora_core.spec import Case
 
@@ -59,15 +59,18 @@ def make_optimizer(model: torch.nn.Module, case: Case) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer={case.optimizer!r} is not one of adamw, adamw_8bit, paged_adamw_8bit")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, case: Case) -> torch.optim.lr_scheduler.LRScheduler:
-    """transformers' own warm-up schedule, the one the trainer engines get from `LR_SCHEDULER`."""
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, case: Case, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """transformers' own warm-up schedule, the one the trainer engines get from `LR_SCHEDULER`
+    (constant after warm-up, so `steps`, the most the plan may run, changes nothing)."""
     from transformers import get_scheduler
 
     return get_scheduler(
         LR_SCHEDULER,
         optimizer=optimizer,
         num_warmup_steps=case.warmup_steps,
-        num_training_steps=total_steps(case),
+        num_training_steps=steps,
     )
 
 
@@ -77,14 +80,16 @@ def run_loop(
     batches: Sequence[torch.Tensor],
     device: str,
     on_step: OnStep | None = None,
+    plan: StepPlan | None = None,
 ) -> TrainStats:
-    """Train `model` for warm-up + measured steps over `batches` in the core loop."""
-    check_batches(case, batches)
+    """Train `model` over `batches` in the core loop, step by step as `plan` says (default:
+    `plan_steps(case, device)`)."""
+    plan = plan or plan_steps(case, device)
+    check_batches(case, batches, plan.max_total_steps)
     # from_pretrained returns eval mode; transformers applies checkpointing only in training.
     model.train()
-    params = trainable_parameters(model)
     optimizer = make_optimizer(model, case)
-    scheduler = make_scheduler(optimizer, case)
+    scheduler = make_scheduler(optimizer, case, plan.max_total_steps)
     autocast_dtype = _AUTOCAST_DTYPES.get(case.compute_dtype)
     scaler = None
     if case.compute_dtype == "fp16":
@@ -95,7 +100,36 @@ def run_loop(
         grad_scaler=scaler is not None,
         scaler_skipped_steps=0 if scaler is not None else None,
     )
-    for step in range(total_steps(case)):
+    clock = StepClock(plan, case, device, stats)
+    try:
+        _train_steps(model, case, batches, device, on_step, clock, optimizer, scheduler, scaler)
+    finally:
+        clock.close()
+    if scaler is not None:
+        stats.scaler_final_scale = float(scaler.get_scale())
+    stats.optimizer_state_bytes = optimizer_state_bytes(optimizer)
+    stats.trained_dtypes = trainable_dtypes(model)
+    return stats
+
+
+def _train_steps(
+    model: torch.nn.Module,
+    case: Case,
+    batches: Sequence[torch.Tensor],
+    device: str,
+    on_step: OnStep | None,
+    clock: StepClock,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    """The optimizer steps, until the clock is done or a step is non-finite."""
+    params = trainable_parameters(model)
+    autocast_dtype = _AUTOCAST_DTYPES.get(case.compute_dtype)
+    stats = clock.stats
+    step = 0
+    while not clock.done:
+        clock.begin_step()
         synchronize(device)
         start = time.perf_counter()
         step_loss = torch.zeros((), device=device)
@@ -122,19 +156,15 @@ def run_loop(
         if not skipped:
             scheduler.step()  # as Trainer: a skipped step does not advance the schedule
         optimizer.zero_grad(set_to_none=True)
+        clock.pad_step()
         synchronize(device)
-        elapsed_ms = (time.perf_counter() - start) * 1000.0
-        measured = elapsed_ms if step >= case.warmup_steps else None
+        measured = clock.end_step((time.perf_counter() - start) * 1000.0)
         stop = stats.record_step(step, loss_value, grad_norm, measured, skipped)
         if on_step is not None:
             on_step(step, stats)
         if stop:
             break
-    if scaler is not None:
-        stats.scaler_final_scale = float(scaler.get_scale())
-    stats.optimizer_state_bytes = optimizer_state_bytes(optimizer)
-    stats.trained_dtypes = trainable_dtypes(model)
-    return stats
+        step += 1
 
 
 def _autocast(device: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

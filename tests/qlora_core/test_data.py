@@ -187,3 +187,32 @@ def test_tokenize_corpus_with_real_tokenizer() -> None:
     assert tokenizer.decode(ids.tolist()) == corpus_text()
     with pytest.raises(CaseError, match="outside the model's vocab_size=1000"):
         tokenize_corpus(resolved.tokenizer_path, vocab_size=1000)
+
+
+# -- the corpus cache ----------------------------------------------------------------------------------
+def test_the_corpus_is_tokenized_once_and_read_back(tmp_path, monkeypatch) -> None:
+    from qlora_core import data
+    from qlora_core.models.cache import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    first = data.cached_corpus_ids(None, vocab_size=1024)
+    assert torch.equal(first, tokenize_corpus(None, vocab_size=1024))
+    assert len(list((tmp_path / "corpus").glob("[!.]*"))) == 1
+
+    def no_tokenizing(*args: object) -> torch.Tensor:
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(data, "tokenize_corpus", no_tokenizing)
+    assert torch.equal(data.cached_corpus_ids(None, vocab_size=1024), first)  # read back
+    with pytest.raises(AssertionError, match="tokenized again"):  # another key: another entry
+        data.cached_corpus_ids(None, vocab_size=2048)
+
+
+def test_the_corpus_key_follows_the_tokenizer_files(tmp_path) -> None:
+    from qlora_core.data import corpus_key
+
+    (tmp_path / "tokenizer.json").write_text("{}")
+    before = corpus_key(str(tmp_path), 1024)
+    assert before != corpus_key(None, 1024) and before != corpus_key(str(tmp_path), 2048)
+    (tmp_path / "tokenizer.json").write_text('{"changed": 1}')
+    assert corpus_key(str(tmp_path), 1024) != before

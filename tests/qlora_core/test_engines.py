@@ -1,16 +1,20 @@
 """The training engines on the CPU, for real: the tiny shape in NF4 + double quant through
-bitsandbytes' CPU kernels, LoRA from peft, bf16 under CPU autocast; loop, Trainer, SFTTrainer."""
+bitsandbytes' CPU kernels, LoRA from peft, bf16 under CPU autocast; loop, Trainer, SFTTrainer.
+At the end, the speed plumbing through the engines: the profiler window after the measured steps,
+adaptive stopping, the slowdown knob; on a GPU, device time and a +10% knob in kernel time."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import statistics
 
 import pytest
 import torch
 
 from qlora_core import load, models
 from qlora_core.data import synthetic_batches
-from qlora_core.engines import TrainStats, run_training
+from qlora_core.engines import StepPlan, TrainStats, plan_steps, run_training
 from qlora_core.engines import loop as loop_engine
 from qlora_core.engines.common import LR_SCHEDULER, MAX_GRAD_NORM, WEIGHT_DECAY, check_batches
 from qlora_core.engines.hf import TRAINER_OPTIMS, training_arguments
@@ -33,10 +37,10 @@ def trained_model(case: Case, device: str = "cpu") -> torch.nn.Module:
     return load.add_lora(load.prepare(model, case), case)
 
 
-def repeated_batches(case: Case) -> list[torch.Tensor]:
+def repeated_batches(case: Case, steps: int) -> list[torch.Tensor]:
     vocab = models.SHAPES[case.model].vocab_size
     one = synthetic_batches(vocab, case.batch_size, case.seq_len, 1, case.seed)[0]
-    return [one.clone() for _ in range((case.warmup_steps + case.measured_steps) * case.grad_accum)]
+    return [one.clone() for _ in range(steps * case.grad_accum)]
 
 
 class _Calls(list):
@@ -45,10 +49,13 @@ class _Calls(list):
         self.append(step)
 
 
-def run(case: Case, device: str = "cpu") -> tuple[TrainStats, list[int]]:
+def run(case: Case, device: str = "cpu", plan: StepPlan | None = None) -> tuple[TrainStats, list[int]]:
+    """Train `case` as `plan` says (default: the device's plan, fixed steps)."""
     calls = _Calls()
+    plan = plan or plan_steps(case, device, adaptive=False)
     model = trained_model(case, device)
-    stats = run_training(model, case, repeated_batches(case), device, calls.append_step)
+    batches = repeated_batches(case, plan.max_total_steps)
+    stats = run_training(model, case, batches, device, calls.append_step, plan)
     return stats, calls
 
 
@@ -166,7 +173,7 @@ def test_trainer_arguments_are_the_readers_with_the_loops_settings(tmp_path):
     case = Case(
         "tiny", compute_dtype="fp32", batch_size=4, seq_len=2048, grad_accum=2, optimizer="adamw_8bit"
     )
-    kwargs = training_arguments(case, "cpu", str(tmp_path))
+    kwargs = training_arguments(case, "cpu", str(tmp_path), plan_steps(case, "cpu"))
     for optim in TRAINER_OPTIMS.values():
         TrainingArguments(**{**kwargs, "optim": optim})  # a name transformers knows
     config = SFTConfig(**kwargs, max_length=case.seq_len, packing=False)
@@ -181,11 +188,11 @@ def test_trainer_arguments_are_the_readers_with_the_loops_settings(tmp_path):
 def test_too_few_or_misshapen_batches_fail_before_training():
     case = BASE.replace(grad_accum=2)
     good = synthetic_batches(1024, 2, 64, 12, 0)
-    check_batches(case, good)
+    check_batches(case, good, 6)
     with pytest.raises(ValueError, match="needs 12 micro-batches, got 11"):
-        check_batches(case, good[:11])
+        check_batches(case, good[:11], 6)
     with pytest.raises(ValueError, match=r"not of shape \(2, 64\)"):
-        check_batches(case, [*good[:5], good[5][:, :32], *good[6:]])
+        check_batches(case, [*good[:5], good[5][:, :32], *good[6:]], 6)
 
 
 @pytest.mark.gpu
@@ -215,3 +222,80 @@ def test_bf16_on_a_gpu_runs_under_autocast(gpu_required, engine):
     stats, _ = run(BASE.replace(engine=engine), "cuda")
     assert (stats.autocast, stats.grad_scaler) == ("bf16", False)
     assert all(math.isfinite(x) for x in stats.losses) and stats.losses[-1] < stats.losses[0]
+
+
+# -- speed: plan, profiler window, slowdown knob --------------------------------------------------
+WINDOW = StepPlan(warmup_steps=1, min_measured=3, max_measured=3, adaptive=False, profiled_steps=2,
+                  profile_device="cpu")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_profiled_steps_follow_the_measured_ones_and_are_not_timed(engine):
+    case = BASE.replace(engine=engine, warmup_steps=1, measured_steps=3)
+    stats, calls = run(case, plan=WINDOW)
+    assert calls == list(range(1 + 3 + 2))  # the trainers' max_steps was extended by the window
+    assert len(stats.step_ms) == 3 and stats.stop_reason == "fixed"
+    assert stats.profiled_steps == 2 and stats.kernels_per_step and stats.kernels_per_step > 10
+    assert stats.kernel_ms_per_step and stats.kernel_ms_per_step > 0
+    assert stats.gpu_busy is not None and 0 < stats.gpu_busy <= 1
+    assert stats.warmup_s and stats.train_s and stats.profile_s
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ("loop", "trainer"))
+def test_adaptive_measuring_stops_on_its_rule_and_the_schedule_does_not_depend_on_it(engine):
+    case = BASE.replace(engine=engine, warmup_steps=1, measured_steps=3)
+    # An unreachable target and a budget no loaded CPU spends: the cap.
+    adaptive = StepPlan(warmup_steps=1, min_measured=3, max_measured=6, adaptive=True, profiled_steps=0,
+                        target_rel_iqr=0.0, budget_s=1e9)  # fmt: skip
+    capped, _ = run(case, plan=adaptive)
+    budget, calls = run(case, plan=dataclasses.replace(adaptive, budget_s=0.0))  # spent at once
+    assert (len(capped.step_ms), capped.stop_reason) == (6, "cap")
+    assert (len(budget.step_ms), budget.stop_reason, calls) == (3, "budget", [0, 1, 2, 3])
+    # constant_with_warmup: the same steps train alike whatever the cap.
+    assert budget.losses == pytest.approx(capped.losses[:4], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_slowdown_knob_adds_its_work_to_every_step_in_every_engine(engine):
+    # Counted, not timed (the CPU is shared): the profiled steps hold the knob's matmuls.
+    case = BASE.replace(engine=engine, warmup_steps=1, measured_steps=3)
+    plain, _ = run(case, plan=WINDOW)
+    slowed, _ = run(case.replace(extra=(("slowdown", "50"),)), plan=WINDOW)
+    assert plain.slowdown_ms_per_step is None
+    assert slowed.slowdown_ms_per_step is not None and slowed.slowdown_ms_per_step > 0
+    assert plain.kernels_per_step is not None and slowed.kernels_per_step is not None
+    assert slowed.kernels_per_step >= plain.kernels_per_step + 1
+
+
+# A device-bound case on an H200 (the knob's % is of the wall step, so only where the GPU is busy
+# does +10% of wall time mean +10% of kernel time); the test checks that it is device-bound.
+GPU_CASE = Case("llama-3.2-1b", batch_size=4, seq_len=1024, warmup_steps=3, measured_steps=10)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ENGINES)
+def test_device_time_on_a_gpu(gpu_required, engine):
+    case = BASE.replace(engine=engine)
+    stats, _ = run(case, "cuda", plan_steps(case, "cuda"))
+    assert stats.profiled_steps == 3 and stats.stop_reason in ("target", "budget", "cap")
+    assert stats.kernel_ms_per_step and stats.kernel_ms_per_step > 0
+    assert stats.kernels_per_step and stats.kernels_per_step > 100
+    assert stats.gpu_busy is not None and 0 < stats.gpu_busy <= 1 and stats.host_bound is not None
+
+
+@pytest.mark.gpu
+def test_a_ten_percent_slowdown_shows_in_kernel_time(gpu_required):
+    from qlora_core.engines.devicetime import HOST_BOUND_BELOW
+
+    plan = dataclasses.replace(plan_steps(GPU_CASE, "cuda"), adaptive=False, max_measured=10)
+    plain, _ = run(GPU_CASE, "cuda", plan)
+    slowed, _ = run(GPU_CASE.replace(extra=(("slowdown", "10"),)), "cuda", plan)
+    assert plain.gpu_busy is not None and plain.gpu_busy >= HOST_BOUND_BELOW, "pick a device-bound case"
+    assert plain.kernel_ms_per_step and slowed.kernel_ms_per_step
+    rise = slowed.kernel_ms_per_step / plain.kernel_ms_per_step - 1
+    assert 0.07 <= rise <= 0.13, rise
+    wall_rise = statistics.median(slowed.step_ms) / statistics.median(plain.step_ms) - 1
+    assert 0.07 <= wall_rise <= 0.13, wall_rise

@@ -38,6 +38,7 @@ NOISE_FIELDS = frozenset(
     | {"tokens_per_s", "cpu_peak_rss_gib", "nvml_base_gib", "nvml_peak_gib"}
     | {f"{stage}_{kind}_gib" for stage in ("load", "prepare", "lora") for kind in ("alloc", "reserved")}
     | {"peak_alloc_gib", "peak_reserved_gib"}
+    | {"start_s", "import_s", "prepare_s", "warmup_s", "train_s", "profile_s", "eval_s", "step_ms_rel_iqr"}
 )
 
 

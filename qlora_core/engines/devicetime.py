@@ -1,0 +1,149 @@
+"""Device time per optimizer step, from a short torch.profiler window after the measured steps.
+
+Wall step time on a fast GPU is often the host's time: a small QLoRA step launches thousands of
+small kernels and the GPU waits on Python and the launch queue between them (PITFALLS.md,
+"Host-bound steps"). The profiler's kernel records are timed on the device (CUPTI), so their sum
+does not carry that jitter. Three figures per step come out of a window of `PROFILED_STEPS`
+extra optimizer steps, which never enter `step_ms`:
+
+- `kernel_ms_per_step`: the *sum* of kernel durations. A sum, not the union of busy intervals:
+  it is the device work the step asks for, additive (a known amount of added work raises it by
+  that amount, which the slowdown knob relies on) and independent of how kernels of different
+  streams happen to overlap. The union is what "busy" means, so it feeds `gpu_busy` instead.
+- `kernels_per_step`: kernels launched (copies and memsets are device activity, counted in the
+  times, not as kernels).
+- `gpu_busy`: the union of the device's busy intervals per step over the *median measured wall
+  step* (the unprofiled steps). Not over the profiled steps' own wall time: CUPTI's per-launch
+  callbacks slow the host, so a host-bound step takes longer under the profiler and would look
+  even less busy than it is; the device-side durations are not slowed. A ratio above 1 (only
+  possible through step-to-step variation of the wall time) is clamped to 1.
+
+`reduce_device_spans` is the pure reduction (spans -> figures), tested on the CPU with real
+profiler output from CPU ops and with hand-built spans; `ProfileWindow` runs the profiler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+PROFILED_STEPS = 3
+"""Optimizer steps profiled after the measured ones: a step's kernels repeat exactly, so three
+give a stable mean at the cost of three more steps (and the profiler's parse time)."""
+
+HOST_BOUND_BELOW = 0.8
+"""A row whose GPU is busy less than this fraction of its wall step is `host_bound`: at least a
+fifth of the step the device waits on the host, so its wall time (and its jitter, 10-40% on such
+rows) is the host's, and kernel time is the figure to compare. Device-bound rows measured on an
+H200 (8B b4 s2048) are busy well above this; the host-bound 3B b1 s512 row, ~28%."""
+
+_NOT_KERNELS = ("Memcpy", "Memset")  # device activity the profiler names like kernels
+
+
+@dataclass(frozen=True)
+class DeviceSpan:
+    """One interval of device activity (a kernel, copy or memset), in microseconds."""
+
+    name: str
+    start_us: float
+    end_us: float
+
+
+@dataclass(frozen=True)
+class DeviceTime:
+    """Per-step device figures of a profiled window (see the module docstring)."""
+
+    kernel_ms_per_step: float
+    kernels_per_step: float
+    gpu_busy: float
+    profiled_steps: int
+
+    @property
+    def host_bound(self) -> bool:
+        return self.gpu_busy < HOST_BOUND_BELOW
+
+
+def busy_union_us(spans: Iterable[DeviceSpan]) -> float:
+    """Total length of the union of the spans' intervals (overlaps counted once)."""
+    total = 0.0
+    current_start = current_end = None
+    for span in sorted(spans, key=lambda s: s.start_us):
+        if current_end is None or span.start_us > current_end:
+            if current_end is not None:
+                total += current_end - current_start  # type: ignore[operator]
+            current_start, current_end = span.start_us, span.end_us
+        else:
+            current_end = max(current_end, span.end_us)
+    if current_end is not None:
+        total += current_end - current_start  # type: ignore[operator]
+    return total
+
+
+def reduce_device_spans(spans: Sequence[DeviceSpan], steps: int, wall_ms_per_step: float) -> DeviceTime:
+    """The per-step figures of `steps` profiled steps whose device activity is `spans`."""
+    if steps < 1:
+        raise ValueError(f"steps={steps!r} must be at least 1")
+    if not wall_ms_per_step > 0:
+        raise ValueError(f"wall_ms_per_step={wall_ms_per_step!r} must be positive")
+    bad = [s for s in spans if s.end_us < s.start_us]
+    if bad:
+        raise ValueError(f"{len(bad)} span(s) end before they start, e.g. {bad[0]}")
+    kernels = [s for s in spans if not s.name.startswith(_NOT_KERNELS)]
+    kernel_ms = sum(s.end_us - s.start_us for s in kernels) / 1000.0 / steps
+    busy_ms = busy_union_us(spans) / 1000.0 / steps
+    return DeviceTime(
+        kernel_ms_per_step=kernel_ms,
+        kernels_per_step=len(kernels) / steps,
+        gpu_busy=min(1.0, busy_ms / wall_ms_per_step),
+        profiled_steps=steps,
+    )
+
+
+def device_spans(events: Iterable[Any], device_type: Any) -> list[DeviceSpan]:
+    """The spans of the profiler's events (`profile.events()`) that ran on `device_type`
+    (`torch.autograd.DeviceType.CUDA` for kernels; `CPU` in the CPU tests)."""
+    return [
+        DeviceSpan(e.name, float(e.time_range.start), float(e.time_range.end))
+        for e in events
+        if e.device_type == device_type
+    ]
+
+
+class ProfileWindow:
+    """torch.profiler over a few optimizer steps: `start()` before the first, `stop()` after the
+    last (after a device synchronization). `device` is where the kernels run: "cuda" records CUDA
+    activity only (no CPU op records: less host overhead, a faster parse); "cpu" records CPU ops,
+    for the CPU tests of the engines' window."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._profiler: Any = None
+        self.spans: list[DeviceSpan] = []
+        self.seconds = 0.0
+        """Wall time the window cost: its steps, the profiler's start, stop and parse."""
+        self._started = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._profiler is not None
+
+    def start(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        activity = ProfilerActivity.CUDA if self.device == "cuda" else ProfilerActivity.CPU
+        self._started = time.perf_counter()
+        self._profiler = profile(activities=[activity])
+        self._profiler.__enter__()
+
+    def stop(self) -> None:
+        from torch.autograd import DeviceType
+
+        if self._profiler is None:
+            raise RuntimeError("ProfileWindow.stop() before start()")
+        self._profiler.__exit__(None, None, None)
+        kind = DeviceType.CUDA if self.device == "cuda" else DeviceType.CPU
+        self.spans = device_spans(self._profiler.events(), kind)
+        self._profiler = None
+        self.seconds = time.perf_counter() - self._started

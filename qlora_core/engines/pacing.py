@@ -1,0 +1,201 @@
+"""How many steps a case runs and what each one is for: warm-up, measured, profiled.
+
+`Case.measured_steps` is the minimum of measured steps. With adaptive measuring on (the default on
+CUDA, where the time is the point; off on the CPU, so the CPU tests are deterministic), the
+engines keep measuring, as `torch.utils.benchmark.Timer.adaptive_autorange` does, until the
+relative IQR of the measured step times is under a target, the measuring budget is spent or the
+step cap is reached; `stop_reason` says which ("fixed" when adaptive measuring is off). Then,
+when the plan has a profiler window (CUDA), `PROFILED_STEPS` more steps are profiled for device
+time (`devicetime`), never timed. The learning-rate schedule (`constant_with_warmup`) is constant
+after warm-up, so training does not depend on how many steps were measured.
+
+`StepClock` walks a plan step by step; the loop and the trainer engines drive it alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from qlora_core.engines.common import TrainStats
+from qlora_core.engines.devicetime import PROFILED_STEPS, ProfileWindow, reduce_device_spans
+from qlora_core.engines.slowdown import Slowdown
+from qlora_core.faults import slowdown_of
+from qlora_core.spec import Case
+
+TARGET_REL_IQR = 0.02
+"""Stop once (p75 - p25) / median of the measured steps is below this: 2% resolves the 5-10%
+differences the claims and the gate look at, and device-bound rows (0.2% spread on an H200)
+reach it at the minimum number of steps."""
+MEASURE_BUDGET_S = 10.0
+"""Stop measuring a case after this many seconds of measured steps: the t4 tier's 37 cases must
+fit in 10 minutes, and a host-bound row (10-40% jitter) would otherwise never reach the target."""
+MEASURED_STEPS_CAP = 100
+"""Never measure more steps than this (or `measured_steps`, if larger): short steps reach it
+before the budget; the data must cover it (`StepPlan.max_total_steps`)."""
+MIN_STEPS_FOR_SPREAD = 5
+"""An IQR of fewer steps is no spread: the target is checked only from this many steps on."""
+STOP_REASONS: tuple[str, ...] = ("target", "budget", "cap", "fixed")
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The steps of one case: warm-up, measured (a minimum and a cap), profiled."""
+
+    warmup_steps: int
+    min_measured: int
+    max_measured: int
+    adaptive: bool
+    profiled_steps: int
+    profile_device: str = "cuda"
+    """Where the profiled kernels run: "cuda"; "cpu" only in the CPU tests of the window."""
+    target_rel_iqr: float = TARGET_REL_IQR
+    budget_s: float = MEASURE_BUDGET_S
+
+    @property
+    def max_total_steps(self) -> int:
+        """The most optimizer steps the plan can run: what the batches must cover."""
+        return self.warmup_steps + self.max_measured + self.profiled_steps
+
+
+def plan_steps(
+    case: Case, device: str, adaptive: bool | None = None, profile: bool | None = None
+) -> StepPlan:
+    """The plan of `case` on `device`; `adaptive`/`profile` None: on CUDA only."""
+    adaptive = device == "cuda" if adaptive is None else adaptive
+    profile = device == "cuda" if profile is None else profile
+    cap = max(case.measured_steps, MEASURED_STEPS_CAP) if adaptive else case.measured_steps
+    return StepPlan(
+        warmup_steps=case.warmup_steps,
+        min_measured=case.measured_steps,
+        max_measured=cap,
+        adaptive=adaptive,
+        profiled_steps=PROFILED_STEPS if profile else 0,
+        profile_device=device,
+    )
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of sorted values, interpolated linearly between neighbours."""
+    if not ordered:
+        raise ValueError("percentile of no values")
+    pos = q * (len(ordered) - 1)
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def rel_iqr(values: Sequence[float]) -> float | None:
+    """(p75 - p25) / median; None for no values or a median that is not positive."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    median = statistics.median(ordered)
+    if median <= 0:
+        return None
+    return (percentile(ordered, 0.75) - percentile(ordered, 0.25)) / median
+
+
+def stop_reason(step_ms: Sequence[float], plan: StepPlan) -> str | None:
+    """Why measuring stops after these measured steps, or None to measure on."""
+    n = len(step_ms)
+    if n < plan.min_measured:
+        return None
+    if not plan.adaptive:
+        return "fixed"
+    spread = rel_iqr(step_ms)
+    if n >= MIN_STEPS_FOR_SPREAD and spread is not None and spread < plan.target_rel_iqr:
+        return "target"
+    if sum(step_ms) / 1000.0 >= plan.budget_s:
+        return "budget"
+    if n >= plan.max_measured:
+        return "cap"
+    return None
+
+
+class StepClock:
+    """Walks a plan: which phase each step is in, the slowdown knob, the profiler window.
+
+    An engine calls, per optimizer step: `begin_step()` before its first synchronization,
+    `pad_step()` just before its last one (the slowdown's work is then inside the timed region),
+    `end_step(elapsed_ms)` after it (returns the time if the step is a measured one), and stops
+    training when `done`. `close()` at the end, whatever happened. The statistics it completes:
+    `stop_reason`, the device-time fields, `slowdown_ms_per_step`, `warmup_s`, `train_s`,
+    `profile_s`.
+    """
+
+    def __init__(self, plan: StepPlan, case: Case, device: str, stats: TrainStats) -> None:
+        self.plan = plan
+        self.stats = stats
+        pct = slowdown_of(case)
+        self.slowdown = Slowdown(pct, device) if pct is not None else None
+        self.window = ProfileWindow(plan.profile_device) if plan.profiled_steps else None
+        self.phase = "warmup" if plan.warmup_steps else "measured"
+        self.done = False
+        self._warmup_ms: list[float] = []
+        self._measured_ms: list[float] = []
+        self._profiled = 0
+        self._phase_start: float | None = None
+
+    def begin_step(self) -> None:
+        if self._phase_start is None:
+            self._phase_start = time.perf_counter()
+        if self.phase == "profiled" and self._profiled == 0 and self.window is not None:
+            self.window.start()
+
+    def pad_step(self) -> None:
+        if self.slowdown is not None and self.phase != "warmup":
+            self.slowdown.pad()
+
+    def end_step(self, elapsed_ms: float) -> float | None:
+        """Account one finished step; its time if it was a measured step, else None."""
+        if self.phase == "warmup":
+            self._warmup_ms.append(elapsed_ms)
+            if len(self._warmup_ms) == self.plan.warmup_steps:
+                self._calibrate()
+                self.stats.warmup_s = self._lap()
+                self.phase = "measured"
+            return None
+        if self.phase == "measured":
+            self._measured_ms.append(elapsed_ms)
+            reason = stop_reason(self._measured_ms, self.plan)
+            if reason is not None:
+                self.stats.stop_reason = reason
+                self.stats.train_s = self._lap()
+                self.phase = "profiled" if self.window is not None else "done"
+                self.done = self.window is None
+            return elapsed_ms
+        self._profiled += 1
+        if self._profiled == self.plan.profiled_steps and self.window is not None:
+            self.window.stop()
+            self._record_device_time()
+            self.done = True
+        return None
+
+    def close(self) -> None:
+        """Stop a profiler a diverged step left running (its figures are not recorded)."""
+        if self.window is not None and self.window.running:
+            self.window.stop()
+
+    def _calibrate(self) -> None:
+        if self.slowdown is not None:
+            self.slowdown.calibrate(self._warmup_ms)
+            self.stats.slowdown_ms_per_step = self.slowdown.ms_per_step
+
+    def _lap(self) -> float:
+        now = time.perf_counter()
+        start = self._phase_start if self._phase_start is not None else now
+        self._phase_start = now
+        return now - start
+
+    def _record_device_time(self) -> None:
+        assert self.window is not None
+        wall = statistics.median(self._measured_ms)
+        figures = reduce_device_spans(self.window.spans, self.plan.profiled_steps, wall)
+        self.stats.kernel_ms_per_step = figures.kernel_ms_per_step
+        self.stats.kernels_per_step = figures.kernels_per_step
+        self.stats.gpu_busy = figures.gpu_busy
+        self.stats.host_bound = figures.host_bound
+        self.stats.profiled_steps = figures.profiled_steps
+        self.stats.profile_s = self.window.seconds

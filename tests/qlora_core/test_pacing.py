@@ -1,0 +1,116 @@
+"""The step plan: the stop rule of adaptive measuring, and the clock that walks warm-up, measured
+and profiled steps (driven here without a model; the engines drive it in test_engines)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from qlora_core.engines.common import TrainStats
+from qlora_core.engines.devicetime import PROFILED_STEPS
+from qlora_core.engines.pacing import (
+    MEASURE_BUDGET_S,
+    MEASURED_STEPS_CAP,
+    MIN_STEPS_FOR_SPREAD,
+    STOP_REASONS,
+    StepClock,
+    StepPlan,
+    percentile,
+    plan_steps,
+    rel_iqr,
+    stop_reason,
+)
+from qlora_core.spec import Case
+
+CASE = Case("tiny", warmup_steps=2, measured_steps=10)
+ADAPTIVE = StepPlan(warmup_steps=2, min_measured=10, max_measured=40, adaptive=True, profiled_steps=0)
+
+
+def test_plans_are_fixed_and_unprofiled_on_the_cpu_adaptive_and_profiled_on_cuda():
+    cpu = plan_steps(CASE, "cpu")
+    assert (cpu.adaptive, cpu.min_measured, cpu.max_measured, cpu.profiled_steps) == (False, 10, 10, 0)
+    assert cpu.max_total_steps == 12
+    cuda = plan_steps(CASE, "cuda")
+    assert (cuda.adaptive, cuda.max_measured, cuda.profiled_steps) == (
+        True,
+        MEASURED_STEPS_CAP,
+        PROFILED_STEPS,
+    )
+    assert cuda.max_total_steps == 2 + MEASURED_STEPS_CAP + PROFILED_STEPS
+    assert plan_steps(CASE.replace(measured_steps=500), "cuda").max_measured == 500  # never below
+    assert plan_steps(CASE, "cuda", adaptive=False, profile=False).max_total_steps == 12
+
+
+def test_percentile_and_relative_iqr():
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.25) == 2.0
+    assert percentile([1.0, 2.0], 0.5) == 1.5
+    assert rel_iqr([5.0, 1.0, 3.0, 4.0, 2.0]) == pytest.approx(2.0 / 3.0)
+    assert rel_iqr([]) is None and rel_iqr([0.0, 0.0]) is None
+    with pytest.raises(ValueError):
+        percentile([], 0.5)
+
+
+def test_fixed_plans_stop_at_the_minimum():
+    fixed = dataclasses.replace(ADAPTIVE, adaptive=False, max_measured=10)
+    assert stop_reason([100.0] * 9, fixed) is None
+    assert stop_reason([100.0] * 10, fixed) == "fixed"
+
+
+def test_steady_steps_stop_at_the_target_jittery_ones_at_the_budget_or_the_cap():
+    steady = [100.0 + 0.1 * (i % 3) for i in range(10)]
+    assert stop_reason(steady[:9], ADAPTIVE) is None  # the minimum first
+    assert stop_reason(steady, ADAPTIVE) == "target"
+    jitter = [100.0 if i % 2 else 130.0 for i in range(40)]
+    assert stop_reason(jitter[:10], ADAPTIVE) is None
+    assert stop_reason(jitter, ADAPTIVE) == "cap"
+    # Slow jittery steps: the budget ends them first.
+    slow = [MEASURE_BUDGET_S * 1000.0 / 10 * x / 100.0 for x in jitter[:10]]
+    assert stop_reason(slow, ADAPTIVE) == "budget"
+    assert {"target", "budget", "cap", "fixed"} == set(STOP_REASONS)
+
+
+def test_the_target_needs_enough_steps_for_a_spread():
+    few = dataclasses.replace(ADAPTIVE, min_measured=1)
+    assert stop_reason([100.0] * (MIN_STEPS_FOR_SPREAD - 1), few) is None
+    assert stop_reason([100.0] * MIN_STEPS_FOR_SPREAD, few) == "target"
+
+
+def _walk(clock: StepClock, step_ms: list[float]) -> list[float | None]:
+    """Drive the clock as an engine does, with given step times and a little CPU work."""
+    out = []
+    a = torch.randn(32, 32)
+    for ms in step_ms:
+        if clock.done:
+            break
+        clock.begin_step()
+        torch.mm(a, a)
+        clock.pad_step()
+        out.append(clock.end_step(ms))
+    clock.close()
+    return out
+
+
+def test_the_clock_walks_warmup_measured_and_profiled_steps():
+    plan = StepPlan(warmup_steps=2, min_measured=3, max_measured=3, adaptive=False, profiled_steps=2,
+                    profile_device="cpu")  # fmt: skip
+    stats = TrainStats(engine="loop", autocast="none", grad_scaler=False)
+    measured = _walk(StepClock(plan, CASE, "cpu", stats), [50.0, 40.0, 10.0, 11.0, 12.0, 1.0, 1.0, 99.0])
+    assert measured == [None, None, 10.0, 11.0, 12.0, None, None]  # stops after the window
+    assert stats.stop_reason == "fixed" and stats.profiled_steps == 2
+    assert stats.kernels_per_step is not None and stats.kernels_per_step >= 1  # aten::mm per step
+    assert stats.kernel_ms_per_step is not None and stats.kernel_ms_per_step > 0
+    assert stats.gpu_busy is not None and 0 < stats.gpu_busy <= 1
+    assert all(s is not None and s >= 0 for s in (stats.warmup_s, stats.train_s, stats.profile_s))
+    assert stats.slowdown_ms_per_step is None
+
+
+def test_an_adaptive_clock_ends_with_its_reason_and_without_a_window_fills_no_device_time():
+    plan = dataclasses.replace(ADAPTIVE, min_measured=5, max_measured=8)
+    stats = TrainStats(engine="loop", autocast="none", grad_scaler=False)
+    measured = _walk(StepClock(plan, CASE, "cpu", stats), [9.0, 9.0] + [100.0, 140.0] * 10)
+    assert len([m for m in measured if m is not None]) == 8 and stats.stop_reason == "cap"
+    assert (stats.kernel_ms_per_step, stats.gpu_busy, stats.host_bound, stats.profiled_steps) == (
+        None, None, None, 0,
+    )  # fmt: skip
