@@ -133,6 +133,9 @@ def launch_command(case: Case, profile: str, request: Path, result_path: Path) -
         raise CaseError(
             [f"num_gpus={case.num_gpus} needs {case.num_gpus} GPUs; profile {profile!r} has {machine.count}"]
         )
+    if case.strategy == "fsdp" and not machine.is_gpu:
+        # accelerate's FullyShardedDataParallelPlugin raises "no available devices" on the CPU.
+        raise CaseError(["strategy='fsdp' needs a GPU profile: accelerate's FSDP plugin refuses the CPU"])
     config = config_path(result_path)
     write_atomic(config, json.dumps(accelerate_config(case, free_port()), indent=2))
     return [sys.executable, "-m", "qlora_core.distributed", str(request), str(config)]

@@ -296,6 +296,11 @@ def _multi_gpu_problems(case: Case) -> list[str]:
             f"strategy='fsdp' needs quant_storage equal to compute_dtype ({case.compute_dtype!r}),"
             f" got {case.quant_storage!r}: FSDP shards the 4-bit weights only in a float storage dtype"
         )
+    if case.strategy == "fsdp" and case.prepare_kbit:
+        # FSDP flattens each wrapped layer into one tensor of one dtype; prepare casts the layer's
+        # norms to fp32 beside weights stored in the compute dtype. peft's FSDP-QLoRA recipe (and
+        # TRL, for sharded QLoRA) leaves prepare out.
+        p.append("strategy='fsdp' needs prepare_kbit=False: prepare's fp32 norms cannot share an FSDP unit")
     return p
 
 

@@ -18,7 +18,8 @@ from qlora_core.gpus import (
 
 
 def test_registry_has_every_documented_profile():
-    assert set(PROFILE_NAMES) == {"t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100", "h200", "cpu"}
+    singles = {"t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100", "h200", "cpu"}
+    assert set(PROFILE_NAMES) == singles | {"t4x2", "l4x2"}
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,7 @@ def _near_marketed(name: str, total_gib: float) -> bool:
 
 
 def test_profiles_are_physically_plausible():
-    gpus = [p for p in PROFILES.values() if p.is_gpu]
+    gpus = [p for p in PROFILES.values() if p.is_gpu and p.count == 1]
     assert sorted(p.name for p in gpus) == sorted(MARKETED_GB)
     for profile in gpus:
         assert _near_marketed(profile.name, profile.total_gib), profile
