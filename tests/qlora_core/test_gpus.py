@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from qlora_core.gpus import (
@@ -115,3 +117,17 @@ def test_detects_the_gpu_present(gpu_required):
     assert gpu is not None and gpu.total_gib > 1 and gpu.capability >= (7, 0)
     profile, _ = resolve_profile("auto")
     assert profile.is_gpu
+
+
+def test_two_card_profiles_cap_each_rank_like_their_card(monkeypatch):
+    t4x2 = get_profile("t4x2")
+    assert (t4x2.count, t4x2.card_name, t4x2.total_gib) == (2, "t4", get_profile("t4").total_gib)
+    assert is_emulated(t4x2, DetectedGpu("NVIDIA H200", 140.4, (9, 0), "580", count=2))
+    assert not is_emulated(t4x2, DetectedGpu("Tesla T4", 14.6, (7, 5), "580", count=2))  # the real pair
+    one = DetectedGpu("NVIDIA H200", 140.4, (9, 0), "580", count=1)
+    monkeypatch.setattr("qlora_core.gpus.detect_gpu", lambda: one)
+    with pytest.raises(UnknownProfileError, match="needs 2 GPUs and 1 found"):
+        resolve_profile("t4x2")
+    two = dataclasses.replace(one, count=2)
+    monkeypatch.setattr("qlora_core.gpus.detect_gpu", lambda: two)
+    assert resolve_profile("t4x2")[0] is t4x2
