@@ -293,14 +293,21 @@ def _priority(status: str) -> int:
     return _STATUS_PRIORITY.index(status) if status in _STATUS_PRIORITY else len(_STATUS_PRIORITY)
 
 
-def launcher_main(request: str, config: str, parent_pid: int) -> None:
-    """Die with the runner, then become `accelerate launch` (exec keeps the pid and PDEATHSIG)."""
-    from qlora_core.child import _die_with_parent
+def launcher_main(request_path: str, config: str) -> None:
+    """Die with the runner, create the model's checkpoint once, then become `accelerate launch`
+    (exec keeps the pid and PDEATHSIG)."""
+    from qlora_core.child import _die_with_parent, _materialize
 
-    _die_with_parent(parent_pid)
-    argv = accelerate_launch_argv(Path(request), Path(config))
+    request = json.loads(Path(request_path).read_text())
+    _die_with_parent(request["parent_pid"])
+    # Once, here: ranks that each found it missing would all write the same checkpoint at once.
+    # A failure is left to the ranks, which record it as their outcome (e.g. missing_model).
+    device = "cuda" if get_profile(request["options"]["profile"]).is_gpu else "cpu"
+    with contextlib.suppress(Exception):
+        _materialize(request["case"]["model"], device)
+    argv = accelerate_launch_argv(Path(request_path), Path(config))
     os.execv(argv[0], argv)
 
 
 if __name__ == "__main__":
-    launcher_main(sys.argv[1], sys.argv[2], int(json.loads(Path(sys.argv[1]).read_text())["parent_pid"]))
+    launcher_main(sys.argv[1], sys.argv[2])
