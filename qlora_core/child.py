@@ -112,18 +112,34 @@ def child_main(request_path: str) -> None:
     _die_with_parent(request["parent_pid"])
     case = Case.from_dict(request["case"])
     options = RunOptions(**request["options"])
+    # The one-shot fault of this run wins over the case's own (a test sets one or the other).
+    fault = faults.for_rank(options.inject_fault or dict(case.extra).get("fault", ""), 0)
+    spawned_at = request.get("spawned_at")
+    start_s = max(0.0, main_at - spawned_at) if spawned_at is not None else None
+    run_child(case, options, Path(request["result"]), fault, start_s)
+    # Leave without running atexit handlers of CUDA libraries that may hang after an error; the
+    # result is already on disk.
+    os._exit(0)
+
+
+def run_child(
+    case: Case, options: RunOptions, result_path: Path, fault: str, start_s: float | None = None
+) -> Result:
+    """Run `case` through its stages, injecting `fault` (KIND@STAGE or ""); the Result, also on disk.
+    `start_s`: seconds from the parent's spawn to the child's main, when the parent said.
+
+    The body of a child, and of each rank of a multi-GPU case (`qlora_core.rank`).
+    """
     result = Result.for_case(case, options.profile, options.families)
     result.started_at = now_iso()
     result.overrides = options.overrides
     result.repeat = options.repeat
-    if "spawned_at" in request:
-        result.start_s = max(0.0, main_at - request["spawned_at"])
-    ckpt = _Checkpointer(result, Path(request["result"]))
+    result.start_s = start_s
+    ckpt = _Checkpointer(result, result_path)
     ckpt.stage("start-up")  # from here on the result file exists, whatever happens
     tb = ""
     try:
-        # The one-shot fault of this run wins over the case's own (a test sets one or the other).
-        ckpt.arm(options.inject_fault or dict(case.extra).get("fault", ""))
+        ckpt.arm(fault)
         faults.slowdown_of(case)  # a bad slowdown knob is a config_error before any heavy work
         status, reason = _run_stages(case, options, ckpt)
     except BaseException as exc:  # every outcome is a row: classify, keep the measurements
@@ -135,9 +151,7 @@ def child_main(request_path: str) -> None:
         reason = f"{stage}: {what}{message}"[:_REASON_CHARS]
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-_TRACEBACK_CHARS:]
     ckpt.finish(status, reason, tb)
-    # Leave without running atexit handlers of CUDA libraries that may hang after an error; the
-    # result is already on disk.
-    os._exit(0)
+    return ckpt.result
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -218,7 +232,8 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
 
     ckpt.stage("data")
     plan = plan_steps(case, device, adaptive=options.adaptive_steps)
-    count = plan.max_total_steps * case.grad_accum  # the batches cover the step cap
+    # The batches cover the step cap, for every rank (each draws its share: issue 13).
+    count = plan.max_total_steps * case.grad_accum * case.num_gpus
     heldout = None
     if case.data == "text":
         ids = data_mod.cached_corpus_ids(resolved.tokenizer_path, resolved.vocab_size)
@@ -349,14 +364,17 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
     """
     import torch
 
+    from qlora_core.distributed import local_device_index
     from qlora_core.measure import NvmlSampler, gib
 
-    sampler = NvmlSampler(0)
+    index = local_device_index()  # 0, or this rank's GPU in a multi-GPU case
+    sampler = NvmlSampler(index)
     r.nvml_base_gib = sampler.base_gib
-    _free, total_b = torch.cuda.mem_get_info(0)  # creates the context, allocates nothing
+    torch.cuda.set_device(index)
+    _free, total_b = torch.cuda.mem_get_info(index)  # creates the context, allocates nothing
     total = gib(total_b)
     context_gib = max(0.0, sampler.used_gib() - sampler.base_gib)
-    props = torch.cuda.get_device_properties(0)
+    props = torch.cuda.get_device_properties(index)
     r.gpu_name = props.name
     r.gpu_capability = f"{props.major}.{props.minor}"
     r.gpu_total_gib = total
@@ -371,7 +389,7 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
         # What the emulated card would say about bf16, not the host's answer.
         r.bf16_native = profile.native_bf16
     if cap is not None:
-        torch.cuda.set_per_process_memory_fraction(min(1.0, max(cap, 0.01) / total), 0)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, max(cap, 0.01) / total), index)
         r.memory_cap_gib = cap
     return sampler.start()
 

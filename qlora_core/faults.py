@@ -6,6 +6,8 @@ Two sources, one syntax (see `qlora_core.child`):
 - `Case.extra=(("fault", "exit@prepare"),)`: every run of that case; part of its id, so it can
   never hide in a production matrix.
 When a fault fires, the row's reason says so ("... (injected fault sigkill@training)").
+In a multi-GPU case every rank fires the fault, unless a rank selector names one:
+`KIND@STAGE@rankN` (`for_rank`).
 
 The other test-only knob of `Case.extra`, `("slowdown", "PCT")`, is parsed here too (no torch,
 so the child refuses a bad one at start-up); what it does: `qlora_core.engines.slowdown`.
@@ -55,24 +57,40 @@ class Fault:
 
     kind: str
     stage: str
+    rank: int | None = None
+    """The one rank of a multi-GPU case that fires it; None: every rank (a single process is rank 0)."""
 
     def __str__(self) -> str:
-        return f"{self.kind}@{self.stage}"
+        return f"{self.kind}@{self.stage}" + ("" if self.rank is None else f"@rank{self.rank}")
 
 
 def parse_fault(spec: str) -> Fault | None:
     """`KIND@STAGE` -> Fault; "" -> None. A CaseError lists the allowed kinds and stages."""
     if not spec:
         return None
-    kind, _, stage = spec.partition("@")
+    kind, _, rest = spec.partition("@")
+    stage, _, selector = rest.partition("@")
     problems = []
+    rank = None
+    if selector:
+        number = selector.removeprefix("rank")
+        if not selector.startswith("rank") or not number.isdigit():
+            problems.append(f"rank selector {selector!r} in {spec!r} must be rankN, e.g. rank1")
+        else:
+            rank = int(number)
     if kind not in FAULT_KINDS:
         problems.append(f"fault kind {kind!r} in {spec!r} is not one of {sorted(FAULT_KINDS)}")
     if stage not in STAGES:
         problems.append(f"fault stage {stage!r} in {spec!r} is not one of {list(STAGES)}")
     if problems:
         raise CaseError(problems)
-    return Fault(kind, stage)
+    return Fault(kind, stage, rank)
+
+
+def for_rank(spec: str, rank: int) -> str:
+    """The fault `spec` if rank `rank` fires it, else "" (a rank selector names another rank)."""
+    fault = parse_fault(spec)
+    return spec if fault is not None and fault.rank in (None, rank) else ""
 
 
 def fire(fault: Fault) -> None:

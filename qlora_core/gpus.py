@@ -36,6 +36,16 @@ class GpuProfile:
     bf16_tflops: float | None = None
     fp32_tflops: float | None = None
 
+    # multi-GPU (issue 13): a machine of `count` such cards, each rank capped like one of them.
+    count: int = 1
+    card: str = ""
+    """The single-card profile this machine's cards are ("t4" for t4x2); "" for a single card."""
+
+    @property
+    def card_name(self) -> str:
+        """The profile of one card of this machine (its own name for a single-card profile)."""
+        return self.card or self.name
+
     def peak_tflops(self, compute_dtype: str) -> float | None:
         """Dense peak at a compute dtype ("fp16", "bf16", "fp32"); None if not known."""
         return {"fp16": self.fp16_tflops, "bf16": self.bf16_tflops, "fp32": self.fp32_tflops}.get(
@@ -63,6 +73,9 @@ PROFILES: dict[str, GpuProfile] = {
         GpuProfile("h100", 81559 / _MIB_IN_GIB, (9, 0), 989.5, 989.5, 67.0),
         GpuProfile("h200", 143771 / _MIB_IN_GIB, (9, 0), 989.5, 989.5, 67.0),
         GpuProfile("cpu", 0.0, (0, 0)),
+        # Two-card machines (issue 13): two T4s (a common free offering), two 24 GB cards.
+        GpuProfile("t4x2", 15360 / _MIB_IN_GIB, (7, 5), 65.0, None, 8.1, count=2, card="t4"),
+        GpuProfile("l4x2", 23034 / _MIB_IN_GIB, (8, 9), 121.0, 121.0, 30.3, count=2, card="l4"),
     )
 }
 PROFILE_NAMES: tuple[str, ...] = tuple(PROFILES)
@@ -109,6 +122,8 @@ class DetectedGpu:
     total_gib: float
     capability: tuple[int, int]
     driver_version: str
+    count: int = 1
+    """GPUs present (all assumed to be of the first one's kind)."""
 
 
 def nvml_handle(pynvml: Any, cuda_index: int = 0) -> Any:
@@ -151,7 +166,7 @@ def detect_gpu() -> DetectedGpu | None:
         major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
         driver = pynvml.nvmlSystemGetDriverVersion()
         driver = driver.decode() if isinstance(driver, bytes) else driver
-        return DetectedGpu(name, total, (major, minor), driver)
+        return DetectedGpu(name, total, (major, minor), driver, pynvml.nvmlDeviceGetCount())
     finally:
         pynvml.nvmlShutdown()
 
@@ -183,6 +198,11 @@ def resolve_profile(requested: str) -> tuple[GpuProfile, DetectedGpu | None]:
                 f"--gpu {profile.name} ({profile.total_gib:.1f} GiB) cannot be emulated on"
                 f" {gpu.name} ({gpu.total_gib:.1f} GiB): the profile is larger than the GPU"
             )
+        if profile.count > gpu.count:
+            raise UnknownProfileError(
+                f"--gpu {profile.name} needs {profile.count} GPUs and {gpu.count} found; use a"
+                f" single-card profile ({', '.join(n for n, p in PROFILES.items() if p.count == 1)})"
+            )
     return profile, gpu
 
 
@@ -191,4 +211,4 @@ def is_emulated(profile: GpuProfile, gpu: DetectedGpu | None) -> bool:
     if not profile.is_gpu or gpu is None:
         return False
     own = profile_for_device(gpu.name, gpu.total_gib)
-    return own is None or own.name != profile.name
+    return own is None or own.name != profile.card_name

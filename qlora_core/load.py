@@ -47,7 +47,10 @@ def load_model(case: Case, path: str, device: str) -> torch.nn.Module:
     """
     from transformers import AutoModelForCausalLM
 
-    device_map = {"": 0} if device == "cuda" else {"": "cpu"}
+    from qlora_core.distributed import local_device_index
+
+    # Each rank of a multi-GPU case loads onto its own GPU (issue 13).
+    device_map = {"": local_device_index()} if device == "cuda" else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=TORCH_DTYPES[case.compute_dtype],

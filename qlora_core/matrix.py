@@ -32,6 +32,9 @@ families runs once):
   at the device-bound point (the CPU: the real model on text) and, in the full tier, at the
   lesson's point too. The default tier leaves the lesson's point out: its batch-1 steps are
   host-bound (their times jitter 10-40% between processes).
+- ``multigpu``: what a multi-card profile (``t4x2``, ``l4x2``) runs, at every tier, instead of
+  the families above (those are its card's profile's: ``--gpu t4``): the 8B shape through the
+  Trainer on one card and on every card (FSDP, DDP); see `multigpu_cases`.
 
 The device-bound point: large GPUs the primary model at batch 4, seq 2048 (the lesson's T4
 setting); smaller GPUs batch 4, seq 512, the largest default sweep point that fits an emulated
@@ -197,6 +200,8 @@ def build_matrix(
     if models:
         models = tuple(models)
         tier = replace(tier, models=models, primary=models[0], ladder_model=models[-1])
+    if profile.count > 1:  # multi-GPU (issue 13): a multi-card machine runs its own family only
+        return [PlannedCase(case, ["multigpu"]) for case in multigpu_cases(profile, tier)]
     dtype = lesson_dtype(profile)
     steps = {"warmup_steps": tier.warmup_steps, "measured_steps": tier.measured_steps}
     lesson = Case(
@@ -309,3 +314,40 @@ def ladder_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
     ]
     steps.append(steps[-1].replace(gradient_checkpointing=True))
     return steps
+
+
+# multi-GPU (issue 13) -------------------------------------------------------------------------
+MULTIGPU_MODEL = "llama-3.1-8b"
+
+
+def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
+    """The `multigpu` family on a machine of `profile.count` cards: the 8B shape through the
+    Trainer at the device-bound point (checkpointing on), on one card and on all of them.
+
+    - one card, 4-bit storage uint8: what a single-card user runs (the single-T4 result);
+    - one card, storage in the compute dtype and no prepare, as FSDP needs them (see `spec`);
+    - every card, FSDP, and every card, DDP (every rank holds the whole 4-bit model), both
+      otherwise equal to the case above: per-GPU memory and, against it, the scaling efficiency.
+    Each rank trains `batch_size` rows, so the ranks together train `count` times the tokens of the
+    one-card case per step. The 70B shape (issue 11) is not in the registry yet; its two-card case
+    belongs here once it is.
+    """
+    batch, seq = tier.engine_point or (tier.ref_batch, tier.ref_seq)
+    dtype = lesson_dtype(profile)
+    single = Case(
+        MULTIGPU_MODEL,
+        compute_dtype=dtype,
+        batch_size=batch,
+        seq_len=seq,
+        engine="trainer",
+        warmup_steps=tier.warmup_steps,
+        measured_steps=tier.measured_steps,
+    )
+    floating = single.replace(quant_storage=dtype, prepare_kbit=False)
+    ranks = {"num_gpus": profile.count}
+    return [
+        single,
+        floating,
+        floating.replace(strategy="fsdp", **ranks),
+        floating.replace(strategy="ddp", **ranks),
+    ]

@@ -161,6 +161,22 @@ class Result:
     scaler_final_scale: float | None = None  # the scaler's loss scale after the last step
     trained_dtypes: str = ""  # trainable parameters' dtypes as trained (SFTTrainer casts to bf16)
 
+    # multi-GPU (issue 13): a case of num_gpus > 1 is one row merged from its ranks
+    # (qlora_core.distributed.merge_ranks). Its single-GPU fields say: memory peaks are the max
+    # over ranks (what each GPU must hold), step_ms the slowest rank's time per step,
+    # tokens_per_step and tokens_per_s over all ranks; the lists below are indexed by rank.
+    world_size: int | None = None  # ranks launched; None for a single-process case
+    failed_rank: int | None = None  # the rank whose outcome is the case's; None if every rank ended ok
+    rank_statuses: list[str] = field(default_factory=list)
+    rank_peak_alloc_gib: list[float | None] = field(default_factory=list)
+    rank_peak_reserved_gib: list[float | None] = field(default_factory=list)
+    rank_nvml_peak_gib: list[float | None] = field(default_factory=list)
+    rank_cpu_peak_rss_gib: list[float | None] = field(default_factory=list)
+    rank_step_ms: list[list[float]] = field(default_factory=list)  # each rank's measured steps
+    peak_alloc_gib_sum: float | None = None  # over ranks
+    peak_reserved_gib_sum: float | None = None
+    nvml_peak_gib_sum: float | None = None
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=False, allow_nan=True)
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qlora_core import faults
+from qlora_core import distributed, faults
 from qlora_core.gpus import get_profile
 from qlora_core.result import Result, Status, read_result, write_atomic
 from qlora_core.spec import Case, CaseError
@@ -89,9 +89,12 @@ def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -
     log_path = result_path.with_suffix(".log")
     started = time.monotonic()
     started_at = now_iso()
+    command = [sys.executable, "-m", "qlora_core.child", str(request)]
+    if case.num_gpus > 1:  # multi-GPU (issue 13): `accelerate launch`, one process per rank
+        command = distributed.launch_command(case, options.profile, request, result_path)
     with log_path.open("w") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", "qlora_core.child", str(request)],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -111,10 +114,13 @@ def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -
             raise
     wall_s = time.monotonic() - started
     request.unlink(missing_ok=True)
+    if case.num_gpus > 1:  # multi-GPU (issue 13): the case's row from its ranks' rows
+        distributed.merge_rank_files(case, options.profile, options.families, result_path, log_path)
     result = _collect(case, options, result_path, child.returncode, timed_out, started_at, wall_s)
     if cleanup:
         result_path.unlink(missing_ok=True)
         log_path.unlink(missing_ok=True)
+        distributed.remove_rank_files(case, result_path)
     return result
 
 
@@ -147,10 +153,15 @@ def _log_tail(path: Path, lines: int = 8) -> str:
 
 
 def _kill_group(child: subprocess.Popen) -> None:
-    """SIGTERM the child's process group, then SIGKILL what is left after a grace period."""
+    """SIGTERM the child's process group, then SIGKILL what is left after a grace period.
+
+    With the groups of its descendants in sessions of their own: the ranks of a multi-GPU case.
+    """
+    groups = [child.pid, *distributed.process_groups(child.pid)]
     for sig, wait_s in ((signal.SIGTERM, _KILL_GRACE_S), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, sig)
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
         try:
             child.wait(timeout=wait_s)
             return

@@ -21,6 +21,7 @@ QuantStorage = Literal["uint8", "fp16", "bf16", "fp32"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
 DataKind = Literal["synthetic", "text"]
 Engine = Literal["loop", "trainer", "sft"]
+Strategy = Literal["single", "ddp", "fsdp"]
 
 QUANT_TYPES: tuple[str, ...] = ("nf4", "fp4", "none")
 COMPUTE_DTYPES: tuple[str, ...] = ("fp16", "bf16", "fp32")
@@ -28,6 +29,8 @@ QUANT_STORAGES: tuple[str, ...] = ("uint8", "fp16", "bf16", "fp32")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 DATA_KINDS: tuple[str, ...] = ("synthetic", "text")
 ENGINES: tuple[str, ...] = ("loop", "trainer", "sft")
+STRATEGIES: tuple[str, ...] = ("single", "ddp", "fsdp")
+MAX_GPUS = 64
 # The lesson's LoRA recipe targets all seven projections of a Llama-style decoder.
 LESSON_TARGET_MODULES: tuple[str, ...] = (
     "q_proj",
@@ -88,6 +91,13 @@ class Case:
     engine: Engine = "loop"
     """How the case trains: `loop` (the core loop, mixed precision under autocast),
     `trainer` (transformers.Trainer) or `sft` (TRL's SFTTrainer), on the same token batches."""
+    # multi-GPU (issue 13): launched through `accelerate launch` (qlora_core.distributed)
+    num_gpus: int = 1
+    """Ranks the case trains on, one GPU each (one process each on the CPU), data-parallel:
+    every rank trains `batch_size` rows per micro-batch, so a step covers `num_gpus` times more."""
+    strategy: Strategy = "single"
+    """How the ranks share the model: `fsdp` (FSDP shards the 4-bit weights, stored in the
+    compute dtype), `ddp` (every rank holds the whole model); `single` for one rank."""
 
     def __post_init__(self) -> None:
         if self.quant_type == "none":
@@ -139,6 +149,8 @@ class Case:
             parts.append(self.data)
         if self.engine != defaults["engine"]:
             parts.append(self.engine)
+        if self.num_gpus != 1 or self.strategy != defaults["strategy"]:
+            parts.append(f"{self.num_gpus}gpu-{self.strategy}")
         parts += [f"{k}-{v}" for k, v in self.extra]
         return "-".join(parts)
 
@@ -184,8 +196,8 @@ class Case:
 
     @property
     def tokens_per_step(self) -> int:
-        """Tokens processed by one optimizer step."""
-        return self.batch_size * self.seq_len * self.grad_accum
+        """Tokens processed by one optimizer step, over all ranks."""
+        return self.batch_size * self.seq_len * self.grad_accum * self.num_gpus
 
 
 def _is_int(value: object) -> bool:
@@ -247,6 +259,8 @@ def validate(case: Case) -> list[str]:
     _check_int(p, "seed", case.seed, 0, 2**31 - 1)
     _check_choice(p, "data", case.data, DATA_KINDS)
     _check_choice(p, "engine", case.engine, ENGINES)
+    _check_int(p, "num_gpus", case.num_gpus, 1, MAX_GPUS)
+    _check_choice(p, "strategy", case.strategy, STRATEGIES)
     if not isinstance(case.extra, tuple) or not all(
         isinstance(kv, tuple) and len(kv) == 2 and all(isinstance(s, str) for s in kv) for kv in case.extra
     ):
@@ -257,6 +271,36 @@ def validate(case: Case) -> list[str]:
             p.append("compute_dtype='fp32' with quant_type='none': the 16-bit reference needs fp16 or bf16")
         if case.quant_storage != "uint8":
             p.append("quant_storage applies only to 4-bit quant types; leave it 'uint8' for 'none'")
+    p += _multi_gpu_problems(case)
+    return p
+
+
+def _multi_gpu_problems(case: Case) -> list[str]:
+    """Cross-field rules of the multi-GPU axes (issue 13)."""
+    p: list[str] = []
+    if not _is_int(case.num_gpus) or case.strategy not in STRATEGIES:
+        return p  # reported above
+    if (case.num_gpus > 1) != (case.strategy != "single"):
+        p.append(
+            f"num_gpus={case.num_gpus} with strategy={case.strategy!r}: one GPU is strategy 'single',"
+            f" more need one of {[s for s in STRATEGIES if s != 'single']}"
+        )
+    if case.num_gpus > 1:
+        if case.engine != "trainer":
+            p.append(f"engine={case.engine!r} with num_gpus > 1: multi-GPU cases train with 'trainer'")
+        if case.data != "synthetic":
+            p.append("data='text' with num_gpus > 1: held-out perplexity runs on one GPU; use 'synthetic'")
+    if case.strategy == "fsdp" and case.is_quantized and case.quant_storage != case.compute_dtype:
+        # FSDP shards float tensors; bitsandbytes packs 4-bit values into the storage dtype.
+        p.append(
+            f"strategy='fsdp' needs quant_storage equal to compute_dtype ({case.compute_dtype!r}),"
+            f" got {case.quant_storage!r}: FSDP shards the 4-bit weights only in a float storage dtype"
+        )
+    if case.strategy == "fsdp" and case.prepare_kbit:
+        # FSDP flattens each wrapped layer into one tensor of one dtype; prepare casts the layer's
+        # norms to fp32 beside weights stored in the compute dtype. peft's FSDP-QLoRA recipe (and
+        # TRL, for sharded QLoRA) leaves prepare out.
+        p.append("strategy='fsdp' needs prepare_kbit=False: prepare's fp32 norms cannot share an FSDP unit")
     return p
 
 
@@ -265,7 +309,7 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Case))
 # as of the first release. A field added later enters the hash only when it differs from its
 # default, so every case that existed before it keeps its hash (and its stored runs), while a case
 # that sets it gets a new one. Add each new field here, with a default that means "as before".
-LATER_FIELDS: tuple[str, ...] = ("engine",)
+LATER_FIELDS: tuple[str, ...] = ("engine", "num_gpus", "strategy")
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(Case) if f.default is not dataclasses.MISSING
 }

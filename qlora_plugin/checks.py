@@ -78,3 +78,26 @@ def assert_baseline_reproduces_run(baseline: dict[str, Any], run: RunData) -> No
     """
     report = compare(baseline, run.results, Thresholds(), allow_noisy=True)
     assert report.passed, "the saved baseline does not reproduce this run:\n  " + "\n  ".join(report.failures)
+
+
+def assert_ranks_consistent(result: Result) -> None:
+    """A multi-GPU row (issue 13) holds every rank's figures, and its own are theirs merged.
+
+    Every rank ended ok and measured its peaks; the row's peak is the largest rank's (what each
+    GPU must hold) and its sum their total; on CUDA each rank's reserved peak is at least its
+    allocated one. (A rank's training peak may be below what it held after LoRA under FSDP: each
+    rank loads the whole 4-bit model, and FSDP frees all but its shard.)
+    """
+    name, world = result.case_id, result.world_size
+    asked = result.case["num_gpus"]
+    assert world == asked, f"{name}: {world} ranks merged, the case asks for {asked}"
+    assert result.rank_statuses == ["ok"] * world, f"{name}: rank outcomes {result.rank_statuses}"
+    assert len(result.rank_step_ms) == world and all(result.rank_step_ms), f"{name}: a rank timed no step"
+    peaks = result.rank_peak_alloc_gib if result.device == "cuda" else result.rank_cpu_peak_rss_gib
+    assert len(peaks) == world and None not in peaks, f"{name}: per-rank peaks not measured: {peaks}"
+    merged = result.peak_alloc_gib if result.device == "cuda" else result.cpu_peak_rss_gib
+    assert merged == max(peaks), f"{name}: row peak {merged} is not the largest rank's {peaks}"
+    if result.device == "cuda":
+        for rank, (alloc, reserved) in enumerate(zip(peaks, result.rank_peak_reserved_gib, strict=True)):
+            assert reserved is not None and reserved >= alloc, f"{name}: rank {rank} reserved < allocated"
+        assert result.peak_alloc_gib_sum == sum(peaks), f"{name}: peak sum is not the ranks' total"

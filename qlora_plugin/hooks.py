@@ -27,6 +27,7 @@ from reports.frame import RunData
 
 # Which module tests a case: the first of its families found here, in this order.
 _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
+    ("multigpu", "multigpu"),  # multi-GPU (issue 13)
     ("quality", "quality"),
     ("stability", "stability"),
     ("ladder", "memory"),

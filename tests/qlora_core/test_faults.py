@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
+from qlora_core import faults
 from qlora_core.faults import FAULT_KINDS, STAGES, Fault, parse_fault
 from qlora_core.result import FINAL_STATUSES, Result, read_result
 from qlora_core.runner import RunOptions, run_case
@@ -230,3 +231,13 @@ def test_device_side_assert_is_cuda_error_then_rerun_clean(gpu_required, tmp_pat
     assert clean_gpu.status == "ok", clean_gpu.reason
     again = run_case(CASE, gpu, path)
     assert comparable(again) == comparable(clean_gpu)
+
+
+def test_a_rank_selector_picks_the_one_rank_that_fires():
+    assert str(parse_fault("sigkill@training@rank1")) == "sigkill@training@rank1"
+    assert parse_fault("sigkill@training@rank1").rank == 1 and parse_fault("exit@load").rank is None
+    assert faults.for_rank("sigkill@training@rank1", 1) == "sigkill@training@rank1"
+    assert faults.for_rank("sigkill@training@rank1", 0) == ""
+    assert faults.for_rank("exit@load", 3) == "exit@load"  # no selector: every rank
+    with pytest.raises(CaseError, match="must be rankN"):
+        parse_fault("sigkill@training@node1")

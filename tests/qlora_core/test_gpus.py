@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from qlora_core.gpus import (
@@ -18,7 +20,8 @@ from qlora_core.gpus import (
 
 
 def test_registry_has_every_documented_profile():
-    assert set(PROFILE_NAMES) == {"t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100", "h200", "cpu"}
+    singles = {"t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100", "h200", "cpu"}
+    assert set(PROFILE_NAMES) == singles | {"t4x2", "l4x2"}
 
 
 @pytest.mark.parametrize(
@@ -51,7 +54,7 @@ def _near_marketed(name: str, total_gib: float) -> bool:
 
 
 def test_profiles_are_physically_plausible():
-    gpus = [p for p in PROFILES.values() if p.is_gpu]
+    gpus = [p for p in PROFILES.values() if p.is_gpu and p.count == 1]
     assert sorted(p.name for p in gpus) == sorted(MARKETED_GB)
     for profile in gpus:
         assert _near_marketed(profile.name, profile.total_gib), profile
@@ -154,3 +157,17 @@ def test_nvml_refuses_a_device_cuda_cannot_see(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     with pytest.raises(ValueError, match="CUDA device 1 is not visible"):
         nvml_handle(_RecordingNvml, 1)
+
+
+def test_two_card_profiles_cap_each_rank_like_their_card(monkeypatch):
+    t4x2 = get_profile("t4x2")
+    assert (t4x2.count, t4x2.card_name, t4x2.total_gib) == (2, "t4", get_profile("t4").total_gib)
+    assert is_emulated(t4x2, DetectedGpu("NVIDIA H200", 140.4, (9, 0), "580", count=2))
+    assert not is_emulated(t4x2, DetectedGpu("Tesla T4", 14.6, (7, 5), "580", count=2))  # the real pair
+    one = DetectedGpu("NVIDIA H200", 140.4, (9, 0), "580", count=1)
+    monkeypatch.setattr("qlora_core.gpus.detect_gpu", lambda: one)
+    with pytest.raises(UnknownProfileError, match="needs 2 GPUs and 1 found"):
+        resolve_profile("t4x2")
+    two = dataclasses.replace(one, count=2)
+    monkeypatch.setattr("qlora_core.gpus.detect_gpu", lambda: two)
+    assert resolve_profile("t4x2")[0] is t4x2

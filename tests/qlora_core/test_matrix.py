@@ -24,7 +24,10 @@ def cases_of(planned, family):
     return [p.case for p in planned if any(t.split(":")[0] == family for t in p.families)]
 
 
-@pytest.mark.parametrize("profile", PROFILE_NAMES)
+SINGLE_CARD = [name for name in PROFILE_NAMES if get_profile(name).count == 1]
+
+
+@pytest.mark.parametrize("profile", SINGLE_CARD)
 def test_tier_sizes_and_unique_ids(profile):
     p = get_profile(profile)
     smoke, default, full = (build_matrix(p, m) for m in ("smoke", "default", "full"))
@@ -185,3 +188,22 @@ def test_speed_comparisons_stand_at_the_device_bound_point(profile):
         # What the speed claims compare: QLoRA vs 16-bit LoRA, double quant on vs off, fp32.
         assert {("nf4", True, dtype), ("none", False, dtype), ("nf4", False, dtype)} <= kinds
         assert ("nf4", True, "fp32") in kinds
+
+
+@pytest.mark.parametrize(("profile", "dtype"), [("t4x2", "fp16"), ("l4x2", "bf16")])
+def test_multi_card_profiles_run_the_multigpu_family_only(profile, dtype):
+    tiers = [build_matrix(get_profile(profile), m) for m in ("smoke", "default", "full")]
+    assert [[p.case.hash for p in t] for t in tiers[1:]] == [[p.case.hash for p in tiers[0]]] * 2
+    assert all(p.families == ["multigpu"] for p in tiers[0])
+    single, floating, fsdp, ddp = (p.case for p in tiers[0])
+    assert (
+        single.model == "llama-3.1-8b" and single.compute_dtype == dtype and single.quant_storage == "uint8"
+    )
+    assert {c.engine for c in (single, floating, fsdp, ddp)} == {"trainer"}
+    assert all(c.gradient_checkpointing for c in (single, floating, fsdp, ddp))
+    # FSDP and DDP differ from the one-card case beside them only in how many ranks and how.
+    assert (
+        fsdp.replace(num_gpus=1, strategy="single") == floating == ddp.replace(num_gpus=1, strategy="single")
+    )
+    assert (fsdp.id.endswith("-2gpu-fsdp"), ddp.id.endswith("-2gpu-ddp")) == (True, True)
+    assert fsdp.quant_storage == dtype and not fsdp.prepare_kbit

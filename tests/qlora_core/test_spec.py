@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -221,3 +222,45 @@ def test_a_later_field_set_away_from_its_default_changes_hash_and_id():
     assert (trainer.id, sft.id) == (base.id + "-trainer", base.id + "-sft")
     assert len({base.hash, trainer.hash, sft.hash}) == 3
     assert reference_of(sft).engine == "sft"  # the 16-bit reference trains the same way
+
+
+# -- multi-GPU (issue 13) ---------------------------------------------------------------------
+MULTI = Case(
+    "llama-3.1-8b", engine="trainer", num_gpus=2, strategy="fsdp", quant_storage="bf16", prepare_kbit=False
+)
+
+
+def test_multi_gpu_id_hash_and_tokens_per_step():
+    single = MULTI.replace(num_gpus=1, strategy="single")
+    assert MULTI.id == single.id + "-2gpu-fsdp"
+    assert MULTI.replace(strategy="ddp").id.endswith("-2gpu-ddp")
+    assert (
+        MULTI.hash != single.hash
+        and single.hash
+        == Case.from_dict(
+            {k: v for k, v in single.to_dict().items() if k not in ("num_gpus", "strategy")}
+        ).hash
+    )
+    assert MULTI.tokens_per_step == 2 * single.tokens_per_step  # over both ranks
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"strategy": "single"}, "one GPU is strategy 'single'"),
+        ({"num_gpus": 1}, "one GPU is strategy 'single'"),
+        ({"strategy": "zero3"}, "strategy='zero3' is not one of"),
+        ({"num_gpus": 0}, "num_gpus=0 must be an integer"),
+        ({"engine": "loop"}, "multi-GPU cases train with 'trainer'"),
+        ({"data": "text"}, "held-out perplexity runs on one GPU"),
+        ({"quant_storage": "uint8"}, "FSDP shards the 4-bit weights only in a float storage dtype"),
+        ({"prepare_kbit": True}, "strategy='fsdp' needs prepare_kbit=False"),
+    ],
+)
+def test_multi_gpu_rules_name_the_problem(changes, words):
+    with pytest.raises(CaseError, match=re.escape(words)):
+        MULTI.replace(**changes)
+
+
+def test_ddp_keeps_uint8_storage_and_prepare():
+    MULTI.replace(strategy="ddp", quant_storage="uint8", prepare_kbit=True)  # valid: no error

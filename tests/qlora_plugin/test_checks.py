@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.distributed import merge_ranks
 from qlora_core.result import Result
+from qlora_core.spec import Case
 from qlora_plugin.checks import (
     assert_adapters_only_train,
     assert_baseline_reproduces_run,
     assert_memory_consistent,
+    assert_ranks_consistent,
 )
 from reports.baseline import make_baseline
 from reports.frame import RunData, load_run, read_results_jsonl
@@ -99,3 +102,23 @@ def test_baseline_check_passes_on_its_own_run_and_fails_on_a_changed_one() -> No
     doubled = RunData(run.results.assign(peak_alloc_gib=run.results["peak_alloc_gib"] * 2), run.environment)
     with pytest.raises(AssertionError, match="peak_alloc_gib rose"):
         assert_baseline_reproduces_run(baseline, doubled)
+
+
+def test_ranks_check_passes_a_merged_row_and_fails_each_broken_one(quantized: Result) -> None:
+    """Two real CUDA rows as the ranks of a DDP case (issue 13), merged as the runner does."""
+    case = Case.from_dict(quantized.case).replace(engine="trainer", num_gpus=2, strategy="ddp")
+    ranks = [dataclasses.replace(quantized, case=case.to_dict()) for _ in range(2)]
+    ranks[1].peak_alloc_gib += 0.5
+    ranks[1].peak_reserved_gib += 0.5
+    merged = merge_ranks(case, quantized.profile, "multigpu", ranks)
+    assert_ranks_consistent(merged)
+    broken = {
+        "rank outcomes": dataclasses.replace(merged, rank_statuses=["ok", "crashed"]),
+        "not the largest": dataclasses.replace(merged, peak_alloc_gib=ranks[0].peak_alloc_gib),
+        "reserved < allocated": dataclasses.replace(merged, rank_peak_reserved_gib=[0.0, 0.0]),
+        "per-rank peaks not measured": dataclasses.replace(merged, rank_peak_alloc_gib=[None, 1.0]),
+        "ranks merged": dataclasses.replace(merged, world_size=1),
+    }
+    for words, row in broken.items():
+        with pytest.raises(AssertionError, match=words):
+            assert_ranks_consistent(row)

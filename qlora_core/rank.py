@@ -1,0 +1,42 @@
+"""One rank of a multi-GPU case (issue 13), started by `accelerate launch` (torchrun) as
+
+    python -m qlora_core.rank REQUEST
+
+with RANK, LOCAL_RANK and WORLD_SIZE in its environment. It runs the child's stages
+(`child.run_child`) on its own GPU (LOCAL_RANK; on the CPU, gloo) and writes its own Result
+(`distributed.rank_result_path`), which the runner merges into the case's row. A fault with a rank
+selector (`KIND@STAGE@rankN`) fires in that rank only. The rank dies with torchrun's agent, its
+parent; it exits 1 when it ends other than ok, so that torchrun stops the other ranks at once
+rather than leaving them blocked in a collective until the case's timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from qlora_core import faults
+from qlora_core.child import _die_with_parent, run_child
+from qlora_core.distributed import rank_result_path
+from qlora_core.result import Status
+from qlora_core.runner import RunOptions
+from qlora_core.spec import Case
+
+
+def rank_main(request_path: str) -> None:
+    parent = os.getppid()  # torchrun's agent: read before PDEATHSIG is armed, to catch its death
+    _die_with_parent(parent)
+    request = json.loads(Path(request_path).read_text())
+    rank = int(os.environ["RANK"])
+    case = Case.from_dict(request["case"])
+    options = RunOptions(**request["options"])
+    fault = faults.for_rank(options.inject_fault or dict(case.extra).get("fault", ""), rank)
+    result = run_child(case, options, rank_result_path(Path(request["result"]), rank), fault)
+    # Without running atexit handlers (as the child): the Result is on disk.
+    os._exit(0 if result.status == Status.OK.value else 1)
+
+
+if __name__ == "__main__":
+    rank_main(sys.argv[1])

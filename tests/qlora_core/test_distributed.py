@@ -1,0 +1,178 @@
+"""Multi-GPU cases (issue 13): the accelerate config, the rank merge, and on the CPU a 2-process
+case launched through `accelerate launch` (gloo, DDP: accelerate's FSDP plugin refuses the CPU)
+end to end, a rank killed mid-run and a timeout, each leaving no process of the launch behind.
+FSDP on two GPUs: the `gpu` tests at the end."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from accelerate.commands.config.config_args import ClusterConfig
+
+from qlora_core.distributed import (
+    accelerate_config,
+    config_path,
+    first_failed_rank,
+    launch_command,
+    merge_ranks,
+    rank_result_path,
+)
+from qlora_core.result import Result, read_result
+from qlora_core.runner import RunOptions, run_case
+from qlora_core.spec import Case, CaseError
+
+DDP = Case(
+    "tiny", seq_len=32, batch_size=2, warmup_steps=1, measured_steps=2, engine="trainer", num_gpus=2,
+    strategy="ddp",
+)  # fmt: skip
+FSDP = DDP.replace(strategy="fsdp", quant_storage="bf16", prepare_kbit=False)
+# torchelastic's failure summary, as `accelerate launch` prints it (abridged).
+TORCHRUN_SUMMARY = """qlora_core.rank FAILED
+Failures:
+[1]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 2)
+Root Cause (first observed failure):
+[0]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 3)
+"""
+
+
+def test_config_is_one_accelerate_reads_back(tmp_path):
+    for case, kind in ((FSDP, "FSDP"), (DDP, "MULTI_GPU")):
+        path = tmp_path / f"{kind}.json"
+        launch_command(case, "t4x2", tmp_path / "r.request", path)
+        config = ClusterConfig.from_json_file(json_file=str(config_path(path)))
+        assert config.distributed_type == kind and config.num_processes == 2
+        assert config.mixed_precision == "bf16" and not config.use_cpu
+    fsdp = accelerate_config(FSDP, 29500)["fsdp_config"]
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert "fsdp_config" not in accelerate_config(DDP, 29500)
+
+
+def test_launch_refuses_what_the_profile_cannot_run(tmp_path):
+    with pytest.raises(CaseError, match="FSDP plugin refuses the CPU"):
+        launch_command(FSDP, "cpu", tmp_path / "r.request", tmp_path / "r.json")
+    with pytest.raises(CaseError, match="profile 't4' has 1"):
+        launch_command(DDP, "t4", tmp_path / "r.request", tmp_path / "r.json")
+    launch_command(DDP, "t4x2", tmp_path / "r.request", tmp_path / "r.json")  # fits: no error
+
+
+def _rank(status: str, step_ms: list[float], peak: float | None, reason: str = "") -> Result:
+    r = Result.for_case(DDP, "t4x2")
+    r.status, r.reason, r.step_ms, r.device = status, reason, step_ms, "cuda"
+    r.peak_alloc_gib, r.peak_reserved_gib, r.nvml_peak_gib = peak, None if peak is None else peak + 1, None
+    r.losses = [2.0, 1.5, 1.0]
+    return r
+
+
+def test_merge_keeps_every_rank_and_takes_max_sum_and_slowest_step():
+    merged = merge_ranks(
+        DDP, "t4x2", "multigpu", [_rank("ok", [10.0, 30.0], 3.0), _rank("ok", [20.0, 20.0], 5.0)]
+    )
+    assert merged.status == "ok" and merged.failed_rank is None and merged.world_size == 2
+    assert merged.rank_peak_alloc_gib == [3.0, 5.0] and merged.peak_alloc_gib == 5.0
+    assert merged.peak_alloc_gib_sum == 8.0 and merged.peak_reserved_gib_sum == 10.0
+    assert merged.nvml_peak_gib is None and merged.nvml_peak_gib_sum is None  # not measured: None, not 0
+    assert merged.rank_step_ms == [[10.0, 30.0], [20.0, 20.0]] and merged.step_ms == [20.0, 30.0]
+    # tokens over both ranks (2 x 2 rows x 32 tokens) per median slowest-rank step (25 ms)
+    assert merged.tokens_per_step == 128 and merged.tokens_per_s == pytest.approx(128 / 0.025)
+
+
+def test_merge_takes_a_ranks_own_outcome_over_a_peer_stopped_after_it():
+    ranks = [_rank("crashed", [], 3.0, "died during training"), _rank("oom", [], None, "training: OOM")]
+    merged = merge_ranks(DDP, "t4x2", "", ranks)
+    assert (merged.status, merged.failed_rank) == ("oom", 1)
+    assert merged.reason.startswith("rank 1: oom, training: OOM; rank 0: crashed")
+    # every rank crashed: torchrun's first observed failure decides, else the lowest rank
+    crashed = [_rank("crashed", [], 3.0), _rank("crashed", [], 3.0)]
+    assert merge_ranks(DDP, "t4x2", "", crashed, root_cause=1).failed_rank == 1
+    assert merge_ranks(DDP, "t4x2", "", crashed, root_cause=None).failed_rank == 0
+    missing = merge_ranks(DDP, "t4x2", "", [_rank("ok", [1.0], 3.0), None])
+    assert (missing.status, missing.rank_statuses) == ("crashed", ["ok", "crashed"])
+    assert "rank 1: wrote no result" in missing.reason
+
+
+def test_root_cause_read_from_torchruns_summary():
+    assert first_failed_rank(TORCHRUN_SUMMARY) == 1
+    assert first_failed_rank(TORCHRUN_SUMMARY.replace("Root Cause", "Summary")) is None
+
+
+def _run_watching(case: Case, options: RunOptions, path: Path) -> tuple[Result, set[psutil.Process]]:
+    """run_case in a thread while every process it starts (launcher, ranks) is recorded."""
+    seen: set[psutil.Process] = set()
+    out: list[Result] = []
+    thread = threading.Thread(target=lambda: out.append(run_case(case, options, path)))
+    thread.start()
+    me = psutil.Process()
+    while thread.is_alive():
+        seen.update(me.children(recursive=True))
+        time.sleep(0.05)
+    thread.join()
+    return out[0], seen
+
+
+def _alive(processes: set[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.slow
+def test_two_ranks_through_accelerate_launch_merge_into_one_row(tmp_path):
+    result, seen = _run_watching(DDP, RunOptions(profile="cpu", timeout_s=300), tmp_path / "r.json")
+    assert result.status == "ok", result.reason
+    assert result.world_size == 2 and result.rank_statuses == ["ok", "ok"] and result.failed_rank is None
+    assert [len(steps) for steps in result.rank_step_ms] == [2, 2]
+    assert result.tokens_per_step == 2 * 2 * 32 and result.tokens_per_s > 0
+    assert len(result.losses) == 3 and all(loss == loss for loss in result.losses)
+    assert None not in result.rank_cpu_peak_rss_gib and result.cpu_peak_rss_gib == max(
+        result.rank_cpu_peak_rss_gib
+    )
+    ranks = [read_result(rank_result_path(tmp_path / "r.json", i)) for i in (0, 1)]
+    assert {r.status for r in ranks} == {"ok"}
+    assert not config_path(tmp_path / "r.json").exists()  # the per-case config is cleaned up
+    cmdlines = [" ".join(p.cmdline()) for p in seen if p.is_running()] + ["launcher gone"]
+    assert len(seen) >= 3, f"launcher and two ranks expected, saw {cmdlines}"
+    assert not _alive(seen)
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_run_is_the_recorded_outcome_and_nothing_survives(tmp_path):
+    options = RunOptions(profile="cpu", timeout_s=300, inject_fault="sigkill@training@rank1")
+    result, seen = _run_watching(DDP, options, tmp_path / "r.json")
+    assert result.status == "crashed" and result.failed_rank == 1, result.reason
+    assert result.reason.startswith(
+        "rank 1: crashed, died during training (injected fault sigkill@training@rank1)"
+    )
+    assert len(seen) >= 3 and not _alive(seen)
+
+
+@pytest.mark.slow
+def test_a_timeout_takes_down_every_rank(tmp_path):
+    options = RunOptions(profile="cpu", timeout_s=8, inject_fault="hang@start-up")
+    result, seen = _run_watching(DDP, options, tmp_path / "r.json")
+    assert result.status == "timeout", result.reason
+    assert len(seen) >= 3 and not _alive(seen)
+
+
+# -- two GPUs ---------------------------------------------------------------------------------
+@pytest.fixture
+def two_gpus(gpu_required):
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 CUDA GPUs, {torch.cuda.device_count()} present (nvidia-h200-x2)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [FSDP, DDP], ids=["fsdp", "ddp"])
+def test_two_gpus_each_capped_like_one_card(two_gpus, case, tmp_path):
+    result = run_case(case, RunOptions(profile="t4x2", timeout_s=600), tmp_path / "r.json")
+    assert result.status == "ok", result.reason
+    assert result.rank_statuses == ["ok", "ok"] and result.emulated
+    assert None not in result.rank_peak_alloc_gib and None not in result.rank_nvml_peak_gib
+    assert result.peak_alloc_gib == max(result.rank_peak_alloc_gib) <= result.memory_cap_gib
