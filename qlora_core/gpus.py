@@ -145,6 +145,14 @@ def nvml_handle(pynvml: Any, cuda_index: int = 0) -> Any:
     return pynvml.nvmlDeviceGetHandleByUUID(entry)
 
 
+def visible_gpu_count(physical: int) -> int:
+    """GPUs this process's CUDA sees: CUDA_VISIBLE_DEVICES' entries when set, else every one."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return physical
+    return min(physical, len([e for e in visible.split(",") if e.strip()]))
+
+
 def detect_gpu() -> DetectedGpu | None:
     """The first GPU present, read through NVML so the calling process never initializes CUDA
     (the parent must stay fork-safe and CUDA-free; children are spawned). None without a GPU."""
@@ -166,7 +174,9 @@ def detect_gpu() -> DetectedGpu | None:
         major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
         driver = pynvml.nvmlSystemGetDriverVersion()
         driver = driver.decode() if isinstance(driver, bytes) else driver
-        return DetectedGpu(name, total, (major, minor), driver, pynvml.nvmlDeviceGetCount())
+        return DetectedGpu(
+            name, total, (major, minor), driver, visible_gpu_count(pynvml.nvmlDeviceGetCount())
+        )
     finally:
         pynvml.nvmlShutdown()
 

@@ -332,14 +332,14 @@ def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
     one-card case per step. The 70B shape (issue 11) is not in the registry yet; its two-card case
     belongs here once it is.
     """
-    batch, seq = tier.engine_point or (tier.ref_batch, tier.ref_seq)
+    batch, seq = tier.device_bound
     dtype = lesson_dtype(profile)
     single = Case(
         MULTIGPU_MODEL,
         compute_dtype=dtype,
         batch_size=batch,
         seq_len=seq,
-        engine="trainer",
+        engine=USERS_ENGINE,
         warmup_steps=tier.warmup_steps,
         measured_steps=tier.measured_steps,
     )

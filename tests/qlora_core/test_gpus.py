@@ -171,3 +171,14 @@ def test_two_card_profiles_cap_each_rank_like_their_card(monkeypatch):
     two = dataclasses.replace(one, count=2)
     monkeypatch.setattr("qlora_core.gpus.detect_gpu", lambda: two)
     assert resolve_profile("t4x2")[0] is t4x2
+
+
+def test_a_run_pinned_to_one_gpu_sees_one(monkeypatch):
+    from qlora_core.gpus import visible_gpu_count
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_gpu_count(2) == 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert visible_gpu_count(2) == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert visible_gpu_count(2) == 2
