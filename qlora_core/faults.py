@@ -126,6 +126,9 @@ def _device_side_assert() -> None:
 
 
 SLOWDOWN_KEY = "slowdown"
+FAULT_KEY = "fault"
+EXTRA_KNOBS: tuple[str, ...] = (FAULT_KEY, SLOWDOWN_KEY)
+"""The test-only knobs a `Case.extra` pair may name."""
 SLOWDOWN_PCT_RANGE = (0.0, 100.0)
 """PCT must lie in (0, 100]: a positive slowdown of at most doubling the step."""
 

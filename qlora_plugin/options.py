@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from qlora_core import faults
+from qlora_core.faults import EXTRA_KNOBS
 from qlora_core.gpus import (
     PROFILE_NAMES,
     DetectedGpu,
@@ -32,7 +34,7 @@ from reports.thresholds import Thresholds, add_threshold_options, resolve_thresh
 
 _OPTIONS_KEY = pytest.StashKey["BenchOptions"]()
 # Every Case field but the model (--model chooses it) and extra (test-only fault injection).
-_FORCEABLE = tuple(f for f in FIELD_NAMES if f not in ("model", "extra"))
+_FORCEABLE = tuple(f for f in FIELD_NAMES if f != "model")
 
 
 @dataclass(frozen=True)
@@ -232,12 +234,31 @@ def parse_force(items: list[str]) -> tuple[tuple[str, Any], ...]:
             problems.append(f"--force {item!r}: expected FIELD=VALUE with FIELD one of {list(_FORCEABLE)}")
             continue
         try:
-            forced.append((name, _typed_like(defaults[name], raw)))
-        except ValueError as exc:
-            problems.append(f"--force {item!r}: {exc}")
+            value = _extra_knobs(raw) if name == "extra" else _typed_like(defaults[name], raw)
+            forced.append((name, value))
+        except ValueError as exc:  # a CaseError (a bad knob) lists its problems; say each once
+            problems += [f"--force {item!r}: {why}" for why in getattr(exc, "problems", [str(exc)])]
     if problems:
         raise CaseError(problems)
     return tuple(forced)
+
+
+def _extra_knobs(raw: str) -> tuple[tuple[str, str], ...]:
+    """`KEY:VALUE[,KEY:VALUE]` -> Case.extra pairs, each knob validated (e.g. `slowdown:10`, the
+    test-only device work that shows the release gate catching a known slowdown)."""
+    pairs = []
+    for item in (x.strip() for x in raw.split(",") if x.strip()):
+        key, sep, value = item.partition(":")
+        if not sep or key not in EXTRA_KNOBS:
+            raise ValueError(
+                f"expected KEY:VALUE pairs with KEY one of {list(EXTRA_KNOBS)}, e.g. slowdown:10"
+            )
+        if key == faults.SLOWDOWN_KEY:
+            faults.parse_slowdown(value)
+        else:
+            faults.parse_fault(value)
+        pairs.append((key, value))
+    return tuple(pairs)
 
 
 def _typed_like(default: Any, raw: str) -> Any:

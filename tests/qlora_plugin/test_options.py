@@ -22,6 +22,17 @@ def test_parse_force_types_values_like_the_case_fields():
     assert dict(parse_force(["target_modules=q_proj,v_proj"])) == {"target_modules": ("q_proj", "v_proj")}
 
 
+def test_force_adds_a_test_only_knob_to_every_case():
+    # How a run simulates a known slowdown under the matrix's ids, to show the gate catch it.
+    assert dict(parse_force(["extra=slowdown:10"])) == {"extra": (("slowdown", "10"),)}
+    assert dict(parse_force(["extra=fault:exit@load"])) == {"extra": (("fault", "exit@load"),)}
+    with pytest.raises(CaseError) as err:
+        parse_force(["extra=slowdown:0", "extra=speedup:5", "extra=slowdown"])
+    assert len(err.value.problems) == 3
+    assert "must be a percentage in (0, 100]" in err.value.problems[0]
+    assert "KEY one of ['fault', 'slowdown']" in err.value.problems[1]
+
+
 def test_parse_force_collects_every_problem():
     with pytest.raises(CaseError) as err:
         parse_force(["batchsize=2", "prepare_kbit=maybe", "model=x", "lr=fast"])
