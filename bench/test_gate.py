@@ -25,8 +25,12 @@ def test_regression_gate(bench_session: Any) -> None:
     if options.baseline is None:
         pytest.skip("no --baseline PATH given: this run was not compared with a baseline")
     run = bench_session.load()
+    # Cases deselected with -k were not meant to run: listed in the diff, not failures.
+    selected = bench_session.selected_case_ids()
     try:
-        report = gate(options.baseline, run, options.thresholds, bench_session.run_dir, options.allow_noisy)
+        report = gate(
+            options.baseline, run, options.thresholds, bench_session.run_dir, options.allow_noisy, selected
+        )
     except BaselineError as e:
         pytest.fail(f"unusable baseline, the gate cannot pass: {e}", pytrace=False)
     for flag in report.flags:

@@ -125,6 +125,10 @@ class BenchSession:
             self.stored[(result.case_hash, result.repeat)] = result
 
     # -- running ---------------------------------------------------------------------------------
+    def selected_case_ids(self) -> set[str]:
+        """Ids of the cases this session selected (after `-k` and deselection)."""
+        return {case_run.planned.case.id for case_run in self.planned}
+
     def executed_case(self, planned: PlannedCase) -> Case:
         """The case as run: the matrix's case with any --force fields applied."""
         if not self.options.force:

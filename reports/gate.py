@@ -14,6 +14,7 @@ gate is for. A different profile, and every kind of unreadable baseline, is a `B
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ class GateReport:
     status_changes: list[StatusChange] = field(default_factory=list)
     only_in_baseline: list[str] = field(default_factory=list)
     only_in_run: list[str] = field(default_factory=list)
+    not_selected: list[str] = field(default_factory=list)
+    """Baseline cases this session deselected (`-k`): not run on purpose, listed, not failures."""
     flags: list[str] = field(default_factory=list)
     """Environment differences (GPU, library versions), each "name: old -> new". Not failures."""
     hash_changes: list[HashChange] = field(default_factory=list)
@@ -91,6 +94,9 @@ class GateReport:
             f"{case_id}: in this run but not in the baseline; regenerate the baseline"
             for case_id in self.only_in_run
         ]
+        if not self.comparisons and not lines:
+            # A gate that compared nothing must not pass: every baseline case was deselected.
+            lines.append("no case of the baseline ran in this run: nothing was compared")
         return lines
 
     @property
@@ -115,11 +121,17 @@ class GateReport:
 
 
 def compare(
-    baseline: dict[str, Any], results: pd.DataFrame, thresholds: Thresholds, allow_noisy: bool = False
+    baseline: dict[str, Any],
+    results: pd.DataFrame,
+    thresholds: Thresholds,
+    allow_noisy: bool = False,
+    selected: Collection[str] | None = None,
 ) -> GateReport:
     """Judge a run's results (repeats folded) against a (validated) baseline of the same profile.
 
     `allow_noisy`: a case too noisy to gate on tokens/s is listed instead of failing.
+    `selected`: the case ids the session meant to run (after `-k`), None for all; a baseline case
+    outside it is listed as not selected, while one selected but absent from the run fails.
     """
     env = run_environment(results)
     if env["profile"] and env["profile"] != baseline["profile"]:
@@ -128,8 +140,11 @@ def compare(
         )
     base_cases: dict[str, dict[str, Any]] = baseline["cases"]
     run_cases = cases_of(results)
+    missing = set(base_cases) - set(run_cases)
+    unselected = missing - set(selected) if selected is not None else set()
     report = GateReport(
-        only_in_baseline=sorted(set(base_cases) - set(run_cases)),
+        only_in_baseline=sorted(missing - unselected),
+        not_selected=sorted(unselected),
         only_in_run=sorted(set(run_cases) - set(base_cases)),
         flags=environment_flags(baseline, env),
     )
@@ -176,14 +191,19 @@ def environment_flags(baseline: dict[str, Any], run_env: dict[str, Any]) -> list
 
 # -- the gate as the bench session runs it --------------------------------------------------------
 def gate(
-    baseline_path: Path, run: RunData, thresholds: Thresholds, run_dir: Path, allow_noisy: bool = False
+    baseline_path: Path,
+    run: RunData,
+    thresholds: Thresholds,
+    run_dir: Path,
+    allow_noisy: bool = False,
+    selected: Collection[str] | None = None,
 ) -> GateReport:
     """Load the baseline for the run's profile, compare, and write `run_dir/baseline-diff.md`.
 
     Raises a BaselineError when the baseline cannot be used; the caller fails on it.
     """
     baseline = load_baseline(Path(baseline_path), profile=run_profile(run))
-    report = compare(baseline, run.results, thresholds, allow_noisy)
+    report = compare(baseline, run.results, thresholds, allow_noisy, selected)
     forced = run.environment.get("forced")
     if forced:
         # --force runs every case with a field changed under the matrix's ids: a simulated change.
@@ -239,6 +259,8 @@ def render_diff_markdown(report: GateReport, baseline: dict[str, Any], results: 
         _bullets(report.only_in_baseline),
         "## Cases in this run only",
         _bullets(report.only_in_run),
+        "## Baseline cases not selected in this run (-k)",
+        _bullets(report.not_selected),
     ]
     return "\n\n".join(parts) + "\n"
 

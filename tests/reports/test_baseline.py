@@ -277,6 +277,18 @@ def test_missing_case_fails(baseline_path: Path) -> None:
     assert report.failures == [f"{CASE_B.id}: in the baseline but not in this run"]
 
 
+def test_a_case_deselected_with_k_is_listed_not_failed(baseline_path: Path, tmp_path: Path) -> None:
+    baseline = load_baseline(baseline_path, profile=PROFILE)
+    ran = results_frame([make_result(CASE_A), make_result(CASE_C)])
+    report = compare(baseline, ran, Thresholds(), selected={CASE_A.id, CASE_C.id})
+    assert report.passed, report.failures
+    assert report.not_selected == [CASE_B.id] and report.only_in_baseline == []
+    # Selected but absent still fails; and a gate that compared nothing cannot pass.
+    assert not compare(baseline, ran, Thresholds(), selected={CASE_A.id, CASE_B.id}).passed
+    nothing = compare(baseline, results_frame([]), Thresholds(), selected=set())
+    assert nothing.failures == ["no case of the baseline ran in this run: nothing was compared"]
+
+
 def test_new_case_fails(baseline_path: Path) -> None:
     new = CASE_A.replace(seq_len=2048)
     report = judge(baseline_path, [*clean_results(), make_result(new)])
@@ -536,7 +548,10 @@ FAKE_PLUGIN = textwrap.dedent(
             command_line="pytest bench --gpu t4",
             allow_noisy=False,
         )
-        return SimpleNamespace(options=options, run_dir=run_dir, load=lambda: load_run(run_dir))
+        # None: the session selected every case (an unfiltered `pytest bench`).
+        return SimpleNamespace(
+            options=options, run_dir=run_dir, load=lambda: load_run(run_dir), selected_case_ids=lambda: None
+        )
     """
 )
 
