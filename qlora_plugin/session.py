@@ -218,6 +218,9 @@ class BenchSession:
             "gpu_total_gib": gpu.total_gib if gpu else None,
             "gpu_capability": ".".join(map(str, gpu.capability)) if gpu else None,
             "driver_version": gpu.driver_version if gpu else None,
+            # A run pinned to one GPU of several (another run may have used the others meanwhile).
+            "gpus_present": gpu.count if gpu else 0,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "emulated": self.options.emulated,
             "emulated_on": gpu.name if (gpu and self.options.emulated) else None,
             "forced": dict(self.options.force),

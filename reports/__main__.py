@@ -55,13 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="threshold overrides from this file's [tool.qlora-bench] table, if it has one"
         " (default: ./pyproject.toml)",
     )
+    check.add_argument(
+        "--selected-only",
+        action="store_true",
+        help="the run selected a part of the matrix (pytest bench -k): judge its cases only, listing"
+        " the baseline's others as not selected instead of failing them as missing",
+    )
     add_threshold_options(check.add_argument)  # the same options as `pytest bench`
     return parser
 
 
-def _gate(run_dir: Path, baseline: Path, thresholds: Thresholds, allow_noisy: bool) -> int:
+def _gate(
+    run_dir: Path, baseline: Path, thresholds: Thresholds, allow_noisy: bool, selected_only: bool = False
+) -> int:
     run = load_run(check_run_dir(run_dir))
-    report = gate(baseline, run, thresholds, run_dir, allow_noisy)
+    selected = set(run.results["case_id"]) if selected_only and not run.results.empty else None
+    report = gate(baseline, run, thresholds, run_dir, allow_noisy, selected)
     for flag in report.flags:
         print(f"flag: {flag}")
     for noisy in report.too_noisy:
@@ -86,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"baseline written: {args.path} ({len(saved['cases'])} cases)")
         elif args.command == "gate":
             thresholds = resolve_thresholds(args.pyproject, lambda name: getattr(args, name))
-            return _gate(args.run_dir, args.baseline, thresholds, args.allow_noisy)
+            return _gate(args.run_dir, args.baseline, thresholds, args.allow_noisy, args.selected_only)
     except (RunFolderError, BaselineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

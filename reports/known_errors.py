@@ -46,17 +46,13 @@ KNOWN_DOC_ERRORS: dict[str, str] = {
         f" 5.70 GB for Llama-3.1-8B (16-bit embeddings and lm_head, quantization statistics) ({T4_REF})"
     ),
     "overhead-optimizer": (
-        "AdamW states for r=16 LoRA on all seven projections take ~0.19 GB (3B) to ~0.34 GB (8B);"
-        f" 8-bit Adam ~0.09 GB (8B), not 1-2 GB ({T4_REF})"
-    ),
-    "overhead-activations": (
-        "with gradient checkpointing, activations of Llama-3.2-3B measured ~1.2 GiB at batch 1,"
-        f" seq 512, below the 2-8 GB range ({T4_REF})"
+        "AdamW states for r=16 LoRA on all seven projections of Llama-3.2-3B take ~0.19 GB,"
+        f" not 1-2 GB ({T4_REF}, {H200_REF})"
     ),
     "t4-budget-8b": (
-        "8B at batch 4, seq 2048 without gradient checkpointing does not fit a 15 GiB T4 (OOM);"
-        " only gradient checkpointing (batch 1 x 4 accumulation, seq 1024) fits, at ~10.2 GiB"
-        f" reserved; the 4-bit 8B weights take 5.7 GB, not 4 GB ({T4_REF})"
+        "8B at batch 4, seq 2048 without gradient checkpointing does not fit a 15 GiB T4 (OOM, and"
+        " so do the ladder's next three steps); the 4-bit 8B weights take 5.7 GB, not 4 GB"
+        f" ({T4_REF})"
     ),
     "print-trainable-3b": (
         "r=16 on the seven projections of Llama-3.2-3B prints trainable params: 24,313,856 ||"

@@ -88,6 +88,12 @@ def quantized(df: pd.DataFrame, quant_type: str | None = None) -> pd.DataFrame:
     return df[mask]
 
 
+def stored_in_16bit(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose unquantized weights (embeddings, norms, lm_head) loaded in 16 bits: the model as
+    the lesson sizes it. An fp32-compute row loads them in fp32, ~0.8 GB more for a 3B model."""
+    return df[df["compute_dtype"] != "fp32"] if not df.empty else df
+
+
 def sixteen_bit(df: pd.DataFrame) -> pd.DataFrame:
     """16-bit LoRA reference rows (quant_type none)."""
     return df[df["quant_type"] == "none"] if not df.empty else df

@@ -32,6 +32,7 @@ from reports.rows import (
     present,
     quant_label,
     quantized,
+    stored_in_16bit,
     where,
 )
 from reports.units import GB, fmt_gb, fmt_gib, pct, span
@@ -66,7 +67,7 @@ def weight_breakdown(rows: pd.DataFrame) -> str:
 def check_formula(run: RunData) -> list[Evaluation]:
     """params x 4 / 8 against the measured 4-bit weight bytes, per lesson example size."""
     df = run.results
-    rows = select(quantized(df), "4-bit", ("weight_bytes", "total_params"), statuses=LOADED)
+    rows = select(quantized(stored_in_16bit(df)), "4-bit", ("weight_bytes", "total_params"), statuses=LOADED)
     by_size: dict[int, list[tuple[str, pd.DataFrame]]] = {s: [] for s in LESSON_FORMULA_SIZES_B}
     if not isinstance(rows, Evaluation):
         for (model,), group in group_by(rows, ["model"]):

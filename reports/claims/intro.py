@@ -13,7 +13,17 @@ import pandas as pd
 from reports.claims.common import lesson_sized, modules_label, select, with_note, within
 from reports.claims.model import Claim, Evaluation, holds, inconclusive, refuted
 from reports.frame import RunData
-from reports.rows import LOADED, group_by, ids, median_of, num, present, quantized, sixteen_bit
+from reports.rows import (
+    LOADED,
+    group_by,
+    ids,
+    median_of,
+    num,
+    present,
+    quantized,
+    sixteen_bit,
+    stored_in_16bit,
+)
 from reports.units import fmt_gb
 
 SECTION = "QLoRA: Quantized Training (intro)"
@@ -59,7 +69,7 @@ def check_cut_4x(run: RunData) -> list[Evaluation]:
     """16-bit weight bytes / 4-bit weight bytes of the same model (and of its quantized layers)."""
     # The ratio depends on the embedding share, i.e. on model size: judged on the lesson's sizes.
     df, note = lesson_sized(run.results)
-    four = select(quantized(df, "nf4"), "nf4 3B-13B", ("weight_bytes",), statuses=LOADED)
+    four = select(quantized(stored_in_16bit(df), "nf4"), "nf4 3B-13B", ("weight_bytes",), statuses=LOADED)
     if isinstance(four, Evaluation):
         return [with_note(four, note)]
     sixteen = select(sixteen_bit(df), "16-bit 3B-13B", ("weight_bytes",), statuses=LOADED)

@@ -35,7 +35,10 @@ def reference_rows() -> list[Result]:
 
 @pytest.fixture
 def quantized(reference_rows: list[Result]) -> Result:
-    return next(r for r in reference_rows if r.case["quant_type"] == "nf4")
+    # The 3B shape's row: its figures are GiB-sized, so each broken value below is clearly wrong.
+    return next(
+        r for r in reference_rows if r.case["quant_type"] == "nf4" and r.case["model"] == "llama-3.2-3b"
+    )
 
 
 def test_real_rows_pass(reference_rows: list[Result]) -> None:

@@ -39,3 +39,14 @@ def test_gate_with_an_unusable_baseline_is_a_usage_error(synthetic_run_dir, tmp_
     assert main(["gate", str(synthetic_run_dir), str(bad)]) == EXIT_USAGE
     assert "bad.json" in capsys.readouterr().err
     assert main(["baseline", str(tmp_path / "no-run"), str(bad)]) == EXIT_USAGE
+
+
+def test_a_part_of_the_matrix_is_gated_with_selected_only(build, synthetic_run_dir, tmp_path, capsys):
+    baseline = tmp_path / "base.json"
+    assert main(["baseline", str(synthetic_run_dir), str(baseline)]) == EXIT_OK
+    part = build.synthetic_results()[:3]  # a `pytest bench -k ...` run of three cases
+    part_dir = build.write_run_dir(tmp_path / "part", part, environment=build.synthetic_environment())
+    assert main(["gate", str(part_dir), str(baseline)]) == EXIT_REGRESSION  # the others are missing
+    assert "in the baseline but not in this run" in capsys.readouterr().out
+    assert main(["gate", str(part_dir), str(baseline), "--selected-only"]) == EXIT_OK
+    assert "not selected in this run" in (part_dir / BASELINE_DIFF_MD).read_text()

@@ -66,3 +66,13 @@ def test_model_sizes_prefer_measured_counts_over_the_name(build):
     sizes = model_sizes(df)
     assert sizes["llama-3.1-8b"] == (8_030_261_248, "measured")
     assert sizes["llama-2-13b"] == (13e9, "name")
+
+
+def test_an_fp32_compute_row_is_not_a_16_bit_stored_model():
+    import pandas as pd
+
+    from reports.rows import stored_in_16bit
+
+    rows = pd.DataFrame({"case_id": ["a", "b", "c"], "compute_dtype": ["bf16", "fp32", "fp16"]})
+    assert list(stored_in_16bit(rows)["case_id"]) == ["a", "c"]
+    assert stored_in_16bit(rows.iloc[0:0]).empty
