@@ -272,7 +272,9 @@ def test_the_slowdown_knob_adds_its_work_to_every_step_in_every_engine(engine):
 
 # A device-bound case on an H200 (the knob's % is of the wall step, so only where the GPU is busy
 # does +10% of wall time mean +10% of kernel time); the test checks that it is device-bound.
-GPU_CASE = Case("llama-3.2-1b", batch_size=4, seq_len=1024, warmup_steps=3, measured_steps=10)
+# Device-bound on an H200 (the GPU busy 96% of a Trainer step at this point, in the h200 smoke
+# tier; llama-3.2-1b at b4 s1024 in the loop was below HOST_BOUND_BELOW there).
+GPU_CASE = Case("llama-3.2-3b", batch_size=4, seq_len=2048, warmup_steps=3, measured_steps=10)
 
 
 @pytest.mark.gpu
