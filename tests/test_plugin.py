@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CASES = "test_case and tiny"  # -k expression: the tiny shape's training cases only
 # Two of them, in two modules (memory, throughput); "-r2" ids contain these names too.
-TWO_CASES = "test_case and (tiny-lora16-bf16-b1-s64-w1m4 or tiny-nf4-dq-bf16-b1-s64-w1m4)"
+TWO_CASES = "test_case and (tiny-lora16-bf16-b4-s128-w1m4-trainer or tiny-nf4-dq-bf16-b4-s128-w1m4-trainer)"
 
 
 def bench(*args: str, out: Path, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -31,7 +31,7 @@ def bench(*args: str, out: Path, timeout: float = 900) -> subprocess.CompletedPr
     )
 
 
-# The session's line per case: "[3/6] cpu-tiny-nf4-dq-bf16-b1-s64-w1m4  ok  1,234 tok/s  ...".
+# The session's line per case: "[3/6] cpu-tiny-nf4-dq-bf16-b4-s128-w1m4-trainer  ok  1,234 tok/s  ...".
 _PROGRESS_LINE = re.compile(r"^\[(\d+)/(\d+)\] (\S+)  (\S+)  ", re.MULTILINE)
 
 
