@@ -45,6 +45,7 @@ from reports.frame import (
     RunData,
     load_run,
     read_results_jsonl,
+    write_result_tables,
 )
 from reports.repeats import fold_repeats
 
@@ -263,22 +264,12 @@ class BenchSession:
         """Write results.csv/.parquet and the environment; return the paths written."""
         env = self.environment()
         env["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        frame = load_run(self.run_dir).results  # one row per case, its repeats folded
         env["cases"] = len({key[0] for key in self.results})
         env["runs"] = len(self.results)
         write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(env, indent=2, default=str))
-        paths = {"jsonl": self.run_dir / RESULTS_JSONL}
-        csv = frame.copy()
-        for col in ("step_ms", "losses", "grad_norms", "tokens_per_s_repeats", "kernel_ms_repeats"):
-            if col in csv:
-                csv[col] = csv[col].map(json.dumps)
-        write_atomic(self.run_dir / "results.csv", csv.to_csv(index=False))
-        paths["csv"] = self.run_dir / "results.csv"
-        try:
-            frame.to_parquet(self.run_dir / "results.parquet", index=False)
-            paths["parquet"] = self.run_dir / "results.parquet"
-        except (ImportError, ValueError) as exc:  # never lose the run over an optional format
-            self.warn(f"results.parquet not written: {exc}")
+        paths, problems = write_result_tables(self.run_dir)  # one row per case, its repeats folded
+        for problem in problems:
+            self.warn(problem)
         return paths
 
     def summary_lines(self) -> list[str]:
