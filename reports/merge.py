@@ -4,6 +4,7 @@
 - `results.jsonl`: the union of the shards' rows (the last row per case hash and repeat of each
   shard, as `read_results_jsonl` reads it); the same row in two folders is kept once;
 - `cases/` joined; `measurements/<name>.csv` joined, rows in folder order, repeated rows once;
+- `results.csv` and `results.parquet` as a session writes them;
 - `environment.json`: the first shard's fields (profile, tier, GPU, versions) at the top,
   every shard's environment under `shards`, every command under `commands`, and `merge` saying
   what was merged, what is missing (`--partial`) and what differs between the shards (`flags`).
@@ -26,7 +27,13 @@ from typing import Any
 import pandas as pd
 
 from qlora_core.result import Result, write_atomic
-from reports.frame import ENVIRONMENT_JSON, MEASUREMENTS_DIR, RESULTS_JSONL, read_results_jsonl
+from reports.frame import (
+    ENVIRONMENT_JSON,
+    MEASUREMENTS_DIR,
+    RESULTS_JSONL,
+    read_results_jsonl,
+    write_result_tables,
+)
 
 CASES_DIR = "cases"
 # environment.json fields that should agree across shards; a difference is flagged.
@@ -74,10 +81,10 @@ def _environment(run_dir: Path) -> dict[str, Any]:
 def _check_same_matrix(run_dirs: list[Path], envs: list[dict[str, Any]], rows: list[list[Result]]) -> None:
     for what, key in (("profiles", "profile"), ("tiers", "matrix")):
         values = {str(d): env.get(key) for d, env in zip(run_dirs, envs)}
-        if key == "profile":  # the rows name their profile too
+        if key == "profile":  # the rows name their profile too; a folder of mixed ones is refused
             for d, results in zip(run_dirs, rows):
-                if {r.profile for r in results} - {values[str(d)]}:
-                    values[str(d)] = ", ".join(sorted({r.profile for r in results}))
+                names = {r.profile for r in results} | ({values[str(d)]} if values[str(d)] else set())
+                values[str(d)] = ", ".join(sorted(names))
         if len(set(values.values())) > 1:
             listed = "; ".join(f"{d}: {v}" for d, v in values.items())
             raise MergeError(f"shards of different {what} cannot be merged into one run ({listed})")
@@ -98,7 +105,7 @@ def _union_rows(run_dirs: list[Path], rows: list[list[Result]]) -> list[Result]:
             key = (result.case_hash, result.repeat)
             if key not in kept:
                 kept[key] = (run_dir, result)
-            elif kept[key][1].to_dict() != result.to_dict():
+            elif kept[key][1].to_json() != result.to_json():
                 first, other = kept[key]
                 conflicts.append(
                     f"{result.case_id} repeat {result.repeat} ({first}: {other.status} started"
@@ -183,6 +190,11 @@ def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, comman
     missing = _missing(envs, results, partial)
     flags = _flags(run_dirs, envs)
 
+    # In the order an unsharded session writes them: round by round, matrix order within a round
+    # (reports list evidence in row order); cases outside the recorded matrix after, as found.
+    matrix_ids = next((e["matrix_case_ids"] for e in envs if e.get("matrix_case_ids")), [])
+    position = {case_id: k for k, case_id in enumerate(matrix_ids)}
+    results.sort(key=lambda r: (r.repeat, position.get(r.case_id, len(position))))
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / RESULTS_JSONL, "".join(r.to_json() + "\n" for r in results))
     _join_files(run_dirs, out)
@@ -190,7 +202,7 @@ def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, comman
     environment = {
         **envs[0],
         "shard": None,
-        "matrix_case_ids": next((e["matrix_case_ids"] for e in envs if e.get("matrix_case_ids")), []),
+        "matrix_case_ids": matrix_ids,
         "command": command,
         "commands": [*commands, command] if command else commands,
         "cases": len({r.case_hash for r in results}),
@@ -204,7 +216,8 @@ def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, comman
         },
     }
     write_atomic(out / ENVIRONMENT_JSON, json.dumps(environment, indent=2, default=str))
-    return MergeReport(out, run_dirs, environment["cases"], len(results), missing, flags)
+    _, problems = write_result_tables(out)
+    return MergeReport(out, run_dirs, environment["cases"], len(results), missing, [*flags, *problems])
 
 
 def merge_notes(environment: dict[str, Any]) -> list[str]:
