@@ -107,19 +107,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # 2, ...), in matrix order within a round; then kernels, claims, the gate. Other tests (a
     # `pytest tests bench` call) keep their place: the sort is stable. A shard's kernels, claims
     # and gate wait for the merged folder: they are skipped.
-    sharded = bench_options(config).shard is not None
-
     def key(item: pytest.Item) -> tuple[int, int]:
         name = item.path.name
         is_bench = "bench_session" in getattr(item, "fixturenames", ())
         if is_bench and name in _LAST_MODULES:
-            if sharded:
-                item.add_marker(pytest.mark.skip(reason=SHARD_SKIP_REASON))
             return _LAST_MODULES.index(name) + 1, 0
         run = getattr(getattr(item, "callspec", None), "params", {}).get("case_run")
         return 0, run.repeat if isinstance(run, CaseRun) else 0
 
     items.sort(key=key)
+    if bench_options(config).shard is not None:
+        for item in items:
+            if item.path.name in _LAST_MODULES and "bench_session" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.skip(reason=SHARD_SKIP_REASON))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -142,3 +142,25 @@ def test_shard_costs_must_be_a_run_folder(tmp_path):
     assert proc.returncode == 4 and "--shard-costs" in proc.stderr and "not a run folder" in proc.stderr
     (tmp_path / "results.jsonl").write_text(json.dumps({}) + "\n")
     assert _collect("--matrix", "smoke", "--shard", "1/2", "--shard-costs", str(tmp_path)).returncode == 0
+
+
+def test_a_shard_skips_kernels_claims_and_the_gate_until_the_merge(tmp_path):
+    args = (
+        "--matrix",
+        "smoke",
+        "--out",
+        str(tmp_path),
+        "-rs",
+        "-k",
+        "test_kernel or test_claim or test_gate",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench", "-p", "no:cacheprovider", "--shard", "2/3", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "passed" not in proc.stdout.splitlines()[-1] and "skipped" in proc.stdout.splitlines()[-1]
+    assert proc.stdout.count("merge first: a shard holds part of the matrix") >= 3
