@@ -23,6 +23,7 @@ from qlora_core.matrix import PlannedCase, build_matrix
 from qlora_core.result import Result, repeat_suffix
 from qlora_plugin.options import bench_options
 from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError, RunFolderInUseError
+from qlora_plugin.shard import SHARD_SKIP_REASON, recorded_run_s, select_shard
 from reports.frame import RunData
 
 # Which module tests a case: the first of its families found here, in this order.
@@ -48,6 +49,7 @@ _LAST_MODULES = ("test_kernels.py", "test_claims.py", "test_gate.py")
 EXPECTED_FAILURE_STATUSES = frozenset({"oom", "nan"})
 _SESSION_KEY = pytest.StashKey[BenchSession]()
 _MATRIX_KEY = pytest.StashKey[list[PlannedCase]]()
+_SHARD_KEY = pytest.StashKey[list[PlannedCase]]()
 _SELECTED_KEY = pytest.StashKey[list[CaseRun]]()
 _REPORT_ERROR_KEY = pytest.StashKey[str]()
 _VERDICTS_KEY = pytest.StashKey[Counter]()
@@ -63,11 +65,23 @@ def module_for(planned: PlannedCase) -> str:
 
 
 def planned_cases(config: pytest.Config) -> list[PlannedCase]:
-    """The session's matrix, built once from the options."""
+    """The session's whole matrix, built once from the options (every shard's cases)."""
     if _MATRIX_KEY not in config.stash:
         options = bench_options(config)
         config.stash[_MATRIX_KEY] = build_matrix(options.profile, options.matrix, options.models or None)
     return config.stash[_MATRIX_KEY]
+
+
+def session_cases(config: pytest.Config) -> list[PlannedCase]:
+    """The cases this session runs: the matrix, or with --shard I/N its shard I."""
+    if _SHARD_KEY not in config.stash:
+        options = bench_options(config)
+        cases = planned_cases(config)
+        if options.shard is not None:
+            recorded = recorded_run_s(options.shard_costs) if options.shard_costs else None
+            cases = select_shard(cases, options.shard, options.repeat, recorded)
+        config.stash[_SHARD_KEY] = cases
+    return config.stash[_SHARD_KEY]
 
 
 def case_runs(cases: list[PlannedCase], repeat: int | None) -> list[CaseRun]:
@@ -82,7 +96,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     family = metafunc.module.FAMILY
     options = bench_options(metafunc.config)
-    cases = [p for p in planned_cases(metafunc.config) if module_for(p) == family]
+    cases = [p for p in session_cases(metafunc.config) if module_for(p) == family]
     runs = case_runs(cases, options.repeat)
     ids = [f"{options.profile.name}-{run.planned.case.id}{repeat_suffix(run.repeat)}" for run in runs]
     metafunc.parametrize("case_run", runs, ids=ids, scope="function")
@@ -91,7 +105,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Bench cases first, round by round across every module (repeat 1 of every case, then repeat
     # 2, ...), in matrix order within a round; then kernels, claims, the gate. Other tests (a
-    # `pytest tests bench` call) keep their place: the sort is stable.
+    # `pytest tests bench` call) keep their place: the sort is stable. A shard's kernels, claims
+    # and gate wait for the merged folder: they are skipped.
     def key(item: pytest.Item) -> tuple[int, int]:
         name = item.path.name
         is_bench = "bench_session" in getattr(item, "fixturenames", ())
@@ -101,6 +116,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 0, run.repeat if isinstance(run, CaseRun) else 0
 
     items.sort(key=key)
+    if bench_options(config).shard is not None:
+        for item in items:
+            if item.path.name in _LAST_MODULES and "bench_session" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.skip(reason=SHARD_SKIP_REASON))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -130,7 +149,8 @@ def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
             reporter.write_line(line)
 
     try:
-        session = BenchSession.open(bench_options(config), write_line)
+        matrix_ids = [p.case.id for p in planned_cases(config)]
+        session = BenchSession.open(bench_options(config), write_line, matrix_ids)
     except RunFolderInUseError as exc:
         pytest.exit(f"qlora-bench: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     session.planned = config.stash.get(_SELECTED_KEY, [])

@@ -30,6 +30,8 @@ from qlora_core.matrix import MATRICES
 from qlora_core.models import model_problem
 from qlora_core.runner import DEFAULT_TIMEOUT_S
 from qlora_core.spec import FIELD_NAMES, Case, CaseError
+from qlora_plugin.shard import Shard, parse_shard
+from reports.frame import RESULTS_JSONL
 from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
 
 _OPTIONS_KEY = pytest.StashKey["BenchOptions"]()
@@ -58,6 +60,10 @@ class BenchOptions:
     """--repeat N: fresh-process runs of every case; None: each planned case's own count."""
     allow_noisy: bool = False
     """--allow-noisy: the gate lists cases too noisy to gate instead of failing on them."""
+    shard: Shard | None = None
+    """--shard I/N: this session runs shard I of N of the matrix (`qlora_plugin.shard`)."""
+    shard_costs: Path | None = None
+    """--shard-costs RUN_DIR: a previous run folder whose wall times balance the shards."""
 
     @property
     def emulated(self) -> bool:
@@ -118,6 +124,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " spread and 95%% interval). Test ids of repeats 2.. end in -r2, -r3. Default: 1.",
     )
     group.addoption(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run shard I of N (1-based) of the matrix, every repeat of a case in the same shard,"
+        " balanced by cost; kernels, claims and the gate are skipped (merge the N run folders"
+        " with python -m reports merge). Test ids are unchanged. Default: the whole matrix.",
+    )
+    group.addoption(
+        "--shard-costs",
+        default=None,
+        type=Path,
+        metavar="RUN_DIR",
+        help="balance --shard by the wall times recorded in this earlier run folder (give every"
+        " runner the same one). Default: an estimate from each case's size.",
+    )
+    group.addoption(
         "--force",
         action="append",
         default=[],
@@ -169,6 +191,12 @@ def read_options(config: pytest.Config) -> BenchOptions:
     repeat, repeat_problem = parse_repeat(config.getoption("--repeat"))
     if repeat_problem:
         problems.append(repeat_problem)
+    shard, shard_problem = parse_shard(config.getoption("--shard"))
+    if shard_problem:
+        problems.append(shard_problem)
+    shard_costs = config.getoption("--shard-costs")
+    if shard_costs is not None and not (shard_costs / RESULTS_JSONL).is_file():
+        problems.append(f"--shard-costs {shard_costs}: not a run folder (no {RESULTS_JSONL})")
     timeout = config.getoption("--case-timeout")
     if timeout <= 0:
         problems.append(f"--case-timeout {timeout:g} must be positive")
@@ -207,6 +235,8 @@ def read_options(config: pytest.Config) -> BenchOptions:
         command_line=command_line(),
         repeat=repeat,
         allow_noisy=bool(config.getoption("allow_noisy")),
+        shard=shard,
+        shard_costs=shard_costs,
     )
 
 

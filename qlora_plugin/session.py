@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from reports.frame import (
     RunData,
     load_run,
     read_results_jsonl,
+    write_result_tables,
 )
 from reports.repeats import fold_repeats
 
@@ -85,14 +87,22 @@ class BenchSession:
     started_at: str = ""
     earlier_commands: list[str] = field(default_factory=list)  # sessions this run resumed
     warnings: list[str] = field(default_factory=list)  # shown again in the summary
+    matrix_case_ids: list[str] = field(default_factory=list)  # the whole matrix (every shard's)
+    _opened_at: float = field(default_factory=time.monotonic)  # for the progress line's times
     _lock: IO[str] | None = None
 
     @classmethod
-    def open(cls, options: BenchOptions, write_line: Callable[[str], None] = print) -> BenchSession:
+    def open(
+        cls,
+        options: BenchOptions,
+        write_line: Callable[[str], None] = print,
+        matrix_case_ids: list[str] | None = None,
+    ) -> BenchSession:
         """Take the run folder (RunFolderInUseError if another session holds it) and read what
-        --resume can reuse."""
+        --resume can reuse. `matrix_case_ids`: the whole matrix's ids, recorded so that a merge of
+        shards can name the cases no shard ran."""
         run_dir = options.resume if options.resume is not None else _new_run_dir(options)
-        session = cls(options, run_dir, write_line=write_line)
+        session = cls(options, run_dir, write_line=write_line, matrix_case_ids=list(matrix_case_ids or []))
         session._lock = lock_run_dir(run_dir)
         if options.resume is not None:
             session._read_stored()
@@ -185,10 +195,22 @@ class BenchSession:
         peak_text = f"peak {peak:.2f} GiB" if peak is not None else "peak -"
         took = "reused" if reused else f"{r.wall_s or 0:.1f} s"
         name = f"{self.options.profile.name}-{r.case_id}{repeat_suffix(r.repeat)}"
-        line = f"[{done}/{total}] {name}  {r.status}  {speed}  {peak_text}  ({took})"
+        line = f"[{done}/{total}] {name}  {r.status}  {speed}  {peak_text}  ({took})  {self._timing(total)}"
         if r.status != "ok" and r.reason:
             line += f"  {r.reason.splitlines()[0][:160]}"
         self.write_line(line)
+
+    def _timing(self, total: int) -> str:
+        """Elapsed time of the session and an estimate of the time left for its remaining runs:
+        the mean time of the runs this session made (reused ones take none) times those left."""
+        elapsed = time.monotonic() - self._opened_at
+        made = len(self.results) - len(self.reused)
+        left = total - len(self.results)
+        if left <= 0:
+            return f"{format_duration(elapsed)} elapsed, done"
+        if made <= 0:
+            return f"{format_duration(elapsed)} elapsed, time left unknown"
+        return f"{format_duration(elapsed)} elapsed, ~{format_duration(elapsed / made * left)} left"
 
     def record_measurement(self, name: str, rows: list[dict[str, Any]]) -> Path:
         """Store an in-process measurement table as measurements/<name>.csv (replacing it)."""
@@ -224,6 +246,8 @@ class BenchSession:
             "emulated": self.options.emulated,
             "emulated_on": gpu.name if (gpu and self.options.emulated) else None,
             "forced": dict(self.options.force),
+            "shard": str(self.options.shard) if self.options.shard else None,
+            "matrix_case_ids": self.matrix_case_ids,
             "command": self.options.command_line,
             # Every session that added to this folder (--resume), oldest first.
             "commands": [*self.earlier_commands, self.options.command_line],
@@ -240,22 +264,12 @@ class BenchSession:
         """Write results.csv/.parquet and the environment; return the paths written."""
         env = self.environment()
         env["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        frame = load_run(self.run_dir).results  # one row per case, its repeats folded
         env["cases"] = len({key[0] for key in self.results})
         env["runs"] = len(self.results)
         write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(env, indent=2, default=str))
-        paths = {"jsonl": self.run_dir / RESULTS_JSONL}
-        csv = frame.copy()
-        for col in ("step_ms", "losses", "grad_norms", "tokens_per_s_repeats", "kernel_ms_repeats"):
-            if col in csv:
-                csv[col] = csv[col].map(json.dumps)
-        write_atomic(self.run_dir / "results.csv", csv.to_csv(index=False))
-        paths["csv"] = self.run_dir / "results.csv"
-        try:
-            frame.to_parquet(self.run_dir / "results.parquet", index=False)
-            paths["parquet"] = self.run_dir / "results.parquet"
-        except (ImportError, ValueError) as exc:  # never lose the run over an optional format
-            self.warn(f"results.parquet not written: {exc}")
+        paths, problems = write_result_tables(self.run_dir)  # one row per case, its repeats folded
+        for problem in problems:
+            self.warn(problem)
         return paths
 
     def summary_lines(self) -> list[str]:
@@ -285,6 +299,14 @@ class BenchSession:
         lines += [f"  warning: {w}" for w in self.warnings]
         lines.append(f"  run folder: {self.run_dir}")
         return lines
+
+
+def format_duration(seconds: float) -> str:
+    """`1:02:03`, `2:03` (minutes:seconds under an hour)."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 # -- the run folder's files -----------------------------------------------------------------------

@@ -2,16 +2,19 @@
 
 - `python -m reports render RUN_DIR`: re-render claims.md, tables.md and plots/.
 - `python -m reports baseline RUN_DIR PATH`: store a run as a baseline (as --save-baseline does).
+- `python -m reports merge RUN_DIR... --out MERGED [--partial]`: merge the run folders of a sharded
+  run (`pytest bench --shard I/N`) into one, then render it as `render` does.
 - `python -m reports gate RUN_DIR BASELINE`: compare a stored run with a baseline (as --baseline
   does), write RUN_DIR/baseline-diff.md.
 
 Exit codes: 0 done (gate: passed); 1 the gate found regressions; 2 usage error, missing folder,
-a folder without results.jsonl, or an unusable baseline.
+a folder without results.jsonl, an unusable baseline, or folders that cannot be merged.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +22,7 @@ from pathlib import Path
 from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
 from reports.frame import load_run
 from reports.gate import gate
+from reports.merge import MergeError, merge_runs
 from reports.render import RunFolderError, check_run_dir, render_run
 from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
 
@@ -44,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command_text",
         default=None,
         help="the command that produced the run (default: environment.json's)",
+    )
+    merge = commands.add_parser(
+        "merge",
+        help="merge the run folders of a sharded run (--shard I/N) into one, and render it",
+        description="Merge run folders of one profile and tier into a new run folder: results.jsonl"
+        " union, cases/ and measurements/ joined, every shard's environment kept; then claims.md,"
+        " tables.md and plots/ as `render` writes them.",
+    )
+    merge.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="the shards' run folders")
+    merge.add_argument("--out", type=Path, required=True, metavar="MERGED", help="the new run folder")
+    merge.add_argument(
+        "--partial",
+        action="store_true",
+        help="merge even when cases of the matrix are in no folder; claims.md names them",
     )
     check = commands.add_parser("gate", help="compare a run folder with a baseline; exit 1 on regressions")
     check.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -93,10 +111,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             command = args.command_text or run.environment.get("command", "")
             saved = save_run_baseline(args.path, run, command=command)
             print(f"baseline written: {args.path} ({len(saved['cases'])} cases)")
+        elif args.command == "merge":
+            command = shlex.join(["python", "-m", "reports", *(argv if argv is not None else sys.argv[1:])])
+            report = merge_runs(args.run_dirs, args.out, partial=args.partial, command=command)
+            for flag in report.flags:
+                print(f"flag: {flag}")
+            if report.missing:
+                print(f"partial: {len(report.missing)} case(s) missing: {', '.join(report.missing)}")
+            folders = len(report.sources)
+            print(f"merged {folders} folders: {report.cases} cases, {report.runs} runs -> {report.out}")
+            for name, path in render_run(args.out).items():
+                print(f"{name}: {path}")
         elif args.command == "gate":
             thresholds = resolve_thresholds(args.pyproject, lambda name: getattr(args, name))
             return _gate(args.run_dir, args.baseline, thresholds, args.allow_noisy, args.selected_only)
-    except (RunFolderError, BaselineError, ValueError) as exc:
+    except (RunFolderError, BaselineError, MergeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK

@@ -32,6 +32,9 @@ from qlora_core.spec import Case
 from reports.repeats import RepeatStats, fold_repeats
 
 RESULTS_JSONL = "results.jsonl"
+RESULTS_CSV = "results.csv"
+RESULTS_PARQUET = "results.parquet"
+_LIST_COLUMNS = ("step_ms", "losses", "grad_norms", "tokens_per_s_repeats", "kernel_ms_repeats")
 ENVIRONMENT_JSON = "environment.json"
 MEASUREMENTS_DIR = "measurements"
 
@@ -134,3 +137,25 @@ def load_run(run_dir: Path) -> RunData:
     environment = json.loads(env_path.read_text()) if env_path.exists() else {}
     measurements = {p.stem: pd.read_csv(p) for p in sorted((run_dir / MEASUREMENTS_DIR).glob("*.csv"))}
     return RunData(results_frame(stored), measurements, environment, run_dir, repeats_frame(stored))
+
+
+def write_result_tables(run_dir: Path) -> tuple[dict[str, Path], list[str]]:
+    """Write results.csv and results.parquet (one row per case, repeats folded) from the folder's
+    results.jsonl; the paths written by format, and why an optional format was not written."""
+    from qlora_core.result import write_atomic  # the one atomic writer
+
+    run_dir = Path(run_dir)
+    frame = load_run(run_dir).results
+    csv = frame.copy()
+    for col in _LIST_COLUMNS:
+        if col in csv:
+            csv[col] = csv[col].map(json.dumps)
+    write_atomic(run_dir / RESULTS_CSV, csv.to_csv(index=False))
+    paths = {"jsonl": run_dir / RESULTS_JSONL, "csv": run_dir / RESULTS_CSV}
+    problems = []
+    try:
+        frame.to_parquet(run_dir / RESULTS_PARQUET, index=False)
+        paths["parquet"] = run_dir / RESULTS_PARQUET
+    except (ImportError, ValueError) as exc:  # never lose the run over an optional format
+        problems.append(f"{RESULTS_PARQUET} not written: {exc}")
+    return paths, problems

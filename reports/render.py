@@ -12,6 +12,7 @@ from pathlib import Path
 from reports.claims import Claim, Evaluation, Verdict, evaluate_all
 from reports.frame import RESULTS_JSONL, RunData, load_run
 from reports.markdown import md_table
+from reports.merge import merge_notes
 from reports.plots import render_plots
 from reports.tables import header, render_tables
 
@@ -61,6 +62,7 @@ def render_claims(run: RunData) -> str:
         "",
         header(run).split("\n", 2)[2],  # the run context, without tables.md's title
         "",
+        *[f"{note}\n" for note in merge_notes(run.environment)],
         "## Verdicts",
         "",
     ]

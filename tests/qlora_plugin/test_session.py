@@ -28,8 +28,10 @@ from qlora_plugin.session import (
     ResultNotStoredError,
     RunFolderInUseError,
     append_line,
+    format_duration,
     lock_run_dir,
 )
+from qlora_plugin.shard import Shard
 from reports.frame import read_results_jsonl
 from reports.thresholds import Thresholds
 
@@ -136,6 +138,41 @@ def test_a_row_that_cannot_be_stored_is_a_loud_error(tmp_path):
     with pytest.raises(ResultNotStoredError, match=expected):
         session.record(result)
     assert (result.case_hash, result.repeat) not in session.results and not session.results
+    session.close()
+
+
+def test_progress_lines_count_and_estimate_the_time_left(tmp_path):
+    session, lines = open_quietly(make_options(tmp_path))
+    rows = read_results_jsonl(REFERENCE / "results.jsonl")[:3]
+    session.planned = [None] * 4  # only their number counts here
+    session._opened_at -= 60  # a minute into the session
+    session.record(rows[0])
+    assert lines[-1].startswith(f"[1/4] cpu-{rows[0].case_id}  ")
+    assert lines[-1].endswith("1:00 elapsed, ~3:00 left")  # 60 s per run, 3 runs left
+    session.reused.add((rows[1].case_hash, rows[1].repeat))  # a reused run takes no time
+    session.record(rows[1])
+    assert lines[-1].endswith("1:00 elapsed, ~2:00 left")
+    session.reused = {(r.case_hash, r.repeat) for r in rows}
+    session.record(rows[2])
+    assert lines[-1].endswith("elapsed, time left unknown")  # nothing run yet to time
+    session.close()
+
+
+def test_format_duration_reads_as_a_clock():
+    assert [format_duration(s) for s in (0, 59.6, 61, 3725, -3)] == [
+        "0:00",
+        "1:00",
+        "1:01",
+        "1:02:05",
+        "0:00",
+    ]
+
+
+def test_the_environment_records_the_shard_and_the_whole_matrix(tmp_path):
+    options = make_options(tmp_path, shard=Shard(2, 3))
+    session = BenchSession.open(options, write_line=lambda _: None, matrix_case_ids=["a", "b", "c"])
+    env = json.loads((session.run_dir / "environment.json").read_text())
+    assert env["shard"] == "2/3" and env["matrix_case_ids"] == ["a", "b", "c"]
     session.close()
 
 

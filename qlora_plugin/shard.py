@@ -1,0 +1,137 @@
+"""`--shard I/N`: a deterministic, balanced part of the matrix for one of N runners.
+
+Every planned case goes to exactly one shard, with all of its repeats (a repeat is a fresh
+process of the same case; splitting them would let machine drift between runners pass for noise
+between processes). Balancing is greedy longest-first: cases sorted by cost, largest first (ties
+by case hash, so the order never depends on the matrix's order or on the machine), each given
+to the shard with the least cost so far (ties: the lowest index). The result depends only on the
+case set, the costs and N, so N runners given the same options agree without talking.
+
+Cost of a case = its runs (repeats) x the seconds one run takes:
+- recorded: the mean `wall_s` of that case id's runs in a previous run folder (`--shard-costs
+  RUN_DIR`); every runner must be given the same folder, or their shards would disagree;
+- else estimated from the case's size (`estimated_run_s`): a fixed start (process start, imports,
+  the model's load, which grows with its parameters) plus the training FLOPs of its warm-up and
+  measured steps (6 x parameters x tokens) at a nominal rate. The estimate only has to rank
+  cases and be of the order of the recorded seconds; both are documented in the README.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean
+
+from qlora_core.matrix import PlannedCase
+from qlora_core.models import REAL_MODEL
+from qlora_core.models.registry import SHAPES
+from qlora_core.spec import Case
+from reports.frame import RESULTS_JSONL, read_results_jsonl
+
+SHARD_SKIP_REASON = (
+    "merge first: a shard holds part of the matrix; kernels, claims and the gate run on the"
+    " merged folder (python -m reports merge, then render and gate)"
+)
+# The estimate's constants (seconds): a child's start and imports, the model's load per billion
+# parameters, and a nominal training rate (FLOP/s) for the steps' 6 x params x tokens.
+START_S = 20.0
+LOAD_S_PER_BILLION_PARAMS = 6.0
+NOMINAL_FLOP_PER_S = 5e13
+# A model the registry cannot size (a local checkpoint, a hub id) is costed as this many params.
+UNKNOWN_MODEL_PARAMS = 1_000_000_000
+_REAL_MODEL_SHAPE = "smollm2-135m"  # the real model's architecture among the registered shapes
+_SHARD_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` (1-based) of `count`."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(raw: str | None) -> tuple[Shard | None, str]:
+    """--shard's value as a Shard (None when not given), or the problem with it."""
+    if raw is None:
+        return None, ""
+    match = _SHARD_PATTERN.match(str(raw))
+    if match:
+        index, count = int(match.group(1)), int(match.group(2))
+        if 1 <= index <= count:
+            return Shard(index, count), ""
+    return None, f"--shard {raw!r} must be I/N with 1 <= I <= N (e.g. 2/3: the second of three runners)"
+
+
+def model_params(model: str) -> int:
+    """Parameters of a registered shape or the real model; UNKNOWN_MODEL_PARAMS for others."""
+    name = _REAL_MODEL_SHAPE if model == REAL_MODEL else model
+    spec = SHAPES.get(name)
+    return spec.total_params if spec is not None else UNKNOWN_MODEL_PARAMS
+
+
+def estimated_run_s(case: Case) -> float:
+    """A documented estimate of one run's seconds from the case's size (see the module docstring)."""
+    params = model_params(case.model)
+    load_s = LOAD_S_PER_BILLION_PARAMS * params / 1e9
+    steps = case.warmup_steps + case.measured_steps
+    train_s = 6 * params * case.tokens_per_step * steps / NOMINAL_FLOP_PER_S
+    return START_S + load_s + train_s
+
+
+def recorded_run_s(run_dir: Path) -> dict[str, float]:
+    """Case id -> mean wall seconds of its runs in a previous run folder (cases with a wall time)."""
+    path = Path(run_dir) / RESULTS_JSONL
+    if not path.is_file():
+        raise FileNotFoundError(f"--shard-costs {run_dir}: no {RESULTS_JSONL} (expected a run folder)")
+    walls: dict[str, list[float]] = {}
+    for result in read_results_jsonl(path):
+        if result.wall_s is not None and result.wall_s > 0:
+            walls.setdefault(result.case_id, []).append(result.wall_s)
+    return {case_id: mean(values) for case_id, values in walls.items()}
+
+
+def case_costs(
+    cases: Sequence[PlannedCase], repeat: int | None, recorded: Mapping[str, float] | None = None
+) -> list[float]:
+    """Each case's cost in seconds: its runs (`repeat`, else its own count) x one run's seconds,
+    recorded where `recorded` has the case id, else estimated."""
+    recorded = recorded or {}
+    costs = []
+    for planned in cases:
+        runs = repeat if repeat is not None else planned.repeats
+        one_run = recorded.get(planned.case.id)
+        costs.append(runs * (one_run if one_run is not None else estimated_run_s(planned.case)))
+    return costs
+
+
+def assign_shards(cases: Sequence[PlannedCase], costs: Sequence[float], count: int) -> list[int]:
+    """The 1-based shard of each case (in `cases` order): greedy longest-first over `count` shards."""
+    if count < 1:
+        raise ValueError(f"shard count {count} must be >= 1")
+    if len(costs) != len(cases):
+        raise ValueError(f"{len(costs)} costs for {len(cases)} cases")
+    order = sorted(range(len(cases)), key=lambda i: (-costs[i], cases[i].case.hash))
+    loads = [0.0] * count
+    shard_of = [0] * len(cases)
+    for i in order:
+        target = min(range(count), key=lambda s: (loads[s], s))
+        loads[target] += costs[i]
+        shard_of[i] = target + 1
+    return shard_of
+
+
+def select_shard(
+    cases: Sequence[PlannedCase],
+    shard: Shard,
+    repeat: int | None,
+    recorded: Mapping[str, float] | None = None,
+) -> list[PlannedCase]:
+    """The cases of `shard`, in matrix order."""
+    shard_of = assign_shards(cases, case_costs(cases, repeat, recorded), shard.count)
+    return [planned for planned, s in zip(cases, shard_of) if s == shard.index]
