@@ -56,10 +56,12 @@ def test_three_shards_merged_equal_one_unsharded_run(tmp_path):
     whole = _bench(whole_out, "--save-baseline", str(baseline))
     whole_log, _ = whole.communicate(timeout=1800)
     assert whole.returncode == 0, whole_log[-4000:]
-    # The shards run side by side, as N runners would.
-    shards = [_bench(tmp_path / f"shard{i}", "--shard", f"{i}/{SHARDS}") for i in range(1, SHARDS + 1)]
-    logs = [proc.communicate(timeout=1800)[0] for proc in shards]
-    for proc, log in zip(shards, logs):
+    # One shard after another: N runners are N machines, each with the whole of its CPU. Side by
+    # side on this one 2-core machine each shard measured a third of it (tokens/s down 96-99%),
+    # which the gate, rightly, fails against the unsharded run.
+    for i in range(1, SHARDS + 1):
+        proc = _bench(tmp_path / f"shard{i}", "--shard", f"{i}/{SHARDS}")
+        log = proc.communicate(timeout=1800)[0]
         assert proc.returncode == 0, log[-4000:]
         assert "merge first" in log  # kernels, claims and the gate wait for the merge
     folders = [_folder(tmp_path / f"shard{i}") for i in range(1, SHARDS + 1)]
