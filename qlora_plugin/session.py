@@ -295,10 +295,15 @@ class BenchSession:
             lines.append(f"  {len(self.reused)} reused from {self.run_dir} (--resume)")
         slow = sorted((r for r in results if r.wall_s), key=lambda r: -(r.wall_s or 0))[:5]
         if slow:
-            lines.append("  slowest: " + ", ".join(f"{r.case_id} {r.wall_s:.0f} s" for r in slow))
+            lines.append("  slowest: " + ", ".join(f"{run_label(r)} {r.wall_s:.0f} s" for r in slow))
         lines += [f"  warning: {w}" for w in self.warnings]
         lines.append(f"  run folder: {self.run_dir}")
         return lines
+
+
+def run_label(result: Result) -> str:
+    """A run's name as its test names it: the case id, and `-r2`, `-r3` for later repeats."""
+    return result.case_id + repeat_suffix(result.repeat)
 
 
 def format_duration(seconds: float) -> str:

@@ -214,3 +214,15 @@ def test_resume_reruns_a_case_whose_case_file_is_damaged(reference_copy, damage,
     (warning,) = session.warnings
     assert problem in warning and f"case {victim.case_id} is treated as not measured and reruns" in warning
     assert any(warning in line for line in printed)
+
+
+def test_a_run_is_named_as_its_test_is(reference_copy):
+    # The summary's slowest runs: repeats of one case must read apart, as their test ids do.
+    from qlora_plugin.session import run_label
+
+    rows = read_results_jsonl(reference_copy / "results.jsonl")
+    labels = [run_label(r) for r in rows]
+    assert len(set(labels)) == len(rows)
+    first = rows[0]
+    assert run_label(first) == first.case_id
+    assert run_label(dataclasses.replace(first, repeat=2)) == f"{first.case_id}-r3"
