@@ -126,6 +126,12 @@ class DetectedGpu:
     """GPUs present (all assumed to be of the first one's kind)."""
 
 
+def _visible_entries() -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES' entries (indices or UUIDs), None when it is not set."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return None if visible is None else [e.strip() for e in visible.split(",") if e.strip()]
+
+
 def nvml_handle(pynvml: Any, cuda_index: int = 0) -> Any:
     """The NVML handle of the device CUDA calls `cuda_index` in this process.
 
@@ -133,12 +139,13 @@ def nvml_handle(pynvml: Any, cuda_index: int = 0) -> Any:
     ones. A run pinned to the second GPU (CUDA_VISIBLE_DEVICES=1) must read NVML device 1, or
     its memory figures are another GPU's. Entries may be indices or UUIDs (GPU-...).
     """
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-    if not visible:
+    entries = _visible_entries()
+    if not entries:
         return pynvml.nvmlDeviceGetHandleByIndex(cuda_index)
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
     if cuda_index >= len(entries):
-        raise ValueError(f"CUDA device {cuda_index} is not visible (CUDA_VISIBLE_DEVICES={visible!r})")
+        raise ValueError(
+            f"CUDA device {cuda_index} is not visible (CUDA_VISIBLE_DEVICES={','.join(entries)!r})"
+        )
     entry = entries[cuda_index]
     if entry.isdigit():
         return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
@@ -147,10 +154,8 @@ def nvml_handle(pynvml: Any, cuda_index: int = 0) -> Any:
 
 def visible_gpu_count(physical: int) -> int:
     """GPUs this process's CUDA sees: CUDA_VISIBLE_DEVICES' entries when set, else every one."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return physical
-    return min(physical, len([e for e in visible.split(",") if e.strip()]))
+    entries = _visible_entries()
+    return physical if entries is None else min(physical, len(entries))
 
 
 def detect_gpu() -> DetectedGpu | None:
