@@ -22,7 +22,8 @@ ENGINE_NAMES = {"loop": "core loop", "trainer": "transformers.Trainer", "sft": "
 _COMPARED = (("tokens/s", "tokens_per_s"), ("peak allocated", "peak_alloc_gib"))
 
 
-def _engine(row: pd.Series) -> str:
+def engine_of(row: pd.Series) -> str:
+    """The engine that trained a row."""
     # Rows stored before the engine axis existed trained in the core loop.
     value = row.get("engine")
     return value if isinstance(value, str) and value else _REFERENCE
@@ -84,9 +85,9 @@ def engine_groups(df: pd.DataFrame) -> list[pd.DataFrame]:
     out = []
     for indices in groups.values():
         rows = df.loc[indices]
-        engines = {_engine(r) for _, r in rows.iterrows()}
+        engines = {engine_of(r) for _, r in rows.iterrows()}
         if _REFERENCE in engines and len(engines) > 1:
-            out.append(rows.assign(_order=[_ENGINE_ORDER.index(_engine(r)) for _, r in rows.iterrows()]))
+            out.append(rows.assign(_order=[_ENGINE_ORDER.index(engine_of(r)) for _, r in rows.iterrows()]))
     return [g.sort_values("_order").drop(columns="_order") for g in out]
 
 
@@ -113,10 +114,10 @@ def engine_comparison(run: RunData) -> str:
     headers += ("vs loop",)
     parts = []
     for rows in groups:
-        ref = next(r for _, r in rows.iterrows() if _engine(r) == _REFERENCE)
+        ref = next(r for _, r in rows.iterrows() if engine_of(r) == _REFERENCE)
         table = [
             (
-                _engine(row),
+                engine_of(row),
                 row["status"],
                 _cell(row, "tokens_per_s", lambda v: f"{v:,.0f}"),
                 _cell(row, "peak_alloc_gib", _gib),
@@ -124,7 +125,7 @@ def engine_comparison(run: RunData) -> str:
                 _cell(row, "nvml_peak_gib", _gib),
                 _cell(row, "final_loss", lambda v: f"{v:.4f}"),
                 f"{row.get('autocast') or '-'}{' + scaler' if _is_set(row.get('grad_scaler')) else ''}",
-                "-" if _engine(row) == _REFERENCE else attribution(row, ref),
+                "-" if engine_of(row) == _REFERENCE else attribution(row, ref),
             )
             for _, row in rows.iterrows()
         ]

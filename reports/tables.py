@@ -31,7 +31,7 @@ from reports.claims.t4_budget import (
     budget_measurements,
 )
 from reports.claims.tradeoffs import compat_outcomes, outcomes_text
-from reports.engines_table import ENGINE_NAMES, engine_comparison
+from reports.engines_table import ENGINE_NAMES, engine_comparison, engine_of
 from reports.frame import RunData
 from reports.markdown import md_table
 from reports.rows import (
@@ -116,8 +116,7 @@ def engines_line(df: pd.DataFrame) -> str:
     pair rows of one engine only (the matrix puts the claims' families on the users' engine)."""
     if df.empty:
         return "no rows"
-    # Rows stored before the engine axis existed trained in the core loop.
-    engines = df["engine"].fillna("loop").astype(str) if "engine" in df else pd.Series("loop", df.index)
+    engines = df.apply(engine_of, axis=1)
     parts = []
     for engine in dict.fromkeys(engines):
         rows = df[engines == engine]
