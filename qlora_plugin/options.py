@@ -63,7 +63,8 @@ class BenchOptions:
     shard: Shard | None = None
     """--shard I/N: this session runs shard I of N of the matrix (`qlora_plugin.shard`)."""
     shard_costs: Path | None = None
-    """--shard-costs RUN_DIR: a previous run folder whose wall times balance the shards."""
+    """--shard-costs RUN_DIR|BASELINE: a previous run folder or a baseline file whose wall times
+    balance the shards."""
 
     @property
     def emulated(self) -> bool:
@@ -135,9 +136,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--shard-costs",
         default=None,
         type=Path,
-        metavar="RUN_DIR",
-        help="balance --shard by the wall times recorded in this earlier run folder (give every"
-        " runner the same one). Default: an estimate from each case's size.",
+        metavar="RUN_DIR|BASELINE",
+        help="balance --shard by the wall times recorded in this earlier run folder or baseline"
+        " file (give every runner the same one). Default: an estimate from each case's size.",
     )
     group.addoption(
         "--force",
@@ -195,8 +196,10 @@ def read_options(config: pytest.Config) -> BenchOptions:
     if shard_problem:
         problems.append(shard_problem)
     shard_costs = config.getoption("--shard-costs")
-    if shard_costs is not None and not (shard_costs / RESULTS_JSONL).is_file():
-        problems.append(f"--shard-costs {shard_costs}: not a run folder (no {RESULTS_JSONL})")
+    if shard_costs is not None and not (shard_costs.is_file() or (shard_costs / RESULTS_JSONL).is_file()):
+        problems.append(
+            f"--shard-costs {shard_costs}: neither a baseline file nor a run folder (no {RESULTS_JSONL})"
+        )
     timeout = config.getoption("--case-timeout")
     if timeout <= 0:
         problems.append(f"--case-timeout {timeout:g} must be positive")

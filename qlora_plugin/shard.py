@@ -8,8 +8,9 @@ to the shard with the least cost so far (ties: the lowest index). The result dep
 case set, the costs and N, so N runners given the same options agree without talking.
 
 Cost of a case = its runs (repeats) x the seconds one run takes:
-- recorded: the mean `wall_s` of that case id's runs in a previous run folder (`--shard-costs
-  RUN_DIR`); every runner must be given the same folder, or their shards would disagree;
+- recorded: the mean `wall_s` of that case id's runs in a previous run folder, or the `wall_s` a
+  baseline file stores per case (`--shard-costs RUN_DIR|BASELINE.json`); every runner must be
+  given the same one, or their shards would disagree;
 - else estimated from the case's size (`estimated_run_s`): a fixed start (process start, imports,
   the model's load, which grows with its parameters) plus the training FLOPs of its warm-up and
   measured steps (6 x parameters x tokens) at a nominal rate. The estimate only has to rank
@@ -28,6 +29,7 @@ from qlora_core.matrix import PlannedCase
 from qlora_core.models import REAL_MODEL
 from qlora_core.models.registry import SHAPES
 from qlora_core.spec import Case
+from reports.baseline import CASE_WALL_S, load_baseline
 from reports.frame import RESULTS_JSONL, read_results_jsonl
 
 SHARD_SKIP_REASON = (
@@ -84,11 +86,22 @@ def estimated_run_s(case: Case) -> float:
     return START_S + load_s + train_s
 
 
-def recorded_run_s(run_dir: Path) -> dict[str, float]:
-    """Case id -> mean wall seconds of its runs in a previous run folder (cases with a wall time)."""
-    path = Path(run_dir) / RESULTS_JSONL
+def recorded_run_s(source: Path) -> dict[str, float]:
+    """Case id -> wall seconds of one run, for the cases with a wall time: the mean over a previous
+    run folder's runs, or what a baseline file stores (`CASE_WALL_S`; older baselines lack it)."""
+    source = Path(source)
+    if source.is_file():
+        cases = load_baseline(source)["cases"]
+        return {
+            case_id: float(entry[CASE_WALL_S])
+            for case_id, entry in cases.items()
+            if entry.get(CASE_WALL_S) is not None and entry[CASE_WALL_S] > 0
+        }
+    path = source / RESULTS_JSONL
     if not path.is_file():
-        raise FileNotFoundError(f"--shard-costs {run_dir}: no {RESULTS_JSONL} (expected a run folder)")
+        raise FileNotFoundError(
+            f"--shard-costs {source}: no {RESULTS_JSONL} (expected a run folder or a baseline file)"
+        )
     walls: dict[str, list[float]] = {}
     for result in read_results_jsonl(path):
         if result.wall_s is not None and result.wall_s > 0:

@@ -54,6 +54,9 @@ CASE_METRICS: tuple[str, ...] = (
 )
 CASE_LISTS: tuple[str, ...] = ("tokens_per_s_repeats", "kernel_ms_repeats")  # per ok repeat, or null
 CASE_FIELDS: tuple[str, ...] = ("case_hash", "status", "repeats", "host_bound", *CASE_METRICS, *CASE_LISTS)
+# Optional per case (files written before it lack it): one run's wall seconds, which `--shard
+# --shard-costs BASELINE` balances shards by. Not gated: wall time is the host's and the suite's.
+CASE_WALL_S = "wall_s"
 # Library name in the baseline's `versions` -> column of the results frame.
 VERSION_COLUMNS: dict[str, str] = {
     "torch": "torch_version",
@@ -156,6 +159,7 @@ def cases_of(results: pd.DataFrame) -> dict[str, dict[str, Any]]:
         }
         entry.update({metric: number_or_none(row.get(metric)) for metric in CASE_METRICS})
         entry.update({name: _numbers_or_none(row.get(name)) for name in CASE_LISTS})
+        entry[CASE_WALL_S] = number_or_none(row.get(CASE_WALL_S))
         if entry["step_ms_rel_iqr"] is None:
             # Rows measured before the child recorded it: the same statistic, from the step times.
             entry["step_ms_rel_iqr"] = rel_iqr([float(v) for v in row.get("step_ms") or []])
@@ -310,6 +314,9 @@ def _case_problems(entry: object) -> list[str]:
         value = entry.get(metric)
         if value is not None and not _is_finite(value):
             problems.append(f"{metric}={value!r} must be a finite number or null")
+    wall_s = entry.get(CASE_WALL_S)
+    if wall_s is not None and not (_is_finite(wall_s) and wall_s >= 0):
+        problems.append(f"{CASE_WALL_S}={wall_s!r} must be a finite number >= 0 or null")
     repeats = entry.get("repeats")
     if repeats is not None and not (type(repeats) is int and repeats >= 0):
         problems.append(f"repeats={repeats!r} must be an integer >= 0 or null")

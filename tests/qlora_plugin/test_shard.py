@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from qlora_core.gpus import PROFILES
-from qlora_core.matrix import MATRICES, build_matrix
+from qlora_core.matrix import MATRICES, PlannedCase, build_matrix
 from qlora_core.result import Result
 from qlora_core.spec import Case
 from qlora_plugin.shard import (
@@ -24,6 +24,8 @@ from qlora_plugin.shard import (
     recorded_run_s,
     select_shard,
 )
+from reports.baseline import save_run_baseline
+from reports.frame import load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,8 +108,31 @@ def test_recorded_run_s_reads_mean_wall_times_of_a_run_folder(tmp_path):
     rows = [replace(Result.for_case(case, "cpu"), wall_s=w, repeat=r) for r, w in enumerate((10.0, 20.0))]
     (tmp_path / "results.jsonl").write_text("".join(r.to_json() + "\n" for r in rows))
     assert recorded_run_s(tmp_path) == {case.id: 15.0}
-    with pytest.raises(FileNotFoundError, match="expected a run folder"):
+    with pytest.raises(FileNotFoundError, match="expected a run folder or a baseline file"):
         recorded_run_s(tmp_path / "nowhere")
+
+
+def test_recorded_run_s_reads_the_wall_times_a_baseline_stores(tmp_path):
+    fast, slow, unrecorded = (
+        Case(model="tiny"),
+        Case(model="tiny", batch_size=4),
+        Case(model="tiny", seq_len=64),
+    )
+    rows = [
+        replace(Result.for_case(case, "cpu"), status="ok", wall_s=wall)
+        for case, wall in ((fast, 10.0), (slow, 30.0), (unrecorded, None))
+    ]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text("".join(r.to_json() + "\n" for r in rows))
+    baseline = tmp_path / "cpu.json"
+    save_run_baseline(baseline, load_run(run), command="pytest bench")
+    assert recorded_run_s(baseline) == {fast.id: 10.0, slow.id: 30.0}
+    # The costs it gives balance shards as the folder's do.
+    planned = [PlannedCase(c) for c in (fast, slow, unrecorded)]
+    assert case_costs(planned, None, recorded_run_s(baseline)) == case_costs(
+        planned, None, recorded_run_s(run)
+    )
 
 
 def _collect(*args: str) -> subprocess.CompletedProcess:
@@ -137,9 +162,10 @@ def test_shard_collection_keeps_ids_and_skips_session_tests_until_merge():
     assert bad.returncode == 4 and "--shard '4/3' must be I/N" in bad.stderr
 
 
-def test_shard_costs_must_be_a_run_folder(tmp_path):
+def test_shard_costs_must_be_a_run_folder_or_a_baseline(tmp_path):
     proc = _collect("--shard", "1/2", "--shard-costs", str(tmp_path))
-    assert proc.returncode == 4 and "--shard-costs" in proc.stderr and "not a run folder" in proc.stderr
+    assert proc.returncode == 4 and "--shard-costs" in proc.stderr
+    assert "neither a baseline file nor a run folder" in proc.stderr
     (tmp_path / "results.jsonl").write_text(json.dumps({}) + "\n")
     assert _collect("--matrix", "smoke", "--shard", "1/2", "--shard-costs", str(tmp_path)).returncode == 0
 
