@@ -123,7 +123,7 @@ def needed_miss_text(row: pd.Series) -> str:
     total = PROFILES["t4"].total_gib
     verb = "misses" if value > total else "stays within"
     by = fmt_gib(abs(value - total))
-    return f"needs {fmt_gib(value)} at its device peak, {verb} the T4's {total:.1f} GiB by {by} ({label})"
+    return f"needs {fmt_gib(value)} at its device peak, {verb} the T4's {total:.1f} GiB by {by}, {label}"
 
 
 def check_t4_budget(run: RunData) -> list[Evaluation]:
