@@ -139,15 +139,7 @@ def _oom_with_need(build, step: int, peak: float, **fields):
         load_alloc_gib=5.3,
         prepare_alloc_gib=7.2,
         lora_alloc_gib=7.36,
-        memory_cap_gib=14.49,
-        needed_status="ok",
-        needed_on="NVIDIA H200",
-        needed_lora_alloc_gib=7.36,
-        needed_peak_alloc_gib=peak,
-        needed_peak_reserved_gib=peak + 0.4,
-        needed_nvml_base_gib=0.6,
-        needed_nvml_peak_gib=peak + 1.2,
-        needed_optimizer_state_bytes=40_000_000,
+        **build.needed(peak, peak + 0.6),
         **fields,
     )
 

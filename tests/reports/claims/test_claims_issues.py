@@ -206,24 +206,13 @@ def test_nan_bf16(build):
 H200 = "NVIDIA H200"
 
 
-def _needed(peak: float, status: str = "ok") -> dict[str, object]:
-    """What an uncapped rerun on the host folds into an oom row (qlora_core.oom_need)."""
-    return {
-        "memory_cap_gib": 14.49,
-        "needed_status": status,
-        "needed_on": H200,
-        "needed_peak_alloc_gib": peak,
-        "needed_peak_reserved_gib": peak + 0.4,
-    }
-
-
 def _ladder_with_need(build, peaks: list[tuple[str, float]]):
     """Ladder rows: ("oom", needed peak) or ("ok", capped peak)."""
     rows = _ladder(build, [(status, peak if status == "ok" else None) for status, peak in peaks])
     for row, (status, peak) in zip(rows, peaks):
         row.memory_cap_gib = 14.49
         if status == "oom":
-            for name, value in _needed(peak).items():
+            for name, value in build.needed(peak, peak + 1.0).items():
                 setattr(row, name, value)
     return rows
 
