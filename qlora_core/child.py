@@ -231,7 +231,10 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     _record_stage(r, "lora", device)
 
     ckpt.stage("data")
-    plan = plan_steps(case, device, adaptive=options.adaptive_steps)
+    # An uncapped rerun wants memory only: no profiler window (oom_need).
+    plan = plan_steps(
+        case, device, adaptive=options.adaptive_steps, profile=False if options.uncapped else None
+    )
     # The batches cover the step cap, for every rank (each draws its share: issue 13).
     count = plan.max_total_steps * case.grad_accum * case.num_gpus
     heldout = None
@@ -381,8 +384,8 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
     r.driver_version = gpu.driver_version if gpu else ""
     r.bf16_native = (props.major, props.minor) >= (8, 0)
     r.bf16_torch_supported = bool(torch.cuda.is_bf16_supported())
-    cap = options.memory_cap_gib
-    if cap is None and is_emulated(profile, gpu):
+    cap = None if options.uncapped else options.memory_cap_gib  # oom_need: measure what it needs
+    if cap is None and is_emulated(profile, gpu) and not options.uncapped:
         cap = profile.total_gib - context_gib
         r.emulated = True
         r.emulated_on = props.name

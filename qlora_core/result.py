@@ -177,6 +177,22 @@ class Result:
     peak_reserved_gib_sum: float | None = None
     nvml_peak_gib_sum: float | None = None
 
+    # what an OOM needs (issue 11): a row that ran out of memory under an emulated cap keeps its
+    # status, and gains what the same case measured when rerun uncapped on the host GPU
+    # (`qlora_core.oom_need`); None when not rerun. These are not the capped run's figures:
+    # readers label them "needed (measured uncapped on <needed_on>)". NEEDED_OF maps each to its field.
+    needed_status: str | None = None  # the rerun's status: ok, or oom when even the host could not
+    needed_on: str | None = None  # the GPU the rerun ran on (its gpu_name; "cpu" on the CPU)
+    needed_peak_alloc_gib: float | None = None
+    needed_peak_reserved_gib: float | None = None
+    needed_nvml_peak_gib: float | None = None
+    needed_nvml_base_gib: float | None = None
+    needed_load_alloc_gib: float | None = None
+    needed_prepare_alloc_gib: float | None = None
+    needed_lora_alloc_gib: float | None = None
+    needed_optimizer_state_bytes: int | None = None
+    needed_weight_bytes: int | None = None
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=False, allow_nan=True)
 
@@ -203,6 +219,13 @@ class Result:
 
 
 RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Result))
+NEEDED_OF: dict[str, str] = {
+    f.name: f.name.removeprefix("needed_")
+    for f in dataclasses.fields(Result)
+    if f.name.startswith("needed_") and f.name not in ("needed_status", "needed_on")
+}
+"""needed_* field -> the measured field of the uncapped rerun it copies (needed_peak_alloc_gib ->
+peak_alloc_gib); needed_status and needed_on say how the rerun ended and where."""
 
 
 def write_atomic(path: Path, text: str) -> None:

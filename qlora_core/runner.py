@@ -51,6 +51,10 @@ class RunOptions:
     adaptive_steps: bool | None = None
     """Measure until the step times are steady (`engines.pacing`); None: on CUDA only, where
     the time is the point (the CPU runs stay deterministic)."""
+    uncapped: bool = False
+    """The memory-only rerun of a case that ran out of memory under an emulated cap
+    (`qlora_core.oom_need`): no allocator cap (the row says memory_cap_gib=None, emulated=False)
+    and no profiler window; with `adaptive_steps=False` its steps are the case's fixed ones."""
 
 
 def now_iso() -> str:

@@ -65,6 +65,9 @@ class BenchOptions:
     shard_costs: Path | None = None
     """--shard-costs RUN_DIR|BASELINE: a previous run folder or a baseline file whose wall times
     balance the shards."""
+    oom_rerun: bool = True
+    """Rerun a case that ran out of memory under an emulated cap uncapped on the host GPU and
+    record what it needed (`qlora_core.oom_need`); --no-oom-rerun turns it off."""
 
     @property
     def emulated(self) -> bool:
@@ -162,6 +165,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="compare this run with a baseline JSON; regressions fail the session.",
     )
+    group.addoption(
+        "--no-oom-rerun",
+        action="store_true",
+        default=False,
+        help="do not rerun a case that ran out of memory under an emulated profile's cap uncapped"
+        " on the host GPU (by default its row records what it needed: needed_* fields).",
+    )
     add_threshold_options(group.addoption)
 
 
@@ -240,6 +250,7 @@ def read_options(config: pytest.Config) -> BenchOptions:
         allow_noisy=bool(config.getoption("allow_noisy")),
         shard=shard,
         shard_costs=shard_costs,
+        oom_rerun=not config.getoption("no_oom_rerun"),
     )
 
 

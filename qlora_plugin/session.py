@@ -34,8 +34,9 @@ from typing import IO, Any, NamedTuple
 import pandas as pd
 
 from qlora_core.matrix import PlannedCase
+from qlora_core.oom_need import measure_need, run_case_measuring_need, why_no_rerun
 from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
-from qlora_core.runner import RunOptions, run_case
+from qlora_core.runner import RunOptions
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions
 from reports.frame import (
@@ -150,26 +151,33 @@ class BenchSession:
         planned, case = run.planned, run.planned.case
         key = (case.hash, run.repeat)
         previous = self.stored.get(key)
+        path = self.run_dir / CASES_DIR / result_file_name(case.hash, run.repeat)
         if previous is not None and previous.status in FINAL_STATUSES and not self.options.force:
+            if self.options.oom_rerun and why_no_rerun(previous) is None:
+                # Stored before its uncapped rerun was (an older run, or --no-oom-rerun): only the
+                # rerun runs, and the row is appended again with what it needed.
+                measure_need(self.executed_case(planned), self._run_options(run), previous, path)
+                self.record(previous)
+                return previous
             self.reused.add(key)
             self.results[key] = previous
             self._progress(previous, reused=True)
             return previous
-        forced = ",".join(f"{k}={v}" for k, v in self.options.force)
-        run_opts = RunOptions(
-            profile=self.options.profile.name,
-            timeout_s=self.options.case_timeout_s,
-            families=planned.tags,
-            overrides=forced,
-            repeat=run.repeat,
-        )
         executed = self.executed_case(planned)
-        path = self.run_dir / CASES_DIR / result_file_name(case.hash, run.repeat)
-        result = run_case(executed, run_opts, path)
+        result = run_case_measuring_need(executed, self._run_options(run), path, self.options.oom_rerun)
         # The matrix's identity stays the key (the gate matches on it); what ran is in `case`.
         result.case_id, result.case_hash = case.id, case.hash
         self.record(result)
         return result
+
+    def _run_options(self, run: CaseRun) -> RunOptions:
+        return RunOptions(
+            profile=self.options.profile.name,
+            timeout_s=self.options.case_timeout_s,
+            families=run.planned.tags,
+            overrides=",".join(f"{k}={v}" for k, v in self.options.force),
+            repeat=run.repeat,
+        )
 
     def record(self, result: Result) -> None:
         """Append `result` to results.jsonl (whole, or not at all) and print its progress line."""

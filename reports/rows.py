@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from qlora_core.result import NEEDED_OF
 from qlora_core.spec import FIELD_NAMES
 from reports.units import GIB
 
@@ -315,3 +316,44 @@ DTYPE_BYTES: dict[str, int] = {
     "uint8": 1,
     "int8": 1,
 }
+
+
+# -- what an OOM needs (issue 11: qlora_core.oom_need) -----------------------------------------------
+def needed_label(row: pd.Series) -> str:
+    """How a figure of the row's uncapped rerun is labelled wherever it is shown."""
+    return f"needed (measured uncapped on {row.get('needed_on') or 'the host GPU'})"
+
+
+def needed_view(row: pd.Series) -> pd.Series | None:
+    """The row as its uncapped rerun measured it (every `needed_*` figure in its measured field's
+    place, the rerun's status as `status`, no cap); None when the row was not rerun. Its figures
+    are never the capped run's: show them with `needed_label`."""
+    status = row.get("needed_status")
+    if status is None or (isinstance(status, float) and math.isnan(status)) or status is pd.NA:
+        return None
+    view = row.copy()
+    for needed, measured in NEEDED_OF.items():
+        view[measured] = row.get(needed)
+    view["status"] = status
+    view["memory_cap_gib"] = None
+    return view
+
+
+@dataclass(frozen=True)
+class PeakFigures:
+    """A row's training peak, from the capped run when it trained, else from its uncapped rerun."""
+
+    alloc_gib: float | None
+    reserved_gib: float | None
+    label: str  # "" for the capped run's own figures, else `needed_label`
+
+
+def peak_figures(row: pd.Series) -> PeakFigures | None:
+    """The training peak of a row that ran ok, or of an oom row whose uncapped rerun ran ok;
+    None otherwise (a peak read at an OOM is truncated)."""
+    if row.get("status") == "ok":
+        return PeakFigures(fval(row, "peak_alloc_gib"), fval(row, "peak_reserved_gib"), "")
+    view = needed_view(row) if row.get("status") == "oom" else None
+    if view is None or view["status"] != "ok":
+        return None
+    return PeakFigures(fval(view, "peak_alloc_gib"), fval(view, "peak_reserved_gib"), needed_label(row))

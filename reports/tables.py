@@ -28,11 +28,13 @@ from reports.claims.t4_budget import (
     BUDGET_TRAINING_STAGE,
     LESSON_T4_BUDGET,
     LESSON_T4_VRAM_GB,
-    budget_measurements,
+    budget_figures,
+    needed_miss_text,
 )
 from reports.claims.tradeoffs import compat_outcomes, outcomes_text
 from reports.engines_table import ENGINE_NAMES, engine_comparison, engine_of
 from reports.frame import RunData
+from reports.ladder_table import oom_ladder
 from reports.markdown import md_table
 from reports.rows import (
     LOADED,
@@ -280,7 +282,7 @@ def t4_budget(run: RunData) -> str:
     """The T4 budget table (8B, batch 4, seq 2048) against the ladder:0 row on profile t4."""
     df = run.results
     row, missing = _budget_row(df)
-    measured = budget_measurements(row) if row is not None else {}
+    measured = budget_figures(row) if row is not None else {}
     rows, running = [], 0.0
     for component, lesson in LESSON_T4_BUDGET.items():
         if component == "Total":
@@ -293,13 +295,17 @@ def t4_budget(run: RunData) -> str:
         if row is None:
             cell, how = missing, ""
         else:
-            value, unit, how = measured[component]
+            value, unit, how, label = measured[component]
             truncated = row["status"] != "ok" and component in BUDGET_TRAINING_STAGE
             cell = f"{value:.2f} {unit}" if value is not None else NOT_RUN
+            if label:  # what the OOM needed, from its uncapped rerun (issue 11)
+                cell += f" {label}"
             if value is None and truncated:
                 cell += f" (status {row['status']})"
         rows.append((component, f"{lesson:g} GB", lesson_total, cell, how))
     fits = missing if row is None else f"status {row['status']}"
+    if row is not None and needed_miss_text(row):
+        fits += f"; {needed_miss_text(row)}"
     rows.append(("Fits in the T4", "yes", f"{LESSON_T4_VRAM_GB:g} GB", fits, "status of the ladder:0 row"))
     headers = ("Component", "Memory: lesson", "Running total: lesson", "Measured", "How measured")
     case = f"case {row['case_id']}, {where(pd.DataFrame([row]))}" if row is not None else "no case"
@@ -432,6 +438,6 @@ def memory_formula(run: RunData) -> str:
 
 def render_tables(run: RunData) -> str:
     """tables.md for one run."""
-    sections = (header, memory_by_precision, compute_dtypes, t4_budget, tradeoffs, memory_formula)
+    sections = (header, memory_by_precision, compute_dtypes, t4_budget, oom_ladder, tradeoffs, memory_formula)
     sections += (engine_comparison,)
     return "\n\n".join(section(run) for section in sections) + "\n"

@@ -25,8 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from qlora_core.oom_need import run_case_measuring_need  # noqa: E402
 from qlora_core.result import Result, repeat_suffix, result_file_name  # noqa: E402  (after the path)
-from qlora_core.runner import DEFAULT_TIMEOUT_S, RunOptions, run_case  # noqa: E402
+from qlora_core.runner import DEFAULT_TIMEOUT_S, RunOptions  # noqa: E402
 from qlora_core.spec import Case, CaseError  # noqa: E402
 
 
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, metavar="N", help="fresh-process runs of each case. Default: 1."
     )
+    parser.add_argument(
+        "--no-oom-rerun",
+        action="store_true",
+        help="do not rerun a case that ran out of memory under an emulated cap uncapped on the host GPU",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         print(f"run_cases: --repeat {args.repeat} must be an integer >= 1", file=sys.stderr)
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         options = RunOptions(
             profile=args.gpu, timeout_s=args.case_timeout, families="hand-picked", repeat=repeat
         )
-        result = run_case(case, options, cases_dir / result_file_name(case.hash, repeat))
+        path = cases_dir / result_file_name(case.hash, repeat)
+        result = run_case_measuring_need(case, options, path, rerun=not args.no_oom_rerun)
         with (args.out / "results.jsonl").open("a") as f:
             f.write(result.to_json() + "\n")
         print(summary(result), flush=True)

@@ -15,7 +15,17 @@ from qlora_core.gpus import PROFILES
 from reports.claims.common import within
 from reports.claims.model import ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
 from reports.frame import RunData
-from reports.rows import activation_gib, adapter_gib, device_used_gib, family_rows, fval, setting, where
+from reports.rows import (
+    activation_gib,
+    adapter_gib,
+    device_used_gib,
+    family_rows,
+    fval,
+    needed_label,
+    needed_view,
+    setting,
+    where,
+)
 from reports.units import GB, fmt_gib, pct
 
 SECTION = "T4 Budget (15GB VRAM)"
@@ -88,6 +98,34 @@ def budget_measurements(row: pd.Series) -> dict[str, tuple[float | None, str, st
     }
 
 
+def budget_figures(row: pd.Series) -> dict[str, tuple[float | None, str, str, str]]:
+    """(value, unit, how, label) per component: the capped row's own measurement (label ""),
+    or, where it has none (training ran out of memory under the cap), its uncapped rerun's,
+    labelled `needed_label` (issue 11: what an OOM needs)."""
+    own = budget_measurements(row)
+    view = needed_view(row) if row["status"] != "ok" else None
+    needed = budget_measurements(view) if view is not None else {}
+    out = {}
+    for component, (value, unit, how) in own.items():
+        if value is None and component in needed and needed[component][0] is not None:
+            out[component] = (*needed[component], needed_label(row))
+        else:
+            out[component] = (value, unit, how, "")
+    return out
+
+
+def needed_miss_text(row: pd.Series) -> str:
+    """ "needs X GiB, misses the T4's 15 GiB by Y GiB (needed ...)" for an oom row whose uncapped
+    rerun measured its device peak; "" otherwise."""
+    value, _unit, _how, label = budget_figures(row)["Total"]
+    if row["status"] == "ok" or value is None or not label:
+        return ""
+    total = PROFILES["t4"].total_gib
+    verb = "misses" if value > total else "stays within"
+    by = fmt_gib(abs(value - total))
+    return f"needs {fmt_gib(value)} at its device peak, {verb} the T4's {total:.1f} GiB by {by}, {label}"
+
+
 def check_t4_budget(run: RunData) -> list[Evaluation]:
     """The T4 budget table for 8B at batch 4, seq 2048: the ladder:0 row, component by component."""
     df = run.results
@@ -105,20 +143,28 @@ def check_t4_budget(run: RunData) -> list[Evaluation]:
         out.append(holds(f"status ok; {peak}", evidence, f"fits: {cond}", "the ladder:0 row trained"))
     elif status == "oom":
         corrected = "8B QLoRA at batch 4, seq 2048 without checkpointing runs out of memory on a T4"
-        out.append(refuted("status oom", corrected, evidence, f"fits: {cond}", str(row.get("reason") or "")))
+        miss = needed_miss_text(row)
+        if miss:
+            corrected += f": it {miss}"
+        measured = "status oom" + (f"; {miss}" if miss else "")
+        out.append(refuted(measured, corrected, evidence, f"fits: {cond}", str(row.get("reason") or "")))
     else:
         out.append(
             inconclusive(f"ladder:0 ended {status}: {row.get('reason') or ''}", "", evidence, f"fits: {cond}")
         )
-    for component, (value, unit, how) in budget_measurements(row).items():
+    for component, (value, unit, how, label) in budget_figures(row).items():
         expected = LESSON_T4_BUDGET[component]
         condition = f"{component}: {cond}"
         if value is None:
             truncated = status != "ok" and component in BUDGET_TRAINING_STAGE
-            why = f"{how}: not measured" + (f" (status {status}: peaks are truncated)" if truncated else "")
+            why = f"{how}: not measured" + (
+                f" (status {status}: peaks are truncated, and no uncapped rerun measured them)"
+                if truncated
+                else ""
+            )
             out.append(inconclusive(why, "", evidence, condition))
             continue
-        measured = f"{value:.2f} {unit} ({how})"
+        measured = f"{value:.2f} {unit} ({how})" + (f", {label}" if label else "")
         why = (
             f"lesson {expected:g} GB within {pct(BUDGET_TOL)}; allocator values in GiB (T4's 15 GB is 15 GiB)"
         )
@@ -126,7 +172,13 @@ def check_t4_budget(run: RunData) -> list[Evaluation]:
             out.append(holds(measured, evidence, condition, why))
         else:
             out.append(
-                refuted(measured, f"{component}: {value:.2f} {unit} measured", evidence, condition, why)
+                refuted(
+                    measured,
+                    f"{component}: {value:.2f} {unit} {label or 'measured'}",
+                    evidence,
+                    condition,
+                    why,
+                )
             )
     return out
 
@@ -138,7 +190,9 @@ CLAIMS: tuple[Claim, ...] = (
         quote="Activations (batch=4, seq=2048)",
         measures=(
             "the ladder:0 row on t4: status; weight_bytes (GB); adapters, activations (GiB); NVML device peak"
-            " - peak_reserved_gib as CUDA overhead; T4 15 GiB - device peak as buffer"
+            " - peak_reserved_gib as CUDA overhead; T4 15 GiB - device peak as buffer; where the row ran"
+            " out of memory under the cap, the training-stage components from its uncapped rerun"
+            " (needed_*, labelled so) and by how much the device peak misses 15 GiB"
         ),
         expected=(
             "model 4, adapters 0.3, optimizer 0.6, activations 6, CUDA 2, total 12.9, buffer 2.1 GB; fits "

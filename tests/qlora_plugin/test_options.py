@@ -108,3 +108,13 @@ def test_repeat_and_allow_noisy_are_read_into_the_options(plugin_session, pytest
     )
     plugin_session("--repeat", "3", "--allow-noisy").stdout.fnmatch_lines(["OPTIONS 3 True"])
     plugin_session().stdout.fnmatch_lines(["OPTIONS None False"])
+
+
+def test_oom_rerun_is_on_unless_no_oom_rerun(plugin_session, pytester):
+    pytester.makeconftest(
+        "from qlora_plugin.options import bench_options\n"
+        "def pytest_collection_finish(session):\n"
+        "    print('OOM_RERUN', bench_options(session.config).oom_rerun)\n"
+    )
+    plugin_session().stdout.fnmatch_lines(["OOM_RERUN True"])
+    plugin_session("--no-oom-rerun").stdout.fnmatch_lines(["OOM_RERUN False"])

@@ -456,6 +456,23 @@ def verdicts(evaluations: list[Any]) -> list[str]:
     return [e.verdict.value for e in evaluations]
 
 
+def needed(peak: float, device_peak: float, status: str = "ok") -> dict[str, Any]:
+    """The needed_* columns an uncapped rerun on an H200 folds into a row that ran out of memory
+    under the T4 cap (qlora_core.oom_need): training peak `peak`, NVML device peak `device_peak`
+    (GiB, over a 0.6 GiB base), the LoRA stage at 7.36 GiB, 8-bit Adam's 40 MB of states."""
+    return {
+        "memory_cap_gib": 14.49,
+        "needed_status": status,
+        "needed_on": "NVIDIA H200",
+        "needed_lora_alloc_gib": 7.36,
+        "needed_peak_alloc_gib": peak,
+        "needed_peak_reserved_gib": peak + 0.4,
+        "needed_nvml_base_gib": 0.6,
+        "needed_nvml_peak_gib": 0.6 + device_peak,
+        "needed_optimizer_state_bytes": 40_000_000,
+    }
+
+
 @pytest.fixture
 def build() -> SimpleNamespace:
     """The row and run builders of this module, for tests (conftest is not imported directly)."""
@@ -466,6 +483,7 @@ def build() -> SimpleNamespace:
         params=params,
         gpu=gpu,
         memory=memory,
+        needed=needed,
         training=training,
         in_processes=in_processes,
         stability=stability_row,

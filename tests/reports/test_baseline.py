@@ -624,3 +624,10 @@ def test_bench_gate_fails_on_a_bad_baseline(
     result = bench_gate(clean_results(), baseline=baseline_path)
     result.assert_outcomes(failed=1, skipped=1)
     result.stdout.fnmatch_lines([f"*{baseline_path}*not valid JSON*"])
+
+
+def test_the_gate_and_baselines_read_no_needed_field():
+    """What an OOM needed uncapped (qlora_core.oom_need) is no measurement of the capped run."""
+    from reports.baseline import CASE_FIELDS, GATED_METRICS
+
+    assert not [name for name in (*GATED_METRICS, *CASE_FIELDS) if name.startswith("needed_")]

@@ -122,3 +122,69 @@ def test_the_speed_row_reads_device_bound_points_only(build):
     line = next(x for x in tradeoffs(build.run(rows)).splitlines() if x.startswith("| Training speed"))
     assert "+15.0% slower [" in line and "over 3 and 3 processes" in line
     assert "1 host-bound point(s) left out" in line and "+60" not in line
+
+
+# -- what an OOM needs (issue 11): the T4 budget and the OOM ladder ---------------------------------
+_NEEDED_LABEL = "needed (measured uncapped on NVIDIA H200)"
+
+
+def _oom_with_need(build, step: int, peak: float, **fields):
+    """A ladder row that ran out of memory under the T4 cap, with its uncapped rerun folded in."""
+    return build.result(
+        "llama-3.1-8b",
+        families=f"ladder:{step}",
+        status="oom",
+        **build.gpu(),
+        **build.weights("llama-3.1-8b"),
+        load_alloc_gib=5.3,
+        prepare_alloc_gib=7.2,
+        lora_alloc_gib=7.36,
+        **build.needed(peak, peak + 0.6),
+        **fields,
+    )
+
+
+def test_budget_and_ladder_of_ooms_show_what_they_needed_and_no_not_run_cell(build):
+    batches = [
+        {"batch_size": 4},
+        {"batch_size": 2, "grad_accum": 2},
+        {"batch_size": 1, "grad_accum": 4},
+        {"batch_size": 1, "grad_accum": 4, "seq_len": 1024},
+    ]
+    rows = [
+        _oom_with_need(build, k, peak, gradient_checkpointing=False, **fields)
+        for k, (peak, fields) in enumerate(zip((20.0, 17.0, 15.5, 14.8), batches))
+    ]
+    ok = build.memory(5.3, 7.2, 7.36, 9.0)
+    rows.append(
+        build.result(
+            "llama-3.1-8b",
+            families="ladder:4",
+            batch_size=1,
+            grad_accum=4,
+            seq_len=1024,
+            memory_cap_gib=14.49,
+            **build.gpu(),
+            **ok,
+        )
+    )
+    text = render_tables(build.run(rows))
+    budget = _section(text, "T4 budget")
+    assert NOT_RUN not in budget
+    assert f"12.64 GiB {_NEEDED_LABEL}" in _row(budget, "Activations (batch=4, seq=2048)")[3]
+    assert (
+        "needs 20.60 GiB (22.12 GB) at its device peak, misses the T4's 15.0 GiB by 5.60 GiB"
+        in _row(budget, "Fits in the T4")[3]
+    )
+    ladder = _section(text, "OOM ladder")
+    assert NOT_RUN not in ladder
+    assert _row(ladder, "ladder:0")[4] == f"20.00 GiB {_NEEDED_LABEL}"
+    assert _row(ladder, "ladder:1")[6] == "+3.00 GiB (+15.0%)"
+    assert _row(ladder, "ladder:4")[4] == "9.00 GiB"  # the capped run's own peak: unlabelled
+    assert _row(ladder, "ladder:4")[7] == "yes"
+    assert "First step that fits (cap 14.49 GiB): ladder:4, 4. Enable gradient checkpointing" in ladder
+    # Deliberately broken: without the reruns the ladder's oom peaks are not run.
+    for row in rows[:4]:
+        row.needed_status = None
+    ladder = _section(render_tables(build.run(rows)), "OOM ladder")
+    assert _row(ladder, "ladder:0")[4] == f"{NOT_RUN} (status oom)"

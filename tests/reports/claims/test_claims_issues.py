@@ -200,3 +200,42 @@ def test_nan_bf16(build):
     (untested,) = check_nan_bf16(build.run(rows))
     assert untested.verdict is Verdict.INCONCLUSIVE and "untested" in untested.why
     assert check_nan_bf16(build.run([]))[0].verdict is Verdict.NOT_RUN
+
+
+# -- the ladder with what each OOM needed (issue 11) ----------------------------------------------
+H200 = "NVIDIA H200"
+
+
+def _ladder_with_need(build, peaks: list[tuple[str, float]]):
+    """Ladder rows: ("oom", needed peak) or ("ok", capped peak)."""
+    rows = _ladder(build, [(status, peak if status == "ok" else None) for status, peak in peaks])
+    for row, (status, peak) in zip(rows, peaks):
+        row.memory_cap_gib = 14.49
+        if status == "oom":
+            for name, value in build.needed(peak, peak + 1.0).items():
+                setattr(row, name, value)
+    return rows
+
+
+def test_ladder_compares_what_each_oom_needed_and_decides_every_step(build):
+    rows = _ladder_with_need(build, [("oom", 21.0), ("oom", 17.5), ("oom", 16.0), ("oom", 15.2), ("ok", 9.0)])
+    evals = check_oom_ladder(build.run(rows))
+    assert build.verdicts(evals) == ["holds"] * 4
+    assert "peak alloc 21.00 -> 17.50 GiB" in evals[0].measured
+    assert f"ladder:0 needed (measured uncapped on {H200})" in evals[0].measured
+    assert "peak alloc 15.20 -> 9.00 GiB" in evals[3].measured
+    assert "ladder:3 needed" in evals[3].measured and "ladder:4 needed" not in evals[3].measured
+
+
+def test_ladder_refuted_when_a_needed_peak_rises(build):
+    # Deliberately broken: step 2 needs more than step 1.
+    rows = _ladder_with_need(build, [("oom", 21.0), ("oom", 17.5), ("oom", 18.5), ("oom", 15.2), ("ok", 9.0)])
+    evals = check_oom_ladder(build.run(rows))
+    assert build.verdicts(evals) == ["holds", "refuted", "holds", "holds"]
+    assert "raised peak memory" in evals[1].corrected
+
+
+def test_ladder_needed_of_an_oom_even_uncapped_is_no_peak(build):
+    rows = _ladder_with_need(build, [("oom", 21.0), ("oom", 17.5)])
+    rows[1].needed_status = "oom"  # even the host could not hold it: its peak is truncated
+    assert check_oom_ladder(build.run(rows))[0].verdict is Verdict.INCONCLUSIVE

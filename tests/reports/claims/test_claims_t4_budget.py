@@ -80,3 +80,32 @@ def test_budget_reads_optimizer_states_of_a_trained_row_and_adapters_from_traina
     cpu = build.result(THREE, device="cpu", **build.params(THREE), trainable_bytes=97_255_424)
     (adapters,) = check_adapter_overhead(build.run([cpu]))
     assert "(trainable_bytes)" in adapters.measured and "0.09 GiB" in adapters.measured
+
+
+def test_budget_of_an_oom_reads_what_it_needed_uncapped_and_by_how_much_it_misses(build):
+    row = _ladder0(
+        build,
+        "oom",
+        **build.weights(EIGHT),
+        load_alloc_gib=5.3,
+        prepare_alloc_gib=7.2,
+        lora_alloc_gib=7.36,
+        **build.needed(16.5, 18.1),
+    )
+    evals = check_t4_budget(build.run([row]))
+    fits = build.pick(evals, "fits")
+    assert fits.verdict is Verdict.REFUTED
+    assert "needs 18.10 GiB" in fits.measured and "misses the T4's 15.0 GiB by 3.10 GiB" in fits.measured
+    label = "needed (measured uncapped on NVIDIA H200)"
+    for component in ("Optimizer", "Activations", "CUDA overhead", "Total", "Available buffer"):
+        evaluation = build.pick(evals, component)
+        assert evaluation.verdict in (Verdict.HOLDS, Verdict.REFUTED), component
+        assert label in evaluation.measured, component
+    assert build.pick(evals, "Optimizer").verdict is Verdict.REFUTED  # 0.04 GB, not 0.6
+    assert "-3.10 GiB" in build.pick(evals, "Available buffer").measured
+    assert label not in build.pick(evals, "8B model").measured  # the capped run measured its load
+    # Deliberately broken: a rerun that ran out of memory even uncapped gives no training figures.
+    row.needed_status = "oom"
+    evals = check_t4_budget(build.run([row]))
+    assert build.pick(evals, "Activations").verdict is Verdict.INCONCLUSIVE
+    assert "misses" not in build.pick(evals, "fits").measured

@@ -1,0 +1,88 @@
+"""What an OOM needs (issue 11): a case that ran out of memory under a cap, rerun uncapped.
+
+An emulated profile (a T4 on an H200) caps each child's allocator at the profile's memory, so an
+OOM there is the right verdict, but it says nothing about by how much the case misses. When the
+host GPU has more memory than the cap, the same Case runs again in a fresh child without the cap
+(`RunOptions.uncapped`): fixed steps (no adaptive pacing, no profiler window: only memory is
+wanted; the case's warm-up and measured steps, so the peak holds the optimizer's states), and
+the rerun's memory is folded into the capped row as the `needed_*` fields (`result.NEEDED_OF`).
+The capped row keeps `status="oom"`; the rerun's whole Result is kept beside the case's own
+(`cases/<hash>-uncapped.json` and its `.log`), so nothing it measured is lost.
+
+The parent side only: callers (the pytest plugin's session, `tools/run_cases.py`) call
+`run_case_measuring_need` instead of `runner.run_case`. No torch is imported here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from qlora_core.result import NEEDED_OF, Result, Status, repeat_suffix, write_atomic
+from qlora_core.runner import RunOptions, run_case
+from qlora_core.spec import Case
+
+UNCAPPED_SUFFIX = "-uncapped"
+
+
+def uncapped_file_name(case_hash: str, repeat: int = 0) -> str:
+    """The rerun's Result file beside the case's own in cases/: `<hash>[-rN]-uncapped.json`."""
+    return f"{case_hash}{repeat_suffix(repeat)}{UNCAPPED_SUFFIX}.json"
+
+
+def why_no_rerun(result: Result) -> str | None:
+    """Why `result` needs no uncapped rerun; None when it does (an OOM under a cap the host GPU
+    exceeds, not yet rerun). The CPU has no cap, so a CPU row is never rerun."""
+    if result.status != Status.OOM.value:
+        return f"status {result.status}, not oom"
+    if result.needed_status is not None:
+        return f"already rerun uncapped ({result.needed_status} on {result.needed_on})"
+    if result.memory_cap_gib is None:
+        return "it ran without a memory cap: the OOM is the device's own"
+    if result.gpu_total_gib is not None and result.gpu_total_gib <= result.memory_cap_gib:
+        return (
+            f"the host GPU ({result.gpu_total_gib:.1f} GiB) has no more memory than the cap"
+            f" ({result.memory_cap_gib:.1f} GiB)"
+        )
+    return None
+
+
+def uncapped_options(options: RunOptions) -> RunOptions:
+    """The rerun's options: no cap, fixed steps, no profiler window, no one-shot fault (a fault
+    injected into the capped run fires there only)."""
+    return dataclasses.replace(
+        options, uncapped=True, memory_cap_gib=None, adaptive_steps=False, inject_fault=""
+    )
+
+
+def fold_need(capped: Result, uncapped: Result) -> None:
+    """Copy the uncapped rerun's memory into the capped row's `needed_*` fields (in place)."""
+    capped.needed_status = uncapped.status
+    capped.needed_on = uncapped.gpu_name or uncapped.device or "unknown device"
+    for needed, measured in NEEDED_OF.items():
+        setattr(capped, needed, getattr(uncapped, measured))
+
+
+def measure_need(case: Case, options: RunOptions, capped: Result, result_path: Path | None) -> Result:
+    """Rerun `case` uncapped in a fresh child, fold its memory into `capped` (in place; also
+    rewritten to `result_path`, the capped run's file, when given) and return the rerun's Result
+    (stored as `<hash>-uncapped.json` beside `result_path`)."""
+    rerun_path = None
+    if result_path is not None:
+        rerun_path = result_path.with_name(uncapped_file_name(capped.case_hash, options.repeat))
+    uncapped = run_case(case, uncapped_options(options), rerun_path)
+    fold_need(capped, uncapped)
+    if result_path is not None:
+        write_atomic(result_path, capped.to_json())
+    return uncapped
+
+
+def run_case_measuring_need(
+    case: Case, options: RunOptions, result_path: Path | None = None, rerun: bool = True
+) -> Result:
+    """`runner.run_case`, then, when the case ran out of memory under a cap the host GPU exceeds
+    and `rerun` is on (`--no-oom-rerun` turns it off), its uncapped rerun folded in."""
+    result = run_case(case, options, result_path)
+    if rerun and why_no_rerun(result) is None:
+        measure_need(case, options, result, result_path)
+    return result
