@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_core import faults
+from qlora_core.models import Prequant
 from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated, profile_for_device
 from qlora_core.outcomes import classify_exception, recognised_refusal
 from qlora_core.result import Result, Status, write_atomic
@@ -181,7 +182,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     r.import_s = time.perf_counter() - t0
     if device == "cuda":
         ckpt.stage("model creation")
-        _materialize(case.model, device)
+        _materialize(case.model, device, Prequant.of_case(case))
         sampler = _setup_cuda(r, profile, gpu, options)
     # After the CUDA set-up: bitsandbytes loads its CUDA library when imported.
     t0 = time.perf_counter()
@@ -201,7 +202,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     torch.manual_seed(case.seed)
 
     ckpt.stage("model resolution")
-    resolved = resolve_model(case.model, device=device)
+    resolved = resolve_model(case.model, device=device, prequant=Prequant.of_case(case))
 
     ckpt.stage("load")
     t0 = time.perf_counter()
@@ -279,7 +280,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     return Status.OK, ""
 
 
-def _materialize(model: str, device: str) -> None:
+def _materialize(model: str, device: str, prequant: Prequant | None) -> None:
     """Create a shape's checkpoint (or convert the real model) in a process of its own.
 
     Creating an 8B checkpoint allocates 16 GB on the GPU: done in this process it would run into
@@ -288,14 +289,16 @@ def _materialize(model: str, device: str) -> None:
     from qlora_core.models import ModelUnavailableError
     from qlora_core.models.resolve import is_materialized
 
-    if is_materialized(model):
+    if is_materialized(model, prequant):
         return
     code = (
-        "import sys; from qlora_core.models.resolve import resolve_model;"
-        " resolve_model(sys.argv[1], device=sys.argv[2])"
+        "import sys; from qlora_core.models import Prequant; from qlora_core.models.resolve import"
+        " resolve_model; resolve_model(sys.argv[1], device=sys.argv[2],"
+        " prequant=Prequant.from_label(sys.argv[3]) if sys.argv[3] else None)"
     )
+    label = prequant.label if prequant is not None else ""
     proc = subprocess.run(
-        [sys.executable, "-c", code, model, device], capture_output=True, text=True, env=child_env()
+        [sys.executable, "-c", code, model, device, label], capture_output=True, text=True, env=child_env()
     )
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
