@@ -180,6 +180,9 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     import torch  # touches no device: NVML's base reading below stays the device's own
 
     r.import_s = time.perf_counter() - t0
+    judged = _judge_16bit_without_checkpoint(case, profile, r)
+    if judged is not None:
+        return judged
     if device == "cuda":
         ckpt.stage("model creation")
         _materialize(case.model, device, Prequant.of_case(case))
@@ -278,6 +281,28 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
         r.ppl_after = quality.perplexity(model, heldout, device)
         r.eval_s = (r.eval_s or 0.0) + time.perf_counter() - t0
     return Status.OK, ""
+
+
+def _judge_16bit_without_checkpoint(case: Case, profile: GpuProfile, r: Result) -> tuple[Status, str] | None:
+    """A 16-bit case of a shape whose 16-bit checkpoint is never written (`NO_16BIT_CHECKPOINT`):
+    oom when the exact weight bytes, counted on the meta device, exceed the profile's whole memory
+    (it cannot load, whatever else it holds); labelled computed, not measured. None otherwise (a
+    case that might fit is left to resolution, which says why it cannot run here)."""
+    from qlora_core.models.registry import NO_16BIT_CHECKPOINT, shape_spec
+
+    if case.is_quantized or case.model not in NO_16BIT_CHECKPOINT or not profile.is_gpu:
+        return None
+    from qlora_core.measure import meta_weight_bytes
+
+    r.computed_weight_bytes = meta_weight_bytes(shape_spec(case.model))
+    need_gib, have_gib = r.computed_weight_bytes / 2**30, profile.total_gib
+    if need_gib <= have_gib:
+        return None
+    return Status.OOM, (
+        f"load: computed, not measured: the 16-bit weights of {case.model} are"
+        f" {r.computed_weight_bytes:,} bytes ({need_gib:.2f} GiB) on the meta device, more than the"
+        f" {have_gib:.2f} GiB of {profile.name}: it does not fit at load"
+    )
 
 
 def _materialize(model: str, device: str, prequant: Prequant | None) -> None:

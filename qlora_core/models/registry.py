@@ -233,6 +233,12 @@ class Prequant:
         return cls(match[1], match[2] is not None, match[4], match[3])
 
 
+NO_16BIT_CHECKPOINT: frozenset[str] = frozenset({"llama-2-70b"})
+"""Shapes whose 16-bit checkpoint is never written (Llama-2-70B: 138 GB, more than the disk of the
+GPU machines): their 4-bit cases load a pre-quantized checkpoint; a 16-bit case is judged from
+its exact weight bytes on the meta device where those exceed the GPU (computed, not measured)."""
+
+
 def shape_spec(name: str) -> ShapeSpec:
     """The registered shape called `name`; ModelUnavailableError lists the known shapes."""
     try:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from qlora_core.models.cache import build_once, is_complete
 from qlora_core.models.real import REAL_RECIPE, materialize_real_model, real_dir
 from qlora_core.models.registry import (
+    NO_16BIT_CHECKPOINT,
     REAL_MODEL,
     SHAPE_RECIPE,
     SHAPES,
@@ -149,6 +150,11 @@ def resolve_model(name: str, *, device: str | None = None, prequant: Prequant | 
         target = device or default_device()
         if prequant is not None:
             return _resolve_prequantized_shape(spec, prequant, target)
+        if name in NO_16BIT_CHECKPOINT:
+            raise ModelUnavailableError(
+                f"{name} has no 16-bit checkpoint ({_bf16_bytes(spec) / 1e9:.0f} GB is never written); its"
+                " 4-bit cases load a pre-quantized checkpoint (Case prequantized=True)"
+            )
 
         def build(out: Path) -> dict[str, Any]:
             return write_shape_checkpoint(spec, out, target)
