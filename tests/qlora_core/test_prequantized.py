@@ -118,3 +118,43 @@ def test_prequantized_case_fields() -> None:
         Case("tiny", quant_type="none", prequantized=True)
     with pytest.raises(ValueError, match="not a pre-quantized label"):
         Prequant.from_label("nf5-bf16")
+
+
+def test_big_model_cases_plan_70b_qlora_and_a_computed_16bit_row_where_it_cannot_load() -> None:
+    from qlora_core.gpus import PROFILES
+    from qlora_core.matrix import build_matrix
+
+    def big(profile: str, tier: str) -> list[Case]:
+        return [p.case for p in build_matrix(PROFILES[profile], tier) if p.case.model == "llama-2-70b"]
+
+    for profile in ("a6000", "a100-40gb", "a100-80gb", "h100"):
+        cases = big(profile, "full")
+        assert [c.quant_type for c in cases] == ["nf4", "none"], profile
+        assert cases[0].prequantized and cases[0].gradient_checkpointing and cases[0].batch_size == 1
+        assert cases[0].engine == "trainer" and not cases[1].prequantized
+        assert big(profile, "default") == []
+    assert [c.quant_type for c in big("h200", "full")] == ["nf4"]  # 128.5 GiB of weights fit 140 GiB
+    assert big("t4", "full") == [] and big("l4x2", "full") == []
+
+
+def test_16bit_70b_is_judged_from_meta_weight_bytes_only_where_they_exceed_the_card() -> None:
+    from qlora_core.child import _judge_16bit_without_checkpoint
+    from qlora_core.gpus import PROFILES
+    from qlora_core.result import Result, Status
+
+    case = Case("llama-2-70b", quant_type="none")
+    row = Result.for_case(case, "a100-80gb", "")
+    status, reason = _judge_16bit_without_checkpoint(case, PROFILES["a100-80gb"], row)
+    assert status == Status.OOM and reason.startswith("load: computed, not measured")
+    assert row.computed_weight_bytes == 2 * 68_976_648_192 + 512  # bf16 params + rotary inv_freq, original_inv_freq
+    # A card that could hold the weights is not judged; a 4-bit case or another shape never is.
+    assert _judge_16bit_without_checkpoint(case, PROFILES["h200"], Result.for_case(case, "h200", "")) is None
+    q = Case("llama-2-70b", prequantized=True)
+    assert _judge_16bit_without_checkpoint(q, PROFILES["a6000"], Result.for_case(q, "a6000", "")) is None
+    small = Case("tiny", quant_type="none")
+    assert _judge_16bit_without_checkpoint(small, PROFILES["t4"], Result.for_case(small, "t4", "")) is None
+
+
+def test_no_16bit_checkpoint_is_ever_written_for_70b(isolated_cache: Path) -> None:
+    with pytest.raises(ModelUnavailableError, match="has no 16-bit checkpoint"):
+        resolve_model("llama-2-70b", device="cpu")
