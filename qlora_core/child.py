@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from qlora_core import faults
-from qlora_core.models import Prequant
 from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated, profile_for_device
+from qlora_core.models import Prequant
 from qlora_core.outcomes import classify_exception, recognised_refusal
 from qlora_core.result import Result, Status, write_atomic
 from qlora_core.runner import RunOptions, child_env, now_iso

@@ -6,9 +6,9 @@ caching allocator (see `qlora_core.child`).
 
 `total_gib` is what the driver reports to a process (nvidia-smi "MiB" total / 1024), which is a
 little below the marketed size: T4 15,360 MiB (16 GB), L4 23,034 MiB (24 GB), A10G 23,028 MiB
-(24 GB), A100-40GB 40,960 MiB, A100-80GB 81,920 MiB, RTX A6000 49,140 MiB (48 GB), H100 SXM 81,559 MiB (80 GB), H200 SXM
-143,771 MiB (141 GB; read on an H200). Compute capabilities are NVIDIA's (CUDA GPUs list):
-T4 7.5, L4 8.9, A10G and RTX A6000 8.6, A100 8.0, H100 and H200 9.0.
+(24 GB), A100-40GB 40,960 MiB, A100-80GB 81,920 MiB, RTX A6000 49,140 MiB (48 GB), H100 SXM
+81,559 MiB (80 GB), H200 SXM 143,771 MiB (141 GB; read on an H200). Compute capabilities are
+NVIDIA's (CUDA GPUs list): T4 7.5, L4 8.9, A10G and RTX A6000 8.6, A100 8.0, H100 and H200 9.0.
 """
 
 from __future__ import annotations

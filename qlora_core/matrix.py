@@ -360,8 +360,11 @@ def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
     - every card, FSDP, and every card, DDP (every rank holds the whole 4-bit model), both
       otherwise equal to the case above: per-GPU memory and, against it, the scaling efficiency.
     Each rank trains `batch_size` rows, so the ranks together train `count` times the tokens of the
-    one-card case per step. The 70B shape (issue 11) is not in the registry yet; its two-card case
-    belongs here once it is.
+    one-card case per step. The 70B shape's two-card case (issue 13 item 4) is not here yet: each
+    rank loads onto its own GPU (`load.load_model`), so both would hold the whole 4-bit model
+    (~35 GB) before FSDP shards it, over a 24 GB cap; it needs rank 0 to load on the CPU and the
+    others on the meta device, then `sync_module_states` (accelerate's
+    `fsdp_cpu_ram_efficient_loading`), and a pre-quantized checkpoint stored in the compute dtype.
     """
     batch, seq = tier.device_bound
     dtype = lesson_dtype(profile)

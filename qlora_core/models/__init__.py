@@ -22,4 +22,12 @@ from qlora_core.models.registry import (
     model_problem,
 )
 
-__all__ = ["REAL_MODEL", "REAL_MODEL_WHEEL", "SHAPES", "ModelUnavailableError", "Prequant", "ShapeSpec", "model_problem"]
+__all__ = [
+    "REAL_MODEL",
+    "REAL_MODEL_WHEEL",
+    "SHAPES",
+    "ModelUnavailableError",
+    "Prequant",
+    "ShapeSpec",
+    "model_problem",
+]

@@ -173,8 +173,10 @@ def write_prequantized_checkpoint(
 def prequant_problems(prequant: Prequant, config: dict[str, Any]) -> list[str]:
     """How a checkpoint's config.json disagrees with the settings a Case expects; [] if it agrees."""
     found = config.get("quantization_config")
-    if not isinstance(found, dict) or found.get("quant_method") != "bitsandbytes" or not found.get(
-        "load_in_4bit"
+    if (
+        not isinstance(found, dict)
+        or found.get("quant_method") != "bitsandbytes"
+        or not found.get("load_in_4bit")
     ):
         return ["its config.json has no bitsandbytes 4-bit quantization_config: it is not pre-quantized"]
     compute = found.get("bnb_4bit_compute_dtype") or "float32"
@@ -201,7 +203,8 @@ def check_prequantized_dir(path: Path, prequant: Prequant) -> None:
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as error:
-        raise ModelUnavailableError(f"pre-quantized checkpoint {path}: unreadable config.json ({error})")
+        problem = f"pre-quantized checkpoint {path}: unreadable config.json ({error})"
+        raise ModelUnavailableError(problem) from error
     problems = prequant_problems(prequant, config)
     if problems:
         where = f"pre-quantized checkpoint {path} does not match the case ({prequant.label})"

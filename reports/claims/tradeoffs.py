@@ -228,9 +228,7 @@ def _a100_compat_on(df: pd.DataFrame, profile: str) -> list[Evaluation]:
             out.append(holds(measured, evidence, condition, why))
         elif all(r["status"] in {"ok", "oom"} for r in big.values()):
             out.append(
-                refuted(
-                    measured, f"16-bit LoRA of a ~70B model does not fit the {profile}", evidence, condition, why
-                )
+                refuted(measured, f"16-bit LoRA of ~70B does not fit the {profile}", evidence, condition, why)
             )
         else:
             out.append(inconclusive("a ~70B 16-bit row has no ok/oom outcome", measured, evidence, condition))

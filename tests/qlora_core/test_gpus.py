@@ -44,7 +44,9 @@ def test_capability_decides_native_bf16(name, capability, native_bf16):
 
 
 # Marketed sizes in GB (10**9), from the vendors' datasheets: an independent check of total_gib.
-MARKETED_GB = {"t4": 16, "l4": 24, "a10g": 24, "a6000": 48, "a100-40gb": 40, "a100-80gb": 80, "h100": 80, "h200": 141}
+MARKETED_GB = {
+    "t4": 16, "l4": 24, "a10g": 24, "a6000": 48, "a100-40gb": 40, "a100-80gb": 80, "h100": 80, "h200": 141
+}  # fmt: skip
 
 
 def _near_marketed(name: str, total_gib: float) -> bool:
