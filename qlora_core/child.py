@@ -35,6 +35,7 @@ from typing import Any
 
 from qlora_core import faults
 from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated, profile_for_device
+from qlora_core.models import Prequant
 from qlora_core.outcomes import classify_exception, recognised_refusal
 from qlora_core.result import Result, Status, write_atomic
 from qlora_core.runner import RunOptions, child_env, now_iso
@@ -179,9 +180,12 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     import torch  # touches no device: NVML's base reading below stays the device's own
 
     r.import_s = time.perf_counter() - t0
+    judged = _judge_16bit_without_checkpoint(case, profile, r)
+    if judged is not None:
+        return judged
     if device == "cuda":
         ckpt.stage("model creation")
-        _materialize(case.model, device)
+        _materialize(case.model, device, Prequant.of_case(case))
         sampler = _setup_cuda(r, profile, gpu, options)
     # After the CUDA set-up: bitsandbytes loads its CUDA library when imported.
     t0 = time.perf_counter()
@@ -201,7 +205,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     torch.manual_seed(case.seed)
 
     ckpt.stage("model resolution")
-    resolved = resolve_model(case.model, device=device)
+    resolved = resolve_model(case.model, device=device, prequant=Prequant.of_case(case))
 
     ckpt.stage("load")
     t0 = time.perf_counter()
@@ -282,7 +286,29 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     return Status.OK, ""
 
 
-def _materialize(model: str, device: str) -> None:
+def _judge_16bit_without_checkpoint(case: Case, profile: GpuProfile, r: Result) -> tuple[Status, str] | None:
+    """A 16-bit case of a shape whose 16-bit checkpoint is never written (`NO_16BIT_CHECKPOINT`):
+    oom when the exact weight bytes, counted on the meta device, exceed the profile's whole memory
+    (it cannot load, whatever else it holds); labelled computed, not measured. None otherwise (a
+    case that might fit is left to resolution, which says why it cannot run here)."""
+    from qlora_core.models.registry import NO_16BIT_CHECKPOINT, shape_spec
+
+    if case.is_quantized or case.model not in NO_16BIT_CHECKPOINT or not profile.is_gpu:
+        return None
+    from qlora_core.measure import meta_weight_bytes
+
+    r.computed_weight_bytes = meta_weight_bytes(shape_spec(case.model))
+    need_gib, have_gib = r.computed_weight_bytes / 2**30, profile.total_gib
+    if need_gib <= have_gib:
+        return None
+    return Status.OOM, (
+        f"load: computed, not measured: the 16-bit weights of {case.model} are"
+        f" {r.computed_weight_bytes:,} bytes ({need_gib:.2f} GiB) on the meta device, more than the"
+        f" {have_gib:.2f} GiB of {profile.name}: it does not fit at load"
+    )
+
+
+def _materialize(model: str, device: str, prequant: Prequant | None) -> None:
     """Create a shape's checkpoint (or convert the real model) in a process of its own.
 
     Creating an 8B checkpoint allocates 16 GB on the GPU: done in this process it would run into
@@ -291,14 +317,16 @@ def _materialize(model: str, device: str) -> None:
     from qlora_core.models import ModelUnavailableError
     from qlora_core.models.resolve import is_materialized
 
-    if is_materialized(model):
+    if is_materialized(model, prequant):
         return
     code = (
-        "import sys; from qlora_core.models.resolve import resolve_model;"
-        " resolve_model(sys.argv[1], device=sys.argv[2])"
+        "import sys; from qlora_core.models import Prequant; from qlora_core.models.resolve import"
+        " resolve_model; resolve_model(sys.argv[1], device=sys.argv[2],"
+        " prequant=Prequant.from_label(sys.argv[3]) if sys.argv[3] else None)"
     )
+    label = prequant.label if prequant is not None else ""
     proc = subprocess.run(
-        [sys.executable, "-c", code, model, device], capture_output=True, text=True, env=child_env()
+        [sys.executable, "-c", code, model, device, label], capture_output=True, text=True, env=child_env()
     )
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-6:])

@@ -297,6 +297,8 @@ def launcher_main(request_path: str, config: str) -> None:
     """Die with the runner, create the model's checkpoint once, then become `accelerate launch`
     (exec keeps the pid and PDEATHSIG)."""
     from qlora_core.child import _die_with_parent, _materialize
+    from qlora_core.models import Prequant
+    from qlora_core.spec import Case
 
     request = json.loads(Path(request_path).read_text())
     _die_with_parent(request["parent_pid"])
@@ -304,7 +306,8 @@ def launcher_main(request_path: str, config: str) -> None:
     # A failure is left to the ranks, which record it as their outcome (e.g. missing_model).
     device = "cuda" if get_profile(request["options"]["profile"]).is_gpu else "cpu"
     with contextlib.suppress(Exception):
-        _materialize(request["case"]["model"], device)
+        case = Case.from_dict(request["case"])
+        _materialize(case.model, device, Prequant.of_case(case))
     argv = accelerate_launch_argv(Path(request_path), Path(config))
     os.execv(argv[0], argv)
 

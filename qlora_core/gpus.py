@@ -6,9 +6,9 @@ caching allocator (see `qlora_core.child`).
 
 `total_gib` is what the driver reports to a process (nvidia-smi "MiB" total / 1024), which is a
 little below the marketed size: T4 15,360 MiB (16 GB), L4 23,034 MiB (24 GB), A10G 23,028 MiB
-(24 GB), A100-40GB 40,960 MiB, A100-80GB 81,920 MiB, H100 SXM 81,559 MiB (80 GB), H200 SXM
-143,771 MiB (141 GB; read on an H200). Compute capabilities are NVIDIA's (CUDA GPUs list):
-T4 7.5, L4 8.9, A10G 8.6, A100 8.0, H100 and H200 9.0.
+(24 GB), A100-40GB 40,960 MiB, A100-80GB 81,920 MiB, RTX A6000 49,140 MiB (48 GB), H100 SXM
+81,559 MiB (80 GB), H200 SXM 143,771 MiB (141 GB; read on an H200). Compute capabilities are
+NVIDIA's (CUDA GPUs list): T4 7.5, L4 8.9, A10G and RTX A6000 8.6, A100 8.0, H100 and H200 9.0.
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ PROFILES: dict[str, GpuProfile] = {
         GpuProfile("t4", 15360 / _MIB_IN_GIB, (7, 5), 65.0, None, 8.1),
         GpuProfile("l4", 23034 / _MIB_IN_GIB, (8, 9), 121.0, 121.0, 30.3),
         GpuProfile("a10g", 23028 / _MIB_IN_GIB, (8, 6)),
+        # RTX A6000 (48 GB GDDR6, the QLoRA paper's single 48 GB GPU): 309.7 fp16/bf16 tensor
+        # TFLOPS sparse (154.8 dense), 38.7 fp32; the driver reports 49,140 MiB.
+        GpuProfile("a6000", 49140 / _MIB_IN_GIB, (8, 6), 154.8, 154.8, 38.7),
         GpuProfile("a100-40gb", 40960 / _MIB_IN_GIB, (8, 0), 312.0, 312.0, 19.5),
         GpuProfile("a100-80gb", 81920 / _MIB_IN_GIB, (8, 0), 312.0, 312.0, 19.5),
         GpuProfile("h100", 81559 / _MIB_IN_GIB, (9, 0), 989.5, 989.5, 67.0),
@@ -85,6 +88,7 @@ _NAME_HINTS: tuple[tuple[str, str], ...] = (
     ("h200", "h200"),
     ("h100", "h100"),
     ("a100", "a100-80gb"),  # refined by memory below
+    ("a6000", "a6000"),
     ("a10g", "a10g"),
     ("l4", "l4"),
     ("t4", "t4"),

@@ -44,6 +44,9 @@ def load_model(case: Case, path: str, device: str) -> torch.nn.Module:
 
     Non-quantized parameters (embeddings, norms, lm_head) load in the compute dtype, as they
     would for a user who sets both; prepare_model_for_kbit_training may cast them to fp32 later.
+    A pre-quantized checkpoint (`case.prequantized`) loads as users load one, without a
+    quantization_config: its own config.json says how it is quantized (checked against the case
+    at resolution, `models.prequantized.check_prequantized_dir`).
     """
     from transformers import AutoModelForCausalLM
 
@@ -51,12 +54,14 @@ def load_model(case: Case, path: str, device: str) -> torch.nn.Module:
 
     # Each rank of a multi-GPU case loads onto its own GPU (issue 13).
     device_map = {"": local_device_index()} if device == "cuda" else {"": "cpu"}
+    # An explicit quantization_config=None would make transformers ignore the checkpoint's own.
+    quantization = {} if case.prequantized else {"quantization_config": bnb_config(case)}
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=TORCH_DTYPES[case.compute_dtype],
-        quantization_config=bnb_config(case),
         device_map=device_map,
         low_cpu_mem_usage=True,
+        **quantization,
     )
     # The cache is useless in training and wrong with checkpointing.
     model.config.use_cache = False

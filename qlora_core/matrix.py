@@ -25,7 +25,9 @@ families runs once):
   8-bit Adam, no checkpointing): batch 2 -> batch 1 with gradient accumulation keeping the
   effective batch -> seq 1024 -> gradient checkpointing.
 - ``compat``: each model of the profile loaded and trained as QLoRA and as 16-bit LoRA at the
-  smallest point: which sizes fit on this GPU at all.
+  smallest point: which sizes fit on this GPU at all. In the full tier, cards of 40 GB or more
+  add the 70B shape (`big_model_cases`): QLoRA from a pre-quantized checkpoint, 16-bit judged
+  from its exact weight bytes where they exceed the card (computed, not measured).
 - ``quality``: the real model on held-out text: nf4/fp4 x double quant and the 16-bit reference.
 - ``stability``: the real model on text, fp16 vs bf16 compute at learning rates 1e-4, 2e-4, 1e-3.
 - ``engine``: the same case trained by the core loop, transformers' Trainer and TRL's SFTTrainer,
@@ -51,7 +53,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from qlora_core.gpus import GpuProfile
-from qlora_core.models import REAL_MODEL
+from qlora_core.models import REAL_MODEL, SHAPES
 from qlora_core.spec import ENGINES, Case, reference_of
 
 MATRICES: tuple[str, ...] = ("smoke", "default", "full")
@@ -265,6 +267,9 @@ def build_matrix(
         small = lesson.replace(model=model, batch_size=1, seq_len=tier.ref_seq)
         plan.add(small, "compat")
         plan.add(reference_of(small), "compat")
+    if full and not models:  # minutes of GPU each (a 70B checkpoint, a 70B load): full tier only
+        for case in big_model_cases(profile, tier, lesson):
+            plan.add(case, "compat")
     for quant in ("nf4", "fp4"):
         for dq in (True, False):
             plan.add(text_lesson.replace(quant_type=quant, double_quant=dq), "quality")
@@ -316,6 +321,32 @@ def ladder_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
     return steps
 
 
+# 70B on one card (issue 11) ------------------------------------------------------------------
+BIG_MODEL = "llama-2-70b"
+BIG_MODEL_STEPS = {"warmup_steps": 1, "measured_steps": 3}
+"""A 70B step takes seconds: memory is what these cases are for, a few steps measure it."""
+
+
+def big_model_cases(profile: GpuProfile, tier: Tier, lesson: Case) -> list[Case]:
+    """The 70B shape in the compat family of a single card of 40 GB or more (A100 40/80 GB, the
+    48 GB A6000, H100, H200): QLoRA at the smallest point (b1, the tier's shortest sequence,
+    checkpointing, the Trainer) from its pre-quantized checkpoint (no 16-bit checkpoint exists),
+    and its 16-bit LoRA reference where the 16-bit weights exceed the card: that row is judged at
+    load from the weights' exact bytes on the meta device (computed, not measured; `child`). On a
+    card that could hold them (the H200) no 16-bit row is planned: it could not be measured.
+    """
+    if not profile.is_gpu or profile.count > 1 or profile.total_gib < _LARGE_GPU_MIN_GIB:
+        return []
+    qlora = lesson.replace(
+        model=BIG_MODEL, batch_size=1, seq_len=tier.ref_seq, prequantized=True, **BIG_MODEL_STEPS
+    )
+    cases = [qlora]
+    # bf16 parameters and no persistent buffers: 2 bytes per parameter is the checkpoint's size.
+    if 2 * SHAPES[BIG_MODEL].total_params / 2**30 > profile.total_gib:
+        cases.append(reference_of(qlora))
+    return cases
+
+
 # multi-GPU (issue 13) -------------------------------------------------------------------------
 MULTIGPU_MODEL = "llama-3.1-8b"
 
@@ -329,8 +360,11 @@ def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
     - every card, FSDP, and every card, DDP (every rank holds the whole 4-bit model), both
       otherwise equal to the case above: per-GPU memory and, against it, the scaling efficiency.
     Each rank trains `batch_size` rows, so the ranks together train `count` times the tokens of the
-    one-card case per step. The 70B shape (issue 11) is not in the registry yet; its two-card case
-    belongs here once it is.
+    one-card case per step. The 70B shape's two-card case (issue 13 item 4) is not here yet: each
+    rank loads onto its own GPU (`load.load_model`), so both would hold the whole 4-bit model
+    (~35 GB) before FSDP shards it, over a 24 GB cap; it needs rank 0 to load on the CPU and the
+    others on the meta device, then `sync_module_states` (accelerate's
+    `fsdp_cpu_ram_efficient_loading`), and a pre-quantized checkpoint stored in the compute dtype.
     """
     batch, seq = tier.device_bound
     dtype = lesson_dtype(profile)

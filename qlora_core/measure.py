@@ -159,6 +159,16 @@ def weight_bytes(model: torch.nn.Module) -> WeightBytes:
     )
 
 
+def meta_weight_bytes(spec: Any) -> int:
+    """Exact bytes of a shape's 16-bit weights (parameters, a tied one once, and buffers), counted on
+    the meta device: what loading it in 16-bit must hold, computed without memory or a checkpoint."""
+    from qlora_core.models.shapes import build_meta_model
+
+    model = build_meta_model(spec)
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def parameter_counts(peft_model: Any) -> tuple[int, int]:
     """(trainable, total) exactly as peft's print_trainable_parameters counts them (4-bit packed
     parameters counted at their unpacked size)."""

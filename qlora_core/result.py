@@ -110,6 +110,9 @@ class Result:
     quant_data_bytes: int | None = None  # packed 4-bit payload
     quant_stats_bytes: int | None = None  # absmax (+ nested absmax, code, offset with DQ)
     footprint_bytes: int | None = None  # model.get_memory_footprint() (omits quant stats)
+    # Computed, not measured: the exact bytes of the 16-bit weights on the meta device, set only on
+    # a row judged "does not fit at load" without loading (a shape with no 16-bit checkpoint).
+    computed_weight_bytes: int | None = None
 
     # memory by stage (allocator on CUDA; process RSS on the CPU)
     load_alloc_gib: float | None = None

@@ -98,6 +98,11 @@ class Case:
     strategy: Strategy = "single"
     """How the ranks share the model: `fsdp` (FSDP shards the 4-bit weights, stored in the
     compute dtype), `ddp` (every rank holds the whole model); `single` for one rank."""
+    prequantized: bool = False
+    """Load a pre-quantized 4-bit checkpoint, as users load one (`from_pretrained(path)`), instead
+    of quantizing 16-bit weights at load: for a shape, the checkpoint built layer by layer for this
+    case's quant_type, double_quant, compute_dtype and quant_storage (`models.prequantized`; no
+    16-bit checkpoint is written); for a local directory, its `quantization_config` must agree."""
 
     def __post_init__(self) -> None:
         if self.quant_type == "none":
@@ -151,6 +156,8 @@ class Case:
             parts.append(self.engine)
         if self.num_gpus != 1 or self.strategy != defaults["strategy"]:
             parts.append(f"{self.num_gpus}gpu-{self.strategy}")
+        if self.prequantized:
+            parts.append("preq")
         parts += [f"{k}-{v}" for k, v in self.extra]
         return "-".join(parts)
 
@@ -261,6 +268,9 @@ def validate(case: Case) -> list[str]:
     _check_choice(p, "engine", case.engine, ENGINES)
     _check_int(p, "num_gpus", case.num_gpus, 1, MAX_GPUS)
     _check_choice(p, "strategy", case.strategy, STRATEGIES)
+    _check_bool(p, "prequantized", case.prequantized)
+    if case.prequantized is True and case.quant_type == "none":
+        p.append("prequantized=True with quant_type='none': a pre-quantized checkpoint is 4-bit (nf4, fp4)")
     if not isinstance(case.extra, tuple) or not all(
         isinstance(kv, tuple) and len(kv) == 2 and all(isinstance(s, str) for s in kv) for kv in case.extra
     ):
@@ -309,7 +319,7 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Case))
 # as of the first release. A field added later enters the hash only when it differs from its
 # default, so every case that existed before it keeps its hash (and its stored runs), while a case
 # that sets it gets a new one. Add each new field here, with a default that means "as before".
-LATER_FIELDS: tuple[str, ...] = ("engine", "num_gpus", "strategy")
+LATER_FIELDS: tuple[str, ...] = ("engine", "num_gpus", "strategy", "prequantized")
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(Case) if f.default is not dataclasses.MISSING
 }
@@ -318,4 +328,4 @@ _DEFAULTS: dict[str, Any] = {
 def reference_of(case: Case) -> Case:
     """The 16-bit LoRA reference at the same point (same model, batch, length, LoRA, optimizer)."""
     dtype = case.compute_dtype if case.compute_dtype != "fp32" else "bf16"
-    return case.replace(quant_type="none", compute_dtype=dtype, quant_storage="uint8")
+    return case.replace(quant_type="none", compute_dtype=dtype, quant_storage="uint8", prequantized=False)

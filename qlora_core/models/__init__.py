@@ -17,8 +17,17 @@ from qlora_core.models.registry import (
     REAL_MODEL_WHEEL,
     SHAPES,
     ModelUnavailableError,
+    Prequant,
     ShapeSpec,
     model_problem,
 )
 
-__all__ = ["REAL_MODEL", "REAL_MODEL_WHEEL", "SHAPES", "ModelUnavailableError", "ShapeSpec", "model_problem"]
+__all__ = [
+    "REAL_MODEL",
+    "REAL_MODEL_WHEEL",
+    "SHAPES",
+    "ModelUnavailableError",
+    "Prequant",
+    "ShapeSpec",
+    "model_problem",
+]

@@ -174,6 +174,13 @@ SHAPES: dict[str, ShapeSpec] = {
             "llama-2-13b", "llama", 32000, 5120, 13824, 40, 40, 40, None, False,
             13_015_864_320, 12_687_769_600, 4096, 1e-5, _default_rope(10000.0),
         ),
+        # Llama-2-70B (issue 11): grouped-query attention (8 KV heads), vocab 32000 as the 65B
+        # model of the QLoRA paper. Its 16-bit checkpoint (138 GB) is never written: it runs from
+        # a pre-quantized 4-bit checkpoint built layer by layer (`models.prequantized`).
+        ShapeSpec(
+            "llama-2-70b", "llama", 32000, 8192, 28672, 80, 64, 8, None, False,
+            68_976_648_192, 68_451_041_280, 4096, 1e-5, _default_rope(10000.0),
+        ),
         # Mistral-7B-v0.1 (vocab 32000; v0.3 has 32768). Its sliding window 4096 is the class default.
         ShapeSpec(
             "mistral-7b", "mistral", 32000, 4096, 14336, 32, 32, 8, None, False,
@@ -192,6 +199,44 @@ SHAPES: dict[str, ShapeSpec] = {
         ShapeSpec("tiny", "llama", 1024, 128, 384, 2, 4, 2, None, True, 524_928, 393_216),
     )
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Prequant:
+    """What a pre-quantized bitsandbytes 4-bit checkpoint fixes: the quantization settings of its
+    `quantization_config`, which `from_pretrained` takes from the checkpoint, not the caller."""
+
+    quant_type: str
+    double_quant: bool
+    quant_storage: str
+    compute_dtype: str
+
+    @property
+    def label(self) -> str:
+        """`nf4-dq-bf16-qs-uint8`: part of the checkpoint's cache dir name and of messages."""
+        dq = "-dq" if self.double_quant else ""
+        return f"{self.quant_type}{dq}-{self.compute_dtype}-qs-{self.quant_storage}"
+
+    @classmethod
+    def of_case(cls, case: Any) -> Prequant | None:
+        """The checkpoint a `Case` with `prequantized=True` loads from; None for any other case."""
+        if not case.prequantized:
+            return None
+        return cls(case.quant_type, case.double_quant, case.quant_storage, case.compute_dtype)
+
+    @classmethod
+    def from_label(cls, label: str) -> Prequant:
+        """Inverse of `label` (a checkpoint is built in a process of its own, given the label)."""
+        match = re.fullmatch(r"(nf4|fp4)(-dq)?-(fp16|bf16|fp32)-qs-(uint8|fp16|bf16|fp32)", label)
+        if match is None:
+            raise ValueError(f"not a pre-quantized label: {label!r} (e.g. 'nf4-dq-bf16-qs-uint8')")
+        return cls(match[1], match[2] is not None, match[4], match[3])
+
+
+NO_16BIT_CHECKPOINT: frozenset[str] = frozenset({"llama-2-70b"})
+"""Shapes whose 16-bit checkpoint is never written (Llama-2-70B: 138 GB, more than the disk of the
+GPU machines): their 4-bit cases load a pre-quantized checkpoint; a 16-bit case is judged from
+its exact weight bytes on the meta device where those exceed the GPU (computed, not measured)."""
 
 
 def shape_spec(name: str) -> ShapeSpec:

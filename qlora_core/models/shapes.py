@@ -46,16 +46,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def draw_param_(name: str, param: torch.Tensor, std: float, generator: torch.Generator) -> None:
+    """One parameter as the models' own init draws it, minus its per-module cost: N(0, std)
+    matrices, unit norms, zero biases. The one init rule of the shapes (16-bit and pre-quantized)."""
+    if name.endswith(".bias"):
+        param.zero_()
+    elif param.ndim == 1:  # RMSNorm weights
+        param.fill_(1.0)
+    else:
+        param.normal_(0.0, std, generator=generator)
+
+
 @torch.no_grad()
 def _init_random_(model: torch.nn.Module, std: float, generator: torch.Generator) -> None:
-    """The models' own init, minus its per-module cost: N(0, std) matrices, unit norms, zero biases."""
-    for name, param in model.named_parameters():  # a tied parameter is listed (and drawn) once
-        if name.endswith(".bias"):
-            param.zero_()
-        elif param.ndim == 1:  # RMSNorm weights
-            param.fill_(1.0)
-        else:
-            param.normal_(0.0, std, generator=generator)
+    """Every parameter drawn in `named_parameters` order (a tied parameter is listed, and drawn, once)."""
+    for name, param in model.named_parameters():
+        draw_param_(name, param, std, generator)
 
 
 def write_shape_checkpoint(spec: ShapeSpec, out: Path, device: str) -> dict[str, Any]:

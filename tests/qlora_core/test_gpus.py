@@ -20,7 +20,7 @@ from qlora_core.gpus import (
 
 
 def test_registry_has_every_documented_profile():
-    singles = {"t4", "l4", "a10g", "a100-40gb", "a100-80gb", "h100", "h200", "cpu"}
+    singles = {"t4", "l4", "a10g", "a6000", "a100-40gb", "a100-80gb", "h100", "h200", "cpu"}
     assert set(PROFILE_NAMES) == singles | {"t4x2", "l4x2"}
 
 
@@ -44,7 +44,9 @@ def test_capability_decides_native_bf16(name, capability, native_bf16):
 
 
 # Marketed sizes in GB (10**9), from the vendors' datasheets: an independent check of total_gib.
-MARKETED_GB = {"t4": 16, "l4": 24, "a10g": 24, "a100-40gb": 40, "a100-80gb": 80, "h100": 80, "h200": 141}
+MARKETED_GB = {
+    "t4": 16, "l4": 24, "a10g": 24, "a6000": 48, "a100-40gb": 40, "a100-80gb": 80, "h100": 80, "h200": 141
+}  # fmt: skip
 
 
 def _near_marketed(name: str, total_gib: float) -> bool:
@@ -82,6 +84,7 @@ def test_unknown_profile_lists_allowed_names():
         ("NVIDIA A10G", 22.5, "a10g"),
         ("NVIDIA A100-SXM4-40GB", 39.4, "a100-40gb"),
         ("NVIDIA A100 80GB PCIe", 79.2, "a100-80gb"),
+        ("NVIDIA RTX A6000", 47.99, "a6000"),
         ("NVIDIA H100 80GB HBM3", 79.1, "h100"),
         ("NVIDIA H200", 140.4, "h200"),
         ("NVIDIA RTX 4090", 24, None),

@@ -138,3 +138,31 @@ def test_a100_compat_holds_when_70b_ran(build):
         _compat(build, "llama-2-70b", "nf4", "ok", "a100-80gb"),
     ]
     assert build.verdicts(check_a100_compat(build.run(rows))) == ["holds", "holds"]
+
+
+def test_a100_compat_judges_each_a100_profile_apart_and_labels_computed_rows(build):
+    computed = 137_953_296_896
+    rows = [
+        _compat(build, "llama-2-70b", "nf4", "oom", "a100-40gb"),
+        build.result(
+            "llama-2-70b", quant_type="none", status="oom", families="compat", profile="a100-40gb",
+            computed_weight_bytes=computed,
+        ),
+        _compat(build, "llama-2-70b", "nf4", "ok", "a100-80gb"),
+        build.result(
+            "llama-2-70b", quant_type="none", status="oom", families="compat", profile="a100-80gb",
+            computed_weight_bytes=computed,
+        ),
+    ]  # fmt: skip
+    evals = check_a100_compat(build.run(rows))
+    assert [e.condition for e in evals] == [
+        "16-bit LoRA: Up to 70B (a100-40gb)",
+        "QLoRA: All sizes (a100-40gb)",
+        "16-bit LoRA: Up to 70B (a100-80gb)",
+        "QLoRA: All sizes (a100-80gb)",
+    ]
+    assert build.verdicts(evals) == ["refuted", "refuted", "refuted", "holds"]
+    assert "computed, not measured: 16-bit weights 128.5 GiB" in evals[0].measured
+    # A 16-bit 70B row that neither loaded nor was judged (e.g. no checkpoint) decides nothing.
+    rows[3] = _compat(build, "llama-2-70b", "none", "missing_model", "a100-80gb")
+    assert check_a100_compat(build.run(rows))[2].verdict is Verdict.INCONCLUSIVE
