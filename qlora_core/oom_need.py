@@ -35,6 +35,10 @@ def why_no_rerun(result: Result) -> str | None:
     exceeds, not yet rerun). The CPU has no cap, so a CPU row is never rerun."""
     if result.status != Status.OOM.value:
         return f"status {result.status}, not oom"
+    if result.computed_weight_bytes is not None:
+        # Judged from the weights' exact bytes without loading (no 16-bit checkpoint exists to
+        # load: models.prequantized); uncapped it would only be judged again.
+        return "judged from computed weight bytes, not measured: there is nothing to rerun"
     if result.needed_status is not None:
         return f"already rerun uncapped ({result.needed_status} on {result.needed_on})"
     if result.memory_cap_gib is None:

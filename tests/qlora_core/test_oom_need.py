@@ -48,6 +48,7 @@ def test_an_oom_under_a_cap_the_host_exceeds_is_rerun() -> None:
         ({"memory_cap_gib": None}, "without a memory cap"),  # the CPU, or a real T4
         ({"gpu_total_gib": 14.5}, "no more memory than the cap"),
         ({"needed_status": "ok", "needed_on": "NVIDIA H200"}, "already rerun"),  # --resume
+        ({"computed_weight_bytes": 137_953_296_896}, "computed weight bytes"),  # 16-bit 70B
     ],
 )
 def test_no_rerun_where_it_could_say_nothing_new(changes: dict[str, object], why: str) -> None:
