@@ -36,6 +36,7 @@ import pandas as pd
 from qlora_core.matrix import PlannedCase
 from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
 from qlora_core.runner import RunOptions, run_case
+from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions
 from reports.frame import (
@@ -90,6 +91,7 @@ class BenchSession:
     matrix_case_ids: list[str] = field(default_factory=list)  # the whole matrix (every shard's)
     _opened_at: float = field(default_factory=time.monotonic)  # for the progress line's times
     _lock: IO[str] | None = None
+    spares: SparePool = field(default_factory=SparePool)  # warm spare children (qlora_core/spare.py)
 
     @classmethod
     def open(
@@ -114,7 +116,8 @@ class BenchSession:
         return session
 
     def close(self) -> None:
-        """Release the run folder's lock (a dead process releases it too)."""
+        """End the waiting spare; release the run folder's lock (a dead process releases it too)."""
+        self.spares.shutdown()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -165,7 +168,7 @@ class BenchSession:
         )
         executed = self.executed_case(planned)
         path = self.run_dir / CASES_DIR / result_file_name(case.hash, run.repeat)
-        result = run_case(executed, run_opts, path)
+        result = run_case(executed, run_opts, path, self.spares)
         # The matrix's identity stays the key (the gate matches on it); what ran is in `case`.
         result.case_id, result.case_hash = case.id, case.hash
         self.record(result)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from qlora_core.result import Result, repeat_suffix, result_file_name  # noqa: E402  (after the path)
 from qlora_core.runner import DEFAULT_TIMEOUT_S, RunOptions, run_case  # noqa: E402
+from qlora_core.spare import SparePool  # noqa: E402
 from qlora_core.spec import Case, CaseError  # noqa: E402
 
 
@@ -73,14 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, *sys.argv])
     (args.out / "environment.json").write_text(json.dumps({"commands": [command]}, indent=2) + "\n")
     cases_dir = args.out / "cases"
-    for repeat, case in ((r, c) for r in range(args.repeat) for c in cases):
-        options = RunOptions(
-            profile=args.gpu, timeout_s=args.case_timeout, families="hand-picked", repeat=repeat
-        )
-        result = run_case(case, options, cases_dir / result_file_name(case.hash, repeat))
-        with (args.out / "results.jsonl").open("a") as f:
-            f.write(result.to_json() + "\n")
-        print(summary(result), flush=True)
+    with SparePool() as spares:  # no spare outlives the run, Ctrl-C included
+        for repeat, case in ((r, c) for r in range(args.repeat) for c in cases):
+            options = RunOptions(
+                profile=args.gpu, timeout_s=args.case_timeout, families="hand-picked", repeat=repeat
+            )
+            result = run_case(case, options, cases_dir / result_file_name(case.hash, repeat), spares)
+            with (args.out / "results.jsonl").open("a") as f:
+                f.write(result.to_json() + "\n")
+            print(summary(result), flush=True)
     return 0
 
 

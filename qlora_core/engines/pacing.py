@@ -118,7 +118,8 @@ def stop_reason(step_ms: Sequence[float], plan: StepPlan) -> str | None:
     spread = rel_iqr(step_ms)
     if n >= MIN_STEPS_FOR_SPREAD and spread is not None and spread < plan.target_rel_iqr:
         return "target"
-    if n >= MIN_STEPS_FOR_VERDICT and spread is not None and spread >= OUT_OF_REACH_FACTOR * plan.target_rel_iqr:
+    out_of_reach = OUT_OF_REACH_FACTOR * plan.target_rel_iqr
+    if n >= MIN_STEPS_FOR_VERDICT and spread is not None and spread >= out_of_reach:
         return "spread"
     if sum(step_ms) / 1000.0 >= plan.budget_s:
         return "budget"

@@ -82,7 +82,7 @@ def test_a_spread_far_above_the_target_stops_early_a_steady_row_still_reaches_th
     host_bound = [100.0 if i % 2 else 130.0 for i in range(MIN_STEPS_FOR_VERDICT)]
     assert stop_reason(host_bound[:-1], few) is None  # not before the verdict's minimum
     assert stop_reason(host_bound, few) == "spread"
-    assert stop_reason(host_bound + [100.0, 130.0], ADAPTIVE) == "spread"  # the case's minimum first
+    assert stop_reason([*host_bound, 100.0, 130.0], ADAPTIVE) == "spread"  # the case's minimum first
     # Just under the threshold: measures on (then the budget or the cap ends it).
     edge = TARGET_REL_IQR * OUT_OF_REACH_FACTOR * 0.9
     below = [100.0 * (1 + edge * (i % 2)) for i in range(MIN_STEPS_FOR_VERDICT)]
