@@ -88,6 +88,10 @@ class _Checkpointer:
         write_atomic(self.path, self.result.to_json())
         self._fire_if_due()
 
+    def save(self) -> None:
+        """Write the Result as it stands, in the current stage."""
+        write_atomic(self.path, self.result.to_json())
+
     def arm(self, spec: str) -> None:
         """Inject the fault `spec` (KIND@STAGE, "" for none); fires now if STAGE is the current one."""
         self.fault = faults.parse_fault(spec)
@@ -106,8 +110,9 @@ class _Checkpointer:
         write_atomic(self.path, self.result.to_json())
 
 
-def child_main(request_path: str) -> None:
-    """Entry point of the child: read the request, run the case, write the Result, exit 0."""
+def child_main(request_path: str, spare_import_s: float | None = None) -> None:
+    """Entry point of the child: read the request, run the case, write the Result, exit 0.
+    `spare_import_s`: in a warm spare (`qlora_core.spare`), what its imports took before."""
     main_at = time.time()
     request = json.loads(Path(request_path).read_text())
     _die_with_parent(request["parent_pid"])
@@ -117,17 +122,23 @@ def child_main(request_path: str) -> None:
     fault = faults.for_rank(options.inject_fault or dict(case.extra).get("fault", ""), 0)
     spawned_at = request.get("spawned_at")
     start_s = max(0.0, main_at - spawned_at) if spawned_at is not None else None
-    run_child(case, options, Path(request["result"]), fault, start_s)
+    run_child(case, options, Path(request["result"]), fault, start_s, spare_import_s)
     # Leave without running atexit handlers of CUDA libraries that may hang after an error; the
     # result is already on disk.
     os._exit(0)
 
 
 def run_child(
-    case: Case, options: RunOptions, result_path: Path, fault: str, start_s: float | None = None
+    case: Case,
+    options: RunOptions,
+    result_path: Path,
+    fault: str,
+    start_s: float | None = None,
+    spare_import_s: float | None = None,
 ) -> Result:
     """Run `case` through its stages, injecting `fault` (KIND@STAGE or ""); the Result, also on disk.
-    `start_s`: seconds from the parent's spawn to the child's main, when the parent said.
+    `start_s`: seconds from the parent's spawn (or hand-over to a spare) to the child's main, when
+    the parent said; `spare_import_s`: a warm spare's imports before the hand-over (None: cold).
 
     The body of a child, and of each rank of a multi-GPU case (`qlora_core.rank`).
     """
@@ -136,6 +147,8 @@ def run_child(
     result.overrides = options.overrides
     result.repeat = options.repeat
     result.start_s = start_s
+    result.warm_spare = spare_import_s is not None
+    result.spare_import_s = spare_import_s
     ckpt = _Checkpointer(result, result_path)
     ckpt.stage("start-up")  # from here on the result file exists, whatever happens
     tb = ""
@@ -263,6 +276,11 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
 
     def on_step(step: int, stats: TrainStats) -> None:
         r.losses, r.grad_norms, r.step_ms = stats.losses, stats.grad_norms, stats.step_ms
+        if stats.train_s is not None and r.train_s is None:
+            # The timed steps are over: say so on disk, where the parent looks for the moment to
+            # start the next case's spare (`qlora_core.spare`).
+            r.train_s = stats.train_s
+            ckpt.save()
 
     stats = run_training(model, case, batches, device, on_step=on_step, plan=plan)
     if device == "cuda":
@@ -426,4 +444,9 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
 
 
 if __name__ == "__main__":
-    child_main(sys.argv[1])
+    if sys.argv[1] == "--spare":
+        from qlora_core.spare import serve
+
+        serve(int(sys.argv[2]))
+    else:
+        child_main(sys.argv[1])

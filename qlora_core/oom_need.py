@@ -20,6 +20,7 @@ from pathlib import Path
 
 from qlora_core.result import NEEDED_OF, Result, Status, repeat_suffix, write_atomic
 from qlora_core.runner import RunOptions, run_case
+from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 
 UNCAPPED_SUFFIX = "-uncapped"
@@ -67,14 +68,20 @@ def fold_need(capped: Result, uncapped: Result) -> None:
         setattr(capped, needed, getattr(uncapped, measured))
 
 
-def measure_need(case: Case, options: RunOptions, capped: Result, result_path: Path | None) -> Result:
+def measure_need(
+    case: Case,
+    options: RunOptions,
+    capped: Result,
+    result_path: Path | None,
+    spares: SparePool | None = None,
+) -> Result:
     """Rerun `case` uncapped in a fresh child, fold its memory into `capped` (in place; also
     rewritten to `result_path`, the capped run's file, when given) and return the rerun's Result
     (stored as `<hash>-uncapped.json` beside `result_path`)."""
     rerun_path = None
     if result_path is not None:
         rerun_path = result_path.with_name(uncapped_file_name(capped.case_hash, options.repeat))
-    uncapped = run_case(case, uncapped_options(options), rerun_path)
+    uncapped = run_case(case, uncapped_options(options), rerun_path, spares)
     fold_need(capped, uncapped)
     if result_path is not None:
         write_atomic(result_path, capped.to_json())
@@ -82,11 +89,16 @@ def measure_need(case: Case, options: RunOptions, capped: Result, result_path: P
 
 
 def run_case_measuring_need(
-    case: Case, options: RunOptions, result_path: Path | None = None, rerun: bool = True
+    case: Case,
+    options: RunOptions,
+    result_path: Path | None = None,
+    rerun: bool = True,
+    spares: SparePool | None = None,
 ) -> Result:
-    """`runner.run_case`, then, when the case ran out of memory under a cap the host GPU exceeds
-    and `rerun` is on (`--no-oom-rerun` turns it off), its uncapped rerun folded in."""
-    result = run_case(case, options, result_path)
+    """`runner.run_case` (in a warm spare from `spares` when given), then, when the case ran out of
+    memory under a cap the host GPU exceeds and `rerun` is on (`--no-oom-rerun` turns it off), its
+    uncapped rerun folded in."""
+    result = run_case(case, options, result_path, spares)
     if rerun and why_no_rerun(result) is None:
-        measure_need(case, options, result, result_path)
+        measure_need(case, options, result, result_path, spares)
     return result

@@ -69,7 +69,9 @@ class Result:
     finished_at: str = ""
     wall_s: float | None = None  # the parent's: spawning the child to its exit
     # where the wall time goes, phase by phase (seconds; see child.py)
-    start_s: float | None = None  # parent's spawn to the child's main (interpreter start-up)
+    start_s: float | None = None  # parent's spawn (or hand-over to a warm spare) to the child's main
+    warm_spare: bool | None = None  # the case ran in a warm spare (qlora_core/spare.py); False: cold
+    spare_import_s: float | None = None  # the spare's imports before the hand-over (not in wall_s)
     import_s: float | None = None  # importing torch, transformers, peft, bitsandbytes
     load_s: float | None = None  # from_pretrained in 4 bits (or 16)
     prepare_s: float | None = None  # prepare_model_for_kbit_training + LoRA

@@ -16,6 +16,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,10 +28,14 @@ from pathlib import Path
 from qlora_core import distributed, faults
 from qlora_core.gpus import get_profile
 from qlora_core.result import Result, Status, read_result, write_atomic
+from qlora_core.spare import Spare, SparePool, hand_over
 from qlora_core.spec import Case, CaseError
 
 DEFAULT_TIMEOUT_S = 1800.0
 _KILL_GRACE_S = 5.0
+_POLL_S = 0.25
+"""How often the parent looks at the running child's Result file (for the moment to start the
+next spare): a JSON parse of a few kB, four times a second."""
 
 
 @dataclass(frozen=True)
@@ -62,12 +67,16 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -> Result:
+def run_case(
+    case: Case, options: RunOptions, result_path: Path | None = None, spares: SparePool | None = None
+) -> Result:
     """Run `case` in a fresh child; always returns a Result (never raises for the case's fault).
 
     `result_path`: where the child writes its Result (a temp file when None). The child is a new
     interpreter (`python -m qlora_core.child REQUEST`) in its own process group, so a timeout
     kills it together with anything it started. Bad options raise here, before any child starts.
+    `spares`: a pool of warm spares (`qlora_core.spare`) that runs single-GPU cases with their
+    imports done and is given a new spare once this case's timed steps are over; None: cold.
     """
     _check_options(options)
     cleanup = result_path is None
@@ -93,30 +102,19 @@ def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -
     log_path = result_path.with_suffix(".log")
     started = time.monotonic()
     started_at = now_iso()
-    command = [sys.executable, "-m", "qlora_core.child", str(request)]
-    if case.num_gpus > 1:  # multi-GPU (issue 13): `accelerate launch`, one process per rank
-        command = distributed.launch_command(case, options.profile, request, result_path)
-    with log_path.open("w") as log:
-        child = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=child_env(),
-        )
-        timed_out = False
-        try:
-            child.wait(timeout=options.timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(child)
-        except BaseException:
-            # Interrupted (Ctrl-C, pytest stopping): the child has a session of its own and
-            # would outlive us, holding the GPU. Take it down before going. (A parent killed
-            # outright cannot; the child then dies with it: child._die_with_parent.)
-            _kill_group(child)
-            raise
+    warm = spares.take() if spares is not None and case.num_gpus == 1 else None
+    if warm is not None and not hand_over(warm, request):
+        warm = None
+    child, timed_out = _run_child(case, options, request, result_path, log_path, warm, spares)
+    if warm is not None:
+        shutil.move(warm.log_path, log_path)  # the spare's log: its imports, then the case
+        if not timed_out and not result_path.exists():
+            # The spare died before it read the request (no Result file, not even start-up's):
+            # it never had the case. Run it cold; the case is never lost to a dead spare.
+            child, timed_out = _run_child(case, options, request, result_path, log_path, None, spares)
     wall_s = time.monotonic() - started
+    if spares is not None:
+        spares.ensure()  # for the next case, if this one ended before its timed steps were over
     request.unlink(missing_ok=True)
     if case.num_gpus > 1:  # multi-GPU (issue 13): the case's row from its ranks' rows
         distributed.merge_rank_files(case, options.profile, options.families, result_path, log_path)
@@ -126,6 +124,56 @@ def run_case(case: Case, options: RunOptions, result_path: Path | None = None) -
         log_path.unlink(missing_ok=True)
         distributed.remove_rank_files(case, result_path)
     return result
+
+
+def _run_child(
+    case: Case,
+    options: RunOptions,
+    request: Path,
+    result_path: Path,
+    log_path: Path,
+    warm: Spare | None,
+    spares: SparePool | None,
+) -> tuple[subprocess.Popen, bool]:
+    """Start the case's child (or take the warm spare it was handed to) and wait for it; the
+    child and whether it timed out. Starts the next spare once the timed steps are over."""
+    if warm is not None:
+        child = warm.process
+    else:
+        command = [sys.executable, "-m", "qlora_core.child", str(request)]
+        if case.num_gpus > 1:  # multi-GPU (issue 13): `accelerate launch`, one process per rank
+            command = distributed.launch_command(case, options.profile, request, result_path)
+        with log_path.open("w") as log:
+            child = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env()
+            )
+    deadline = time.monotonic() + options.timeout_s
+    try:
+        while True:
+            try:
+                child.wait(timeout=max(0.0, min(_POLL_S, deadline - time.monotonic())))
+                return child, False
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    _kill_group(child)
+                    return child, True
+            if spares is not None and spares.waiting is None and _past_timed_steps(result_path):
+                spares.ensure()
+    except BaseException:
+        # Interrupted (Ctrl-C, pytest stopping): the child has a session of its own and would
+        # outlive us, holding the GPU. Take it down before going. (A parent killed outright
+        # cannot; the child then dies with it: child._die_with_parent.)
+        _kill_group(child)
+        raise
+
+
+def _past_timed_steps(result_path: Path) -> bool:
+    """Whether the child's Result file says its timed steps are over (or the case ended)."""
+    try:
+        fields = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return fields.get("train_s") is not None or fields.get("status") != Status.CRASHED.value
 
 
 def _check_options(options: RunOptions) -> None:

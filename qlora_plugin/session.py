@@ -37,6 +37,7 @@ from qlora_core.matrix import PlannedCase
 from qlora_core.oom_need import measure_need, run_case_measuring_need, why_no_rerun
 from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
 from qlora_core.runner import RunOptions
+from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions
 from reports.frame import (
@@ -91,6 +92,7 @@ class BenchSession:
     matrix_case_ids: list[str] = field(default_factory=list)  # the whole matrix (every shard's)
     _opened_at: float = field(default_factory=time.monotonic)  # for the progress line's times
     _lock: IO[str] | None = None
+    spares: SparePool = field(default_factory=SparePool)  # warm spare children (qlora_core/spare.py)
 
     @classmethod
     def open(
@@ -115,7 +117,8 @@ class BenchSession:
         return session
 
     def close(self) -> None:
-        """Release the run folder's lock (a dead process releases it too)."""
+        """End the waiting spare; release the run folder's lock (a dead process releases it too)."""
+        self.spares.shutdown()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -156,7 +159,7 @@ class BenchSession:
             if self.options.oom_rerun and why_no_rerun(previous) is None:
                 # Stored before its uncapped rerun was (an older run, or --no-oom-rerun): only the
                 # rerun runs, and the row is appended again with what it needed.
-                measure_need(self.executed_case(planned), self._run_options(run), previous, path)
+                measure_need(self.executed_case(planned), self._run_options(run), previous, path, self.spares)
                 self.record(previous)
                 return previous
             self.reused.add(key)
@@ -164,7 +167,9 @@ class BenchSession:
             self._progress(previous, reused=True)
             return previous
         executed = self.executed_case(planned)
-        result = run_case_measuring_need(executed, self._run_options(run), path, self.options.oom_rerun)
+        result = run_case_measuring_need(
+            executed, self._run_options(run), path, self.options.oom_rerun, self.spares
+        )
         # The matrix's identity stays the key (the gate matches on it); what ran is in `case`.
         result.case_id, result.case_hash = case.id, case.hash
         self.record(result)

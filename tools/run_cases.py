@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from qlora_core.oom_need import run_case_measuring_need  # noqa: E402
 from qlora_core.result import Result, repeat_suffix, result_file_name  # noqa: E402  (after the path)
 from qlora_core.runner import DEFAULT_TIMEOUT_S, RunOptions  # noqa: E402
+from qlora_core.spare import SparePool  # noqa: E402
 from qlora_core.spec import Case, CaseError  # noqa: E402
 
 
@@ -79,15 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, *sys.argv])
     (args.out / "environment.json").write_text(json.dumps({"commands": [command]}, indent=2) + "\n")
     cases_dir = args.out / "cases"
-    for repeat, case in ((r, c) for r in range(args.repeat) for c in cases):
-        options = RunOptions(
-            profile=args.gpu, timeout_s=args.case_timeout, families="hand-picked", repeat=repeat
-        )
-        path = cases_dir / result_file_name(case.hash, repeat)
-        result = run_case_measuring_need(case, options, path, rerun=not args.no_oom_rerun)
-        with (args.out / "results.jsonl").open("a") as f:
-            f.write(result.to_json() + "\n")
-        print(summary(result), flush=True)
+    with SparePool() as spares:  # no spare outlives the run, Ctrl-C included
+        for repeat, case in ((r, c) for r in range(args.repeat) for c in cases):
+            options = RunOptions(
+                profile=args.gpu, timeout_s=args.case_timeout, families="hand-picked", repeat=repeat
+            )
+            path = cases_dir / result_file_name(case.hash, repeat)
+            result = run_case_measuring_need(case, options, path, not args.no_oom_rerun, spares)
+            with (args.out / "results.jsonl").open("a") as f:
+                f.write(result.to_json() + "\n")
+            print(summary(result), flush=True)
     return 0
 
 

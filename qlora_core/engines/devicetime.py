@@ -29,9 +29,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-PROFILED_STEPS = 3
-"""Optimizer steps profiled after the measured ones: a step's kernels repeat exactly, so three
-give a stable mean at the cost of three more steps (and the profiler's parse time)."""
+PROFILED_STEPS = 2
+"""Optimizer steps profiled after the measured ones: a step's kernels repeat exactly (same
+shapes, same launches), so the per-step mean of two equals that of three; each profiled step of
+a host-bound row costs more than its wall step (CUPTI slows the launches). Two, not one: a single
+step would carry alone whatever the profiler's start adds to its first kernels."""
 
 HOST_BOUND_BELOW = 0.8
 """A row whose GPU is busy less than this fraction of its wall step is `host_bound`: at least a
@@ -101,6 +103,21 @@ def reduce_device_spans(spans: Sequence[DeviceSpan], steps: int, wall_ms_per_ste
     )
 
 
+def kineto_spans(profiler: Any, device_type: Any) -> list[DeviceSpan]:
+    """The spans on `device_type` of a stopped `torch.profiler.profile`, read from the raw
+    Kineto records. `profile.events()` would first build a FunctionEvent tree of every record
+    (~20x slower: seconds for the thousands of kernels of a QLoRA step); the raw records carry
+    the same start and duration, in ns. Falls back to `events()` where a torch has no raw ones."""
+    results = getattr(getattr(profiler, "profiler", None), "kineto_results", None)
+    if results is None:
+        return device_spans(profiler.events(), device_type)
+    return [
+        DeviceSpan(e.name(), e.start_ns() / 1000.0, (e.start_ns() + e.duration_ns()) / 1000.0)
+        for e in results.events()
+        if e.device_type() == device_type
+    ]
+
+
 def device_spans(events: Iterable[Any], device_type: Any) -> list[DeviceSpan]:
     """The spans of the profiler's events (`profile.events()`) that ran on `device_type`
     (`torch.autograd.DeviceType.CUDA` for kernels; `CPU` in the CPU tests)."""
@@ -144,6 +161,6 @@ class ProfileWindow:
             raise RuntimeError("ProfileWindow.stop() before start()")
         self._profiler.__exit__(None, None, None)
         kind = DeviceType.CUDA if self.device == "cuda" else DeviceType.CPU
-        self.spans = device_spans(self._profiler.events(), kind)
+        self.spans = kineto_spans(self._profiler, kind)
         self._profiler = None
         self.seconds = time.perf_counter() - self._started

@@ -14,6 +14,7 @@ from qlora_core.engines.devicetime import (
     ProfileWindow,
     busy_union_us,
     device_spans,
+    kineto_spans,
     reduce_device_spans,
 )
 
@@ -80,6 +81,37 @@ def test_real_profiler_output_of_cpu_ops_reduces_to_what_ran():
     everything = reduce_device_spans(spans, steps=3, wall_ms_per_step=1000.0)
     assert busy_union_us(spans) <= sum(s.end_us - s.start_us for s in spans)
     assert 0 < everything.gpu_busy <= 1
+
+
+def test_the_raw_kineto_records_give_the_figures_of_the_parsed_events():
+    a = torch.randn(96, 96)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            torch.mm(a, a).relu_()
+    raw = kineto_spans(prof, DeviceType.CPU)
+    parsed = device_spans(prof.events(), DeviceType.CPU)
+    assert kineto_spans(prof, DeviceType.CUDA) == []
+    assert sorted(s.name for s in raw) == sorted(s.name for s in parsed)
+    # Same durations (the parsed events round to the microsecond); the raw clock is absolute.
+    raw_mm = reduce_device_spans([s for s in raw if s.name == "aten::mm"], 2, 1000.0)
+    parsed_mm = reduce_device_spans([s for s in parsed if s.name == "aten::mm"], 2, 1000.0)
+    assert raw_mm.kernel_ms_per_step == pytest.approx(parsed_mm.kernel_ms_per_step, abs=0.005)
+    assert raw_mm.kernels_per_step == parsed_mm.kernels_per_step == 1
+
+
+class _NoRawRecords:
+    """A profiler of a torch without raw Kineto records: only `events()`."""
+
+    def __init__(self, prof: profile) -> None:
+        self.events = prof.events
+
+
+def test_without_raw_records_the_parsed_events_are_read():
+    a = torch.randn(32, 32)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.mm(a, a)
+    spans = kineto_spans(_NoRawRecords(prof), DeviceType.CPU)
+    assert spans == device_spans(prof.events(), DeviceType.CPU)
 
 
 def test_the_window_records_the_ops_between_start_and_stop():

@@ -14,7 +14,10 @@ from qlora_core.engines.pacing import (
     MEASURE_BUDGET_S,
     MEASURED_STEPS_CAP,
     MIN_STEPS_FOR_SPREAD,
+    MIN_STEPS_FOR_VERDICT,
+    OUT_OF_REACH_FACTOR,
     STOP_REASONS,
+    TARGET_REL_IQR,
     StepClock,
     StepPlan,
     percentile,
@@ -62,13 +65,31 @@ def test_steady_steps_stop_at_the_target_jittery_ones_at_the_budget_or_the_cap()
     steady = [100.0 + 0.1 * (i % 3) for i in range(10)]
     assert stop_reason(steady[:9], ADAPTIVE) is None  # the minimum first
     assert stop_reason(steady, ADAPTIVE) == "target"
-    jitter = [100.0 if i % 2 else 130.0 for i in range(40)]
+    # 4% jitter: above the target, below the out-of-reach threshold (6%).
+    jitter = [100.0 if i % 2 else 104.0 for i in range(40)]
+    assert 0.02 < rel_iqr(jitter) < 0.06  # type: ignore[operator]
     assert stop_reason(jitter[:10], ADAPTIVE) is None
     assert stop_reason(jitter, ADAPTIVE) == "cap"
     # Slow jittery steps: the budget ends them first.
     slow = [MEASURE_BUDGET_S * 1000.0 / 10 * x / 100.0 for x in jitter[:10]]
     assert stop_reason(slow, ADAPTIVE) == "budget"
-    assert {"target", "budget", "cap", "fixed"} == set(STOP_REASONS)
+    assert {"target", "spread", "budget", "cap", "fixed"} == set(STOP_REASONS)
+
+
+def test_a_spread_far_above_the_target_stops_early_a_steady_row_still_reaches_the_target():
+    few = dataclasses.replace(ADAPTIVE, min_measured=1)
+    # Host-bound: 100/130 ms alternating, a relative IQR of ~26% that more steps never lower.
+    host_bound = [100.0 if i % 2 else 130.0 for i in range(MIN_STEPS_FOR_VERDICT)]
+    assert stop_reason(host_bound[:-1], few) is None  # not before the verdict's minimum
+    assert stop_reason(host_bound, few) == "spread"
+    assert stop_reason([*host_bound, 100.0, 130.0], ADAPTIVE) == "spread"  # the case's minimum first
+    # Just under the threshold: measures on (then the budget or the cap ends it).
+    edge = TARGET_REL_IQR * OUT_OF_REACH_FACTOR * 0.9
+    below = [100.0 * (1 + edge * (i % 2)) for i in range(MIN_STEPS_FOR_VERDICT)]
+    assert stop_reason(below, few) is None
+    # Device-bound (1.4% spread, as the H200's 3B b4 s2048 rows) with one slow step among 8: target.
+    device_bound = [1000.0, 1014.0, 1007.0, 1010.0, 1003.0, 1300.0, 1012.0, 1005.0]
+    assert stop_reason(device_bound, few) == "target"
 
 
 def test_the_target_needs_enough_steps_for_a_spread():
@@ -109,7 +130,7 @@ def test_the_clock_walks_warmup_measured_and_profiled_steps():
 def test_an_adaptive_clock_ends_with_its_reason_and_without_a_window_fills_no_device_time():
     plan = dataclasses.replace(ADAPTIVE, min_measured=5, max_measured=8)
     stats = TrainStats(engine="loop", autocast="none", grad_scaler=False)
-    measured = _walk(StepClock(plan, CASE, "cpu", stats), [9.0, 9.0] + [100.0, 140.0] * 10)
+    measured = _walk(StepClock(plan, CASE, "cpu", stats), [9.0, 9.0] + [100.0, 104.0] * 10)
     assert len([m for m in measured if m is not None]) == 8 and stats.stop_reason == "cap"
     assert (stats.kernel_ms_per_step, stats.gpu_busy, stats.host_bound, stats.profiled_steps) == (
         None, None, None, 0,

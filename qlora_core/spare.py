@@ -1,0 +1,200 @@
+"""Warm spare children: a case's child whose imports are already done when its case arrives.
+
+Importing torch and transformers costs a case 5-15 s of its wall time, before any of its work.
+A `SparePool` keeps one spare: a fresh interpreter (`python -m qlora_core.child --spare PID`,
+never a fork) that has imported what can be imported without touching the device
+(`SPARE_IMPORTS`), prints `SPARE_READY` and blocks on its stdin. `runner.run_case` hands the
+next single-GPU case to it (the request's path, one line) and the spare becomes that case's child, with every
+guarantee of a cold one: its own session and process group (killed whole on a timeout or an
+interrupt), SIGKILL when the parent dies (PDEATHSIG, set before its imports), the environment of
+`runner.child_env()` (a spare started under another environment is discarded, not used).
+
+When a spare starts (the trade-off): not while the running case's steps are timed. A spare's
+imports are a second busy process on the host, and a host-bound step's wall time is the host's:
+the runner starts the next spare once the running child has finished its measured steps (it
+writes `train_s` to its Result file then; the parent polls it) or has ended. Its imports then
+overlap the profiled steps (device time, measured by CUPTI on the device), the perplexity after
+training and the gap to the next case; a case whose predecessor ended early (an OOM at load)
+gets a spare that had less time, and waits for the rest of its imports after the hand-over. The
+spare imports at a lower priority (`SPARE_NICE`) and returns to its own priority at hand-over,
+where the process may do so (root or RLIMIT_NICE); elsewhere it imports at normal priority, so
+that a case never runs niced.
+
+Not imported by a spare: bitsandbytes (it initialises CUDA when imported, and NVML's base reading
+of a case must come before anything of the case touches the device), peft and transformers'
+Trainer and its callbacks (they import bitsandbytes). Those stay in the case (`Result.import_s`).
+A spare that dies before its request is replaced: `take` discards a dead one; one that dies
+between `take` and reading its request leaves no Result file, and the runner then runs the case
+cold (never a lost case). Multi-GPU cases are launched by `accelerate launch` as before.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+SPARE_NICE = 10
+"""Niceness a spare adds to its own while it imports (undone at hand-over where allowed)."""
+SPARE_READY = "spare ready"
+"""The line a spare prints to its log once its imports are done."""
+SPARE_IMPORTS: tuple[str, ...] = (
+    "torch",
+    "transformers",
+    "transformers.models.llama.modeling_llama",  # every shape and the real model are Llamas
+    "qlora_core.data",
+    "qlora_core.load",
+    "qlora_core.measure",
+    "qlora_core.quality",
+    "qlora_core.models.resolve",
+    "qlora_core.engines",
+)
+"""What a spare imports before its case: none of them initialises CUDA or imports bitsandbytes
+(a test holds them to it)."""
+
+
+@dataclass
+class Spare:
+    """One waiting spare: its process (stdin a pipe), its log so far, the environment it got."""
+
+    process: subprocess.Popen
+    log_path: Path
+    env: dict[str, str]
+
+
+class SparePool:
+    """At most one warm spare. A context manager: leaving it (or the interpreter exiting) ends
+    the waiting spare; a spare whose parent died is ended by the kernel (PDEATHSIG)."""
+
+    def __init__(self) -> None:
+        self._spare: Spare | None = None
+        self._registered = False
+
+    def __enter__(self) -> SparePool:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.shutdown()
+
+    @property
+    def waiting(self) -> Spare | None:
+        return self._spare
+
+    def ensure(self) -> None:
+        """Start a spare unless one is waiting (a dead one is replaced)."""
+        from qlora_core.runner import child_env
+
+        if self._spare is not None and self._spare.process.poll() is None:
+            return
+        self._discard()
+        if not self._registered:
+            atexit.register(self.shutdown)
+            self._registered = True
+        fd, name = tempfile.mkstemp(prefix="qlora-spare-", suffix=".log")
+        env = child_env()
+        with os.fdopen(fd, "w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "qlora_core.child", "--spare", str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                text=True,
+            )
+        self._spare = Spare(process, Path(name), env)
+
+    def take(self) -> Spare | None:
+        """The waiting spare, alive and started under today's `child_env()`, or None (a spare
+        that is not is ended). The pool is empty after it."""
+        from qlora_core.runner import child_env
+
+        spare = self._spare
+        if spare is None:
+            return None
+        if spare.process.poll() is not None or spare.env != child_env():
+            self._discard()
+            return None
+        self._spare = None
+        return spare
+
+    def shutdown(self) -> None:
+        """End the waiting spare, if any."""
+        self._discard()
+
+    def _discard(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        end(spare)
+
+
+def end(spare: Spare) -> None:
+    """Kill a spare's process group and remove its log."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(spare.process.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        spare.process.wait(timeout=10)
+    if spare.process.stdin is not None:
+        with contextlib.suppress(OSError):
+            spare.process.stdin.close()
+    spare.log_path.unlink(missing_ok=True)
+
+
+def hand_over(spare: Spare, request: Path) -> bool:
+    """Send `request` to `spare`; False if it died before it could be sent."""
+    assert spare.process.stdin is not None
+    try:
+        spare.process.stdin.write(f"{request}\n")
+        spare.process.stdin.close()
+    except OSError:  # BrokenPipeError: it died after `take`
+        end(spare)
+        return False
+    return True
+
+
+# -- the spare's side (in the child process) ---------------------------------------------------
+
+
+def serve(parent_pid: int) -> None:
+    """A spare's life: die with the parent, import at low priority, wait, run the case."""
+    from qlora_core import child
+
+    child._die_with_parent(parent_pid)
+    restore = _lower_priority()
+    t0 = time.perf_counter()
+    for name in SPARE_IMPORTS:
+        importlib.import_module(name)
+    imported_s = time.perf_counter() - t0
+    print(f"{SPARE_READY} (pid {os.getpid()}, imports {imported_s:.1f} s)", flush=True)
+    line = sys.stdin.readline().strip()
+    if not line:  # the parent closed the pipe: no case for this spare
+        os._exit(0)
+    restore()
+    child.child_main(line, spare_import_s=imported_s)
+
+
+def _lower_priority() -> Callable[[], None]:
+    """Add `SPARE_NICE` to this process's niceness if it may be undone; the undoing."""
+    original = os.getpriority(os.PRIO_PROCESS, 0)
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NICE)
+    # Lowering niceness back needs CAP_SYS_NICE (root) or an RLIMIT_NICE allowing `original`.
+    may_restore = os.geteuid() == 0 or (soft == resource.RLIM_INFINITY or soft >= 20 - original)
+    if not may_restore:
+        return lambda: None
+    os.setpriority(os.PRIO_PROCESS, 0, min(19, original + SPARE_NICE))
+    return lambda: os.setpriority(os.PRIO_PROCESS, 0, original)
