@@ -32,6 +32,7 @@ from reports.claims.t4_budget import (
 )
 from reports.claims.tradeoffs import compat_outcomes, outcomes_text
 from reports.engines_table import ENGINE_NAMES, engine_comparison, engine_of
+from reports.fit import fit_section
 from reports.frame import RunData
 from reports.markdown import md_table
 from reports.rows import (
@@ -434,4 +435,5 @@ def render_tables(run: RunData) -> str:
     """tables.md for one run."""
     sections = (header, memory_by_precision, compute_dtypes, t4_budget, tradeoffs, memory_formula)
     sections += (engine_comparison,)
+    sections += (fit_section,)
     return "\n\n".join(section(run) for section in sections) + "\n"
