@@ -68,5 +68,5 @@ def test_measure_runs_the_tiny_ladder_on_the_cpu(tmp_path: Path) -> None:
     report = run_advisor("cpu", "tiny", 4, 256, [REFERENCE_DIR / "h200-smoke"], measure_out=out)
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["status"] for r in results] == ["ok"] * 5
-    assert [r["batch_size"] for r in results] == [4, 2, 1, 1, 1]
+    assert [r["case"]["batch_size"] for r in results] == [4, 2, 1, 1, 1]
     assert "measured status" in report and report.count("| ok |") == 5
