@@ -7,6 +7,9 @@
 - `python -m reports gate RUN_DIR BASELINE`: compare a stored run with a baseline (as --baseline
   does), write RUN_DIR/baseline-diff.md.
 
+- `python -m reports fit --gpu t4 --model llama-3.1-8b --batch 4 --seq 2048 [--runs DIR...]
+  [--measure OUT]`: the fit advisor (`reports.fit`).
+
 Exit codes: 0 done (gate: passed); 1 the gate found regressions; 2 usage error, missing folder,
 a folder without results.jsonl, an unusable baseline, or folders that cannot be merged.
 """
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
+from reports.fit import REFERENCE_DIR, AdvisorError, run_advisor
 from reports.frame import load_run
 from reports.gate import gate
 from reports.merge import MergeError, merge_runs
@@ -80,6 +84,33 @@ def build_parser() -> argparse.ArgumentParser:
         " the baseline's others as not selected instead of failing them as missing",
     )
     add_threshold_options(check.add_argument)  # the same options as `pytest bench`
+    advisor = commands.add_parser(
+        "fit",
+        help="does a QLoRA setting fit a GPU; if not, which step of the lesson's ladder first fits",
+        description="Predict the device peak of each step of the lesson's OOM ladder from a model"
+        " fitted to measured rows, with its held-out error on them; --measure runs the ladder.",
+    )
+    advisor.add_argument("--gpu", required=True, metavar="PROFILE", help="a GPU profile (e.g. t4)")
+    advisor.add_argument("--model", required=True, metavar="SHAPE", help="a model shape (e.g. llama-3.1-8b)")
+    advisor.add_argument("--batch", type=int, required=True, metavar="N", help="per-device batch size")
+    advisor.add_argument("--seq", type=int, required=True, metavar="N", help="sequence length")
+    advisor.add_argument(
+        "--runs",
+        type=Path,
+        nargs="+",
+        default=[REFERENCE_DIR],
+        metavar="DIR",
+        help="run folders (or folders holding them) whose rows the model is fitted to"
+        " (default: the committed reference runs)",
+    )
+    advisor.add_argument(
+        "--measure",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="also run the ladder for real on this machine into the run folder OUT",
+    )
+    advisor.add_argument("--case-timeout", type=float, default=900.0, metavar="SECONDS")
     return parser
 
 
@@ -125,7 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "gate":
             thresholds = resolve_thresholds(args.pyproject, lambda name: getattr(args, name))
             return _gate(args.run_dir, args.baseline, thresholds, args.allow_noisy, args.selected_only)
-    except (RunFolderError, BaselineError, MergeError, ValueError) as exc:
+        elif args.command == "fit":
+            print(
+                run_advisor(
+                    args.gpu, args.model, args.batch, args.seq, args.runs, args.measure, args.case_timeout
+                )
+            )
+    except (RunFolderError, BaselineError, MergeError, AdvisorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK

@@ -33,6 +33,7 @@ from reports.claims.t4_budget import (
 )
 from reports.claims.tradeoffs import compat_outcomes, outcomes_text
 from reports.engines_table import ENGINE_NAMES, engine_comparison, engine_of
+from reports.fit import fit_section
 from reports.frame import RunData
 from reports.ladder_table import oom_ladder
 from reports.markdown import md_table
@@ -440,4 +441,5 @@ def render_tables(run: RunData) -> str:
     """tables.md for one run."""
     sections = (header, memory_by_precision, compute_dtypes, t4_budget, oom_ladder, tradeoffs, memory_formula)
     sections += (engine_comparison,)
+    sections += (fit_section,)
     return "\n\n".join(section(run) for section in sections) + "\n"

@@ -1,0 +1,351 @@
+"""The fit advisor's memory model: a case's device peak from the suite's own measured rows.
+
+What is predicted is the *device footprint* of the training process: NVML's peak minus what the
+device used before the process started (`nvml_peak_gib - nvml_base_gib`). That is what decides
+whether a card holds the run: it includes the CUDA context and everything outside PyTorch's
+allocator, which `peak_reserved_gib` (and the emulated T4's allocator cap) does not see. A case
+fits a profile when its footprint is at most the profile's memory (`GpuProfile.total_gib`).
+
+    footprint = context                                   measured: nvml_peak - nvml_base - peak_reserved
+              + static                                    exact: the LoRA stage's allocation (weights,
+                                                          quantization statistics, prepare's fp32
+                                                          casts, the adapters), deterministic per
+                                                          weight configuration
+              + trainable x (4 + optimizer bytes/param)   fp32 gradients; optimizer bytes measured
+              + lm_head copy                              exact: autocast's 16-bit copy of the fp32
+                                                          lm_head that prepare leaves (vocab x hidden x 2)
+              + a_0 + tokens x (a_v x vocab + a_h x layers x hidden
+                                + a_p x layers x hidden for a prepared 4-bit model
+                                + a_n x layers x (hidden + intermediate) without checkpointing)
+
+The coefficients (a_0 in GiB, the others in bytes per token and unit of shape; `ACTIVATION_TERMS`)
+are fitted by least squares on the rows; they carry the logits and their gradient, the
+checkpointed hidden states (fp32 where prepare cast the norms), a layer's saved activations,
+what training allocates whatever the tokens (a_0), and the caching allocator's slack above what
+is allocated. Engines that
+allocate alike (the core loop and Trainer peak to the byte alike) share one fit; SFTTrainer (its
+fused LM head, bf16 adapters) gets its own.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from qlora_core.models.registry import REAL_MODEL, SHAPES, ShapeSpec
+
+GIB = 2**30
+GRAD_BYTES_PER_PARAM = 4  # the adapters train in fp32 (measured: trainable_dtypes)
+ENGINE_POOLS: dict[str, str] = {"loop": "loop+trainer", "trainer": "loop+trainer", "sft": "sft"}
+ACTIVATION_TERMS = (
+    "constant (GiB)",
+    "vocab",
+    "layers x hidden",
+    "layers x hidden, prepared 4-bit",
+    "layers x (hidden + intermediate), no checkpointing",
+)
+_SHAPE_OF_MODEL = {REAL_MODEL: "smollm2-135m"}  # the real model has the registered SmolLM2 shape
+_STATIC_FIELDS = (
+    "model",
+    "quant_type",
+    "double_quant",
+    "compute_dtype",
+    "quant_storage",
+    "prepare_kbit",
+    "lora_r",
+)
+
+
+class FitError(ValueError):
+    """The rows cannot give a prediction; the message says which rows are missing."""
+
+
+def shape_of(model: str) -> ShapeSpec | None:
+    return SHAPES.get(_SHAPE_OF_MODEL.get(model, model))
+
+
+def static_key(fields: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What decides the LoRA stage's allocation: the weights, their quantization and the adapters."""
+    return tuple(str(fields[name]) for name in _STATIC_FIELDS)
+
+
+def _prepared(fields: Mapping[str, Any]) -> bool:
+    """A 4-bit model through prepare_model_for_kbit_training (its norms, embeddings in fp32)."""
+    return fields["quant_type"] != "none" and bool(fields["prepare_kbit"])
+
+
+def activation_features(shape: ShapeSpec, fields: Mapping[str, Any]) -> np.ndarray:
+    """A case's activation terms (`ACTIVATION_TERMS`): 1, then the per-token ones times its tokens
+    per micro-batch, in GiB per byte of coefficient."""
+    tokens = int(fields["batch_size"]) * int(fields["seq_len"])
+    layers_hidden = shape.num_layers * shape.hidden_size
+    prepared = layers_hidden if _prepared(fields) else 0
+    no_gc = 0
+    if not bool(fields["gradient_checkpointing"]):
+        no_gc = shape.num_layers * (shape.hidden_size + shape.intermediate_size)
+    per_token = tokens * np.array([shape.vocab_size, layers_hidden, prepared, no_gc], dtype=float) / GIB
+    return np.concatenate([[1.0], per_token])
+
+
+def lm_head_copy_gib(fields: Mapping[str, Any], shape: ShapeSpec) -> float:
+    """prepare_model_for_kbit_training leaves lm_head in fp32; autocast keeps a 16-bit copy."""
+    copied = _prepared(fields) and fields["compute_dtype"] != "fp32"
+    return shape.vocab_size * shape.hidden_size * 2 / GIB if copied else 0.0
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """One measured configuration: the case's fields and what its device held."""
+
+    case_id: str
+    fields: dict[str, Any]
+    footprint_gib: float
+    context_gib: float
+    static_gib: float
+    trainable_params: int
+    optimizer_bytes: float | None
+    source: str
+    """"measured", or "needed (measured uncapped on GPU)" for an OOM row's uncapped rerun."""
+
+    @property
+    def pool(self) -> str:
+        return ENGINE_POOLS.get(str(self.fields["engine"]), str(self.fields["engine"]))
+
+    @property
+    def tokens(self) -> int:
+        return int(self.fields["batch_size"]) * int(self.fields["seq_len"])
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _row(rec: Mapping[str, Any]) -> MemoryRow | None:
+    """A usable row, or None: a single-GPU run on a known shape with NVML, allocator and LoRA stage."""
+    if shape_of(str(rec["model"])) is None or int(rec.get("num_gpus") or 1) != 1:
+        return None
+    static, trainable, base = (
+        _num(rec.get("lora_alloc_gib")),
+        _num(rec.get("trainable_params")),
+        _num(rec.get("nvml_base_gib")),
+    )
+    if rec["status"] == "ok":
+        peak, reserved, opt, source = (
+            rec["nvml_peak_gib"],
+            rec["peak_reserved_gib"],
+            rec["optimizer_state_bytes"],
+            "measured",
+        )
+    elif rec["status"] == "oom" and rec.get("needed_status") == "ok":
+        peak, reserved = rec.get("needed_nvml_peak_gib"), rec.get("needed_peak_reserved_gib")
+        opt, source = (
+            rec.get("needed_optimizer_state_bytes"),
+            f"needed (measured uncapped on {rec.get('needed_on')})",
+        )
+    else:
+        return None
+    peak, reserved = _num(peak), _num(reserved)
+    if None in (static, trainable, base, peak, reserved):
+        return None
+    return MemoryRow(
+        case_id=str(rec["case_id"]),
+        fields=dict(rec),
+        footprint_gib=peak - base,  # type: ignore[operator]
+        context_gib=peak - base - reserved,  # type: ignore[operator]
+        static_gib=static,  # type: ignore[arg-type]
+        trainable_params=int(trainable),  # type: ignore[arg-type]
+        optimizer_bytes=_num(opt),
+        source=source,
+    )
+
+
+def memory_rows(frames: Iterable[pd.DataFrame]) -> list[MemoryRow]:
+    """The usable rows of results frames, one per case id (the first seen: repeats are folded)."""
+    rows: dict[str, MemoryRow] = {}
+    for frame in frames:
+        for rec in frame.to_dict("records"):
+            row = _row(rec)
+            if row is not None:
+                rows.setdefault(row.case_id, row)
+    return list(rows.values())
+
+
+def lora_stages(frames: Iterable[pd.DataFrame]) -> dict[tuple[Any, ...], tuple[float, int]]:
+    """Weight configuration -> (LoRA stage GiB, trainable params) from every row that got that far,
+    whatever its status (an OOM in training still measured its weights)."""
+    stages: dict[tuple[Any, ...], tuple[float, int]] = {}
+    for frame in frames:
+        for rec in frame.to_dict("records"):
+            static, trainable = _num(rec.get("lora_alloc_gib")), _num(rec.get("trainable_params"))
+            if static is not None and trainable is not None and int(rec.get("num_gpus") or 1) == 1:
+                stages.setdefault(static_key(rec), (static, int(trainable)))
+    return stages
+
+
+@dataclass(frozen=True)
+class Prediction:
+    footprint_gib: float
+    parts: dict[str, float]
+    """GiB per term of the model (context, static, gradients+optimizer, lm_head copy, activations)."""
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    pool: str
+    context_gib: float
+    optimizer_bytes_per_param: dict[str, float]
+    activation_coefficients: tuple[float, ...]
+    identifiable: np.ndarray
+    """Rows of the per-token design the fit spans (a query outside them is not predictable)."""
+    statics: dict[tuple[Any, ...], tuple[float, int]] = field(default_factory=dict)
+    rows: int = 0
+
+    def predict(self, fields: Mapping[str, Any], static: tuple[float, int] | None = None) -> Prediction:
+        """The footprint of a case (its fields as a Case's `to_dict()` or a results row).
+
+        `static`: the LoRA stage's (GiB, trainable params); default: from a fitted row of the same
+        weight configuration. FitError names what is missing."""
+        shape = shape_of(str(fields["model"]))
+        if shape is None:
+            raise FitError(f"model {fields['model']!r} has no registered shape")
+        static = static or self.statics.get(static_key(fields))
+        if static is None:
+            raise FitError(
+                "no measured row (any status: the LoRA stage is enough) of this weight configuration: "
+                + ", ".join(f"{k}={fields[k]}" for k in _STATIC_FIELDS)
+            )
+        optimizer = str(fields["optimizer"])
+        if optimizer not in self.optimizer_bytes_per_param:
+            raise FitError(f"no measured row gives optimizer {optimizer!r}'s bytes per trainable parameter")
+        x = activation_features(shape, fields)
+        if not _spanned(self.identifiable, x):
+            raise FitError(
+                "the fitted rows do not span this case's activation terms (e.g. no row without"
+                " checkpointing, or too few models to separate vocab from layers x hidden)"
+            )
+        static_gib, trainable = static
+        parts = {
+            "context": self.context_gib,
+            "static (weights, adapters)": static_gib,
+            "gradients + optimizer": trainable
+            * (GRAD_BYTES_PER_PARAM + self.optimizer_bytes_per_param[optimizer])
+            / GIB,
+            "lm_head 16-bit copy": lm_head_copy_gib(fields, shape),
+            "activations": float(x @ np.array(self.activation_coefficients)),
+        }
+        return Prediction(sum(parts.values()), parts)
+
+
+def _spanned(design: np.ndarray, x: np.ndarray) -> bool:
+    if not x.any():
+        return True
+    if design.size == 0:
+        return False
+    return np.linalg.matrix_rank(np.vstack([design, x])) == np.linalg.matrix_rank(design)
+
+
+def fit(rows: list[MemoryRow]) -> MemoryModel:
+    """Fit the model to rows of one engine pool. FitError when they cannot fit it."""
+    if not rows:
+        raise FitError("no usable measured rows (ok on a GPU, or an OOM with its uncapped rerun)")
+    pools = {row.pool for row in rows}
+    if len(pools) != 1:
+        raise FitError(f"rows of several engine pools {sorted(pools)}: fit each alone")
+    per_param: dict[str, list[float]] = {}
+    for row in rows:
+        if row.optimizer_bytes is not None and row.trainable_params:
+            per_param.setdefault(str(row.fields["optimizer"]), []).append(
+                row.optimizer_bytes / row.trainable_params
+            )
+    optimizer_bpp = {name: statistics.median(values) for name, values in per_param.items()}
+    context = statistics.median(row.context_gib for row in rows)
+    usable = [row for row in rows if str(row.fields["optimizer"]) in optimizer_bpp]
+    if not usable:
+        raise FitError("no row with a measured optimizer state")
+    design, target = [], []
+    for row in usable:
+        shape = shape_of(str(row.fields["model"]))
+        assert shape is not None  # memory_rows keeps known shapes only
+        fixed = context + row.static_gib + lm_head_copy_gib(row.fields, shape)
+        fixed += (
+            row.trainable_params * (GRAD_BYTES_PER_PARAM + optimizer_bpp[str(row.fields["optimizer"])]) / GIB
+        )
+        design.append(activation_features(shape, row.fields))
+        target.append(row.footprint_gib - fixed)
+    matrix = np.array(design)
+    coefficients, *_ = np.linalg.lstsq(matrix, np.array(target), rcond=None)
+    statics = {static_key(row.fields): (row.static_gib, row.trainable_params) for row in rows}
+    return MemoryModel(
+        pool=next(iter(pools)),
+        context_gib=context,
+        optimizer_bytes_per_param=optimizer_bpp,
+        activation_coefficients=tuple(float(c) for c in coefficients),
+        identifiable=matrix,
+        statics=statics,
+        rows=len(usable),
+    )
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One row predicted by the model fitted to all the others."""
+
+    row: MemoryRow
+    predicted_gib: float | None
+    why_not: str = ""
+
+    @property
+    def error(self) -> float | None:
+        if self.predicted_gib is None:
+            return None
+        return abs(self.predicted_gib - self.row.footprint_gib) / self.row.footprint_gib
+
+
+def configuration(row: MemoryRow) -> tuple[Any, ...]:
+    """What a row measured, whichever engine of its pool ran it (the loop and Trainer twins)."""
+    step = ("batch_size", "seq_len", "gradient_checkpointing", "optimizer")
+    return (row.pool, static_key(row.fields), *(str(row.fields[name]) for name in step))
+
+
+def leave_one_out(rows: list[MemoryRow]) -> list[HeldOut]:
+    """Each row predicted by a fit to the rest of its pool, leaving out with it every row of the
+    same configuration (else a twin from another engine would predict it). Its static part is its
+    own LoRA stage (exact, measured before training begins: not what is predicted)."""
+    out = []
+    for row in rows:
+        held = configuration(row)
+        rest = [other for other in rows if other.pool == row.pool and configuration(other) != held]
+        try:
+            model = fit(rest)
+            predicted = model.predict(row.fields, static=(row.static_gib, row.trainable_params)).footprint_gib
+            out.append(HeldOut(row, predicted))
+        except FitError as error:
+            out.append(HeldOut(row, None, str(error)))
+    return out
+
+
+@dataclass(frozen=True)
+class ErrorSummary:
+    predicted: int
+    not_predictable: int
+    median: float | None
+    max: float | None
+
+    def meets(self, median_limit: float, max_limit: float) -> bool:
+        return self.median is not None and self.median <= median_limit and (self.max or 0.0) <= max_limit
+
+
+def summarize(held_out: list[HeldOut]) -> ErrorSummary:
+    errors = [h.error for h in held_out if h.error is not None and math.isfinite(h.error)]
+    return ErrorSummary(
+        predicted=len(errors),
+        not_predictable=len(held_out) - len(errors),
+        median=statistics.median(errors) if errors else None,
+        max=max(errors) if errors else None,
+    )

@@ -1,0 +1,126 @@
+"""reports.fit_model: the device-peak model recovers a known model; leave-one-out is computed right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qlora_core.models.registry import SHAPES
+from reports.fit_model import (
+    GIB,
+    FitError,
+    activation_features,
+    fit,
+    leave_one_out,
+    lm_head_copy_gib,
+    memory_rows,
+    summarize,
+)
+
+TRUE_COEFFICIENTS = np.array([0.25, 12.0, 1.5, 3.0, 16.0])
+CONTEXT = 0.75
+BASE = 0.6
+
+
+def _row(model: str, batch: int, seq: int, gc: bool = True, quant: str = "nf4", noise: float = 0.0) -> dict:
+    shape = SHAPES[model]
+    fields = {
+        "case_id": f"{model}-{quant}-b{batch}-s{seq}-{'gc' if gc else 'nogc'}",
+        "status": "ok",
+        "engine": "trainer",
+        "model": model,
+        "quant_type": quant,
+        "double_quant": True,
+        "compute_dtype": "bf16",
+        "quant_storage": "uint8",
+        "prepare_kbit": True,
+        "lora_r": 16,
+        "batch_size": batch,
+        "seq_len": seq,
+        "gradient_checkpointing": gc,
+        "optimizer": "adamw",
+        "num_gpus": 1,
+        "trainable_params": 10_000_000,
+        "optimizer_state_bytes": 80_000_000,
+        "lora_alloc_gib": shape.total_params * (0.6 if quant == "nf4" else 2) / GIB,
+        "nvml_base_gib": BASE,
+    }
+    footprint = CONTEXT + fields["lora_alloc_gib"] + 10_000_000 * 12 / GIB + lm_head_copy_gib(fields, shape)
+    footprint += float(activation_features(shape, fields) @ TRUE_COEFFICIENTS) + noise
+    fields["nvml_peak_gib"] = BASE + footprint
+    fields["peak_reserved_gib"] = footprint - CONTEXT
+    return fields
+
+
+def _synthetic(noise: float = 0.0) -> pd.DataFrame:
+    rows = [
+        _row(model, b, s, gc, quant)
+        for model in ("llama-3.2-3b", "llama-3.1-8b", "smollm2-135m")
+        for b, s in ((1, 512), (4, 2048))
+        for gc in (True, False)
+        for quant in ("nf4", "none")
+    ]
+    for i, row in enumerate(rows):
+        row["nvml_peak_gib"] += noise * (-1) ** i
+    return pd.DataFrame(rows)
+
+
+def test_fitting_synthetic_rows_recovers_the_model() -> None:
+    model = fit(memory_rows([_synthetic()]))
+    assert model.context_gib == pytest.approx(CONTEXT)
+    assert model.optimizer_bytes_per_param == {"adamw": pytest.approx(8.0)}
+    np.testing.assert_allclose(model.activation_coefficients, TRUE_COEFFICIENTS, rtol=1e-6)
+    held = summarize(leave_one_out(memory_rows([_synthetic()])))
+    assert held.max == pytest.approx(0.0, abs=1e-9) and held.not_predictable == 0
+
+
+def test_a_wrong_model_is_seen_in_the_held_out_error() -> None:
+    """Rows that do not follow the model (noise of 1 GiB) give a held-out error, not zero."""
+    held = summarize(leave_one_out(memory_rows([_synthetic(noise=1.0)])))
+    assert held.max is not None and held.max > 0.02
+
+
+def test_leave_one_out_is_the_error_of_a_fit_without_the_row() -> None:
+    rows = memory_rows([_synthetic(noise=0.3)])
+    held = leave_one_out(rows)
+    first = held[0]
+    rest = [r for r in rows if r.case_id != first.row.case_id]
+    predicted = fit(rest).predict(first.row.fields, static=(first.row.static_gib, 10_000_000)).footprint_gib
+    assert first.predicted_gib == pytest.approx(predicted)
+    assert first.error == pytest.approx(abs(predicted - first.row.footprint_gib) / first.row.footprint_gib)
+    errors = sorted(h.error for h in held if h.error is not None)
+    assert summarize(held).median == pytest.approx(float(np.median(errors)))
+
+
+def test_a_row_the_others_do_not_span_is_not_predicted() -> None:
+    frame = pd.DataFrame([_row("llama-3.2-3b", 1, 512), _row("llama-3.2-3b", 1, 512, gc=False)])
+    held = leave_one_out(memory_rows([frame]))
+    assert all(h.predicted_gib is None for h in held)
+    assert "do not span" in held[1].why_not
+
+
+def test_missing_rows_are_named() -> None:
+    with pytest.raises(FitError, match="no usable measured rows"):
+        fit([])
+    model = fit(memory_rows([_synthetic()]))
+    query = dict(_row("llama-3.2-3b", 2, 1024), optimizer="adamw_8bit")
+    with pytest.raises(FitError, match="adamw_8bit"):
+        model.predict(query)
+    with pytest.raises(FitError, match="weight configuration"):
+        model.predict(dict(_row("llama-3.2-3b", 2, 1024), lora_r=64))
+
+
+def test_oom_rows_count_only_with_their_uncapped_rerun() -> None:
+    oom = dict(_row("llama-3.2-3b", 4, 2048), status="oom")
+    assert memory_rows([pd.DataFrame([oom])]) == []
+    needed = dict(
+        oom,
+        needed_status="ok",
+        needed_on="NVIDIA H200",
+        needed_nvml_peak_gib=oom["nvml_peak_gib"],
+        needed_peak_reserved_gib=oom["peak_reserved_gib"],
+        needed_optimizer_state_bytes=80_000_000,
+    )
+    (row,) = memory_rows([pd.DataFrame([needed])])
+    assert row.source == "needed (measured uncapped on NVIDIA H200)"
