@@ -45,7 +45,7 @@ T4; the CPU the largest default sweep point.
 
 Tiers: ``smoke`` (at most 6 cases: the device-bound point's nf4+dq, fp4 and no-double-quant
 rows, its 16-bit reference and fp32-compute rows, and one quality case), ``default`` (at most
-40), ``full`` (everything).
+45), ``full`` (everything).
 """
 
 from __future__ import annotations
@@ -326,28 +326,6 @@ def ladder_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
     ]
     steps.append(steps[-1].replace(gradient_checkpointing=True))
     return steps
-
-
-def nan_cases(profile: GpuProfile, text_lesson: Case, full: bool) -> list[Case]:
-    """The ``nan`` family: fp16 and bf16 over a learning-rate grid on the real model on text.
-
-    full: every rate of `NAN_LRS`, both dtypes, through the core loop and the users' engine (the
-    Trainer, whose fp16 gradient scaler is what a user sees). default: the failure point
-    (`NAN_FAILURE_LR`) in both dtypes and the lesson's rate in fp16, per engine; the core loop's
-    rows at 1e-4 are the stability family's own (shared by hash). On the CPU the default leaves the
-    Trainer out: accelerate gives fp16 no autocast and no scaler there (see `engines.hf`), so its
-    fp16 rows say nothing about fp16.
-    """
-    engines = (KERNEL_ENGINE, USERS_ENGINE) if profile.is_gpu or full else (KERNEL_ENGINE,)
-    if full:
-        points = [(lr, dtype) for lr in NAN_LRS for dtype in ("fp16", "bf16")]
-    else:
-        points = [(NAN_REMEDY_LR, "fp16"), (NAN_FAILURE_LR, "fp16"), (NAN_FAILURE_LR, "bf16")]
-    return [
-        text_lesson.replace(engine=engine, compute_dtype=dtype, lr=lr)
-        for engine in engines
-        for lr, dtype in points
-    ]
 
 
 def nan_cases(profile: GpuProfile, text_lesson: Case, full: bool) -> list[Case]:

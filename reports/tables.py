@@ -34,6 +34,7 @@ from reports.claims.tradeoffs import compat_outcomes, outcomes_text
 from reports.engines_table import ENGINE_NAMES, engine_comparison, engine_of
 from reports.frame import RunData
 from reports.markdown import md_table
+from reports.nan import nan_table
 from reports.rows import (
     LOADED,
     QUANT_FIELDS,
@@ -433,5 +434,5 @@ def memory_formula(run: RunData) -> str:
 def render_tables(run: RunData) -> str:
     """tables.md for one run."""
     sections = (header, memory_by_precision, compute_dtypes, t4_budget, tradeoffs, memory_formula)
-    sections += (engine_comparison,)
+    sections += (engine_comparison, nan_table)
     return "\n\n".join(section(run) for section in sections) + "\n"
