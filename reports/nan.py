@@ -121,7 +121,10 @@ def _scaler_note(rows: pd.DataFrame) -> str:
     notes = []
     for engine in sorted(set(fp16["engine"].astype(str))):
         one = fp16[fp16["engine"] == engine].iloc[0]
-        scaler = "a gradient scaler" if bool(one.get("grad_scaler")) else "no gradient scaler"
+        flag = one.get("grad_scaler")
+        if flag is None or pd.isna(flag):
+            continue  # a row from before the engines recorded it
+        scaler = "a gradient scaler" if bool(flag) else "no gradient scaler"
         notes.append(f"{engine}: fp16 under autocast {one.get('autocast')}, {scaler}")
     return "; ".join(notes)
 
@@ -143,6 +146,7 @@ def nan_table(run: RunData) -> str:
         f"{where(rows)}. Outcomes: non-finite at step k (first non-finite loss, training stopped);"
         f" no update (the scaler skipped every step); finite but diverging (mean loss of the last"
         f" {DIVERGE_WINDOW} steps more than {DIVERGE_MARGIN:.0%} above the first step's, before any update);"
-        f" fine. {_scaler_note(rows)}."
+        " fine."
     )
-    return f"{title}\n\n{table}\n\n{note}"
+    scaler = _scaler_note(rows)
+    return f"{title}\n\n{table}\n\n{note}" + (f" {scaler}." if scaler else "")
