@@ -9,6 +9,8 @@ claims in the lesson's order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -254,55 +256,54 @@ def _remedy(remedy: pd.Series, failure: pd.Series, measured: str, what: str) -> 
     return refuted(measured, f"{what} was {found.text()}", evidence, condition, why)
 
 
-def check_nan_lr(run: RunData) -> list[Evaluation]:
-    """Advice "Reduce to 1e-4": per engine, at fp16's failure point, is the same run at 1e-4 fine?"""
+def _at_failure_points(
+    run: RunData, judge: Callable[[pd.DataFrame, pd.Series], Evaluation]
+) -> list[Evaluation]:
+    """Per engine: `judge(rows of that engine, fp16's failure row)`, or inconclusive where the
+    grid never reached a failure; not run without nan or stability rows."""
     rows = nan_rows(run.results)
     if rows.empty:
         return [not_run("no nan or stability rows in this run")]
     failures = _failure_points(rows)
-    out = []
-    for engine in sorted(set(rows["engine"].astype(str))):
-        if engine not in failures:
-            out.append(_untested(rows, engine))
-            continue
-        failure = failures[engine]
-        same = rows[(rows["engine"] == engine) & (rows["compute_dtype"] == "fp16")]
-        lows = [
-            a
-            for a, _ in pairs(
-                same[np.isclose(num(same["lr"]), LESSON_NAN_LR)], pd.DataFrame([failure]), ("lr",)
-            )
-        ]
-        if not lows:
-            why = "no fp16 row at lr 1e-4 at the failure point's settings"
-            out.append(inconclusive(why, _grid_text(same), ids(same), engine))
-            continue
-        out.append(_remedy(lows[0], failure, _grid_text(same), "fp16 at lr 1e-4"))
-    return out
+    return [
+        judge(rows[rows["engine"] == engine], failures[engine])
+        if engine in failures
+        else _untested(rows, engine)
+        for engine in sorted(set(rows["engine"].astype(str)))
+    ]
+
+
+def _lr_remedy(rows: pd.DataFrame, failure: pd.Series) -> Evaluation:
+    """fp16 at 1e-4 beside fp16's failure point (same settings but the lr)."""
+    fp16 = rows[rows["compute_dtype"] == "fp16"]
+    low = fp16[np.isclose(num(fp16["lr"]), LESSON_NAN_LR)]
+    lows = [a for a, _ in pairs(low, pd.DataFrame([failure]), ("lr",))]
+    if not lows:
+        why = "no fp16 row at lr 1e-4 at the failure point's settings"
+        return inconclusive(why, _grid_text(fp16), ids(fp16), str(failure["engine"]))
+    return _remedy(lows[0], failure, _grid_text(fp16), "fp16 at lr 1e-4")
+
+
+def _bf16_remedy(rows: pd.DataFrame, failure: pd.Series) -> Evaluation:
+    """bf16 at fp16's failure point (same settings but the dtype)."""
+    bf16 = rows[rows["compute_dtype"] == "bf16"]
+    twins = [b for _, b in pairs(pd.DataFrame([failure]), bf16, ("compute_dtype",))]
+    lr = f"lr {float(failure['lr']):g}"
+    measured = f"fp16 {outcome_text(failure)}; bf16 " + (outcome_text(twins[0]) if twins else "not run")
+    if not twins:
+        why = f"no bf16 row at {lr}, fp16's failure point"
+        return inconclusive(why, measured, (str(failure["case_id"]),), str(failure["engine"]))
+    return _remedy(twins[0], failure, f"{lr}: {measured}", f"bf16 at {lr}")
+
+
+def check_nan_lr(run: RunData) -> list[Evaluation]:
+    """Advice "Reduce to 1e-4": per engine, at fp16's failure point, is the same run at 1e-4 fine?"""
+    return _at_failure_points(run, _lr_remedy)
 
 
 def check_nan_bf16(run: RunData) -> list[Evaluation]:
     """Advice "Use bfloat16": per engine, at fp16's failure point, is bf16 at the same rate fine?"""
-    rows = nan_rows(run.results)
-    if rows.empty:
-        return [not_run("no nan or stability rows in this run")]
-    failures = _failure_points(rows)
-    out = []
-    for engine in sorted(set(rows["engine"].astype(str))):
-        if engine not in failures:
-            out.append(_untested(rows, engine))
-            continue
-        failure = failures[engine]
-        bf16 = rows[(rows["engine"] == engine) & (rows["compute_dtype"] == "bf16")]
-        twins = [b for _, b in pairs(pd.DataFrame([failure]), bf16, ("compute_dtype",))]
-        measured = f"fp16 {outcome_text(failure)}; bf16 " + (outcome_text(twins[0]) if twins else "not run")
-        if not twins:
-            why = f"no bf16 row at lr {float(failure['lr']):g}, fp16's failure point"
-            out.append(inconclusive(why, measured, (str(failure["case_id"]),), engine))
-            continue
-        what = f"bf16 at lr {float(failure['lr']):g}"
-        out.append(_remedy(twins[0], failure, f"lr {float(failure['lr']):g}: {measured}", what))
-    return out
+    return _at_failure_points(run, _bf16_remedy)
 
 
 CLAIMS: tuple[Claim, ...] = (
