@@ -30,6 +30,9 @@ families runs once):
   from its exact weight bytes where they exceed the card (computed, not measured).
 - ``quality``: the real model on held-out text: nf4/fp4 x double quant and the 16-bit reference.
 - ``stability``: the real model on text, fp16 vs bf16 compute at learning rates 1e-4, 2e-4, 1e-3.
+- ``nan``: the lesson's NaN advice exercised: a learning-rate grid on the real model on text that
+  reaches the point where fp16 goes non-finite, with its two remedies there (lr 1e-4; bf16 at the
+  same rate), through the core loop and the users' engine; see `nan_cases`.
 - ``engine``: the same case trained by the core loop, transformers' Trainer and TRL's SFTTrainer,
   at the device-bound point (the CPU: the real model on text) and, in the full tier, at the
   lesson's point too. The default tier leaves the lesson's point out: its batch-1 steps are
@@ -44,7 +47,7 @@ T4; the CPU the largest default sweep point.
 
 Tiers: ``smoke`` (at most 6 cases: the device-bound point's nf4+dq, fp4 and no-double-quant
 rows, its 16-bit reference and fp32-compute rows, and one quality case), ``default`` (at most
-40), ``full`` (everything).
+45), ``full`` (everything).
 """
 
 from __future__ import annotations
@@ -62,9 +65,16 @@ USERS_ENGINE = "trainer"
 KERNEL_ENGINE = "loop"
 """The engine of the families that compare numerics on text (quality, stability)."""
 SMOKE_MAX = 6
-DEFAULT_MAX = 40
+DEFAULT_MAX = 45
 LADDER_START_LR = 2e-4
 STABILITY_LRS: tuple[float, ...] = (1e-4, 2e-4, 1e-3)
+NAN_REMEDY_LR = 1e-4
+"""The lesson's "Reduce to 1e-4"."""
+NAN_FAILURE_LR = 1e-1
+"""The default tier's high rate: fp16 went non-finite there on the real model on the CPU (loop,
+step 9 of 20) while bf16 stayed finite; the full grid brackets it on either side."""
+NAN_LRS: tuple[float, ...] = (NAN_REMEDY_LR, 1e-3, 1e-2, NAN_FAILURE_LR, 1.0)
+"""The full tier's grid: four decades from the lesson's rate to 1.0."""
 
 
 class MatrixError(ValueError):
@@ -277,6 +287,8 @@ def build_matrix(
     for cdt in ("fp16", "bf16"):
         for lr in STABILITY_LRS:
             plan.add(text_lesson.replace(compute_dtype=cdt, lr=lr), "stability")
+    for case in nan_cases(profile, text_lesson, full):
+        plan.add(case, "nan")
     device_bound = text_lesson if tier.engine_on_text else bound
     for point in (device_bound, lesson) if full else (device_bound,):
         for engine in ENGINES:
@@ -345,6 +357,28 @@ def big_model_cases(profile: GpuProfile, tier: Tier, lesson: Case) -> list[Case]
     if 2 * SHAPES[BIG_MODEL].total_params / 2**30 > profile.total_gib:
         cases.append(reference_of(qlora))
     return cases
+
+
+def nan_cases(profile: GpuProfile, text_lesson: Case, full: bool) -> list[Case]:
+    """The ``nan`` family: fp16 and bf16 over a learning-rate grid on the real model on text.
+
+    full: every rate of `NAN_LRS`, both dtypes, through the core loop and the users' engine (the
+    Trainer, whose fp16 gradient scaler is what a user sees). default: the failure point
+    (`NAN_FAILURE_LR`) in both dtypes and the lesson's rate in fp16, per engine; the core loop's
+    rows at 1e-4 are the stability family's own (shared by hash). On the CPU the default leaves the
+    Trainer out: accelerate gives fp16 no autocast and no scaler there (see `engines.hf`), so its
+    fp16 rows say nothing about fp16.
+    """
+    engines = (KERNEL_ENGINE, USERS_ENGINE) if profile.is_gpu or full else (KERNEL_ENGINE,)
+    if full:
+        points = [(lr, dtype) for lr in NAN_LRS for dtype in ("fp16", "bf16")]
+    else:
+        points = [(NAN_REMEDY_LR, "fp16"), (NAN_FAILURE_LR, "fp16"), (NAN_FAILURE_LR, "bf16")]
+    return [
+        text_lesson.replace(engine=engine, compute_dtype=dtype, lr=lr)
+        for engine in engines
+        for lr, dtype in points
+    ]
 
 
 # multi-GPU (issue 13) -------------------------------------------------------------------------

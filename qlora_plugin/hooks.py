@@ -31,6 +31,7 @@ _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
     ("multigpu", "multigpu"),  # multi-GPU (issue 13)
     ("quality", "quality"),
     ("stability", "stability"),
+    ("nan", "stability"),  # the NaN advice's learning-rate grid: numerics on text, like stability
     ("ladder", "memory"),
     ("compat", "memory"),
     ("factorial", "throughput"),

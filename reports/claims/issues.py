@@ -9,23 +9,23 @@ claims in the lesson's order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
 from reports.claims.common import select
-from reports.claims.compute_dtype import loss_text, stability_gate, stability_pairs
 from reports.claims.model import ON_GPU, Claim, Evaluation, Verdict, holds, inconclusive, not_run, refuted
 from reports.claims.speed import Place, device_bound_pairs, place, speed_ratio
 from reports.frame import RunData
+from reports.nan import Outcome, classify, nan_rows, outcome_text
 from reports.rows import (
     QUANT_FIELDS,
     PeakFigures,
     activation_gib,
     family_rows,
     fval,
-    group_by,
     ids,
-    is_nan_run,
     num,
     on_gpu,
     pairs,
@@ -236,61 +236,97 @@ def check_qlora_slower(run: RunData) -> list[Evaluation]:
 LESSON_NAN_LR = 1e-4
 
 
-def check_nan_lr(run: RunData) -> list[Evaluation]:
-    """Advice "Reduce to 1e-4": per dtype, where a higher lr went NaN, does lr 1e-4 stay finite?"""
-    df = run.results
-    fam = family_rows(df, "stability")
-    if fam.empty:
-        return [not_run("no stability rows in this run")]
-    rows = fam[fam["status"].isin({"ok", "nan"})]
-    out = []
-    for (dtype,), group in group_by(fam, ["compute_dtype"]):
-        condition = f"{dtype}, {where(group)}"
-        ran = rows[rows["compute_dtype"] == dtype]
-        low = ran[np.isclose(num(ran["lr"]), LESSON_NAN_LR)]
-        high = ran[num(ran["lr"]) > LESSON_NAN_LR * (1 + 1e-9)]
-        summary = "; ".join(
-            f"lr {float(r['lr']):g}: {loss_text(r)}" for _, r in ran.sort_values("lr").iterrows()
-        )
-        if low.empty or high.empty:
-            why = (
-                f"no {dtype} stability rows ran to an outcome at lr 1e-4 and above ({status_summary(group)})"
-            )
-            out.append(inconclusive(why, summary, ids(group), condition))
-            continue
-        high_nan = high[high.apply(is_nan_run, axis=1)]
-        if high_nan.empty:
-            why = f"no {dtype} row above lr 1e-4 went NaN: the advice is untested by this data"
-            out.append(inconclusive(why, summary, ids(ran), condition))
-            continue
-        why = f"{dtype} stability rows: NaN above 1e-4, outcome at 1e-4"
-        if low.apply(is_nan_run, axis=1).any():
-            out.append(refuted(summary, f"{dtype} also went NaN at lr 1e-4", ids(ran), condition, why))
-        else:
-            out.append(holds(summary, ids(ran), condition, why))
+def _failure_points(rows: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per engine, fp16's failure point: its lowest-lr row above 1e-4 that went non-finite."""
+    out: dict[str, pd.Series] = {}
+    high = rows[(rows["compute_dtype"] == "fp16") & (num(rows["lr"]) > LESSON_NAN_LR * (1 + 1e-9))]
+    for _, r in high.sort_values("lr").iterrows():
+        found = classify(r)
+        if found is not None and found.outcome is Outcome.NON_FINITE:
+            out.setdefault(str(r["engine"]), r)
     return out
 
 
+def _grid_text(rows: pd.DataFrame) -> str:
+    """Every rate's outcome: "lr 0.0001: fine (loss 5.1 -> 3.2); lr 0.1: non-finite at step 9"."""
+    return "; ".join(
+        f"lr {float(r['lr']):g}: {outcome_text(r)}" for _, r in rows.sort_values("lr").iterrows()
+    )
+
+
+def _untested(rows: pd.DataFrame, engine: str) -> Evaluation:
+    """No fp16 row of `engine` went non-finite: the grid never reached a failure."""
+    fp16 = rows[(rows["engine"] == engine) & (rows["compute_dtype"] == "fp16")]
+    top = f" up to lr {num(fp16['lr']).max():g}" if not fp16.empty else ""
+    why = f"no fp16 row{top} went non-finite: the grid never reached a failure, the advice is untested"
+    return inconclusive(why, _grid_text(fp16), ids(fp16), f"{engine}, {where(rows)}")
+
+
+def _remedy(remedy: pd.Series, failure: pd.Series, measured: str, what: str) -> Evaluation:
+    """holds when the remedy's run is fine; refuted (saying how it ended) otherwise."""
+    condition = (
+        f"{failure['engine']}, fp16 failure at lr {float(failure['lr']):g}, {where(pd.DataFrame([failure]))}"
+    )
+    evidence = (str(failure["case_id"]), str(remedy["case_id"]))
+    why = f"{what}: holds when that run is fine (no non-finite step, no skipped-out run, no divergence)"
+    found = classify(remedy)
+    if found is None:
+        return inconclusive(
+            f"{what} did not run to an outcome ({remedy['status']})", measured, evidence, condition
+        )
+    if found.outcome is Outcome.FINE:
+        return holds(measured, evidence, condition, why)
+    return refuted(measured, f"{what} was {found.text()}", evidence, condition, why)
+
+
+def _at_failure_points(
+    run: RunData, judge: Callable[[pd.DataFrame, pd.Series], Evaluation]
+) -> list[Evaluation]:
+    """Per engine: `judge(rows of that engine, fp16's failure row)`, or inconclusive where the
+    grid never reached a failure; not run without nan or stability rows."""
+    rows = nan_rows(run.results)
+    if rows.empty:
+        return [not_run("no nan or stability rows in this run")]
+    failures = _failure_points(rows)
+    return [
+        judge(rows[rows["engine"] == engine], failures[engine])
+        if engine in failures
+        else _untested(rows, engine)
+        for engine in sorted(set(rows["engine"].astype(str)))
+    ]
+
+
+def _lr_remedy(rows: pd.DataFrame, failure: pd.Series) -> Evaluation:
+    """fp16 at 1e-4 beside fp16's failure point (same settings but the lr)."""
+    fp16 = rows[rows["compute_dtype"] == "fp16"]
+    low = fp16[np.isclose(num(fp16["lr"]), LESSON_NAN_LR)]
+    lows = [a for a, _ in pairs(low, pd.DataFrame([failure]), ("lr",))]
+    if not lows:
+        why = "no fp16 row at lr 1e-4 at the failure point's settings"
+        return inconclusive(why, _grid_text(fp16), ids(fp16), str(failure["engine"]))
+    return _remedy(lows[0], failure, _grid_text(fp16), "fp16 at lr 1e-4")
+
+
+def _bf16_remedy(rows: pd.DataFrame, failure: pd.Series) -> Evaluation:
+    """bf16 at fp16's failure point (same settings but the dtype)."""
+    bf16 = rows[rows["compute_dtype"] == "bf16"]
+    twins = [b for _, b in pairs(pd.DataFrame([failure]), bf16, ("compute_dtype",))]
+    lr = f"lr {float(failure['lr']):g}"
+    measured = f"fp16 {outcome_text(failure)}; bf16 " + (outcome_text(twins[0]) if twins else "not run")
+    if not twins:
+        why = f"no bf16 row at {lr}, fp16's failure point"
+        return inconclusive(why, measured, (str(failure["case_id"]),), str(failure["engine"]))
+    return _remedy(twins[0], failure, f"{lr}: {measured}", f"bf16 at {lr}")
+
+
+def check_nan_lr(run: RunData) -> list[Evaluation]:
+    """Advice "Reduce to 1e-4": per engine, at fp16's failure point, is the same run at 1e-4 fine?"""
+    return _at_failure_points(run, _lr_remedy)
+
+
 def check_nan_bf16(run: RunData) -> list[Evaluation]:
-    """Advice "Use bfloat16": where fp16 went NaN, did bf16 at the same lr stay finite?"""
-    df = run.results
-    gate = stability_gate(df)
-    if gate:
-        return gate
-    found = stability_pairs(df)
-    nan_fp16 = [(a, b) for a, b in found if is_nan_run(a)]
-    summary = "; ".join(f"lr {float(a['lr']):g}: fp16 {loss_text(a)}, bf16 {loss_text(b)}" for a, b in found)
-    evidence = tuple(str(r["case_id"]) for pair in found for r in pair)
-    condition = where(pd.DataFrame([r for pair in found for r in pair]))
-    if not nan_fp16:
-        why = "no fp16 stability row went NaN: the advice is untested by this data"
-        return [inconclusive(why, summary, evidence, condition)]
-    still = [b for _, b in nan_fp16 if is_nan_run(b)]
-    why = "stability rows: fp16 NaN rows and their bf16 twins at the same lr"
-    if still:
-        lrs = ", ".join(f"{float(b['lr']):g}" for b in still)
-        return [refuted(summary, f"bf16 also went NaN at lr {lrs}", evidence, condition, why)]
-    return [holds(summary, evidence, condition, why)]
+    """Advice "Use bfloat16": per engine, at fp16's failure point, is bf16 at the same rate fine?"""
+    return _at_failure_points(run, _bf16_remedy)
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -337,9 +373,11 @@ CLAIMS: tuple[Claim, ...] = (
         section=SECTION,
         quote="Learning rate too high → Reduce to 1e-4",
         measures=(
-            "stability rows per dtype: NaN (status nan / first_nonfinite_step) above lr 1e-4, outcome at 1e-4"
+            "nan-family rows per engine (core loop, Trainer): fp16's lowest lr above 1e-4 that went"
+            " non-finite (first_nonfinite_step), and the outcome of the same run at lr 1e-4"
+            " (reports.nan.classify: non-finite at step k, no update, finite but diverging, fine)"
         ),
-        expected="where a higher lr went NaN, lr 1e-4 stays finite",
+        expected="at fp16's failure point, the run at lr 1e-4 is fine",
         tolerance=None,
         check=check_nan_lr,
     ),
@@ -347,8 +385,11 @@ CLAIMS: tuple[Claim, ...] = (
         id="nan-bf16",
         section=SECTION,
         quote="Numerical instability → Use bfloat16",
-        measures="stability rows per lr: where fp16 went NaN, the bf16 outcome",
-        expected="bf16 stays finite where fp16 went NaN",
+        measures=(
+            "nan-family rows per engine: the outcome of bf16 at fp16's failure point (its lowest lr"
+            " above 1e-4 that went non-finite), classified by reports.nan.classify"
+        ),
+        expected="at fp16's failure point, bf16 at the same lr is fine (finite and not diverging)",
         tolerance=None,
         check=check_nan_bf16,
     ),

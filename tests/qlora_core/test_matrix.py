@@ -8,6 +8,9 @@ from qlora_core.gpus import PROFILE_NAMES, get_profile
 from qlora_core.matrix import (
     DEFAULT_MAX,
     KERNEL_ENGINE,
+    NAN_FAILURE_LR,
+    NAN_LRS,
+    NAN_REMEDY_LR,
     SMOKE_MAX,
     STABILITY_LRS,
     USERS_ENGINE,
@@ -45,7 +48,7 @@ def test_tier_sizes_and_unique_ids(profile):
 def test_counts_per_profile_are_pinned():
     # A change here changes what the hardware runners measure: review it deliberately.
     counts = {name: len(build_matrix(get_profile(name), "default")) for name in ("t4", "h200", "cpu")}
-    assert counts == {"t4": 37, "h200": 39, "cpu": 37}
+    assert counts == {"t4": 42, "h200": 44, "cpu": 39}
 
 
 def test_factorial_is_full_and_t4_keeps_bf16_rows():
@@ -171,6 +174,8 @@ def test_claim_families_run_on_the_users_engine(profile, matrix):
             assert p.case.engine == USERS_ENGINE, (p.case.id, p.families)
         elif tags & {"quality", "stability"}:
             assert p.case.engine == KERNEL_ENGINE, (p.case.id, p.families)
+        elif "nan" in tags:  # the NaN advice is judged through both engines
+            assert p.case.engine in (KERNEL_ENGINE, USERS_ENGINE), (p.case.id, p.families)
         else:
             assert tags == {"engine"}, (p.case.id, p.families)
 
@@ -207,3 +212,28 @@ def test_multi_card_profiles_run_the_multigpu_family_only(profile, dtype):
     )
     assert (fsdp.id.endswith("-2gpu-fsdp"), ddp.id.endswith("-2gpu-ddp")) == (True, True)
     assert fsdp.quant_storage == dtype and not fsdp.prepare_kbit
+
+
+@pytest.mark.parametrize("profile", ("t4", "h200", "cpu"))
+def test_nan_family_reaches_the_failure_point_with_both_remedies(profile):
+    p = get_profile(profile)
+    engines = (KERNEL_ENGINE, USERS_ENGINE) if p.is_gpu else (KERNEL_ENGINE,)
+    default = build_matrix(p, "default")
+    points = {(c.engine, c.compute_dtype, c.lr) for c in cases_of(default, "nan")}
+    # fp16 at the failure point, its two remedies there (lr 1e-4; bf16 at the same rate), per engine.
+    assert points == {
+        (e, d, lr)
+        for e in engines
+        for d, lr in (("fp16", NAN_FAILURE_LR), ("fp16", NAN_REMEDY_LR), ("bf16", NAN_FAILURE_LR))
+    }
+    for c in cases_of(default, "nan"):
+        assert (c.model, c.data) == (REAL_MODEL, "text")
+    # The core loop's row at 1e-4 is the stability family's own: one case, two tags.
+    shared = [p for p in default if {"stability", "nan"} <= set(p.families)]
+    assert [(x.case.engine, x.case.lr) for x in shared] == [(KERNEL_ENGINE, NAN_REMEDY_LR)]
+    full = build_matrix(p, "full")
+    grid = {(c.engine, c.compute_dtype, c.lr) for c in cases_of(full, "nan")}
+    assert grid == {
+        (e, d, lr) for e in (KERNEL_ENGINE, USERS_ENGINE) for d in ("fp16", "bf16") for lr in NAN_LRS
+    }
+    assert max(NAN_LRS) >= 10 * NAN_FAILURE_LR  # the full grid brackets the failure from above

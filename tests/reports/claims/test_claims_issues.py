@@ -171,34 +171,50 @@ def test_qlora_slower_inconclusive_when_no_row_ran(build):
 
 
 # -- the NaN advice ---------------------------------------------------------------------------------
-def test_nan_lr_holds_refuted_and_untested(build):
-    fp16 = [build.stability("fp16", 1e-4, 2.9), build.stability("fp16", 1e-3, None)]
-    bf16 = [build.stability("bf16", 1e-4, 2.9), build.stability("bf16", 1e-3, 2.8)]
-    evals = check_nan_lr(build.run(fp16 + bf16))
-    assert build.pick(evals, "fp16").verdict is Verdict.HOLDS
-    untested = build.pick(evals, "bf16")
-    assert untested.verdict is Verdict.INCONCLUSIVE and "untested" in untested.why
-    both = [build.stability("fp16", 1e-4, None), build.stability("fp16", 1e-3, None)]
-    (refuted,) = check_nan_lr(build.run(both))
-    assert refuted.verdict is Verdict.REFUTED and "1e-4" in refuted.corrected
+def _grid(build, engine="loop", **finals):
+    """Rows of the nan family: `fp16_0p1=None` is fp16 at lr 0.1 non-finite at step 1, a number
+    its final loss (the first is 3.0)."""
+    rows = []
+    for key, final in finals.items():
+        dtype, lr = key.split("_")
+        row = build.stability(dtype, float(lr.replace("p", ".")), final, engine=engine)
+        row.families = "nan"
+        rows.append(row)
+    return rows
 
 
-def test_nan_lr_not_run_and_inconclusive_without_both_learning_rates(build):
+def test_nan_lr_holds_or_refuted_per_engine_with_the_step(build):
+    loop = _grid(build, fp16_0p0001=2.5, fp16_0p1=None, fp16_1=None)
+    trainer = _grid(build, "trainer", fp16_0p0001=None, fp16_0p1=None)
+    evals = check_nan_lr(build.run(loop + trainer))
+    held, bad = build.pick(evals, "loop"), build.pick(evals, "trainer")
+    assert held.verdict is Verdict.HOLDS and "lr 0.1" in held.condition  # the lowest failing rate
+    assert "lr 0.1: non-finite at step 1" in held.measured and "lr 0.0001: fine" in held.measured
+    assert bad.verdict is Verdict.REFUTED and "non-finite at step 1" in bad.corrected
+    (diverging,) = check_nan_lr(build.run(_grid(build, fp16_0p0001=4.5, fp16_0p1=None)))
+    assert diverging.verdict is Verdict.REFUTED and "diverging" in diverging.corrected
+
+
+def test_nan_lr_inconclusive_when_the_grid_never_failed_and_not_run(build):
     assert check_nan_lr(build.run([build.result(THREE)]))[0].verdict is Verdict.NOT_RUN
-    (only,) = check_nan_lr(build.run([build.stability("fp16", 1e-3, None)]))
-    assert only.verdict is Verdict.INCONCLUSIVE
+    (untested,) = check_nan_lr(build.run(_grid(build, fp16_0p0001=2.5, fp16_1=2.4)))
+    assert untested.verdict is Verdict.INCONCLUSIVE and "never reached a failure" in untested.why
+    assert "up to lr 1" in untested.why
+    (no_low,) = check_nan_lr(build.run(_grid(build, fp16_0p1=None)))
+    assert no_low.verdict is Verdict.INCONCLUSIVE and "1e-4" in no_low.why
 
 
-def test_nan_bf16(build):
-    rows = [build.stability("fp16", 1e-3, None), build.stability("bf16", 1e-3, 2.8)]
-    (ok,) = check_nan_bf16(build.run(rows))
-    assert ok.verdict is Verdict.HOLDS
-    rows = [build.stability("fp16", 1e-3, None), build.stability("bf16", 1e-3, None)]
-    (bad,) = check_nan_bf16(build.run(rows))
-    assert bad.verdict is Verdict.REFUTED and "0.001" in bad.corrected
-    rows = [build.stability("fp16", 1e-3, 2.9), build.stability("bf16", 1e-3, 2.8)]
-    (untested,) = check_nan_bf16(build.run(rows))
-    assert untested.verdict is Verdict.INCONCLUSIVE and "untested" in untested.why
+def test_nan_bf16_at_the_failure_point(build):
+    (ok,) = check_nan_bf16(build.run(_grid(build, fp16_0p1=None, bf16_0p1=2.8)))
+    assert ok.verdict is Verdict.HOLDS and "fp16 non-finite at step 1; bf16 fine" in ok.measured
+    (bad,) = check_nan_bf16(build.run(_grid(build, fp16_0p1=None, bf16_0p1=None)))
+    assert bad.verdict is Verdict.REFUTED and "bf16 at lr 0.1 was non-finite at step 1" in bad.corrected
+    (diverging,) = check_nan_bf16(build.run(_grid(build, fp16_0p1=None, bf16_0p1=9.0)))
+    assert diverging.verdict is Verdict.REFUTED and "finite but diverging" in diverging.corrected
+    (untested,) = check_nan_bf16(build.run(_grid(build, fp16_0p1=2.9, bf16_0p1=2.8)))
+    assert untested.verdict is Verdict.INCONCLUSIVE and "never reached a failure" in untested.why
+    (missing,) = check_nan_bf16(build.run(_grid(build, fp16_0p1=None)))
+    assert missing.verdict is Verdict.INCONCLUSIVE and "no bf16 row" in missing.why
     assert check_nan_bf16(build.run([]))[0].verdict is Verdict.NOT_RUN
 
 
