@@ -33,6 +33,7 @@ _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
     ("stability", "stability"),
     ("ladder", "memory"),
     ("compat", "memory"),
+    ("weights", "weights"),
     ("factorial", "throughput"),
     ("fp32", "throughput"),
     ("speed", "throughput"),
