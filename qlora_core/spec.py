@@ -292,7 +292,9 @@ def validate(case: Case) -> list[str]:
                 " (fp32 weights only with load_only=True)"
             )
         if case.quant_storage != "uint8":
-            p.append(f"quant_storage applies only to 4-bit quant types; leave it 'uint8' for {case.quant_type!r}")
+            p.append(
+                f"quant_storage applies only to 4-bit quant types; leave it 'uint8' for {case.quant_type!r}"
+            )
     if case.quant_type == "int8" and case.load_only is not True:
         p.append("quant_type='int8' (load_in_8bit) needs load_only=True: the matrix only loads 8-bit weights")
     if case.load_only is True and case.num_gpus != 1:

@@ -77,7 +77,9 @@ def test_weights_check_fails_on_broken_counts() -> None:
 
 @pytest.mark.slow
 def test_load_only_case_stops_after_the_load(tmp_path) -> None:
-    result = run_case(LOAD.replace(quant_type="int8", compute_dtype="bf16"), RunOptions(profile="cpu"), tmp_path / "r.json")
+    result = run_case(
+        LOAD.replace(quant_type="int8", compute_dtype="bf16"), RunOptions(profile="cpu"), tmp_path / "r.json"
+    )
     assert result.status == "ok", result.reason
     assert result.weight_bytes and result.total_params == TINY.total_params
     assert result.load_alloc_gib is not None and result.cpu_peak_rss_gib is not None
