@@ -193,12 +193,6 @@ def trainable_dtypes(model: torch.nn.Module) -> str:
     return ",".join(sorted(names))
 
 
-# The lesson's models whose parameters a session counts without weights (issue 11 item 6).
-COUNTED_MODELS: tuple[str, ...] = ("llama-3.2-3b", "llama-3.1-8b")
-PARAM_COUNTS_TABLE = "param_counts"
-"""measurements/<name>.csv: the rows of `empty_weight_counts` for `COUNTED_MODELS`."""
-
-
 def empty_weight_counts(shape: str, lora_r: int, target_modules: tuple[str, ...]) -> dict[str, Any]:
     """Parameters of the shape's real architecture, instantiated without weights (accelerate's
     `init_empty_weights`) with LoRA applied, counted by peft's `get_nb_trainable_parameters`:
