@@ -209,10 +209,6 @@ class Case:
         return self.quant_type != "none"
 
     @property
-    def is_four_bit(self) -> bool:
-        return self.quant_type in FOUR_BIT_TYPES
-
-    @property
     def tokens_per_step(self) -> int:
         """Tokens processed by one optimizer step, over all ranks."""
         return self.batch_size * self.seq_len * self.grad_accum * self.num_gpus
