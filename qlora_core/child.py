@@ -6,7 +6,8 @@ where REQUEST is a JSON file `{"case": ..., "options": RunOptions fields, "resul
 "parent_pid": ...}`; the child dies with that parent (`_die_with_parent`).
 The stages (`faults.STAGES`) run in order: on CUDA, the checkpoint is created in a process of its
 own, NVML is read and the allocator capped (emulation); then model resolution, 4-bit load,
-prepare_model_for_kbit_training, LoRA, data, (perplexity,) training, (perplexity). The Result is
+prepare_model_for_kbit_training, LoRA, data, (perplexity,) training, (perplexity); a load-only
+case (`Case.load_only`) stops after the load. The Result is
 written atomically as each stage starts, marked "died during <stage>", so a child that dies keeps
 what it measured before; an exception is classified (`outcomes.classify_exception`) and recorded
 with its traceback. The child always exits 0 itself; any other exit is a death the parent reads.
@@ -231,6 +232,9 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     r.quantized_params = counted.quantized_params
     r.footprint_bytes = counted.footprint_bytes
     _record_stage(r, "load", device)
+    if case.load_only:
+        _record_load_only(r, model, device, sampler)
+        return Status.OK, ""
 
     ckpt.stage("prepare")  # also saves what load measured, so a crash from here keeps it
     t0 = time.perf_counter()
@@ -324,6 +328,20 @@ def _judge_16bit_without_checkpoint(case: Case, profile: GpuProfile, r: Result) 
         f" {r.computed_weight_bytes:,} bytes ({need_gib:.2f} GiB) on the meta device, more than the"
         f" {have_gib:.2f} GiB of {profile.name}: it does not fit at load"
     )
+
+
+def _record_load_only(r: Result, model: Any, device: str, sampler: Any) -> None:
+    """What a load-only case measures after its load: the parameter count (peft's counter), the
+    load's allocator peaks (nothing ran before it in this process) and the device's used memory."""
+    from qlora_core import measure
+
+    r.total_params = measure.base_parameter_count(model)
+    if device == "cuda":
+        r.load_peak_alloc_gib, r.load_peak_reserved_gib = measure.cuda_peaks()
+    if sampler is not None:
+        sampler.stop()
+        r.load_nvml_gib = sampler.used_gib()
+    r.cpu_peak_rss_gib = measure.peak_rss_gib()
 
 
 def _materialize(model: str, device: str, prequant: Prequant | None) -> None:

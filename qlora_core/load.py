@@ -19,8 +19,9 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 
 
 def bnb_config(case: Case) -> Any:
-    """BitsAndBytesConfig for a 4-bit case; None for the 16-bit reference.
+    """BitsAndBytesConfig for a 4-bit (or 8-bit) case; None for unquantized weights.
 
+    8-bit: `load_in_8bit` with bitsandbytes' defaults (LLM.int8(), outlier threshold 6.0).
     fp32 compute is expressed by *omitting* bnb_4bit_compute_dtype: that is bitsandbytes'
     default, the configuration the lesson's "float32" row describes.
     """
@@ -28,6 +29,8 @@ def bnb_config(case: Case) -> Any:
         return None
     from transformers import BitsAndBytesConfig
 
+    if case.quant_type == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
     kwargs: dict[str, Any] = {
         "load_in_4bit": True,
         "bnb_4bit_quant_type": case.quant_type,
@@ -40,7 +43,8 @@ def bnb_config(case: Case) -> Any:
 
 
 def load_model(case: Case, path: str, device: str) -> torch.nn.Module:
-    """Load the checkpoint at `path` as the case asks (4-bit, or 16-bit for the reference).
+    """Load the checkpoint at `path` as the case asks (4-bit, 8-bit, or unquantized in the
+    compute dtype: 16-bit for the reference, fp32 too for a load-only case).
 
     Non-quantized parameters (embeddings, norms, lm_head) load in the compute dtype, as they
     would for a user who sets both; prepare_model_for_kbit_training may cast them to fp32 later.

@@ -28,6 +28,12 @@ families runs once):
   smallest point: which sizes fit on this GPU at all. In the full tier, cards of 40 GB or more
   add the 70B shape (`big_model_cases`): QLoRA from a pre-quantized checkpoint, 16-bit judged
   from its exact weight bytes where they exceed the card (computed, not measured).
+  smallest point: which sizes fit on this GPU at all. GPUs run the 7B shape (Llama-2-7B) here
+  too, so the lesson's 7B claims are judged on a 7B model.
+- ``weights``: the weights model (7B on GPUs, tiny on the CPU) loaded only (`Case.load_only`) at
+  each precision: the default tier the precisions no other family loads, FP32 and INT8
+  (`load_in_8bit`; FP16 and INT4 weights come from the compat rows); the full tier also FP16,
+  BF16, and NF4/FP4 with and without double quantization. See `weights_cases`.
 - ``quality``: the real model on held-out text: nf4/fp4 x double quant and the 16-bit reference.
 - ``stability``: the real model on text, fp16 vs bf16 compute at learning rates 1e-4, 2e-4, 1e-3.
 - ``nan``: the lesson's NaN advice exercised: a learning-rate grid on the real model on text that
@@ -65,7 +71,7 @@ USERS_ENGINE = "trainer"
 KERNEL_ENGINE = "loop"
 """The engine of the families that compare numerics on text (quality, stability)."""
 SMOKE_MAX = 6
-DEFAULT_MAX = 45
+DEFAULT_MAX = 48
 LADDER_START_LR = 2e-4
 STABILITY_LRS: tuple[float, ...] = (1e-4, 2e-4, 1e-3)
 NAN_REMEDY_LR = 1e-4
@@ -107,10 +113,12 @@ class Tier:
     engine_on_text: bool = False
     """The engine family trains the real model on text instead (the CPU: a real model's
     tokenizer and loss, where the tiny shape's would say little)."""
+    weights_model: str = "llama-2-7b"
+    """The model the `weights` family loads at each precision (the lesson's 7B table)."""
 
 
 GPU_TIER = Tier(
-    models=("llama-3.2-3b", "llama-3.1-8b"),
+    models=("llama-3.2-3b", "llama-2-7b", "llama-3.1-8b"),
     primary="llama-3.2-3b",
     ladder_model="llama-3.1-8b",
     ref_batch=1,
@@ -147,6 +155,7 @@ CPU_TIER = Tier(
     text_steps=20,
     device_bound=(4, 128),
     engine_on_text=True,
+    weights_model="tiny",
 )
 # Larger GPUs add the 13B shape to what runs (compat family).
 _LARGE_GPU_EXTRA_MODELS: tuple[str, ...] = ("llama-2-13b",)
@@ -280,6 +289,8 @@ def build_matrix(
     if full and not models:  # minutes of GPU each (a 70B checkpoint, a 70B load): full tier only
         for case in big_model_cases(profile, tier, lesson):
             plan.add(case, "compat")
+    for case in weights_cases(profile, tier, full):
+        plan.add(case, "weights")
     for quant in ("nf4", "fp4"):
         for dq in (True, False):
             plan.add(text_lesson.replace(quant_type=quant, double_quant=dq), "quality")
@@ -379,6 +390,26 @@ def nan_cases(profile: GpuProfile, text_lesson: Case, full: bool) -> list[Case]:
         for engine in engines
         for lr, dtype in points
     ]
+
+
+def weights_cases(profile: GpuProfile, tier: Tier, full: bool) -> list[Case]:
+    """The `weights` family: `tier.weights_model` loaded only, at each precision of the lesson's
+    7B table. Unquantized weights load in their own dtype (FP32, FP16, BF16); quantized ones
+    keep their unquantized parameters (embeddings, norms, lm_head) in the profile's dtype.
+
+    default: FP32 and INT8, the precisions no training family loads; full: FP16, BF16 and
+    NF4/FP4 with and without double quantization too (the same sizes the compat rows measure
+    with training, here without it).
+    """
+    dtype = lesson_dtype(profile)
+    load = Case(tier.weights_model, quant_type="none", compute_dtype="fp32", load_only=True)
+    cases = [load, load.replace(quant_type="int8", compute_dtype=dtype)]
+    if full:
+        cases += [load.replace(compute_dtype="fp16"), load.replace(compute_dtype="bf16")]
+        for quant in ("nf4", "fp4"):
+            for dq in (True, False):
+                cases.append(load.replace(quant_type=quant, double_quant=dq, compute_dtype=dtype))
+    return cases
 
 
 # multi-GPU (issue 13) -------------------------------------------------------------------------

@@ -101,12 +101,13 @@ class WeightBytes:
     weight_bytes: int
     """Every parameter and buffer, plus the quantization statistics of the 4-bit weights."""
     quant_data_bytes: int
-    """The packed 4-bit payload of the quantized weights."""
+    """The packed 4-bit payload of the quantized weights (8-bit: the int8 weights)."""
     quant_stats_bytes: int
     """absmax per block; with double quantization the 8-bit absmax, its nested fp32 absmax,
-    the nested code table and the offset; plus each weight's 16-entry code table."""
+    the nested code table and the offset; plus each weight's 16-entry code table. 8-bit: the
+    fp32 scale of each row (`SCB`)."""
     quantized_params: int
-    """Parameters held in 4-bit (the original weights' element count)."""
+    """Parameters held in 4-bit or 8-bit (the original weights' element count)."""
     footprint_bytes: int
     """model.get_memory_footprint(), for comparison (it misses the statistics)."""
 
@@ -146,6 +147,12 @@ def weight_bytes(model: torch.nn.Module) -> WeightBytes:
             quant_data += _tensor_bytes(param, seen)
             quant_stats += quant_state_bytes(state, seen)
             quantized += int(torch.Size(state.shape).numel())
+        elif param.__class__.__name__ == "Int8Params":
+            # LLM.int8(): one int8 per weight and an fp32 scale per row (SCB), which, like the
+            # 4-bit statistics, get_memory_footprint() does not see.
+            quant_data += _tensor_bytes(param, seen)
+            quant_stats += _tensor_bytes(getattr(param, "SCB", None), seen)
+            quantized += param.numel()
         else:
             plain += _tensor_bytes(param, seen)
     buffers = sum(_tensor_bytes(b, seen) for b in model.buffers())
@@ -176,6 +183,16 @@ def parameter_counts(peft_model: Any) -> tuple[int, int]:
     return int(trainable), int(total)
 
 
+def base_parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of a model without adapters, counted by peft's own counter (4-bit packed
+    weights at their unpacked size). The counter reads only `named_parameters()`, so it counts
+    a plain transformers model exactly as it counts the same model inside a PeftModel."""
+    from peft import PeftModel
+
+    _trainable, total = PeftModel.get_nb_trainable_parameters(model)  # type: ignore[arg-type]
+    return int(total)
+
+
 def trainable_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
@@ -184,3 +201,38 @@ def trainable_dtypes(model: torch.nn.Module) -> str:
     """Sorted distinct dtypes of the trainable parameters, e.g. 'float32'."""
     names = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
     return ",".join(sorted(names))
+
+
+def empty_weight_counts(shape: str, lora_r: int, target_modules: tuple[str, ...]) -> dict[str, Any]:
+    """Parameters of the shape's real architecture, instantiated without weights (accelerate's
+    `init_empty_weights`) with LoRA applied, counted by peft's `get_nb_trainable_parameters`:
+    what `print_trainable_parameters` prints for that config, on any machine, in seconds.
+
+    The embedding is tied again after the build: under `init_empty_weights`, `from_config`
+    leaves lm_head untied (transformers 5.24), which would count it twice.
+    """
+    from accelerate import init_empty_weights
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from qlora_core.models.registry import shape_spec
+
+    spec = shape_spec(shape)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(spec.config())
+    model.tie_weights()  # outside the context: inside it, tying leaves two parameters
+    base = base_parameter_count(model)
+    config = LoraConfig(
+        r=lora_r, lora_alpha=lora_r, target_modules=list(target_modules), bias="none", task_type="CAUSAL_LM"
+    )
+    with init_empty_weights():  # the adapters on the meta device too
+        trainable, total = parameter_counts(get_peft_model(model, config))
+    return {
+        "model": shape,
+        "lora_r": lora_r,
+        "target_modules": ",".join(target_modules),
+        "trainable_params": trainable,
+        "total_params": total,
+        "base_params": base,
+        "method": "init_empty_weights + peft get_nb_trainable_parameters",
+    }

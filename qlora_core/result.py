@@ -102,7 +102,8 @@ class Result:
     accelerate_version: str = ""
 
     # parameters and bytes
-    total_params: int | None = None  # as peft counts them (4-bit packed weights counted x2)
+    total_params: int | None = None  # as peft counts them (4-bit packed weights counted x2); a
+    # load-only case: the model without adapters, by the same counter
     trainable_params: int | None = None
     trainable_dtypes: str = ""  # e.g. "float32" or "bfloat16,float32"
     trainable_bytes: int | None = None  # the LoRA adapters' parameters (their gradients match)
@@ -123,6 +124,11 @@ class Result:
     prepare_reserved_gib: float | None = None
     lora_alloc_gib: float | None = None
     lora_reserved_gib: float | None = None
+    # load-only cases (the `weights` family): the load's own peaks and the device after it; the
+    # training peaks below stay None, so no reader takes a load for a training step
+    load_peak_alloc_gib: float | None = None  # max_memory_allocated during from_pretrained
+    load_peak_reserved_gib: float | None = None  # max_memory_reserved during from_pretrained
+    load_nvml_gib: float | None = None  # device used after load (NVML, context included)
     peak_alloc_gib: float | None = None  # training peak, max_memory_allocated
     peak_reserved_gib: float | None = None  # training peak, max_memory_reserved
     nvml_base_gib: float | None = None  # device used before this process allocated anything

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-QuantType = Literal["nf4", "fp4", "none"]
+QuantType = Literal["nf4", "fp4", "int8", "none"]
 ComputeDtype = Literal["fp16", "bf16", "fp32"]
 QuantStorage = Literal["uint8", "fp16", "bf16", "fp32"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit"]
@@ -23,7 +23,8 @@ DataKind = Literal["synthetic", "text"]
 Engine = Literal["loop", "trainer", "sft"]
 Strategy = Literal["single", "ddp", "fsdp"]
 
-QUANT_TYPES: tuple[str, ...] = ("nf4", "fp4", "none")
+QUANT_TYPES: tuple[str, ...] = ("nf4", "fp4", "int8", "none")
+FOUR_BIT_TYPES: tuple[str, ...] = ("nf4", "fp4")
 COMPUTE_DTYPES: tuple[str, ...] = ("fp16", "bf16", "fp32")
 QUANT_STORAGES: tuple[str, ...] = ("uint8", "fp16", "bf16", "fp32")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw_8bit", "paged_adamw_8bit")
@@ -59,7 +60,8 @@ class Case:
     """Architecture shape name (see `models.SHAPES`), the real model `smollm2-135m-instruct`,
     a local checkpoint path, or a hub id (org/name)."""
     quant_type: QuantType = "nf4"
-    """4-bit data type; `none` is the 16-bit LoRA reference (weights in `compute_dtype`)."""
+    """4-bit data type; `none` is the 16-bit LoRA reference (weights in `compute_dtype`); `int8` is
+    bitsandbytes' 8-bit weights (`load_in_8bit`), for load-only cases."""
     double_quant: bool = True
     """bnb_4bit_use_double_quant: quantize the per-block absmax scaling factors again."""
     compute_dtype: ComputeDtype = "bf16"
@@ -103,12 +105,18 @@ class Case:
     of quantizing 16-bit weights at load: for a shape, the checkpoint built layer by layer for this
     case's quant_type, double_quant, compute_dtype and quant_storage (`models.prequantized`; no
     16-bit checkpoint is written); for a local directory, its `quantization_config` must agree."""
+    # weights by precision (issue 11)
+    load_only: bool = False
+    """Stop after loading the weights (the `weights` family): weight bytes, allocator and NVML
+    after load, no training. Only a load-only case may hold int8 weights or unquantized fp32."""
 
     def __post_init__(self) -> None:
-        if self.quant_type == "none":
-            # Not applicable to the 16-bit reference: normalized so the defaults just work and
-            # equal cases hash equally.
+        if self.quant_type in ("none", "int8"):
+            # Not applicable to the 16-bit reference (nor double quantization to 8-bit weights):
+            # normalized so the defaults just work and equal cases hash equally.
             object.__setattr__(self, "double_quant", False)
+        if self.quant_type == "none" or self.load_only is True:
+            # prepare_model_for_kbit_training runs after the load, which a load-only case stops at.
             object.__setattr__(self, "prepare_kbit", False)
         problems = validate(self)
         if problems:
@@ -119,7 +127,10 @@ class Case:
     def id(self) -> str:
         """Readable id: `<model>-<quant>[-dq]-<dtype>-b<batch>-s<seq>` plus non-default axes."""
         model = self.model.rstrip("/").split("/")[-1].lower()
-        quant = "lora16" if self.quant_type == "none" else self.quant_type
+        quant = self.quant_type
+        if quant == "none":
+            # Unquantized weights: the 16-bit LoRA reference, or a load-only case's dense weights.
+            quant = "dense" if self.load_only else "lora16"
         parts = [model, quant]
         if self.quant_type != "none" and self.double_quant:
             parts.append("dq")
@@ -129,7 +140,7 @@ class Case:
             parts.append(f"ga{self.grad_accum}")
         if not self.gradient_checkpointing:
             parts.append("nogc")
-        if not self.prepare_kbit and self.is_quantized:
+        if not self.prepare_kbit and self.is_quantized and not self.load_only:
             parts.append("noprep")
         if self.quant_storage != defaults["quant_storage"]:
             parts.append(f"qs-{self.quant_storage}")
@@ -158,6 +169,8 @@ class Case:
             parts.append(f"{self.num_gpus}gpu-{self.strategy}")
         if self.prequantized:
             parts.append("preq")
+        if self.load_only:
+            parts.append("load")
         parts += [f"{k}-{v}" for k, v in self.extra]
         return "-".join(parts)
 
@@ -199,6 +212,7 @@ class Case:
 
     @property
     def is_quantized(self) -> bool:
+        """Weights held by bitsandbytes (4-bit, or 8-bit for a load-only case)."""
         return self.quant_type != "none"
 
     @property
@@ -271,16 +285,26 @@ def validate(case: Case) -> list[str]:
     _check_bool(p, "prequantized", case.prequantized)
     if case.prequantized is True and case.quant_type == "none":
         p.append("prequantized=True with quant_type='none': a pre-quantized checkpoint is 4-bit (nf4, fp4)")
+    _check_bool(p, "load_only", case.load_only)
     if not isinstance(case.extra, tuple) or not all(
         isinstance(kv, tuple) and len(kv) == 2 and all(isinstance(s, str) for s in kv) for kv in case.extra
     ):
         p.append(f"extra={case.extra!r} must be a tuple of (key, value) string pairs")
     # Cross-field rules.
-    if case.quant_type == "none":
-        if case.compute_dtype == "fp32":
-            p.append("compute_dtype='fp32' with quant_type='none': the 16-bit reference needs fp16 or bf16")
+    if case.quant_type in ("none", "int8"):
+        if case.quant_type == "none" and case.compute_dtype == "fp32" and case.load_only is not True:
+            p.append(
+                "compute_dtype='fp32' with quant_type='none': the 16-bit reference needs fp16 or bf16"
+                " (fp32 weights only with load_only=True)"
+            )
         if case.quant_storage != "uint8":
-            p.append("quant_storage applies only to 4-bit quant types; leave it 'uint8' for 'none'")
+            p.append(
+                f"quant_storage applies only to 4-bit quant types; leave it 'uint8' for {case.quant_type!r}"
+            )
+    if case.quant_type == "int8" and case.load_only is not True:
+        p.append("quant_type='int8' (load_in_8bit) needs load_only=True: the matrix only loads 8-bit weights")
+    if case.load_only is True and case.num_gpus != 1:
+        p.append(f"load_only=True with num_gpus={case.num_gpus}: a load-only case loads on one GPU")
     p += _multi_gpu_problems(case)
     return p
 
@@ -319,7 +343,7 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Case))
 # as of the first release. A field added later enters the hash only when it differs from its
 # default, so every case that existed before it keeps its hash (and its stored runs), while a case
 # that sets it gets a new one. Add each new field here, with a default that means "as before".
-LATER_FIELDS: tuple[str, ...] = ("engine", "num_gpus", "strategy", "prequantized")
+LATER_FIELDS: tuple[str, ...] = ("engine", "num_gpus", "strategy", "prequantized", "load_only")
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(Case) if f.default is not dataclasses.MISSING
 }

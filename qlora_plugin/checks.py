@@ -61,6 +61,45 @@ def assert_memory_consistent(result: Result) -> None:
         )
 
 
+_DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+# Buffers (rotary inv_freq) are counted in weight_bytes and not in the parameter count.
+_BUFFER_SLACK = 0.01
+
+
+def assert_weights_consistent(result: Result) -> None:
+    """A load-only case counted its weights as its precision stores them.
+
+    Unquantized: weight_bytes is the parameter count times the dtype's size (up to the buffers).
+    Quantized: some parameters were counted in 8 or 4 bits, with their statistics, and the
+    weights take fewer bytes than in the dtype they were loaded from. On CUDA: the allocator
+    holds at least the counted bytes after the load, and NVML was read after it.
+    """
+    name = result.case_id
+    case = result.case
+    assert result.weight_bytes and result.total_params, f"{name}: weight bytes or parameters not counted"
+    dense = result.total_params * _DTYPE_BYTES[case["compute_dtype"]]
+    if case["quant_type"] == "none":
+        assert abs(result.weight_bytes - dense) <= _BUFFER_SLACK * dense, (
+            f"{name}: {result.weight_bytes} weight bytes for {result.total_params} {case['compute_dtype']}"
+            f" parameters (expected ~{dense})"
+        )
+    else:
+        assert result.quantized_params, f"{name}: a quantized case with no parameter counted as quantized"
+        assert result.quant_stats_bytes, f"{name}: a quantized case without its scaling statistics"
+        assert result.weight_bytes < dense, (
+            f"{name}: quantized weights take {result.weight_bytes} bytes, not less than {dense} unquantized"
+        )
+    if result.device == "cuda":
+        assert result.load_alloc_gib is not None and result.load_nvml_gib is not None, (
+            f"{name}: allocator or NVML not read after the load"
+        )
+        held = result.load_alloc_gib * 2**30
+        assert held >= result.weight_bytes * (1 - _BUFFER_SLACK), (
+            f"{name}: the allocator holds {held:.0f} bytes after the load, less than the"
+            f" {result.weight_bytes} counted weight bytes"
+        )
+
+
 def assert_adapters_only_train(result: Result) -> None:
     """LoRA trains some parameters, and fewer than the model has (the base stays frozen)."""
     trainable, total = result.trainable_params, result.total_params

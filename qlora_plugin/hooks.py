@@ -34,6 +34,7 @@ _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
     ("nan", "stability"),  # the NaN advice's learning-rate grid: numerics on text, like stability
     ("ladder", "memory"),
     ("compat", "memory"),
+    ("weights", "weights"),
     ("factorial", "throughput"),
     ("fp32", "throughput"),
     ("speed", "throughput"),

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from qlora_core.result import NEEDED_OF
-from qlora_core.spec import FIELD_NAMES
+from qlora_core.spec import FIELD_NAMES, FOUR_BIT_TYPES
 from reports.units import GIB
 
 OK_ONLY: frozenset[str] = frozenset({"ok"})
@@ -82,11 +82,16 @@ def model_rows(df: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def quantized(df: pd.DataFrame, quant_type: str | None = None) -> pd.DataFrame:
-    """4-bit rows (optionally of one quant type)."""
+    """4-bit rows (optionally of one quant type, "int8" too); 8-bit rows only when asked by name."""
     if df.empty:
         return df
-    mask = df["quant_type"] != "none" if quant_type is None else df["quant_type"] == quant_type
+    mask = df["quant_type"].isin(FOUR_BIT_TYPES) if quant_type is None else df["quant_type"] == quant_type
     return df[mask]
+
+
+def trained(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of cases that train (every case but the load-only ones of the `weights` family)."""
+    return df[~df["load_only"].fillna(False).astype(bool)] if not df.empty else df
 
 
 def stored_in_16bit(df: pd.DataFrame) -> pd.DataFrame:
@@ -96,8 +101,13 @@ def stored_in_16bit(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def sixteen_bit(df: pd.DataFrame) -> pd.DataFrame:
-    """16-bit LoRA reference rows (quant_type none)."""
-    return df[df["quant_type"] == "none"] if not df.empty else df
+    """16-bit rows: the LoRA reference, and load-only 16-bit weights (quant_type none, not fp32)."""
+    return df[(df["quant_type"] == "none") & (df["compute_dtype"] != "fp32")] if not df.empty else df
+
+
+def fp32_weights(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of unquantized fp32 weights (load-only cases of the `weights` family)."""
+    return df[(df["quant_type"] == "none") & (df["compute_dtype"] == "fp32")] if not df.empty else df
 
 
 def on_gpu(df: pd.DataFrame) -> pd.DataFrame:
@@ -181,7 +191,10 @@ def seven_b_rows(df: pd.DataFrame) -> pd.DataFrame:
 def quant_label(row: pd.Series) -> str:
     """The weight format of a row: "nf4+dq", "fp4", "16-bit (fp16)"."""
     if row["quant_type"] == "none":
-        return f"16-bit ({row['compute_dtype']})"
+        bits = 32 if row["compute_dtype"] == "fp32" else 16
+        return f"{bits}-bit ({row['compute_dtype']})"
+    if row["quant_type"] == "int8":
+        return "int8"
     return f"{row['quant_type']}{'+dq' if row['double_quant'] else ''}"
 
 

@@ -20,7 +20,13 @@ from reports.claims.memory_problem import (
     LESSON_7B_PARAMS,
     LESSON_7B_TOTAL_GB,
     LESSON_7B_WEIGHTS_GB,
-    PRECISION_ROWS,
+    NEEDED_LOAD,
+    PRECISIONS,
+    TOTAL_READING,
+    TRAINED_AS,
+    UNQUANTIZED,
+    needed_label,
+    needed_load_rows,
     precision_rows,
 )
 from reports.claims.speed import device_bound_pairs, speed_ratio
@@ -48,6 +54,7 @@ from reports.rows import (
     group_by,
     is_nan_run,
     median_of,
+    model_sizes,
     on_gpu,
     pairs,
     present,
@@ -56,6 +63,7 @@ from reports.rows import (
     setting,
     sixteen_bit,
     status_summary,
+    trained,
     training_peak_gib,
     usable,
     where,
@@ -63,6 +71,7 @@ from reports.rows import (
 from reports.units import GB, GIB, fmt_size, span
 
 NOT_RUN = "not run"
+TRAINED_AS_TEXT = "LoRA/QLoRA training"
 _LIBRARIES = (
     ("torch", "torch_version"),
     ("CUDA", "cuda_version"),
@@ -133,16 +142,11 @@ def engines_line(df: pd.DataFrame) -> str:
 
 # -- memory by precision -------------------------------------------------------------------------
 def _weights_cell(df: pd.DataFrame, precision: str) -> str:
-    if PRECISION_ROWS[precision] is None:
-        return NOT_RUN
-    rows = usable(
-        precision_rows(df, precision),
-        f"7-8B {precision}",
-        ("weight_bytes", "total_params"),
-        statuses=LOADED,
-    )
+    candidates = precision_rows(df, precision)
+    rows = usable(candidates, f"7-8B {precision}", ("weight_bytes", "total_params"), statuses=LOADED)
     if isinstance(rows, NoRows):
-        return _missing(rows)
+        needed = _needed_weights_cell(df, needed_load_rows(candidates))
+        return needed or _missing(rows)
     if precision == "INT4":
         lesson_cfg = rows[rows["double_quant"]]
         rows = lesson_cfg if not lesson_cfg.empty else rows
@@ -155,21 +159,51 @@ def _weights_cell(df: pd.DataFrame, precision: str) -> str:
     return "; ".join(cells)
 
 
+def _needed_weights_cell(df: pd.DataFrame, needed: pd.DataFrame) -> str:
+    """Rows that ran out of memory loading: their uncapped rerun's load, labelled "needed"."""
+    sizes = model_sizes(df)
+    cells = []
+    for (model,), group in group_by(needed, ["model"]):
+        wbytes = median_of(group, NEEDED_LOAD) * GIB
+        at_7b = wbytes / sizes[str(model)][0] * LESSON_7B_PARAMS
+        cells.append(
+            f"{model}: oom under the cap; {needed_label(group.iloc[0])}: {fmt_size(wbytes)} allocated"
+            f" after load; {fmt_size(at_7b)} at 7e9 params"
+        )
+    return "; ".join(cells)
+
+
 def _total_cell(df: pd.DataFrame, precision: str) -> str:
-    if PRECISION_ROWS[precision] is None:
-        return NOT_RUN
-    rows = usable(on_gpu(precision_rows(df, precision)), "7-8B", ("peak_reserved_gib",))
+    if precision not in TRAINED_AS:
+        return f"{NOT_RUN} (loaded only: no {TRAINED_AS_TEXT} at this precision)"
+    rows = usable(on_gpu(trained(precision_rows(df, precision))), "7-8B", ("peak_reserved_gib",))
     if isinstance(rows, NoRows):
         return _missing(rows)
     peaks = []
     for _, r in rows.iterrows():
         peaks.append((training_peak_gib(r) or 0.0) * GIB / GB)
     models = ", ".join(dict.fromkeys(rows["model"]))
-    return f"{span(peaks, lambda x: f'{x:.1f}')} GB over {len(peaks)} setting(s) of {models}"
+    kind = TRAINED_AS[precision]
+    return f"{kind}: {span(peaks, lambda x: f'{x:.1f}')} GB over {len(peaks)} setting(s) of {models}"
+
+
+def _full_state_cell(df: pd.DataFrame, precision: str) -> str:
+    """The full fine-tuning reading of the lesson's column, from this run's weights: weights,
+    gradients and AdamW's two moments at the precision (4 x the measured weights), activations
+    excluded; only where the precision can be trained in full (unquantized weights)."""
+    if precision not in UNQUANTIZED:
+        return "- (int8/4-bit weights are not trained in full)"
+    rows = usable(precision_rows(df, precision), f"7-8B {precision}", ("weight_bytes",), statuses=LOADED)
+    if isinstance(rows, NoRows):
+        return _missing(rows)
+    return "; ".join(
+        f"{model}: {fmt_size(4 * median_of(group, 'weight_bytes'))}"
+        for (model,), group in group_by(rows, ["model"])
+    )
 
 
 def memory_by_precision(run: RunData) -> str:
-    """The 7B memory table with the 7-8B shape's measured weights and training peaks."""
+    """The 7B memory table with the 7-8B shapes' measured weights and training peaks."""
     df = run.results
     rows = [
         (
@@ -178,8 +212,9 @@ def memory_by_precision(run: RunData) -> str:
             _weights_cell(df, precision),
             f"~{LESSON_7B_TOTAL_GB[precision]:g} GB",
             _total_cell(df, precision),
+            _full_state_cell(df, precision),
         )
-        for precision in ("FP32", "FP16", "INT8", "INT4")
+        for precision in PRECISIONS
     ]
     headers = (
         "Precision",
@@ -187,10 +222,15 @@ def memory_by_precision(run: RunData) -> str:
         "Weights: measured",
         "Total with training: lesson",
         "Total: measured",
+        "Full fine-tuning state: 4 x measured weights",
     )
     note = (
-        "Measured weights are weight_bytes of the 7-8B shape that ran (INT4 = nf4 with double quant),"
-        " also scaled per parameter to 7e9; totals are device peaks (NVML) of its LoRA/QLoRA rows."
+        "Measured weights are weight_bytes after the load of the 7-8B shapes (FP32 and INT8 from the"
+        " load-only `weights` family; INT4 = nf4 with double quant), also scaled per parameter to 7e9;"
+        " a row that ran out of memory under the cap shows what its uncapped rerun needed, labelled."
+        f" How 'Total with Training' is read: {TOTAL_READING}. The measured totals are device peaks"
+        " (NVML) of those LoRA/QLoRA rows; the last column is the full fine-tuning reading from this"
+        " run's weights (weights + gradients + two AdamW moments, activations excluded)."
     )
     return "## Memory for a 7B model, by precision\n\n" + md_table(headers, rows) + "\n\n" + note
 

@@ -107,6 +107,10 @@ def test_cpu_smoke_writes_the_run_folder(smoke_run):
     assert env["profile"] == "cpu" and env["torch_version"] and env["cases"] == 6
     for name in ("claims.md", "tables.md", "measurements/quant_codes.csv", "measurements/kernels.csv"):
         assert (run_dir / name).exists(), name
+    # The CPU tier decides the parameter claim from the count without weights (issue 11 item 6).
+    assert (run_dir / "measurements/param_counts.csv").exists()
+    claims = (run_dir / "claims.md").read_text()
+    assert "- **print-trainable-3b** (trainable params (architecture without weights)): r=16" in claims
     # One progress line per case, counting up, and the summary.
     progress = progress_lines(proc.stdout)
     assert [(n, total) for n, total, _, _ in progress] == [(i, 6) for i in range(1, 7)], proc.stdout

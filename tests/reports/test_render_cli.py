@@ -62,7 +62,7 @@ def test_claims_md_lists_every_evaluation_with_its_reasons(synthetic_run):
     assert "## Refuted: what the measurements support" in text
     assert "- **fp4-uniform** (fp4): bitsandbytes' FP4 levels are not equally spaced" in text
     assert "## Not run and inconclusive: why" in text
-    assert "- **mem7b-weights** (FP32), not run: the matrix loads no FP32 weights" in text
+    assert "- **mem7b-weights** (FP32), not run: no 7-8B unquantized fp32" in text
     assert "(+14 more)" in text  # long evidence lists are shortened
 
 

@@ -27,7 +27,9 @@ def test_render_tables_on_a_synthetic_t4_run(synthetic_run):
     assert "bitsandbytes 0.50.2" in text and "peft 0.21.2" in text
 
     memory = _section(text, "Memory for a 7B model")
-    assert _row(memory, "FP32") == ["FP32", "28 GB", NOT_RUN, "~100 GB", NOT_RUN]
+    fp32 = _row(memory, "FP32")
+    assert fp32[:4] == ["FP32", "28 GB", NOT_RUN, "~100 GB"] and fp32[4].startswith(f"{NOT_RUN} (loaded only")
+    assert "How 'Total with Training' is read" in memory and "not full fine-tuning" in memory
     int4 = _row(memory, "INT4")
     assert int4[1] == "3.5 GB" and int4[2] == "llama-3.1-8b: 5.70 GB; 4.97 GB at 7e9 params"
     assert "over 4 setting(s)" in int4[4]
@@ -188,3 +190,33 @@ def test_budget_and_ladder_of_ooms_show_what_they_needed_and_no_not_run_cell(bui
         row.needed_status = None
     ladder = _section(render_tables(build.run(rows)), "OOM ladder")
     assert _row(ladder, "ladder:0")[4] == f"{NOT_RUN} (status oom)"
+
+
+def test_memory_by_precision_reads_load_only_rows_and_uncapped_reruns(build):
+    """FP32 from an uncapped rerun (labelled needed), INT8 from a load-only row, the full
+    fine-tuning reading from the measured weights; a broken table would miss each."""
+    seven, base = "llama-2-7b", 6_738_415_616
+    load = {"families": "weights", "load_only": True}
+    rows = [
+        build.result(seven, quant_type="none", compute_dtype="fp32", status="oom", **load),
+        build.result(
+            seven, quant_type="int8", compute_dtype="fp16", total_params=base, weight_bytes=7 * 10**9, **load
+        ),
+        build.result(
+            seven, quant_type="none", compute_dtype="fp16", total_params=base, weight_bytes=2 * base, **load
+        ),
+    ]
+    run = build.run(rows)
+    run.results["needed_load_alloc_gib"] = [4 * base / 2**30, None, None]
+    run.results["needed_on"] = ["NVIDIA H200", "", ""]
+    from reports.tables import memory_by_precision
+
+    memory = memory_by_precision(run)
+    fp32, int8, fp16 = _row(memory, "FP32"), _row(memory, "INT8"), _row(memory, "FP16")
+    assert fp32[2] == (
+        "llama-2-7b: oom under the cap; needed (measured uncapped on NVIDIA H200): 26.95 GB allocated after"
+        " load; 28.00 GB at 7e9 params"
+    )
+    assert int8[2] == "llama-2-7b: 7.00 GB; 7.27 GB at 7e9 params"
+    assert fp16[2].startswith("llama-2-7b: 13.48 GB") and fp16[5] == "llama-2-7b: 53.91 GB"
+    assert fp16[4].startswith(NOT_RUN)  # a load-only 16-bit row is no training total

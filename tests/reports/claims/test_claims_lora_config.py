@@ -67,3 +67,42 @@ def test_lora_param_count_hand_count_and_derived_configs():
     found = configs_giving(3_407_872)
     assert "r=16 on q+k+v+o of llama-3.2-1b" in found and "r=8 on q+v of llama-3.1-8b" in found
     assert not any("llama-3.2-3b" in f for f in found)
+
+
+# -- the count of the architecture without weights (every tier) -------------------------------------
+def _counts(model: str = THREE, trainable: int = 24_313_856, total: int = 3_237_063_680, r: int = 16):
+    return {
+        "param_counts": [
+            {
+                "model": model,
+                "lora_r": r,
+                "target_modules": ",".join(LESSON_TARGET_MODULES),
+                "trainable_params": trainable,
+                "total_params": total,
+                "base_params": total - trainable,
+                "method": "init_empty_weights + peft get_nb_trainable_parameters",
+            }
+        ]
+    }
+
+
+def test_print_trainable_decided_on_a_cpu_run_from_the_count_without_weights(build):
+    tiny = build.result("tiny", profile="cpu", device="cpu")
+    evals = check_print_trainable(build.run([tiny], _counts()))
+    assert build.verdicts(evals) == ["refuted", "refuted", "refuted"]
+    trainable = build.pick(evals, "trainable params (architecture without weights)")
+    assert trainable.evidence == ("measurements/param_counts",) and "agrees" in trainable.why
+    assert "24,313,856" in trainable.measured
+    lesson = check_print_trainable(build.run([tiny], _counts(trainable=3_407_872, total=3_213_749_248)))
+    assert build.verdicts(lesson) == ["holds", "holds", "refuted"]
+
+
+def test_print_trainable_reads_both_sources_and_ignores_other_counts(build):
+    row = build.result(THREE, **build.params(THREE))
+    both = check_print_trainable(build.run([row], _counts()))
+    assert len(both) == 6 and {e.condition for e in both} >= {
+        "all params",
+        "all params (architecture without weights)",
+    }
+    for other in (_counts(model="llama-3.1-8b"), _counts(r=8)):
+        assert check_print_trainable(build.run([], other))[0].verdict is Verdict.NOT_RUN

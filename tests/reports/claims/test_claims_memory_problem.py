@@ -22,7 +22,64 @@ def test_weights_holds_when_bytes_per_param_scale_to_the_lesson(build):
     assert "not a 7B model" in build.pick(evals, "INT4").why
     fp16 = build.pick(evals, "FP16 on")
     assert "2.000 bytes/param" in fp16.measured and "14.00 GB" in fp16.measured
-    assert "no FP32" in build.pick(evals, "FP32").why and "8-bit" in build.pick(evals, "INT8").why
+    assert "no 7-8B unquantized fp32" in build.pick(evals, "FP32").why
+    assert "int8" in build.pick(evals, "INT8").why
+
+
+SEVEN = "llama-2-7b"
+BASE_7B = 6_738_415_616
+
+
+def _loaded_7b(build, quant_type: str, dtype: str, weight_bytes: int, **fields):
+    return build.result(
+        SEVEN,
+        families="weights",
+        quant_type=quant_type,
+        compute_dtype=dtype,
+        load_only=True,
+        total_params=BASE_7B,
+        weight_bytes=weight_bytes,
+        **fields,
+    )
+
+
+def test_weights_fp32_and_int8_from_load_only_rows(build):
+    """FP32 (4 bytes/param) holds at 28 GB; INT8 with its 16-bit embeddings and lm_head (262M
+    params at 2 bytes) and row scales is refuted when it lands outside 10% of 7 GB."""
+    rows = [
+        _loaded_7b(build, "none", "fp32", 4 * BASE_7B),
+        _loaded_7b(build, "int8", "fp16", 6_476_005_376 + 2 * 262_410_240 + 4 * 1_000_000),
+    ]
+    evals = check_weights_7b(build.run(rows))
+    fp32, int8 = build.pick(evals, "FP32 on"), build.pick(evals, "INT8 on")
+    assert fp32.verdict is Verdict.HOLDS and "4.000 bytes/param" in fp32.measured
+    assert int8.verdict is Verdict.HOLDS and "1.040 bytes/param" in int8.measured
+    far = check_weights_7b(build.run([_loaded_7b(build, "int8", "fp16", 2 * BASE_7B)]))
+    assert build.pick(far, "INT8 on").verdict is Verdict.REFUTED
+
+
+def test_weights_from_an_uncapped_rerun_are_labelled_needed(build):
+    """The capped FP32 row ran out of memory loading: its uncapped rerun's load decides, labelled."""
+    import pandas as pd
+
+    capped = build.result(
+        SEVEN, families="weights", quant_type="none", compute_dtype="fp32", load_only=True, status="oom"
+    )
+    compat = build.result(
+        SEVEN, families="compat", total_params=BASE_7B + 39_976_960, trainable_params=39_976_960
+    )
+    run = build.run([capped, compat])
+    evals = check_weights_7b(run)
+    assert build.pick(evals, "FP32").verdict is Verdict.INCONCLUSIVE  # no uncapped rerun recorded
+    df = run.results
+    df["needed_load_alloc_gib"] = pd.Series([4 * BASE_7B / 2**30, None], index=df.index, dtype="float64")
+    df["needed_on"] = pd.Series(["NVIDIA H200", ""], index=df.index, dtype="str")
+    fp32 = build.pick(check_weights_7b(run), "FP32 on")
+    assert fp32.verdict is Verdict.HOLDS
+    assert "needed (measured uncapped on NVIDIA H200)" in fp32.measured
+    assert "needed (measured uncapped on NVIDIA H200)" in fp32.condition
+    df.loc[df.index[0], "needed_load_alloc_gib"] = 2 * BASE_7B / 2**30  # a broken figure: refuted
+    assert build.pick(check_weights_7b(run), "FP32 on").verdict is Verdict.REFUTED
 
 
 def test_weights_refuted_with_the_measured_per_param_size(build):
@@ -76,6 +133,16 @@ def test_training_total_inconclusive_when_nothing_trained_and_not_run_without_ro
     evals = check_training_total_7b(build.run(rows))
     assert build.pick(evals, "INT4").verdict is Verdict.INCONCLUSIVE
     assert build.pick(evals, "FP16").verdict is Verdict.NOT_RUN
+
+
+def test_training_total_reads_training_rows_only(build):
+    """Load-only rows hold no training: FP32/INT8 are not run with the reading named; a
+    load-only 16-bit row does not stand in for 16-bit LoRA training."""
+    loaded = build.result(EIGHT, quant_type="none", load_only=True, **build.params(EIGHT), **build.gpu())
+    evals = check_training_total_7b(build.run([loaded]))
+    assert build.pick(evals, "FP16").verdict is Verdict.NOT_RUN
+    fp32 = build.pick(evals, "FP32")
+    assert fp32.verdict is Verdict.NOT_RUN and "not full fine-tuning" in fp32.why
 
 
 def test_training_total_applies_to_gpu_profiles_only(build):

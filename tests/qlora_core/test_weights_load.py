@@ -1,0 +1,129 @@
+"""Load-only cases (the `weights` family) on the CPU with the tiny shape, in every weight type
+bitsandbytes loads on the CPU (fp32/fp16/bf16 unquantized, int8, nf4/fp4 with and without double
+quantization); the parameter counts of real architectures instantiated without weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from qlora_core import load, measure
+from qlora_core.models import SHAPES
+from qlora_core.models.resolve import resolve_model
+from qlora_core.result import Result
+from qlora_core.runner import RunOptions, run_case
+from qlora_core.spec import LESSON_TARGET_MODULES, Case, CaseError
+from qlora_plugin.checks import assert_weights_consistent
+
+LOAD = Case("tiny", quant_type="none", compute_dtype="fp32", load_only=True)
+WEIGHT_TYPES: tuple[Case, ...] = (
+    LOAD,
+    LOAD.replace(compute_dtype="fp16"),
+    LOAD.replace(compute_dtype="bf16"),
+    LOAD.replace(quant_type="int8", compute_dtype="bf16"),
+    *(
+        LOAD.replace(quant_type=q, double_quant=dq, compute_dtype="bf16")
+        for q in ("nf4", "fp4")
+        for dq in (True, False)
+    ),
+)
+TINY = SHAPES["tiny"]
+
+
+def _loaded(case: Case) -> torch.nn.Module:
+    return load.load_model(case, resolve_model("tiny", device="cpu").path, "cpu")
+
+
+@pytest.mark.parametrize("case", WEIGHT_TYPES, ids=lambda c: c.id)
+def test_every_weight_type_loads_and_is_counted(case: Case) -> None:
+    model = _loaded(case)
+    counted = measure.weight_bytes(model)
+    assert measure.base_parameter_count(model) == TINY.total_params
+    result = Result.for_case(case, "cpu")
+    result.weight_bytes, result.total_params = counted.weight_bytes, TINY.total_params
+    result.quantized_params, result.quant_stats_bytes = counted.quantized_params, counted.quant_stats_bytes
+    result.device = "cpu"
+    assert_weights_consistent(result)
+    if case.is_quantized:
+        assert counted.quantized_params == TINY.linear_params
+    else:
+        assert counted.quantized_params == 0
+
+
+def test_int8_counts_its_row_scales() -> None:
+    """LLM.int8() stores one int8 per weight and one fp32 scale per output row (SCB)."""
+    counted = measure.weight_bytes(_loaded(LOAD.replace(quant_type="int8", compute_dtype="bf16")))
+    assert counted.quant_data_bytes == TINY.linear_params
+    rows = TINY.num_layers * (2 * 128 + 2 * 64 + 2 * 384 + 128)  # q, o; k, v; gate, up; down
+    assert counted.quant_stats_bytes == 4 * rows
+
+
+def test_weights_check_fails_on_broken_counts() -> None:
+    good = Result.for_case(LOAD, "cpu")
+    good.weight_bytes, good.total_params, good.device = 4 * TINY.total_params, TINY.total_params, "cpu"
+    assert_weights_consistent(good)
+    with pytest.raises(AssertionError, match="expected"):
+        assert_weights_consistent(dataclasses.replace(good, weight_bytes=2 * TINY.total_params))
+    int8 = Result.for_case(LOAD.replace(quant_type="int8", compute_dtype="bf16"), "cpu")
+    int8.weight_bytes, int8.total_params, int8.device = 2 * TINY.total_params, TINY.total_params, "cpu"
+    with pytest.raises(AssertionError, match="quantized"):
+        assert_weights_consistent(int8)
+    cuda = dataclasses.replace(good, device="cuda", load_alloc_gib=0.0, load_nvml_gib=1.0)
+    with pytest.raises(AssertionError, match="allocator holds"):
+        assert_weights_consistent(cuda)
+
+
+@pytest.mark.slow
+def test_load_only_case_stops_after_the_load(tmp_path) -> None:
+    result = run_case(
+        LOAD.replace(quant_type="int8", compute_dtype="bf16"), RunOptions(profile="cpu"), tmp_path / "r.json"
+    )
+    assert result.status == "ok", result.reason
+    assert result.weight_bytes and result.total_params == TINY.total_params
+    assert result.load_alloc_gib is not None and result.cpu_peak_rss_gib is not None
+    # No training stage ran: nothing of it is recorded as if it had.
+    assert result.prepare_alloc_gib is None and result.lora_alloc_gib is None
+    assert result.trainable_params is None and result.step_ms == [] and result.peak_alloc_gib is None
+    assert_weights_consistent(result)
+
+
+def test_load_only_axis_rules() -> None:
+    assert LOAD.id == "tiny-dense-fp32-b1-s512-load"
+    assert LOAD.replace(quant_type="int8").id == "tiny-int8-fp32-b1-s512-load"
+    assert Case("tiny").hash == Case("tiny", load_only=False).hash  # a later field: old hashes stay
+    assert LOAD.hash != LOAD.replace(load_only=False, compute_dtype="bf16").hash
+    with pytest.raises(CaseError, match="load_only=True"):
+        Case("tiny", quant_type="int8")
+    with pytest.raises(CaseError, match="fp32 weights only with load_only=True"):
+        Case("tiny", quant_type="none", compute_dtype="fp32")
+    with pytest.raises(CaseError, match="load_only"):
+        Case("tiny", load_only="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", ["tiny", "llama-3.2-3b"])
+def test_empty_weight_counts_match_the_architecture(shape: str) -> None:
+    """peft counts the real architecture without weights: base = the published total (tied
+    embeddings counted once), adapters = the hand count from the config."""
+    row = measure.empty_weight_counts(shape, 16, LESSON_TARGET_MODULES)
+    spec = SHAPES[shape]
+    assert row["base_params"] == spec.total_params
+    assert row["trainable_params"] == spec.lora_params(16, LESSON_TARGET_MODULES)
+    assert row["total_params"] == spec.total_params + row["trainable_params"]
+
+
+def test_empty_weight_counts_refuse_an_unknown_shape() -> None:
+    with pytest.raises(Exception, match="known shapes"):
+        measure.empty_weight_counts("no-such-shape", 16, LESSON_TARGET_MODULES)
+
+
+@pytest.mark.gpu
+def test_load_only_on_gpu_reads_allocator_and_nvml(gpu_required, tmp_path) -> None:
+    for case in (LOAD, LOAD.replace(quant_type="int8", compute_dtype="bf16")):
+        result = run_case(case, RunOptions(profile="h200"), tmp_path / f"{case.hash}.json")
+        assert result.status == "ok", result.reason
+        assert result.load_peak_alloc_gib is not None and result.load_nvml_gib is not None
+        assert result.load_nvml_gib > (result.nvml_base_gib or 0.0)
+        assert result.nvml_peak_gib is None and result.peak_alloc_gib is None
+        assert_weights_consistent(result)
