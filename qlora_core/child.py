@@ -281,8 +281,8 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     def on_step(step: int, stats: TrainStats) -> None:
         r.losses, r.grad_norms, r.step_ms = stats.losses, stats.grad_norms, stats.step_ms
         if stats.train_s is not None and r.train_s is None:
-            # The timed steps are over: say so on disk, where the parent looks for the moment to
-            # start the next case's spare (`qlora_core.spare`).
+            # The timed steps are over: on disk at once, so a child that dies from here on (the
+            # profiler window, perplexity) keeps its training time.
             r.train_s = stats.train_s
             ckpt.save()
 

@@ -9,16 +9,13 @@ guarantee of a cold one: its own session and process group (killed whole on a ti
 interrupt), SIGKILL when the parent dies (PDEATHSIG, set before its imports), the environment of
 `runner.child_env()` (a spare started under another environment is discarded, not used).
 
-When a spare starts (the trade-off): not while the running case's steps are timed. A spare's
-imports are a second busy process on the host, and a host-bound step's wall time is the host's:
-the runner starts the next spare once the running child has finished its measured steps (it
-writes `train_s` to its Result file then; the parent polls it) or has ended. Its imports then
-overlap the profiled steps (device time, measured by CUPTI on the device), the perplexity after
-training and the gap to the next case; a case whose predecessor ended early (an OOM at load)
-gets a spare that had less time, and waits for the rest of its imports after the hand-over. The
-spare imports at a lower priority (`SPARE_NICE`) and returns to its own priority at hand-over,
-where the process may do so (root or RLIMIT_NICE); elsewhere it imports at normal priority, so
-that a case never runs niced.
+When a spare starts (the trade-off, measured on the H200 in `runner._spare_due`): when the
+running case reaches its load stage. Its imports then overlap that case's load, prepare, LoRA and
+warm-up, untimed, and only when they take longer the first timed steps. A case whose predecessor
+ended early (an OOM at load) gets a spare that had less time, and waits for the rest of its
+imports after the hand-over. The spare imports at a lower priority (`SPARE_NICE`) and returns to
+its own priority at hand-over, where the process may do so (root or RLIMIT_NICE); elsewhere it
+imports at normal priority, so that a case never runs niced.
 
 Not imported by a spare: bitsandbytes (it initialises CUDA when imported, and NVML's base reading
 of a case must come before anything of the case touches the device), peft and transformers'
@@ -124,7 +121,7 @@ class SparePool:
         spare = self._spare
         if spare is None:
             return None
-        if spare.process.poll() is not None or spare.env != child_env():
+        if spare.process.poll() is not None or not same_environment(spare.env, child_env()):
             self._discard()
             return None
         self._spare = None
@@ -153,6 +150,21 @@ def end(spare: Spare) -> None:
         with contextlib.suppress(OSError):
             spare.process.stdin.close()
     spare.log_path.unlink(missing_ok=True)
+
+
+# Variables the runner's own process gains as a side effect, after a spare started, that do not
+# change what the spare imported or how its case runs: torch writes TORCHINDUCTOR_CACHE_DIR into
+# os.environ, set to its own default (/tmp/torchinductor_<user>, the same a child computes), when
+# inductor's config is first imported in-process (peft does, e.g. for the session's parameter
+# counts). Comparing them would discard every spare after the first such import.
+SIDE_EFFECT_ENV: frozenset[str] = frozenset({"TORCHINDUCTOR_CACHE_DIR"})
+
+
+def same_environment(spare_env: dict[str, str], now: dict[str, str]) -> bool:
+    """Whether a spare started under `spare_env` may run a case due under `now` (the runner's
+    `child_env()`): equal, apart from `SIDE_EFFECT_ENV` variables gained since."""
+    changed = {k for k in spare_env.keys() | now.keys() if spare_env.get(k) != now.get(k)}
+    return all(k in SIDE_EFFECT_ENV and k not in spare_env for k in changed)
 
 
 def hand_over(spare: Spare, request: Path) -> bool:

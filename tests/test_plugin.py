@@ -102,6 +102,8 @@ def test_cpu_smoke_writes_the_run_folder(smoke_run):
     frame = pd.read_csv(run_dir / "results.csv")
     assert len(frame) == 6 and frame["case_id"].is_unique
     assert set(frame["status"]) == {"ok"}, proc.stdout[-3000:]
+    # The session's runner hands every case after the first to a warm spare (qlora_core.spare).
+    assert frame["warm_spare"].tolist() == [False] + [True] * 5, frame[["case_id", "warm_spare"]]
     assert pd.read_parquet(run_dir / "results.parquet").shape[0] == 6
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["profile"] == "cpu" and env["torch_version"] and env["cases"] == 6

@@ -3,6 +3,7 @@ spare outlives its runner, and a spare imports nothing that touches the device."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.runner import RunOptions, run_case
-from qlora_core.spare import SPARE_IMPORTS, SPARE_READY, SparePool
+from qlora_core.runner import RunOptions, _spare_due, child_env, run_case
+from qlora_core.spare import SPARE_IMPORTS, SPARE_READY, SparePool, end, same_environment
 from qlora_core.spec import Case
 
 CASE = Case("tiny", warmup_steps=1, measured_steps=2, seq_len=32)
@@ -125,6 +126,61 @@ def test_a_spare_started_under_another_environment_is_not_used(monkeypatch):
         assert pool.take() is None
         spare.process.wait(timeout=10)  # ended, not left behind
         assert not spare.log_path.exists()
+
+
+def test_a_spare_survives_pytest_moving_to_the_next_test(monkeypatch):
+    """pytest rewrites PYTEST_CURRENT_TEST at every test phase: the spare started during one case's
+    test must still be taken for the next (on the H200 every case of a bench run ran cold)."""
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "bench/test_memory.py::test_case[a] (call)")
+    with SparePool() as pool:
+        pool.ensure()
+        spare = pool.waiting
+        assert spare is not None
+        monkeypatch.setenv("PYTEST_CURRENT_TEST", "bench/test_memory.py::test_case[b] (setup)")
+        assert pool.take() is spare
+        end(spare)
+
+
+def test_a_spare_survives_torch_setting_its_cache_dir_in_the_runner(monkeypatch):
+    """torch writes TORCHINDUCTOR_CACHE_DIR into the runner's os.environ when peft imports inductor
+    in-process (the session's parameter counts): that must not discard the spare; any other change
+    must, as must a change of that variable once the spare had it."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    started = child_env()
+    assert same_environment(started, {**started, "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor_x"})
+    assert not same_environment(started, {**started, "HF_HUB_OFFLINE": "1"})
+    moved = {**started, "TORCHINDUCTOR_CACHE_DIR": "/elsewhere"}
+    assert not same_environment({**started, "TORCHINDUCTOR_CACHE_DIR": "/tmp/a"}, moved)
+    with SparePool() as pool:
+        pool.ensure()
+        spare = pool.waiting
+        assert spare is not None
+        from qlora_core import measure
+        from qlora_core.spec import LESSON_TARGET_MODULES
+
+        measure.empty_weight_counts("tiny", 16, LESSON_TARGET_MODULES)  # what the session runs
+        assert pool.take() is spare
+        end(spare)
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "due"),
+    [
+        ("crashed", "died during start-up", False),
+        ("crashed", "died during model creation", False),
+        ("crashed", "died during model resolution", False),
+        ("crashed", "died during load", True),
+        ("crashed", "died during load (injected fault oom@load)", True),
+        ("crashed", "died during training", True),
+        ("oom", "load: CUDA out of memory", True),  # ended: the next case needs its spare
+        ("crashed", "the child wrote no result", False),
+    ],
+)
+def test_the_next_spare_starts_when_the_running_case_loads(tmp_path, status, reason, due):
+    path = tmp_path / "r.json"
+    assert _spare_due(path) is False  # no Result file yet
+    path.write_text(json.dumps({"status": status, "reason": reason}))
+    assert _spare_due(path) is due
 
 
 def test_no_spare_outlives_its_pool():
