@@ -221,24 +221,38 @@ def fit_section(run: RunData) -> str:
 def measure_ladder(
     profile: GpuProfile, cases: list[Case], out: Path, timeout_s: float
 ) -> dict[str, tuple[str, float | None]]:
-    """Run the ladder for real, each step in its own child as `pytest bench` runs it, its row
-    appended to OUT/results.jsonl as it ends; case id -> (status, measured device peak GiB)."""
+    """Run the ladder for real, each step in its own child as `pytest bench` runs it (a warm spare,
+    and an OOM under an emulated cap rerun uncapped: `qlora_core.oom_need`), its row appended to
+    OUT/results.jsonl as it ends; case id -> (status, measured device peak GiB). A step that ran out
+    of memory under the cap gives what it needed uncapped, and its status says so."""
+    from qlora_core.oom_need import run_case_measuring_need
     from qlora_core.result import result_file_name
-    from qlora_core.runner import RunOptions, run_case
+    from qlora_core.runner import RunOptions
+    from qlora_core.spare import SparePool
 
     out.mkdir(parents=True, exist_ok=True)
     measured: dict[str, tuple[str, float | None]] = {}
-    for case in cases:
-        options = RunOptions(profile=profile.name, timeout_s=timeout_s, families="fit-advisor")
-        result = run_case(case, options, out / "cases" / result_file_name(case.hash, 0))
-        with (out / RESULTS_JSONL).open("a") as f:
-            f.write(result.to_json() + "\n")
-        peak = None
-        if result.nvml_peak_gib is not None and result.nvml_base_gib is not None:
-            peak = result.nvml_peak_gib - result.nvml_base_gib
-        measured[case.id] = (result.status, peak)
-        print(f"measured {case.id}: {result.status}, device peak {_gib(peak)} GiB", flush=True)
+    with SparePool() as spares:
+        for case in cases:
+            options = RunOptions(profile=profile.name, timeout_s=timeout_s, families="fit-advisor")
+            path = out / "cases" / result_file_name(case.hash, 0)
+            result = run_case_measuring_need(case, options, path, spares=spares)
+            with (out / RESULTS_JSONL).open("a") as f:
+                f.write(result.to_json() + "\n")
+            status, peak = result.status, _device_peak(result.nvml_peak_gib, result.nvml_base_gib)
+            if result.status == "oom" and result.needed_status == "ok":
+                status = f"oom; needed uncapped on {result.needed_on}"
+                peak = _device_peak(result.needed_nvml_peak_gib, result.needed_nvml_base_gib)
+            measured[case.id] = (status, peak)
+            print(f"measured {case.id}: {status}, device peak {_gib(peak)} GiB", flush=True)
     return measured
+
+
+def _device_peak(nvml_peak_gib: float | None, nvml_base_gib: float | None) -> float | None:
+    """NVML's peak above what the device used before the process (the advisor's device peak)."""
+    if nvml_peak_gib is None or nvml_base_gib is None:
+        return None
+    return nvml_peak_gib - nvml_base_gib
 
 
 def run_advisor(

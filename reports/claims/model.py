@@ -89,6 +89,11 @@ class Claim:
     known_doc_error: str = ""
     """Set only after a real GPU measurement showed the lesson wrong: the corrected value."""
     applies_to: ProfilePredicate | None = None
+    multi_card: bool = False
+    """The check reads a multi-card profile's rows (t4x2, ...). The lesson's claims are about one
+    card: a multi-card run trains only the `multigpu` family (`matrix.build_matrix`), and its
+    per-rank peaks are no single GPU's training total; those claims are judged on the card's own
+    profile's run (`--gpu t4`), and read no row of a multi-card profile."""
 
 
 def holds(measured: str, evidence: Iterable[str] = (), condition: str = "", why: str = "") -> Evaluation:
@@ -126,6 +131,17 @@ def evaluate(claim: Claim, run: RunData) -> list[Evaluation]:
     """
     if run.results.empty:
         return [not_run("no results in this run")]
+    if not claim.multi_card and "profile" in run.results:
+        names = _run_profiles(run)
+        single = [n for n in names if n not in PROFILES or PROFILES[n].count == 1]
+        if not single:
+            return [
+                not_run(
+                    f"a claim about one card; this run's profile {', '.join(names)} is a multi-card"
+                    f" machine (judged on its card's profile: --gpu {PROFILES[names[0]].card_name})"
+                )
+            ]
+        run = dataclasses.replace(run, results=run.results[run.results["profile"].isin(single)])
     if claim.applies_to is not None:
         names = _run_profiles(run)
         keep = [n for n in names if n in PROFILES and claim.applies_to(PROFILES[n])]

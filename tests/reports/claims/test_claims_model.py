@@ -53,6 +53,23 @@ def test_evaluate_applies_the_profile_predicate(build):
     assert evaluate(_claim(check), build.run([]))[0].verdict is Verdict.NOT_RUN
 
 
+def test_a_claim_about_one_card_reads_no_row_of_a_multi_card_profile(build):
+    seen: list[set[str]] = []
+
+    def check(run):
+        seen.append(set(run.results["profile"]))
+        return [holds("m")]
+
+    pair = build.run([build.result(profile="t4x2"), build.result(profile="t4x2", batch_size=2)])
+    (only,) = evaluate(_claim(check), pair)
+    assert only.verdict is Verdict.NOT_RUN and "multi-card" in only.why and "--gpu t4" in only.why
+    assert seen == []  # the check never saw the per-rank rows
+    mixed = build.run([build.result(profile="t4"), build.result(profile="t4x2", batch_size=2)])
+    assert evaluate(_claim(check), mixed)[0].verdict is Verdict.HOLDS and seen == [{"t4"}]
+    multi = dataclasses.replace(_claim(check), multi_card=True)
+    assert evaluate(multi, pair)[0].verdict is Verdict.HOLDS and seen[-1] == {"t4x2"}
+
+
 def test_evaluate_claims_reports_a_broken_check_as_inconclusive(build):
     def broken(run):
         raise KeyError("boom")
