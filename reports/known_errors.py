@@ -15,6 +15,7 @@ from __future__ import annotations
 
 T4_REF = "reports/reference/t4-default-on-h200"
 H200_REF = "reports/reference/h200-smoke"
+BIG_REF = "reports/reference/70b/a100-80gb"
 
 KNOWN_DOC_ERRORS: dict[str, str] = {
     "cut-4x": (
@@ -50,9 +51,32 @@ KNOWN_DOC_ERRORS: dict[str, str] = {
         f" not 1-2 GB ({T4_REF}, {H200_REF})"
     ),
     "t4-budget-8b": (
-        "8B at batch 4, seq 2048 without gradient checkpointing does not fit a 15 GiB T4 (OOM, and"
-        " so do the ladder's next three steps); the 4-bit 8B weights take 5.7 GB, not 4 GB"
-        f" ({T4_REF})"
+        "8B at batch 4, seq 2048 without gradient checkpointing needs ~96 GiB at its device peak"
+        " (activations ~85 GiB), not 12.9 GB: it does not fit a 15 GiB T4, nor do the ladder's"
+        " next three steps (~53, ~31, ~21 GiB); gradient checkpointing does (~12 GiB); the 4-bit"
+        f" 8B weights take 5.7 GB, not 4 GB ({T4_REF}, the OOMs rerun uncapped)"
+    ),
+    "mem7b-weights": (
+        "NF4 weights of a 7B model (Llama-2-7B, double quantization) take 3.9 GB, 4.0 GB at 7e9"
+        f" parameters, not 3.5 GB: its embeddings and lm_head stay 16-bit ({T4_REF})"
+    ),
+    "tradeoff-memory-7b": (
+        "QLoRA holds a 7B model (Llama-2-7B, NF4 + double quantization) in 3.9 GB, 4.0 GB at 7e9"
+        f" parameters, not ~3.5 GB: its embeddings and lm_head stay 16-bit ({T4_REF})"
+    ),
+    "mem7b-training-total": (
+        "16-bit LoRA training of a 7B model (Llama-2-7B, b1 s512, checkpointing, AdamW) peaks at"
+        " 14.7 GiB (15.8 GB) on the device, not ~56 GB: the lesson's totals, ~4x its weights, are"
+        f" full fine-tuning's ({T4_REF})"
+    ),
+    "t4-compat": (
+        "16-bit LoRA is not limited to 3B models on a T4: a 7B model (Llama-2-7B) trains at b1 s512"
+        f" with checkpointing under the 15 GiB cap (14.7 GiB device peak); 8B does not ({T4_REF})"
+    ),
+    "a100-compat": (
+        "16-bit LoRA of a 70B model does not fit an 80 GB A100: its bf16 weights alone are 128.5"
+        " GiB (exact weight bytes counted on the meta device, not loaded); QLoRA 70B trains there"
+        f" (39.5 GiB peak allocated at b1 s512, checkpointing) ({BIG_REF})"
     ),
     "print-trainable-3b": (
         "r=16 on the seven projections of Llama-3.2-3B prints trainable params: 24,313,856 ||"

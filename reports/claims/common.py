@@ -16,6 +16,7 @@ from reports.rows import OK_ONLY, NoRows, model_sizes, usable
 
 SEVEN_MODULES = ",".join(LESSON_TARGET_MODULES)  # the lesson's target modules as a row holds them
 LESSON_SIZED_MIN = 2.5e9  # the lesson's examples and budgets are about 3B-13B models
+LESSON_SIZED_MAX = 15e9  # ...so a 70B row (the compat family's) is no example of those numbers
 
 
 def select(
@@ -40,14 +41,23 @@ def select(
 
 
 def lesson_sized(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Rows of models in the lesson's size range (3B and up), and a note naming the models left
-    out (their overheads and ratios are not what the lesson's numbers describe)."""
+    """Rows of models in the lesson's size range (3B-13B), and a note naming the models left out
+    (their overheads and ratios are not what the lesson's numbers describe)."""
     if df.empty:
         return df, ""
     sizes = model_sizes(df)
-    keep = [m for m, (p, _) in sizes.items() if p >= LESSON_SIZED_MIN]
-    small = sorted(set(df["model"].astype(str)) - set(keep))
-    note = f"models below 2.5B params not judged: {', '.join(small)}" if small else ""
+    keep = [m for m, (p, _) in sizes.items() if LESSON_SIZED_MIN <= p <= LESSON_SIZED_MAX]
+    large = sorted(m for m, (p, _) in sizes.items() if p > LESSON_SIZED_MAX)
+    small = sorted(set(df["model"].astype(str)) - set(keep) - set(large))  # unsized ones too
+    note = "; ".join(
+        filter(
+            None,
+            [
+                f"models below 2.5B params not judged: {', '.join(small)}" if small else "",
+                f"models above 15B params not judged: {', '.join(large)}" if large else "",
+            ],
+        )
+    )
     return df[df["model"].astype(str).isin(keep)], note
 
 

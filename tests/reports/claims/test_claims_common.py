@@ -21,13 +21,19 @@ def test_select_turns_missing_rows_into_not_run_or_inconclusive(build):
     assert isinstance(rows, pd.DataFrame) and list(rows["batch_size"]) == [2]
 
 
-def test_lesson_sized_keeps_3b_and_up_and_names_the_rest(build):
+def test_lesson_sized_keeps_3b_to_13b_and_names_the_rest(build):
     df = build.run(
         [
             build.result(**build.params("llama-3.2-3b")),
+            build.result("llama-3.1-8b", **build.params("llama-3.1-8b")),
             build.result("smollm2-135m-instruct", **build.params("smollm2-135m-instruct")),
+            # Llama-2-70B's base count (the registry's), LoRA r=16 on the seven projections.
+            build.result(
+                "llama-2-70b", total_params=68_976_648_192 + 207_093_760, trainable_params=207_093_760
+            ),
         ]
     ).results
     kept, note = lesson_sized(df)
-    assert list(kept["model"]) == ["llama-3.2-3b"]
-    assert "smollm2-135m-instruct" in note
+    assert list(kept["model"]) == ["llama-3.2-3b", "llama-3.1-8b"]
+    assert "below 2.5B params not judged: smollm2-135m-instruct" in note
+    assert "above 15B params not judged: llama-2-70b" in note

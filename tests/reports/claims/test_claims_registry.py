@@ -65,7 +65,7 @@ def test_known_errors_are_refuted_by_the_committed_reference_runs():
     """Every registered error is refuted in at least one committed reference run: a registry
     entry whose evidence is gone must be retired, not kept."""
     refuted = set()
-    for run_dir in (REFERENCE / "t4-default-on-h200", REFERENCE / "h200-smoke"):
+    for run_dir in (REFERENCE / "t4-default-on-h200", REFERENCE / "h200-smoke", REFERENCE / "70b/a100-80gb"):
         for claim, evaluation in evaluate_all(load_run(run_dir)):
             if evaluation.verdict is Verdict.REFUTED:
                 refuted.add(claim.id)
