@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from qlora_core.data import corpus_text
@@ -28,26 +27,6 @@ from qlora_core.models.shapes import count_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHILD_TIMEOUT_S = 180
-
-
-@pytest.fixture(scope="session")
-def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("qlora-bench-cache")
-
-
-@pytest.fixture
-def tmp_cache(session_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The per-session temp cache, as $QLORA_BENCH_CACHE for this test."""
-    monkeypatch.setenv(CACHE_ENV, str(session_cache))
-    return session_cache
-
-
-def _safetensors_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            tensors.update({key: f.get_tensor(key) for key in f.keys()})  # noqa: SIM118
-    return tensors
 
 
 def _child_env(cache: Path) -> dict[str, str]:
@@ -146,7 +125,7 @@ def test_cache_dir_env_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 
 # -- shape checkpoints ---------------------------------------------------------------------------
-def test_tiny_checkpoint_round_trip(tmp_cache: Path) -> None:
+def test_tiny_checkpoint_round_trip(tmp_cache: Path, read_safetensors) -> None:
     spec = SHAPES["tiny"]
     resolved = resolve_model("tiny", device="cpu")
     path = Path(resolved.path)
@@ -154,7 +133,7 @@ def test_tiny_checkpoint_round_trip(tmp_cache: Path) -> None:
     assert path == tmp_cache / "shapes" / f"tiny-{spec.config_hash}"
     assert (path / "config.json").is_file() and (path / MARKER).is_file()
 
-    tensors = _safetensors_tensors(path)
+    tensors = read_safetensors(path)
     assert "lm_head.weight" not in tensors  # tied: stored once, as the embedding
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
     assert sum(t.numel() for t in tensors.values()) == spec.total_params
@@ -195,10 +174,12 @@ def test_tiny_checkpoint_loads_in_4bit(tmp_cache: Path) -> None:
         assert torch.isfinite(model(torch.arange(8).unsqueeze(0)).logits).all()
 
 
-def test_shape_init_is_seeded(tmp_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = _safetensors_tensors(Path(resolve_model("tiny", device="cpu").path))
+def test_shape_init_is_seeded(
+    tmp_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_safetensors
+) -> None:
+    first = read_safetensors(Path(resolve_model("tiny", device="cpu").path))
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    again = _safetensors_tensors(Path(resolve_model("tiny", device="cpu").path))
+    again = read_safetensors(Path(resolve_model("tiny", device="cpu").path))
     assert first.keys() == again.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
 
@@ -369,7 +350,7 @@ def real_model():
 
 
 @pytest.mark.slow
-def test_real_model_checkpoint_is_plain(real_model) -> None:
+def test_real_model_checkpoint_is_plain(real_model, read_safetensors) -> None:
     path = Path(real_model.path)
     assert (real_model.source, real_model.tokenizer_path, real_model.vocab_size) == (
         "real",
@@ -380,7 +361,7 @@ def test_real_model_checkpoint_is_plain(real_model) -> None:
     assert "quantization_config" not in config
     assert not any("gguf" in key.lower() for key in config)
     assert config["tie_word_embeddings"] is True and config["dtype"] == "bfloat16"
-    tensors = _safetensors_tensors(path)
+    tensors = read_safetensors(path)
     assert "lm_head.weight" not in tensors  # tied to the embedding, stored once
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
     assert sum(t.numel() for t in tensors.values()) == SHAPES["smollm2-135m"].total_params

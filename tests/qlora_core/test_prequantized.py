@@ -7,36 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from qlora_core import load
 from qlora_core.models import ModelUnavailableError, Prequant
-from qlora_core.models.cache import CACHE_ENV
 from qlora_core.models.prequantized import INDEX_FILE, bnb_config_of, check_prequantized_dir
 from qlora_core.models.resolve import is_materialized, resolve_model
 from qlora_core.spec import Case, CaseError
 
 NF4_DQ = Prequant("nf4", True, "uint8", "bf16")
-
-
-@pytest.fixture(scope="module")
-def module_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("prequant-cache")
-
-
-@pytest.fixture
-def isolated_cache(module_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A cache of this module's own, as $QLORA_BENCH_CACHE (the checkpoints are built once here)."""
-    monkeypatch.setenv(CACHE_ENV, str(module_cache))
-    return module_cache
-
-
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for file in sorted(path.glob("*.safetensors")):
-        with safe_open(str(file), "pt") as handle:
-            out |= {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
-    return out
 
 
 def _save_pretrained_reference(prequant: Prequant, out: Path) -> Path:
@@ -53,11 +31,11 @@ def _save_pretrained_reference(prequant: Prequant, out: Path) -> Path:
 
 @pytest.mark.parametrize("prequant", [NF4_DQ, Prequant("fp4", False, "bf16", "fp16")], ids=lambda p: p.label)
 def test_layer_by_layer_checkpoint_equals_save_pretrained(
-    prequant: Prequant, isolated_cache: Path, tmp_path: Path
+    prequant: Prequant, tmp_cache: Path, tmp_path: Path, read_safetensors
 ) -> None:
     ours = Path(resolve_model("tiny", device="cpu", prequant=prequant).path)
-    reference = _tensors(_save_pretrained_reference(prequant, tmp_path / "reference"))
-    mine = _tensors(ours)
+    reference = read_safetensors(_save_pretrained_reference(prequant, tmp_path / "reference"))
+    mine = read_safetensors(ours)
     assert sorted(mine) == sorted(reference)
     for key, tensor in reference.items():
         assert (mine[key].dtype, mine[key].shape) == (tensor.dtype, tensor.shape), key
@@ -73,7 +51,7 @@ def test_layer_by_layer_checkpoint_equals_save_pretrained(
     assert not is_materialized("tiny", Prequant("nf4", False, "uint8", "bf16"))
 
 
-def test_prequantized_case_loads_and_trains_a_qlora_step(isolated_cache: Path) -> None:
+def test_prequantized_case_loads_and_trains_a_qlora_step(tmp_cache: Path) -> None:
     import bitsandbytes as bnb
 
     case = Case("tiny", compute_dtype="bf16", seq_len=32, prequantized=True)
@@ -95,7 +73,7 @@ def test_prequantized_case_loads_and_trains_a_qlora_step(isolated_cache: Path) -
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
 
 
-def test_a_case_that_disagrees_with_its_checkpoint_is_refused(isolated_cache: Path) -> None:
+def test_a_case_that_disagrees_with_its_checkpoint_is_refused(tmp_cache: Path) -> None:
     path = Path(resolve_model("tiny", device="cpu", prequant=NF4_DQ).path)
     check_prequantized_dir(path, NF4_DQ)  # agrees: no error
     other = Prequant("fp4", False, "uint8", "fp16")
@@ -155,6 +133,6 @@ def test_16bit_70b_is_judged_from_meta_weight_bytes_only_where_they_exceed_the_c
     assert _judge_16bit_without_checkpoint(small, PROFILES["t4"], Result.for_case(small, "t4", "")) is None
 
 
-def test_no_16bit_checkpoint_is_ever_written_for_70b(isolated_cache: Path) -> None:
+def test_no_16bit_checkpoint_is_ever_written_for_70b(tmp_cache: Path) -> None:
     with pytest.raises(ModelUnavailableError, match="has no 16-bit checkpoint"):
         resolve_model("llama-2-70b", device="cpu")
