@@ -11,8 +11,6 @@ section is the only report of them, and no claim reads these rows (`Claim.multi_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
@@ -83,33 +81,25 @@ def one_card_references(rows: pd.DataFrame) -> dict[str, pd.Series]:
     return out
 
 
-@dataclass(frozen=True)
-class Fit:
-    """Whether a row's per-GPU peak fits one card of its profile, and the figures that say so."""
-
-    fits: bool | None  # None: nothing to decide on (no card memory, or no peak measured)
-    text: str
-
-
-def card_fit(row: pd.Series, peaks: PeakFigures | None, card: float | None) -> Fit:
+def card_fit(row: pd.Series, peaks: PeakFigures | None, card: float | None) -> str:
     """An ok row fits when its per-GPU device peak (NVML, what the GPU held for it; the reserved
     peak where NVML was not read) is at most the card's memory. The allocator cap leaves out what
     the libraries take outside the allocator, so an ok row can still exceed the card. An oom row
     does not fit, whatever its uncapped rerun needed."""
     status = str(row["status"])
     if card is None:
-        return Fit(None, "- (no card memory: not a GPU profile)")
+        return "- (no card memory: not a GPU profile)"
     if status == "oom":
-        return Fit(False, "no (oom under the cap)")
+        return "no (oom under the cap)"
     if status != "ok" or peaks is None:
-        return Fit(None, f"- (status {status})")
+        return f"- (status {status})"
     used, source = (
         (peaks.device_gib, "device") if peaks.device_gib is not None else (peaks.reserved_gib, "reserved")
     )
     if used is None:
-        return Fit(None, "- (no peak measured)")
+        return "- (no peak measured)"
     verdict = "yes" if used <= card else "no"
-    return Fit(used <= card, f"{verdict} ({source} {used:.2f} of {card:.2f} GiB)")
+    return f"{verdict} ({source} {used:.2f} of {card:.2f} GiB)"
 
 
 def _gib(value: float | None, peaks: PeakFigures | None, row: pd.Series, ranks_col: str = "") -> str:
@@ -154,7 +144,7 @@ def case_row(row: pd.Series, card: float | None, reference: pd.Series | None) ->
         _gib(peaks.alloc_gib if peaks else None, peaks, row, "rank_peak_alloc_gib"),
         _gib(peaks.reserved_gib if peaks else None, peaks, row, "rank_peak_reserved_gib"),
         _gib(peaks.device_gib if peaks else None, peaks, row),
-        card_fit(row, peaks, card).text,
+        card_fit(row, peaks, card),
         _number(row, "tokens_per_s", ",.0f"),
         _number(row, "kernel_ms_per_step", ".1f"),
         _busy(row),
