@@ -359,14 +359,22 @@ class PeakFigures:
     alloc_gib: float | None
     reserved_gib: float | None
     label: str  # "" for the capped run's own figures, else `needed_label`
+    device_gib: float | None = None  # `device_used_gib`: NVML peak minus what the device held before
 
 
 def peak_figures(row: pd.Series) -> PeakFigures | None:
     """The training peak of a row that ran ok, or of an oom row whose uncapped rerun ran ok;
     None otherwise (a peak read at an OOM is truncated)."""
     if row.get("status") == "ok":
-        return PeakFigures(fval(row, "peak_alloc_gib"), fval(row, "peak_reserved_gib"), "")
+        return PeakFigures(
+            fval(row, "peak_alloc_gib"), fval(row, "peak_reserved_gib"), "", device_used_gib(row)
+        )
     view = needed_view(row) if row.get("status") == "oom" else None
     if view is None or view["status"] != "ok":
         return None
-    return PeakFigures(fval(view, "peak_alloc_gib"), fval(view, "peak_reserved_gib"), needed_label(row))
+    return PeakFigures(
+        fval(view, "peak_alloc_gib"),
+        fval(view, "peak_reserved_gib"),
+        needed_label(row),
+        device_used_gib(view),
+    )

@@ -43,6 +43,7 @@ from reports.fit import fit_section
 from reports.frame import RunData
 from reports.ladder_table import oom_ladder
 from reports.markdown import md_table
+from reports.multigpu_table import multigpu_table
 from reports.nan import nan_table
 from reports.rows import (
     LOADED,
@@ -481,5 +482,5 @@ def memory_formula(run: RunData) -> str:
 def render_tables(run: RunData) -> str:
     """tables.md for one run."""
     sections = (header, memory_by_precision, compute_dtypes, t4_budget, oom_ladder, tradeoffs, memory_formula)
-    sections += (engine_comparison, nan_table, fit_section)
+    sections += (engine_comparison, multigpu_table, nan_table, fit_section)
     return "\n\n".join(section(run) for section in sections) + "\n"

@@ -1,0 +1,144 @@
+"""tables.md's multi-GPU section: hand-made t4x2 rows, and the committed H200 run of the family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from qlora_core.result import Result
+from reports.frame import load_run
+from reports.multigpu_table import RUN_COMMAND, multigpu_table
+from reports.tables import render_tables
+
+RUN = Path(__file__).resolve().parents[2] / "reports" / "reference" / "multigpu-t4x2"
+POINT = {"batch_size": 4, "seq_len": 512, "engine": "trainer", "compute_dtype": "fp16"}
+FSDP_READY = {"quant_storage": "fp16", "prepare_kbit": False}
+
+
+def _row(build: SimpleNamespace, status: str = "ok", **fields: Any) -> Result:
+    return build.result("llama-3.1-8b", families="multigpu", status=status, profile="t4x2", **fields)
+
+
+def _ranks(peak: float, **fields: Any) -> dict[str, Any]:
+    """A two-rank row's merged peaks (the max) and each rank's; NVML 0.6 GiB over a 0.6 base."""
+    return {
+        "world_size": 2,
+        "peak_alloc_gib": peak,
+        "peak_reserved_gib": peak + 1.0,
+        "nvml_base_gib": 0.6,
+        "nvml_peak_gib": peak + 1.0 + 0.6 + 0.6,
+        "rank_peak_alloc_gib": [peak - 0.5, peak],
+        "rank_peak_reserved_gib": [peak + 0.5, peak + 1.0],
+        **fields,
+    }
+
+
+def _table_row(text: str, case_end: str) -> list[str]:
+    """The cells of the table row whose case id ends with `case_end`."""
+    rows = [line for line in text.splitlines() if line.startswith("| llama")]
+    found = [r for r in rows if r.split(" | ")[0].endswith(case_end)]
+    assert len(found) == 1, rows
+    return [cell.strip() for cell in found[0].strip("| ").split(" | ")]
+
+
+def _pair(build: SimpleNamespace, single_tps: float = 1000.0, **multi_fields: Any) -> list[Result]:
+    single = _row(build, **POINT, **FSDP_READY, **build.gpu(), **build.memory(7, 7, 7.2, 12.0))
+    single.tokens_per_s = single_tps
+    ddp = _row(
+        build,
+        **{**POINT, **FSDP_READY, "num_gpus": 2, "strategy": "ddp", **multi_fields},
+        **build.gpu(),
+        **_ranks(9.0),
+    )
+    ddp.tokens_per_s = 1500.0
+    return [single, ddp]
+
+
+def test_a_run_without_multi_gpu_rows_says_which_command_runs_them(build: SimpleNamespace) -> None:
+    single = _row(build, **POINT, **build.gpu(), **build.memory(7, 7, 7.2, 12.0))
+    text = multigpu_table(build.run([single]))
+    assert "not run: no multi-GPU rows (num_gpus > 1)" in text and f"`{RUN_COMMAND}`" in text
+    assert "| Case |" not in text
+
+
+def test_scaling_efficiency_is_n_gpu_tokens_over_n_times_the_one_card_case(build: SimpleNamespace) -> None:
+    text = multigpu_table(build.run(_pair(build)))
+    ddp = _table_row(text, "-2gpu-ddp")
+    assert ddp[1:3] == ["ddp", "2"] and ddp[9] == "1,500"
+    assert ddp[12] == "0.75"  # 1500 / (2 x 1000)
+    assert _table_row(text, "-trainer")[12] == "-"  # the one-card case is the reference
+    assert "Scaling efficiency against llama-3.1-8b" in text
+
+
+def test_no_efficiency_against_a_one_card_case_of_other_settings(build: SimpleNamespace) -> None:
+    # Broken pairing: the two-GPU case trains batch 2, so the one-card case is no reference.
+    text = multigpu_table(build.run(_pair(build, batch_size=2)))
+    assert _table_row(text, "-2gpu-ddp")[12] == "-"
+    assert "No N-GPU case has a one-card case of equal settings" in text
+
+
+def test_no_efficiency_when_the_one_card_case_measured_no_speed(build: SimpleNamespace) -> None:
+    rows = _pair(build)
+    rows[0].status, rows[0].tokens_per_s = "oom", None
+    assert _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")[12] == "-"
+
+
+def test_a_host_bound_side_is_marked_on_the_efficiency(build: SimpleNamespace) -> None:
+    rows = _pair(build)
+    rows[1].host_bound, rows[1].gpu_busy = True, 0.4
+    ddp = _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")
+    assert ddp[11] == "0.40 (host-bound)" and ddp[12] == "0.75 (a host-bound side)"
+
+
+def test_per_gpu_peaks_are_the_max_over_ranks_with_each_rank_beside(build: SimpleNamespace) -> None:
+    ddp = _table_row(multigpu_table(build.run(_pair(build))), "-2gpu-ddp")
+    assert ddp[5] == "9.00 GiB (ranks 8.50, 9.00)"
+    assert ddp[6] == "10.00 GiB (ranks 9.50, 10.00)"
+    assert ddp[7] == "10.60 GiB"  # NVML 11.2 minus the 0.6 GiB the GPU held before
+    assert ddp[8] == "yes (device 10.60 of 15.00 GiB)"
+
+
+def test_an_ok_row_over_the_card_does_not_fit(build: SimpleNamespace) -> None:
+    # The allocator cap held, but the device peak (NVML) is above T4's 15 GiB.
+    rows = _pair(build)
+    rows[1].nvml_peak_gib = 0.6 + 15.2
+    assert _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")[8] == "no (device 15.20 of 15.00 GiB)"
+
+
+def test_an_oom_row_shows_what_it_needed_labelled_and_does_not_fit(build: SimpleNamespace) -> None:
+    oom = _row(build, "oom", **POINT, **build.gpu(), **build.needed(16.7, 20.0))
+    rows = [*_pair(build), oom]
+    cells = _table_row(multigpu_table(build.run(rows)), "-s512-trainer")
+    label = "needed (measured uncapped on NVIDIA H200)"
+    assert cells[4] == "oom" and cells[5] == f"16.70 GiB {label}" and cells[7] == f"20.00 GiB {label}"
+    assert cells[8] == "no (oom under the cap)"
+    # Without an uncapped rerun, nothing is shown as its peak (a peak read at an OOM is truncated).
+    bare = _row(build, "oom", **POINT, **build.gpu(), peak_alloc_gib=14.2)
+    cells = _table_row(multigpu_table(build.run([*_pair(build), bare])), "-s512-trainer")
+    assert cells[5] == "not measured (status oom)" and cells[8] == "no (oom under the cap)"
+
+
+def test_a_cpu_profile_has_no_card_to_fit(build: SimpleNamespace) -> None:
+    rows = _pair(build)
+    for r in rows:
+        r.profile = "cpu"
+    cells = _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")
+    assert cells[8] == "- (no card memory: not a GPU profile)"
+
+
+def test_the_committed_h200_run_renders_its_per_gpu_memory_and_scaling() -> None:
+    text = render_tables(load_run(RUN))
+    start = text.index("## Multi-GPU: per-GPU memory and scaling")
+    section = text[start : text.index("\n## ", start)]
+    fsdp, ddp = _table_row(section, "-2gpu-fsdp"), _table_row(section, "-2gpu-ddp")
+    single = _table_row(section, "-noprep-qs-fp16-w2m8-trainer")
+    oom = _table_row(section, "-s512-w2m8-trainer")
+    assert fsdp[5].startswith("8.53 GiB (ranks 8.53, 8.53)") and ddp[5].startswith("9.47 GiB")
+    assert single[5] == "12.78 GiB" and oom[5].endswith("needed (measured uncapped on NVIDIA H200)")
+    assert float(ddp[12].split()[0]) == pytest.approx(0.93, abs=0.01)
+    assert float(fsdp[12]) == pytest.approx(0.25, abs=0.01)
+    assert fsdp[8].startswith("yes") and ddp[8].startswith("yes") and oom[8] == "no (oom under the cap)"
+    assert "The emulated cards share one host (2 x NVIDIA H200)" in section
