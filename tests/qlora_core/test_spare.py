@@ -183,10 +183,19 @@ def test_the_next_spare_starts_when_the_running_case_loads(tmp_path, status, rea
     assert _spare_due(path) is due
 
 
+def _eventually_spares_of(parent_pid: int, timeout_s: float = 30.0) -> list[int]:
+    """`_spares_of`, waiting for a just-started spare to exec (until then /proc shows the forked
+    runner's own command line, not the spare's)."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := _spares_of(parent_pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
 def test_no_spare_outlives_its_pool():
     with SparePool() as pool:
         pool.ensure()
-        assert _spares_of(os.getpid())
+        assert _eventually_spares_of(os.getpid())
     assert _spares_of(os.getpid()) == []
 
 
