@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qlora_core.runner import RunOptions, _spare_due, child_env, run_case
-from qlora_core.spare import SPARE_IMPORTS, SPARE_READY, SparePool, end, same_environment
+from qlora_core.spare import SPARE_IMPORTS, SPARE_READY, Spare, SparePool, end, same_environment
 from qlora_core.spec import Case
 
 CASE = Case("tiny", warmup_steps=1, measured_steps=2, seq_len=32)
@@ -74,6 +74,13 @@ def _spares_of(parent_pid: int) -> list[int]:
     return found
 
 
+def _started(pool: SparePool) -> Spare:
+    """The pool's spare, started now."""
+    pool.ensure()
+    assert pool.waiting is not None
+    return pool.waiting
+
+
 @pytest.mark.slow
 def test_the_second_case_runs_in_a_warm_spare_with_its_imports_done(tmp_path):
     with SparePool() as pool:
@@ -92,9 +99,7 @@ def test_the_second_case_runs_in_a_warm_spare_with_its_imports_done(tmp_path):
 @pytest.mark.slow
 def test_a_spare_killed_while_waiting_is_replaced_and_the_case_runs(tmp_path):
     with SparePool() as pool:
-        pool.ensure()
-        first = pool.waiting
-        assert first is not None
+        first = _started(pool)
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait()
         result = run_case(CASE, RunOptions(), tmp_path / "r.json", pool)
@@ -106,9 +111,7 @@ def test_a_spare_killed_while_waiting_is_replaced_and_the_case_runs(tmp_path):
 @pytest.mark.slow
 def test_a_spare_that_dies_after_the_hand_over_before_reading_leaves_the_case_to_a_cold_child(tmp_path):
     with SparePool() as pool:
-        pool.ensure()
-        spare = pool.waiting
-        assert spare is not None
+        spare = _started(pool)
         os.kill(spare.process.pid, signal.SIGSTOP)  # alive for `take`, never reads the request
         killer = threading.Timer(1.0, os.kill, (spare.process.pid, signal.SIGKILL))
         killer.start()
@@ -119,9 +122,7 @@ def test_a_spare_that_dies_after_the_hand_over_before_reading_leaves_the_case_to
 
 def test_a_spare_started_under_another_environment_is_not_used(monkeypatch):
     with SparePool() as pool:
-        pool.ensure()
-        spare = pool.waiting
-        assert spare is not None
+        spare = _started(pool)
         monkeypatch.setenv("QLORA_SPARE_TEST", "changed")
         assert pool.take() is None
         spare.process.wait(timeout=10)  # ended, not left behind
@@ -133,9 +134,7 @@ def test_a_spare_survives_pytest_moving_to_the_next_test(monkeypatch):
     test must still be taken for the next (on the H200 every case of a bench run ran cold)."""
     monkeypatch.setenv("PYTEST_CURRENT_TEST", "bench/test_memory.py::test_case[a] (call)")
     with SparePool() as pool:
-        pool.ensure()
-        spare = pool.waiting
-        assert spare is not None
+        spare = _started(pool)
         monkeypatch.setenv("PYTEST_CURRENT_TEST", "bench/test_memory.py::test_case[b] (setup)")
         assert pool.take() is spare
         end(spare)
@@ -152,9 +151,7 @@ def test_a_spare_survives_torch_setting_its_cache_dir_in_the_runner(monkeypatch)
     moved = {**started, "TORCHINDUCTOR_CACHE_DIR": "/elsewhere"}
     assert not same_environment({**started, "TORCHINDUCTOR_CACHE_DIR": "/tmp/a"}, moved)
     with SparePool() as pool:
-        pool.ensure()
-        spare = pool.waiting
-        assert spare is not None
+        spare = _started(pool)
         from qlora_core import measure
         from qlora_core.spec import LESSON_TARGET_MODULES
 
