@@ -53,7 +53,7 @@ T4; the CPU the largest default sweep point.
 
 Tiers: ``smoke`` (at most 6 cases: the device-bound point's nf4+dq, fp4 and no-double-quant
 rows, its 16-bit reference and fp32-compute rows, and one quality case), ``default`` (at most
-45), ``full`` (everything).
+48: the t4 profile 46, h200 48, cpu 41), ``full`` (everything).
 """
 
 from __future__ import annotations
