@@ -225,6 +225,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     t0 = time.perf_counter()
     model = load.load_model(case, resolved.path, device)
     r.load_s = time.perf_counter() - t0
+    r.loaded_on = load.loaded_on(model)
     counted = measure.weight_bytes(model)
     r.weight_bytes = counted.weight_bytes
     r.quant_data_bytes = counted.quant_data_bytes

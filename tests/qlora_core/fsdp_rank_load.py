@@ -1,0 +1,32 @@
+"""One rank of `test_load.py`'s two-rank load (run by torchrun, gloo): load as FSDP rank-0-only
+loading does, note where the weights are, then sync module states from rank 0 exactly as FSDP's
+`sync_module_states` does (materialize with `to_empty`, broadcast every parameter and buffer),
+and write what it saw and the logits of one forward to OUT/rank<N>.json."""
+
+import json
+import os
+import resource
+import sys
+
+import torch
+import torch.distributed as dist
+
+from qlora_core.load import load_model, loaded_on
+from qlora_core.spec import Case
+
+case = Case.from_dict(json.loads(sys.argv[1]))
+path, out = sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model = load_model(case, path, "cpu")
+seen = {"loaded_on": loaded_on(model), "rss_after_load_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+seen["real_param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_meta)
+if rank != 0:
+    model.to_empty(device="cpu")
+for tensor in [*model.parameters(), *model.buffers()]:
+    dist.broadcast(tensor.data, src=0)
+with torch.no_grad():
+    seen["logits"] = model(torch.arange(16).unsqueeze(0)).logits.float().flatten()[:64].tolist()
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump(seen, f)
+dist.destroy_process_group()
