@@ -159,6 +159,9 @@ def load_on_meta(case: Case, path: str, device: str) -> torch.nn.Module:
     missing = [name for name, m in linears.items() if getattr(m.weight, "quant_state", None) is None]
     if missing:
         raise CaseError([f"the pre-quantized checkpoint at {path} has no 4-bit weight for {missing[:3]}"])
+    # from_config leaves tied weights (lm_head = embeddings) untied; from_pretrained ties them, and
+    # FSDP's sync broadcasts the module states of one model, each shared tensor once.
+    model.tie_weights()
     quantizer.postprocess_model(model)
     model.hf_quantizer = quantizer
     return model

@@ -10,6 +10,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from accelerate.utils.fsdp_utils import ensure_weights_retied
 
 from qlora_core.load import load_model, loaded_on
 from qlora_core.spec import Case
@@ -22,11 +23,16 @@ model = load_model(case, path, "cpu")
 seen = {"loaded_on": loaded_on(model), "rss_after_load_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 seen["real_param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_meta)
 if rank != 0:
-    model.to_empty(device="cpu")
+    # FSDP's param_init_fn as accelerate builds it: `to_empty` per module, tied weights retied
+    materialize = ensure_weights_retied(lambda m: m.to_empty(device="cpu", recurse=False), model, "cpu")
+    for module in list(model.modules()):
+        if any(p.is_meta for p in module.parameters(recurse=False)):
+            materialize(module)
 for tensor in [*model.parameters(), *model.buffers()]:
     dist.broadcast(tensor.data, src=0)
-with torch.no_grad():
-    seen["logits"] = model(torch.arange(16).unsqueeze(0)).logits.float().flatten()[:64].tolist()
+# A training-mode forward: in an eval forward without grad bitsandbytes' CPU backend may repack
+# the 4-bit weights for its inference kernel, a different rounding path.
+seen["logits"] = model.train()(torch.arange(16).unsqueeze(0)).logits.detach().float().flatten()[:64].tolist()
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
     json.dump(seen, f)
 dist.destroy_process_group()
