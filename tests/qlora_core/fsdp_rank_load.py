@@ -5,7 +5,6 @@ and write what it saw and the logits of one forward to OUT/rank<N>.json."""
 
 import json
 import os
-import resource
 import sys
 
 import torch
@@ -20,7 +19,7 @@ path, out = sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 model = load_model(case, path, "cpu")
-seen = {"loaded_on": loaded_on(model), "rss_after_load_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+seen = {"loaded_on": loaded_on(model)}
 seen["real_param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_meta)
 if rank != 0:
     # FSDP's param_init_fn as accelerate builds it: `to_empty` per module, tied weights retied

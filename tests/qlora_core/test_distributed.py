@@ -190,7 +190,8 @@ def test_rank1_loads_no_weight_and_syncs_to_rank0s_model(tmp_cache, tmp_path):
     needs two GPUs (`test_two_gpus_70b_shape_path`, below)."""
     path = resolve_model("tiny", device="cpu", prequant=Prequant.of_case(FSDP_PREQ)).path
     script = Path(__file__).with_name("fsdp_rank_load.py")
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port())]
+    port = str(free_port())
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port]
     root = str(Path(qlora_core.__file__).parents[1])  # the script runs from tests/: import this copy
     run = subprocess.run(
         [*argv, str(script), json.dumps(FSDP_PREQ.to_dict()), path, str(tmp_path)],
