@@ -136,16 +136,19 @@ def load_on_meta(case: Case, path: str, device: str) -> torch.nn.Module:
     linears = {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     for file in _checkpoint_files(path):
         with safe_open(file, framework="pt", device="cpu") as f:
-            keys = list(f.keys())
+            stats_keys: dict[str, list[str]] = {}  # "<module>.weight" -> its statistics' keys
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                weight, dot, _ = key.partition(".weight.")
+                if dot:
+                    stats_keys.setdefault(f"{weight}.weight", []).append(key)
             for name, module in linears.items():
                 weight = f"{name}.weight"
-                if weight not in keys:
+                if weight not in stats_keys:
                     continue
-                stats = {k[len(weight) + 1 :]: f.get_tensor(k) for k in keys if k.startswith(f"{weight}.")}
-                packed = f.get_slice(weight)
+                stats = {k[len(weight) + 1 :]: f.get_tensor(k) for k in stats_keys[weight]}
                 state = QuantState.from_dict(qs_dict=stats, device=torch.device(device))
                 module.weight = bnb.nn.Params4bit(
-                    torch.empty(packed.get_shape(), dtype=module.quant_storage, device="meta"),
+                    torch.empty(f.get_slice(weight).get_shape(), dtype=module.quant_storage, device="meta"),
                     requires_grad=False,
                     quant_state=state,
                     blocksize=state.blocksize,
