@@ -187,7 +187,7 @@ def test_rank1_loads_no_weight_and_syncs_to_rank0s_model(tmp_cache, tmp_path):
     two-card case does: rank 0 into CPU RAM, rank 1 on the meta device with only the 4-bit
     statistics read; after FSDP's module-state sync, done here as FSDP does it (FSDP1 refuses
     `sync_module_states` on the CPU), both compute the same logits. The FSDP training step itself
-    needs two GPUs (`test_two_gpus_70b_shape_path`, below)."""
+    needs two GPUs (`test_two_gpus_each_capped_like_one_card[fsdp-rank0-load]`)."""
     path = resolve_model("tiny", device="cpu", prequant=Prequant.of_case(FSDP_PREQ)).path
     script = Path(__file__).with_name("fsdp_rank_load.py")
     port = str(free_port())
@@ -220,10 +220,12 @@ def two_gpus(gpu_required):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", [FSDP, DDP], ids=["fsdp", "ddp"])
-def test_two_gpus_each_capped_like_one_card(two_gpus, case, tmp_path):
+@pytest.mark.parametrize("case", [FSDP, DDP, FSDP_PREQ], ids=["fsdp", "ddp", "fsdp-rank0-load"])
+def test_two_gpus_each_capped_like_one_card(two_gpus, case, tmp_cache, tmp_path):
     result = run_case(case, RunOptions(profile="t4x2", timeout_s=600), tmp_path / "r.json")
     assert result.status == "ok", result.reason
+    # the 70B two-card path: rank 0 loaded into CPU RAM, rank 1 no weight, FSDP trained both
+    assert result.rank_loaded_on == (["cpu", "meta"] if loads_on_rank0_only(case) else ["cuda", "cuda"])
     assert result.rank_statuses == ["ok", "ok"] and result.emulated
     assert None not in result.rank_peak_alloc_gib and None not in result.rank_nvml_peak_gib
     assert result.peak_alloc_gib == max(result.rank_peak_alloc_gib) <= result.memory_cap_gib
