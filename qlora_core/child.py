@@ -225,12 +225,14 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     t0 = time.perf_counter()
     model = load.load_model(case, resolved.path, device)
     r.load_s = time.perf_counter() - t0
-    counted = measure.weight_bytes(model)
-    r.weight_bytes = counted.weight_bytes
-    r.quant_data_bytes = counted.quant_data_bytes
-    r.quant_stats_bytes = counted.quant_stats_bytes
-    r.quantized_params = counted.quantized_params
-    r.footprint_bytes = counted.footprint_bytes
+    r.loaded_on = load.loaded_on(model)
+    if r.loaded_on != "meta":  # a rank holding no weight has none to count: left None
+        counted = measure.weight_bytes(model)
+        r.weight_bytes = counted.weight_bytes
+        r.quant_data_bytes = counted.quant_data_bytes
+        r.quant_stats_bytes = counted.quant_stats_bytes
+        r.quantized_params = counted.quantized_params
+        r.footprint_bytes = counted.footprint_bytes
     _record_stage(r, "load", device)
     if case.load_only:
         _record_load_only(r, model, device, sampler)

@@ -74,6 +74,18 @@ def local_device_index() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def loads_on_rank0_only(case: Case) -> bool:
+    """Whether the case's ranks load as FSDP-QLoRA users load a model too big for one card (peft's
+    and Answer.AI's recipe, accelerate's `fsdp_cpu_ram_efficient_loading`): rank 0 into CPU RAM,
+    the others on the meta device (`load.load_on_meta`), FSDP then materializing each wrapped layer
+    on its GPU and broadcasting rank 0's shards (`sync_module_states`). Every FSDP case from a
+    pre-quantized checkpoint: the other ranks take the 4-bit statistics from the checkpoint. A
+    case quantized at load keeps every rank loading onto its own GPU: its statistics exist only
+    after quantizing, on the rank that quantized.
+    """
+    return case.strategy == "fsdp" and case.num_gpus > 1 and case.prequantized
+
+
 def accelerate_config(case: Case, port: int) -> dict[str, Any]:
     """The `accelerate launch --config_file` contents for `case` (num_gpus > 1).
 
@@ -82,8 +94,9 @@ def accelerate_config(case: Case, port: int) -> dict[str, Any]:
     states synced from rank 0, original parameters not kept, activation checkpointing left to the
     Trainer's `gradient_checkpointing`. The 4-bit storage dtype is the compute dtype (the Case
     validates that), so FSDP can shard the packed weights; the Trainer sets FSDP's mixed precision
-    to it. Every rank loads the quantized model onto its GPU before FSDP shards it
-    (`cpu_ram_efficient_loading` off: rank 0 would otherwise load on the CPU alone).
+    to it. `fsdp_cpu_ram_efficient_loading` is on where `loads_on_rank0_only` (the config is the
+    case's record of it: the Result's `rank_loaded_on` shows where each rank's weights were);
+    otherwise every rank loads the quantized model onto its GPU before FSDP shards it.
     """
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
@@ -111,7 +124,7 @@ def accelerate_config(case: Case, port: int) -> dict[str, Any]:
             "fsdp_state_dict_type": "SHARDED_STATE_DICT",
             "fsdp_sync_module_states": True,
             "fsdp_use_orig_params": False,
-            "fsdp_cpu_ram_efficient_loading": False,
+            "fsdp_cpu_ram_efficient_loading": loads_on_rank0_only(case),
             "fsdp_activation_checkpointing": False,
         }
     return config
@@ -251,6 +264,7 @@ def merge_ranks(
             setattr(merged, f"rank_{name}", values)
         if name in ("peak_alloc_gib", "peak_reserved_gib", "nvml_peak_gib"):
             setattr(merged, f"{name}_sum", sum(measured) if measured else None)
+    merged.rank_loaded_on = [r.loaded_on if r is not None else "" for r in ranks]
     merged.rank_step_ms = [list(r.step_ms) if r is not None else [] for r in ranks]
     # A data-parallel step ends when its slowest rank does.
     merged.step_ms = [max(times) for times in zip(*merged.rank_step_ms, strict=False)]

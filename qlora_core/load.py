@@ -5,6 +5,7 @@ Each stage is its own function so the runner can measure memory between them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,22 +55,123 @@ def load_model(case: Case, path: str, device: str) -> torch.nn.Module:
     """
     from transformers import AutoModelForCausalLM
 
-    from qlora_core.distributed import local_device_index
+    from qlora_core.distributed import loads_on_rank0_only, local_device_index
 
-    # Each rank of a multi-GPU case loads onto its own GPU (issue 13).
-    device_map = {"": local_device_index()} if device == "cuda" else {"": "cpu"}
-    # An explicit quantization_config=None would make transformers ignore the checkpoint's own.
-    quantization = {} if case.prequantized else {"quantization_config": bnb_config(case)}
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=TORCH_DTYPES[case.compute_dtype],
-        device_map=device_map,
-        low_cpu_mem_usage=True,
-        **quantization,
-    )
+    rank_device = f"cuda:{local_device_index()}" if device == "cuda" else "cpu"
+    if loads_on_rank0_only(case) and local_device_index() != 0:
+        model = load_on_meta(case, path, rank_device)
+    else:
+        # Each rank of a multi-GPU case loads onto its own GPU (issue 13); under rank-0-only
+        # loading rank 0 loads to CPU RAM and FSDP moves each wrapped layer to its GPU.
+        on_cpu = device != "cuda" or loads_on_rank0_only(case)
+        # An explicit quantization_config=None would make transformers ignore the checkpoint's own.
+        quantization = {} if case.prequantized else {"quantization_config": bnb_config(case)}
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=TORCH_DTYPES[case.compute_dtype],
+            device_map={"": "cpu" if on_cpu else local_device_index()},
+            low_cpu_mem_usage=True,
+            **quantization,
+        )
+        if on_cpu:
+            _move_quant_states(model, rank_device)
     # The cache is useless in training and wrong with checkpointing.
     model.config.use_cache = False
     return model
+
+
+def loaded_on(model: torch.nn.Module) -> str:
+    """Where the model's weights are after the load: the device type holding most of its bytes
+    ("meta" on a rank that loaded none, under rank-0-only FSDP loading)."""
+    bytes_by_device: dict[str, int] = {}
+    for param in model.parameters():
+        kind = param.device.type
+        bytes_by_device[kind] = bytes_by_device.get(kind, 0) + param.numel() * param.element_size()
+    return max(bytes_by_device, key=lambda kind: bytes_by_device[kind]) if bytes_by_device else ""
+
+
+def _move_quant_states(model: torch.nn.Module, device: str) -> None:
+    """Move every 4-bit weight's QuantState (absmax, code tables: ~1/64 of the weights' bytes)
+    to `device`, in place, leaving the packed data where it is.
+
+    FSDP moves and shards the packed data (its parameters); the state is an attribute FSDP never
+    sees, which bitsandbytes' `Linear4bit.forward` reattaches from the module after FSDP flattens
+    the weight (`fix_4bit_weight_quant_state_from_module`): it must already be on the rank's GPU.
+    This is where transformers 4.x left it under `is_fsdp_enabled()`.
+    """
+    for module in model.modules():
+        state = getattr(module, "quant_state", None)
+        if state is not None:
+            state.to(device)  # QuantState.to moves its tensors in place
+
+
+def load_on_meta(case: Case, path: str, device: str) -> torch.nn.Module:
+    """A pre-quantized checkpoint's model with every parameter on the meta device and each 4-bit
+    weight's QuantState on `device`: what a rank other than 0 holds under FSDP's rank-0-only
+    loading (accelerate's `fsdp_cpu_ram_efficient_loading`), until FSDP materializes each wrapped
+    layer on its GPU (`param_init_fn`: `to_empty`) and `sync_module_states` broadcasts rank 0's.
+
+    transformers 4.x did this inside `from_pretrained` under `is_fsdp_enabled()`; 5.x (5.17 on the
+    GPU machine, 5.24 here) no longer does for bitsandbytes: its quantizer maps an absent
+    device_map to the current GPU on every rank, and a "meta" device_map fails the weight
+    conversion. So this builds the skeleton as `from_pretrained` does (empty weights, the
+    checkpoint's own quantizer replacing the linear layers by `Linear4bit`) and reads from the
+    checkpoint only the small statistics tensors, never a packed weight.
+    """
+    import bitsandbytes as bnb
+    from accelerate import init_empty_weights
+    from bitsandbytes.functional import QuantState
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.quantizers import AutoHfQuantizer
+
+    dtype = TORCH_DTYPES[case.compute_dtype]
+    config = AutoConfig.from_pretrained(path)
+    if getattr(config, "quantization_config", None) is None:
+        raise CaseError([f"loading on the meta device needs a pre-quantized checkpoint; {path} is not one"])
+    quantizer = AutoHfQuantizer.from_config(config.quantization_config, pre_quantized=True)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    quantizer.preprocess_model(model, device_map=None, dtype=dtype)
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    for file in _checkpoint_files(path):
+        with safe_open(file, framework="pt", device="cpu") as f:
+            stats_keys: dict[str, list[str]] = {}  # "<module>.weight" -> its statistics' keys
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                weight, dot, _ = key.partition(".weight.")
+                if dot:
+                    stats_keys.setdefault(f"{weight}.weight", []).append(key)
+            for name, module in linears.items():
+                weight = f"{name}.weight"
+                if weight not in stats_keys:
+                    continue
+                stats = {k[len(weight) + 1 :]: f.get_tensor(k) for k in stats_keys[weight]}
+                state = QuantState.from_dict(qs_dict=stats, device=torch.device(device))
+                module.weight = bnb.nn.Params4bit(
+                    torch.empty(f.get_slice(weight).get_shape(), dtype=module.quant_storage, device="meta"),
+                    requires_grad=False,
+                    quant_state=state,
+                    blocksize=state.blocksize,
+                    compress_statistics=state.nested,
+                    quant_type=state.quant_type,
+                    quant_storage=module.quant_storage,
+                    module=module,
+                    bnb_quantized=True,
+                )
+                module.quant_state = state
+    missing = [name for name, m in linears.items() if getattr(m.weight, "quant_state", None) is None]
+    if missing:
+        raise CaseError([f"the pre-quantized checkpoint at {path} has no 4-bit weight for {missing[:3]}"])
+    # from_config leaves tied weights (lm_head = embeddings) untied; from_pretrained ties them, and
+    # FSDP's sync broadcasts the module states of one model, each shared tensor once.
+    model.tie_weights()
+    quantizer.postprocess_model(model)
+    model.hf_quantizer = quantizer
+    return model
+
+
+def _checkpoint_files(path: str) -> list[str]:
+    return sorted(str(p) for p in Path(path).glob("*.safetensors"))
 
 
 def prepare(model: torch.nn.Module, case: Case) -> torch.nn.Module:

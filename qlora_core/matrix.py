@@ -425,11 +425,12 @@ def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
     - every card, FSDP, and every card, DDP (every rank holds the whole 4-bit model), both
       otherwise equal to the case above: per-GPU memory and, against it, the scaling efficiency.
     Each rank trains `batch_size` rows, so the ranks together train `count` times the tokens of the
-    one-card case per step. The 70B shape's two-card case (issue 13 item 4) is not here yet: each
-    rank loads onto its own GPU (`load.load_model`), so both would hold the whole 4-bit model
-    (~35 GB) before FSDP shards it, over a 24 GB cap; it needs rank 0 to load on the CPU and the
-    others on the meta device, then `sync_module_states` (accelerate's
-    `fsdp_cpu_ram_efficient_loading`), and a pre-quantized checkpoint stored in the compute dtype.
+    one-card case per step.
+
+    On cards of 20 GiB or more (`l4x2`), the 70B shape on every card too (issue 13 item 4;
+    `big_model_multigpu_case`). No one-card 70B case beside it: its 4-bit weights alone (~34 GiB,
+    measured loading on the H200) exceed one such card, and the single-card 70B row of the 40 GB+
+    profiles already measures what one card needs.
     """
     batch, seq = tier.device_bound
     dtype = lesson_dtype(profile)
@@ -444,9 +445,34 @@ def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
     )
     floating = single.replace(quant_storage=dtype, prepare_kbit=False)
     ranks = {"num_gpus": profile.count}
-    return [
+    cases = [
         single,
         floating,
         floating.replace(strategy="fsdp", **ranks),
         floating.replace(strategy="ddp", **ranks),
     ]
+    if profile.total_gib >= _BIG_MODEL_MULTIGPU_MIN_GIB:
+        cases.append(big_model_multigpu_case(profile, tier, floating))
+    return cases
+
+
+_BIG_MODEL_MULTIGPU_MIN_GIB = 20.0
+"""Cards from which the 70B shape's two-card case is planned: 24 GB cards (L4, A10G) hold half
+its 4-bit weights (~17 GiB) with room to train; a 16 GB T4 would not."""
+
+
+def big_model_multigpu_case(profile: GpuProfile, tier: Tier, floating: Case) -> Case:
+    """The 70B shape on every card of `profile` at the smallest point (b1, the tier's shortest
+    sequence, checkpointing, the Trainer), FSDP, from its pre-quantized checkpoint stored in the
+    compute dtype, so that FSDP can shard the packed weights and rank 0 alone loads them, into CPU
+    RAM (`distributed.loads_on_rank0_only`)."""
+    return floating.replace(
+        model=BIG_MODEL,
+        batch_size=1,
+        seq_len=tier.ref_seq,
+        gradient_checkpointing=True,
+        prequantized=True,
+        strategy="fsdp",
+        num_gpus=profile.count,
+        **BIG_MODEL_STEPS,
+    )

@@ -184,6 +184,10 @@ class Result:
     rank_nvml_peak_gib: list[float | None] = field(default_factory=list)
     rank_cpu_peak_rss_gib: list[float | None] = field(default_factory=list)
     rank_step_ms: list[list[float]] = field(default_factory=list)  # each rank's measured steps
+    # the device type holding the weights right after the load: "cuda", "cpu", or "meta" for a rank
+    # that loaded none (FSDP rank-0-only loading, `distributed.loads_on_rank0_only`)
+    loaded_on: str = ""
+    rank_loaded_on: list[str] = field(default_factory=list)
     peak_alloc_gib_sum: float | None = None  # over ranks
     peak_reserved_gib_sum: float | None = None
     nvml_peak_gib_sum: float | None = None

@@ -27,7 +27,7 @@ HEADERS: tuple[str, ...] = (
     "Case",
     "Strategy",
     "GPUs",
-    "4-bit storage, prepare",
+    "4-bit storage, prepare, load",
     "Status",
     "Per-GPU peak allocated",
     "Per-GPU peak reserved",
@@ -112,6 +112,17 @@ def _gib(value: float | None, peaks: PeakFigures | None, row: pd.Series, ranks_c
     return text
 
 
+def _loaded_on(row: pd.Series) -> str:
+    """Where each rank's weights were after the load: "loaded on cpu/meta" under FSDP's rank-0-only
+    loading (rank 0 in CPU RAM, the others none), "loaded on cuda" when every rank loaded onto its
+    GPU; "load not recorded" for rows stored before `Result.rank_loaded_on`."""
+    ranks = row.get("rank_loaded_on")
+    if isinstance(ranks, (list, np.ndarray)) and len(ranks) and all(ranks):
+        return "loaded on " + "/".join(dict.fromkeys(str(r) for r in ranks))
+    single = row.get("loaded_on")
+    return f"loaded on {single}" if isinstance(single, str) and single else "load not recorded"
+
+
 def _number(row: pd.Series, col: str, fmt: str) -> str:
     value = fval(row, col)
     return "-" if value is None else format(value, fmt)
@@ -139,7 +150,7 @@ def case_row(row: pd.Series, card: float | None, reference: pd.Series | None) ->
         str(row["case_id"]),
         str(row["strategy"]),
         str(num_gpus(row)),
-        f"{row['quant_storage']}, prepare {prepare}",
+        f"{row['quant_storage']}, prepare {prepare}, {_loaded_on(row)}",
         str(row["status"]),
         _gib(peaks.alloc_gib if peaks else None, peaks, row, "rank_peak_alloc_gib"),
         _gib(peaks.reserved_gib if peaks else None, peaks, row, "rank_peak_reserved_gib"),

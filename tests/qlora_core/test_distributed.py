@@ -5,6 +5,10 @@ FSDP on two GPUs: the `gpu` tests at the end."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,14 +18,20 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import ClusterConfig
 
+import qlora_core
 from qlora_core.distributed import (
     accelerate_config,
     config_path,
     first_failed_rank,
+    free_port,
     launch_command,
+    loads_on_rank0_only,
     merge_ranks,
     rank_result_path,
 )
+from qlora_core.load import load_on_meta
+from qlora_core.models import Prequant
+from qlora_core.models.resolve import resolve_model
 from qlora_core.result import Result, read_result
 from qlora_core.runner import RunOptions, run_case
 from qlora_core.spec import Case, CaseError
@@ -31,6 +41,7 @@ DDP = Case(
     strategy="ddp",
 )  # fmt: skip
 FSDP = DDP.replace(strategy="fsdp", quant_storage="bf16", prepare_kbit=False)
+FSDP_PREQ = FSDP.replace(compute_dtype="bf16", prequantized=True)
 # torchelastic's failure summary, as `accelerate launch` prints it (abridged).
 TORCHRUN_SUMMARY = """qlora_core.rank FAILED
 Failures:
@@ -55,6 +66,15 @@ def test_config_is_one_accelerate_reads_back(tmp_path):
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
     assert "fsdp_config" not in accelerate_config(DDP, 29500)
+
+
+def test_rank0_only_loading_is_decided_per_case_and_written_in_its_config():
+    assert loads_on_rank0_only(FSDP_PREQ)
+    assert accelerate_config(FSDP_PREQ, 29500)["fsdp_config"]["fsdp_cpu_ram_efficient_loading"] is True
+    # quantized at load (no checkpoint to read statistics from) and DDP: every rank loads it all
+    for case in (FSDP, DDP.replace(prequantized=True, compute_dtype="bf16")):
+        assert not loads_on_rank0_only(case)
+    assert accelerate_config(FSDP, 29500)["fsdp_config"]["fsdp_cpu_ram_efficient_loading"] is False
 
 
 def test_launch_refuses_what_the_profile_cannot_run(tmp_path):
@@ -161,6 +181,37 @@ def test_a_timeout_takes_down_every_rank(tmp_path):
     assert len(seen) >= 3 and not _alive(seen)
 
 
+@pytest.mark.slow
+def test_rank1_loads_no_weight_and_syncs_to_rank0s_model(tmp_cache, tmp_path):
+    """Two ranks (torchrun, gloo) load the tiny pre-quantized bf16-storage checkpoint as the 70B
+    two-card case does: rank 0 into CPU RAM, rank 1 on the meta device with only the 4-bit
+    statistics read; after FSDP's module-state sync, done here as FSDP does it (FSDP1 refuses
+    `sync_module_states` on the CPU), both compute the same logits. The FSDP training step itself
+    needs two GPUs (`test_two_gpus_each_capped_like_one_card[fsdp-rank0-load]`)."""
+    path = resolve_model("tiny", device="cpu", prequant=Prequant.of_case(FSDP_PREQ)).path
+    script = Path(__file__).with_name("fsdp_rank_load.py")
+    port = str(free_port())
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port]
+    root = str(Path(qlora_core.__file__).parents[1])  # the script runs from tests/: import this copy
+    run = subprocess.run(
+        [*argv, str(script), json.dumps(FSDP_PREQ.to_dict()), path, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert (rank0["loaded_on"], rank1["loaded_on"]) == ("cpu", "meta")
+    assert rank0["real_param_bytes"] > 0 and rank1["real_param_bytes"] == 0  # rank 1 held no weight
+    assert rank1["logits"] == rank0["logits"]
+
+
+def test_meta_load_refuses_a_checkpoint_that_is_not_prequantized(tmp_cache):
+    with pytest.raises(CaseError, match="is not one"):
+        load_on_meta(FSDP_PREQ, resolve_model("tiny", device="cpu").path, "cpu")
+
+
 # -- two GPUs ---------------------------------------------------------------------------------
 @pytest.fixture
 def two_gpus(gpu_required):
@@ -169,10 +220,12 @@ def two_gpus(gpu_required):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", [FSDP, DDP], ids=["fsdp", "ddp"])
-def test_two_gpus_each_capped_like_one_card(two_gpus, case, tmp_path):
+@pytest.mark.parametrize("case", [FSDP, DDP, FSDP_PREQ], ids=["fsdp", "ddp", "fsdp-rank0-load"])
+def test_two_gpus_each_capped_like_one_card(two_gpus, case, tmp_cache, tmp_path):
     result = run_case(case, RunOptions(profile="t4x2", timeout_s=600), tmp_path / "r.json")
     assert result.status == "ok", result.reason
+    # the 70B two-card path: rank 0 loaded into CPU RAM, rank 1 no weight, FSDP trained both
+    assert result.rank_loaded_on == (["cpu", "meta"] if loads_on_rank0_only(case) else ["cuda", "cuda"])
     assert result.rank_statuses == ["ok", "ok"] and result.emulated
     assert None not in result.rank_peak_alloc_gib and None not in result.rank_nvml_peak_gib
     assert result.peak_alloc_gib == max(result.rank_peak_alloc_gib) <= result.memory_cap_gib

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from qlora_core.distributed import loads_on_rank0_only
 from qlora_core.gpus import PROFILE_NAMES, get_profile
 from qlora_core.matrix import (
     DEFAULT_MAX,
@@ -202,7 +203,7 @@ def test_multi_card_profiles_run_the_multigpu_family_only(profile, dtype):
     tiers = [build_matrix(get_profile(profile), m) for m in ("smoke", "default", "full")]
     assert [[p.case.hash for p in t] for t in tiers[1:]] == [[p.case.hash for p in tiers[0]]] * 2
     assert all(p.families == ["multigpu"] for p in tiers[0])
-    single, floating, fsdp, ddp = (p.case for p in tiers[0])
+    single, floating, fsdp, ddp, *big = (p.case for p in tiers[0])
     assert (
         single.model == "llama-3.1-8b" and single.compute_dtype == dtype and single.quant_storage == "uint8"
     )
@@ -213,6 +214,14 @@ def test_multi_card_profiles_run_the_multigpu_family_only(profile, dtype):
         fsdp.replace(num_gpus=1, strategy="single") == floating == ddp.replace(num_gpus=1, strategy="single")
     )
     assert (fsdp.id.endswith("-2gpu-fsdp"), ddp.id.endswith("-2gpu-ddp")) == (True, True)
+    # 70B on two cards: on 24 GB cards only (a 16 GB T4 cannot hold half its 4-bit weights)
+    assert len(big) == (1 if profile == "l4x2" else 0)
+    for case in big:
+        assert (case.model, case.batch_size, case.seq_len, case.strategy, case.num_gpus) == (
+            "llama-2-70b", 1, 512, "fsdp", 2,
+        )  # fmt: skip
+        assert case.prequantized and case.quant_storage == dtype and case.gradient_checkpointing
+        assert loads_on_rank0_only(case) and not loads_on_rank0_only(fsdp)
     assert fsdp.quant_storage == dtype and not fsdp.prepare_kbit
 
 

@@ -142,3 +142,12 @@ def test_the_committed_h200_run_renders_its_per_gpu_memory_and_scaling() -> None
     assert float(fsdp[12]) == pytest.approx(0.25, abs=0.01)
     assert fsdp[8].startswith("yes") and ddp[8].startswith("yes") and oom[8] == "no (oom under the cap)"
     assert "The emulated cards share one host (2 x NVIDIA H200)" in section
+
+
+def test_the_load_cell_says_where_each_rank_loaded(build: SimpleNamespace) -> None:
+    rows = _pair(build)
+    rows[1].rank_loaded_on = ["cpu", "meta"]  # FSDP rank-0-only loading: rank 1 held no weight
+    text = multigpu_table(build.run(rows))
+    assert _table_row(text, "-2gpu-ddp")[3] == "fp16, prepare off, loaded on cpu/meta"
+    # a row stored before the field: said so, not guessed
+    assert _table_row(text, "-trainer")[3] == "fp16, prepare off, load not recorded"
