@@ -35,6 +35,7 @@ from reports.fit_model import (
 )
 from reports.frame import RESULTS_JSONL, RunData, load_run
 from reports.markdown import md_table
+from reports.rows import device_used_gib, peak_figures
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 MEDIAN_LIMIT = 0.05  # issue 11's acceptance for the held-out error
@@ -239,20 +240,14 @@ def measure_ladder(
             result = run_case_measuring_need(case, options, path, spares=spares)
             with (out / RESULTS_JSONL).open("a") as f:
                 f.write(result.to_json() + "\n")
-            status, peak = result.status, _device_peak(result.nvml_peak_gib, result.nvml_base_gib)
-            if result.status == "oom" and result.needed_status == "ok":
-                status = f"oom; needed uncapped on {result.needed_on}"
-                peak = _device_peak(result.needed_nvml_peak_gib, result.needed_nvml_base_gib)
+            row = pd.Series(result.row())
+            figures = peak_figures(row)  # the capped run's peak, else what its rerun needed
+            status, peak = result.status, device_used_gib(row)
+            if figures is not None and figures.label:
+                status, peak = f"oom; {figures.label}", figures.device_gib
             measured[case.id] = (status, peak)
             print(f"measured {case.id}: {status}, device peak {_gib(peak)} GiB", flush=True)
     return measured
-
-
-def _device_peak(nvml_peak_gib: float | None, nvml_base_gib: float | None) -> float | None:
-    """NVML's peak above what the device used before the process (the advisor's device peak)."""
-    if nvml_peak_gib is None or nvml_base_gib is None:
-        return None
-    return nvml_peak_gib - nvml_base_gib
 
 
 def run_advisor(

@@ -143,6 +143,8 @@ def _row(rec: Mapping[str, Any]) -> MemoryRow | None:
             "measured",
         )
     elif rec["status"] == "oom" and rec.get("needed_status") == "ok":
+        # The rerun's own device reading before its process, as its peak's baseline.
+        base = _num(rec.get("needed_nvml_base_gib"))
         peak, reserved = rec.get("needed_nvml_peak_gib"), rec.get("needed_peak_reserved_gib")
         opt, source = (
             rec.get("needed_optimizer_state_bytes"),

@@ -119,6 +119,7 @@ def test_oom_rows_count_only_with_their_uncapped_rerun() -> None:
         needed_status="ok",
         needed_on="NVIDIA H200",
         needed_nvml_peak_gib=oom["nvml_peak_gib"],
+        needed_nvml_base_gib=oom["nvml_base_gib"],
         needed_peak_reserved_gib=oom["peak_reserved_gib"],
         needed_optimizer_state_bytes=80_000_000,
     )
