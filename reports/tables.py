@@ -25,7 +25,6 @@ from reports.claims.memory_problem import (
     TOTAL_READING,
     TRAINED_AS,
     UNQUANTIZED,
-    needed_label,
     needed_load_rows,
     precision_rows,
 )
@@ -56,6 +55,7 @@ from reports.rows import (
     is_nan_run,
     median_of,
     model_sizes,
+    needed_label,
     on_gpu,
     pairs,
     present,

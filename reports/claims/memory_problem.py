@@ -31,6 +31,7 @@ from reports.rows import (
     ids,
     median_of,
     model_sizes,
+    needed_label,
     on_gpu,
     present,
     quantized,
@@ -97,11 +98,6 @@ def needed_load_rows(rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty or NEEDED_LOAD not in rows.columns:
         return rows.iloc[0:0]
     return rows[(rows["status"] == "oom") & present(rows[NEEDED_LOAD])]
-
-
-def needed_label(row: pd.Series) -> str:
-    """ "needed (measured uncapped on <GPU>)": how every figure of an uncapped rerun is shown."""
-    return f"needed (measured uncapped on {row.get('needed_on') or 'the host GPU'})"
 
 
 def _needed_weights_evaluation(precision: str, rows: pd.DataFrame, sizes: dict, condition: str) -> Evaluation:
