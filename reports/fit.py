@@ -30,6 +30,7 @@ from reports.fit_model import (
     leave_one_out,
     lora_stages,
     memory_rows,
+    run_frame,
     shape_of,
     summarize,
 )
@@ -97,7 +98,7 @@ def run_dirs(paths: Sequence[Path]) -> list[Path]:
 
 
 def frames_of(paths: Sequence[Path]) -> list[pd.DataFrame]:
-    return [load_run(d).results for d in run_dirs(paths)]
+    return [run_frame(load_run(d)) for d in run_dirs(paths)]
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def fitted_pool(rows: list[MemoryRow], frames: list[pd.DataFrame]) -> tuple[Memo
 
 def fit_section(run: RunData) -> str:
     """tables.md: the advisor's held-out error on this run's own measured rows."""
-    rows = memory_rows([run.results])
+    rows = memory_rows([run_frame(run)])
     title = "## Fit advisor: held-out error on this run's rows"
     if not rows:
         why = "no row of this run has a device peak (ok on a GPU, or an OOM's uncapped rerun)"

@@ -6,6 +6,10 @@ whether a card holds the run: it includes the CUDA context and everything outsid
 allocator, which `peak_reserved_gib` (and the emulated T4's allocator cap) does not see. A case
 fits a profile when its footprint is at most the profile's memory (`GpuProfile.total_gib`).
 
+A row's tokens are those its device trained per micro-batch, which is not always its case's
+batch (`trained_batch`): a single-process `Trainer` that sees several GPUs feeds each step
+`per_device_train_batch_size` x that many rows, all on the one GPU that holds a quantized model.
+
     footprint = context                                   measured: nvml_peak - nvml_base - peak_reserved
               + static                                    exact: the LoRA stage's allocation (weights,
                                                           quantization statistics, prepare's fp32
@@ -39,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from qlora_core.models.registry import REAL_MODEL, SHAPES, ShapeSpec
+from reports.frame import RunData
 
 GIB = 2**30
 GRAD_BYTES_PER_PARAM = 4  # the adapters train in fp32 (measured: trainable_dtypes)
@@ -50,6 +55,11 @@ ACTIVATION_TERMS = (
     "layers x hidden, prepared 4-bit",
     "layers x (hidden + intermediate), no checkpointing",
 )
+# The engines built on transformers.Trainer (SFTTrainer is one): they size a step by the GPUs they see.
+TRAINER_ENGINES = frozenset({"trainer", "sft"})
+VISIBLE_GPUS = "session_gpus_visible"
+"""Column `run_frame` adds: the GPUs the run's session saw (environment.json's gpus_present, what
+`runner.child_env` passes every child on), None when the session did not record it."""
 _SHAPE_OF_MODEL = {REAL_MODEL: "smollm2-135m"}  # the real model has the registered SmolLM2 shape
 _STATIC_FIELDS = (
     "model",
@@ -78,6 +88,32 @@ def static_key(fields: Mapping[str, Any]) -> tuple[Any, ...]:
 def _prepared(fields: Mapping[str, Any]) -> bool:
     """A 4-bit model through prepare_model_for_kbit_training (its norms, embeddings in fp32)."""
     return fields["quant_type"] != "none" and bool(fields["prepare_kbit"])
+
+
+def run_frame(run: RunData) -> pd.DataFrame:
+    """A run's results as the fit reads them: each row with the GPUs its child saw (`VISIBLE_GPUS`)."""
+    return run.results.assign(**{VISIBLE_GPUS: run.environment.get("gpus_present")})
+
+
+def trained_batch(rec: Mapping[str, Any]) -> tuple[int | None, str]:
+    """The rows one device trained per micro-batch, and a note when they are not the case's batch;
+    (None, why) when the row is not one device's measurement.
+
+    transformers' `TrainingArguments` outside a distributed launch sets `n_gpu` to every GPU the
+    process sees and `train_batch_size` to `per_device_train_batch_size` x `n_gpu`; `Trainer` wraps
+    the model in `nn.DataParallel` for n_gpu > 1 unless it is loaded in 4 or 8 bits. So a
+    single-process Trainer case with a quantized model on a session that saw N GPUs trained N x its
+    batch on one GPU (the committed multigpu-t4x2 one-card rows: 8 rows a step, their logs'
+    samples/steps, and a loss twice the b1 row's, as `num_items_in_batch` is divided by n_gpu);
+    a 16-bit one was split over the GPUs by DataParallel."""
+    batch = int(rec["batch_size"])
+    gpus = int(_num(rec.get(VISIBLE_GPUS)) or 1)
+    if str(rec["engine"]) not in TRAINER_ENGINES or int(rec.get("num_gpus") or 1) != 1 or gpus <= 1:
+        return batch, ""
+    if rec["quant_type"] == "none":
+        return None, f"a 16-bit Trainer case that saw {gpus} GPUs ran under DataParallel on all of them"
+    why = f"trained {batch * gpus} rows a step, not its case's {batch}: Trainer saw {gpus} GPUs (n_gpu)"
+    return batch * gpus, why
 
 
 def activation_features(shape: ShapeSpec, fields: Mapping[str, Any]) -> np.ndarray:
@@ -111,15 +147,23 @@ class MemoryRow:
     trainable_params: int
     optimizer_bytes: float | None
     source: str
-    """"measured", or "needed (measured uncapped on GPU)" for an OOM row's uncapped rerun."""
+    """"measured", or "needed (measured uncapped on GPU)" for an OOM row's uncapped rerun; then
+    `trained_batch`'s note when the device trained another batch than the case's."""
+    trained_batch: int
+    """Rows its device trained per micro-batch (`trained_batch`): what the activation terms see."""
 
     @property
     def pool(self) -> str:
         return ENGINE_POOLS.get(str(self.fields["engine"]), str(self.fields["engine"]))
 
     @property
+    def trained(self) -> dict[str, Any]:
+        """The row's fields with the batch its device trained."""
+        return {**self.fields, "batch_size": self.trained_batch}
+
+    @property
     def tokens(self) -> int:
-        return int(self.fields["batch_size"]) * int(self.fields["seq_len"])
+        return self.trained_batch * int(self.fields["seq_len"])
 
 
 def _num(value: Any) -> float | None:
@@ -153,7 +197,8 @@ def _row(rec: Mapping[str, Any]) -> MemoryRow | None:
     else:
         return None
     peak, reserved = _num(peak), _num(reserved)
-    if None in (static, trainable, base, peak, reserved):
+    batch, note = trained_batch(rec)
+    if None in (static, trainable, base, peak, reserved, batch):
         return None
     return MemoryRow(
         case_id=str(rec["case_id"]),
@@ -163,7 +208,8 @@ def _row(rec: Mapping[str, Any]) -> MemoryRow | None:
         static_gib=static,  # type: ignore[arg-type]
         trainable_params=int(trainable),  # type: ignore[arg-type]
         optimizer_bytes=_num(opt),
-        source=source,
+        source=f"{source}; {note}" if note else source,
+        trained_batch=batch,  # type: ignore[arg-type]
     )
 
 
@@ -278,7 +324,7 @@ def fit(rows: list[MemoryRow]) -> MemoryModel:
         fixed += (
             row.trainable_params * (GRAD_BYTES_PER_PARAM + optimizer_bpp[str(row.fields["optimizer"])]) / GIB
         )
-        design.append(activation_features(shape, row.fields))
+        design.append(activation_features(shape, row.trained))
         target.append(row.footprint_gib - fixed)
     matrix = np.array(design)
     coefficients, *_ = np.linalg.lstsq(matrix, np.array(target), rcond=None)
@@ -312,7 +358,7 @@ class HeldOut:
 def configuration(row: MemoryRow) -> tuple[Any, ...]:
     """What a row measured, whichever engine of its pool ran it (the loop and Trainer twins)."""
     step = ("batch_size", "seq_len", "gradient_checkpointing", "optimizer")
-    return (row.pool, static_key(row.fields), *(str(row.fields[name]) for name in step))
+    return (row.pool, static_key(row.fields), *(str(row.trained[name]) for name in step))
 
 
 def leave_one_out(rows: list[MemoryRow]) -> list[HeldOut]:
@@ -325,7 +371,8 @@ def leave_one_out(rows: list[MemoryRow]) -> list[HeldOut]:
         rest = [other for other in rows if other.pool == row.pool and configuration(other) != held]
         try:
             model = fit(rest)
-            predicted = model.predict(row.fields, static=(row.static_gib, row.trainable_params)).footprint_gib
+            static = (row.static_gib, row.trainable_params)
+            predicted = model.predict(row.trained, static=static).footprint_gib
             out.append(HeldOut(row, predicted))
         except FitError as error:
             out.append(HeldOut(row, None, str(error)))

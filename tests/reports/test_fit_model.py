@@ -7,23 +7,33 @@ import pandas as pd
 import pytest
 
 from qlora_core.models.registry import SHAPES
+from qlora_core.runner import child_env
+from reports.fit import REFERENCE_DIR
 from reports.fit_model import (
     GIB,
+    VISIBLE_GPUS,
     FitError,
     activation_features,
     fit,
     leave_one_out,
     lm_head_copy_gib,
     memory_rows,
+    run_frame,
     summarize,
+    trained_batch,
 )
+from reports.frame import load_run
 
 TRUE_COEFFICIENTS = np.array([0.25, 12.0, 1.5, 3.0, 16.0])
 CONTEXT = 0.75
 BASE = 0.6
 
 
-def _row(model: str, batch: int, seq: int, gc: bool = True, quant: str = "nf4", noise: float = 0.0) -> dict:
+def _row(
+    model: str, batch: int, seq: int, gc: bool = True, quant: str = "nf4", noise: float = 0.0, seen: int = 1
+) -> dict:
+    """A row the known model generates; `seen`: the GPUs its session saw (its Trainer trains
+    `seen` x batch rows a step on one GPU when the model is quantized)."""
     shape = SHAPES[model]
     fields = {
         "case_id": f"{model}-{quant}-b{batch}-s{seq}-{'gc' if gc else 'nogc'}",
@@ -45,9 +55,11 @@ def _row(model: str, batch: int, seq: int, gc: bool = True, quant: str = "nf4", 
         "optimizer_state_bytes": 80_000_000,
         "lora_alloc_gib": shape.total_params * (0.6 if quant == "nf4" else 2) / GIB,
         "nvml_base_gib": BASE,
+        VISIBLE_GPUS: seen,
     }
+    trained = dict(fields, batch_size=batch * seen)
     footprint = CONTEXT + fields["lora_alloc_gib"] + 10_000_000 * 12 / GIB + lm_head_copy_gib(fields, shape)
-    footprint += float(activation_features(shape, fields) @ TRUE_COEFFICIENTS) + noise
+    footprint += float(activation_features(shape, trained) @ TRUE_COEFFICIENTS) + noise
     fields["nvml_peak_gib"] = BASE + footprint
     fields["peak_reserved_gib"] = footprint - CONTEXT
     return fields
@@ -125,3 +137,66 @@ def test_oom_rows_count_only_with_their_uncapped_rerun() -> None:
     )
     (row,) = memory_rows([pd.DataFrame([needed])])
     assert row.source == "needed (measured uncapped on NVIDIA H200)"
+
+
+def test_a_trainer_that_saw_several_gpus_trained_that_many_times_its_batch() -> None:
+    """transformers sizes a single-process Trainer's step by every GPU it sees (n_gpu); a quantized
+    model is not wrapped in DataParallel, so the one GPU trains all those rows."""
+    row = _row("llama-3.1-8b", 4, 512, seen=2)
+    assert trained_batch(row) == (8, "trained 8 rows a step, not its case's 4: Trainer saw 2 GPUs (n_gpu)")
+    assert trained_batch(dict(row, engine="sft"))[0] == 8
+    assert trained_batch(dict(row, engine="loop")) == (4, "")  # the core loop feeds its own batches
+    assert trained_batch(dict(row, num_gpus=2)) == (4, "")  # a distributed launch: n_gpu is 1 per rank
+    assert trained_batch(dict(row, **{VISIBLE_GPUS: 1})) == (4, "")
+    assert trained_batch(dict(row, **{VISIBLE_GPUS: None})) == (4, "")  # not recorded: the case's
+    batch, why = trained_batch(dict(row, quant_type="none"))
+    assert batch is None and "DataParallel" in why
+    assert memory_rows([pd.DataFrame([dict(row, quant_type="none")])]) == []  # not one card's peak
+
+
+def _with_trainers_that_saw_two_gpus() -> pd.DataFrame:
+    """The synthetic rows plus 8B and 3B Trainer rows whose session saw 2 GPUs (as multigpu-t4x2's)."""
+    models = ("llama-3.1-8b", "llama-3.2-3b")
+    extra = [_row(model, 4, 512, seen=2, gc=gc) for model in models for gc in (True, False)]
+    return pd.concat([_synthetic(), pd.DataFrame(extra)], ignore_index=True)
+
+
+def test_rows_trained_at_several_gpus_batch_recover_the_model() -> None:
+    rows = memory_rows([_with_trainers_that_saw_two_gpus()])
+    assert sorted({row.trained_batch for row in rows if row.fields[VISIBLE_GPUS] == 2}) == [8]
+    np.testing.assert_allclose(fit(rows).activation_coefficients, TRUE_COEFFICIENTS, rtol=1e-6)
+    held = summarize(leave_one_out(rows))
+    assert held.max == pytest.approx(0.0, abs=1e-9) and held.not_predictable == 0
+
+
+def test_reading_the_cases_batch_instead_gives_the_error_it_causes() -> None:
+    """The same rows without the GPUs their sessions saw (the fit before this term): read at their
+    case's batch, they miss the target (max 10%) as the committed multigpu rows did (24.7%)."""
+    frame = _with_trainers_that_saw_two_gpus().drop(columns=[VISIBLE_GPUS])
+    held = summarize(leave_one_out(memory_rows([frame])))
+    assert held.max is not None and held.max > 0.10
+
+
+def test_the_committed_one_card_rows_of_two_visible_gpus_trained_twice_their_batch() -> None:
+    """multigpu-t4x2 ran with both GPUs visible (environment.json gpus_present 2, no
+    CUDA_VISIBLE_DEVICES): its one-card Trainer rows trained 8 rows a step (their logs: samples per
+    second / steps per second = 8)."""
+    run = load_run(REFERENCE_DIR / "multigpu-t4x2")
+    assert run.environment["gpus_present"] == 2 and run.environment["cuda_visible_devices"] is None
+    rows = memory_rows([run_frame(run)])
+    assert {row.case_id: row.trained_batch for row in rows} == {
+        "llama-3.1-8b-nf4-dq-fp16-b4-s512-w2m8-trainer": 8,
+        "llama-3.1-8b-nf4-dq-fp16-b4-s512-noprep-qs-fp16-w2m8-trainer": 8,
+    }
+    pinned = load_run(REFERENCE_DIR / "t4-default-on-h200")  # CUDA_VISIBLE_DEVICES=0: one GPU seen
+    assert all(row.trained_batch == int(row.fields["batch_size"]) for row in memory_rows([run_frame(pinned)]))
+
+
+def test_children_see_the_gpus_the_session_saw(monkeypatch) -> None:
+    """`trained_batch` reads a child's GPUs from the session's (environment.json): true while the
+    runner passes CUDA_VISIBLE_DEVICES on unchanged. A runner that pins a child to one GPU must
+    record that per row, and this test says so."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert "CUDA_VISIBLE_DEVICES" not in child_env()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert child_env()["CUDA_VISIBLE_DEVICES"] == "0,1"
