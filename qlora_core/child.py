@@ -447,6 +447,7 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
     r.gpu_name = props.name
     r.gpu_capability = f"{props.major}.{props.minor}"
     r.gpu_total_gib = total
+    r.gpus_visible = torch.cuda.device_count()
     r.driver_version = gpu.driver_version if gpu else ""
     r.bf16_native = (props.major, props.minor) >= (8, 0)
     r.bf16_torch_supported = bool(torch.cuda.is_bf16_supported())

@@ -156,6 +156,15 @@ def nvml_handle(pynvml: Any, cuda_index: int = 0) -> Any:
     return pynvml.nvmlDeviceGetHandleByUUID(entry)
 
 
+def first_visible_gpu() -> str:
+    """The CUDA_VISIBLE_DEVICES entry of the first GPU this process sees ("0" when it is not set;
+    "" when it is set to none): what a one-GPU child is shown (`runner.child_env`)."""
+    entries = _visible_entries()
+    if entries is None:
+        return "0"
+    return entries[0] if entries else ""
+
+
 def visible_gpu_count(physical: int) -> int:
     """GPUs this process's CUDA sees: CUDA_VISIBLE_DEVICES' entries when set, else every one."""
     entries = _visible_entries()

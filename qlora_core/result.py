@@ -85,6 +85,7 @@ class Result:
     gpu_name: str = ""
     gpu_capability: str = ""
     gpu_total_gib: float | None = None
+    gpus_visible: int | None = None  # GPUs the child's CUDA saw (a one-GPU case: 1, runner.child_env)
     emulated: bool = False
     emulated_on: str = ""
     memory_cap_gib: float | None = None

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlora_core import distributed, faults
-from qlora_core.gpus import get_profile
+from qlora_core.gpus import first_visible_gpu, get_profile
 from qlora_core.result import Result, Status, read_result, write_atomic
 from qlora_core.spare import Spare, SparePool, hand_over
 from qlora_core.spec import Case, CaseError
@@ -144,8 +144,9 @@ def _run_child(
         if case.num_gpus > 1:  # multi-GPU (issue 13): `accelerate launch`, one process per rank
             command = distributed.launch_command(case, options.profile, request, result_path)
         with log_path.open("w") as log:
+            env = child_env(case.num_gpus)
             child = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env()
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
     deadline = time.monotonic() + options.timeout_s
     try:
@@ -199,8 +200,14 @@ def _check_options(options: RunOptions) -> None:
         raise CaseError([f"fault {fault} needs a GPU profile; profile {profile.name!r} runs on the CPU"])
 
 
-def child_env() -> dict[str, str]:
+def child_env(num_gpus: int = 1) -> dict[str, str]:
     """The parent's environment, with the libraries' progress bars off (the log stays readable).
+
+    A one-GPU case sees one GPU: the first the parent sees (`gpus.first_visible_gpu`). Shown
+    several, transformers' `TrainingArguments` sets `n_gpu` to all of them and `Trainer` trains
+    n_gpu x `per_device_train_batch_size` rows a step (a 4-bit model on one GPU; a 16-bit one
+    under DataParallel on all): a one-GPU row measured so is another case's. A multi-GPU case
+    (`accelerate launch`) is given every GPU the parent sees.
 
     Without pytest's PYTEST_CURRENT_TEST: pytest rewrites it at every phase of every test, so a
     warm spare started during one case's test would differ from the environment at the next
@@ -208,6 +215,8 @@ def child_env() -> dict[str, str]:
     """
     env = dict(os.environ)
     env.pop("PYTEST_CURRENT_TEST", None)
+    if num_gpus == 1:
+        env["CUDA_VISIBLE_DEVICES"] = first_visible_gpu()
     env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     env.setdefault("TQDM_DISABLE", "1")

@@ -57,9 +57,11 @@ ACTIVATION_TERMS = (
 )
 # The engines built on transformers.Trainer (SFTTrainer is one): they size a step by the GPUs they see.
 TRAINER_ENGINES = frozenset({"trainer", "sft"})
-VISIBLE_GPUS = "session_gpus_visible"
-"""Column `run_frame` adds: the GPUs the run's session saw (environment.json's gpus_present, what
-`runner.child_env` passes every child on), None when the session did not record it."""
+VISIBLE_GPUS = "child_gpus_visible"
+"""Column `run_frame` adds: the GPUs each row's child saw. The row's own `gpus_visible` where it
+has one (`runner.child_env` shows a one-GPU case one GPU); a row from before that field, the GPUs
+its session saw (environment.json's gpus_present: its runner passed CUDA_VISIBLE_DEVICES on
+unchanged); None when neither was recorded."""
 _SHAPE_OF_MODEL = {REAL_MODEL: "smollm2-135m"}  # the real model has the registered SmolLM2 shape
 _STATIC_FIELDS = (
     "model",
@@ -92,7 +94,12 @@ def _prepared(fields: Mapping[str, Any]) -> bool:
 
 def run_frame(run: RunData) -> pd.DataFrame:
     """A run's results as the fit reads them: each row with the GPUs its child saw (`VISIBLE_GPUS`)."""
-    return run.results.assign(**{VISIBLE_GPUS: run.environment.get("gpus_present")})
+    session = run.environment.get("gpus_present")
+    rows = run.results
+    if "gpus_visible" not in rows:
+        return rows.assign(**{VISIBLE_GPUS: session})
+    own = rows["gpus_visible"].astype(object)
+    return rows.assign(**{VISIBLE_GPUS: own.where(own.notna(), session)})
 
 
 def trained_batch(rec: Mapping[str, Any]) -> tuple[int | None, str]:

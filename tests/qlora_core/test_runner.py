@@ -156,6 +156,7 @@ def test_gpu_case_measures_every_stage(gpu_required, tmp_path):
     ):
         assert getattr(result, name) is not None, name
     assert result.nvml_peak_gib > result.nvml_base_gib
+    assert result.gpus_visible == 1  # pinned, however many GPUs the runner sees (child_env)
 
 
 def test_result_files_are_complete_json(tmp_path, tiny_pair):
@@ -168,3 +169,20 @@ def test_a_bad_repeat_index_is_refused_before_any_child_starts(tmp_path: Path) -
     with pytest.raises(CaseError, match=r"repeat=-1 must be an integer >= 0"):
         run_case(Case("tiny"), RunOptions(repeat=-1), tmp_path / "r.json")
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("visible", "one_gpu_child"),
+    [(None, "0"), ("0,1", "0"), ("1,0", "1"), ("GPU-aaaa,GPU-bbbb", "GPU-aaaa"), ("", "")],
+)
+def test_a_one_gpu_child_is_shown_one_gpu(monkeypatch, visible, one_gpu_child) -> None:
+    """Shown two GPUs, transformers' Trainer trains 2 x the case's batch a step (n_gpu): a one-GPU
+    case's child sees the first GPU its runner sees; a multi-GPU case's launcher sees them all."""
+    from qlora_core.runner import child_env
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert child_env()["CUDA_VISIBLE_DEVICES"] == one_gpu_child
+    assert child_env(num_gpus=2).get("CUDA_VISIBLE_DEVICES") == visible

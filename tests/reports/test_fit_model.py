@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from qlora_core.models.registry import SHAPES
-from qlora_core.runner import child_env
 from reports.fit import REFERENCE_DIR
 from reports.fit_model import (
     GIB,
@@ -192,11 +193,15 @@ def test_the_committed_one_card_rows_of_two_visible_gpus_trained_twice_their_bat
     assert all(row.trained_batch == int(row.fields["batch_size"]) for row in memory_rows([run_frame(pinned)]))
 
 
-def test_children_see_the_gpus_the_session_saw(monkeypatch) -> None:
-    """`trained_batch` reads a child's GPUs from the session's (environment.json): true while the
-    runner passes CUDA_VISIBLE_DEVICES on unchanged. A runner that pins a child to one GPU must
-    record that per row, and this test says so."""
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert "CUDA_VISIBLE_DEVICES" not in child_env()
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    assert child_env()["CUDA_VISIBLE_DEVICES"] == "0,1"
+def test_a_rows_own_visible_gpus_come_before_its_sessions() -> None:
+    """A row that recorded the GPUs its child saw (`gpus_visible`, a pinned one-GPU child: 1) trained
+    its case's batch whatever its session saw; a row from before that field falls back to it."""
+    run = load_run(REFERENCE_DIR / "multigpu-t4x2")
+    one_card = run.results["num_gpus"].astype(int) == 1
+    pinned = dataclasses.replace(run, results=run.results.assign(gpus_visible=None))
+    pinned.results.loc[one_card, "gpus_visible"] = 1
+    rows = memory_rows([run_frame(pinned)])
+    assert rows and all(row.trained_batch == int(row.fields["batch_size"]) for row in rows)
+    unrecorded = dataclasses.replace(run, results=run.results.assign(gpus_visible=None))
+    unpinned = memory_rows([run_frame(unrecorded)])
+    assert {row.trained_batch for row in unpinned} == {8}
