@@ -254,10 +254,8 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     _record_stage(r, "lora", device)
 
     ckpt.stage("data")
-    # An uncapped rerun wants memory only: no profiler window (oom_need).
-    plan = plan_steps(
-        case, device, adaptive=options.adaptive_steps, profile=False if options.uncapped else None
-    )
+    # An uncapped rerun wants memory only (oom_need): its peak, in a few fixed steps.
+    plan = plan_steps(case, device, adaptive=options.adaptive_steps, memory_only=options.uncapped)
     # The batches cover the step cap, for every rank (each draws its share: issue 13).
     count = plan.max_total_steps * case.grad_accum * case.num_gpus
     heldout = None
@@ -468,6 +466,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "--spare":
         from qlora_core.spare import serve
 
-        serve(int(sys.argv[2]))
+        serve(int(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
     else:
         child_main(sys.argv[1])

@@ -3,8 +3,9 @@
 An emulated profile (a T4 on an H200) caps each child's allocator at the profile's memory, so an
 OOM there is the right verdict, but it says nothing about by how much the case misses. When the
 host GPU has more memory than the cap, the same Case runs again in a fresh child without the cap
-(`RunOptions.uncapped`): fixed steps (no adaptive pacing, no profiler window: only memory is
-wanted; the case's warm-up and measured steps, so the peak holds the optimizer's states), and
+(`RunOptions.uncapped`): only memory is wanted, so it runs `pacing.MEMORY_ONLY_STEPS` fixed steps
+(no warm-up, no adaptive pacing, no profiler window; enough for the peak to hold the optimizer's
+states), and
 the rerun's memory is folded into the capped row as the `needed_*` fields (`result.NEEDED_OF`).
 The capped row keeps `status="oom"`; the rerun's whole Result is kept beside the case's own
 (`cases/<hash>-uncapped.json` and its `.log`), so nothing it measured is lost.

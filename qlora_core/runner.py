@@ -76,7 +76,7 @@ def run_case(
     interpreter (`python -m qlora_core.child REQUEST`) in its own process group, so a timeout
     kills it together with anything it started. Bad options raise here, before any child starts.
     `spares`: a pool of warm spares (`qlora_core.spare`) that runs single-GPU cases with their
-    imports done and is given a new spare once this case loads its model (`_spare_due`); None: cold.
+    imports done and is given a new spare as soon as this case's child runs; None: cold.
     """
     _check_options(options)
     cleanup = result_path is None
@@ -114,7 +114,7 @@ def run_case(
             child, timed_out = _run_child(case, options, request, result_path, log_path, None, spares)
     wall_s = time.monotonic() - started
     if spares is not None:
-        spares.ensure()  # for the next case, if this one ended before it loaded its model
+        spares.ensure()  # for the next case, if none was started while this one ran
     request.unlink(missing_ok=True)
     if case.num_gpus > 1:  # multi-GPU (issue 13): the case's row from its ranks' rows
         distributed.merge_rank_files(case, options.profile, options.families, result_path, log_path)
@@ -136,7 +136,7 @@ def _run_child(
     spares: SparePool | None,
 ) -> tuple[subprocess.Popen, bool]:
     """Start the case's child (or take the warm spare it was handed to) and wait for it; the
-    child and whether it timed out. Starts the next spare once the child loads its model."""
+    child and whether it timed out. Starts the next spare while the child runs."""
     if warm is not None:
         child = warm.process
     else:
@@ -158,36 +158,14 @@ def _run_child(
                 if time.monotonic() >= deadline:
                     _kill_group(child)
                     return child, True
-            if spares is not None and spares.waiting is None and _spare_due(result_path):
-                spares.ensure()
+            if spares is not None and spares.waiting is None:
+                spares.ensure()  # the next case's spare imports while this one runs (qlora_core.spare)
     except BaseException:
         # Interrupted (Ctrl-C, pytest stopping): the child has a session of its own and would
         # outlive us, holding the GPU. Take it down before going. (A parent killed outright
         # cannot; the child then dies with it: child._die_with_parent.)
         _kill_group(child)
         raise
-
-
-def _spare_due(result_path: Path) -> bool:
-    """Whether the next case's spare should start: the running child has reached its load stage
-    (or ended), as its Result file says (`child._Checkpointer` writes it as each stage starts).
-
-    The trade-off: a spare imports for seconds (torch and transformers: ~10 s on the H200's host),
-    a second busy process beside the running case. Started at the case's load, its imports overlap
-    the case's load, prepare, LoRA and warm-up (untimed; 5-12 s for the 3B-8B shapes on the H200)
-    and, when they take longer, the first timed steps: at low priority (`spare.SPARE_NICE`) on one
-    of the host's other cores, where a host-bound step's single dispatching thread keeps its core
-    and a device-bound step's time is the GPU's. Started after the timed steps instead (never
-    overlapping them), the next case waited for most of those imports: ~7 s of every case.
-    """
-    try:
-        fields = json.loads(result_path.read_text())
-    except (OSError, ValueError):
-        return False
-    if fields.get("status") != Status.CRASHED.value:
-        return True  # the case ended (its Result says how)
-    stage = str(fields.get("reason", "")).removeprefix("died during ").split(" (injected")[0]
-    return stage in faults.STAGES and faults.STAGES.index(stage) >= faults.STAGES.index("load")
 
 
 def _check_options(options: RunOptions) -> None:

@@ -9,17 +9,23 @@ guarantee of a cold one: its own session and process group (killed whole on a ti
 interrupt), SIGKILL when the parent dies (PDEATHSIG, set before its imports), the environment of
 `runner.child_env()` (a spare started under another environment is discarded, not used).
 
-When a spare starts (the trade-off, measured on the H200 in `runner._spare_due`): when the
-running case reaches its load stage. Its imports then overlap that case's load, prepare, LoRA and
-warm-up, untimed, and only when they take longer the first timed steps. A case whose predecessor
-ended early (an OOM at load) gets a spare that had less time, and waits for the rest of its
-imports after the hand-over. The spare imports at a lower priority (`SPARE_NICE`) and returns to
-its own priority at hand-over, where the process may do so (root or RLIMIT_NICE); elsewhere it
-imports at normal priority, so that a case never runs niced.
+When a spare starts: as soon as the running case has started. Its imports overlap the whole of that
+case (at low priority, `SPARE_NICE`, on one of the host's other cores: a host-bound step's one
+dispatching thread keeps its core, a device-bound step's time is the GPU's), so even a case that
+ends early (an OOM at its first step, ~10 s on the H200) leaves a spare that is ready or nearly.
+The spare returns to its own priority at hand-over, where the process may do so (root or
+RLIMIT_NICE); elsewhere it imports at normal priority, so that a case never runs niced.
 
-Not imported by a spare: bitsandbytes (it initialises CUDA when imported, and NVML's base reading
-of a case must come before anything of the case touches the device), peft and transformers'
-Trainer and its callbacks (they import bitsandbytes). Those stay in the case (`Result.import_s`).
+What a spare imports: always `SPARE_IMPORTS`, which touch no device. bitsandbytes, peft and
+transformers' Trainer (`LIBRARY_IMPORTS`, ~3 s of every case on the H200's host) initialise
+torch's CUDA state when imported (bitsandbytes reads the device's capability), and a spare waits
+while another case runs, whose device memory (NVML, device-wide) must not see a second process.
+So the pool imports them in a spare only on proof that they create no CUDA context here: the
+first spare (`SparePool.prime`, started before any case runs) imports them and reports whether
+any device got a primary context (`primary_contexts`); later spares import them only if it
+reported none. Without that proof (no `prime`, a context seen, a probe that died) the libraries
+stay in the case (`Result.import_s`), as before.
+
 A spare that dies before its request is replaced: `take` discards a dead one; one that dies
 between `take` and reading its request leaves no Result file, and the runner then runs the case
 cold (never a lost case). Multi-GPU cases are launched by `accelerate launch` as before.
@@ -58,6 +64,11 @@ SPARE_IMPORTS: tuple[str, ...] = (
 )
 """What a spare imports before its case: none of them initialises CUDA or imports bitsandbytes
 (a test holds them to it)."""
+LIBRARY_IMPORTS: tuple[str, ...] = ("bitsandbytes", "peft", "transformers.trainer")
+"""What a case imports after its CUDA set-up; a spare imports them too once `SparePool.prime`'s
+probe showed that they create no CUDA context on this machine."""
+NO_CONTEXT = "no-context"
+"""A probe's verdict file when its library imports left every device without a CUDA context."""
 
 
 @dataclass
@@ -67,6 +78,8 @@ class Spare:
     process: subprocess.Popen
     log_path: Path
     env: dict[str, str]
+    libraries: bool = False  # it imports `LIBRARY_IMPORTS` too
+    verdict_path: Path | None = None  # a probe's: where it writes whether they created a context
 
 
 class SparePool:
@@ -76,6 +89,35 @@ class SparePool:
     def __init__(self) -> None:
         self._spare: Spare | None = None
         self._registered = False
+        self._libraries: bool | None = None  # may spares import LIBRARY_IMPORTS? None: not known yet
+        self._probe: Spare | None = None
+
+    @property
+    def imports_libraries(self) -> bool | None:
+        """Whether new spares import `LIBRARY_IMPORTS` (None: the probe has not answered yet)."""
+        self._read_probe()
+        return self._libraries
+
+    def _read_probe(self) -> bool:
+        """Take the probe's verdict when it has one; whether the question is settled."""
+        if self._probe is None:
+            return True
+        verdict = read_verdict(self._probe)
+        if verdict is None:
+            return False
+        assert self._probe.verdict_path is not None
+        self._probe.verdict_path.unlink(missing_ok=True)
+        self._libraries, self._probe = verdict, None
+        return True
+
+    def prime(self) -> None:
+        """Start the first spare now, before any case runs, importing the libraries too: the probe
+        whose verdict decides whether later spares import them (see the module's doc). No-op once
+        a spare or a verdict exists."""
+        if self._spare is not None or self._libraries is not None:
+            return
+        self._start(libraries=True)
+        self._probe = self._spare
 
     def __enter__(self) -> SparePool:
         return self
@@ -90,20 +132,30 @@ class SparePool:
         return self._spare
 
     def ensure(self) -> None:
-        """Start a spare unless one is waiting (a dead one is replaced)."""
-        from qlora_core.runner import child_env
-
+        """Start a spare unless one is waiting (a dead one is replaced), or while the probe has not
+        answered yet: the spare to start then depends on its answer (called again, it starts)."""
         if self._spare is not None and self._spare.process.poll() is None:
             return
         self._discard()
+        if not self._read_probe():
+            return
+        self._start(libraries=bool(self._libraries))
+
+    def _start(self, libraries: bool) -> None:
+        from qlora_core.runner import child_env
+
         if not self._registered:
             atexit.register(self.shutdown)
             self._registered = True
         fd, name = tempfile.mkstemp(prefix="qlora-spare-", suffix=".log")
         env = child_env()
+        command = [sys.executable, "-m", "qlora_core.child", "--spare", str(os.getpid())]
+        verdict_path = Path(name).with_suffix(".verdict") if libraries else None
+        if verdict_path is not None:
+            command.append(str(verdict_path))
         with os.fdopen(fd, "w") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "qlora_core.child", "--spare", str(os.getpid())],
+                command,
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -111,7 +163,7 @@ class SparePool:
                 env=env,
                 text=True,
             )
-        self._spare = Spare(process, Path(name), env)
+        self._spare = Spare(process, Path(name), env, libraries, verdict_path)
 
     def take(self) -> Spare | None:
         """The waiting spare, alive and started under today's `child_env()`, or None (a spare
@@ -135,7 +187,20 @@ class SparePool:
         spare, self._spare = self._spare, None
         if spare is None:
             return
+        if spare is self._probe:  # ended before it answered: no proof
+            self._libraries = read_verdict(spare) or False
+            self._probe = None
         end(spare)
+
+
+def read_verdict(probe: Spare) -> bool | None:
+    """A probe's answer: True when its library imports created no CUDA context, False when they
+    did or it died without answering, None while it is still importing."""
+    assert probe.verdict_path is not None
+    try:
+        return probe.verdict_path.read_text().strip() == NO_CONTEXT
+    except OSError:
+        return False if probe.process.poll() is not None else None
 
 
 def end(spare: Spare) -> None:
@@ -150,6 +215,8 @@ def end(spare: Spare) -> None:
         with contextlib.suppress(OSError):
             spare.process.stdin.close()
     spare.log_path.unlink(missing_ok=True)
+    if spare.verdict_path is not None:
+        spare.verdict_path.unlink(missing_ok=True)
 
 
 # Variables the runner's own process gains as a side effect, after a spare started, that do not
@@ -182,8 +249,10 @@ def hand_over(spare: Spare, request: Path) -> bool:
 # -- the spare's side (in the child process) ---------------------------------------------------
 
 
-def serve(parent_pid: int) -> None:
-    """A spare's life: die with the parent, import at low priority, wait, run the case."""
+def serve(parent_pid: int, verdict_path: Path | None = None) -> None:
+    """A spare's life: die with the parent, import at low priority, wait, run the case.
+    `verdict_path`: import `LIBRARY_IMPORTS` too, and write there whether they created a CUDA
+    context (`NO_CONTEXT`, or the devices that have one); a spare that sees one ends at once."""
     from qlora_core import child
 
     child._die_with_parent(parent_pid)
@@ -191,13 +260,33 @@ def serve(parent_pid: int) -> None:
     t0 = time.perf_counter()
     for name in SPARE_IMPORTS:
         importlib.import_module(name)
+    what = "device-free imports"
+    if verdict_path is not None:
+        for name in LIBRARY_IMPORTS:
+            importlib.import_module(name)
+        contexts = primary_contexts()
+        verdict_path.write_text(NO_CONTEXT if not contexts else f"contexts on {contexts}")
+        if contexts:
+            print(f"importing {', '.join(LIBRARY_IMPORTS)} created a CUDA context on {contexts}", flush=True)
+            os._exit(3)
+        what = f"with {', '.join(LIBRARY_IMPORTS)}: no CUDA context"
     imported_s = time.perf_counter() - t0
-    print(f"{SPARE_READY} (pid {os.getpid()}, imports {imported_s:.1f} s)", flush=True)
+    print(f"{SPARE_READY} (pid {os.getpid()}, imports {imported_s:.1f} s, {what})", flush=True)
     line = sys.stdin.readline().strip()
     if not line:  # the parent closed the pipe: no case for this spare
         os._exit(0)
     restore()
     child.child_main(line, spare_import_s=imported_s)
+
+
+def primary_contexts() -> list[int]:
+    """The visible devices on which this process has a CUDA primary context (device memory
+    NVML counts). Neither question creates one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [i for i in range(torch.cuda.device_count()) if torch._C._cuda_hasPrimaryContext(i)]
 
 
 def _lower_priority() -> Callable[[], None]:

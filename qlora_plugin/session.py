@@ -114,6 +114,7 @@ class BenchSession:
                 session.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
         session.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         session.write_environment()
+        session.spares.prime()  # the first case's spare, and the probe of what spares may import
         return session
 
     def close(self) -> None:

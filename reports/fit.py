@@ -235,6 +235,7 @@ def measure_ladder(
     out.mkdir(parents=True, exist_ok=True)
     measured: dict[str, tuple[str, float | None]] = {}
     with SparePool() as spares:
+        spares.prime()
         for case in cases:
             options = RunOptions(profile=profile.name, timeout_s=timeout_s, families="fit-advisor")
             path = out / "cases" / result_file_name(case.hash, 0)

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "environment.json").write_text(json.dumps({"commands": [command]}, indent=2) + "\n")
     cases_dir = args.out / "cases"
     with SparePool() as spares:  # no spare outlives the run, Ctrl-C included
+        spares.prime()
         for repeat, case in ((r, c) for r in range(args.repeat) for c in cases):
             options = RunOptions(
                 profile=args.gpu, timeout_s=args.case_timeout, families="hand-picked", repeat=repeat

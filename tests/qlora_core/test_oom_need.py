@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.engines.pacing import MEMORY_ONLY_STEPS
 from qlora_core.oom_need import (
     fold_need,
     measure_need,
@@ -106,7 +107,8 @@ def test_a_capped_oom_rerun_uncapped_end_to_end(tmp_path: Path) -> None:
     uncapped = measure_need(TINY, CPU_OOM, capped, path)  # what the production path runs when due
     assert uncapped.status == "ok", uncapped.reason
     assert uncapped.memory_cap_gib is None and uncapped.stop_reason == "fixed"
-    assert len(uncapped.losses) == TINY.warmup_steps + TINY.measured_steps  # step >= 2: optimizer states
+    # Memory only: MEMORY_ONLY_STEPS steps, whatever the case's own (step >= 2: optimizer states).
+    assert len(uncapped.losses) == len(uncapped.step_ms) == MEMORY_ONLY_STEPS
     assert capped.status == "oom"
     assert (capped.needed_status, capped.needed_on) == ("ok", "cpu")
     for needed, measured in NEEDED_OF.items():

@@ -13,6 +13,7 @@ from qlora_core.engines.devicetime import PROFILED_STEPS
 from qlora_core.engines.pacing import (
     MEASURE_BUDGET_S,
     MEASURED_STEPS_CAP,
+    MEMORY_ONLY_STEPS,
     MIN_STEPS_FOR_SPREAD,
     MIN_STEPS_FOR_VERDICT,
     OUT_OF_REACH_FACTOR,
@@ -135,3 +136,15 @@ def test_an_adaptive_clock_ends_with_its_reason_and_without_a_window_fills_no_de
     assert (stats.kernel_ms_per_step, stats.gpu_busy, stats.host_bound, stats.profiled_steps) == (
         None, None, None, 0,
     )  # fmt: skip
+
+
+def test_a_memory_only_plan_runs_its_few_fixed_steps_whatever_the_case_asks():
+    case = Case("tiny", warmup_steps=2, measured_steps=30)
+    plan = plan_steps(case, "cuda", memory_only=True)
+    assert (plan.warmup_steps, plan.min_measured, plan.max_measured) == (
+        0,
+        MEMORY_ONLY_STEPS,
+        MEMORY_ONLY_STEPS,
+    )
+    assert not plan.adaptive and plan.profiled_steps == 0 and plan.max_total_steps == MEMORY_ONLY_STEPS
+    assert plan_steps(case, "cuda").max_total_steps > MEMORY_ONLY_STEPS  # the case's own plan

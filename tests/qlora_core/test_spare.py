@@ -3,7 +3,6 @@ spare outlives its runner, and a spare imports nothing that touches the device."
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,8 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.runner import RunOptions, _spare_due, child_env, run_case
-from qlora_core.spare import SPARE_IMPORTS, SPARE_READY, Spare, SparePool, end, same_environment
+from qlora_core.runner import RunOptions, child_env, run_case
+from qlora_core.spare import (
+    LIBRARY_IMPORTS,
+    NO_CONTEXT,
+    SPARE_IMPORTS,
+    SPARE_READY,
+    Spare,
+    SparePool,
+    end,
+    read_verdict,
+    same_environment,
+)
 from qlora_core.spec import Case
 
 CASE = Case("tiny", warmup_steps=1, measured_steps=2, seq_len=32)
@@ -120,6 +129,69 @@ def test_a_spare_that_dies_after_the_hand_over_before_reading_leaves_the_case_to
     assert result.status == "ok" and result.warm_spare is False, result.reason
 
 
+@pytest.mark.slow
+def test_a_primed_pool_imports_the_libraries_in_its_spares_once_the_probe_saw_no_context(tmp_path):
+    """The probe (the first spare, started before any case) imports bitsandbytes, peft and the
+    Trainer and finds no CUDA context (none on the CPU); the spares after it import them too, so a
+    warm case imports nothing left of them."""
+    with SparePool() as pool:
+        pool.prime()
+        assert pool.imports_libraries is None  # not known until the probe answers
+        first = run_case(CASE, RunOptions(), tmp_path / "first.json", pool)
+        assert first.status == "ok" and first.warm_spare is True, first.reason
+        assert pool.imports_libraries is True
+        assert pool.waiting is not None and pool.waiting.libraries
+        _wait_ready(pool)
+        second = run_case(CASE.replace(seed=1), RunOptions(), tmp_path / "second.json", pool)
+    assert second.status == "ok" and second.warm_spare is True, second.reason
+    log = (tmp_path / "second.log").read_text()
+    assert f"with {', '.join(LIBRARY_IMPORTS)}: no CUDA context" in log
+    assert second.import_s is not None and second.import_s < 0.2, second.import_s  # all done before
+
+
+@pytest.mark.slow
+def test_a_probe_that_dies_before_it_answers_gives_no_proof():
+    with SparePool() as pool:
+        pool.prime()
+        probe = pool.waiting
+        assert probe is not None and probe.libraries and probe.verdict_path is not None
+        os.kill(probe.process.pid, signal.SIGKILL)
+        probe.process.wait()
+        pool.ensure()  # replaces the dead probe: without the proof, without the libraries
+        assert pool.imports_libraries is False
+        assert pool.waiting is not None and not pool.waiting.libraries and pool.waiting.verdict_path is None
+
+
+@pytest.mark.parametrize(
+    ("written", "alive", "verdict"),
+    [(NO_CONTEXT, True, True), ("contexts on [0]", False, False), (None, True, None), (None, False, False)],
+)
+def test_a_probes_verdict(tmp_path, written, alive, verdict):
+    process = subprocess.Popen(["sleep", "30"] if alive else ["true"])
+    if not alive:
+        process.wait()
+    verdict_path = tmp_path / "probe.verdict"
+    probe = Spare(process, tmp_path / "probe.log", {}, libraries=True, verdict_path=verdict_path)
+    if written is not None:
+        verdict_path.write_text(written)
+    try:
+        assert read_verdict(probe) is verdict
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_on_the_gpu_the_libraries_create_no_cuda_context(gpu_required):
+    """What lets spares import bitsandbytes, peft and the Trainer while another case runs: no
+    device memory for NVML to count (torch's CUDA state is initialised, no primary context)."""
+    with SparePool() as pool:
+        pool.prime()
+        _wait_ready(pool)
+        assert pool.imports_libraries is True, pool.waiting.log_path.read_text() if pool.waiting else ""
+
+
 def test_a_spare_started_under_another_environment_is_not_used(monkeypatch):
     with SparePool() as pool:
         spare = _started(pool)
@@ -158,26 +230,6 @@ def test_a_spare_survives_torch_setting_its_cache_dir_in_the_runner(monkeypatch)
         measure.empty_weight_counts("tiny", 16, LESSON_TARGET_MODULES)  # what the session runs
         assert pool.take() is spare
         end(spare)
-
-
-@pytest.mark.parametrize(
-    ("status", "reason", "due"),
-    [
-        ("crashed", "died during start-up", False),
-        ("crashed", "died during model creation", False),
-        ("crashed", "died during model resolution", False),
-        ("crashed", "died during load", True),
-        ("crashed", "died during load (injected fault oom@load)", True),
-        ("crashed", "died during training", True),
-        ("oom", "load: CUDA out of memory", True),  # ended: the next case needs its spare
-        ("crashed", "the child wrote no result", False),
-    ],
-)
-def test_the_next_spare_starts_when_the_running_case_loads(tmp_path, status, reason, due):
-    path = tmp_path / "r.json"
-    assert _spare_due(path) is False  # no Result file yet
-    path.write_text(json.dumps({"status": status, "reason": reason}))
-    assert _spare_due(path) is due
 
 
 def _eventually_spares_of(parent_pid: int, timeout_s: float = 30.0) -> list[int]:
