@@ -194,6 +194,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     import torch  # touches no device: NVML's base reading below stays the device's own
 
     r.import_s = time.perf_counter() - t0
+    r.side_by_side = options.shared_device if options.shared_device > 1 else None
     judged = _judge_16bit_without_checkpoint(case, profile, r)
     if judged is not None:
         return judged
@@ -255,7 +256,11 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
 
     ckpt.stage("data")
     # An uncapped rerun wants memory only (oom_need): its peak, in a few fixed steps.
-    plan = plan_steps(case, device, adaptive=options.adaptive_steps, memory_only=options.uncapped)
+    # Side by side (qlora_core.side_by_side), kernel time would be shared too: no profiler window.
+    no_profile = False if options.shared_device > 1 else None
+    plan = plan_steps(
+        case, device, adaptive=options.adaptive_steps, profile=no_profile, memory_only=options.uncapped
+    )
     # The batches cover the step cap, for every rank (each draws its share: issue 13).
     count = plan.max_total_steps * case.grad_accum * case.num_gpus
     heldout = None
@@ -296,7 +301,8 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
         setattr(r, name, value)
     r.first_loss = stats.losses[0] if stats.losses else None
     r.final_loss = stats.losses[-1] if stats.losses else None
-    summarize_steps(r)
+    if r.side_by_side is None:  # beside other cases the step times are theirs too: kept, not summarized
+        summarize_steps(r)
     _record_mfu(r, case, model.config, gpu)
     if stats.diverged:
         return Status.NAN, f"non-finite loss or gradient norm at step {stats.first_nonfinite_step}"
@@ -436,11 +442,21 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
 
     index = local_device_index()  # 0, or this rank's GPU in a multi-GPU case
     sampler = NvmlSampler(index)
-    r.nvml_base_gib = sampler.base_gib
+    shared = options.shared_device > 1
+    r.nvml_base_gib = None if shared else sampler.base_gib
     torch.cuda.set_device(index)
     _free, total_b = torch.cuda.mem_get_info(index)  # creates the context, allocates nothing
     total = gib(total_b)
+    r.context_gib = sampler.own_gib()
     context_gib = max(0.0, sampler.used_gib() - sampler.base_gib)
+    if shared:
+        # Other cases use the device too: only this process's own reading is its context.
+        if r.context_gib is None:
+            raise RuntimeError(
+                "side by side, the CUDA context must be read from NVML's per-process list, which does"
+                " not name this process here; run the case alone (--side-by-side 1)"
+            )
+        context_gib = r.context_gib
     props = torch.cuda.get_device_properties(index)
     r.gpu_name = props.name
     r.gpu_capability = f"{props.major}.{props.minor}"
@@ -459,7 +475,8 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
     if cap is not None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, max(cap, 0.01) / total), index)
         r.memory_cap_gib = cap
-    return sampler.start()
+    # Side by side, NVML's device-wide "used" counts the other cases: no sampler, no nvml fields.
+    return None if shared else sampler.start()
 
 
 if __name__ == "__main__":

@@ -183,6 +183,12 @@ def lesson_dtype(profile: GpuProfile) -> str:
     return "bf16" if profile.native_bf16 else "fp16"
 
 
+SHAREABLE_FAMILIES: frozenset[str] = frozenset({"quality", "stability", "nan"})
+"""Families whose claims and tables read losses, gradient norms, the first non-finite step and
+perplexity (and the allocator's per-process peaks), never speed or NVML's device-wide memory: their
+cases may share the device with each other (`qlora_core.side_by_side`)."""
+
+
 @dataclass
 class PlannedCase:
     case: Case
@@ -194,6 +200,12 @@ class PlannedCase:
     @property
     def tags(self) -> str:
         return ",".join(self.families)
+
+    @property
+    def shareable(self) -> bool:
+        """Every family of the case reads what does not depend on other processes on the device
+        (`SHAREABLE_FAMILIES`): it may run side by side (`qlora_core.side_by_side`)."""
+        return bool(self.families) and all(f in SHAREABLE_FAMILIES for f in self.families)
 
 
 class _Plan:

@@ -9,6 +9,7 @@ including each 4-bit weight's quantization statistics, which `get_memory_footpri
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import threading
@@ -79,6 +80,15 @@ class NvmlSampler:
 
     def used_gib(self) -> float:
         return gib(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+    def own_gib(self) -> float | None:
+        """This process's own device memory (NVML's per-process list), whatever else runs on the
+        device; None where NVML does not name this process (a PID namespace it cannot see into)."""
+        pid = os.getpid()
+        for process in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
+            if process.pid == pid and process.usedGpuMemory is not None:
+                return gib(process.usedGpuMemory)
+        return None
 
     def _run(self) -> None:
         while not self._stop.is_set():

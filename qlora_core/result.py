@@ -86,6 +86,10 @@ class Result:
     gpu_capability: str = ""
     gpu_total_gib: float | None = None
     gpus_visible: int | None = None  # GPUs the child's CUDA saw (a one-GPU case: 1, runner.child_env)
+    context_gib: float | None = (
+        None  # this process's device memory after its CUDA context (NVML, per process)
+    )
+    side_by_side: int | None = None  # cases that shared the device with it at most (None: it ran alone)
     emulated: bool = False
     emulated_on: str = ""
     memory_cap_gib: float | None = None

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,9 @@ class RunOptions:
     """The memory-only rerun of a case that ran out of memory under an emulated cap
     (`qlora_core.oom_need`): no allocator cap (the row says memory_cap_gib=None, emulated=False)
     and no profiler window; with `adaptive_steps=False` its steps are the case's fixed ones."""
+    shared_device: int = 1
+    """How many cases run on the device at once with this one (`qlora_core.side_by_side`); above 1
+    its speed and the device's used memory are not measured (None): other processes share them."""
 
 
 def now_iso() -> str:
@@ -67,8 +71,16 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class CaseCancelled(RuntimeError):
+    """`run_case` was told to stop (`cancel` set): its child was killed; nothing to record."""
+
+
 def run_case(
-    case: Case, options: RunOptions, result_path: Path | None = None, spares: SparePool | None = None
+    case: Case,
+    options: RunOptions,
+    result_path: Path | None = None,
+    spares: SparePool | None = None,
+    cancel: threading.Event | None = None,
 ) -> Result:
     """Run `case` in a fresh child; always returns a Result (never raises for the case's fault).
 
@@ -105,13 +117,13 @@ def run_case(
     warm = spares.take() if spares is not None and case.num_gpus == 1 else None
     if warm is not None and not hand_over(warm, request):
         warm = None
-    child, timed_out = _run_child(case, options, request, result_path, log_path, warm, spares)
+    child, timed_out = _run_child(case, options, request, result_path, log_path, warm, spares, cancel)
     if warm is not None:
         shutil.move(warm.log_path, log_path)  # the spare's log: its imports, then the case
         if not timed_out and not result_path.exists():
             # The spare died before it read the request (no Result file, not even start-up's):
             # it never had the case. Run it cold; the case is never lost to a dead spare.
-            child, timed_out = _run_child(case, options, request, result_path, log_path, None, spares)
+            child, timed_out = _run_child(case, options, request, result_path, log_path, None, spares, cancel)
     wall_s = time.monotonic() - started
     if spares is not None:
         spares.ensure()  # for the next case, if none was started while this one ran
@@ -134,6 +146,7 @@ def _run_child(
     log_path: Path,
     warm: Spare | None,
     spares: SparePool | None,
+    cancel: threading.Event | None = None,
 ) -> tuple[subprocess.Popen, bool]:
     """Start the case's child (or take the warm spare it was handed to) and wait for it; the
     child and whether it timed out. Starts the next spare while the child runs."""
@@ -158,6 +171,9 @@ def _run_child(
                 if time.monotonic() >= deadline:
                     _kill_group(child)
                     return child, True
+            if cancel is not None and cancel.is_set():
+                _kill_group(child)
+                raise CaseCancelled(f"case {case.id} was stopped before it ended")
             if spares is not None and spares.waiting is None:
                 spares.ensure()  # the next case's spare imports while this one runs (qlora_core.spare)
     except BaseException:
@@ -173,6 +189,8 @@ def _check_options(options: RunOptions) -> None:
     profile = get_profile(options.profile)
     if type(options.repeat) is not int or options.repeat < 0:
         raise CaseError([f"repeat={options.repeat!r} must be an integer >= 0 (0-based repeat index)"])
+    if type(options.shared_device) is not int or options.shared_device < 1:
+        raise CaseError([f"shared_device={options.shared_device!r} must be an integer >= 1 (1: alone)"])
     fault = faults.parse_fault(options.inject_fault)
     if fault is not None and fault.kind in faults.CUDA_ONLY_KINDS and not profile.is_gpu:
         raise CaseError([f"fault {fault} needs a GPU profile; profile {profile.name!r} runs on the CPU"])

@@ -22,7 +22,8 @@ import pytest
 from qlora_core.matrix import PlannedCase, build_matrix
 from qlora_core.result import Result, repeat_suffix
 from qlora_plugin.options import bench_options
-from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError, RunFolderInUseError
+from qlora_plugin.run_folder import RunFolderInUseError
+from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError
 from qlora_plugin.shard import SHARD_SKIP_REASON, recorded_run_s, select_shard
 from reports.frame import RunData
 

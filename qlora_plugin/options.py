@@ -29,6 +29,7 @@ from qlora_core.gpus import (
 from qlora_core.matrix import MATRICES
 from qlora_core.models import model_problem
 from qlora_core.runner import DEFAULT_TIMEOUT_S
+from qlora_core.side_by_side import MAX_LANES, auto_lanes
 from qlora_core.spec import FIELD_NAMES, Case, CaseError
 from qlora_plugin.shard import Shard, parse_shard
 from reports.frame import RESULTS_JSONL
@@ -68,6 +69,9 @@ class BenchOptions:
     oom_rerun: bool = True
     """Rerun a case that ran out of memory under an emulated cap uncapped on the host GPU and
     record what it needed (`qlora_core.oom_need`); --no-oom-rerun turns it off."""
+    side_by_side: int = 1
+    """--side-by-side N|auto: how many shareable cases may run on the device at once
+    (`qlora_core.side_by_side`); 1: every case alone."""
 
     @property
     def emulated(self) -> bool:
@@ -172,6 +176,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="do not rerun a case that ran out of memory under an emulated profile's cap uncapped"
         " on the host GPU (by default its row records what it needed: needed_* fields).",
     )
+    group.addoption(
+        "--side-by-side",
+        default="auto",
+        metavar="N|auto",
+        help="run up to N numerics-only cases (quality, stability, nan families) on the device at"
+        " once; their rows then have no speed and no NVML device memory. auto (default): as many"
+        " emulated caps as the host GPU holds (at most 8) on an emulated profile, else 1 (alone).",
+    )
     add_threshold_options(group.addoption)
 
 
@@ -230,6 +242,9 @@ def read_options(config: pytest.Config) -> BenchOptions:
         thresholds = resolve_thresholds(config.rootpath / "pyproject.toml", config.getoption)
     except ValueError as exc:
         problems.append(f"gate thresholds: {exc}")
+    side_by_side, side_problem = parse_side_by_side(config.getoption("--side-by-side"), profile, gpu)
+    if side_problem:
+        problems.append(side_problem)
     if problems or profile is None:
         raise pytest.UsageError("qlora-bench options:\n  " + "\n  ".join(problems))
     return BenchOptions(
@@ -251,7 +266,17 @@ def read_options(config: pytest.Config) -> BenchOptions:
         shard=shard,
         shard_costs=shard_costs,
         oom_rerun=not config.getoption("no_oom_rerun"),
+        side_by_side=side_by_side,
     )
+
+
+def parse_side_by_side(raw: str, profile: GpuProfile | None, gpu: DetectedGpu | None) -> tuple[int, str]:
+    """--side-by-side's lanes (`auto`: `side_by_side.auto_lanes`), or the problem with the value."""
+    if raw == "auto":
+        return (auto_lanes(profile, gpu) if profile is not None else 1), ""
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LANES:
+        return 1, f"--side-by-side {raw!r} must be auto or a whole number from 1 to {MAX_LANES}"
+    return int(raw), ""
 
 
 def parse_repeat(raw: str | None) -> tuple[int | None, str]:

@@ -19,11 +19,9 @@ Nothing measured is lost to a fault of the session itself:
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
 import os
 import platform
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,9 +35,17 @@ from qlora_core.matrix import PlannedCase
 from qlora_core.oom_need import measure_need, run_case_measuring_need, why_no_rerun
 from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
 from qlora_core.runner import RunOptions
+from qlora_core.side_by_side import Job, run_side_by_side, sharing_supported
 from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions
+from qlora_plugin.run_folder import (
+    CASES_DIR,
+    append_line,
+    case_file_problem,
+    lock_run_dir,
+    repair_torn_tail,
+)
 from reports.frame import (
     ENVIRONMENT_JSON,
     MEASUREMENTS_DIR,
@@ -51,11 +57,6 @@ from reports.frame import (
 )
 from reports.repeats import fold_repeats
 
-CASES_DIR = "cases"
-LOCK_FILE = "session.lock"
-TORN_SUFFIX = ".torn"
-_CASE_ID_IN_JSON = re.compile(r'"case_id":\s*"([^"]*)"')
-
 
 class CaseRun(NamedTuple):
     """One run of a planned case: its 0-based repeat (each repeat is a fresh child process)."""
@@ -65,10 +66,6 @@ class CaseRun(NamedTuple):
 
 
 RunKey = tuple[str, int]  # (case hash, repeat): what --resume keys finished work by
-
-
-class RunFolderInUseError(RuntimeError):
-    """Another live session holds the run folder's lock."""
 
 
 class ResultNotStoredError(RuntimeError):
@@ -93,6 +90,7 @@ class BenchSession:
     _opened_at: float = field(default_factory=time.monotonic)  # for the progress line's times
     _lock: IO[str] | None = None
     spares: SparePool = field(default_factory=SparePool)  # warm spare children (qlora_core/spare.py)
+    _sharing_note_given: bool = False
 
     @classmethod
     def open(
@@ -151,12 +149,16 @@ class BenchSession:
         return planned.case.replace(**dict(self.options.force))
 
     def run(self, run: CaseRun) -> Result:
-        """Run (or, on --resume, reuse) one repeat of a planned case; append and report its Result."""
+        """Run (or, on --resume, reuse) one repeat of a planned case; append and report its Result.
+        A shareable case runs side by side with every other shareable run still to make
+        (`_run_side_by_side`) when the session shares the device."""
         planned, case = run.planned, run.planned.case
         key = (case.hash, run.repeat)
-        previous = self.stored.get(key)
-        path = self.run_dir / CASES_DIR / result_file_name(case.hash, run.repeat)
-        if previous is not None and previous.status in FINAL_STATUSES and not self.options.force:
+        if key in self.results:  # already run, side by side with an earlier one
+            return self.results[key]
+        previous = self._stored_final(key)
+        path = self._result_path(run)
+        if previous is not None:
             if self.options.oom_rerun and why_no_rerun(previous) is None:
                 # Stored before its uncapped rerun was (an older run, or --no-oom-rerun): only the
                 # rerun runs, and the row is appended again with what it needed.
@@ -167,14 +169,72 @@ class BenchSession:
             self.results[key] = previous
             self._progress(previous, reused=True)
             return previous
+        if self._shares(run):
+            self._run_side_by_side(run)
+            return self.results[key]
         executed = self.executed_case(planned)
         result = run_case_measuring_need(
             executed, self._run_options(run), path, self.options.oom_rerun, self.spares
         )
-        # The matrix's identity stays the key (the gate matches on it); what ran is in `case`.
-        result.case_id, result.case_hash = case.id, case.hash
-        self.record(result)
+        self._record_as_planned(result, run)
         return result
+
+    def _stored_final(self, key: RunKey) -> Result | None:
+        """The stored (--resume) Result of a run that needs no new run, else None."""
+        previous = self.stored.get(key)
+        if previous is None or previous.status not in FINAL_STATUSES or self.options.force:
+            return None
+        return previous
+
+    def _result_path(self, run: CaseRun) -> Path:
+        return self.run_dir / CASES_DIR / result_file_name(run.planned.case.hash, run.repeat)
+
+    def _record_as_planned(self, result: Result, run: CaseRun) -> None:
+        # The matrix's identity stays the key (the gate matches on it); what ran is in `case`.
+        result.case_id, result.case_hash = run.planned.case.id, run.planned.case.hash
+        self.record(result)
+
+    def _shares(self, run: CaseRun) -> bool:
+        """Whether `run` goes side by side: a shareable case, --side-by-side above 1, and a session
+        where sharing is known to be measured right (`side_by_side.sharing_supported`)."""
+        if self.options.side_by_side <= 1 or not run.planned.shareable:
+            return False
+        rows = [*self.results.values(), *self.stored.values()]
+        if sharing_supported(self.options.profile, rows):
+            return True
+        if not self._sharing_note_given:
+            self._sharing_note_given = True
+            self.warn(
+                "no earlier row of this session read its own device memory from NVML's per-process"
+                " list, so shareable cases run alone (qlora_core.side_by_side)"
+            )
+        return False
+
+    def _run_side_by_side(self, first: CaseRun) -> None:
+        """Run `first` and every other shareable run of the session still to make, up to
+        --side-by-side at once; then, alone, the uncapped rerun of any that ran out of memory."""
+        runs = [first] + [
+            r
+            for r in self.planned
+            if r != first
+            and r.planned.shareable
+            and (r.planned.case.hash, r.repeat) not in self.results
+            and self._stored_final((r.planned.case.hash, r.repeat)) is None
+        ]
+        jobs = {
+            Job(self.executed_case(r.planned), self._run_options(r), self._result_path(r)): r for r in runs
+        }
+        finished: list[tuple[Job, Result]] = []
+
+        def done(job: Job, result: Result) -> None:
+            self._record_as_planned(result, jobs[job])
+            finished.append((job, result))
+
+        run_side_by_side(list(jobs), self.options.side_by_side, done)
+        for job, result in finished:
+            if self.options.oom_rerun and why_no_rerun(result) is None:
+                measure_need(job.case, job.options, result, job.result_path, self.spares)
+                self.record(result)  # appended again, with what it needed
 
     def _run_options(self, run: CaseRun) -> RunOptions:
         return RunOptions(
@@ -343,102 +403,3 @@ def _new_run_dir(options: BenchOptions) -> Path:
             return run_dir
         except FileExistsError:
             suffix += 1
-
-
-def lock_run_dir(run_dir: Path) -> IO[str]:
-    """Hold an exclusive lock on `run_dir` while the returned file is open.
-
-    flock belongs to the open file: the kernel releases it when the holder closes it or dies,
-    so a lock left by a killed session never blocks the next one. The file stays (deleting it
-    would let two sessions lock two different files); it names the holder for the error message.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise RunFolderInUseError(
-            f"run folder {run_dir} is in use by another qlora-bench session ({holder});"
-            " refusing to add to it. Wait for that session to end, or use another --out."
-        ) from None
-    handle.truncate(0)
-    handle.write(f"pid {os.getpid()} on {platform.node()}, since {_dt.datetime.now():%Y-%m-%d %H:%M:%S}\n")
-    handle.flush()
-    return handle
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append `line` and a newline to `path`, whole or not at all.
-
-    A write cut short (ENOSPC, EFBIG, an I/O error) is rolled back to the file's previous size
-    before the error propagates, so the file never ends in a torn line through this function.
-    """
-    data = memoryview((line + "\n").encode())
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size_before = os.fstat(fd).st_size
-        try:
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
-        except BaseException:
-            os.ftruncate(fd, size_before)
-            raise
-    finally:
-        os.close(fd)
-
-
-def repair_torn_tail(path: Path) -> str | None:
-    """Cut a last line that was cut mid-write (no final newline) off `path`; say what was done.
-
-    The torn text is appended to `<path>.torn` first, so nothing is deleted; its case is then
-    absent from the log and reruns. Returns None when the file is absent or ends whole.
-    """
-    if not path.exists():
-        return None
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return None
-    keep = data.rfind(b"\n") + 1
-    torn = data[keep:]
-    side = path.with_name(path.name + TORN_SUFFIX)
-    with side.open("ab") as f:
-        f.write(torn + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.truncate(path, keep)
-    match = _CASE_ID_IN_JSON.search(torn.decode(errors="replace"))
-    case = f"case {match.group(1)}" if match else "an unidentified case"
-    return (
-        f"{path.name}: the last line ({len(torn)} bytes, {case}) was cut mid-write;"
-        f" moved to {side.name}, the case reruns"
-    )
-
-
-def case_file_problem(run_dir: Path, result: Result) -> str | None:
-    """Why `cases/<hash>.json` cannot vouch for a stored row (None when it can).
-
-    The runner writes that file atomically before the row is appended, so a row whose file is
-    missing, unreadable or different was not stored as measured.
-    """
-    relative = f"{CASES_DIR}/{result_file_name(result.case_hash, result.repeat)}"
-    path = run_dir / relative
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, found {type(data).__name__}")
-        recorded = Result.from_dict(data)
-    except FileNotFoundError:
-        return f"{relative} is missing"
-    except (OSError, ValueError, TypeError) as exc:
-        return f"{relative} is unreadable ({type(exc).__name__}: {exc})"
-    if (recorded.status, recorded.started_at) != (result.status, result.started_at):
-        return (
-            f"{relative} does not match its row in {RESULTS_JSONL} (status {recorded.status!r}"
-            f" started {recorded.started_at!r} vs {result.status!r} started {result.started_at!r})"
-        )
-    return None

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.gpus import get_profile
 from qlora_core.spec import CaseError
-from qlora_plugin.options import parse_force
+from qlora_plugin.options import parse_force, parse_side_by_side
 
 pytest_plugins = ("pytester",)
 
@@ -118,3 +119,18 @@ def test_oom_rerun_is_on_unless_no_oom_rerun(plugin_session, pytester):
     )
     plugin_session().stdout.fnmatch_lines(["OOM_RERUN True"])
     plugin_session("--no-oom-rerun").stdout.fnmatch_lines(["OOM_RERUN False"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "lanes", "problem"),
+    [
+        ("auto", 1, ""),
+        ("3", 3, ""),
+        ("0", 1, "--side-by-side '0'"),
+        ("9", 1, "from 1 to 8"),
+        ("x", 1, "auto or"),
+    ],
+)
+def test_side_by_side_is_auto_or_a_lane_count(raw, lanes, problem):
+    got, why = parse_side_by_side(raw, get_profile("cpu"), None)
+    assert got == lanes and (problem in why if problem else why == "")

@@ -20,17 +20,11 @@ import pytest
 
 from qlora_core.gpus import get_profile
 from qlora_core.matrix import PlannedCase
+from qlora_core.result import Result
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions, parse_force
-from qlora_plugin.session import (
-    LOCK_FILE,
-    BenchSession,
-    ResultNotStoredError,
-    RunFolderInUseError,
-    append_line,
-    format_duration,
-    lock_run_dir,
-)
+from qlora_plugin.run_folder import LOCK_FILE, RunFolderInUseError, append_line, lock_run_dir
+from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError, format_duration
 from qlora_plugin.shard import Shard
 from reports.frame import read_results_jsonl
 from reports.thresholds import Thresholds
@@ -103,7 +97,7 @@ def test_two_new_sessions_started_together_get_two_folders(tmp_path):
 
 def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     code = (
-        "import os, sys; from pathlib import Path; from qlora_plugin.session import lock_run_dir;"
+        "import os, sys; from pathlib import Path; from qlora_plugin.run_folder import lock_run_dir;"
         " lock_run_dir(Path(sys.argv[1])); os.kill(os.getpid(), 9)"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True)
@@ -226,3 +220,40 @@ def test_a_run_is_named_as_its_test_is(reference_copy):
     first = rows[0]
     assert run_label(first) == first.case_id
     assert run_label(dataclasses.replace(first, repeat=2)) == f"{first.case_id}-r3"
+
+
+@pytest.mark.slow
+def test_shareable_runs_go_side_by_side_once_and_the_rest_alone(tmp_path):
+    """The first shareable run takes every shareable run still to make with it (here 3, two at a
+    time); each is recorded once, and its own test item then gets the stored row; a case of
+    another family still runs alone."""
+    session, lines = open_quietly(make_options(tmp_path, side_by_side=2))
+    tiny = Case("tiny", seq_len=32, warmup_steps=0, measured_steps=2)
+    shareable = [CaseRun(PlannedCase(tiny.replace(seed=s), ["quality"])) for s in range(3)]
+    alone = CaseRun(PlannedCase(tiny.replace(seed=9), ["speed"]))
+    session.planned = [shareable[0], alone, *shareable[1:]]
+    try:
+        first = session.run(shareable[0])
+        assert len(session.results) == 3 and first.side_by_side == 2
+        assert [session.run(r) for r in shareable[1:]] == [
+            session.results[(r.planned.case.hash, 0)] for r in shareable[1:]
+        ]
+        assert session.run(alone).side_by_side is None
+    finally:
+        session.close()
+    rows = read_results_jsonl(session.run_dir / "results.jsonl")
+    assert sorted(r.case_id for r in rows) == sorted(r.planned.case.id for r in [*shareable, alone])
+    assert sum(1 for line in lines if line.startswith("[")) == 4
+
+
+def test_a_gpu_session_shares_only_after_a_row_read_its_own_context(tmp_path):
+    t4 = get_profile("t4")
+    session, lines = open_quietly(make_options(tmp_path, gpu="t4", profile=t4, side_by_side=4))
+    run = CaseRun(PlannedCase(Case("tiny"), ["quality"]))
+    try:
+        assert not session._shares(run) and not session._shares(run)
+        assert sum("shareable cases run alone" in line for line in lines) == 1  # said once
+        session.results[("h", 0)] = Result("a", "h", "t4", {}, device="cuda", context_gib=0.6)
+        assert session._shares(run)
+    finally:
+        session.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from qlora_plugin.session import lock_run_dir
+from qlora_plugin.run_folder import lock_run_dir
 from reports.frame import read_results_jsonl
 
 pytestmark = pytest.mark.slow

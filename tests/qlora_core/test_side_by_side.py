@@ -1,0 +1,105 @@
+"""qlora_core.side_by_side: numerics-only cases several at once, their numbers the same as alone,
+nothing shared reported as their own, nothing left running after an interrupt."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from qlora_core.gpus import DetectedGpu, get_profile
+from qlora_core.matrix import SHAREABLE_FAMILIES, PlannedCase, build_matrix
+from qlora_core.result import Result
+from qlora_core.runner import RunOptions, run_case
+from qlora_core.side_by_side import MAX_LANES, Job, auto_lanes, run_side_by_side, sharing_supported
+from qlora_core.spec import Case, CaseError
+
+H200 = DetectedGpu("NVIDIA H200", 139.8, (9, 0), "580.159.04", 1)
+T4 = DetectedGpu("Tesla T4", 15.0, (7, 5), "535", 1)
+CASES = [Case("tiny", seq_len=32, warmup_steps=0, measured_steps=3, seed=seed) for seed in (0, 1, 2)]
+
+
+@pytest.mark.parametrize(
+    ("profile", "gpu", "lanes"),
+    [("t4", H200, MAX_LANES), ("a100-80gb", H200, 1), ("t4", T4, 1), ("cpu", None, 1), ("t4", None, 1)],
+)
+def test_auto_lanes_share_only_an_emulated_profiles_host(profile, gpu, lanes):
+    assert auto_lanes(get_profile(profile), gpu) == lanes
+
+
+def test_sharing_needs_a_gpu_row_that_read_its_own_context():
+    t4, cpu = get_profile("t4"), get_profile("cpu")
+    assert sharing_supported(cpu, [])
+    assert not sharing_supported(t4, [])
+    assert not sharing_supported(t4, [Result("a", "h", "t4", {}, device="cuda", context_gib=None)])
+    assert sharing_supported(t4, [Result("a", "h", "t4", {}, device="cuda", context_gib=0.6)])
+
+
+def test_only_numerics_families_are_shareable():
+    assert PlannedCase(Case("tiny"), ["quality", "stability"]).shareable
+    assert not PlannedCase(Case("tiny"), ["quality", "speed"]).shareable
+    assert not PlannedCase(Case("tiny"), []).shareable
+    shareable = [p for p in build_matrix(get_profile("t4")) if p.shareable]
+    assert shareable and all(p.case.data == "text" for p in shareable)
+    assert {f for p in shareable for f in p.families} <= SHAREABLE_FAMILIES
+
+
+def test_a_bad_shared_device_is_refused_before_any_child(tmp_path):
+    with pytest.raises(CaseError, match="shared_device=0 must be an integer >= 1"):
+        run_case(CASES[0], RunOptions(shared_device=0), tmp_path / "r.json")
+
+
+@pytest.mark.slow
+def test_side_by_side_rows_have_the_numbers_of_alone_and_no_speed(tmp_path: Path):
+    alone = run_case(CASES[0], RunOptions(), tmp_path / "alone.json")
+    done: list[tuple[Job, Result]] = []
+    jobs = [Job(case, RunOptions(), tmp_path / f"{case.seed}.json") for case in CASES]
+    run_side_by_side(jobs, 2, lambda job, result: done.append((job, result)))
+    assert sorted(job.case.seed for job, _ in done) == [0, 1, 2]
+    rows = {job.case.seed: result for job, result in done}
+    assert all(r.status == "ok" and r.side_by_side == 2 for r in rows.values()), rows
+    shared = rows[0]
+    # What does not depend on the device's other users is the same as alone...
+    assert shared.losses == pytest.approx(alone.losses, rel=1e-6)
+    assert shared.grad_norms == pytest.approx(alone.grad_norms, rel=1e-6)
+    assert alone.side_by_side is None and alone.tokens_per_s is not None
+    # ...what does is not reported: step times kept, not summarized into a speed.
+    assert len(shared.step_ms) == 3 and shared.tokens_per_s is None and shared.step_ms_median is None
+    assert shared.kernel_ms_per_step is None and shared.nvml_peak_gib is None
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes()
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"qlora_core.child" in argv and int(stat[1]) == pid and stat[0] != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+def test_an_interrupt_kills_every_running_child_and_reports_no_half_run_case(tmp_path: Path):
+    slow = [case.replace(measured_steps=400) for case in CASES[:2]]  # minutes each: killed long before
+    jobs = [Job(case, RunOptions(), tmp_path / f"{case.seed}.json") for case in [CASES[0], *slow]]
+    reported: list[Result] = []
+
+    def on_done(job: Job, result: Result) -> None:
+        reported.append(result)
+        assert _children_of(os.getpid()), "the slow cases should still run beside this one"
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_side_by_side(jobs, 3, on_done)
+    assert [r.case_id for r in reported] == [CASES[0].id]
+    deadline = time.monotonic() + 10
+    while _children_of(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _children_of(os.getpid()) == []
