@@ -103,3 +103,25 @@ def test_an_interrupt_kills_every_running_child_and_reports_no_half_run_case(tmp
     while _children_of(os.getpid()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _children_of(os.getpid()) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_on_the_gpu_shared_rows_cap_with_their_own_context_and_skip_device_wide_memory(
+    gpu_required, tmp_path: Path
+):
+    """Emulated T4s side by side on the host GPU: each child reads its CUDA context from NVML's
+    per-process list, caps its allocator with it, and reports no NVML device-wide memory."""
+    done: list[Result] = []
+    jobs = [
+        Job(case.replace(seq_len=128), RunOptions(profile="t4"), tmp_path / f"{case.seed}.json")
+        for case in CASES
+    ]
+    run_side_by_side(jobs, 3, lambda job, result: done.append(result))
+    assert len(done) == 3
+    for r in done:
+        assert r.status == "ok" and r.side_by_side == 3, r.reason
+        assert r.context_gib is not None and 0.1 < r.context_gib < 2.0
+        assert r.emulated and r.memory_cap_gib == pytest.approx(get_profile("t4").total_gib - r.context_gib)
+        assert r.nvml_base_gib is None and r.nvml_peak_gib is None and r.tokens_per_s is None
+        assert r.peak_alloc_gib is not None and r.losses
