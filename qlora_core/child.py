@@ -200,7 +200,9 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
         return judged
     if device == "cuda":
         ckpt.stage("model creation")
-        _materialize(case.model, device, Prequant.of_case(case))
+        t0 = time.perf_counter()
+        if _materialize(case.model, device, Prequant.of_case(case)):
+            r.create_s = time.perf_counter() - t0
         sampler = _setup_cuda(r, profile, gpu, options)
     # After the CUDA set-up: bitsandbytes loads its CUDA library when imported.
     t0 = time.perf_counter()
@@ -350,8 +352,9 @@ def _record_load_only(r: Result, model: Any, device: str, sampler: Any) -> None:
     r.cpu_peak_rss_gib = measure.peak_rss_gib()
 
 
-def _materialize(model: str, device: str, prequant: Prequant | None) -> None:
-    """Create a shape's checkpoint (or convert the real model) in a process of its own.
+def _materialize(model: str, device: str, prequant: Prequant | None) -> bool:
+    """Create a shape's checkpoint (or convert the real model) in a process of its own; whether it
+    had to (False: the cache had it).
 
     Creating an 8B checkpoint allocates 16 GB on the GPU: done in this process it would run into
     an emulated profile's cap and count in this case's NVML and allocator numbers.
@@ -360,7 +363,7 @@ def _materialize(model: str, device: str, prequant: Prequant | None) -> None:
     from qlora_core.models.resolve import is_materialized
 
     if is_materialized(model, prequant):
-        return
+        return False
     code = (
         "import sys; from qlora_core.models import Prequant; from qlora_core.models.resolve import"
         " resolve_model; resolve_model(sys.argv[1], device=sys.argv[2],"
@@ -375,6 +378,7 @@ def _materialize(model: str, device: str, prequant: Prequant | None) -> None:
         if "ModelUnavailableError" in proc.stderr:
             raise ModelUnavailableError(tail)
         raise RuntimeError(f"creating the checkpoint of {model} failed:\n{tail}")
+    return True
 
 
 def summarize_steps(r: Result) -> None:

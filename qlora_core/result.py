@@ -73,6 +73,7 @@ class Result:
     warm_spare: bool | None = None  # the case ran in a warm spare (qlora_core/spare.py); False: cold
     spare_import_s: float | None = None  # the spare's imports before the hand-over (not in wall_s)
     import_s: float | None = None  # importing torch, transformers, peft, bitsandbytes
+    create_s: float | None = None  # creating the model's checkpoint in the cache (None: it was there)
     load_s: float | None = None  # from_pretrained in 4 bits (or 16)
     prepare_s: float | None = None  # prepare_model_for_kbit_training + LoRA
     warmup_s: float | None = None  # warm-up steps (+ the slowdown knob's calibration)
