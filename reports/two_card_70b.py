@@ -25,6 +25,7 @@ Numbers come from the rows only. The section is part of tables.md's multi-GPU se
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from qlora_core.gpus import PROFILES
@@ -103,7 +104,12 @@ def _judge(row: pd.Series, plain: pd.Series | None) -> Evaluation:
     """The verdict of one recipe row, with the same case without offload beside it."""
     profile = PROFILES[str(row["profile"])]
     card = profile.total_gib
-    condition = f"{profile.name}, {profile.count} x {card:.2f} GiB: {setting(row)}, FSDP + CPU offload"
+    flag = row.get("emulated")
+    host = row.get("emulated_on") if isinstance(flag, (bool, np.bool_)) and flag else None
+    emulated = f", emulated on {host}" if host else ""
+    condition = (
+        f"{profile.name}, {profile.count} x {card:.2f} GiB{emulated}: {setting(row)}, FSDP + CPU offload"
+    )
     evidence = [str(row["case_id"])] + ([str(plain["case_id"])] if plain is not None else [])
     beside = _outcome(plain) if plain is not None else "no row of the same case without offload"
     measured = f"{_outcome(row)}; without offload: {beside}"

@@ -55,7 +55,8 @@ def plain_oom(build: SimpleNamespace) -> Result:
 def test_holds_when_the_recipe_fits_and_says_what_no_offload_needed(build: SimpleNamespace) -> None:
     (e,) = verdicts(build.run([recipe(build, **_peaks(3.1, 5.2)), plain_oom(build)]))
     assert e.verdict.value == "holds" and e.evidence == (RECIPE_ID, PLAIN_ID)
-    assert "l4x2, 2 x 22.49 GiB: llama-2-70b b1 s512 bf16" in e.condition and "CPU offload" in e.condition
+    assert "l4x2, 2 x 22.49 GiB, emulated on NVIDIA H200: llama-2-70b b1 s512 bf16" in e.condition
+    assert e.condition.endswith("FSDP + CPU offload")
     assert f"{RECIPE_ID}: ok, per GPU allocated 3.10, reserved 3.90, device 5.20 GiB" in e.measured
     assert "fits the card: yes (device 5.20 of 22.49 GiB)" in e.measured
     assert "host RAM peak RSS 61.00 GiB (ranks 61.00, 35.50)" in e.measured and "120 tokens/s" in e.measured
