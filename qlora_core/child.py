@@ -228,7 +228,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     t0 = time.perf_counter()
     model = load.load_model(case, resolved.path, device)
     r.load_s = time.perf_counter() - t0
-    r.loaded_on = load.loaded_on(model)
+    r.loaded_on = measure.params_device(model)
     if r.loaded_on != "meta":  # a rank holding no weight has none to count: left None
         counted = measure.weight_bytes(model)
         r.weight_bytes = counted.weight_bytes
@@ -287,6 +287,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
 
     def on_step(step: int, stats: TrainStats) -> None:
         r.losses, r.grad_norms, r.step_ms = stats.losses, stats.grad_norms, stats.step_ms
+        r.params_on_in_training = stats.params_on_in_training  # kept by a row that fails later
         if stats.train_s is not None and r.train_s is None:
             # The timed steps are over: on disk at once, so a child that dies from here on (the
             # profiler window, perplexity) keeps its training time.

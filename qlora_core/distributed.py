@@ -97,6 +97,15 @@ def accelerate_config(case: Case, port: int) -> dict[str, Any]:
     to it. `fsdp_cpu_ram_efficient_loading` is on where `loads_on_rank0_only` (the config is the
     case's record of it: the Result's `rank_loaded_on` shows where each rank's weights were);
     otherwise every rank loads the quantized model onto its GPU before FSDP shards it.
+
+    `fsdp_offload_params` is the case's `cpu_offload` (the FSDP-QLoRA recipe for 70B on two 24 GB
+    GPUs: Answer.AI's `--use_cpu_offload`, the alignment-handbook's `fsdp_qlora.yaml`). accelerate
+    passes it to FSDP1 as `CPUOffload(offload_params=True)`; transformers' Trainer adds nothing
+    (its own `fsdp_config` is unset). FSDP then keeps each rank's shard of every flattened
+    parameter in pinned host RAM together with a pinned gradient buffer of the same size (for the
+    frozen 4-bit weights too), and moves a layer to the GPU only while it computes. The 4-bit
+    statistics (QuantState) are no FSDP parameter and stay on the GPU (`load._move_quant_states`).
+    What the host gives is each rank's peak RSS in the row (`rank_cpu_peak_rss_gib`).
     """
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
@@ -120,7 +129,7 @@ def accelerate_config(case: Case, port: int) -> dict[str, Any]:
             "fsdp_sharding_strategy": "FULL_SHARD",
             "fsdp_backward_prefetch": "BACKWARD_PRE",
             "fsdp_forward_prefetch": False,
-            "fsdp_offload_params": False,
+            "fsdp_offload_params": case.cpu_offload,
             "fsdp_state_dict_type": "SHARDED_STATE_DICT",
             "fsdp_sync_module_states": True,
             "fsdp_use_orig_params": False,

@@ -80,16 +80,6 @@ def load_model(case: Case, path: str, device: str) -> torch.nn.Module:
     return model
 
 
-def loaded_on(model: torch.nn.Module) -> str:
-    """Where the model's weights are after the load: the device type holding most of its bytes
-    ("meta" on a rank that loaded none, under rank-0-only FSDP loading)."""
-    bytes_by_device: dict[str, int] = {}
-    for param in model.parameters():
-        kind = param.device.type
-        bytes_by_device[kind] = bytes_by_device.get(kind, 0) + param.numel() * param.element_size()
-    return max(bytes_by_device, key=lambda kind: bytes_by_device[kind]) if bytes_by_device else ""
-
-
 def _move_quant_states(model: torch.nn.Module, device: str) -> None:
     """Move every 4-bit weight's QuantState (absmax, code tables: ~1/64 of the weights' bytes)
     to `device`, in place, leaving the packed data where it is.

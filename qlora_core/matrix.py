@@ -440,9 +440,10 @@ def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
     one-card case per step.
 
     On cards of 20 GiB or more (`l4x2`), the 70B shape on every card too (issue 13 item 4;
-    `big_model_multigpu_case`). No one-card 70B case beside it: its 4-bit weights alone (~34 GiB,
-    measured loading on the H200) exceed one such card, and the single-card 70B row of the 40 GB+
-    profiles already measures what one card needs.
+    `big_model_multigpu_cases`): the FSDP-QLoRA recipe with CPU offload, and the same case without
+    it. No one-card 70B case beside them: its 4-bit weights alone (~34 GiB, measured loading on
+    the H200) exceed one such card, and the single-card 70B row of the 40 GB+ profiles already
+    measures what one card needs.
     """
     batch, seq = tier.device_bound
     dtype = lesson_dtype(profile)
@@ -464,7 +465,7 @@ def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
         floating.replace(strategy="ddp", **ranks),
     ]
     if profile.total_gib >= _BIG_MODEL_MULTIGPU_MIN_GIB:
-        cases.append(big_model_multigpu_case(profile, tier, floating))
+        cases += big_model_multigpu_cases(profile, tier, floating)
     return cases
 
 
@@ -473,12 +474,18 @@ _BIG_MODEL_MULTIGPU_MIN_GIB = 20.0
 its 4-bit weights (~17 GiB) with room to train; a 16 GB T4 would not."""
 
 
-def big_model_multigpu_case(profile: GpuProfile, tier: Tier, floating: Case) -> Case:
+def big_model_multigpu_cases(profile: GpuProfile, tier: Tier, floating: Case) -> list[Case]:
     """The 70B shape on every card of `profile` at the smallest point (b1, the tier's shortest
     sequence, checkpointing, the Trainer), FSDP, from its pre-quantized checkpoint stored in the
     compute dtype, so that FSDP can shard the packed weights and rank 0 alone loads them, into CPU
-    RAM (`distributed.loads_on_rank0_only`)."""
-    return floating.replace(
+    RAM (`distributed.loads_on_rank0_only`); twice:
+
+    - with FSDP's CPU offload of the parameters (`Case.cpu_offload`): the published recipe for
+      70B on two 24 GB GPUs (Answer.AI's fsdp_qlora `--use_cpu_offload`, the alignment-handbook's
+      `fsdp_qlora.yaml`), the case the "70B on two 24 GB GPUs" verdict reads (`reports.two_card_70b`);
+    - without it, equal otherwise: what each card must hold when it keeps its whole shard.
+    """
+    sharded = floating.replace(
         model=BIG_MODEL,
         batch_size=1,
         seq_len=tier.ref_seq,
@@ -488,3 +495,4 @@ def big_model_multigpu_case(profile: GpuProfile, tier: Tier, floating: Case) -> 
         num_gpus=profile.count,
         **BIG_MODEL_STEPS,
     )
+    return [sharded.replace(cpu_offload=True), sharded]

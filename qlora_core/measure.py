@@ -203,6 +203,19 @@ def base_parameter_count(model: torch.nn.Module) -> int:
     return int(total)
 
 
+def params_device(model: torch.nn.Module) -> str:
+    """The device type holding most of the bytes of `model`'s parameters ("cuda", "cpu"; "meta"
+    for a model built without weights); "" for a model without parameters. Read after the load
+    (`Result.loaded_on`: "meta" on a rank that loaded none, under rank-0-only FSDP loading) and
+    once the engine has wrapped the model (`Result.params_on_in_training`: FSDP's flattened shards,
+    on "cpu" under its CPU offload)."""
+    bytes_by_device: dict[str, int] = {}
+    for param in model.parameters():
+        kind = param.device.type
+        bytes_by_device[kind] = bytes_by_device.get(kind, 0) + param.numel() * param.element_size()
+    return max(bytes_by_device, key=lambda kind: bytes_by_device[kind]) if bytes_by_device else ""
+
+
 def trainable_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 

@@ -177,6 +177,9 @@ class Result:
     scaler_skipped_steps: int | None = None  # steps the scaler skipped on overflow; None: no scaler
     scaler_final_scale: float | None = None  # the scaler's loss scale after the last step
     trained_dtypes: str = ""  # trainable parameters' dtypes as trained (SFTTrainer casts to bf16)
+    # the device type holding most parameter bytes once the engine wrapped the model, before the
+    # first step: "cpu" under FSDP's CPU offload (Case.cpu_offload), "cuda" otherwise on a GPU
+    params_on_in_training: str = ""
 
     # multi-GPU (issue 13): a case of num_gpus > 1 is one row merged from its ranks
     # (qlora_core.distributed.merge_ranks). Its single-GPU fields say: memory peaks are the max

@@ -100,6 +100,11 @@ class Case:
     strategy: Strategy = "single"
     """How the ranks share the model: `fsdp` (FSDP shards the 4-bit weights, stored in the
     compute dtype), `ddp` (every rank holds the whole model); `single` for one rank."""
+    cpu_offload: bool = False
+    """FSDP's CPU offload of the parameters (accelerate's `fsdp_offload_params`; id tag `-offload`):
+    each rank keeps its shard of the parameters and their gradients in pinned host RAM, copies a
+    wrapped layer to its GPU for that layer's forward and backward, and steps the optimizer on the
+    CPU. The FSDP-QLoRA recipe for a model larger than the cards (70B on two 24 GB GPUs). FSDP only."""
     prequantized: bool = False
     """Load a pre-quantized 4-bit checkpoint, as users load one (`from_pretrained(path)`), instead
     of quantizing 16-bit weights at load: for a shape, the checkpoint built layer by layer for this
@@ -167,6 +172,8 @@ class Case:
             parts.append(self.engine)
         if self.num_gpus != 1 or self.strategy != defaults["strategy"]:
             parts.append(f"{self.num_gpus}gpu-{self.strategy}")
+        if self.cpu_offload:
+            parts.append("offload")
         if self.prequantized:
             parts.append("preq")
         if self.load_only:
@@ -282,6 +289,7 @@ def validate(case: Case) -> list[str]:
     _check_choice(p, "engine", case.engine, ENGINES)
     _check_int(p, "num_gpus", case.num_gpus, 1, MAX_GPUS)
     _check_choice(p, "strategy", case.strategy, STRATEGIES)
+    _check_bool(p, "cpu_offload", case.cpu_offload)
     _check_bool(p, "prequantized", case.prequantized)
     if case.prequantized is True and case.quant_type == "none":
         p.append("prequantized=True with quant_type='none': a pre-quantized checkpoint is 4-bit (nf4, fp4)")
@@ -330,6 +338,12 @@ def _multi_gpu_problems(case: Case) -> list[str]:
             f"strategy='fsdp' needs quant_storage equal to compute_dtype ({case.compute_dtype!r}),"
             f" got {case.quant_storage!r}: FSDP shards the 4-bit weights only in a float storage dtype"
         )
+    if case.cpu_offload is True and case.strategy != "fsdp":
+        # DDP keeps every parameter on every GPU; only FSDP shards, and offloads, them.
+        p.append(
+            f"cpu_offload=True with strategy={case.strategy!r}: CPU offload of the sharded parameters is"
+            " FSDP's (accelerate's fsdp_offload_params); use strategy='fsdp' with num_gpus > 1"
+        )
     if case.strategy == "fsdp" and case.prepare_kbit:
         # FSDP flattens each wrapped layer into one tensor of one dtype; prepare casts the layer's
         # norms to fp32 beside weights stored in the compute dtype. peft's FSDP-QLoRA recipe (and
@@ -343,7 +357,14 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Case))
 # as of the first release. A field added later enters the hash only when it differs from its
 # default, so every case that existed before it keeps its hash (and its stored runs), while a case
 # that sets it gets a new one. Add each new field here, with a default that means "as before".
-LATER_FIELDS: tuple[str, ...] = ("engine", "num_gpus", "strategy", "prequantized", "load_only")
+LATER_FIELDS: tuple[str, ...] = (
+    "engine",
+    "num_gpus",
+    "strategy",
+    "prequantized",
+    "load_only",
+    "cpu_offload",
+)
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(Case) if f.default is not dataclasses.MISSING
 }

@@ -11,6 +11,8 @@ section is the only report of them, and no claim reads these rows (`Claim.multi_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -21,8 +23,9 @@ from reports.rows import PeakFigures, fval, group_by, pairs, peak_figures, where
 
 TITLE = "## Multi-GPU: per-GPU memory and scaling\n\n"
 RUN_COMMAND = "pytest bench --gpu t4x2"
-# What an N-GPU case and its one-card reference may differ in: everything else is the same point.
-SCALING_VARIES: tuple[str, ...] = ("num_gpus", "strategy")
+# What an N-GPU case and its one-card reference may differ in (how the work is spread over the
+# GPUs, and the host under CPU offload): everything else is the same point.
+SCALING_VARIES: tuple[str, ...] = ("num_gpus", "strategy", "cpu_offload")
 HEADERS: tuple[str, ...] = (
     "Case",
     "Strategy",
@@ -32,6 +35,7 @@ HEADERS: tuple[str, ...] = (
     "Per-GPU peak allocated",
     "Per-GPU peak reserved",
     "Per-GPU device peak (NVML)",
+    "Host RAM peak (RSS)",
     "Fits the card",
     "Tokens/s (all GPUs)",
     "Kernel ms/step",
@@ -81,35 +85,83 @@ def one_card_references(rows: pd.DataFrame) -> dict[str, pd.Series]:
     return out
 
 
-def card_fit(row: pd.Series, peaks: PeakFigures | None, card: float | None) -> str:
+@dataclass(frozen=True)
+class CardFit:
+    """Whether a row's case fits one card of its profile, and the table's cell saying so."""
+
+    fits: bool | None
+    """None: undecided (no card memory, a failure other than oom, no peak measured)."""
+    text: str
+
+
+def card_fit(row: pd.Series, peaks: PeakFigures | None, card: float | None) -> CardFit:
     """An ok row fits when its per-GPU device peak (NVML, what the GPU held for it; the reserved
     peak where NVML was not read) is at most the card's memory. The allocator cap leaves out what
     the libraries take outside the allocator, so an ok row can still exceed the card. An oom row
     does not fit, whatever its uncapped rerun needed."""
     status = str(row["status"])
     if card is None:
-        return "- (no card memory: not a GPU profile)"
+        return CardFit(None, "- (no card memory: not a GPU profile)")
     if status == "oom":
-        return "no (oom under the cap)"
+        return CardFit(False, "no (oom under the cap)")
     if status != "ok" or peaks is None:
-        return f"- (status {status})"
+        return CardFit(None, f"- (status {status})")
     used, source = (
         (peaks.device_gib, "device") if peaks.device_gib is not None else (peaks.reserved_gib, "reserved")
     )
     if used is None:
-        return "- (no peak measured)"
-    verdict = "yes" if used <= card else "no"
-    return f"{verdict} ({source} {used:.2f} of {card:.2f} GiB)"
+        return CardFit(None, "- (no peak measured)")
+    fits = used <= card
+    return CardFit(fits, f"{'yes' if fits else 'no'} ({source} {used:.2f} of {card:.2f} GiB)")
+
+
+def offloaded(row: pd.Series) -> bool:
+    """The case asked for FSDP's CPU offload (`Case.cpu_offload`; rows stored before it: no)."""
+    value = row.get("cpu_offload")
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
+def offload_not_in_effect(row: pd.Series) -> str | None:
+    """Where the parameters were in training when the case asked for CPU offload and they were
+    not on the host (`Result.params_on_in_training`: "cuda", the offload not applied); None when
+    they were, when the case asked for none, or when no step began (nothing recorded)."""
+    held = row.get("params_on_in_training")
+    if not offloaded(row) or not isinstance(held, str) or held in ("", "cpu"):
+        return None
+    return held
+
+
+def strategy_label(row: pd.Series) -> str:
+    """The strategy cell: "fsdp", "ddp", "single"; "fsdp + CPU offload" under the offload, saying
+    where the parameters were in training when that was not the host."""
+    strategy = str(row["strategy"])
+    if not offloaded(row):
+        return strategy
+    held = offload_not_in_effect(row)
+    return f"{strategy} + CPU offload" + (f" (but parameters on {held} in training)" if held else "")
+
+
+def _ranks(row: pd.Series, ranks_col: str) -> str:
+    """ " (ranks a, b)": each rank's value of a multi-GPU row; "" for one rank."""
+    ranks = row.get(ranks_col)
+    if not isinstance(ranks, (list, np.ndarray)) or len(ranks) <= 1:
+        return ""
+    return " (ranks " + ", ".join("-" if v is None else f"{v:.2f}" for v in ranks) + ")"
+
+
+def host_ram(row: pd.Series) -> str:
+    """ "P GiB (ranks a, b)": the highest peak RSS of the ranks and each rank's; "-" when none was
+    measured. Under CPU offload a rank's RSS holds its shards of the parameters, their gradients
+    and the optimizer's states; under rank-0-only loading rank 0's holds the model it loaded."""
+    peak = fval(row, "cpu_peak_rss_gib")
+    return "-" if peak is None else f"{peak:.2f} GiB" + _ranks(row, "rank_cpu_peak_rss_gib")
 
 
 def _gib(value: float | None, peaks: PeakFigures | None, row: pd.Series, ranks_col: str = "") -> str:
     if peaks is None or value is None:
         return f"not measured (status {row['status']})"
     text = f"{value:.2f} GiB" + (f" {peaks.label}" if peaks.label else "")
-    ranks = row.get(ranks_col) if ranks_col and not peaks.label else None
-    if isinstance(ranks, list) and len(ranks) > 1:
-        text += " (ranks " + ", ".join("-" if v is None else f"{v:.2f}" for v in ranks) + ")"
-    return text
+    return text + (_ranks(row, ranks_col) if ranks_col and not peaks.label else "")
 
 
 def _loaded_on(row: pd.Series) -> str:
@@ -148,14 +200,15 @@ def case_row(row: pd.Series, card: float | None, reference: pd.Series | None) ->
     prepare = "on" if row["prepare_kbit"] else "off"
     return (
         str(row["case_id"]),
-        str(row["strategy"]),
+        strategy_label(row),
         str(num_gpus(row)),
         f"{row['quant_storage']}, prepare {prepare}, {_loaded_on(row)}",
         str(row["status"]),
         _gib(peaks.alloc_gib if peaks else None, peaks, row, "rank_peak_alloc_gib"),
         _gib(peaks.reserved_gib if peaks else None, peaks, row, "rank_peak_reserved_gib"),
         _gib(peaks.device_gib if peaks else None, peaks, row),
-        card_fit(row, peaks, card),
+        host_ram(row),
+        card_fit(row, peaks, card).text,
         _number(row, "tokens_per_s", ",.0f"),
         _number(row, "kernel_ms_per_step", ".1f"),
         _busy(row),
@@ -225,10 +278,15 @@ READING = (
     " peak minus what the GPU held before the case. A case fits the card when it ran ok and its"
     " device peak (the reserved peak where NVML was not read) is at most the card's memory: the"
     " emulation caps the allocator, not what the libraries take beside it. An out-of-memory row"
-    " shows what it needed, labelled, and does not fit. Tokens/s counts every GPU's tokens; kernel"
-    " time and GPU busy are rank 0's profiled window. Scaling efficiency = tokens/s of the N-GPU"
-    " case / (N x tokens/s of the one-card case that differs from it only in GPUs and strategy);"
-    " - where there is no such pair; a host-bound side (GPU busy marked so) makes it the host's ratio."
+    ' shows what it needed, labelled, and does not fit. "fsdp + CPU offload" is FSDP with its CPU'
+    " offload of the parameters (accelerate's fsdp_offload_params): each rank keeps its shards of the"
+    " parameters and of their gradients in pinned host RAM and steps the optimizer there, and a"
+    " layer comes to the GPU while it computes. Host RAM peak is each rank's peak RSS (the highest,"
+    " every rank's beside it): the offloaded shards, and on rank 0 the model it loaded into CPU RAM"
+    " under rank-0-only loading. Tokens/s counts every GPU's tokens; kernel time and GPU busy are"
+    " rank 0's profiled window. Scaling efficiency = tokens/s of the N-GPU case / (N x tokens/s of"
+    " the one-card case that differs from it only in GPUs, strategy and offload); - where there is"
+    " no such pair; a host-bound side (GPU busy marked so) makes it the host's ratio."
 )
 
 

@@ -31,6 +31,7 @@ LOADED: frozenset[str] = frozenset({"ok", "oom", "nan"})
 POINT_FIELDS: tuple[str, ...] = ("profile", *FIELD_NAMES)
 QUANT_FIELDS: tuple[str, ...] = ("quant_type", "double_quant", "quant_storage", "prepare_kbit")
 SEVEN_B_CLASS = (6.0e9, 9.0e9)  # base parameter counts that stand for the lesson's 7-8B models
+SEVENTY_B_CLASS_MIN = 6.0e10  # base parameter counts from which a model stands for "70B" (65B too)
 
 
 def num(values: pd.Series) -> pd.Series:

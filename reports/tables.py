@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from qlora_core.gpus import PROFILES
+from reports import two_card_70b
 from reports.claims.calculation import LESSON_FORMULA_SIZES_B, nominal_size
 from reports.claims.memory_problem import (
     LESSON_7B_PARAMS,
@@ -482,5 +483,5 @@ def memory_formula(run: RunData) -> str:
 def render_tables(run: RunData) -> str:
     """tables.md for one run."""
     sections = (header, memory_by_precision, compute_dtypes, t4_budget, oom_ladder, tradeoffs, memory_formula)
-    sections += (engine_comparison, multigpu_table, nan_table, fit_section)
-    return "\n\n".join(section(run) for section in sections) + "\n"
+    sections += (engine_comparison, multigpu_table, two_card_70b.section, nan_table, fit_section)
+    return "\n\n".join(text for text in (section(run) for section in sections) if text) + "\n"

@@ -49,6 +49,9 @@ class TrainStats:
     """The scaler's loss scale after the last step; None without a scaler."""
     trained_dtypes: str = ""
     """dtypes of the trainable parameters as trained (an engine may cast the adapters)."""
+    params_on_in_training: str = ""
+    """Where the parameters were once the engine had wrapped the model, before its first step
+    (`measure.params_device`): "cpu" shows FSDP's CPU offload in effect, not only configured."""
     # Speed (engines.pacing, engines.devicetime, engines.slowdown); None: not measured.
     stop_reason: str | None = None
     """Why measuring stopped: "target", "budget", "cap" (adaptive) or "fixed" (pacing)."""

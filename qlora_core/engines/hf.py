@@ -40,7 +40,7 @@ from qlora_core.engines.common import (
     trainable_parameters,
 )
 from qlora_core.engines.pacing import StepClock, StepPlan, plan_steps
-from qlora_core.measure import trainable_dtypes
+from qlora_core.measure import params_device, trainable_dtypes
 from qlora_core.spec import Case
 
 # Case.optimizer -> TrainingArguments.optim (transformers' names for the same optimizers).
@@ -222,6 +222,11 @@ class StepRecorder(TrainerCallback):
         self.clock = StepClock(plan, case, device, self.stats)
         self._start = 0.0
         self._ended: tuple[int, float | None, bool] | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # The trainer has wrapped (FSDP: flattened, sharded and, under CPU offload, moved to the
+        # host) the model it was given by now; `model` is that model, its children FSDP's units.
+        self.stats.params_on_in_training = params_device(kwargs["model"])
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.clock.begin_step()

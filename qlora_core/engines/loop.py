@@ -37,7 +37,7 @@ from qlora_core.engines.common import (
     trainable_parameters,
 )
 from qlora_core.engines.pacing import StepClock, StepPlan, plan_steps
-from qlora_core.measure import trainable_dtypes
+from qlora_core.measure import params_device, trainable_dtypes
 from qlora_core.spec import Case
 
 _AUTOCAST_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -99,6 +99,7 @@ def run_loop(
         autocast=case.compute_dtype if autocast_dtype is not None else NO_AUTOCAST,
         grad_scaler=scaler is not None,
         scaler_skipped_steps=0 if scaler is not None else None,
+        params_on_in_training=params_device(model),
     )
     clock = StepClock(plan, case, device, stats)
     try:

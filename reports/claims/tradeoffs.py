@@ -20,6 +20,7 @@ from reports.claims.nf4 import PPL_NOISE
 from reports.frame import RunData
 from reports.rows import (
     QUANT_FIELDS,
+    SEVENTY_B_CLASS_MIN,
     family_rows,
     fval,
     model_sizes,
@@ -215,7 +216,7 @@ def _a100_compat_on(df: pd.DataFrame, profile: str) -> list[Evaluation]:
     outcomes, sizes = compat_outcomes(df)
     out = []
     lora = outcomes["lora"]
-    big = {m: r for m, r in lora.items() if m in sizes and sizes[m][0] >= 6.0e10}
+    big = {m: r for m, r in lora.items() if m in sizes and sizes[m][0] >= SEVENTY_B_CLASS_MIN}
     condition = f"16-bit LoRA: Up to 70B ({profile})"
     why = "compat rows; a 16-bit ~70B row is computed from its exact weight bytes where it cannot load"
     if not big:
@@ -252,7 +253,7 @@ def _a100_compat_on(df: pd.DataFrame, profile: str) -> list[Evaluation]:
         )
     elif (
         all(r["status"] == "ok" for r in qlora.values())
-        and max(sizes.get(m, (0, ""))[0] for m in qlora) >= 6.0e10
+        and max(sizes.get(m, (0, ""))[0] for m in qlora) >= SEVENTY_B_CLASS_MIN
     ):
         out.append(holds(measured, evidence, condition, "compat rows up to ~70B ran ok"))
     else:

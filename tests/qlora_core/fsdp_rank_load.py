@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 from accelerate.utils.fsdp_utils import ensure_weights_retied
 
-from qlora_core.load import load_model, loaded_on
+from qlora_core.load import load_model
+from qlora_core.measure import params_device
 from qlora_core.spec import Case
 
 case = Case.from_dict(json.loads(sys.argv[1]))
@@ -19,7 +20,7 @@ path, out = sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 model = load_model(case, path, "cpu")
-seen = {"loaded_on": loaded_on(model)}
+seen = {"loaded_on": params_device(model)}
 seen["real_param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_meta)
 if rank != 0:
     # FSDP's param_init_fn as accelerate builds it: `to_empty` per module, tied weights retied

@@ -21,6 +21,7 @@ from accelerate.commands.config.config_args import ClusterConfig
 import qlora_core
 from qlora_core.distributed import (
     accelerate_config,
+    accelerate_launch_argv,
     config_path,
     first_failed_rank,
     free_port,
@@ -42,6 +43,7 @@ DDP = Case(
 )  # fmt: skip
 FSDP = DDP.replace(strategy="fsdp", quant_storage="bf16", prepare_kbit=False)
 FSDP_PREQ = FSDP.replace(compute_dtype="bf16", prequantized=True)
+FSDP_OFFLOAD = FSDP_PREQ.replace(cpu_offload=True)  # the FSDP-QLoRA recipe for 70B on two 24 GB GPUs
 # torchelastic's failure summary, as `accelerate launch` prints it (abridged).
 TORCHRUN_SUMMARY = """qlora_core.rank FAILED
 Failures:
@@ -66,6 +68,40 @@ def test_config_is_one_accelerate_reads_back(tmp_path):
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
     assert "fsdp_config" not in accelerate_config(DDP, 29500)
+
+
+def _rank_environment(config: Path) -> dict[str, str]:
+    """The environment `accelerate launch --config_file CONFIG` gives each rank: its own parser,
+    its reading of the config file and its multi-GPU launcher's environment (no process started)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    argv = accelerate_launch_argv(Path("request.json"), config)
+    args = launch_command_parser().parse_args(argv[argv.index("--config_file") :])
+    args, _defaults, _mixed_precision = _validate_launch_command(args)
+    return prepare_multi_gpu_env(args)
+
+
+@pytest.mark.parametrize("case", [FSDP_OFFLOAD, FSDP_PREQ], ids=["offload", "no-offload"])
+def test_cpu_offload_reaches_the_fsdp_plugin_the_trainer_builds(case, tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    launch_command(case, "l4x2", tmp_path / "r.request", path)
+    config = ClusterConfig.from_json_file(json_file=str(config_path(path)))
+    assert config.fsdp_config["fsdp_offload_params"] is case.cpu_offload
+    env = _rank_environment(config_path(path))
+    assert env["FSDP_OFFLOAD_PARAMS"] == str(case.cpu_offload).lower()
+    assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true"  # offload or not: rank 0 alone loads
+    # What the Trainer's Accelerator builds from the ranks' environment, and hands FSDP1.
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import CPUOffload
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    # Module-state syncing (which rank-0-only loading turns on) given as off: with it on, the plugin
+    # looks up the GPU its param_init_fn fills, and there is none here. Every other field,
+    # cpu_offload too, comes from the ranks' environment.
+    plugin = FullyShardedDataParallelPlugin(sync_module_states=False, cpu_ram_efficient_loading=False)
+    assert plugin.cpu_offload == CPUOffload(offload_params=case.cpu_offload)
 
 
 def test_rank0_only_loading_is_decided_per_case_and_written_in_its_config():
@@ -220,12 +256,17 @@ def two_gpus(gpu_required):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", [FSDP, DDP, FSDP_PREQ], ids=["fsdp", "ddp", "fsdp-rank0-load"])
+@pytest.mark.parametrize(
+    "case", [FSDP, DDP, FSDP_PREQ, FSDP_OFFLOAD], ids=["fsdp", "ddp", "fsdp-rank0-load", "fsdp-offload"]
+)
 def test_two_gpus_each_capped_like_one_card(two_gpus, case, tmp_cache, tmp_path):
     result = run_case(case, RunOptions(profile="t4x2", timeout_s=600), tmp_path / "r.json")
     assert result.status == "ok", result.reason
     # the 70B two-card path: rank 0 loaded into CPU RAM, rank 1 no weight, FSDP trained both
     assert result.rank_loaded_on == (["cpu", "meta"] if loads_on_rank0_only(case) else ["cuda", "cuda"])
+    # FSDP's CPU offload in effect, not only configured: the shards trained from host RAM
+    assert result.params_on_in_training == ("cpu" if case.cpu_offload else "cuda")
+    assert None not in result.rank_cpu_peak_rss_gib
     assert result.rank_statuses == ["ok", "ok"] and result.emulated
     assert None not in result.rank_peak_alloc_gib and None not in result.rank_nvml_peak_gib
     assert result.peak_alloc_gib == max(result.rank_peak_alloc_gib) <= result.memory_cap_gib

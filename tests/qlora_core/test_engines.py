@@ -84,6 +84,7 @@ def test_each_engine_trains_and_measures_every_step(bf16_runs, engine):
     # AdamW keeps two moments per trainable value, in the trainable dtype.
     element = 2 if stats.trained_dtypes == "bfloat16" else 4
     assert stats.optimizer_state_bytes >= 2 * element * TINY_LORA_PARAMS
+    assert stats.params_on_in_training == "cpu"  # as the engine held the model (FSDP offload: cpu)
 
 
 @pytest.mark.slow
@@ -223,6 +224,7 @@ def test_sft_refuses_fp16_on_a_quantized_model(gpu_required):
 def test_bf16_on_a_gpu_runs_under_autocast(gpu_required, engine):
     stats, _ = run(BASE.replace(engine=engine), "cuda")
     assert (stats.autocast, stats.grad_scaler) == ("bf16", False)
+    assert stats.params_on_in_training == "cuda"
     assert all(math.isfinite(x) for x in stats.losses) and stats.losses[-1] < stats.losses[0]
 
 

@@ -214,15 +214,26 @@ def test_multi_card_profiles_run_the_multigpu_family_only(profile, dtype):
         fsdp.replace(num_gpus=1, strategy="single") == floating == ddp.replace(num_gpus=1, strategy="single")
     )
     assert (fsdp.id.endswith("-2gpu-fsdp"), ddp.id.endswith("-2gpu-ddp")) == (True, True)
-    # 70B on two cards: on 24 GB cards only (a 16 GB T4 cannot hold half its 4-bit weights)
-    assert len(big) == (1 if profile == "l4x2" else 0)
+    # 70B on two cards: on 24 GB cards only (a 16 GB T4 cannot hold half its 4-bit weights); the
+    # recipe (FSDP's CPU offload) first, then the same case without it
+    assert len(big) == (2 if profile == "l4x2" else 0)
     for case in big:
         assert (case.model, case.batch_size, case.seq_len, case.strategy, case.num_gpus) == (
             "llama-2-70b", 1, 512, "fsdp", 2,
         )  # fmt: skip
         assert case.prequantized and case.quant_storage == dtype and case.gradient_checkpointing
         assert loads_on_rank0_only(case) and not loads_on_rank0_only(fsdp)
+    if big:
+        recipe, plain = big
+        assert recipe.cpu_offload and not plain.cpu_offload and recipe.replace(cpu_offload=False) == plain
+        assert [c.id for c in big] == [
+            "llama-2-70b-nf4-dq-bf16-b1-s512-noprep-qs-bf16-w1m3-trainer-2gpu-fsdp-offload-preq",
+            "llama-2-70b-nf4-dq-bf16-b1-s512-noprep-qs-bf16-w1m3-trainer-2gpu-fsdp-preq",
+        ]
     assert fsdp.quant_storage == dtype and not fsdp.prepare_kbit
+    # offload is the 70B's alone: the 8B cases keep their shards on the GPUs
+    assert not any(c.cpu_offload for c in (single, floating, fsdp, ddp))
+    assert len(tiers[0]) == (6 if profile == "l4x2" else 4)  # small: the same cases at every tier
 
 
 @pytest.mark.parametrize("profile", ("t4", "h200", "cpu"))

@@ -53,6 +53,7 @@ BAD_VALUES = [
     ("data", "wikitext", "synthetic"),
     ("extra", (("fault",),), "extra"),
     ("engine", "accelerate", str(list(ENGINES))),
+    ("cpu_offload", "yes", "cpu_offload='yes' must be True or False"),
 ]
 
 
@@ -255,11 +256,27 @@ def test_multi_gpu_id_hash_and_tokens_per_step():
         ({"data": "text"}, "held-out perplexity runs on one GPU"),
         ({"quant_storage": "uint8"}, "FSDP shards the 4-bit weights only in a float storage dtype"),
         ({"prepare_kbit": True}, "strategy='fsdp' needs prepare_kbit=False"),
+        ({"strategy": "ddp", "cpu_offload": True}, "cpu_offload=True with strategy='ddp': CPU offload"),
+        ({"num_gpus": 1, "strategy": "single", "cpu_offload": True}, "with strategy='single'"),
     ],
 )
 def test_multi_gpu_rules_name_the_problem(changes, words):
     with pytest.raises(CaseError, match=re.escape(words)):
         MULTI.replace(**changes)
+
+
+def test_cpu_offload_is_tagged_in_the_id_and_leaves_the_case_without_it_unchanged():
+    offload = MULTI.replace(cpu_offload=True)
+    assert offload.id == MULTI.id + "-offload" and offload.hash != MULTI.hash
+    assert "offload" not in MULTI.id and not MULTI.cpu_offload
+    # The 70B two-card case as stored before `cpu_offload` existed: same id, same hash.
+    big = Case(
+        "llama-2-70b", compute_dtype="bf16", quant_storage="bf16", prepare_kbit=False, seq_len=512,
+        engine="trainer", warmup_steps=1, measured_steps=3, num_gpus=2, strategy="fsdp", prequantized=True,
+    )  # fmt: skip
+    assert big.id == "llama-2-70b-nf4-dq-bf16-b1-s512-noprep-qs-bf16-w1m3-trainer-2gpu-fsdp-preq"
+    assert big.hash == "24f843668509"
+    assert big.replace(cpu_offload=True).id == big.id.replace("-fsdp-preq", "-fsdp-offload-preq")
 
 
 def test_ddp_keeps_uint8_storage_and_prepare():

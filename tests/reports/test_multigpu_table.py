@@ -10,12 +10,17 @@ import pytest
 
 from qlora_core.result import Result
 from reports.frame import load_run
-from reports.multigpu_table import RUN_COMMAND, multigpu_table
+from reports.multigpu_table import HEADERS, RUN_COMMAND, multigpu_table
 from reports.tables import render_tables
 
 RUN = Path(__file__).resolve().parents[2] / "reports" / "reference" / "multigpu-t4x2"
 POINT = {"batch_size": 4, "seq_len": 512, "engine": "trainer", "compute_dtype": "fp16"}
 FSDP_READY = {"quant_storage": "fp16", "prepare_kbit": False}
+# The table's columns, by header.
+STRATEGY, GPUS, LOAD, STATUS = "Strategy", "GPUs", "4-bit storage, prepare, load", "Status"
+ALLOC, RESERVED, DEVICE = "Per-GPU peak allocated", "Per-GPU peak reserved", "Per-GPU device peak (NVML)"
+HOST, FIT, TOKENS = "Host RAM peak (RSS)", "Fits the card", "Tokens/s (all GPUs)"
+BUSY, SCALING = "GPU busy", "Scaling efficiency"
 
 
 def _row(build: SimpleNamespace, status: str = "ok", **fields: Any) -> Result:
@@ -36,12 +41,12 @@ def _ranks(peak: float, **fields: Any) -> dict[str, Any]:
     }
 
 
-def _table_row(text: str, case_end: str) -> list[str]:
-    """The cells of the table row whose case id ends with `case_end`."""
+def _table_row(text: str, case_end: str) -> dict[str, str]:
+    """The cells, by header, of the table row whose case id ends with `case_end`."""
     rows = [line for line in text.splitlines() if line.startswith("| llama")]
     found = [r for r in rows if r.split(" | ")[0].endswith(case_end)]
     assert len(found) == 1, rows
-    return [cell.strip() for cell in found[0].strip("| ").split(" | ")]
+    return dict(zip(HEADERS, (cell.strip() for cell in found[0].strip("| ").split(" | ")), strict=True))
 
 
 def _pair(build: SimpleNamespace, single_tps: float = 1000.0, **multi_fields: Any) -> list[Result]:
@@ -67,45 +72,45 @@ def test_a_run_without_multi_gpu_rows_says_which_command_runs_them(build: Simple
 def test_scaling_efficiency_is_n_gpu_tokens_over_n_times_the_one_card_case(build: SimpleNamespace) -> None:
     text = multigpu_table(build.run(_pair(build)))
     ddp = _table_row(text, "-2gpu-ddp")
-    assert ddp[1:3] == ["ddp", "2"] and ddp[9] == "1,500"
-    assert ddp[12] == "0.75"  # 1500 / (2 x 1000)
-    assert _table_row(text, "-trainer")[12] == "-"  # the one-card case is the reference
+    assert (ddp[STRATEGY], ddp[GPUS]) == ("ddp", "2") and ddp[TOKENS] == "1,500"
+    assert ddp[SCALING] == "0.75"  # 1500 / (2 x 1000)
+    assert _table_row(text, "-trainer")[SCALING] == "-"  # the one-card case is the reference
     assert "Scaling efficiency against llama-3.1-8b" in text
 
 
 def test_no_efficiency_against_a_one_card_case_of_other_settings(build: SimpleNamespace) -> None:
     # Broken pairing: the two-GPU case trains batch 2, so the one-card case is no reference.
     text = multigpu_table(build.run(_pair(build, batch_size=2)))
-    assert _table_row(text, "-2gpu-ddp")[12] == "-"
+    assert _table_row(text, "-2gpu-ddp")[SCALING] == "-"
     assert "No N-GPU case has a one-card case of equal settings" in text
 
 
 def test_no_efficiency_when_the_one_card_case_measured_no_speed(build: SimpleNamespace) -> None:
     rows = _pair(build)
     rows[0].status, rows[0].tokens_per_s = "oom", None
-    assert _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")[12] == "-"
+    assert _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")[SCALING] == "-"
 
 
 def test_a_host_bound_side_is_marked_on_the_efficiency(build: SimpleNamespace) -> None:
     rows = _pair(build)
     rows[1].host_bound, rows[1].gpu_busy = True, 0.4
     ddp = _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")
-    assert ddp[11] == "0.40 (host-bound)" and ddp[12] == "0.75 (a host-bound side)"
+    assert ddp[BUSY] == "0.40 (host-bound)" and ddp[SCALING] == "0.75 (a host-bound side)"
 
 
 def test_per_gpu_peaks_are_the_max_over_ranks_with_each_rank_beside(build: SimpleNamespace) -> None:
     ddp = _table_row(multigpu_table(build.run(_pair(build))), "-2gpu-ddp")
-    assert ddp[5] == "9.00 GiB (ranks 8.50, 9.00)"
-    assert ddp[6] == "10.00 GiB (ranks 9.50, 10.00)"
-    assert ddp[7] == "10.60 GiB"  # NVML 11.2 minus the 0.6 GiB the GPU held before
-    assert ddp[8] == "yes (device 10.60 of 15.00 GiB)"
+    assert ddp[ALLOC] == "9.00 GiB (ranks 8.50, 9.00)"
+    assert ddp[RESERVED] == "10.00 GiB (ranks 9.50, 10.00)"
+    assert ddp[DEVICE] == "10.60 GiB"  # NVML 11.2 minus the 0.6 GiB the GPU held before
+    assert ddp[FIT] == "yes (device 10.60 of 15.00 GiB)"
 
 
 def test_an_ok_row_over_the_card_does_not_fit(build: SimpleNamespace) -> None:
     # The allocator cap held, but the device peak (NVML) is above T4's 15 GiB.
     rows = _pair(build)
     rows[1].nvml_peak_gib = 0.6 + 15.2
-    assert _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")[8] == "no (device 15.20 of 15.00 GiB)"
+    assert _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")[FIT] == "no (device 15.20 of 15.00 GiB)"
 
 
 def test_an_oom_row_shows_what_it_needed_labelled_and_does_not_fit(build: SimpleNamespace) -> None:
@@ -113,12 +118,16 @@ def test_an_oom_row_shows_what_it_needed_labelled_and_does_not_fit(build: Simple
     rows = [*_pair(build), oom]
     cells = _table_row(multigpu_table(build.run(rows)), "-s512-trainer")
     label = "needed (measured uncapped on NVIDIA H200)"
-    assert cells[4] == "oom" and cells[5] == f"16.70 GiB {label}" and cells[7] == f"20.00 GiB {label}"
-    assert cells[8] == "no (oom under the cap)"
+    assert (
+        cells[STATUS] == "oom"
+        and cells[ALLOC] == f"16.70 GiB {label}"
+        and cells[DEVICE] == f"20.00 GiB {label}"
+    )
+    assert cells[FIT] == "no (oom under the cap)"
     # Without an uncapped rerun, nothing is shown as its peak (a peak read at an OOM is truncated).
     bare = _row(build, "oom", **POINT, **build.gpu(), peak_alloc_gib=14.2)
     cells = _table_row(multigpu_table(build.run([*_pair(build), bare])), "-s512-trainer")
-    assert cells[5] == "not measured (status oom)" and cells[8] == "no (oom under the cap)"
+    assert cells[ALLOC] == "not measured (status oom)" and cells[FIT] == "no (oom under the cap)"
 
 
 def test_a_cpu_profile_has_no_card_to_fit(build: SimpleNamespace) -> None:
@@ -126,7 +135,7 @@ def test_a_cpu_profile_has_no_card_to_fit(build: SimpleNamespace) -> None:
     for r in rows:
         r.profile = "cpu"
     cells = _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")
-    assert cells[8] == "- (no card memory: not a GPU profile)"
+    assert cells[FIT] == "- (no card memory: not a GPU profile)"
 
 
 def test_the_committed_h200_run_renders_its_per_gpu_memory_and_scaling() -> None:
@@ -136,11 +145,11 @@ def test_the_committed_h200_run_renders_its_per_gpu_memory_and_scaling() -> None
     fsdp, ddp = _table_row(section, "-2gpu-fsdp"), _table_row(section, "-2gpu-ddp")
     single = _table_row(section, "-noprep-qs-fp16-w2m8-trainer")
     oom = _table_row(section, "-s512-w2m8-trainer")
-    assert fsdp[5].startswith("8.53 GiB (ranks 8.53, 8.53)") and ddp[5].startswith("9.47 GiB")
-    assert single[5] == "12.78 GiB" and oom[5].endswith("needed (measured uncapped on NVIDIA H200)")
-    assert float(ddp[12].split()[0]) == pytest.approx(0.93, abs=0.01)
-    assert float(fsdp[12]) == pytest.approx(0.25, abs=0.01)
-    assert fsdp[8].startswith("yes") and ddp[8].startswith("yes") and oom[8] == "no (oom under the cap)"
+    assert fsdp[ALLOC].startswith("8.53 GiB (ranks 8.53, 8.53)") and ddp[ALLOC].startswith("9.47 GiB")
+    assert single[ALLOC] == "12.78 GiB" and oom[ALLOC].endswith("needed (measured uncapped on NVIDIA H200)")
+    assert float(ddp[SCALING].split()[0]) == pytest.approx(0.93, abs=0.01)
+    assert float(fsdp[SCALING]) == pytest.approx(0.25, abs=0.01)
+    assert fsdp[FIT].startswith("yes") and ddp[FIT].startswith("yes") and oom[FIT] == "no (oom under the cap)"
     assert "The emulated cards share one host (2 x NVIDIA H200)" in section
 
 
@@ -148,6 +157,28 @@ def test_the_load_cell_says_where_each_rank_loaded(build: SimpleNamespace) -> No
     rows = _pair(build)
     rows[1].rank_loaded_on = ["cpu", "meta"]  # FSDP rank-0-only loading: rank 1 held no weight
     text = multigpu_table(build.run(rows))
-    assert _table_row(text, "-2gpu-ddp")[3] == "fp16, prepare off, loaded on cpu/meta"
+    assert _table_row(text, "-2gpu-ddp")[LOAD] == "fp16, prepare off, loaded on cpu/meta"
     # a row stored before the field: said so, not guessed
-    assert _table_row(text, "-trainer")[3] == "fp16, prepare off, load not recorded"
+    assert _table_row(text, "-trainer")[LOAD] == "fp16, prepare off, load not recorded"
+
+
+def test_cpu_offload_is_labelled_and_each_ranks_host_ram_shown(build: SimpleNamespace) -> None:
+    rows = _pair(build, strategy="fsdp")
+    offload = _row(
+        build,
+        **{**POINT, **FSDP_READY, "num_gpus": 2, "strategy": "fsdp", "cpu_offload": True},
+        **build.gpu(),
+        **_ranks(3.0, cpu_peak_rss_gib=41.5, rank_cpu_peak_rss_gib=[41.5, 20.25]),
+        params_on_in_training="cpu",
+        tokens_per_s=1200.0,
+    )
+    text = multigpu_table(build.run([*rows, offload]))
+    cells, plain = _table_row(text, "-2gpu-fsdp-offload"), _table_row(text, "-2gpu-fsdp")
+    assert (cells[STRATEGY], plain[STRATEGY]) == ("fsdp + CPU offload", "fsdp")
+    assert cells[HOST] == "41.50 GiB (ranks 41.50, 20.25)" and plain[HOST] == "-"
+    # its one-card reference is the same one-card case: offload is how the work is spread
+    assert cells[SCALING] == "0.60" and "CPU offload of the parameters" in text  # 1200 / (2 x 1000)
+    # asked for, but the parameters trained from the GPU: the cell says so
+    offload.params_on_in_training = "cuda"
+    cells = _table_row(multigpu_table(build.run([*rows, offload])), "-2gpu-fsdp-offload")
+    assert cells[STRATEGY] == "fsdp + CPU offload (but parameters on cuda in training)"
