@@ -238,7 +238,8 @@ def test_shareable_runs_go_side_by_side_once_and_the_rest_alone(tmp_path):
         assert [session.run(r) for r in shareable[1:]] == [
             session.results[(r.planned.case.hash, 0)] for r in shareable[1:]
         ]
-        assert session.run(alone).side_by_side is None
+        after = session.run(alone)  # the probe spare waited through the group: still the one used
+        assert after.side_by_side is None and after.warm_spare is True
     finally:
         session.close()
     rows = read_results_jsonl(session.run_dir / "results.jsonl")
