@@ -120,6 +120,8 @@ def run_case(
     child, timed_out = _run_child(case, options, request, result_path, log_path, warm, spares, cancel)
     if warm is not None:
         shutil.move(warm.log_path, log_path)  # the spare's log: its imports, then the case
+        if warm.verdict_path is not None:  # its own check of its imports (the pool read the probe's)
+            warm.verdict_path.unlink(missing_ok=True)
         if not timed_out and not result_path.exists():
             # The spare died before it read the request (no Result file, not even start-up's):
             # it never had the case. Run it cold; the case is never lost to a dead spare.
@@ -174,8 +176,8 @@ def _run_child(
             if cancel is not None and cancel.is_set():
                 _kill_group(child)
                 raise CaseCancelled(f"case {case.id} was stopped before it ended")
-            if spares is not None and spares.waiting is None:
-                spares.ensure()  # the next case's spare imports while this one runs (qlora_core.spare)
+            if spares is not None:
+                spares.ensure()  # the next cases' spares import while this one runs (qlora_core.spare)
     except BaseException:
         # Interrupted (Ctrl-C, pytest stopping): the child has a session of its own and would
         # outlive us, holding the GPU. Take it down before going. (A parent killed outright

@@ -1,12 +1,13 @@
 """Warm spare children: a case's child whose imports are already done when its case arrives.
 
 Importing torch and transformers costs a case 5-15 s of its wall time, before any of its work.
-A `SparePool` keeps one spare: a fresh interpreter (`python -m qlora_core.child --spare PID`,
-never a fork) that has imported what can be imported without touching the device
-(`SPARE_IMPORTS`), prints `SPARE_READY` and blocks on its stdin. `runner.run_case` hands the
-next single-GPU case to it (the request's path, one line) and the spare becomes that case's child, with every
-guarantee of a cold one: its own session and process group (killed whole on a timeout or an
-interrupt), SIGKILL when the parent dies (PDEATHSIG, set before its imports), the environment of
+A `SparePool` keeps spares (two: `SPARE_DEPTH`), each a fresh interpreter (`python -m
+qlora_core.child --spare PID`, never a fork) that has imported what can be imported without
+touching the device (`SPARE_IMPORTS`), prints `SPARE_READY` and blocks on its stdin.
+`runner.run_case` hands the next single-GPU case to the oldest (the request's path, one line) and
+the spare becomes that case's child, with every guarantee of a cold one: its own session and
+process group (killed whole on a timeout or an interrupt), SIGKILL when the parent dies
+(PDEATHSIG, set before its imports), the environment of
 `runner.child_env()` (a spare started under another environment is discarded, not used).
 
 When a spare starts: as soon as the running case has started. Its imports overlap the whole of that
@@ -47,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+SPARE_DEPTH = 2
+"""Spares a pool keeps waiting (`SparePool`)."""
 SPARE_NICE = 10
 """Niceness a spare adds to its own while it imports (undone at hand-over where allowed)."""
 SPARE_READY = "spare ready"
@@ -83,11 +86,18 @@ class Spare:
 
 
 class SparePool:
-    """At most one warm spare. A context manager: leaving it (or the interpreter exiting) ends
-    the waiting spare; a spare whose parent died is ended by the kernel (PDEATHSIG)."""
+    """Up to `depth` warm spares, handed out oldest first. A context manager: leaving it (or the
+    interpreter exiting) ends the waiting spares; a spare whose parent died is ended by the kernel
+    (PDEATHSIG).
 
-    def __init__(self) -> None:
-        self._spare: Spare | None = None
+    Two by default (`SPARE_DEPTH`): with one, a case that ended early (an OOM at its first step,
+    10-15 s on the H200) left the next case a spare that had imported for only that long, and it
+    waited the rest (0-14 s of the t4 tier's uncapped reruns on the H200); the second spare has
+    had a whole case more."""
+
+    def __init__(self, depth: int = 0) -> None:
+        self.depth = depth or SPARE_DEPTH
+        self._waiting: list[Spare] = []
         self._registered = False
         self._libraries: bool | None = None  # may spares import LIBRARY_IMPORTS? None: not known yet
         self._probe: Spare | None = None
@@ -114,10 +124,9 @@ class SparePool:
         """Start the first spare now, before any case runs, importing the libraries too: the probe
         whose verdict decides whether later spares import them (see the module's doc). No-op once
         a spare or a verdict exists."""
-        if self._spare is not None or self._libraries is not None:
+        if self._waiting or self._libraries is not None:
             return
-        self._start(libraries=True)
-        self._probe = self._spare
+        self._probe = self._start(libraries=True)
 
     def __enter__(self) -> SparePool:
         return self
@@ -129,19 +138,21 @@ class SparePool:
 
     @property
     def waiting(self) -> Spare | None:
-        return self._spare
+        """The spare the next case gets (the oldest waiting), or None."""
+        return self._waiting[0] if self._waiting else None
 
     def ensure(self) -> None:
-        """Start a spare unless one is waiting (a dead one is replaced), or while the probe has not
-        answered yet: the spare to start then depends on its answer (called again, it starts)."""
-        if self._spare is not None and self._spare.process.poll() is None:
-            return
-        self._discard()
+        """Start spares until `depth` wait (dead ones are replaced); none while the probe has not
+        answered yet: the spares to start depend on its answer (called again, they start)."""
+        for spare in [s for s in self._waiting if s.process.poll() is not None]:
+            self._waiting.remove(spare)
+            self._discard(spare)
         if not self._read_probe():
             return
-        self._start(libraries=bool(self._libraries))
+        while len(self._waiting) < self.depth:
+            self._start(libraries=bool(self._libraries))
 
-    def _start(self, libraries: bool) -> None:
+    def _start(self, libraries: bool) -> Spare:
         from qlora_core.runner import child_env
 
         if not self._registered:
@@ -163,30 +174,29 @@ class SparePool:
                 env=env,
                 text=True,
             )
-        self._spare = Spare(process, Path(name), env, libraries, verdict_path)
-
-    def take(self) -> Spare | None:
-        """The waiting spare, alive and started under today's `child_env()`, or None (a spare
-        that is not is ended). The pool is empty after it."""
-        from qlora_core.runner import child_env
-
-        spare = self._spare
-        if spare is None:
-            return None
-        if spare.process.poll() is not None or not same_environment(spare.env, child_env()):
-            self._discard()
-            return None
-        self._spare = None
+        spare = Spare(process, Path(name), env, libraries, verdict_path)
+        self._waiting.append(spare)
         return spare
 
-    def shutdown(self) -> None:
-        """End the waiting spare, if any."""
-        self._discard()
+    def take(self) -> Spare | None:
+        """The oldest waiting spare that is alive and was started under today's `child_env()`, or
+        None; the ones that are not are ended. It leaves the pool."""
+        from qlora_core.runner import child_env
 
-    def _discard(self) -> None:
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return
+        now = child_env()
+        while self._waiting:
+            spare = self._waiting.pop(0)
+            if spare.process.poll() is None and same_environment(spare.env, now):
+                return spare
+            self._discard(spare)
+        return None
+
+    def shutdown(self) -> None:
+        """End every waiting spare."""
+        while self._waiting:
+            self._discard(self._waiting.pop(0))
+
+    def _discard(self, spare: Spare) -> None:
         if spare is self._probe:  # ended before it answered: no proof
             self._libraries = read_verdict(spare) or False
             self._probe = None

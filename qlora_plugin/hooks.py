@@ -47,7 +47,7 @@ _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
 )
 # Kernel timings run in this process and create a CUDA context, which NVML would count in
 # every later case: they go after the cases. Claims and the gate read every case.
-_LAST_MODULES = ("test_kernels.py", "test_claims.py", "test_gate.py")
+_LAST_MODULES = ("test_quantization.py", "test_kernels.py", "test_claims.py", "test_gate.py")
 # Outcomes that are findings about the case (recorded, reported) rather than suite failures.
 EXPECTED_FAILURE_STATUSES = frozenset({"oom", "nan"})
 _SESSION_KEY = pytest.StashKey[BenchSession]()

@@ -107,7 +107,7 @@ def test_the_second_case_runs_in_a_warm_spare_with_its_imports_done(tmp_path):
 
 @pytest.mark.slow
 def test_a_spare_killed_while_waiting_is_replaced_and_the_case_runs(tmp_path):
-    with SparePool() as pool:
+    with SparePool(depth=1) as pool:
         first = _started(pool)
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait()
@@ -115,6 +115,18 @@ def test_a_spare_killed_while_waiting_is_replaced_and_the_case_runs(tmp_path):
         assert result.status == "ok" and result.warm_spare is False  # ran cold
         assert pool.waiting is not None and pool.waiting.process.pid != first.process.pid
         assert pool.waiting.process.poll() is None  # a new spare waits for the next case
+
+
+@pytest.mark.slow
+def test_a_dead_spare_is_skipped_for_the_next_one_and_the_pool_refilled(tmp_path):
+    with SparePool() as pool:  # two waiting
+        first = _started(pool)
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait()
+        result = run_case(CASE, RunOptions(), tmp_path / "r.json", pool)
+        assert result.status == "ok" and result.warm_spare is True, result.reason  # the second one
+        assert pool.waiting is not None and pool.waiting.process.poll() is None
+        assert pool.waiting.process.pid != first.process.pid
 
 
 @pytest.mark.slow
