@@ -68,6 +68,7 @@ def environment_fields() -> dict[str, str]:
         "peft_version": version("peft"),
         "bitsandbytes_version": version("bitsandbytes"),
         "accelerate_version": version("accelerate"),
+        "trl_version": version("trl"),
     }
 
 
@@ -294,7 +295,12 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
             r.train_s = stats.train_s
             ckpt.save()
 
-    stats = run_training(model, case, batches, device, on_step=on_step, plan=plan)
+    def on_start(stats: TrainStats) -> None:  # on disk before step 1: a failed case keeps it
+        for name, value in stats.start_fields().items():
+            setattr(r, name, value)
+        ckpt.save()
+
+    stats = run_training(model, case, batches, device, on_step=on_step, plan=plan, on_start=on_start)
     if device == "cuda":
         r.peak_alloc_gib, r.peak_reserved_gib = measure.cuda_peaks()
     if sampler is not None:

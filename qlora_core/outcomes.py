@@ -9,8 +9,9 @@ The statuses mean different things to a reader and to `--resume` (`result.FINAL_
 - `oom`: the allocator could not serve an allocation. Final (a fact about the case on that GPU).
 - `cuda_error`: a CUDA error poisoned the process (device-side assert, illegal access); reruns.
 - `unsupported`: a library refused the case in a way recognised below (`RECOGNISED_REFUSALS`),
-  e.g. no kernel for this dtype on this device. Final. A message that merely contains
-  "not supported" is not enough: it must match a refusal we know.
+  e.g. no kernel for this dtype on this device. Final, and a finding (the bench xfails it, as an
+  OOM). A message that merely contains "not supported" is not enough: it must match a refusal we
+  know.
 - `crashed`: everything else, including a `ValueError`/`KeyError`/`TypeError` from a bug in our
   own code; the row keeps the traceback and `--resume` reruns it.
 """
@@ -46,7 +47,20 @@ class Refusal:
         return isinstance(exc, self.types) and self.pattern.search(str(exc)) is not None
 
 
+GRAD_SCALER_BF16 = "torch-grad-scaler-bf16"
+
 RECOGNISED_REFUSALS: tuple[Refusal, ...] = (
+    # The fp16 gradient scaler's unscale on CUDA dispatches float, double and half only, so bf16
+    # gradients under fp16 mixed precision are refused: `"_amp_foreach_non_finite_check_and_unscale_cuda"
+    # not implemented for 'BFloat16'`. Before the dtype rule below, which would also match it. (The
+    # engine that cast the parameters to bf16 adds its cast to the message: `engines.hf`.)
+    Refusal(
+        GRAD_SCALER_BF16,
+        "torch",
+        (NotImplementedError, RuntimeError),
+        re.compile(r"\"_amp_foreach_non_finite_check_and_unscale_\w+\" not implemented for 'BFloat16'"),
+        "fp16's gradient scaler cannot unscale bf16 gradients (bf16 trainable parameters under fp16)",
+    ),
     # ATen's dtype dispatch: the op exists on this device but has no kernel for the dtype, e.g.
     # `"cholesky_cpu" not implemented for 'Half'` (NotImplementedError in torch 2.13, a
     # RuntimeError in older releases).

@@ -106,6 +106,7 @@ class Result:
     peft_version: str = ""
     bitsandbytes_version: str = ""
     accelerate_version: str = ""
+    trl_version: str = ""  # TRL, whose SFTTrainer is the `sft` engine
 
     # parameters and bytes
     total_params: int | None = None  # as peft counts them (4-bit packed weights counted x2); a

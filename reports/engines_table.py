@@ -63,6 +63,19 @@ def attribution(row: pd.Series, ref: pd.Series) -> str:
     return f"{', '.join(big)}: {why}{_unaccounted(row, ref)}"
 
 
+def versus_loop(row: pd.Series, ref: pd.Series) -> str:
+    """The table's last cell: a row that did not train says why (its reason's first line, where
+    an `unsupported` row names the refusal and its cause); otherwise its `attribution`."""
+    if row["status"] != "ok":
+        reason = str(row.get("reason") or "-")
+        return f"{row['status']}: {reason.splitlines()[0]}"
+    if engine_of(row) == _REFERENCE:
+        return "-"
+    if ref["status"] != "ok":
+        return f"not compared: the loop's row is {ref['status']}"
+    return attribution(row, ref)
+
+
 def _unaccounted(row: pd.Series, ref: pd.Series) -> str:
     """How much of a peak-memory difference the measured byte fields account for."""
     peak, base_peak = fval(row, "peak_alloc_gib"), fval(ref, "peak_alloc_gib")
@@ -125,7 +138,7 @@ def engine_comparison(run: RunData) -> str:
                 _cell(row, "nvml_peak_gib", _gib),
                 _cell(row, "final_loss", lambda v: f"{v:.4f}"),
                 f"{row.get('autocast') or '-'}{' + scaler' if _is_set(row.get('grad_scaler')) else ''}",
-                "-" if engine_of(row) == _REFERENCE else attribution(row, ref),
+                versus_loop(row, ref),
             )
             for _, row in rows.iterrows()
         ]

@@ -49,6 +49,7 @@ FLAGGED_FIELDS: tuple[str, ...] = (
     "peft_version",
     "bitsandbytes_version",
     "accelerate_version",
+    "trl_version",
 )
 SHOWN = 8  # case ids named per refusal; the rest are counted
 

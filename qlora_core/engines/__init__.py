@@ -1,6 +1,6 @@
 """Training engines: how a case trains, one contract whichever engine runs it.
 
-`run_training(model, case, batches, device, on_step, plan)` trains a loaded, prepared LoRA model
+`run_training(model, case, batches, device, on_step, plan, on_start)` trains a loaded, prepared LoRA model
 on `batches` (`plan.max_total_steps * grad_accum` micro-batches [batch_size, seq_len]) with the
 engine `case.engine` names, and returns `TrainStats`. The plan (`engines.pacing`) says how many
 steps are warm-up, measured (adaptive on CUDA) and profiled for device time (`engines.devicetime`,
@@ -21,11 +21,11 @@ from collections.abc import Sequence
 
 import torch
 
-from qlora_core.engines.common import OnStep, TrainStats
+from qlora_core.engines.common import OnStart, OnStep, TrainStats
 from qlora_core.engines.pacing import StepPlan, plan_steps
 from qlora_core.spec import ENGINES, Case
 
-__all__ = ["ENGINES", "OnStep", "StepPlan", "TrainStats", "plan_steps", "run_training"]
+__all__ = ["ENGINES", "OnStart", "OnStep", "StepPlan", "TrainStats", "plan_steps", "run_training"]
 
 
 def run_training(
@@ -35,19 +35,21 @@ def run_training(
     device: str,
     on_step: OnStep | None = None,
     plan: StepPlan | None = None,
+    on_start: OnStart | None = None,
 ) -> TrainStats:
     """Train `model` on `batches` with the engine of `case` (see the module docstring), step by
-    step as `plan` says (default `plan_steps(case, device)`: adaptive and profiled on CUDA)."""
+    step as `plan` says (default `plan_steps(case, device)`: adaptive and profiled on CUDA);
+    `on_step` after every step, `on_start` once before the first."""
     plan = plan or plan_steps(case, device)
     if case.engine == "loop":
         from qlora_core.engines.loop import run_loop
 
-        return run_loop(model, case, batches, device, on_step, plan)
+        return run_loop(model, case, batches, device, on_step, plan, on_start)
     # Imported only here: transformers' Trainer, TRL and datasets are heavy.
     from qlora_core.engines import hf
 
     if case.engine == "trainer":
-        return hf.run_trainer(model, case, batches, device, on_step, plan)
+        return hf.run_trainer(model, case, batches, device, on_step, plan, on_start)
     if case.engine == "sft":
-        return hf.run_sft(model, case, batches, device, on_step, plan)
+        return hf.run_sft(model, case, batches, device, on_step, plan, on_start)
     raise ValueError(f"engine={case.engine!r} is not one of {list(ENGINES)}")

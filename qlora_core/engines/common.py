@@ -79,6 +79,11 @@ class TrainStats:
         del out["engine"]
         return out
 
+    def start_fields(self) -> dict[str, Any]:
+        """What is known before the first step, under its `Result` names: the mixed precision and
+        the trainable parameters' dtypes as the engine built them (`OnStart`)."""
+        return {name: getattr(self, name) for name in ("autocast", "grad_scaler", "trained_dtypes")}
+
     def record_step(
         self, step: int, loss: float, grad_norm: float, step_ms: float | None, skipped: bool
     ) -> bool:
@@ -97,6 +102,9 @@ class TrainStats:
 
 OnStep = Callable[[int, TrainStats], None]
 """Called after every recorded step with its index and the statistics so far."""
+OnStart = Callable[[TrainStats], None]
+"""Called once before the first step, with what the engine will train with (mixed precision,
+the trainable parameters' dtypes as built): a run that fails in training keeps them."""
 
 
 def is_nonfinite(loss: float, grad_norm: float, grad_scaler: bool) -> bool:

@@ -6,7 +6,18 @@ accumulation, checkpointing, fp16/bf16, optimizer, step count, learning rate and
 warm-up schedule; no evaluation, saving or reporting. What they do with it is theirs: accelerate
 applies autocast and, for fp16 on a GPU, a gradient scaler; SFTTrainer computes the loss through
 its fused LM head and casts QLoRA adapters to bf16. The row reports what actually ran (autocast,
-scaler, adapter dtypes) read from the trainer, not from the case.
+scaler, adapter dtypes) read from the trainer once it is built, before the first step, so that a
+run that fails in training keeps them too (`on_start`).
+
+**SFTTrainer with fp16 on a quantized model** (trl 1.16.0, `trl/trainer/sft_trainer.py`): line
+710 sets `_is_quantized_model` from the model's `is_loaded_in_4bit`/`is_loaded_in_8bit` (a
+PeftModel forwards them from its base), and lines 902-911 cast every trainable parameter but
+DoRA's magnitude to bfloat16 when it is set, whatever `fp16`/`bf16` say. Under `fp16=True` on a
+GPU, accelerate's gradient scaler then meets bf16 gradients at the first unscale (the Trainer's
+gradient clipping) and torch refuses them (`outcomes.GRAD_SCALER_BF16`). That is what a reader
+gets who builds the PeftModel and passes `SFTConfig(fp16=True)` (or passes `peft_config` instead:
+the same cast): the case ends `unsupported`, its reason naming the cast measured at init. On the
+CPU accelerate has no fp16 scaler, and the same case trains with bf16 adapters.
 
 accelerate gives fp16 no autocast and no scaler on the CPU (`Accelerator` sets `native_amp` only
 for a non-CPU device), so an fp16 case on the CPU trains in the model's own dtypes there; bf16
@@ -32,6 +43,7 @@ from qlora_core.engines.common import (
     MAX_GRAD_NORM,
     NO_AUTOCAST,
     WEIGHT_DECAY,
+    OnStart,
     OnStep,
     TrainStats,
     check_batches,
@@ -41,6 +53,7 @@ from qlora_core.engines.common import (
 )
 from qlora_core.engines.pacing import StepClock, StepPlan, plan_steps
 from qlora_core.measure import params_device, trainable_dtypes
+from qlora_core.outcomes import GRAD_SCALER_BF16, recognised_refusal
 from qlora_core.spec import Case
 
 # Case.optimizer -> TrainingArguments.optim (transformers' names for the same optimizers).
@@ -48,6 +61,13 @@ TRAINER_OPTIMS: dict[str, str] = {
     "adamw": "adamw_torch",
     "adamw_8bit": "adamw_bnb_8bit",
     "paged_adamw_8bit": "paged_adamw_8bit",
+}
+# Who builds each engine's trainer, and where its cast of the trainable parameters at init lives
+# (read in the library's source; see the module docstring).
+TRAINER_NAMES: dict[str, str] = {"trainer": "transformers' Trainer", "sft": "TRL's SFTTrainer"}
+CAST_AT_INIT_SOURCE: dict[str, str] = {
+    "sft": "trl/trainer/sft_trainer.py casts a quantized model's trainable parameters to bfloat16"
+    " whatever fp16/bf16 say",
 }
 
 
@@ -102,6 +122,7 @@ def run_trainer(
     device: str,
     on_step: OnStep | None = None,
     plan: StepPlan | None = None,
+    on_start: OnStart | None = None,
 ) -> TrainStats:
     """Train `model` with `transformers.Trainer` on `batches`."""
     from transformers import Trainer, TrainingArguments
@@ -115,7 +136,7 @@ def run_trainer(
             callbacks=[recorder],
         )
 
-    return _run_hf("trainer", model, case, batches, device, on_step, build, plan)
+    return _run_hf("trainer", model, case, batches, device, build, plan, on_step, on_start)
 
 
 def run_sft(
@@ -125,6 +146,7 @@ def run_sft(
     device: str,
     on_step: OnStep | None = None,
     plan: StepPlan | None = None,
+    on_start: OnStart | None = None,
 ) -> TrainStats:
     """Train `model` with TRL's `SFTTrainer` on `batches` (pre-tokenized, packing off)."""
     from trl import SFTConfig, SFTTrainer
@@ -143,7 +165,7 @@ def run_sft(
             callbacks=[recorder],
         )
 
-    return _run_hf("sft", model, case, batches, device, on_step, build, plan)
+    return _run_hf("sft", model, case, batches, device, build, plan, on_step, on_start)
 
 
 def _run_hf(
@@ -152,17 +174,42 @@ def _run_hf(
     case: Case,
     batches: Sequence[torch.Tensor],
     device: str,
-    on_step: OnStep | None,
     build: Callable[[str, StepRecorder], Any],
     plan: StepPlan | None,
+    on_step: OnStep | None,
+    on_start: OnStart | None,
 ) -> TrainStats:
     """Check the inputs, build the trainer in a scratch output folder, train, collect the stats."""
     plan = plan or plan_steps(case, device)
     check_batches(case, batches, plan.max_total_steps)
     trainable_parameters(model)  # fail early, before the trainer is built
+    given = trainable_dtypes(model)
     with tempfile.TemporaryDirectory(prefix=f"qlora-{engine}-") as out:
         recorder = StepRecorder(engine, case, device, on_step, plan)
-        return _train(build(out, recorder), recorder)
+        trainer = build(out, recorder)
+        cast = cast_at_init(engine, given, trainable_dtypes(trainer.model))
+        return _train(trainer, recorder, on_start, cast)
+
+
+def cast_at_init(engine: str, given: str, built: str) -> str:
+    """What building `engine`'s trainer did to the trainable parameters' dtypes (`given` before,
+    `built` after, as `measure.trainable_dtypes` names them), in words; "" when it kept them."""
+    if given == built:
+        return ""
+    source = CAST_AT_INIT_SOURCE.get(engine)
+    return f"{TRAINER_NAMES[engine]} cast the trainable parameters {given} -> {built} at init" + (
+        f" ({source})" if source else ""
+    )
+
+
+def with_cast_named(exc: BaseException, cast: str) -> BaseException:
+    """The gradient scaler's refusal of bf16 gradients again, its message led by the trainer's
+    `cast` at init (`cast_at_init`) that put them in bf16; `exc` itself for any other error or
+    when the trainer cast nothing. The same type and torch's words, so it is classified as before."""
+    refusal = recognised_refusal(exc)
+    if not cast or refusal is None or refusal.name != GRAD_SCALER_BF16:
+        return exc
+    return type(exc)(f"{cast}; then {exc}")
 
 
 def pad_only_tokenizer(model: torch.nn.Module) -> Any:
@@ -187,15 +234,24 @@ def pad_only_tokenizer(model: torch.nn.Module) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad, eos_token=pad)
 
 
-def _train(trainer: Any, recorder: StepRecorder) -> TrainStats:
-    """Run `trainer.train()` and complete the statistics from what the trainer actually used."""
+def _train(trainer: Any, recorder: StepRecorder, on_start: OnStart | None, cast: str) -> TrainStats:
+    """Run `trainer.train()` and complete the statistics from what the trainer actually used;
+    `cast`: what building it did to the trainable dtypes (`cast_at_init`)."""
     accelerator = trainer.accelerator
     stats = recorder.stats
     stats.autocast = accelerator.mixed_precision if accelerator.native_amp else NO_AUTOCAST
     stats.grad_scaler = accelerator.scaler is not None
     stats.scaler_skipped_steps = 0 if stats.grad_scaler else None
+    stats.trained_dtypes = trainable_dtypes(trainer.model)
+    if on_start is not None:
+        on_start(stats)
     try:
         trainer.train()
+    except (NotImplementedError, RuntimeError) as exc:
+        named = with_cast_named(exc, cast)
+        if named is exc:
+            raise
+        raise named from exc
     finally:
         recorder.clock.close()
     if accelerator.scaler is not None:

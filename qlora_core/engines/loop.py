@@ -28,6 +28,7 @@ from qlora_core.engines.common import (
     MAX_GRAD_NORM,
     NO_AUTOCAST,
     WEIGHT_DECAY,
+    OnStart,
     OnStep,
     TrainStats,
     check_batches,
@@ -81,6 +82,7 @@ def run_loop(
     device: str,
     on_step: OnStep | None = None,
     plan: StepPlan | None = None,
+    on_start: OnStart | None = None,
 ) -> TrainStats:
     """Train `model` over `batches` in the core loop, step by step as `plan` says (default:
     `plan_steps(case, device)`)."""
@@ -100,7 +102,10 @@ def run_loop(
         grad_scaler=scaler is not None,
         scaler_skipped_steps=0 if scaler is not None else None,
         params_on_in_training=params_device(model),
+        trained_dtypes=trainable_dtypes(model),
     )
+    if on_start is not None:
+        on_start(stats)
     clock = StepClock(plan, case, device, stats)
     try:
         _train_steps(model, case, batches, device, on_step, clock, optimizer, scheduler, scaler)

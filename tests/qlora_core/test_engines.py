@@ -18,10 +18,18 @@ from qlora_core.engines import StepPlan, TrainStats, plan_steps, run_training
 from qlora_core.engines import loop as loop_engine
 from qlora_core.engines.common import LR_SCHEDULER, MAX_GRAD_NORM, WEIGHT_DECAY, check_batches
 from qlora_core.engines.devicetime import PROFILED_STEPS
-from qlora_core.engines.hf import TRAINER_OPTIMS, training_arguments
+from qlora_core.engines.hf import (
+    TRAINER_OPTIMS,
+    cast_at_init,
+    pad_only_tokenizer,
+    token_dataset,
+    training_arguments,
+    with_cast_named,
+)
 from qlora_core.engines.pacing import STOP_REASONS
+from qlora_core.measure import trainable_dtypes
 from qlora_core.models.resolve import resolve_model
-from qlora_core.outcomes import classify_exception
+from qlora_core.outcomes import GRAD_SCALER_BF16, classify_exception, recognised_refusal
 from qlora_core.result import RESULT_FIELDS, Status
 from qlora_core.spec import ENGINES, LESSON_TARGET_MODULES, OPTIMIZERS, Case
 
@@ -114,6 +122,98 @@ def test_engines_see_the_same_batches_and_train_alike(bf16_runs):
         "bfloat16",
     )
     assert sft.losses == pytest.approx(loop.losses, rel=2e-2)
+
+
+# -- SFTTrainer and fp16 on a quantized model ----------------------------------------------------
+FP16 = BASE.replace(compute_dtype="fp16")
+# torch's refusal as the H200 gave it (torch 2.11, trl 1.16) for the t4 profile's fp16 sft case.
+SCALER_REFUSAL = "\"_amp_foreach_non_finite_check_and_unscale_cuda\" not implemented for 'BFloat16'"
+
+
+def sft_dtypes_as_a_reader_builds_it(tmp_path, peft_config: bool, **precision: bool) -> tuple[str, str]:
+    """Trainable dtypes before and after `SFTTrainer(...)`, built as a lesson reader builds it:
+    their own PeftModel (or the prepared model and `peft_config`), `SFTConfig` with `precision`."""
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    model = trained_model(FP16)
+    kwargs = {}
+    if peft_config:
+        model = model.unload()  # the prepared 4-bit model, without the adapters
+        kwargs["peft_config"] = LoraConfig(
+            r=16, target_modules=list(LESSON_TARGET_MODULES), task_type="CAUSAL_LM"
+        )
+    before = trainable_dtypes(model) or "none"
+    config = SFTConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=1, report_to="none", **precision)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=token_dataset(FP16, repeated_batches(FP16, 1), 1),
+        processing_class=pad_only_tokenizer(model),
+        **kwargs,
+    )
+    return before, trainable_dtypes(trainer.model)
+
+
+@pytest.mark.parametrize(
+    ("peft_config", "precision"),
+    [(False, {"fp16": True}), (False, {}), (True, {"fp16": True}), (False, {"fp16": False, "bf16": False})],
+    ids=["peft-model-fp16", "peft-model-unset", "peft-config-fp16", "peft-model-fp32"],
+)
+def test_sft_trainer_casts_a_quantized_models_adapters_to_bf16_whatever_the_reader_sets(
+    tmp_path, peft_config, precision
+):
+    """TRL 1.16's SFTTrainer init (trl/trainer/sft_trainer.py 902-911): every trainable parameter
+    of a quantized model becomes bf16, fp16=True included; `engines.hf` passes nothing else."""
+    before, after = sft_dtypes_as_a_reader_builds_it(tmp_path, peft_config, **precision)
+    assert before == ("none" if peft_config else "float32")
+    assert after == "bfloat16"
+
+
+def test_the_trainer_keeps_fp32_adapters_under_fp16(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = trained_model(FP16)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_steps=1, report_to="none", fp16=True)
+    trainer = Trainer(model=model, args=args, train_dataset=token_dataset(FP16, repeated_batches(FP16, 1), 1))
+    assert trainable_dtypes(trainer.model) == "float32"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_reports_what_it_trains_with_before_the_first_step(engine):
+    seen: list[dict] = []
+    plan = plan_steps(FP16, "cpu", adaptive=False)
+    model = trained_model(FP16)
+    stats = run_training(
+        model,
+        FP16.replace(engine=engine),
+        repeated_batches(FP16, plan.max_total_steps),
+        "cpu",
+        on_step=lambda step, s: seen.append({"step": step}),
+        plan=plan,
+        on_start=lambda s: seen.append({**s.start_fields(), "steps_so_far": len(s.losses)}),
+    )
+    started = seen[0]
+    assert started["steps_so_far"] == 0 and all("step" in later for later in seen[1:])
+    # What training used, known before it: SFTTrainer's init cast is in it, as trained.
+    assert started["trained_dtypes"] == stats.trained_dtypes == ("bfloat16" if engine == "sft" else "float32")
+    assert (started["autocast"], started["grad_scaler"]) == (stats.autocast, stats.grad_scaler)
+
+
+def test_the_scaler_refusal_names_the_cast_that_caused_it():
+    cast = cast_at_init("sft", "float32", "bfloat16")
+    assert cast.startswith("TRL's SFTTrainer cast the trainable parameters float32 -> bfloat16 at init")
+    named = with_cast_named(NotImplementedError(SCALER_REFUSAL), cast)
+    assert type(named) is NotImplementedError and str(named).startswith(cast)
+    refusal = recognised_refusal(named)
+    assert refusal is not None and refusal.name == GRAD_SCALER_BF16
+    assert classify_exception(named) == Status.UNSUPPORTED
+    # Nothing to name: no cast at init, or another error.
+    assert cast_at_init("trainer", "float32", "float32") == ""
+    plain = NotImplementedError(SCALER_REFUSAL)
+    assert with_cast_named(plain, "") is plain
+    other = NotImplementedError("\"cholesky_cpu\" not implemented for 'Half'")
+    assert with_cast_named(other, cast) is other
 
 
 @pytest.mark.slow
@@ -213,9 +313,13 @@ def test_fp16_on_a_gpu_runs_under_autocast_with_a_scaler(gpu_required, engine):
 def test_sft_refuses_fp16_on_a_quantized_model(gpu_required):
     """TRL's SFTTrainer casts a quantized model's adapters to bf16; with fp16=True the gradient
     scaler then cannot unscale them (measured on the H200: torch 2.11, trl 1.16). A user's
-    `SFTConfig(fp16=True)` QLoRA run fails there: the runner records it as `unsupported`."""
+    `SFTConfig(fp16=True)` QLoRA run fails there: the runner records it as `unsupported`, its
+    message naming the cast."""
     with pytest.raises(NotImplementedError, match="BFloat16") as refusal:
-        run(BASE.replace(engine="sft", compute_dtype="fp16"), "cuda")
+        run(FP16.replace(engine="sft"), "cuda")
+    assert str(refusal.value).startswith(cast_at_init("sft", "float32", "bfloat16"))
+    assert SCALER_REFUSAL in str(refusal.value)
+    assert recognised_refusal(refusal.value).name == GRAD_SCALER_BF16
     assert classify_exception(refusal.value) == Status.UNSUPPORTED
 
 

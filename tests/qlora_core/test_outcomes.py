@@ -11,7 +11,7 @@ import torch
 from qlora_core.gpus import get_profile
 from qlora_core.models import ModelUnavailableError
 from qlora_core.models.resolve import resolve_model
-from qlora_core.outcomes import RECOGNISED_REFUSALS, classify_exception, recognised_refusal
+from qlora_core.outcomes import GRAD_SCALER_BF16, RECOGNISED_REFUSALS, classify_exception, recognised_refusal
 from qlora_core.result import FINAL_STATUSES, STATUSES, Status
 from qlora_core.spec import Case, CaseError
 
@@ -34,16 +34,66 @@ REFUSALS: dict[str, Callable[[], object]] = {
 }
 
 
+def unscale_bf16_gradients(device: str) -> None:
+    """fp16's gradient scaler unscaling bf16 gradients, as accelerate's scaler meets the adapters
+    TRL's SFTTrainer cast to bf16 (engines.hf)."""
+    param = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16, device=device))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scaler = torch.amp.GradScaler(device)
+    scaler.scale(param.float().sum()).backward()
+    scaler.unscale_(optimizer)
+
+
+# Refusals whose kernel exists only on CUDA: triggered for real by a gpu test; on the CPU the message
+# the H200 gave (torch 2.11, the t4 profile's sft case) stands in.
+GPU_REFUSALS: dict[str, Callable[[], object]] = {GRAD_SCALER_BF16: lambda: unscale_bf16_gradients("cuda")}
+MEASURED_ON_GPU: dict[str, BaseException] = {
+    GRAD_SCALER_BF16: NotImplementedError(
+        "\"_amp_foreach_non_finite_check_and_unscale_cuda\" not implemented for 'BFloat16'"
+    ),
+}
+
+
 def test_every_recognised_refusal_has_a_real_trigger_here():
-    assert sorted(REFUSALS) == sorted(r.name for r in RECOGNISED_REFUSALS)
+    assert sorted(REFUSALS | GPU_REFUSALS) == sorted(r.name for r in RECOGNISED_REFUSALS)
+    assert set(MEASURED_ON_GPU) == set(GPU_REFUSALS)
+
+
+def assert_refusal(exc: BaseException, name: str) -> None:
+    refusal = recognised_refusal(exc)
+    assert refusal is not None and refusal.name == name, f"{type(exc).__name__}: {exc}"
+    assert classify_exception(exc) is Status.UNSUPPORTED
 
 
 @pytest.mark.parametrize("name", sorted(REFUSALS))
 def test_library_refusal_is_unsupported(name: str):
-    exc = raised_by(REFUSALS[name])
-    refusal = recognised_refusal(exc)
-    assert refusal is not None and refusal.name == name, f"{type(exc).__name__}: {exc}"
-    assert classify_exception(exc) is Status.UNSUPPORTED
+    assert_refusal(raised_by(REFUSALS[name]), name)
+
+
+@pytest.mark.parametrize("name", sorted(MEASURED_ON_GPU))
+def test_a_refusal_measured_on_the_gpu_is_recognised_here(name: str):
+    assert_refusal(MEASURED_ON_GPU[name], name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GPU_REFUSALS))
+def test_gpu_library_refusal_is_unsupported(gpu_required, name: str):
+    exc = raised_by(GPU_REFUSALS[name])
+    assert_refusal(exc, name)
+    assert str(exc) == str(MEASURED_ON_GPU[name])  # the stand-in is still torch's words
+
+
+def test_the_scaler_refusal_is_specific_to_bf16_gradients_on_cuda():
+    unscale_bf16_gradients("cpu")  # the CPU's unscale takes bf16: no trigger here
+    # Half is the scaler's own dtype: a dtype refusal of another kernel, not this one.
+    half = NotImplementedError(
+        "\"_amp_foreach_non_finite_check_and_unscale_cuda\" not implemented for 'Half'"
+    )
+    refusal = recognised_refusal(half)
+    assert refusal is not None and refusal.name == "torch-dtype-kernel"
+    # The scaler rule comes first: the generic dtype rule would match its message too.
+    names = [r.name for r in RECOGNISED_REFUSALS]
+    assert names.index(GRAD_SCALER_BF16) < names.index("torch-dtype-kernel")
 
 
 @pytest.mark.parametrize(

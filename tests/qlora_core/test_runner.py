@@ -4,6 +4,7 @@ crashes, interrupts) and their reruns: test_faults.py; exception classification:
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 from pathlib import Path
 
@@ -128,6 +129,36 @@ def test_config_error_and_missing_model(tmp_path):
     missing = run_case(Case(str(tmp_path / "no-such-model"), seq_len=64), CPU, tmp_path / "b.json")
     assert missing.status == "missing_model"
     assert "no-such-model" in missing.reason
+
+
+SFT_FP16 = Case("tiny", seq_len=64, measured_steps=2, compute_dtype="fp16", engine="sft")
+TRL_CAST = "TRL's SFTTrainer cast the trainable parameters float32 -> bfloat16 at init"
+
+
+@pytest.mark.slow
+def test_an_sft_fp16_row_records_trls_cast_of_the_adapters(tmp_path):
+    # On the CPU accelerate gives fp16 no scaler: the bf16 adapters train (on a GPU: below).
+    result = run_case(SFT_FP16, CPU, tmp_path / "r.json")
+    assert result.status == "ok", result.reason
+    assert (result.trainable_dtypes, result.trained_dtypes) == ("float32", "bfloat16")
+    assert (result.autocast, result.grad_scaler) == ("none", False)
+    assert result.trl_version == importlib.metadata.version("trl")
+
+
+@pytest.mark.gpu
+def test_sft_fp16_on_a_gpu_is_unsupported_naming_trls_cast(gpu_required, tmp_path):
+    """The t4 profile's fp16 sft case: the scaler refuses the adapters TRL cast to bf16."""
+    from qlora_core.outcomes import GRAD_SCALER_BF16, RECOGNISED_REFUSALS
+
+    result = run_case(SFT_FP16, RunOptions(profile="t4"), tmp_path / "r.json")
+    assert result.status == "unsupported", result.reason
+    why = next(r.why for r in RECOGNISED_REFUSALS if r.name == GRAD_SCALER_BF16)
+    assert result.reason.startswith(f"training: {why}: NotImplementedError: {TRL_CAST}"), result.reason
+    assert "not implemented for 'BFloat16'" in result.reason
+    # What training was set up with, kept though no step finished.
+    assert (result.autocast, result.grad_scaler) == ("fp16", True)
+    assert (result.trainable_dtypes, result.trained_dtypes) == ("float32", "bfloat16")
+    assert result.losses == [] and result.optimizer_state_bytes is None
 
 
 @pytest.mark.gpu

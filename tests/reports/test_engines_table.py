@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.engines_table import ATTRIBUTE_ABOVE, attribution, engine_comparison, engine_groups
+from reports.engines_table import ATTRIBUTE_ABOVE, attribution, engine_comparison, engine_groups, versus_loop
 from reports.frame import load_run
 
 RUN = Path(__file__).resolve().parents[2] / "reports" / "reference" / "engines-8b-h200"
@@ -45,3 +45,27 @@ def test_a_run_with_one_engine_per_point_reads_not_run() -> None:
     assert "not run (no point of this run was trained by the loop and another engine)" in engine_comparison(
         run
     )
+
+
+def test_a_row_that_did_not_train_says_why_instead_of_a_comparison() -> None:
+    rows = _by_engine(engine_groups(load_run(RUN).results)[0])
+    refused = rows["sft"].copy()
+    refused["status"] = "unsupported"
+    refused["reason"] = (
+        "training: fp16's gradient scaler cannot unscale bf16 gradients\n--- last lines of the log"
+    )
+    for col in ("tokens_per_s", "peak_alloc_gib", "peak_reserved_gib", "nvml_peak_gib", "final_loss"):
+        refused[col] = float("nan")
+    assert versus_loop(refused, rows["loop"]) == (
+        "unsupported: training: fp16's gradient scaler cannot unscale bf16 gradients"
+    )
+    assert versus_loop(rows["loop"], rows["loop"]) == "-"
+    # Beside a loop row that did not train, nothing is compared.
+    failed_loop = rows["loop"].copy()
+    failed_loop["status"] = "crashed"
+    assert versus_loop(rows["trainer"], failed_loop) == "not compared: the loop's row is crashed"
+    run = load_run(RUN)
+    run.results.loc[run.results["engine"] == "sft", ["status", "reason"]] = ["unsupported", "no kernel"]
+    assert "| sft | unsupported |" in engine_comparison(
+        run
+    ) and "unsupported: no kernel |" in engine_comparison(run)
