@@ -45,9 +45,13 @@ _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
     ("sweep", "memory"),
     ("reference", "memory"),
 )
-# Kernel timings run in this process and create a CUDA context, which NVML would count in
-# every later case: they go after the cases. Claims and the gate read every case.
+# The formats' measurements and the kernel timings run in this process and, on a GPU, create a
+# CUDA context, which NVML would count in every later case: they go after the cases. Claims and
+# the gate read every case.
 _LAST_MODULES = ("test_quantization.py", "test_kernels.py", "test_claims.py", "test_gate.py")
+# Of those, what a shard leaves to the merged folder (each shard still measures the formats: the
+# merge keeps one copy of a measurement the shards agree on).
+_MERGE_FIRST_MODULES = ("test_kernels.py", "test_claims.py", "test_gate.py")
 # Outcomes that are findings about the case (recorded, reported) rather than suite failures.
 # `unsupported` is only ever a library refusal `qlora_core.outcomes` recognises (e.g. TRL's
 # SFTTrainer with fp16 on a QLoRA model on a GPU): what a user of that stack gets for the case.
@@ -125,7 +129,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=key)
     if bench_options(config).shard is not None:
         for item in items:
-            if item.path.name in _LAST_MODULES and "bench_session" in getattr(item, "fixturenames", ()):
+            if item.path.name in _MERGE_FIRST_MODULES and "bench_session" in getattr(
+                item, "fixturenames", ()
+            ):
                 item.add_marker(pytest.mark.skip(reason=SHARD_SKIP_REASON))
 
 

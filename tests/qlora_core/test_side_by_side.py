@@ -87,8 +87,9 @@ def _children_of(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_an_interrupt_kills_every_running_child_and_reports_no_half_run_case(tmp_path: Path):
-    slow = [case.replace(measured_steps=400) for case in CASES[:2]]  # minutes each: killed long before
-    jobs = [Job(case, RunOptions(), tmp_path / f"{case.seed}.json") for case in [CASES[0], *slow]]
+    hanging = RunOptions(inject_fault="hang@training")  # they sleep until killed
+    jobs = [Job(CASES[0], RunOptions(), tmp_path / "0.json")]
+    jobs += [Job(case, hanging, tmp_path / f"{case.seed}.json") for case in CASES[1:]]
     reported: list[Result] = []
 
     def on_done(job: Job, result: Result) -> None:
