@@ -460,8 +460,7 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
     total = gib(total_b)
     r.context_gib = sampler.own_gib()
     context_gib = max(0.0, sampler.used_gib() - sampler.base_gib)
-    if shared:
-        # Other cases use the device too: only this process's own reading is its context.
+    if shared:  # other cases use the device too: only this process's own reading is its context
         if r.context_gib is None:
             raise RuntimeError(
                 "side by side, the CUDA context must be read from NVML's per-process list, which does"
@@ -492,8 +491,8 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
 
 if __name__ == "__main__":
     if sys.argv[1] == "--spare":
-        from qlora_core.spare import serve
+        from qlora_core.spare import serve_command_line
 
-        serve(int(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
+        serve_command_line(sys.argv[2:])
     else:
         child_main(sys.argv[1])

@@ -59,8 +59,8 @@ class RunOptions:
     the time is the point (the CPU runs stay deterministic)."""
     uncapped: bool = False
     """The memory-only rerun of a case that ran out of memory under an emulated cap
-    (`qlora_core.oom_need`): no allocator cap (the row says memory_cap_gib=None, emulated=False)
-    and no profiler window; with `adaptive_steps=False` its steps are the case's fixed ones."""
+    (`qlora_core.oom_need`): no allocator cap (the row says memory_cap_gib=None, emulated=False),
+    `engines.pacing.MEMORY_ONLY_STEPS` fixed steps and no profiler window."""
     shared_device: int = 1
     """How many cases run on the device at once with this one (`qlora_core.side_by_side`); above 1
     its speed and the device's used memory are not measured (None): other processes share them."""
@@ -120,8 +120,6 @@ def run_case(
     child, timed_out = _run_child(case, options, request, result_path, log_path, warm, spares, cancel)
     if warm is not None:
         shutil.move(warm.log_path, log_path)  # the spare's log: its imports, then the case
-        if warm.verdict_path is not None:  # its own check of its imports (the pool read the probe's)
-            warm.verdict_path.unlink(missing_ok=True)
         if not timed_out and not result_path.exists():
             # The spare died before it read the request (no Result file, not even start-up's):
             # it never had the case. Run it cold; the case is never lost to a dead spare.

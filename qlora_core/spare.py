@@ -70,6 +70,8 @@ SPARE_IMPORTS: tuple[str, ...] = (
 LIBRARY_IMPORTS: tuple[str, ...] = ("bitsandbytes", "peft", "transformers.trainer")
 """What a case imports after its CUDA set-up; a spare imports them too once `SparePool.prime`'s
 probe showed that they create no CUDA context on this machine."""
+LIBRARIES_FLAG = "--libraries"
+"""The spare's command-line flag to import `LIBRARY_IMPORTS` too (then a verdict path may follow)."""
 NO_CONTEXT = "no-context"
 """A probe's verdict file when its library imports left every device without a CUDA context."""
 
@@ -82,7 +84,7 @@ class Spare:
     log_path: Path
     env: dict[str, str]
     libraries: bool = False  # it imports `LIBRARY_IMPORTS` too
-    verdict_path: Path | None = None  # a probe's: where it writes whether they created a context
+    verdict_path: Path | None = None  # the probe's: where it writes whether they created a context
 
 
 class SparePool:
@@ -126,7 +128,7 @@ class SparePool:
         a spare or a verdict exists."""
         if self._waiting or self._libraries is not None:
             return
-        self._probe = self._start(libraries=True)
+        self._probe = self._start(libraries=True, probe=True)
 
     def __enter__(self) -> SparePool:
         return self
@@ -152,7 +154,7 @@ class SparePool:
         while len(self._waiting) < self.depth:
             self._start(libraries=bool(self._libraries))
 
-    def _start(self, libraries: bool) -> Spare:
+    def _start(self, libraries: bool, probe: bool = False) -> Spare:
         from qlora_core.runner import child_env
 
         if not self._registered:
@@ -161,7 +163,9 @@ class SparePool:
         fd, name = tempfile.mkstemp(prefix="qlora-spare-", suffix=".log")
         env = child_env()
         command = [sys.executable, "-m", "qlora_core.child", "--spare", str(os.getpid())]
-        verdict_path = Path(name).with_suffix(".verdict") if libraries else None
+        verdict_path = Path(name).with_suffix(".verdict") if probe else None
+        if libraries:
+            command.append(LIBRARIES_FLAG)
         if verdict_path is not None:
             command.append(str(verdict_path))
         with os.fdopen(fd, "w") as log:
@@ -259,10 +263,18 @@ def hand_over(spare: Spare, request: Path) -> bool:
 # -- the spare's side (in the child process) ---------------------------------------------------
 
 
-def serve(parent_pid: int, verdict_path: Path | None = None) -> None:
+def serve_command_line(args: list[str]) -> None:
+    """`python -m qlora_core.child --spare PID [--libraries [VERDICT]]`, as `SparePool._start`
+    writes it: `serve` with those arguments."""
+    libraries = args[1:2] == [LIBRARIES_FLAG]
+    serve(int(args[0]), libraries, Path(args[2]) if libraries and len(args) > 2 else None)
+
+
+def serve(parent_pid: int, libraries: bool = False, verdict_path: Path | None = None) -> None:
     """A spare's life: die with the parent, import at low priority, wait, run the case.
-    `verdict_path`: import `LIBRARY_IMPORTS` too, and write there whether they created a CUDA
-    context (`NO_CONTEXT`, or the devices that have one); a spare that sees one ends at once."""
+    `libraries`: import `LIBRARY_IMPORTS` too and check that they created no CUDA context; a spare
+    that sees one ends at once. `verdict_path` (the probe's): write there what it saw
+    (`NO_CONTEXT`, or the devices that have one)."""
     from qlora_core import child
 
     child._die_with_parent(parent_pid)
@@ -271,11 +283,12 @@ def serve(parent_pid: int, verdict_path: Path | None = None) -> None:
     for name in SPARE_IMPORTS:
         importlib.import_module(name)
     what = "device-free imports"
-    if verdict_path is not None:
+    if libraries:
         for name in LIBRARY_IMPORTS:
             importlib.import_module(name)
         contexts = primary_contexts()
-        verdict_path.write_text(NO_CONTEXT if not contexts else f"contexts on {contexts}")
+        if verdict_path is not None:
+            verdict_path.write_text(NO_CONTEXT if not contexts else f"contexts on {contexts}")
         if contexts:
             print(f"importing {', '.join(LIBRARY_IMPORTS)} created a CUDA context on {contexts}", flush=True)
             os._exit(3)

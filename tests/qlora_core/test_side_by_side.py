@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import live_processes
 
 from qlora_core.gpus import DetectedGpu, get_profile
 from qlora_core.matrix import SHAREABLE_FAMILIES, PlannedCase, build_matrix
@@ -71,18 +72,10 @@ def test_side_by_side_rows_have_the_numbers_of_alone_and_no_speed(tmp_path: Path
 
 
 def _children_of(pid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes()
-            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if b"qlora_core.child" in argv and int(stat[1]) == pid and stat[0] != "Z":
-            found.append(int(proc.name))
-    return found
+    """The runner's case children (`python -m qlora_core.child`) started by `pid`."""
+    return [
+        child for child, parent, argv in live_processes() if parent == pid and b"qlora_core.child" in argv
+    ]
 
 
 @pytest.mark.slow

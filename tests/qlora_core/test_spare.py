@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import alive, live_processes
 
 from qlora_core.runner import RunOptions, child_env, run_case
 from qlora_core.spare import (
@@ -60,27 +61,11 @@ def _wait_ready(pool: SparePool, timeout_s: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _spares_of(parent_pid: int) -> list[int]:
     """Pids of the spare processes whose runner is `parent_pid` (their command line names it)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--spare" in argv and str(parent_pid).encode() in argv and _alive(int(proc.name)):
-            found.append(int(proc.name))
-    return found
+    return [
+        pid for pid, _, argv in live_processes() if b"--spare" in argv and str(parent_pid).encode() in argv
+    ]
 
 
 def _started(pool: SparePool) -> Spare:
@@ -270,6 +255,6 @@ def test_a_spare_dies_with_a_runner_killed_outright():
     runner = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     spare_pid = int(runner.stdout.split()[0])
     deadline = time.monotonic() + 10
-    while _alive(spare_pid) and time.monotonic() < deadline:
+    while alive(spare_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(spare_pid)
+    assert not alive(spare_pid)
