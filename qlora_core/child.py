@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -35,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from qlora_core import faults
-from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated, profile_for_device
+from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated
 from qlora_core.models import Prequant
 from qlora_core.outcomes import classify_exception, recognised_refusal
 from qlora_core.result import Result, Status, write_atomic
+from qlora_core.row_summary import record_mfu, summarize_steps
 from qlora_core.runner import RunOptions, child_env, now_iso
 from qlora_core.spec import Case
 
@@ -260,9 +260,14 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     ckpt.stage("data")
     # An uncapped rerun wants memory only (oom_need): its peak, in a few fixed steps.
     # Side by side (qlora_core.side_by_side), kernel time would be shared too: no profiler window.
-    no_profile = False if options.shared_device > 1 else None
+    # Nor adaptive pacing, which reads step times: side by side, the case's own steps, fixed.
+    shared = options.shared_device > 1
     plan = plan_steps(
-        case, device, adaptive=options.adaptive_steps, profile=no_profile, memory_only=options.uncapped
+        case,
+        device,
+        adaptive=False if shared else options.adaptive_steps,
+        profile=False if shared else None,
+        memory_only=options.uncapped,
     )
     # The batches cover the step cap, for every rank (each draws its share: issue 13).
     count = plan.max_total_steps * case.grad_accum * case.num_gpus
@@ -305,6 +310,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
         r.peak_alloc_gib, r.peak_reserved_gib = measure.cuda_peaks()
     if sampler is not None:
         r.nvml_peak_gib = sampler.stop()
+        r.nvml_own_peak_gib = sampler.own_peak_gib
     r.cpu_peak_rss_gib = measure.peak_rss_gib()
     for name, value in stats.result_fields().items():
         setattr(r, name, value)
@@ -312,7 +318,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
     r.final_loss = stats.losses[-1] if stats.losses else None
     if r.side_by_side is None:  # beside other cases the step times are theirs too: kept, not summarized
         summarize_steps(r)
-    _record_mfu(r, case, model.config, gpu)
+    record_mfu(r, case, model.config, gpu)
     if stats.diverged:
         return Status.NAN, f"non-finite loss or gradient norm at step {stats.first_nonfinite_step}"
     if heldout is not None:
@@ -356,6 +362,7 @@ def _record_load_only(r: Result, model: Any, device: str, sampler: Any) -> None:
     if sampler is not None:
         sampler.stop()
         r.load_nvml_gib = sampler.used_gib()
+        r.nvml_own_peak_gib = sampler.own_peak_gib
     r.cpu_peak_rss_gib = measure.peak_rss_gib()
 
 
@@ -388,45 +395,6 @@ def _materialize(model: str, device: str, prequant: Prequant | None) -> bool:
     return True
 
 
-def summarize_steps(r: Result) -> None:
-    """Median step time, its relative spreads (p90 - p10) / median and (p75 - p25) / median,
-    and tokens/s."""
-    from qlora_core.engines.pacing import percentile, rel_iqr
-
-    if not r.step_ms:
-        return
-    ordered = sorted(r.step_ms)
-    median = statistics.median(ordered)
-    r.step_ms_median = median
-    r.step_ms_spread = (percentile(ordered, 0.9) - percentile(ordered, 0.1)) / median if median > 0 else None
-    r.step_ms_rel_iqr = rel_iqr(ordered)
-    if r.tokens_per_step and median > 0:
-        r.tokens_per_s = r.tokens_per_step / (median / 1000.0)
-
-
-def _record_mfu(r: Result, case: Case, config: Any, gpu: DetectedGpu | None) -> None:
-    """FLOPs per step (any device) and MFU against the GPU the kernels ran on (never the
-    emulated profile's: an emulated T4's kernels run on the host GPU)."""
-    from qlora_core import flops
-
-    dims = flops.dims_of(config)
-    if dims is None:
-        return
-    r.flops_per_step = flops.step_flops(
-        dims,
-        batch_size=case.batch_size,
-        seq_len=case.seq_len,
-        grad_accum=case.grad_accum,
-        lora_r=case.lora_r,
-        target_modules=case.target_modules,
-        gradient_checkpointing=case.gradient_checkpointing,
-    )
-    host = profile_for_device(gpu.name, gpu.total_gib) if gpu is not None else None
-    peak = host.peak_tflops(case.compute_dtype) if host is not None else None
-    r.mfu = flops.mfu(r.flops_per_step, r.step_ms_median, peak)
-    r.mfu_kernel = flops.mfu(r.flops_per_step, r.kernel_ms_per_step, peak)
-
-
 def _record_stage(r: Result, stage: str, device: str) -> None:
     from qlora_core import measure
 
@@ -449,12 +417,14 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
     import torch
 
     from qlora_core.distributed import local_device_index
-    from qlora_core.measure import NvmlSampler, gib
+    from qlora_core.measure import NVML_DEVICE, NVML_PROCESS, NvmlSampler, gib
 
     index = local_device_index()  # 0, or this rank's GPU in a multi-GPU case
-    sampler = NvmlSampler(index)
     shared = options.shared_device > 1
-    r.nvml_base_gib = None if shared else sampler.base_gib
+    # Side by side, NVML's device-wide "used" counts the other cases: this process's own line only.
+    sampler = NvmlSampler(index, NVML_PROCESS if shared else NVML_DEVICE)
+    r.nvml_scope = sampler.scope
+    r.nvml_base_gib = sampler.base_gib
     torch.cuda.set_device(index)
     _free, total_b = torch.cuda.mem_get_info(index)  # creates the context, allocates nothing
     total = gib(total_b)
@@ -485,8 +455,7 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
     if cap is not None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, max(cap, 0.01) / total), index)
         r.memory_cap_gib = cap
-    # Side by side, NVML's device-wide "used" counts the other cases: no sampler, no nvml fields.
-    return None if shared else sampler.start()
+    return sampler.start()
 
 
 if __name__ == "__main__":

@@ -257,7 +257,7 @@ def merge_ranks(
     The case's outcome is a failed rank's: a recorded outcome (oom, nan, ...) first, then the
     rank torchrun saw fail first (`root_cause`), then the lowest rank; its reason names the rank.
     """
-    from qlora_core.child import summarize_steps
+    from qlora_core.row_summary import summarize_steps
 
     base = next(r for r in ranks if r is not None)
     merged = Result.from_dict(json.loads(base.to_json()))

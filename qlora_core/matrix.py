@@ -25,27 +25,22 @@ families runs once):
   8-bit Adam, no checkpointing): batch 2 -> batch 1 with gradient accumulation keeping the
   effective batch -> seq 1024 -> gradient checkpointing.
 - ``compat``: each model of the profile loaded and trained as QLoRA and as 16-bit LoRA at the
-  smallest point: which sizes fit on this GPU at all. In the full tier, cards of 40 GB or more
-  add the 70B shape (`big_model_cases`): QLoRA from a pre-quantized checkpoint, 16-bit judged
-  from its exact weight bytes where they exceed the card (computed, not measured).
   smallest point: which sizes fit on this GPU at all. GPUs run the 7B shape (Llama-2-7B) here
-  too, so the lesson's 7B claims are judged on a 7B model.
+  too, so the lesson's 7B claims are judged on a 7B model. In the full tier, cards of 40 GB or
+  more add the 70B shape (`big_model_cases`): QLoRA from a pre-quantized checkpoint, 16-bit
+  judged from its exact weight bytes where they exceed the card (computed, not measured).
 - ``weights``: the weights model (7B on GPUs, tiny on the CPU) loaded only (`Case.load_only`) at
-  each precision: the default tier the precisions no other family loads, FP32 and INT8
-  (`load_in_8bit`; FP16 and INT4 weights come from the compat rows); the full tier also FP16,
-  BF16, and NF4/FP4 with and without double quantization. See `weights_cases`.
+  each precision of the lesson's 7B table; see `weights_cases`.
 - ``quality``: the real model on held-out text: nf4/fp4 x double quant and the 16-bit reference.
 - ``stability``: the real model on text, fp16 vs bf16 compute at learning rates 1e-4, 2e-4, 1e-3.
-- ``nan``: the lesson's NaN advice exercised: a learning-rate grid on the real model on text that
-  reaches the point where fp16 goes non-finite, with its two remedies there (lr 1e-4; bf16 at the
-  same rate), through the core loop and the users' engine; see `nan_cases`.
+- ``nan``: the lesson's NaN advice exercised where fp16 goes non-finite, with its two remedies
+  there (lr 1e-4; bf16 at the same rate); see `nan_cases`.
 - ``engine``: the same case trained by the core loop, transformers' Trainer and TRL's SFTTrainer,
   at the device-bound point (the CPU: the real model on text) and, in the full tier, at the
   lesson's point too. The default tier leaves the lesson's point out: its batch-1 steps are
   host-bound (their times jitter 10-40% between processes).
-- ``multigpu``: what a multi-card profile (``t4x2``, ``l4x2``) runs, at every tier, instead of
-  the families above (those are its card's profile's: ``--gpu t4``): the 8B shape through the
-  Trainer on one card and on every card (FSDP, DDP); see `multigpu_cases`.
+- ``multigpu``: what a multi-card profile (``t4x2``, ``l4x2``) runs instead of the families
+  above (its card's: ``--gpu t4``); see `multigpu_cases`.
 
 The device-bound point: large GPUs the primary model at batch 4, seq 2048 (the lesson's T4
 setting); smaller GPUs batch 4, seq 512, the largest default sweep point that fits an emulated
@@ -183,10 +178,18 @@ def lesson_dtype(profile: GpuProfile) -> str:
     return "bf16" if profile.native_bf16 else "fp16"
 
 
-SHAREABLE_FAMILIES: frozenset[str] = frozenset({"quality", "stability", "nan"})
-"""Families whose claims and tables read losses, gradient norms, the first non-finite step and
-perplexity (and the allocator's per-process peaks), never speed or NVML's device-wide memory: their
-cases may share the device with each other (`qlora_core.side_by_side`)."""
+SHAREABLE_FAMILIES: frozenset[str] = frozenset(
+    {"quality", "stability", "nan", "sweep", "reference", "gc", "prepare", "compat", "ladder", "weights"}
+)
+"""Families whose claims and tables never read speed, only numerics (losses, norms, perplexity)
+or memory (the allocator's per-process peaks, NVML's per-process line): their cases may share the
+device (`qlora_core.side_by_side`). A case that also serves a speed family (factorial, speed,
+fp32, engine) runs alone."""
+
+
+def family_name(tag: str) -> str:
+    """The family of a case's tag: ``ladder:2`` -> ``ladder``."""
+    return tag.split(":", 1)[0]
 
 
 @dataclass
@@ -205,7 +208,7 @@ class PlannedCase:
     def shareable(self) -> bool:
         """Every family of the case reads what does not depend on other processes on the device
         (`SHAREABLE_FAMILIES`): it may run side by side (`qlora_core.side_by_side`)."""
-        return bool(self.families) and all(f in SHAREABLE_FAMILIES for f in self.families)
+        return bool(self.families) and all(family_name(f) in SHAREABLE_FAMILIES for f in self.families)
 
 
 class _Plan:
@@ -436,8 +439,7 @@ def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
     - one card, storage in the compute dtype and no prepare, as FSDP needs them (see `spec`);
     - every card, FSDP, and every card, DDP (every rank holds the whole 4-bit model), both
       otherwise equal to the case above: per-GPU memory and, against it, the scaling efficiency.
-    Each rank trains `batch_size` rows, so the ranks together train `count` times the tokens of the
-    one-card case per step.
+    Each rank trains `batch_size` rows: the ranks train `count` times the one-card case's tokens.
 
     On cards of 20 GiB or more (`l4x2`), the 70B shape on every card too (issue 13 item 4;
     `big_model_multigpu_cases`): the FSDP-QLoRA recipe with CPU offload, and the same case without
@@ -470,8 +472,8 @@ def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
 
 
 _BIG_MODEL_MULTIGPU_MIN_GIB = 20.0
-"""Cards from which the 70B shape's two-card case is planned: 24 GB cards (L4, A10G) hold half
-its 4-bit weights (~17 GiB) with room to train; a 16 GB T4 would not."""
+"""Cards from which the 70B shape's two-card case is planned: a 24 GB card holds half its 4-bit
+weights (~17 GiB) with room to train; a 16 GB T4 would not."""
 
 
 def big_model_multigpu_cases(profile: GpuProfile, tier: Tier, floating: Case) -> list[Case]:

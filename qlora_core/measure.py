@@ -57,28 +57,46 @@ def current_rss_gib() -> float:
     return gib(psutil.Process().memory_info().rss)
 
 
-class NvmlSampler:
-    """Samples the device's used memory every 20 ms in a daemon thread; `peak_gib` is the max.
+NVML_DEVICE, NVML_PROCESS = "device", "process"
+"""What an NVML reading covers (`Result.nvml_scope`): the device's used memory, minus what it held
+before the process (`nvml_base_gib`); or this process's own line of NVML's per-process list,
+which other processes on the device do not touch (cases side by side, `qlora_core.side_by_side`)."""
 
-    NVML's "used" is device-wide: on a shared GPU other processes count too, which is why the
-    result also records `nvml_base_gib`, read before this process touched the device.
+
+class NvmlSampler:
+    """Samples used device memory every 20 ms in a daemon thread; `peak_gib` is the max.
+
+    Scope `NVML_DEVICE` (a case alone): NVML's "used" is device-wide, so other processes count
+    too, which is why the result also records `nvml_base_gib`, read before this process touched
+    the device. This process's own line of the per-process list is sampled beside it
+    (`own_peak_gib`): alone, the two agree, and that agreement is what lets a case read only its own
+    line when it shares the device. Scope `NVML_PROCESS` (side by side): only the own line is
+    sampled; the base is 0 (the process held nothing before it started).
     """
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, scope: str = NVML_DEVICE) -> None:
         """`index`: the CUDA device index in this process (mapped to NVML's, see `nvml_handle`)."""
         import pynvml
 
         from qlora_core.gpus import nvml_handle
 
+        if scope not in (NVML_DEVICE, NVML_PROCESS):
+            raise ValueError(f"scope {scope!r}; allowed: {NVML_DEVICE}, {NVML_PROCESS}")
         self._nvml = pynvml
         pynvml.nvmlInit()
         self._handle = nvml_handle(pynvml, index)
-        self.base_gib = self.used_gib()
+        self.scope = scope
+        self.base_gib = self.used_gib() if scope == NVML_DEVICE else 0.0
         self.peak_gib = self.base_gib
+        self.own_peak_gib: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nvml-sampler", daemon=True)
 
     def used_gib(self) -> float:
+        """Device used memory in this sampler's scope: device-wide, or this process's own line
+        (0 while NVML does not list the process yet: no context, no memory)."""
+        if self.scope == NVML_PROCESS:
+            return self.own_gib() or 0.0
         return gib(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
 
     def own_gib(self) -> float | None:
@@ -90,9 +108,16 @@ class NvmlSampler:
                 return gib(process.usedGpuMemory)
         return None
 
+    def _sample(self) -> None:
+        own = self.own_gib()
+        used = (own or 0.0) if self.scope == NVML_PROCESS else self.used_gib()
+        self.peak_gib = max(self.peak_gib, used)
+        if own is not None:
+            self.own_peak_gib = own if self.own_peak_gib is None else max(self.own_peak_gib, own)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_gib = max(self.peak_gib, self.used_gib())
+            self._sample()
             self._stop.wait(_NVML_SAMPLE_S)
 
     def start(self) -> NvmlSampler:
@@ -102,7 +127,7 @@ class NvmlSampler:
     def stop(self) -> float:
         self._stop.set()
         self._thread.join(timeout=1.0)
-        self.peak_gib = max(self.peak_gib, self.used_gib())
+        self._sample()
         return self.peak_gib
 
 

@@ -140,6 +140,10 @@ class Result:
     peak_reserved_gib: float | None = None  # training peak, max_memory_reserved
     nvml_base_gib: float | None = None  # device used before this process allocated anything
     nvml_peak_gib: float | None = None  # device used at its highest sample (context included)
+    # What the two above cover (measure.NVML_DEVICE / NVML_PROCESS): the device, or, side by side,
+    # this process's own line of NVML's per-process list (base 0).
+    nvml_scope: str | None = None
+    nvml_own_peak_gib: float | None = None  # this process's own line at its highest sample
     cpu_peak_rss_gib: float | None = None  # ru_maxrss of the child
 
     # training

@@ -1,27 +1,31 @@
-"""Cases that may share the device: numerics-only cases run several at once.
+"""Cases that may share the device: cases that read no speed run several at once.
 
 A case is run alone, in a fresh child, so that its speed and the device's used memory are its own.
-Some cases need neither: the families in `matrix.SHAREABLE_FAMILIES` read losses, gradient norms,
+Some cases need no speed: the families in `matrix.SHAREABLE_FAMILIES` read losses, gradient norms,
 the first non-finite step and perplexity, which do not depend on what else runs on the device,
-and the allocator's own peaks, which are per process. On an emulated profile the host GPU holds
-many emulated cards' memory (an H200 holds nine T4 caps), so those cases can run side by side,
-each capped like its card. The t4 default tier has 13 of them (SmolLM2 on real text, 30 steps,
-host-bound: ~21 s each alone on the H200), run alone ~4.5 of its 10 minutes.
+or memory: the allocator's peaks, which are per process, and NVML's per-process line. On an
+emulated profile the host GPU holds many emulated cards' memory (an H200 holds nine T4 caps), so
+those cases can run side by side, each capped like its card. In the t4 default tier they are 34
+of 46: SmolLM2 on real text (30 host-bound steps, ~21 s each alone on the H200) and the memory
+families' 3B, 7B and 8B cases.
 
-What a side-by-side row does not have (None, never a number another process shared):
-- its speed: step times are kept as measured but not summarized (no tokens/s), and there is no
-  profiler window (kernel time, GPU busy);
-- NVML's device-wide used memory (nvml_base/nvml_peak): the other cases count in it. Its cap's
-  CUDA context is read from NVML's per-process list instead (`Result.context_gib`), which is why
-  a GPU session shares only after a row of its own showed that list names its processes
-  (`sharing_supported`).
-Each row says how many cases shared the device at most (`Result.side_by_side`).
+What a side-by-side row does not have (None, never a number another process shared): its
+speed. Step times are kept as measured but not summarized (no tokens/s), there is no profiler
+window (kernel time, GPU busy), and the steps are the case's own, fixed (adaptive pacing reads step
+times). Its device memory is NVML's per-process line for its own process
+(`measure.NVML_PROCESS`: `nvml_scope`, base 0), not the device-wide "used" that the other cases
+count in; alone, a case samples both and they agree (`nvml_own_peak_gib`), which the GPU tests
+hold. Its cap's CUDA context is read from that line too (`Result.context_gib`), which is why a GPU
+session shares only after a row of its own showed that the list names its processes
+(`sharing_supported`). Each row says how many cases shared the device at most
+(`Result.side_by_side`).
 
 The parent side only; children are started by `runner.run_case`, one thread each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -31,11 +35,16 @@ from pathlib import Path
 from qlora_core.gpus import DetectedGpu, GpuProfile, is_emulated
 from qlora_core.result import Result
 from qlora_core.runner import RunOptions, run_case
+from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 
 MAX_LANES = 8
 """The most cases side by side: the H200's host has 16 cores, and each host-bound case keeps one
 busy dispatching kernels (a second for its data and the NVML thread)."""
+
+
+_SPARE_POLL_S = 1.0
+"""How often the group's own thread tops up the spares while its lanes run."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,17 +65,41 @@ def auto_lanes(profile: GpuProfile, gpu: DetectedGpu | None) -> int:
     return max(1, min(MAX_LANES, int(gpu.total_gib // profile.total_gib)))
 
 
+OWN_LINE_AGREEMENT_GIB = 0.0625
+"""How far a lone case's own NVML line (`nvml_own_peak_gib`) may be from its device-wide reading
+(`nvml_peak_gib - nvml_base_gib`) for the own line to stand for it: 64 MiB, under 1% of a T4
+case's device memory (7-15 GiB)."""
+
+
+def own_line_agrees(row: Result) -> bool:
+    """Whether `row` ran alone on CUDA and its own NVML line agreed with the device-wide reading:
+    the evidence that a case side by side, which reads only its own line, measures what it would
+    alone."""
+    if row.device != "cuda" or row.side_by_side is not None or row.context_gib is None:
+        return False
+    if row.nvml_own_peak_gib is None or row.nvml_peak_gib is None or row.nvml_base_gib is None:
+        return False
+    return abs(row.nvml_own_peak_gib - (row.nvml_peak_gib - row.nvml_base_gib)) <= OWN_LINE_AGREEMENT_GIB
+
+
 def sharing_supported(profile: GpuProfile, rows: Iterable[Result]) -> bool:
     """Whether cases may share the device in this session: on a GPU profile, once one of its rows
-    read its own context from NVML's per-process list (`context_gib`); on the CPU, always (no
-    device memory to attribute)."""
-    return not profile.is_gpu or any(r.device == "cuda" and r.context_gib is not None for r in rows)
+    ran alone and its own NVML line agreed with the device's reading (`own_line_agrees`); on the
+    CPU, always (no device memory to attribute)."""
+    return not profile.is_gpu or any(own_line_agrees(r) for r in rows)
 
 
-def run_side_by_side(jobs: Sequence[Job], lanes: int, on_done: Callable[[Job, Result], None]) -> None:
+def run_side_by_side(
+    jobs: Sequence[Job],
+    lanes: int,
+    on_done: Callable[[Job, Result], None],
+    spares: SparePool | None = None,
+) -> None:
     """Run `jobs` up to `lanes` at a time, each in its own fresh child with `shared_device=lanes`
     (a child's Result says how many cases may have run beside it), in their order; `on_done` is
-    called in this thread as each ends. An interrupt (Ctrl-C) or an error in `on_done` kills every
+    called in this thread as each ends. With `spares`, each lane hands its case to a warm spare,
+    and the pool keeps one waiting per lane meanwhile (`SparePool.deepened`): a lane's next case
+    starts with its imports done. An interrupt (Ctrl-C) or an error in `on_done` kills every
     running child before it propagates: nothing outlives the call, and no half-run case is
     reported."""
     if lanes < 1:
@@ -74,14 +107,18 @@ def run_side_by_side(jobs: Sequence[Job], lanes: int, on_done: Callable[[Job, Re
     cancel = threading.Event()
     pending = list(jobs)
     running: dict[Future[Result], Job] = {}
-    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="side-by-side") as pool:
+    deepened = spares.deepened(lanes) if spares is not None else contextlib.nullcontext()
+    with deepened, ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="side-by-side") as pool:
         try:
             while pending or running:
+                if spares is not None:  # started here, in the pool's thread, never in a lane's
+                    spares.ensure()
                 while pending and len(running) < lanes:
                     job = pending.pop(0)
                     options = dataclasses.replace(job.options, shared_device=lanes)
-                    running[pool.submit(run_case, job.case, options, job.result_path, None, cancel)] = job
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    future = pool.submit(run_case, job.case, options, job.result_path, spares, cancel)
+                    running[future] = job
+                done, _ = wait(running, timeout=_SPARE_POLL_S, return_when=FIRST_COMPLETED)
                 for future in done:
                     on_done(running.pop(future), future.result())
         except BaseException:

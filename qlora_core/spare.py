@@ -42,8 +42,9 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -95,10 +96,17 @@ class SparePool:
     Two by default (`SPARE_DEPTH`): with one, a case that ended early (an OOM at its first step,
     10-15 s on the H200) left the next case a spare that had imported for only that long, and it
     waited the rest (0-14 s of the t4 tier's uncapped reruns on the H200); the second spare has
-    had a whole case more."""
+    had a whole case more.
+
+    Thread-safe: cases side by side (`qlora_core.side_by_side`) take spares from one thread each;
+    `deepened` keeps one spare per lane waiting while they run. Only the thread that made the pool
+    starts spares (`ensure` elsewhere does nothing): PDEATHSIG kills a child when the *thread*
+    that started it ends, and a lane's thread ends with its group."""
 
     def __init__(self, depth: int = 0) -> None:
         self.depth = depth or SPARE_DEPTH
+        self._lock = threading.RLock()
+        self._owner = threading.get_ident()  # the one thread that starts spares
         self._waiting: list[Spare] = []
         self._registered = False
         self._libraries: bool | None = None  # may spares import LIBRARY_IMPORTS? None: not known yet
@@ -107,8 +115,21 @@ class SparePool:
     @property
     def imports_libraries(self) -> bool | None:
         """Whether new spares import `LIBRARY_IMPORTS` (None: the probe has not answered yet)."""
-        self._read_probe()
-        return self._libraries
+        with self._lock:
+            self._read_probe()
+            return self._libraries
+
+    @contextlib.contextmanager
+    def deepened(self, depth: int) -> Iterator[None]:
+        """Keep at least `depth` spares waiting inside the block (cases side by side, one per
+        lane); the spares it started beyond the pool's own depth stay for the cases after it."""
+        with self._lock:
+            previous, self.depth = self.depth, max(self.depth, depth)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.depth = previous
 
     def _read_probe(self) -> bool:
         """Take the probe's verdict when it has one; whether the question is settled."""
@@ -125,10 +146,13 @@ class SparePool:
     def prime(self) -> None:
         """Start the first spare now, before any case runs, importing the libraries too: the probe
         whose verdict decides whether later spares import them (see the module's doc). No-op once
-        a spare or a verdict exists."""
-        if self._waiting or self._libraries is not None:
+        a spare or a verdict exists, and outside the pool's own thread."""
+        if threading.get_ident() != self._owner:
             return
-        self._probe = self._start(libraries=True, probe=True)
+        with self._lock:
+            if self._waiting or self._libraries is not None:
+                return
+            self._probe = self._start(libraries=True, probe=True)
 
     def __enter__(self) -> SparePool:
         return self
@@ -145,14 +169,18 @@ class SparePool:
 
     def ensure(self) -> None:
         """Start spares until `depth` wait (dead ones are replaced); none while the probe has not
-        answered yet: the spares to start depend on its answer (called again, they start)."""
-        for spare in [s for s in self._waiting if s.process.poll() is not None]:
-            self._waiting.remove(spare)
-            self._discard(spare)
-        if not self._read_probe():
+        answered yet: the spares to start depend on its answer (called again, they start). Only
+        in the pool's own thread (see the class's doc); elsewhere a no-op."""
+        if threading.get_ident() != self._owner:
             return
-        while len(self._waiting) < self.depth:
-            self._start(libraries=bool(self._libraries))
+        with self._lock:
+            for spare in [s for s in self._waiting if s.process.poll() is not None]:
+                self._waiting.remove(spare)
+                self._discard(spare)
+            if not self._read_probe():
+                return
+            while len(self._waiting) < self.depth:
+                self._start(libraries=bool(self._libraries))
 
     def _start(self, libraries: bool, probe: bool = False) -> Spare:
         from qlora_core.runner import child_env
@@ -188,17 +216,19 @@ class SparePool:
         from qlora_core.runner import child_env
 
         now = child_env()
-        while self._waiting:
-            spare = self._waiting.pop(0)
-            if spare.process.poll() is None and same_environment(spare.env, now):
-                return spare
-            self._discard(spare)
-        return None
+        with self._lock:
+            while self._waiting:
+                spare = self._waiting.pop(0)
+                if spare.process.poll() is None and same_environment(spare.env, now):
+                    return spare
+                self._discard(spare)
+            return None
 
     def shutdown(self) -> None:
         """End every waiting spare."""
-        while self._waiting:
-            self._discard(self._waiting.pop(0))
+        with self._lock:
+            while self._waiting:
+                self._discard(self._waiting.pop(0))
 
     def _discard(self, spare: Spare) -> None:
         if spare is self._probe:  # ended before it answered: no proof

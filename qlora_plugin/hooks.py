@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from qlora_core.matrix import PlannedCase, build_matrix
+from qlora_core.matrix import PlannedCase, build_matrix, family_name
 from qlora_core.result import Result, repeat_suffix
 from qlora_plugin.options import bench_options
 from qlora_plugin.run_folder import RunFolderInUseError
@@ -68,7 +68,7 @@ _VERDICTS_KEY = pytest.StashKey[Counter]()
 
 def module_for(planned: PlannedCase) -> str:
     """The family module (`bench/test_<family>.py`) that tests this case."""
-    tags = [t.split(":")[0] for t in planned.families]
+    tags = [family_name(t) for t in planned.families]
     for family, module in _MODULE_BY_FAMILY:
         if family in tags:
             return module

@@ -202,11 +202,13 @@ class BenchSession:
         rows = [*self.results.values(), *self.stored.values()]
         if sharing_supported(self.options.profile, rows):
             return True
-        if not self._sharing_note_given:
+        alone = [r for r in rows if r.device == "cuda" and r.side_by_side is None and r.nvml_peak_gib]
+        if alone and not self._sharing_note_given:  # before any row alone: no evidence yet, no problem
             self._sharing_note_given = True
             self.warn(
-                "no earlier row of this session read its own device memory from NVML's per-process"
-                " list, so shareable cases run alone (qlora_core.side_by_side)"
+                f"{len(alone)} row(s) of this session ran alone, and in none did its own line of NVML's"
+                " per-process list agree with the device's reading (side_by_side.own_line_agrees),"
+                " so shareable cases run alone"
             )
         return False
 
@@ -230,7 +232,7 @@ class BenchSession:
             self._record_as_planned(result, jobs[job])
             finished.append((job, result))
 
-        run_side_by_side(list(jobs), self.options.side_by_side, done)
+        run_side_by_side(list(jobs), self.options.side_by_side, done, self.spares)
         for job, result in finished:
             if self.options.oom_rerun and why_no_rerun(result) is None:
                 measure_need(job.case, job.options, result, job.result_path, self.spares)

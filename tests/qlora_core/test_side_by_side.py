@@ -11,10 +11,20 @@ import pytest
 from processes import live_processes
 
 from qlora_core.gpus import DetectedGpu, get_profile
-from qlora_core.matrix import SHAREABLE_FAMILIES, PlannedCase, build_matrix
+from qlora_core.matrix import SHAREABLE_FAMILIES, PlannedCase, build_matrix, family_name
+from qlora_core.measure import NVML_PROCESS
 from qlora_core.result import Result
 from qlora_core.runner import RunOptions, run_case
-from qlora_core.side_by_side import MAX_LANES, Job, auto_lanes, run_side_by_side, sharing_supported
+from qlora_core.side_by_side import (
+    MAX_LANES,
+    OWN_LINE_AGREEMENT_GIB,
+    Job,
+    auto_lanes,
+    own_line_agrees,
+    run_side_by_side,
+    sharing_supported,
+)
+from qlora_core.spare import SPARE_DEPTH, SparePool
 from qlora_core.spec import Case, CaseError
 
 H200 = DetectedGpu("NVIDIA H200", 139.8, (9, 0), "580.159.04", 1)
@@ -30,21 +40,48 @@ def test_auto_lanes_share_only_an_emulated_profiles_host(profile, gpu, lanes):
     assert auto_lanes(get_profile(profile), gpu) == lanes
 
 
-def test_sharing_needs_a_gpu_row_that_read_its_own_context():
+def _alone(own: float | None, peak: float = 8.6, base: float = 0.6, **fields) -> Result:
+    """A GPU row that ran alone: device-wide peak 8.6 GiB over a 0.6 GiB base, its own line `own`."""
+    fields = {"device": "cuda", "context_gib": 0.5, **fields}
+    nvml = {"nvml_peak_gib": peak, "nvml_base_gib": base, "nvml_own_peak_gib": own}
+    return Result("a", "h", "t4", {}, **nvml, **fields)
+
+
+def test_sharing_needs_a_row_alone_whose_own_nvml_line_agreed_with_the_device():
     t4, cpu = get_profile("t4"), get_profile("cpu")
     assert sharing_supported(cpu, [])
     assert not sharing_supported(t4, [])
-    assert not sharing_supported(t4, [Result("a", "h", "t4", {}, device="cuda", context_gib=None)])
-    assert sharing_supported(t4, [Result("a", "h", "t4", {}, device="cuda", context_gib=0.6)])
+    assert own_line_agrees(_alone(8.0))
+    assert own_line_agrees(_alone(8.0 + OWN_LINE_AGREEMENT_GIB))
+    assert not own_line_agrees(_alone(8.0 + 2 * OWN_LINE_AGREEMENT_GIB))  # the own line saw more
+    assert not own_line_agrees(_alone(7.8))  # ...or less: something else held device memory
+    assert not own_line_agrees(_alone(None))  # NVML did not name the process
+    assert not own_line_agrees(_alone(8.0, context_gib=None))
+    assert not own_line_agrees(_alone(8.0, side_by_side=3))  # not alone: no device-wide evidence
+    assert not own_line_agrees(_alone(8.0, device="cpu"))
+    assert sharing_supported(t4, [_alone(7.0), _alone(8.0)])
+    assert not sharing_supported(t4, [_alone(7.0)])
 
 
-def test_only_numerics_families_are_shareable():
+SPEED_FAMILIES = {"factorial", "speed", "fp32", "engine"}
+
+
+def test_only_cases_of_families_that_read_no_speed_are_shareable():
     assert PlannedCase(Case("tiny"), ["quality", "stability"]).shareable
+    assert PlannedCase(Case("tiny"), ["sweep", "gc", "ladder:3"]).shareable
     assert not PlannedCase(Case("tiny"), ["quality", "speed"]).shareable
+    assert not PlannedCase(Case("tiny"), ["sweep", "factorial"]).shareable
     assert not PlannedCase(Case("tiny"), []).shareable
-    shareable = [p for p in build_matrix(get_profile("t4")) if p.shareable]
-    assert shareable and all(p.case.data == "text" for p in shareable)
-    assert {f for p in shareable for f in p.families} <= SHAREABLE_FAMILIES
+    assert not SHAREABLE_FAMILIES & SPEED_FAMILIES
+    planned = build_matrix(get_profile("t4"))
+    for p in planned:
+        families = {family_name(f) for f in p.families}
+        assert p.shareable == (not families & SPEED_FAMILIES), (p.case.id, p.families)
+    # the t4 tier's memory families share too now, not only the text cases
+    shareable = [p for p in planned if p.shareable]
+    assert {p.case.data for p in shareable} == {"text", "synthetic"}
+    assert any(p.case.load_only for p in shareable)
+    assert any(f.startswith("ladder") for p in shareable for f in p.families)
 
 
 def test_a_bad_shared_device_is_refused_before_any_child(tmp_path):
@@ -68,7 +105,19 @@ def test_side_by_side_rows_have_the_numbers_of_alone_and_no_speed(tmp_path: Path
     assert alone.side_by_side is None and alone.tokens_per_s is not None
     # ...what does is not reported: step times kept, not summarized into a speed.
     assert len(shared.step_ms) == 3 and shared.tokens_per_s is None and shared.step_ms_median is None
-    assert shared.kernel_ms_per_step is None and shared.nvml_peak_gib is None
+    assert shared.kernel_ms_per_step is None and shared.nvml_peak_gib is None  # the CPU: no NVML
+
+
+@pytest.mark.slow
+def test_lanes_hand_their_cases_to_warm_spares(tmp_path: Path):
+    jobs = [Job(case, RunOptions(), tmp_path / f"{case.seed}.json") for case in CASES]
+    done: list[Result] = []
+    with SparePool() as pool:
+        run_side_by_side(jobs, 3, lambda job, result: done.append(result), pool)
+        assert pool.depth == SPARE_DEPTH  # one per lane only while the lanes ran
+    assert len(done) == 3 and all(r.status == "ok" for r in done), [r.reason for r in done]
+    assert all(r.warm_spare and r.import_s is not None for r in done)
+    assert _children_of(os.getpid()) == []
 
 
 def _children_of(pid: int) -> list[int]:
@@ -101,21 +150,27 @@ def test_an_interrupt_kills_every_running_child_and_reports_no_half_run_case(tmp
 
 @pytest.mark.gpu
 @pytest.mark.slow
-def test_on_the_gpu_shared_rows_cap_with_their_own_context_and_skip_device_wide_memory(
-    gpu_required, tmp_path: Path
-):
+def test_on_the_gpu_shared_rows_read_the_memory_they_read_alone(gpu_required, tmp_path: Path):
     """Emulated T4s side by side on the host GPU: each child reads its CUDA context from NVML's
-    per-process list, caps its allocator with it, and reports no NVML device-wide memory."""
-    done: list[Result] = []
-    jobs = [
-        Job(case.replace(seq_len=128), RunOptions(profile="t4"), tmp_path / f"{case.seed}.json")
-        for case in CASES
-    ]
-    run_side_by_side(jobs, 3, lambda job, result: done.append(result))
+    per-process list and caps its allocator with it; its device memory is its own line of that
+    list, and it is what the same case reads alone from the device-wide "used"."""
+    cases = [case.replace(seq_len=128) for case in CASES]
+    alone = run_case(cases[0], RunOptions(profile="t4"), tmp_path / "alone.json")
+    assert alone.status == "ok" and alone.nvml_scope == "device", alone.reason
+    assert own_line_agrees(alone), (alone.nvml_own_peak_gib, alone.nvml_peak_gib, alone.nvml_base_gib)
+    done: dict[int, Result] = {}
+    jobs = [Job(case, RunOptions(profile="t4"), tmp_path / f"{case.seed}.json") for case in cases]
+    run_side_by_side(jobs, 3, lambda job, result: done.__setitem__(job.case.seed, result))
     assert len(done) == 3
-    for r in done:
+    for r in done.values():
         assert r.status == "ok" and r.side_by_side == 3, r.reason
         assert r.context_gib is not None and 0.1 < r.context_gib < 2.0
         assert r.emulated and r.memory_cap_gib == pytest.approx(get_profile("t4").total_gib - r.context_gib)
-        assert r.nvml_base_gib is None and r.nvml_peak_gib is None and r.tokens_per_s is None
+        assert r.nvml_scope == NVML_PROCESS and r.nvml_base_gib == 0.0 and r.tokens_per_s is None
+        assert r.nvml_peak_gib is not None and r.nvml_peak_gib >= r.peak_reserved_gib
         assert r.peak_alloc_gib is not None and r.losses
+    shared = done[cases[0].seed]
+    assert shared.peak_alloc_gib == alone.peak_alloc_gib
+    assert shared.peak_reserved_gib == alone.peak_reserved_gib
+    device_used = alone.nvml_peak_gib - alone.nvml_base_gib
+    assert abs(shared.nvml_peak_gib - device_used) <= OWN_LINE_AGREEMENT_GIB, (shared, device_used)

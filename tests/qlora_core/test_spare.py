@@ -18,6 +18,7 @@ from qlora_core.runner import RunOptions, child_env, run_case
 from qlora_core.spare import (
     LIBRARY_IMPORTS,
     NO_CONTEXT,
+    SPARE_DEPTH,
     SPARE_IMPORTS,
     SPARE_READY,
     Spare,
@@ -243,6 +244,33 @@ def test_no_spare_outlives_its_pool():
         pool.ensure()
         assert _eventually_spares_of(os.getpid())
     assert _spares_of(os.getpid()) == []
+
+
+def test_a_deepened_pool_keeps_one_spare_per_lane_then_its_own_depth_again():
+    with SparePool() as pool:
+        with pytest.raises(RuntimeError), pool.deepened(SPARE_DEPTH + 2):
+            pool.ensure()
+            assert pool.depth == SPARE_DEPTH + 2
+            deadline = time.monotonic() + 30
+            while len(_spares_of(os.getpid())) < SPARE_DEPTH + 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(_spares_of(os.getpid())) == SPARE_DEPTH + 2
+            raise RuntimeError("a lane failed")
+        assert pool.depth == SPARE_DEPTH  # restored on the way out, error or not
+        with pool.deepened(1):  # never below the pool's own depth
+            assert pool.depth == SPARE_DEPTH
+
+
+def test_only_the_pools_own_thread_starts_spares():
+    """PDEATHSIG kills a child when the thread that started it ends: a spare started by a
+    side-by-side lane's thread would die with the lane."""
+    with SparePool() as pool:
+        worker = threading.Thread(target=lambda: (pool.prime(), pool.ensure()))
+        worker.start()
+        worker.join()
+        assert pool.waiting is None
+        pool.ensure()
+        assert pool.waiting is not None
 
 
 def test_a_spare_dies_with_a_runner_killed_outright():

@@ -247,14 +247,23 @@ def test_shareable_runs_go_side_by_side_once_and_the_rest_alone(tmp_path):
     assert sum(1 for line in lines if line.startswith("[")) == 4
 
 
-def test_a_gpu_session_shares_only_after_a_row_read_its_own_context(tmp_path):
+def _alone_row(own_peak_gib: float) -> Result:
+    """A row that ran alone on the GPU: 8.0 GiB device-wide over the base, its own line `own`."""
+    nvml = {"nvml_peak_gib": 8.5, "nvml_base_gib": 0.5, "nvml_own_peak_gib": own_peak_gib}
+    return Result("a", "h", "t4", {}, device="cuda", context_gib=0.6, **nvml)
+
+
+def test_a_gpu_session_shares_only_after_a_row_alone_showed_its_own_nvml_line_agrees(tmp_path):
     t4 = get_profile("t4")
     session, lines = open_quietly(make_options(tmp_path, gpu="t4", profile=t4, side_by_side=4))
     run = CaseRun(PlannedCase(Case("tiny"), ["quality"]))
     try:
+        assert not session._shares(run)  # no row yet: the first shareable case runs alone, quietly
+        assert not any("shareable cases run alone" in line for line in lines)
+        session.results[("h", 0)] = _alone_row(own_peak_gib=7.0)  # its own line disagreed
         assert not session._shares(run) and not session._shares(run)
         assert sum("shareable cases run alone" in line for line in lines) == 1  # said once
-        session.results[("h", 0)] = Result("a", "h", "t4", {}, device="cuda", context_gib=0.6)
+        session.results[("h2", 0)] = _alone_row(own_peak_gib=8.0)
         assert session._shares(run)
     finally:
         session.close()
