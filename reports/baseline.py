@@ -20,19 +20,25 @@ import pandas as pd
 
 from qlora_core.result import STATUSES, write_atomic
 from reports.frame import RunData
+from reports.rows import device_used_gib
 from reports.stats import rel_iqr
 
 # 2: repeats, kernel time and the noise of each case (issue 10); a version-1 file is refused.
 BASELINE_SCHEMA_VERSION: int = 2
+NVML_USED = "nvml_used_gib"
+"""The device memory the case's process used at its peak (`reports.rows.device_used_gib`: NVML's
+peak minus the device's reading before the process; side by side, its own line): gated instead of
+the raw `nvml_peak_gib`, which also holds whatever the device held before (another GPU process,
+0-0.6 GiB on the H200) and so moves between runners with nothing changed in the case."""
 GATED_METRICS: tuple[str, ...] = (
     "tokens_per_s",
     "kernel_ms_per_step",
     "peak_alloc_gib",
     "peak_reserved_gib",
-    "nvml_peak_gib",
+    NVML_USED,
     "final_loss",
 )
-MEMORY_METRICS: tuple[str, ...] = ("peak_alloc_gib", "peak_reserved_gib", "nvml_peak_gib")
+MEMORY_METRICS: tuple[str, ...] = ("peak_alloc_gib", "peak_reserved_gib", NVML_USED)
 # Stored per case beside the gated metrics: the noise and significance of the speed rules.
 CASE_METRICS: tuple[str, ...] = (
     "tokens_per_s",
@@ -57,6 +63,9 @@ CASE_FIELDS: tuple[str, ...] = ("case_hash", "status", "repeats", "host_bound", 
 # Optional per case (files written before it lack it): one run's wall seconds, which `--shard
 # --shard-costs BASELINE` balances shards by. Not gated: wall time is the host's and the suite's.
 CASE_WALL_S = "wall_s"
+# Optional per case too: how many cases shared the device with it (`Result.side_by_side`; null:
+# alone). Such a row has no speed, by design; the gate does not compare what it did not measure.
+CASE_SIDE_BY_SIDE = "side_by_side"
 # Library name in the baseline's `versions` -> column of the results frame.
 VERSION_COLUMNS: dict[str, str] = {
     "torch": "torch_version",
@@ -160,6 +169,9 @@ def cases_of(results: pd.DataFrame) -> dict[str, dict[str, Any]]:
         entry.update({metric: number_or_none(row.get(metric)) for metric in CASE_METRICS})
         entry.update({name: _numbers_or_none(row.get(name)) for name in CASE_LISTS})
         entry[CASE_WALL_S] = number_or_none(row.get(CASE_WALL_S))
+        entry[NVML_USED] = number_or_none(device_used_gib(pd.Series(row)))
+        shared = row.get(CASE_SIDE_BY_SIDE)
+        entry[CASE_SIDE_BY_SIDE] = None if is_missing(shared) else int(shared)
         if entry["step_ms_rel_iqr"] is None:
             # Rows measured before the child recorded it: the same statistic, from the step times.
             entry["step_ms_rel_iqr"] = rel_iqr([float(v) for v in row.get("step_ms") or []])
@@ -317,6 +329,12 @@ def _case_problems(entry: object) -> list[str]:
     wall_s = entry.get(CASE_WALL_S)
     if wall_s is not None and not (_is_finite(wall_s) and wall_s >= 0):
         problems.append(f"{CASE_WALL_S}={wall_s!r} must be a finite number >= 0 or null")
+    used = entry.get(NVML_USED)
+    if used is not None and not _is_finite(used):
+        problems.append(f"{NVML_USED}={used!r} must be a finite number or null")
+    shared = entry.get(CASE_SIDE_BY_SIDE)
+    if shared is not None and not (type(shared) is int and shared >= 2):
+        problems.append(f"{CASE_SIDE_BY_SIDE}={shared!r} must be an integer >= 2 or null")
     repeats = entry.get("repeats")
     if repeats is not None and not (type(repeats) is int and repeats >= 0):
         problems.append(f"repeats={repeats!r} must be an integer >= 0 or null")

@@ -20,7 +20,11 @@
   `memory_rise_min_mib` MiB); **final_loss** when it rises by more than `final_loss_rise_pct` %.
 
 A rise of speed, a drop of memory, loss or kernel time never fails. A metric measured on one
-side only fails (regenerate the baseline). Each comparison names its rule and its evidence.
+side only fails (regenerate the baseline), except speed (tokens/s, kernel time) missing on a side
+that ran the case side by side (`qlora_core.side_by_side`): such a row measures no speed by
+design, and which case of a shareable family runs alone first, for the evidence that sharing is
+measured right, depends on the run's order (a shard's differs). That is `n/a`, with the reason,
+never a pass. Each comparison names its rule and its evidence.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from reports.baseline import MEMORY_METRICS
+from reports.baseline import CASE_SIDE_BY_SIDE, MEMORY_METRICS
 from reports.stats import mann_whitney_greater
 from reports.thresholds import Thresholds
 
@@ -77,6 +81,9 @@ def compare_metric(
 ) -> MetricComparison:
     """Judge one gated metric of a case that is ok on both sides."""
     b, c = base.get(metric), run.get(metric)
+    unmeasured = _side_by_side_without(metric, base, run)
+    if unmeasured is not None:
+        return MetricComparison(case_id, metric, b, c, None, "", NOT_COMPARED, unmeasured, "side by side")
     if metric == "tokens_per_s":
         return _compare_speed(case_id, base, run, thresholds, allow_noisy)
     if metric == "kernel_ms_per_step":
@@ -193,6 +200,23 @@ def _noise(entry: dict[str, Any], side: str) -> tuple[float, str]:
     if spread is not None:
         return 100 * spread, f"{side}: within-run relative IQR of step times, 1 repeat"
     return 0.0, f"{side}: noise not measured"
+
+
+SIDE_BY_SIDE_UNMEASURED: tuple[str, ...] = ("tokens_per_s", "kernel_ms_per_step")
+"""What a side-by-side row does not measure (`qlora_core.side_by_side`)."""
+
+
+def _side_by_side_without(metric: str, base: dict[str, Any], run: dict[str, Any]) -> str | None:
+    """Why `metric` cannot be compared when a side lacks it because it ran side by side; None
+    otherwise (compared, or judged one-sided as any other missing metric)."""
+    if metric not in SIDE_BY_SIDE_UNMEASURED:
+        return None
+    sides = [
+        f"{name} ran it side by side with {entry[CASE_SIDE_BY_SIDE] - 1} other case(s)"
+        for name, entry in (("the baseline", base), ("this run", run))
+        if entry.get(metric) is None and entry.get(CASE_SIDE_BY_SIDE)
+    ]
+    return f"not compared: {' and '.join(sides)}, which measures no speed" if sides else None
 
 
 def _one_sided(

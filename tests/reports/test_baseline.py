@@ -23,6 +23,7 @@ from reports.baseline import (
     BASELINE_DIFF_MD,
     BASELINE_SCHEMA_VERSION,
     GATED_METRICS,
+    NVML_USED,
     BaselineContentError,
     BaselineError,
     BaselineFileError,
@@ -75,7 +76,8 @@ def make_result(case: Case, profile: str = PROFILE, **changes: Any) -> Result:
         "kernel_ms_per_step": 1900.0 * scale,
         "peak_alloc_gib": 6.0 * scale,
         "peak_reserved_gib": 7.0 * scale,
-        "nvml_peak_gib": 7.5 * scale,
+        "nvml_base_gib": 0.5,
+        "nvml_peak_gib": 0.5 + 7.5 * scale,
         "final_loss": 2.5,
     }
     values.update(changes)
@@ -231,12 +233,54 @@ def test_tokens_per_s_drop_of_10_pct_fails(baseline_path: Path) -> None:
     assert line.startswith(f"{CASE_B.id}: tokens_per_s dropped 10.0% (")
 
 
-@pytest.mark.parametrize("metric", ["peak_alloc_gib", "peak_reserved_gib", "nvml_peak_gib"])
-def test_memory_rise_of_5_pct_fails(baseline_path: Path, metric: str) -> None:
-    report = judge(baseline_path, scaled(CASE_A, metric, 1.05))
+@pytest.mark.parametrize(
+    ("field", "metric"),
+    [("peak_alloc_gib",) * 2, ("peak_reserved_gib",) * 2, ("nvml_peak_gib", NVML_USED)],
+)
+def test_memory_rise_of_5_pct_fails(baseline_path: Path, field: str, metric: str) -> None:
+    report = judge(baseline_path, scaled(CASE_A, field, 1.05))
     assert failing(report) == {(CASE_A.id, metric)}
     (line,) = report.failures
     assert CASE_A.id in line and metric in line
+
+
+def test_nvml_is_gated_on_what_the_process_used_not_on_what_the_device_held_before(
+    baseline_path: Path,
+) -> None:
+    """Another process held 0.6 GiB more on this runner's device: the raw peak rose by that much,
+    the case's own use did not."""
+    clean = make_result(CASE_A)
+    moved = changed(CASE_A, nvml_base_gib=clean.nvml_base_gib + 0.6, nvml_peak_gib=clean.nvml_peak_gib + 0.6)
+    report = judge(baseline_path, moved)
+    assert report.passed, report.failures
+    assert verdict_of(report, CASE_A, NVML_USED) == "pass"
+    # side by side, the row reads its own line: base 0, its peak what it used
+    own = changed(CASE_A, nvml_base_gib=0.0, nvml_peak_gib=clean.nvml_peak_gib - clean.nvml_base_gib)
+    assert judge(baseline_path, own).passed
+
+
+def test_speed_missing_on_a_side_that_ran_side_by_side_is_not_compared(tmp_path: Path) -> None:
+    """Which case of a shareable family runs alone first (the evidence that sharing measures
+    right) depends on the run's order: a shard ran alone what the baseline ran side by side."""
+    path = tmp_path / "t4.json"
+    shared = changed(CASE_A, side_by_side=8, tokens_per_s=None, kernel_ms_per_step=None)
+    save_baseline(path, results_frame(shared), command=COMMAND, environment=ENVIRONMENT)
+    for run in (clean_results(), shared):
+        report = judge(path, run)
+        assert report.passed, report.failures
+        for metric in ("tokens_per_s", "kernel_ms_per_step"):
+            comparison = next(c for c in report.comparisons if (c.case_id, c.metric) == (CASE_A.id, metric))
+            assert comparison.verdict == "n/a" and "side by side with 7 other case(s)" in comparison.why
+    # the other way round too; and speed missing without a side-by-side reason still fails
+    assert judge_path_passes(tmp_path, clean_results(), shared)
+    report = judge(path, changed(CASE_B, tokens_per_s=None))
+    assert failing(report) == {(CASE_B.id, "tokens_per_s")}
+
+
+def judge_path_passes(tmp_path: Path, base: list[Result], run: list[Result]) -> bool:
+    path = tmp_path / "other.json"
+    save_baseline(path, results_frame(base), command=COMMAND, environment=ENVIRONMENT)
+    return judge(path, run).passed
 
 
 def test_final_loss_rise_beyond_limit_fails(baseline_path: Path) -> None:
@@ -330,12 +374,12 @@ def test_metric_none_on_both_sides_is_not_applicable(tmp_path: Path) -> None:
     save_baseline(path, results_frame(cpu), command=COMMAND, environment={})
     report = compare(load_baseline(path, profile="cpu"), results_frame(cpu), Thresholds())
     assert report.passed
-    assert {c.verdict for c in report.comparisons if c.metric == "nvml_peak_gib"} == {"n/a"}
+    assert {c.verdict for c in report.comparisons if c.metric == NVML_USED} == {"n/a"}
 
 
 def test_metric_measured_then_missing_fails(baseline_path: Path) -> None:
     report = judge(baseline_path, changed(CASE_B, nvml_peak_gib=None))
-    assert failing(report) == {(CASE_B.id, "nvml_peak_gib")}
+    assert failing(report) == {(CASE_B.id, NVML_USED)}
     (line,) = report.failures
     assert "was measured" in line and "now missing" in line
 
