@@ -1,18 +1,27 @@
 """Weights by precision: the weights model loaded only (FP32, FP16, BF16, INT8, NF4/FP4 with and
-without double quantization), its weight bytes and the device after the load; and the parameter
-counts of the lesson's models, from their architectures instantiated without weights."""
+without double quantization), its weight bytes and the device after the load, and LoRA trained
+over its INT8 weights (that precision's training total); and the parameter counts of the
+lesson's models, from their architectures instantiated without weights."""
 
 from qlora_core import measure
 from qlora_core.models.registry import COUNTED_MODELS, PARAM_COUNTS_TABLE
 from qlora_core.spec import LESSON_TARGET_MODULES
-from qlora_plugin.checks import assert_weights_consistent
+from qlora_plugin.checks import (
+    assert_adapters_only_train,
+    assert_memory_consistent,
+    assert_weights_consistent,
+)
 
 FAMILY = "weights"
 LESSON_LORA_R = 16  # the lesson's LoraConfig (r=16 on the seven projections)
 
 
 def test_case(case_result):
-    assert_weights_consistent(case_result)
+    if case_result.case["load_only"]:
+        assert_weights_consistent(case_result)
+    else:
+        assert_memory_consistent(case_result)
+        assert_adapters_only_train(case_result)
 
 
 def test_parameter_counts(bench_session):

@@ -1,12 +1,9 @@
 """The benchmark matrix: which Cases a profile runs, in one place.
 
-Engines. The families whose rows the claims and the doc tables read for memory and speed run on
-`USERS_ENGINE`, transformers' `Trainer`, configured as the lesson's readers configure it
-(`TrainingArguments` with per_device_train_batch_size, gradient_accumulation_steps,
-gradient_checkpointing, fp16/bf16, optim): memory and speed are what a Trainer user gets, not
-what a hand-written loop gets (at 3B b2 s1024 the two differ by gigabytes). Kernel-level
-families that compare quantization data types on text (``quality``, ``stability``) keep the
-core loop, whose numerics are the same and whose steps are cheaper.
+Engines. The families the claims and tables read for memory and speed run on `USERS_ENGINE`,
+transformers' `Trainer` as the lesson's readers configure it: what a Trainer user gets, not a
+hand-written loop (at 3B b2 s1024 the two differ by gigabytes). Families that compare the data
+types' numerics on text (``quality``, ``stability``) keep the core loop, same numerics, cheaper.
 
 Families (each case carries the tags of every family it serves, so a case shared by two
 families runs once):
@@ -30,7 +27,8 @@ families runs once):
   more add the 70B shape (`big_model_cases`): QLoRA from a pre-quantized checkpoint, 16-bit
   judged from its exact weight bytes where they exceed the card (computed, not measured).
 - ``weights``: the weights model (7B on GPUs, tiny on the CPU) loaded only (`Case.load_only`) at
-  each precision of the lesson's 7B table; see `weights_cases`.
+  each precision of the lesson's 7B table, and trained with LoRA over its INT8 weights (that
+  row's training total); see `weights_cases`.
 - ``quality``: the real model on held-out text: nf4/fp4 x double quant and the 16-bit reference.
 - ``stability``: the real model on text, fp16 vs bf16 compute at learning rates 1e-4, 2e-4, 1e-3.
 - ``nan``: the lesson's NaN advice exercised where fp16 goes non-finite, with its two remedies
@@ -42,13 +40,12 @@ families runs once):
 - ``multigpu``: what a multi-card profile (``t4x2``, ``l4x2``) runs instead of the families
   above (its card's: ``--gpu t4``); see `multigpu_cases`.
 
-The device-bound point: large GPUs the primary model at batch 4, seq 2048 (the lesson's T4
-setting); smaller GPUs batch 4, seq 512, the largest default sweep point that fits an emulated
-T4; the CPU the largest default sweep point.
+The device-bound point: large GPUs b4 s2048 (the lesson's T4 setting); smaller GPUs b4 s512, the
+largest default sweep point that fits an emulated T4; the CPU the largest default sweep point.
 
 Tiers: ``smoke`` (at most 6 cases: the device-bound point's nf4+dq, fp4 and no-double-quant
 rows, its 16-bit reference and fp32-compute rows, and one quality case), ``default`` (at most
-48: the t4 profile 46, h200 48, cpu 41), ``full`` (everything).
+49: the t4 profile 47, h200 49, cpu 42), ``full`` (everything).
 """
 
 from __future__ import annotations
@@ -66,7 +63,7 @@ USERS_ENGINE = "trainer"
 KERNEL_ENGINE = "loop"
 """The engine of the families that compare numerics on text (quality, stability)."""
 SMOKE_MAX = 6
-DEFAULT_MAX = 48
+DEFAULT_MAX = 49
 LADDER_START_LR = 2e-4
 STABILITY_LRS: tuple[float, ...] = (1e-4, 2e-4, 1e-3)
 NAN_REMEDY_LR = 1e-4
@@ -412,13 +409,16 @@ def weights_cases(profile: GpuProfile, tier: Tier, full: bool) -> list[Case]:
     7B table. Unquantized weights load in their own dtype (FP32, FP16, BF16); quantized ones
     keep their unquantized parameters (embeddings, norms, lm_head) in the profile's dtype.
 
-    default: FP32 and INT8, the precisions no training family loads; full: FP16, BF16 and
-    NF4/FP4 with and without double quantization too (the same sizes the compat rows measure
-    with training, here without it).
+    default: FP32 and INT8 (what no training family loads), and LoRA over the INT8 weights at the
+    compat point, the users' way: the INT8 row's "Total with Training" (compat's 16-bit LoRA and
+    QLoRA give FP16's and INT4's). full: FP16, BF16, NF4/FP4 with and without double quant too.
     """
     dtype = lesson_dtype(profile)
     load = Case(tier.weights_model, quant_type="none", compute_dtype="fp32", load_only=True)
-    cases = [load, load.replace(quant_type="int8", compute_dtype=dtype)]
+    int8 = load.replace(quant_type="int8", compute_dtype=dtype)
+    at = {"batch_size": tier.ref_batch, "seq_len": tier.ref_seq, "engine": USERS_ENGINE, "prepare_kbit": True}
+    steps = {"warmup_steps": tier.warmup_steps, "measured_steps": tier.measured_steps}
+    cases = [load, int8, int8.replace(load_only=False, **at, **steps)]
     if full:
         cases += [load.replace(compute_dtype="fp16"), load.replace(compute_dtype="bf16")]
         for quant in ("nf4", "fp4"):

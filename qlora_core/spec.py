@@ -61,7 +61,7 @@ class Case:
     a local checkpoint path, or a hub id (org/name)."""
     quant_type: QuantType = "nf4"
     """4-bit data type; `none` is the 16-bit LoRA reference (weights in `compute_dtype`); `int8` is
-    bitsandbytes' 8-bit weights (`load_in_8bit`), for load-only cases."""
+    bitsandbytes' 8-bit weights (`load_in_8bit`, LLM.int8()), loaded only or with LoRA over them."""
     double_quant: bool = True
     """bnb_4bit_use_double_quant: quantize the per-block absmax scaling factors again."""
     compute_dtype: ComputeDtype = "bf16"
@@ -113,7 +113,7 @@ class Case:
     # weights by precision (issue 11)
     load_only: bool = False
     """Stop after loading the weights (the `weights` family): weight bytes, allocator and NVML
-    after load, no training. Only a load-only case may hold int8 weights or unquantized fp32."""
+    after load, no training. Only a load-only case may hold unquantized fp32 weights."""
 
     def __post_init__(self) -> None:
         if self.quant_type in ("none", "int8"):
@@ -309,8 +309,6 @@ def validate(case: Case) -> list[str]:
             p.append(
                 f"quant_storage applies only to 4-bit quant types; leave it 'uint8' for {case.quant_type!r}"
             )
-    if case.quant_type == "int8" and case.load_only is not True:
-        p.append("quant_type='int8' (load_in_8bit) needs load_only=True: the matrix only loads 8-bit weights")
     if case.load_only is True and case.num_gpus != 1:
         p.append(f"load_only=True with num_gpus={case.num_gpus}: a load-only case loads on one GPU")
     p += _multi_gpu_problems(case)

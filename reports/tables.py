@@ -228,7 +228,7 @@ def memory_by_precision(run: RunData) -> str:
     )
     note = (
         "Measured weights are weight_bytes after the load of the 7-8B shapes (FP32 and INT8 from the"
-        " load-only `weights` family; INT4 = nf4 with double quant), also scaled per parameter to 7e9;"
+        " `weights` family; INT4 = nf4 with double quant), also scaled per parameter to 7e9;"
         " a row that ran out of memory under the cap shows what its uncapped rerun needed, labelled."
         f" How 'Total with Training' is read: {TOTAL_READING}. The measured totals are device peaks"
         " (NVML) of those LoRA/QLoRA rows; the last column is the full fine-tuning reading from this"

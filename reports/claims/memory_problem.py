@@ -53,11 +53,11 @@ LESSON_7B_WEIGHTS_GB: dict[str, float] = {"FP32": 28.0, "FP16": 14.0, "INT8": 7.
 LESSON_7B_TOTAL_GB: dict[str, float] = {"FP32": 100.0, "FP16": 56.0, "INT8": 28.0, "INT4": 10.0}
 PRECISIONS: tuple[str, ...] = ("FP32", "FP16", "INT8", "INT4")
 # Which rows hold each precision's weights: unquantized fp32 (load-only), 16-bit (the LoRA
-# reference and load-only fp16/bf16), bitsandbytes int8 (load-only), nf4.
+# reference and load-only fp16/bf16), bitsandbytes int8 (load-only, and LoRA over it), nf4.
 PRECISION_ROWS: dict[str, str] = {
     "FP32": "unquantized fp32 (weights family, load only)",
     "FP16": "16-bit fp16/bf16 (16-bit LoRA reference, weights family)",
-    "INT8": "bitsandbytes int8, load_in_8bit (weights family, load only)",
+    "INT8": "bitsandbytes int8, load_in_8bit (weights family: loaded, and LoRA over it)",
     "INT4": "nf4 (QLoRA rows, weights family)",
 }
 UNQUANTIZED = frozenset({"FP32", "FP16"})
@@ -65,14 +65,16 @@ UNQUANTIZED = frozenset({"FP32", "FP16"})
 # times its weights (FP16 56 = 4 x 14, INT8 28 = 4 x 7): weights, gradients and AdamW's two
 # moments all held at the table's precision, i.e. full fine-tuning. Nobody fine-tunes int8 or
 # 4-bit weights in full, and the lesson's recipe is LoRA/QLoRA, so the suite measures the column
-# as its readers train: LoRA on 16-bit weights, QLoRA on nf4, AdamW, through the Trainer.
+# as its readers train: LoRA on 16-bit weights, on int8 weights, QLoRA on nf4, AdamW, through the
+# Trainer. FP32 weights are only loaded: nobody trains LoRA over fp32 weights, and a 7B's do not
+# fit a 24 GB card to begin with.
 TOTAL_READING = (
     "'Total with Training' is read as LoRA (r=16, seven projections, AdamW, Trainer) on the"
-    " precision's weights: 16-bit LoRA for FP16, QLoRA (nf4) for INT4; not full fine-tuning"
-    " (the lesson's totals are ~4x its weights, what full fine-tuning with AdamW at that precision"
-    " holds before activations)"
+    " precision's weights: 16-bit LoRA for FP16, LoRA over LLM.int8() weights for INT8, QLoRA (nf4)"
+    " for INT4; FP32 weights are loaded only; not full fine-tuning (the lesson's totals are ~4x its"
+    " weights, what full fine-tuning with AdamW at that precision holds before activations)"
 )
-TRAINED_AS: dict[str, str] = {"FP16": "16-bit LoRA", "INT4": "QLoRA (nf4)"}
+TRAINED_AS: dict[str, str] = {"FP16": "16-bit LoRA", "INT8": "LoRA on int8 weights", "INT4": "QLoRA (nf4)"}
 WEIGHTS_TOL = 0.10
 TOTAL_TOL = 0.25
 
@@ -206,8 +208,8 @@ def check_weights_7b(run: RunData) -> list[Evaluation]:
 
 def check_training_total_7b(run: RunData) -> list[Evaluation]:
     """The 7B table's "Total with Training", read as LoRA/QLoRA training (TOTAL_READING): peak
-    memory of the 7-8B rows that trained at each precision; FP32 and INT8 weights are only loaded
-    (the weights family), so their totals are not run."""
+    memory of the 7-8B rows that trained at each precision; FP32 weights are only loaded (the
+    weights family), so their total is not run."""
     df = run.results
     out: list[Evaluation] = []
     for precision in PRECISIONS:
@@ -305,9 +307,9 @@ CLAIMS: tuple[Claim, ...] = (
         section=SECTION,
         quote="Memory for Weights",
         measures=(
-            "weight_bytes / base params of the 7-8B shapes that loaded (FP32 and INT8 load-only), x 7e9, per"
-            " precision; a row that ran out of memory loading: its uncapped rerun's allocation after the"
-            " load, labelled needed; GB = 10**9 bytes"
+            "weight_bytes / base params of the 7-8B shapes that loaded (FP32 and INT8: the weights"
+            " family), x 7e9, per precision; a row that ran out of memory loading: its uncapped"
+            " rerun's allocation after the load, labelled needed; GB = 10**9 bytes"
         ),
         expected="FP32 28 GB, FP16 14 GB, INT8 7 GB, INT4 3.5 GB (within 10%)",
         tolerance=WEIGHTS_TOL,

@@ -49,7 +49,7 @@ def test_tier_sizes_and_unique_ids(profile):
 def test_counts_per_profile_are_pinned():
     # A change here changes what the hardware runners measure: review it deliberately.
     counts = {name: len(build_matrix(get_profile(name), "default")) for name in ("t4", "h200", "cpu")}
-    assert counts == {"t4": 46, "h200": 48, "cpu": 41}
+    assert counts == {"t4": 47, "h200": 49, "cpu": 42}
 
 
 def test_factorial_is_full_and_t4_keeps_bf16_rows():
@@ -177,8 +177,8 @@ def test_claim_families_run_on_the_users_engine(profile, matrix):
             assert p.case.engine == KERNEL_ENGINE, (p.case.id, p.families)
         elif "nan" in tags:  # the NaN advice is judged through both engines
             assert p.case.engine in (KERNEL_ENGINE, USERS_ENGINE), (p.case.id, p.families)
-        elif tags == {"weights"}:
-            assert p.case.load_only, (p.case.id, p.families)  # no engine runs: loaded only
+        elif tags == {"weights"}:  # loaded only (no engine runs), or INT8's training total: the users'
+            assert p.case.load_only or p.case.engine == USERS_ENGINE, (p.case.id, p.families)
         else:
             assert tags == {"engine"}, (p.case.id, p.families)
 
@@ -265,14 +265,20 @@ def test_nan_family_reaches_the_failure_point_with_both_remedies(profile):
     ("profile", "model"), [("t4", "llama-2-7b"), ("h200", "llama-2-7b"), ("cpu", "tiny")]
 )
 def test_weights_family_loads_the_7b_table_precisions(profile, model):
-    """default: the precisions no training family loads (FP32, INT8); full: every weight type."""
+    """default: the precisions no training family loads (FP32, INT8), and LoRA over the INT8
+    weights at the compat point (INT8's training total); full: every weight type."""
     p = get_profile(profile)
     dtype = lesson_dtype(p)
 
     def kinds(matrix):
         cases = cases_of(build_matrix(p, matrix), "weights")
-        assert all(c.load_only and c.model == model for c in cases)
-        return {(c.quant_type, c.double_quant, c.compute_dtype) for c in cases}
+        assert all(c.model == model for c in cases)
+        (trained,) = [c for c in cases if not c.load_only]
+        compat = [c for c in cases_of(build_matrix(p, matrix), "compat") if c.quant_type == "nf4"]
+        point = (compat[0].batch_size, compat[0].seq_len) if compat else (trained.batch_size, trained.seq_len)
+        assert trained.quant_type == "int8" and trained.prepare_kbit and trained.engine == USERS_ENGINE
+        assert (trained.batch_size, trained.seq_len) == point
+        return {(c.quant_type, c.double_quant, c.compute_dtype) for c in cases if c.load_only}
 
     assert kinds("default") == {("none", False, "fp32"), ("int8", False, dtype)}
     four_bit = {(q, dq, dtype) for q in ("nf4", "fp4") for dq in (True, False)}

@@ -94,8 +94,7 @@ def test_load_only_axis_rules() -> None:
     assert LOAD.replace(quant_type="int8").id == "tiny-int8-fp32-b1-s512-load"
     assert Case("tiny").hash == Case("tiny", load_only=False).hash  # a later field: old hashes stay
     assert LOAD.hash != LOAD.replace(load_only=False, compute_dtype="bf16").hash
-    with pytest.raises(CaseError, match="load_only=True"):
-        Case("tiny", quant_type="int8")
+    assert Case("tiny", quant_type="int8").id == "tiny-int8-bf16-b1-s512"  # LoRA over 8-bit weights
     with pytest.raises(CaseError, match="fp32 weights only with load_only=True"):
         Case("tiny", quant_type="none", compute_dtype="fp32")
     with pytest.raises(CaseError, match="load_only"):
@@ -127,3 +126,23 @@ def test_load_only_on_gpu_reads_allocator_and_nvml(gpu_required, tmp_path) -> No
         assert result.load_nvml_gib > (result.nvml_base_gib or 0.0)
         assert result.nvml_peak_gib is None and result.peak_alloc_gib is None
         assert_weights_consistent(result)
+
+
+@pytest.mark.slow
+def test_lora_trains_over_int8_weights_as_the_weights_family_plans_it(tmp_path) -> None:
+    """INT8's training total: the CPU tier's weights family trains LoRA over LLM.int8() weights
+    through the Trainer, for real (bitsandbytes' CPU int8 kernels), adapters only."""
+    from qlora_core.gpus import get_profile
+    from qlora_core.matrix import build_matrix
+    from qlora_core.runner import RunOptions, run_case
+
+    (case,) = [
+        p.case
+        for p in build_matrix(get_profile("cpu"))
+        if p.case.quant_type == "int8" and not p.case.load_only
+    ]
+    result = run_case(case, RunOptions(profile="cpu", families="weights"), tmp_path / "r.json")
+    assert result.status == "ok", result.reason
+    assert result.quantized_params and result.quant_stats_bytes  # 8-bit weights with their row scales
+    assert result.trainable_params and result.trainable_params < result.total_params
+    assert len(result.losses) == case.warmup_steps + case.measured_steps and result.cpu_peak_rss_gib

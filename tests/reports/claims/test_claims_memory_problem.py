@@ -145,6 +145,20 @@ def test_training_total_reads_training_rows_only(build):
     assert fp32.verdict is Verdict.NOT_RUN and "not full fine-tuning" in fp32.why
 
 
+def test_int8_training_total_reads_lora_over_int8_weights_not_the_load(build):
+    """INT8's total is LoRA trained over its LLM.int8() weights (the weights family's trained
+    row); its load-only row beside it holds no training."""
+    loaded = build.result(EIGHT, quant_type="int8", load_only=True, **build.params(EIGHT), **build.gpu())
+    assert build.pick(check_training_total_7b(build.run([loaded])), "INT8").verdict is Verdict.NOT_RUN
+    rows = [loaded, _eight_trained(build, 26.0, quant_type="int8", double_quant=False)]
+    int8 = build.pick(check_training_total_7b(build.run(rows)), "INT8")
+    assert int8.verdict is Verdict.HOLDS and "LoRA on int8 weights" in int8.condition
+    far = build.pick(
+        check_training_total_7b(build.run([_eight_trained(build, 9.0, quant_type="int8")])), "INT8"
+    )
+    assert far.verdict is Verdict.REFUTED and "9.7 GB" in far.corrected
+
+
 def test_training_total_applies_to_gpu_profiles_only(build):
     run = build.run([build.result(EIGHT, profile="cpu", device="cpu", **build.params(EIGHT))])
     (only,) = evaluate(claim_by_id("mem7b-training-total"), run)
