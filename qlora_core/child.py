@@ -118,6 +118,7 @@ def child_main(request_path: str, spare_import_s: float | None = None) -> None:
     main_at = time.time()
     request = json.loads(Path(request_path).read_text())
     _die_with_parent(request["parent_pid"])
+    arm_stack_dump()
     case = Case.from_dict(request["case"])
     options = RunOptions(**request["options"])
     # The one-shot fault of this run wins over the case's own (a test sets one or the other).
@@ -168,6 +169,19 @@ def run_child(
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-_TRACEBACK_CHARS:]
     ckpt.finish(status, reason, tb)
     return ckpt.result
+
+
+STACK_DUMP_SIGNAL = signal.SIGUSR1
+"""On this signal a case's process writes every thread's Python stack to its log (faulthandler)
+and runs on: the runner sends it to a case that timed out before killing it, so a hang (a
+collective that never completes, a deadlocked loader) leaves where it hung."""
+
+
+def arm_stack_dump() -> None:
+    """Dump every thread's stack to stderr (the case's log) on `STACK_DUMP_SIGNAL`."""
+    import faulthandler
+
+    faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True, chain=False)
 
 
 def _die_with_parent(parent_pid: int) -> None:

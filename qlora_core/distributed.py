@@ -319,12 +319,13 @@ def _priority(status: str) -> int:
 def launcher_main(request_path: str, config: str) -> None:
     """Die with the runner, create the model's checkpoint once, then become `accelerate launch`
     (exec keeps the pid and PDEATHSIG)."""
-    from qlora_core.child import _die_with_parent, _materialize
+    from qlora_core.child import _die_with_parent, _materialize, arm_stack_dump
     from qlora_core.models import Prequant
     from qlora_core.spec import Case
 
     request = json.loads(Path(request_path).read_text())
     _die_with_parent(request["parent_pid"])
+    arm_stack_dump()  # until the exec: a hang creating the checkpoint shows where
     # Once, here: ranks that each found it missing would all write the same checkpoint at once.
     # A failure is left to the ranks, which record it as their outcome (e.g. missing_model).
     device = "cuda" if get_profile(request["options"]["profile"]).is_gpu else "cpu"

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from qlora_core import faults
-from qlora_core.child import _die_with_parent, run_child
+from qlora_core.child import _die_with_parent, arm_stack_dump, run_child
 from qlora_core.distributed import rank_result_path
 from qlora_core.result import Status
 from qlora_core.runner import RunOptions
@@ -28,6 +28,7 @@ from qlora_core.spec import Case
 def rank_main(request_path: str) -> None:
     parent = os.getppid()  # torchrun's agent: read before PDEATHSIG is armed, to catch its death
     _die_with_parent(parent)
+    arm_stack_dump()
     request = json.loads(Path(request_path).read_text())
     rank = int(os.environ["RANK"])
     case = Case.from_dict(request["case"])

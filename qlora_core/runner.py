@@ -169,6 +169,7 @@ def _run_child(
                 return child, False
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
+                    _dump_stacks(child)
                     _kill_group(child)
                     return child, True
             if cancel is not None and cancel.is_set():
@@ -228,6 +229,42 @@ def _log_tail(path: Path, lines: int = 8) -> str:
     return "\n".join(text[-lines:])
 
 
+_STACK_DUMP_WAIT_S = 2.0
+"""How long a timed-out case's processes get to write their stacks before they are killed."""
+
+
+def _dump_stacks(child: subprocess.Popen) -> None:
+    """Ask every process of a timed-out case (its child; under `accelerate launch`, each rank) to
+    write its threads' Python stacks to the case's log (`child.STACK_DUMP_SIGNAL`), then give them
+    `_STACK_DUMP_WAIT_S`. Only the suite's own processes: the launcher would take the signal's
+    default action (end) and take its ranks down before they wrote."""
+    import psutil
+
+    from qlora_core.child import STACK_DUMP_SIGNAL
+
+    try:
+        processes = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    signalled = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if _runs_module_of_the_suite(process.cmdline()):
+                process.send_signal(STACK_DUMP_SIGNAL)
+                signalled += 1
+    if signalled:
+        time.sleep(_STACK_DUMP_WAIT_S)
+
+
+def _runs_module_of_the_suite(argv: list[str]) -> bool:
+    """Whether a process runs `python ... -m qlora_core.<module>` itself (a child, a rank); not
+    `accelerate launch ... -m qlora_core.rank`, whose own module is accelerate's."""
+    if "-m" not in argv:
+        return False
+    position = argv.index("-m") + 1
+    return position < len(argv) and argv[position].startswith("qlora_core.")
+
+
 def _kill_group(child: subprocess.Popen) -> None:
     """SIGTERM the child's process group, then SIGKILL what is left after a grace period.
 
@@ -263,7 +300,8 @@ def _collect(
     if timed_out:
         stage = result.reason.removeprefix("died during ") if result.status == "crashed" else ""
         result.status = Status.TIMEOUT.value
-        result.reason = f"no result after {options.timeout_s:g} s" + (f" (in {stage})" if stage else "")
+        where = f" (in {stage})" if stage else ""
+        result.reason = f"no result after {options.timeout_s:g} s{where}; its threads' stacks are in its log"
     elif exitcode != 0 and result.status in ("crashed", ""):
         result.status = Status.CRASHED.value
         how = _describe_exit(exitcode)

@@ -308,6 +308,7 @@ def serve(parent_pid: int, libraries: bool = False, verdict_path: Path | None = 
     from qlora_core import child
 
     child._die_with_parent(parent_pid)
+    child.arm_stack_dump()
     restore = _lower_priority()
     t0 = time.perf_counter()
     for name in SPARE_IMPORTS:

@@ -211,10 +211,14 @@ def test_a_rank_killed_mid_run_is_the_recorded_outcome_and_nothing_survives(tmp_
 
 @pytest.mark.slow
 def test_a_timeout_takes_down_every_rank(tmp_path):
-    options = RunOptions(profile="cpu", timeout_s=8, inject_fault="hang@start-up")
+    # 30 s: both ranks reach the hang (their imports take ~10 s on a busy 2-core runner)
+    options = RunOptions(profile="cpu", timeout_s=30, inject_fault="hang@start-up")
     result, seen = _run_watching(DDP, options, tmp_path / "r.json")
     assert result.status == "timeout", result.reason
     assert len(seen) >= 3 and not _alive(seen)
+    # each rank wrote where it hung before it was killed (the launcher was not signalled)
+    log = (tmp_path / "r.log").read_text()
+    assert log.count("Current thread") == 2 and "qlora_core/faults.py" in log, log[-3000:]
 
 
 @pytest.mark.slow

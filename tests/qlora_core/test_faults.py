@@ -153,6 +153,10 @@ def test_hang_past_the_timeout_is_killed_then_rerun_clean(clean: Result, tmp_pat
     assert f"no result after {HANG_TIMEOUT_S} s (in prepare (injected fault hang@prepare))" in result.reason
     assert result.weight_bytes == clean.weight_bytes  # measured before the hang, kept
     assert HANG_TIMEOUT_S <= result.wall_s < HANG_TIMEOUT_S + 15
+    # where it hung, in its log: every thread's stack, the main one in the hang (faults.fire)
+    log = path.with_suffix(".log").read_text()
+    assert "stacks are in its log" in result.reason
+    assert "Current thread" in log and "qlora_core/faults.py" in log, log[-2000:]
     assert "timeout" not in FINAL_STATUSES
     assert_rerun_matches(clean, path)
 

@@ -217,3 +217,25 @@ def test_a_one_gpu_child_is_shown_one_gpu(monkeypatch, visible, one_gpu_child) -
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     assert child_env()["CUDA_VISIBLE_DEVICES"] == one_gpu_child
     assert child_env(num_gpus=2).get("CUDA_VISIBLE_DEVICES") == visible
+
+
+def test_a_timeout_signals_the_suites_own_processes_for_their_stacks_not_the_launcher():
+    from qlora_core.runner import _runs_module_of_the_suite
+
+    python = "/usr/bin/python3"
+    assert _runs_module_of_the_suite([python, "-m", "qlora_core.child", "r.request"])
+    assert _runs_module_of_the_suite([python, "-u", "-m", "qlora_core.rank", "r.request"])
+    # accelerate's launcher names the rank module as its argument; the signal would end it
+    launcher = [
+        python,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "c.json",
+        "-m",
+        "qlora_core.rank",
+    ]
+    assert not _runs_module_of_the_suite(launcher)
+    assert not _runs_module_of_the_suite([python, "script.py"]) and not _runs_module_of_the_suite(
+        [python, "-m"]
+    )
