@@ -210,6 +210,11 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
 
     r.import_s = time.perf_counter() - t0
     r.side_by_side = options.shared_device if options.shared_device > 1 else None
+    if r.side_by_side:
+        # N cases share the host's cores: each takes its share for its CPU-side work (LoRA's init,
+        # the data), not every core N times over (prepare + LoRA took 16-30 s so on the H200).
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // options.shared_device))
+    r.torch_threads = torch.get_num_threads()
     judged = _judge_16bit_without_checkpoint(case, profile, r)
     if judged is not None:
         return judged

@@ -91,6 +91,7 @@ class Result:
         None  # this process's device memory after its CUDA context (NVML, per process)
     )
     side_by_side: int | None = None  # cases that shared the device with it at most (None: it ran alone)
+    torch_threads: int | None = None  # torch's CPU threads in the child (side by side: its share)
     emulated: bool = False
     emulated_on: str = ""
     memory_cap_gib: float | None = None

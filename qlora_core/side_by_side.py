@@ -97,9 +97,10 @@ def run_side_by_side(
 ) -> None:
     """Run `jobs` up to `lanes` at a time, each in its own fresh child with `shared_device=lanes`
     (a child's Result says how many cases may have run beside it), in their order; `on_done` is
-    called in this thread as each ends. With `spares`, each lane hands its case to a warm spare,
-    and the pool keeps one waiting per lane meanwhile (`SparePool.deepened`): a lane's next case
-    starts with its imports done. An interrupt (Ctrl-C) or an error in `on_done` kills every
+    called in this thread as each ends. With `spares`, the pool keeps one spare waiting per lane
+    meanwhile and a lane hands its case to one whose imports are done, else starts it cold
+    (`SparePool.deepened`). Each child takes its share of the host's cores for torch
+    (`Result.torch_threads`). An interrupt (Ctrl-C) or an error in `on_done` kills every
     running child before it propagates: nothing outlives the call, and no half-run case is
     reported."""
     if lanes < 1:

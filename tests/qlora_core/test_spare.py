@@ -273,6 +273,30 @@ def test_only_the_pools_own_thread_starts_spares():
         assert pool.waiting is not None
 
 
+def _waiting_spare(tmp_path: Path, name: str, log: str) -> Spare:
+    """A stand-in spare: a live process and a log that says whether its imports are done."""
+    path = tmp_path / f"{name}.log"
+    path.write_text(log)
+    argv = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
+    return Spare(process, path, child_env())
+
+
+def test_side_by_side_hands_out_only_spares_whose_imports_are_done(tmp_path):
+    """Beside a group's running cases a spare still importing (at a lower priority) is slower than
+    a cold start; alone, a spare that has imported for a while is still the better start."""
+    with SparePool() as pool:
+        importing = _waiting_spare(tmp_path, "importing", "")
+        ready = _waiting_spare(tmp_path, "ready", f"{SPARE_READY} (pid 1, imports 9.0 s)\n")
+        pool._waiting += [importing, ready]
+        with pool.deepened(2):
+            assert pool.take() is ready
+            assert pool.take() is None and pool.waiting is importing  # left for a later case
+        assert pool.take() is importing  # outside a group: the oldest, ready or not
+        for spare in (importing, ready):
+            end(spare)
+
+
 def test_a_spare_dies_with_a_runner_killed_outright():
     code = (
         "import os, signal, sys, time\n"
