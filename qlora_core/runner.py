@@ -63,7 +63,8 @@ class RunOptions:
     `engines.pacing.MEMORY_ONLY_STEPS` fixed steps and no profiler window."""
     shared_device: int = 1
     """How many cases run on the device at once with this one (`qlora_core.side_by_side`); above 1
-    its speed and the device's used memory are not measured (None): other processes share them."""
+    its speed is not measured (None: other processes share the device), and its device memory is
+    NVML's per-process line for its own process (`measure.NVML_PROCESS`)."""
 
 
 def now_iso() -> str:
@@ -243,7 +244,8 @@ def _dump_stacks(child: subprocess.Popen) -> None:
     from qlora_core.child import STACK_DUMP_SIGNAL
 
     try:
-        processes = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
+        parent = psutil.Process(child.pid)
+        processes = [parent, *parent.children(recursive=True)]
     except psutil.NoSuchProcess:
         return
     signalled = 0

@@ -72,11 +72,17 @@ tier's 3B-8B cases (6-15 GiB on the device), 2% of its SmolLM2 cases (3 GiB). On
 two differed by 5.6 MiB alone, and side by side the own line read 17.6 MiB under a lone run."""
 
 
+def ran_alone_on_gpu(row: Result) -> bool:
+    """Whether `row` ran on CUDA with no case beside it and read NVML's device-wide memory: a row
+    that could show whether its own NVML line agrees with that reading."""
+    return row.device == "cuda" and row.side_by_side is None and row.nvml_peak_gib is not None
+
+
 def own_line_agrees(row: Result) -> bool:
     """Whether `row` ran alone on CUDA and its own NVML line agreed with the device-wide reading:
     the evidence that a case side by side, which reads only its own line, measures what it would
     alone."""
-    if row.device != "cuda" or row.side_by_side is not None or row.context_gib is None:
+    if not ran_alone_on_gpu(row) or row.context_gib is None:
         return False
     if row.nvml_own_peak_gib is None or row.nvml_peak_gib is None or row.nvml_base_gib is None:
         return False

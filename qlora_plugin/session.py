@@ -35,7 +35,7 @@ from qlora_core.matrix import PlannedCase
 from qlora_core.oom_need import measure_need, run_case_measuring_need, why_no_rerun
 from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
 from qlora_core.runner import RunOptions
-from qlora_core.side_by_side import Job, run_side_by_side, sharing_supported
+from qlora_core.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sharing_supported
 from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions
@@ -202,7 +202,7 @@ class BenchSession:
         rows = [*self.results.values(), *self.stored.values()]
         if sharing_supported(self.options.profile, rows):
             return True
-        alone = [r for r in rows if r.device == "cuda" and r.side_by_side is None and r.nvml_peak_gib]
+        alone = [r for r in rows if ran_alone_on_gpu(r)]
         if alone and not self._sharing_note_given:  # before any row alone: no evidence yet, no problem
             self._sharing_note_given = True
             self.warn(
