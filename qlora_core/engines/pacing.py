@@ -11,6 +11,12 @@ time (`devicetime`), never timed. The learning-rate schedule (`constant_with_war
 after warm-up, so training does not depend on how many steps were measured.
 
 `StepClock` walks a plan step by step; the loop and the trainer engines drive it alike.
+
+The ranks of a multi-GPU case stop together (`every_rank_agrees`): each reads its own clock, so
+left alone one rank would stop measuring a step before another and leave it blocked for ever in
+the next step's collective (the DDP case of the two-GPU test hung so; its stacks showed rank 0 in
+the Trainer's end-of-training broadcast and rank 1 still in its epoch). A rank keeps the first
+reason it had to stop and measures on until every rank has one.
 """
 
 from __future__ import annotations
@@ -171,6 +177,7 @@ class StepClock:
         self._measured_ms: list[float] = []
         self._profiled = 0
         self._phase_start: float | None = None
+        self._reason: str | None = None  # the first reason this rank had to stop measuring
 
     def begin_step(self) -> None:
         if self._phase_start is None:
@@ -193,9 +200,9 @@ class StepClock:
             return None
         if self.phase == "measured":
             self._measured_ms.append(elapsed_ms)
-            reason = stop_reason(self._measured_ms, self.plan)
-            if reason is not None:
-                self.stats.stop_reason = reason
+            self._reason = self._reason or stop_reason(self._measured_ms, self.plan)
+            if every_rank_agrees(self._reason is not None):
+                self.stats.stop_reason = self._reason
                 self.stats.train_s = self._lap()
                 self.phase = "profiled" if self.window is not None else "done"
                 self.done = self.window is None
@@ -233,3 +240,19 @@ class StepClock:
         self.stats.host_bound = figures.host_bound
         self.stats.profiled_steps = figures.profiled_steps
         self.stats.profile_s = self.window.seconds
+
+
+def every_rank_agrees(flag: bool) -> bool:
+    """Whether `flag` holds on every rank of the process group (one all-reduce of a flag, MIN,
+    on the rank's GPU under NCCL, on the CPU under gloo); `flag` itself outside a multi-process
+    group. Every rank must call it at the same step. Called after a step's time is taken, so the
+    collective is never inside a measured step."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return flag
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    agreed = torch.tensor([1 if flag else 0], dtype=torch.int32, device=on)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())

@@ -199,6 +199,19 @@ def test_two_ranks_through_accelerate_launch_merge_into_one_row(tmp_path):
 
 
 @pytest.mark.slow
+def test_ranks_measuring_adaptively_stop_at_the_same_step(tmp_path):
+    # Each rank paces on its own clock (as on CUDA); without their agreement one stopped a step
+    # early and left the other blocked in a collective until the timeout (the two-GPU DDP hang).
+    options = RunOptions(profile="cpu", timeout_s=300, adaptive_steps=True)
+    result = run_case(DDP, options, tmp_path / "r.json")
+    assert result.status == "ok", result.reason
+    steps = [len(ms) for ms in result.rank_step_ms]
+    assert steps[0] == steps[1] >= DDP.measured_steps, steps
+    ranks = [read_result(rank_result_path(tmp_path / "r.json", i)) for i in (0, 1)]
+    assert all(r.stop_reason in ("target", "spread", "budget", "cap") for r in ranks), ranks
+
+
+@pytest.mark.slow
 def test_a_rank_killed_mid_run_is_the_recorded_outcome_and_nothing_survives(tmp_path):
     options = RunOptions(profile="cpu", timeout_s=300, inject_fault="sigkill@training@rank1")
     result, seen = _run_watching(DDP, options, tmp_path / "r.json")

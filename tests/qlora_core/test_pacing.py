@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from qlora_core.engines import pacing
 from qlora_core.engines.common import TrainStats
 from qlora_core.engines.devicetime import PROFILED_STEPS
 from qlora_core.engines.pacing import (
@@ -136,6 +137,31 @@ def test_an_adaptive_clock_ends_with_its_reason_and_without_a_window_fills_no_de
     assert (stats.kernel_ms_per_step, stats.gpu_busy, stats.host_bound, stats.profiled_steps) == (
         None, None, None, 0,
     )  # fmt: skip
+
+
+def test_a_rank_keeps_its_first_reason_and_measures_on_until_every_rank_has_one(monkeypatch):
+    # Steady steps reach the target at the 5th measured step; the other ranks agree two steps later.
+    answers = iter([False, False, True])  # asked only once this rank has a reason
+    asked: list[bool] = []
+
+    def other_ranks(flag: bool) -> bool:
+        asked.append(flag)
+        return flag and next(answers)
+
+    monkeypatch.setattr(pacing, "every_rank_agrees", other_ranks)
+    plan = dataclasses.replace(ADAPTIVE, min_measured=2, max_measured=40)
+    stats = TrainStats(engine="loop", autocast="none", grad_scaler=False)
+    measured = _walk(
+        StepClock(plan, CASE, "cpu", stats), [9.0, 9.0] + [100.0] * 5 + [100.0, 300.0, 300.0, 300.0]
+    )
+    # asked once per measured step; the 8th step's 300 ms would have undone "target" on a fresh look
+    assert asked == [False] * 4 + [True] * 3
+    assert [m for m in measured if m is not None] == [100.0] * 5 + [100.0, 300.0]
+    assert stats.stop_reason == "target"
+
+
+def test_outside_a_process_group_a_rank_agrees_with_itself():
+    assert pacing.every_rank_agrees(True) and not pacing.every_rank_agrees(False)
 
 
 def test_a_memory_only_plan_runs_its_few_fixed_steps_whatever_the_case_asks():
