@@ -76,9 +76,12 @@ PROFILES: dict[str, GpuProfile] = {
         GpuProfile("h100", 81559 / _MIB_IN_GIB, (9, 0), 989.5, 989.5, 67.0),
         GpuProfile("h200", 143771 / _MIB_IN_GIB, (9, 0), 989.5, 989.5, 67.0),
         GpuProfile("cpu", 0.0, (0, 0)),
-        # Two-card machines (issue 13): two T4s (a common free offering), two 24 GB cards.
+        # Two-card machines (issue 13): two T4s (a common free offering), two 24 GB cards, and two
+        # H200s, where nothing is emulated: the speed (and the scaling efficiency) is the cards'
+        # own, at the large tier's device-bound point.
         GpuProfile("t4x2", 15360 / _MIB_IN_GIB, (7, 5), 65.0, None, 8.1, count=2, card="t4"),
         GpuProfile("l4x2", 23034 / _MIB_IN_GIB, (8, 9), 121.0, 121.0, 30.3, count=2, card="l4"),
+        GpuProfile("h200x2", 143771 / _MIB_IN_GIB, (9, 0), 989.5, 989.5, 67.0, count=2, card="h200"),
     )
 }
 PROFILE_NAMES: tuple[str, ...] = tuple(PROFILES)

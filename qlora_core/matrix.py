@@ -37,8 +37,8 @@ families runs once):
   at the device-bound point (the CPU: the real model on text) and, in the full tier, at the
   lesson's point too. The default tier leaves the lesson's point out: its batch-1 steps are
   host-bound (their times jitter 10-40% between processes).
-- ``multigpu``: what a multi-card profile (``t4x2``, ``l4x2``) runs instead of the families
-  above (its card's: ``--gpu t4``); see `multigpu_cases`.
+- ``multigpu``: what a multi-card profile (``t4x2``, ``l4x2``, ``h200x2``) runs instead of the
+  families above (its card's: ``--gpu t4``); see `multigpu_cases`.
 
 The device-bound point: large GPUs b4 s2048 (the lesson's T4 setting); smaller GPUs b4 s512, the
 largest default sweep point that fits an emulated T4; the CPU the largest default sweep point.

@@ -158,8 +158,9 @@ class Result:
     step_ms_rel_iqr: float | None = None  # (p75 - p25) / median of measured steps
     stop_reason: str | None = None  # why measuring stopped: target, budget, cap (adaptive) or fixed
     # device time from a profiler window after the measured steps (CUDA only; engines.devicetime)
-    kernel_ms_per_step: float | None = None  # sum of kernel durations per step
+    kernel_ms_per_step: float | None = None  # sum of compute kernel durations per step
     kernels_per_step: float | None = None  # kernel launches per step
+    comm_ms_per_step: float | None = None  # sum of NCCL kernel durations per step (waits included)
     gpu_busy: float | None = None  # union of device busy time / median measured wall step (0..1)
     host_bound: bool | None = None  # gpu_busy below devicetime.HOST_BOUND_BELOW
     profiled_steps: int | None = None  # optimizer steps profiled (in losses, not in step_ms)

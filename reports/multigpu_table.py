@@ -39,6 +39,7 @@ HEADERS: tuple[str, ...] = (
     "Fits the card",
     "Tokens/s (all GPUs)",
     "Kernel ms/step",
+    "NCCL ms/step",
     "GPU busy",
     "Scaling efficiency",
 )
@@ -211,6 +212,7 @@ def case_row(row: pd.Series, card: float | None, reference: pd.Series | None) ->
         card_fit(row, peaks, card).text,
         _number(row, "tokens_per_s", ",.0f"),
         _number(row, "kernel_ms_per_step", ".1f"),
+        _number(row, "comm_ms_per_step", ".1f"),
         _busy(row),
         _efficiency_cell(efficiency, row, reference),
     )
@@ -283,10 +285,13 @@ READING = (
     " parameters and of their gradients in pinned host RAM and steps the optimizer there, and a"
     " layer comes to the GPU while it computes. Host RAM peak is each rank's peak RSS (the highest,"
     " every rank's beside it): the offloaded shards, and on rank 0 the model it loaded into CPU RAM"
-    " under rank-0-only loading. Tokens/s counts every GPU's tokens; kernel time and GPU busy are"
-    " rank 0's profiled window. Scaling efficiency = tokens/s of the N-GPU case / (N x tokens/s of"
-    " the one-card case that differs from it only in GPUs, strategy and offload); - where there is"
-    " no such pair; a host-bound side (GPU busy marked so) makes it the host's ratio."
+    " under rank-0-only loading. Tokens/s counts every GPU's tokens; kernel time, NCCL time and"
+    " GPU busy are rank 0's profiled window: kernel time is compute only, NCCL time the"
+    " collectives' kernels, which run until the slowest rank joins (the wait is in them), and GPU"
+    " busy counts both (- for NCCL: a run from before the two were told apart). Scaling"
+    " efficiency = tokens/s of the N-GPU case / (N x tokens/s of the one-card case that differs"
+    " from it only in GPUs, strategy and offload); - where there is no such pair; a host-bound"
+    " side (GPU busy marked so) makes it the host's ratio."
 )
 
 

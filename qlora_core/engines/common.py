@@ -57,6 +57,7 @@ class TrainStats:
     """Why measuring stopped: "target", "budget", "cap" (adaptive) or "fixed" (pacing)."""
     kernel_ms_per_step: float | None = None
     kernels_per_step: float | None = None
+    comm_ms_per_step: float | None = None
     gpu_busy: float | None = None
     host_bound: bool | None = None
     profiled_steps: int = 0

@@ -12,11 +12,17 @@ extra optimizer steps, which never enter `step_ms`:
   streams happen to overlap. The union is what "busy" means, so it feeds `gpu_busy` instead.
 - `kernels_per_step`: kernels launched (copies and memsets are device activity, counted in the
   times, not as kernels).
+- `comm_ms_per_step`: the sum of the communication kernels' durations (NCCL's, on a rank of a
+  multi-GPU case), kept *out of* `kernel_ms_per_step`: a collective's kernel starts when its rank
+  reaches it and ends when every rank has, so its duration holds the wait for the slowest peer,
+  not work this device does. Counted in, they made an FSDP rank's "kernel time" 8x the one-card
+  case's on the H200 (2,097 vs 251 ms per step). 0 on one GPU.
 - `gpu_busy`: the union of the device's busy intervals per step over the *median measured wall
   step* (the unprofiled steps). Not over the profiled steps' own wall time: CUPTI's per-launch
   callbacks slow the host, so a host-bound step takes longer under the profiler and would look
   even less busy than it is; the device-side durations are not slowed. A ratio above 1 (only
-  possible through step-to-step variation of the wall time) is clamped to 1.
+  possible through step-to-step variation of the wall time) is clamped to 1. Communication
+  kernels count as busy: a device in a collective waits on its peers, not on its host.
 
 `reduce_device_spans` is the pure reduction (spans -> figures), tested on the CPU with real
 profiler output from CPU ops and with hand-built spans; `ProfileWindow` runs the profiler.
@@ -42,6 +48,8 @@ rows) is the host's, and kernel time is the figure to compare. Device-bound rows
 H200 (8B b4 s2048) are busy well above this; the host-bound 3B b1 s512 row, ~28%."""
 
 _NOT_KERNELS = ("Memcpy", "Memset")  # device activity the profiler names like kernels
+COMM_KERNELS = ("nccl",)
+"""Name prefixes of communication kernels (NCCL's: ncclKernel_*, ncclDevKernel_*)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class DeviceTime:
     kernels_per_step: float
     gpu_busy: float
     profiled_steps: int
+    comm_ms_per_step: float = 0.0
 
     @property
     def host_bound(self) -> bool:
@@ -93,14 +102,20 @@ def reduce_device_spans(spans: Sequence[DeviceSpan], steps: int, wall_ms_per_ste
     if bad:
         raise ValueError(f"{len(bad)} span(s) end before they start, e.g. {bad[0]}")
     kernels = [s for s in spans if not s.name.startswith(_NOT_KERNELS)]
-    kernel_ms = sum(s.end_us - s.start_us for s in kernels) / 1000.0 / steps
+    comm = [s for s in kernels if s.name.startswith(COMM_KERNELS)]
+    compute = [s for s in kernels if not s.name.startswith(COMM_KERNELS)]
     busy_ms = busy_union_us(spans) / 1000.0 / steps
     return DeviceTime(
-        kernel_ms_per_step=kernel_ms,
+        kernel_ms_per_step=_sum_ms(compute) / steps,
         kernels_per_step=len(kernels) / steps,
         gpu_busy=min(1.0, busy_ms / wall_ms_per_step),
         profiled_steps=steps,
+        comm_ms_per_step=_sum_ms(comm) / steps,
     )
+
+
+def _sum_ms(spans: Iterable[DeviceSpan]) -> float:
+    return sum(s.end_us - s.start_us for s in spans) / 1000.0
 
 
 def kineto_spans(profiler: Any, device_type: Any) -> list[DeviceSpan]:

@@ -236,6 +236,7 @@ class StepClock:
         figures = reduce_device_spans(self.window.spans, self.plan.profiled_steps, wall)
         self.stats.kernel_ms_per_step = figures.kernel_ms_per_step
         self.stats.kernels_per_step = figures.kernels_per_step
+        self.stats.comm_ms_per_step = figures.comm_ms_per_step
         self.stats.gpu_busy = figures.gpu_busy
         self.stats.host_bound = figures.host_bound
         self.stats.profiled_steps = figures.profiled_steps

@@ -43,6 +43,21 @@ def test_two_steps_of_hand_built_spans_reduce_per_step():
     assert figures.host_bound is (figures.gpu_busy < HOST_BOUND_BELOW)
 
 
+def test_nccl_kernels_are_communication_apart_from_kernel_time_and_busy_like_any_kernel():
+    # One step of a rank: compute, then an all-gather whose kernel waits for the peer.
+    spans = [
+        DeviceSpan("ampere_bf16_gemm", 0, 3000),
+        DeviceSpan("ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)", 3000, 9000),
+        DeviceSpan("ncclKernel_AllReduce_RING_LL_Sum_float", 9000, 10000),
+    ]
+    figures = reduce_device_spans(spans, steps=1, wall_ms_per_step=10.0)
+    assert figures.kernel_ms_per_step == pytest.approx(3.0)
+    assert figures.comm_ms_per_step == pytest.approx(7.0)
+    assert figures.kernels_per_step == 3  # launches: every kernel
+    assert figures.gpu_busy == pytest.approx(1.0)  # in a collective, the GPU does not wait on its host
+    assert reduce_device_spans(spans[:1], 1, 10.0).comm_ms_per_step == 0.0
+
+
 def test_busy_is_clamped_to_one_and_host_bound_follows_the_threshold():
     spans = [DeviceSpan("k", 0, 12000)]
     assert reduce_device_spans(spans, 1, wall_ms_per_step=10.0).gpu_busy == 1.0

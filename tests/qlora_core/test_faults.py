@@ -43,6 +43,7 @@ NOISE_FIELDS = frozenset(
     # Device time: kernel durations and launch counts move a little between processes (seen on
     # the H200: 1.3854 vs 1.3854 ms, gpu_busy 0.045 vs 0.038 for a host-bound tiny step).
     | {"kernel_ms_per_step", "kernels_per_step", "gpu_busy", "host_bound", "mfu", "mfu_kernel"}
+    | {"comm_ms_per_step"}
 )
 
 

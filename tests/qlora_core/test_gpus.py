@@ -21,7 +21,7 @@ from qlora_core.gpus import (
 
 def test_registry_has_every_documented_profile():
     singles = {"t4", "l4", "a10g", "a6000", "a100-40gb", "a100-80gb", "h100", "h200", "cpu"}
-    assert set(PROFILE_NAMES) == singles | {"t4x2", "l4x2"}
+    assert set(PROFILE_NAMES) == singles | {"t4x2", "l4x2", "h200x2"}
 
 
 @pytest.mark.parametrize(
@@ -99,6 +99,7 @@ def test_emulation_only_on_a_different_gpu():
     h200 = DetectedGpu("NVIDIA H200", 140.4, (9, 0), "580")
     assert is_emulated(get_profile("t4"), h200)
     assert not is_emulated(get_profile("h200"), h200)
+    assert not is_emulated(get_profile("h200x2"), h200) and is_emulated(get_profile("t4x2"), h200)
     assert not is_emulated(get_profile("cpu"), h200)
     assert not is_emulated(get_profile("t4"), None)
 

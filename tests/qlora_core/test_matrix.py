@@ -198,8 +198,11 @@ def test_speed_comparisons_stand_at_the_device_bound_point(profile):
         assert ("nf4", True, "fp32") in kinds
 
 
-@pytest.mark.parametrize(("profile", "dtype"), [("t4x2", "fp16"), ("l4x2", "bf16")])
-def test_multi_card_profiles_run_the_multigpu_family_only(profile, dtype):
+@pytest.mark.parametrize(
+    ("profile", "dtype", "point"),
+    [("t4x2", "fp16", (4, 512)), ("l4x2", "bf16", (4, 512)), ("h200x2", "bf16", (4, 2048))],
+)
+def test_multi_card_profiles_run_the_multigpu_family_only(profile, dtype, point):
     tiers = [build_matrix(get_profile(profile), m) for m in ("smoke", "default", "full")]
     assert [[p.case.hash for p in t] for t in tiers[1:]] == [[p.case.hash for p in tiers[0]]] * 2
     assert all(p.families == ["multigpu"] for p in tiers[0])
@@ -208,6 +211,8 @@ def test_multi_card_profiles_run_the_multigpu_family_only(profile, dtype):
         single.model == "llama-3.1-8b" and single.compute_dtype == dtype and single.quant_storage == "uint8"
     )
     assert {c.engine for c in (single, floating, fsdp, ddp)} == {"trainer"}
+    # the tier's device-bound point: two H200s scale at the point where one H200 is device-bound
+    assert {(c.batch_size, c.seq_len) for c in (single, floating, fsdp, ddp)} == {point}
     assert all(c.gradient_checkpointing for c in (single, floating, fsdp, ddp))
     # FSDP and DDP differ from the one-card case beside them only in how many ranks and how.
     assert (
@@ -216,14 +221,14 @@ def test_multi_card_profiles_run_the_multigpu_family_only(profile, dtype):
     assert (fsdp.id.endswith("-2gpu-fsdp"), ddp.id.endswith("-2gpu-ddp")) == (True, True)
     # 70B on two cards: on 24 GB cards only (a 16 GB T4 cannot hold half its 4-bit weights); the
     # recipe (FSDP's CPU offload) first, then the same case without it
-    assert len(big) == (2 if profile == "l4x2" else 0)
+    assert len(big) == (0 if profile == "t4x2" else 2)
     for case in big:
         assert (case.model, case.batch_size, case.seq_len, case.strategy, case.num_gpus) == (
             "llama-2-70b", 1, 512, "fsdp", 2,
         )  # fmt: skip
         assert case.prequantized and case.quant_storage == dtype and case.gradient_checkpointing
         assert loads_on_rank0_only(case) and not loads_on_rank0_only(fsdp)
-    if big:
+    if profile == "l4x2":
         recipe, plain = big
         assert recipe.cpu_offload and not plain.cpu_offload and recipe.replace(cpu_offload=False) == plain
         assert [c.id for c in big] == [
@@ -233,7 +238,7 @@ def test_multi_card_profiles_run_the_multigpu_family_only(profile, dtype):
     assert fsdp.quant_storage == dtype and not fsdp.prepare_kbit
     # offload is the 70B's alone: the 8B cases keep their shards on the GPUs
     assert not any(c.cpu_offload for c in (single, floating, fsdp, ddp))
-    assert len(tiers[0]) == (6 if profile == "l4x2" else 4)  # small: the same cases at every tier
+    assert len(tiers[0]) == (4 if profile == "t4x2" else 6)  # small: the same cases at every tier
 
 
 @pytest.mark.parametrize("profile", ("t4", "h200", "cpu"))
