@@ -287,3 +287,7 @@ def test_two_gpus_each_capped_like_one_card(two_gpus, case, tmp_cache, tmp_path)
     assert result.rank_statuses == ["ok", "ok"] and result.emulated
     assert None not in result.rank_peak_alloc_gib and None not in result.rank_nvml_peak_gib
     assert result.peak_alloc_gib == max(result.rank_peak_alloc_gib) <= result.memory_cap_gib
+    # the ranks stopped measuring together (NCCL all-reduce of pacing's verdict); the collectives'
+    # kernels are apart from the compute kernels' time
+    assert len({len(steps) for steps in result.rank_step_ms}) == 1, result.rank_step_ms
+    assert result.comm_ms_per_step is not None and result.comm_ms_per_step > 0
