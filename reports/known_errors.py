@@ -65,9 +65,10 @@ KNOWN_DOC_ERRORS: dict[str, str] = {
         f" parameters, not ~3.5 GB: its embeddings and lm_head stay 16-bit ({T4_REF})"
     ),
     "mem7b-training-total": (
-        "16-bit LoRA training of a 7B model (Llama-2-7B, b1 s512, checkpointing, AdamW) peaks at"
-        " 14.7 GiB (15.8 GB) on the device, not ~56 GB: the lesson's totals, ~4x its weights, are"
-        f" full fine-tuning's ({T4_REF})"
+        "LoRA training of a 7B model (Llama-2-7B, b1 s512, checkpointing, AdamW) peaks on the device"
+        " at 14.7 GiB (15.8 GB) over 16-bit weights, not ~56 GB, and at 11.5 GiB (12.4 GB) over"
+        " LLM.int8() weights, not ~28 GB: the lesson's totals, ~4x its weights, are full"
+        f" fine-tuning's ({T4_REF})"
     ),
     "t4-compat": (
         "16-bit LoRA is not limited to 3B models on a T4: a 7B model (Llama-2-7B) trains at b1 s512"
