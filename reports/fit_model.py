@@ -20,13 +20,18 @@ batch (`trained_batch`): a single-process `Trainer` that sees several GPUs feeds
                                                           lm_head that prepare leaves (vocab x hidden x 2)
               + a_0 + tokens x (a_v x vocab + a_h x layers x hidden
                                 + a_p x layers x hidden for a prepared 4-bit model
-                                + a_n x layers x (hidden + intermediate) without checkpointing)
+                                + a_n x layers x (hidden + intermediate) without checkpointing
+                                + a_8 x layers x (hidden + intermediate), int8 weights, checkpointed)
 
 The coefficients (a_0 in GiB, the others in bytes per token and unit of shape; `ACTIVATION_TERMS`)
 are fitted by least squares on the rows; they carry the logits and their gradient, the
 checkpointed hidden states (fp32 where prepare cast the norms), a layer's saved activations,
 what training allocates whatever the tokens (a_0), and the caching allocator's slack above what
-is allocated. Engines that
+is allocated. a_8 is LLM.int8()'s: bitsandbytes' `MatMul8bitLt` keeps each int8 layer's input as
+an attribute of its autograd context, not through `save_for_backward`, so the saved-tensor hooks
+of transformers' default (non-reentrant) checkpointing never free it: under checkpointing an
+int8 model still holds every layer's linear inputs (Llama-2-7B b1 s512: 1.84 GiB more than its
+NF4 twin above the LoRA stage; the mechanism is a CPU test of `tests/reports/test_fit_model.py`). Engines that
 allocate alike (the core loop and Trainer peak to the byte alike) share one fit; SFTTrainer (its
 fused LM head, bf16 adapters) gets its own.
 """
@@ -54,6 +59,7 @@ ACTIVATION_TERMS = (
     "layers x hidden",
     "layers x hidden, prepared 4-bit",
     "layers x (hidden + intermediate), no checkpointing",
+    "layers x (hidden + intermediate), int8 weights, checkpointed",
 )
 # The engines built on transformers.Trainer (SFTTrainer is one): they size a step by the GPUs they see.
 TRAINER_ENGINES = frozenset({"trainer", "sft"})
@@ -129,10 +135,12 @@ def activation_features(shape: ShapeSpec, fields: Mapping[str, Any]) -> np.ndarr
     tokens = int(fields["batch_size"]) * int(fields["seq_len"])
     layers_hidden = shape.num_layers * shape.hidden_size
     prepared = layers_hidden if _prepared(fields) else 0
-    no_gc = 0
-    if not bool(fields["gradient_checkpointing"]):
-        no_gc = shape.num_layers * (shape.hidden_size + shape.intermediate_size)
-    per_token = tokens * np.array([shape.vocab_size, layers_hidden, prepared, no_gc], dtype=float) / GIB
+    layer_inputs = shape.num_layers * (shape.hidden_size + shape.intermediate_size)
+    checkpointed = bool(fields["gradient_checkpointing"])
+    no_gc = 0 if checkpointed else layer_inputs
+    int8_kept = layer_inputs if checkpointed and fields["quant_type"] == "int8" else 0
+    terms = [shape.vocab_size, layers_hidden, prepared, no_gc, int8_kept]
+    per_token = tokens * np.array(terms, dtype=float) / GIB
     return np.concatenate([[1.0], per_token])
 
 
@@ -282,7 +290,8 @@ class MemoryModel:
         if not _spanned(self.identifiable, x):
             raise FitError(
                 "the fitted rows do not span this case's activation terms (e.g. no row without"
-                " checkpointing, or too few models to separate vocab from layers x hidden)"
+                " checkpointing, no other int8 row, or too few models to separate vocab from"
+                " layers x hidden)"
             )
         static_gib, trainable = static
         parts = {

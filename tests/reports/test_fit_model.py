@@ -25,7 +25,7 @@ from reports.fit_model import (
 )
 from reports.frame import load_run
 
-TRUE_COEFFICIENTS = np.array([0.25, 12.0, 1.5, 3.0, 16.0])
+TRUE_COEFFICIENTS = np.array([0.25, 12.0, 1.5, 3.0, 16.0, 5.0])
 CONTEXT = 0.75
 BASE = 0.6
 
@@ -54,7 +54,7 @@ def _row(
         "num_gpus": 1,
         "trainable_params": 10_000_000,
         "optimizer_state_bytes": 80_000_000,
-        "lora_alloc_gib": shape.total_params * (0.6 if quant == "nf4" else 2) / GIB,
+        "lora_alloc_gib": shape.total_params * {"nf4": 0.6, "int8": 1.1}.get(quant, 2) / GIB,
         "nvml_base_gib": BASE,
         VISIBLE_GPUS: seen,
     }
@@ -72,7 +72,7 @@ def _synthetic(noise: float = 0.0) -> pd.DataFrame:
         for model in ("llama-3.2-3b", "llama-3.1-8b", "smollm2-135m")
         for b, s in ((1, 512), (4, 2048))
         for gc in (True, False)
-        for quant in ("nf4", "none")
+        for quant in ("nf4", "none", "int8")
     ]
     for i, row in enumerate(rows):
         row["nvml_peak_gib"] += noise * (-1) ** i
@@ -111,6 +111,69 @@ def test_a_row_the_others_do_not_span_is_not_predicted() -> None:
     held = leave_one_out(memory_rows([frame]))
     assert all(h.predicted_gib is None for h in held)
     assert "do not span" in held[1].why_not
+
+
+def test_an_int8_row_is_not_predicted_from_rows_of_other_weights() -> None:
+    """LLM.int8()'s kept layer inputs are a term of their own: rows without int8 cannot give it."""
+    frame = _synthetic()
+    others = frame[frame["quant_type"] != "int8"]
+    int8 = frame[(frame["quant_type"] == "int8")].iloc[[0]]
+    held = {h.row.case_id: h for h in leave_one_out(memory_rows([pd.concat([others, int8])]))}
+    assert held[int8.iloc[0]["case_id"]].predicted_gib is None
+    assert "do not span" in held[int8.iloc[0]["case_id"]].why_not
+    assert all(h.predicted_gib is not None for case_id, h in held.items() if "-int8-" not in case_id)
+
+
+def test_llm_int8_keeps_its_layer_inputs_through_non_reentrant_checkpointing(tmp_path) -> None:
+    """Why the int8 term exists: bitsandbytes' MatMul8bitLt (its CUDA training path, run here on
+    its CPU kernels) holds each layer's input as a context attribute, which the saved-tensor hooks
+    of non-reentrant checkpointing (transformers' default) never see; reentrant checkpointing runs
+    the forward without grad, so nothing is kept. Per int8 layer input: every layer keeps it."""
+    import bitsandbytes.autograd._functions as bnb_functions
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    def kept_bytes(reentrant: bool) -> tuple[int, int]:
+        model = LlamaForCausalLM.from_pretrained(
+            tmp_path, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu",
+            dtype=torch.float16,
+        )  # fmt: skip
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": reentrant}
+        )
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, task_type="CAUSAL_LM")).train()
+        ids = torch.randint(0, 256, (2, 32))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        nodes, held, seen, stack = 0, {}, set(), [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if type(node).__name__ == "MatMul8bitLtBackward":
+                nodes += 1
+                for t in getattr(node, "tensors", ()) or ():
+                    if isinstance(t, torch.Tensor):
+                        held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            stack += [fn for fn, _ in node.next_functions]
+        loss.backward()
+        return nodes, sum(held.values())
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bnb_functions, "MatMul8bitFp", bnb_functions.MatMul8bitLt)  # the CUDA path
+        nodes, held = kept_bytes(reentrant=False)
+        assert nodes == 3 * len(targets)  # every int8 projection of every layer is in the graph
+        # at least one hidden-sized input per layer stays alive, in 16 bits or more
+        assert held >= 3 * 2 * 32 * config.hidden_size * 2, held
+        assert kept_bytes(reentrant=True) == (0, 0)
 
 
 def test_missing_rows_are_named() -> None:
