@@ -1,0 +1,114 @@
+"""LLM.int8() LoRA under gradient checkpointing, reentrant or not, beside its NF4 twin (on a GPU).
+
+bitsandbytes' `MatMul8bitLt` (its CUDA training path) keeps each layer's input as an attribute of
+its autograd context, not through `save_for_backward`; the saved-tensor hooks of non-reentrant
+checkpointing (transformers' default) never see it, so every int8 layer's input stays alive until
+the backward. Reentrant checkpointing runs the forward without grad and keeps nothing. This tool
+measures what that costs: Llama-2-7B's shape (the suite's random checkpoint), b1 s512, LoRA r=16
+on the seven projections, prepare_model_for_kbit_training with checkpointing, fp16 autocast,
+AdamW, 3 optimizer steps; it prints one JSON line: the allocator's peak above the LoRA stage.
+
+    python -u tools/int8_checkpointing.py int8 nonreentrant >> results.jsonl
+    python -u tools/int8_checkpointing.py int8 reentrant >> results.jsonl
+    python -u tools/int8_checkpointing.py nf4 nonreentrant >> results.jsonl
+
+Run each in a fresh process (the allocator's peak is per process). The mechanism itself is a CPU
+test (`tests/reports/test_fit_model.py`); the fit model's int8 term exists because of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's qlora_core, run from anywhere
+
+MODEL = "llama-2-7b"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BATCH, SEQ, STEPS = 1, 512, 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("quant", choices=("int8", "nf4"))
+    parser.add_argument("checkpointing", choices=("reentrant", "nonreentrant"))
+    args = parser.parse_args()
+
+    import bitsandbytes
+    import peft
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from qlora_core.models.resolve import resolve_model
+
+    if not torch.cuda.is_available():
+        raise SystemExit("needs a CUDA GPU: bitsandbytes trains LLM.int8() through MatMul8bitLt on CUDA only")
+    reentrant = args.checkpointing == "reentrant"
+    quantization = (
+        BitsAndBytesConfig(load_in_8bit=True)
+        if args.quant == "int8"
+        else BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float16,
+        )
+    )
+    path = resolve_model(MODEL, device="cuda").path
+    model = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=quantization, device_map={"": 0}, dtype=torch.float16
+    )
+    model = prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": reentrant}
+    )
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    torch.cuda.synchronize()
+    lora_stage = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ), device="cuda")
+    start = time.perf_counter()
+    for _ in range(STEPS):
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    gib = 2**30
+    print(
+        json.dumps(
+            {
+                "model": MODEL,
+                "quant": args.quant,
+                "use_reentrant": reentrant,
+                "batch": BATCH,
+                "seq": SEQ,
+                "steps": STEPS,
+                "lora_stage_gib": lora_stage / gib,
+                "peak_alloc_gib": peak / gib,
+                "peak_above_lora_gib": (peak - lora_stage) / gib,
+                "s_per_step": (time.perf_counter() - start) / STEPS,
+                "loss": float(loss),
+                "gpu": torch.cuda.get_device_name(0),
+                "versions": {
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "peft": peft.__version__,
+                    "bitsandbytes": bitsandbytes.__version__,
+                },
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
