@@ -170,6 +170,9 @@ def cases_of(results: pd.DataFrame) -> dict[str, dict[str, Any]]:
         entry.update({name: _numbers_or_none(row.get(name)) for name in CASE_LISTS})
         entry[CASE_WALL_S] = number_or_none(row.get(CASE_WALL_S))
         entry[NVML_USED] = number_or_none(device_used_gib(pd.Series(row)))
+        load_only = row.get("load_only")
+        if not is_missing(load_only) and bool(load_only):
+            entry.update(load_only_memory(row))
         shared = row.get(CASE_SIDE_BY_SIDE)
         entry[CASE_SIDE_BY_SIDE] = None if is_missing(shared) else int(shared)
         if entry["step_ms_rel_iqr"] is None:
@@ -177,6 +180,25 @@ def cases_of(results: pd.DataFrame) -> dict[str, dict[str, Any]]:
             entry["step_ms_rel_iqr"] = rel_iqr([float(v) for v in row.get("step_ms") or []])
         cases[str(row["case_id"])] = entry
     return dict(sorted(cases.items()))
+
+
+LOAD_ONLY_PEAKS: dict[str, str] = {
+    "peak_alloc_gib": "load_peak_alloc_gib",
+    "peak_reserved_gib": "load_peak_reserved_gib",
+}
+"""A load-only case (`Case.load_only`: the weights family, the 7B table's memory by precision)
+trains nothing, so its process's peaks are its load's, recorded under the load's names: the
+gate judges them as that case's memory, as it judges a trained case's peaks."""
+
+
+def load_only_memory(row: dict[str, Any]) -> dict[str, float | None]:
+    """The gated memory metrics of a load-only row: its load's allocator peaks and the device
+    memory its process used after the load (`load_nvml_gib` above the reading before it)."""
+    memory = {metric: number_or_none(row.get(field)) for metric, field in LOAD_ONLY_PEAKS.items()}
+    used = number_or_none(row.get("load_nvml_gib"))
+    base = number_or_none(row.get("nvml_base_gib")) or 0.0
+    memory[NVML_USED] = None if used is None else used - base
+    return memory
 
 
 def run_environment(results: pd.DataFrame, environment: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -283,6 +283,34 @@ def judge_path_passes(tmp_path: Path, base: list[Result], run: list[Result]) -> 
     return judge(path, run).passed
 
 
+LOAD = Case("llama-2-7b", quant_type="int8", compute_dtype="fp16", load_only=True)
+
+
+def _loaded(alloc: float = 6.64, reserved: float = 6.95, nvml: float = 8.07) -> Result:
+    """A load-only row as the child writes one: its memory under the load's names only."""
+    return dataclasses.replace(
+        Result.for_case(LOAD, PROFILE),
+        **ENV_FIELDS,
+        status="ok",
+        load_peak_alloc_gib=alloc,
+        load_peak_reserved_gib=reserved,
+        load_nvml_gib=nvml,
+        nvml_base_gib=0.6,
+    )
+
+
+def test_a_load_only_case_is_gated_on_its_loads_memory(tmp_path: Path) -> None:
+    """The weights family trains nothing: its memory is its load's, and a rise of it fails."""
+    path = tmp_path / "t4.json"
+    save_baseline(path, results_frame([_loaded()]), command=COMMAND, environment=ENVIRONMENT)
+    entry = load_baseline(path, profile=PROFILE)["cases"][LOAD.id]
+    assert (entry["peak_alloc_gib"], entry["peak_reserved_gib"]) == (6.64, 6.95)
+    assert entry["nvml_used_gib"] == pytest.approx(8.07 - 0.6)
+    assert judge(path, [_loaded()]).passed
+    grown = judge(path, [_loaded(alloc=6.64 * 1.05, reserved=6.95 * 1.05, nvml=0.6 + 7.47 * 1.05)])
+    assert failing(grown) == {(LOAD.id, m) for m in ("peak_alloc_gib", "peak_reserved_gib", "nvml_used_gib")}
+
+
 def test_final_loss_rise_beyond_limit_fails(baseline_path: Path) -> None:
     report = judge(baseline_path, scaled(CASE_C, "final_loss", 1.03))
     assert failing(report) == {(CASE_C.id, "final_loss")}
