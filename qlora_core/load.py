@@ -164,18 +164,26 @@ def _checkpoint_files(path: str) -> list[str]:
     return sorted(str(p) for p in Path(path).glob("*.safetensors"))
 
 
-def prepare(model: torch.nn.Module, case: Case) -> torch.nn.Module:
+def prepare(
+    model: torch.nn.Module, case: Case, checkpointing_kwargs: dict[str, Any] | None = None
+) -> torch.nn.Module:
     """prepare_model_for_kbit_training when the case asks; otherwise only checkpointing.
 
     peft turns gradient checkpointing on by default here; we pass the case's choice so the
-    checkpointing axis is measured independently of the prepare axis.
+    checkpointing axis is measured independently of the prepare axis. `checkpointing_kwargs`
+    (e.g. `{"use_reentrant": True}`) go to the checkpoint function; None: the libraries' default,
+    what the suite's cases run (`tools/int8_checkpointing.py` sets it).
     """
     if case.prepare_kbit:
         from peft import prepare_model_for_kbit_training
 
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=case.gradient_checkpointing)
+        return prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=case.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing_kwargs,
+        )
     if case.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
         # Reentrant checkpointing needs an input that requires grad when the embeddings are
         # frozen, or no gradient reaches the adapters (peft's prepare does the same).
         model.enable_input_require_grads()

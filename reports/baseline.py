@@ -169,10 +169,11 @@ def cases_of(results: pd.DataFrame) -> dict[str, dict[str, Any]]:
         entry.update({metric: number_or_none(row.get(metric)) for metric in CASE_METRICS})
         entry.update({name: _numbers_or_none(row.get(name)) for name in CASE_LISTS})
         entry[CASE_WALL_S] = number_or_none(row.get(CASE_WALL_S))
-        entry[NVML_USED] = number_or_none(device_used_gib(pd.Series(row)))
         load_only = row.get("load_only")
         if not is_missing(load_only) and bool(load_only):
             entry.update(load_only_memory(row))
+        else:
+            entry[NVML_USED] = number_or_none(device_used_gib(pd.Series(row)))
         shared = row.get(CASE_SIDE_BY_SIDE)
         entry[CASE_SIDE_BY_SIDE] = None if is_missing(shared) else int(shared)
         if entry["step_ms_rel_iqr"] is None:
@@ -195,9 +196,7 @@ def load_only_memory(row: dict[str, Any]) -> dict[str, float | None]:
     """The gated memory metrics of a load-only row: its load's allocator peaks and the device
     memory its process used after the load (`load_nvml_gib` above the reading before it)."""
     memory = {metric: number_or_none(row.get(field)) for metric, field in LOAD_ONLY_PEAKS.items()}
-    used = number_or_none(row.get("load_nvml_gib"))
-    base = number_or_none(row.get("nvml_base_gib")) or 0.0
-    memory[NVML_USED] = None if used is None else used - base
+    memory[NVML_USED] = number_or_none(device_used_gib(pd.Series(row), "load_nvml_gib"))
     return memory
 
 

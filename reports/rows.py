@@ -270,10 +270,12 @@ def is_nan_run(row: pd.Series) -> bool:
     return row["status"] == "nan" or fval(row, "first_nonfinite_step") is not None
 
 
-def device_used_gib(row: pd.Series) -> float | None:
+def device_used_gib(row: pd.Series, reading: str = "nvml_peak_gib") -> float | None:
     """Device memory this process used at its peak (NVML, CUDA context included): the peak
-    sample minus what the device held before the process started, when that was recorded."""
-    peak = fval(row, "nvml_peak_gib")
+    sample minus what the device held before the process started, when that was recorded.
+    `reading`: another NVML reading of the row to take the same way (`load_nvml_gib`: after the
+    load of a load-only case)."""
+    peak = fval(row, reading)
     if peak is None:
         return None
     return peak - (fval(row, "nvml_base_gib") or 0.0)

@@ -4,9 +4,10 @@ bitsandbytes' `MatMul8bitLt` (its CUDA training path) keeps each layer's input a
 its autograd context, not through `save_for_backward`; the saved-tensor hooks of non-reentrant
 checkpointing (transformers' default) never see it, so every int8 layer's input stays alive until
 the backward. Reentrant checkpointing runs the forward without grad and keeps nothing. This tool
-measures what that costs: Llama-2-7B's shape (the suite's random checkpoint), b1 s512, LoRA r=16
-on the seven projections, prepare_model_for_kbit_training with checkpointing, fp16 autocast,
-AdamW, 3 optimizer steps; it prints one JSON line: the allocator's peak above the LoRA stage.
+measures what that costs: Llama-2-7B's shape (the suite's random checkpoint), b1 s512, loaded,
+prepared (with checkpointing) and given LoRA by the suite's recipe (`qlora_core.load`: r=16 on the
+seven projections), fp16 autocast, AdamW, 3 optimizer steps; it prints one JSON line: the
+allocator's peak above the LoRA stage.
 
     python -u tools/int8_checkpointing.py int8 nonreentrant >> results.jsonl
     python -u tools/int8_checkpointing.py int8 reentrant >> results.jsonl
@@ -27,7 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's qlora_core, run from anywhere
 
 MODEL = "llama-2-7b"
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BATCH, SEQ, STEPS = 1, 512, 3
 
 
@@ -41,33 +41,19 @@ def main() -> None:
     import peft
     import torch
     import transformers
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from qlora_core import load
     from qlora_core.models.resolve import resolve_model
+    from qlora_core.spec import Case
 
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU: bitsandbytes trains LLM.int8() through MatMul8bitLt on CUDA only")
     reentrant = args.checkpointing == "reentrant"
-    quantization = (
-        BitsAndBytesConfig(load_in_8bit=True)
-        if args.quant == "int8"
-        else BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float16,
-        )
-    )
-    path = resolve_model(MODEL, device="cuda").path
-    model = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=quantization, device_map={"": 0}, dtype=torch.float16
-    )
-    model = prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": reentrant}
-    )
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora).train()
+    # The suite's recipe (qlora_core.load) for the case, with the checkpointing mode set.
+    case = Case(MODEL, quant_type=args.quant, compute_dtype="fp16", batch_size=BATCH, seq_len=SEQ)
+    model = load.load_model(case, resolve_model(MODEL, device="cuda").path, "cuda")
+    model = load.prepare(model, case, checkpointing_kwargs={"use_reentrant": reentrant})
+    model = load.add_lora(model, case).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     torch.cuda.synchronize()
     lora_stage = torch.cuda.memory_allocated()

@@ -124,32 +124,28 @@ def test_an_int8_row_is_not_predicted_from_rows_of_other_weights() -> None:
     assert all(h.predicted_gib is not None for case_id, h in held.items() if "-int8-" not in case_id)
 
 
-def test_llm_int8_keeps_its_layer_inputs_through_non_reentrant_checkpointing(tmp_path) -> None:
+def test_llm_int8_keeps_its_layer_inputs_through_non_reentrant_checkpointing(tmp_cache) -> None:
     """Why the int8 term exists: bitsandbytes' MatMul8bitLt (its CUDA training path, run here on
     its CPU kernels) holds each layer's input as a context attribute, which the saved-tensor hooks
     of non-reentrant checkpointing (transformers' default) never see; reentrant checkpointing runs
-    the forward without grad, so nothing is kept. Per int8 layer input: every layer keeps it."""
+    the forward without grad, so nothing is kept. The suite's own recipe (`qlora_core.load`) on the
+    tiny shape: every int8 projection of every layer keeps its input."""
     import bitsandbytes.autograd._functions as bnb_functions
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    from qlora_core import load
+    from qlora_core.models.resolve import resolve_model
+    from qlora_core.spec import Case
+
+    case = Case("tiny", quant_type="int8", compute_dtype="bf16", batch_size=2, seq_len=32)
+    shape = SHAPES["tiny"]
+    path = resolve_model("tiny", device="cpu").path
 
     def kept_bytes(reentrant: bool) -> tuple[int, int]:
-        model = LlamaForCausalLM.from_pretrained(
-            tmp_path, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map="cpu",
-            dtype=torch.float16,
-        )  # fmt: skip
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": reentrant}
-        )
-        model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, task_type="CAUSAL_LM")).train()
-        ids = torch.randint(0, 256, (2, 32))
+        model = load.load_model(case, path, "cpu")
+        model = load.prepare(model, case, checkpointing_kwargs={"use_reentrant": reentrant})
+        model = load.add_lora(model, case).train()
+        ids = torch.randint(0, shape.vocab_size, (case.batch_size, case.seq_len))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=ids).loss
         nodes, held, seen, stack = 0, {}, set(), [loss.grad_fn]
@@ -170,9 +166,10 @@ def test_llm_int8_keeps_its_layer_inputs_through_non_reentrant_checkpointing(tmp
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(bnb_functions, "MatMul8bitFp", bnb_functions.MatMul8bitLt)  # the CUDA path
         nodes, held = kept_bytes(reentrant=False)
-        assert nodes == 3 * len(targets)  # every int8 projection of every layer is in the graph
+        assert nodes == shape.num_layers * len(case.target_modules)
         # at least one hidden-sized input per layer stays alive, in 16 bits or more
-        assert held >= 3 * 2 * 32 * config.hidden_size * 2, held
+        tokens = case.batch_size * case.seq_len
+        assert held >= shape.num_layers * tokens * shape.hidden_size * 2, held
         assert kept_bytes(reentrant=True) == (0, 0)
 
 
