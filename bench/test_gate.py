@@ -32,13 +32,15 @@ def test_regression_gate(bench_session: Any) -> None:
             options.baseline, run, options.thresholds, bench_session.run_dir, options.allow_noisy, selected
         )
     except BaselineError as e:
+        bench_session.gate_summary = f"FAIL: unusable baseline {options.baseline}"
         pytest.fail(f"unusable baseline, the gate cannot pass: {e}", pytrace=False)
+    diff = bench_session.run_dir / BASELINE_DIFF_MD
+    bench_session.gate_summary = f"{report.summary} against {options.baseline} ({diff})"
     for flag in report.flags:
         print(f"baseline flag: {flag}")
     for noisy in report.too_noisy:
         print(f"{noisy.verdict}: {noisy.case_id}: {noisy.why}")
     if not report.passed:
-        diff = bench_session.run_dir / BASELINE_DIFF_MD
         lines = "\n".join(f"  - {line}" for line in report.failures)
         pytest.fail(
             f"{len(report.failures)} regression(s) against {options.baseline} (see {diff}):\n{lines}",

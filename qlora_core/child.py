@@ -40,7 +40,7 @@ from qlora_core.outcomes import classify_exception, recognised_refusal
 from qlora_core.result import Result, Status, write_atomic
 from qlora_core.row_summary import record_mfu, summarize_steps
 from qlora_core.runner import RunOptions, child_env, now_iso
-from qlora_core.spec import Case
+from qlora_core.spec import HELDOUT_WINDOWS, Case
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _REASON_CHARS = 2000
@@ -72,6 +72,11 @@ def environment_fields() -> dict[str, str]:
     }
 
 
+PROGRESS_SAVE_S = 10.0
+"""During training the Result is written at most this often (after a step): the parent's
+heartbeat (`qlora_plugin.heartbeat`, every 30 s) reads the step count from it."""
+
+
 class _Checkpointer:
     """Writes the Result as each stage starts, marked as dying in it until the case ends."""
 
@@ -80,6 +85,7 @@ class _Checkpointer:
         self.path = path
         self.current = ""
         self.fault: faults.Fault | None = None
+        self._saved_at = time.monotonic()
 
     def stage(self, name: str) -> None:
         if name not in faults.STAGES:
@@ -93,6 +99,13 @@ class _Checkpointer:
     def save(self) -> None:
         """Write the Result as it stands, in the current stage."""
         write_atomic(self.path, self.result.to_json())
+        self._saved_at = time.monotonic()
+
+    def save_progress(self) -> None:
+        """`save`, at most every `PROGRESS_SAVE_S`: the steps so far, for the parent's heartbeat
+        (it reads the file while it waits) and for a child that dies later in the stage."""
+        if time.monotonic() - self._saved_at >= PROGRESS_SAVE_S:
+            self.save()
 
     def arm(self, spec: str) -> None:
         """Inject the fault `spec` (KIND@STAGE, "" for none); fires now if STAGE is the current one."""
@@ -295,7 +308,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
         ids = data_mod.cached_corpus_ids(resolved.tokenizer_path, resolved.vocab_size)
         train_ids, heldout_ids = data_mod.split_train_heldout(ids)
         batches = data_mod.text_batches(train_ids, case.batch_size, case.seq_len, count, case.seed)
-        heldout = data_mod.heldout_windows(heldout_ids, case.seq_len, max_windows=16)
+        heldout = data_mod.heldout_windows(heldout_ids, case.seq_len, max_windows=HELDOUT_WINDOWS)
         ckpt.stage("perplexity before training")
         t0 = time.perf_counter()
         r.ppl_before = quality.perplexity(model, heldout, device)
@@ -318,6 +331,8 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
             # profiler window, perplexity) keeps its training time.
             r.train_s = stats.train_s
             ckpt.save()
+        else:
+            ckpt.save_progress()  # between steps, outside their timed region
 
     def on_start(stats: TrainStats) -> None:  # on disk before step 1: a failed case keeps it
         for name, value in stats.start_fields().items():

@@ -20,7 +20,7 @@ import dataclasses
 from pathlib import Path
 
 from qlora_core.result import NEEDED_OF, Result, Status, repeat_suffix, write_atomic
-from qlora_core.runner import RunOptions, run_case
+from qlora_core.runner import OnWait, RunOptions, run_case
 from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 
@@ -75,14 +75,15 @@ def measure_need(
     capped: Result,
     result_path: Path | None,
     spares: SparePool | None = None,
+    on_wait: OnWait | None = None,
 ) -> Result:
     """Rerun `case` uncapped in a fresh child, fold its memory into `capped` (in place; also
     rewritten to `result_path`, the capped run's file, when given) and return the rerun's Result
-    (stored as `<hash>-uncapped.json` beside `result_path`)."""
+    (stored as `<hash>-uncapped.json` beside `result_path`). `on_wait`: `runner.run_case`'s."""
     rerun_path = None
     if result_path is not None:
         rerun_path = result_path.with_name(uncapped_file_name(capped.case_hash, options.repeat))
-    uncapped = run_case(case, uncapped_options(options), rerun_path, spares)
+    uncapped = run_case(case, uncapped_options(options), rerun_path, spares, on_wait=on_wait)
     fold_need(capped, uncapped)
     if result_path is not None:
         write_atomic(result_path, capped.to_json())
@@ -95,11 +96,12 @@ def run_case_measuring_need(
     result_path: Path | None = None,
     rerun: bool = True,
     spares: SparePool | None = None,
+    on_wait: OnWait | None = None,
 ) -> Result:
     """`runner.run_case` (in a warm spare from `spares` when given), then, when the case ran out of
     memory under a cap the host GPU exceeds and `rerun` is on (`--no-oom-rerun` turns it off), its
-    uncapped rerun folded in."""
-    result = run_case(case, options, result_path, spares)
+    uncapped rerun folded in. `on_wait`: `runner.run_case`'s, for both runs."""
+    result = run_case(case, options, result_path, spares, on_wait=on_wait)
     if rerun and why_no_rerun(result) is None:
-        measure_need(case, options, result, result_path, spares)
+        measure_need(case, options, result, result_path, spares, on_wait)
     return result

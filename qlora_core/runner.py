@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,11 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+OnWait = Callable[[Sequence[Path]], None]
+"""Called while children run, in the thread that waits for them, with the Result files of the
+children running (the session's heartbeat, `qlora_plugin.heartbeat`, reads them)."""
+
+
 class CaseCancelled(RuntimeError):
     """`run_case` was told to stop (`cancel` set): its child was killed; nothing to record."""
 
@@ -82,6 +88,7 @@ def run_case(
     result_path: Path | None = None,
     spares: SparePool | None = None,
     cancel: threading.Event | None = None,
+    on_wait: OnWait | None = None,
 ) -> Result:
     """Run `case` in a fresh child; always returns a Result (never raises for the case's fault).
 
@@ -90,6 +97,8 @@ def run_case(
     kills it together with anything it started. Bad options raise here, before any child starts.
     `spares`: a pool of warm spares (`qlora_core.spare`) that runs single-GPU cases with their
     imports done and is given a new spare as soon as this case's child runs; None: cold.
+    `on_wait`: called with `[result_path]` at every poll while the child runs, in this thread
+    (the session's heartbeat reads the child's Result file there).
     """
     _check_options(options)
     cleanup = result_path is None
@@ -118,13 +127,17 @@ def run_case(
     warm = spares.take() if spares is not None and case.num_gpus == 1 else None
     if warm is not None and not hand_over(warm, request):
         warm = None
-    child, timed_out = _run_child(case, options, request, result_path, log_path, warm, spares, cancel)
+    child, timed_out = _run_child(
+        case, options, request, result_path, log_path, warm, spares, cancel, on_wait
+    )
     if warm is not None:
         shutil.move(warm.log_path, log_path)  # the spare's log: its imports, then the case
         if not timed_out and not result_path.exists():
             # The spare died before it read the request (no Result file, not even start-up's):
             # it never had the case. Run it cold; the case is never lost to a dead spare.
-            child, timed_out = _run_child(case, options, request, result_path, log_path, None, spares, cancel)
+            child, timed_out = _run_child(
+                case, options, request, result_path, log_path, None, spares, cancel, on_wait
+            )
     wall_s = time.monotonic() - started
     if spares is not None:
         spares.ensure()  # for the next case, if none was started while this one ran
@@ -148,6 +161,7 @@ def _run_child(
     warm: Spare | None,
     spares: SparePool | None,
     cancel: threading.Event | None = None,
+    on_wait: OnWait | None = None,
 ) -> tuple[subprocess.Popen, bool]:
     """Start the case's child (or take the warm spare it was handed to) and wait for it; the
     child and whether it timed out. Starts the next spare while the child runs."""
@@ -178,6 +192,8 @@ def _run_child(
                 raise CaseCancelled(f"case {case.id} was stopped before it ended")
             if spares is not None:
                 spares.ensure()  # the next cases' spares import while this one runs (qlora_core.spare)
+            if on_wait is not None:
+                on_wait([result_path])
     except BaseException:
         # Interrupted (Ctrl-C, pytest stopping): the child has a session of its own and would
         # outlive us, holding the GPU. Take it down before going. (A parent killed outright

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from qlora_core.gpus import DetectedGpu, GpuProfile, is_emulated
 from qlora_core.result import Result
-from qlora_core.runner import RunOptions, run_case
+from qlora_core.runner import OnWait, RunOptions, run_case
 from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 
@@ -101,6 +101,7 @@ def run_side_by_side(
     lanes: int,
     on_done: Callable[[Job, Result], None],
     spares: SparePool | None = None,
+    on_wait: OnWait | None = None,
 ) -> None:
     """Run `jobs` up to `lanes` at a time, each in its own fresh child with `shared_device=lanes`
     (a child's Result says how many cases may have run beside it), in their order; `on_done` is
@@ -109,7 +110,7 @@ def run_side_by_side(
     (`SparePool.deepened`). Each child takes its share of the host's cores for torch
     (`Result.torch_threads`). An interrupt (Ctrl-C) or an error in `on_done` kills every
     running child before it propagates: nothing outlives the call, and no half-run case is
-    reported."""
+    reported. `on_wait`: called in this thread at every poll with the running jobs' Result files."""
     if lanes < 1:
         raise ValueError(f"lanes={lanes} must be >= 1")
     cancel = threading.Event()
@@ -127,6 +128,8 @@ def run_side_by_side(
                     future = pool.submit(run_case, job.case, options, job.result_path, spares, cancel)
                     running[future] = job
                 done, _ = wait(running, timeout=_SPARE_POLL_S, return_when=FIRST_COMPLETED)
+                if on_wait is not None:
+                    on_wait([job.result_path for future, job in running.items() if future not in done])
                 for future in done:
                     on_done(running.pop(future), future.result())
         except BaseException:

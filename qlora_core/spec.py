@@ -29,6 +29,8 @@ COMPUTE_DTYPES: tuple[str, ...] = ("fp16", "bf16", "fp32")
 QUANT_STORAGES: tuple[str, ...] = ("uint8", "fp16", "bf16", "fp32")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 DATA_KINDS: tuple[str, ...] = ("synthetic", "text")
+HELDOUT_WINDOWS = 16
+"""Held-out windows (of `seq_len` tokens each) a text case's perplexity reads, before and after training."""
 ENGINES: tuple[str, ...] = ("loop", "trainer", "sft")
 STRATEGIES: tuple[str, ...] = ("single", "ddp", "fsdp")
 MAX_GPUS = 64

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import traceback
-from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -63,7 +62,8 @@ _MATRIX_KEY = pytest.StashKey[list[PlannedCase]]()
 _SHARD_KEY = pytest.StashKey[list[PlannedCase]]()
 _SELECTED_KEY = pytest.StashKey[list[CaseRun]]()
 _REPORT_ERROR_KEY = pytest.StashKey[str]()
-_VERDICTS_KEY = pytest.StashKey[Counter]()
+_CLAIMS_KEY = pytest.StashKey[list]()  # reports.render.ClaimSummary per claim, at session end
+_REPORTS_KEY = pytest.StashKey[dict]()  # the reports written: name -> path (reports.render.render_run)
 
 
 def module_for(planned: PlannedCase) -> str:
@@ -212,11 +212,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         # Imported here: rendering pulls in matplotlib and the claims, which `pytest tests` and
         # option errors never need. An import error is a report failure like any other.
         from reports.claims import evaluate_all
-        from reports.render import render_run
+        from reports.render import render_run, summarize_claims
 
         # Reports are re-rendered from the stored results, exactly as `python -m reports render`.
-        render_run(bench.run_dir)
-        config.stash[_VERDICTS_KEY] = Counter(e.verdict.value for _, e in evaluate_all(bench.load()))
+        config.stash[_REPORTS_KEY] = render_run(bench.run_dir)
+        config.stash[_CLAIMS_KEY] = summarize_claims(evaluate_all(bench.load()))
     except Exception:
         config.stash[_REPORT_ERROR_KEY] = traceback.format_exc()
         if session.exitstatus == pytest.ExitCode.OK:
@@ -225,24 +225,80 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         bench.close()
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> Iterator[None]:
+    """The session's answer, as the console's last screen: this wrapper is the outermost, so
+    pytest's own summary (failures, the `-ra` lines) and pytest-benchmark's kernel tables are
+    written before it, and only pytest's one-line count follows it."""
+    result = yield
     bench = config.stash.get(_SESSION_KEY, None)
-    if bench is None:
-        return
-    terminalreporter.section("qlora-bench")
-    for line in bench.summary_lines():
-        terminalreporter.write_line(line)
-    verdicts = config.stash.get(_VERDICTS_KEY, None)
-    if verdicts is not None:
-        counts = ", ".join(f"{n} {v}" for v, n in verdicts.most_common())
-        terminalreporter.write_line(f"  claims: {counts} ({bench.run_dir / 'claims.md'})")
-    error = config.stash.get(_REPORT_ERROR_KEY, None)
-    if error is not None:
-        terminalreporter.write_line(
-            f"qlora-bench: REPORTS NOT WRITTEN, the session fails. Every result is kept in"
-            f" {bench.run_dir}; after fixing the cause, the same command with --resume"
-            f" {bench.run_dir} writes them (finished cases are reused, not rerun).",
-            red=True,
-            bold=True,
-        )
-        terminalreporter.write_line(error.rstrip(), red=True)
+    if bench is not None:
+        for line in end_screen(bench, config, terminalreporter.config.get_terminal_writer().fullwidth):
+            terminalreporter.write_line(line)
+        error = config.stash.get(_REPORT_ERROR_KEY, None)
+        if error is not None:
+            terminalreporter.write_line(
+                f"qlora-bench: REPORTS NOT WRITTEN, the session fails. Every result is kept in"
+                f" {bench.run_dir}; after fixing the cause, the same command with --resume"
+                f" {bench.run_dir} writes them (finished cases are reused, not rerun).",
+                red=True,
+                bold=True,
+            )
+            terminalreporter.write_line(error.rstrip(), red=True)
+    return result
+
+
+def end_screen(bench: BenchSession, config: pytest.Config, width: int = 120) -> list[str]:
+    """The console's last lines: the cases (`BenchSession.summary_lines`), the claims counted once
+    each with the ids of the refuted and inconclusive ones, the gate's verdict when gated, and
+    the reports' paths, last."""
+    lines = ["", f"{' qlora-bench ':=^{max(width, 20)}}", *bench.summary_lines()]
+    summaries = config.stash.get(_CLAIMS_KEY, None)
+    if summaries is not None:
+        lines += claims_lines(summaries, width)
+    if bench.options.baseline is not None:
+        lines.append(f"  gate: {bench.gate_summary or 'not run (its test was deselected or did not run)'}")
+    reports = config.stash.get(_REPORTS_KEY, {})
+    for name in ("claims", "tables"):
+        if name in reports:
+            lines.append(f"  {name}: {reports[name]}")
+    return lines
+
+
+def claims_lines(summaries: list, width: int = 120) -> list[str]:
+    """The per-claim tally (`reports.render.claim_tally`), then one line naming the refuted claims
+    and one the inconclusive ones, each within `width`."""
+    # With the reports, at session end (see pytest_sessionfinish): `pytest tests` never needs them.
+    from reports.claims import Verdict
+    from reports.render import claim_tally, tally_text, verdict_text
+
+    evaluations = sum(len(s.evaluations) for s in summaries)
+    counts = tally_text(claim_tally(summaries), ", ")
+    lines = [f"  claims: {len(summaries)}, each counted once ({evaluations} evaluations): {counts}"]
+    known = False
+    for verdict in (Verdict.REFUTED, Verdict.INCONCLUSIVE):
+        names = []
+        for s in summaries:
+            if s.verdict is verdict:
+                names.append(
+                    s.claim.id + ("*" if verdict is Verdict.REFUTED and s.claim.known_doc_error else "")
+                )
+        known = known or any(name.endswith("*") for name in names)
+        if names:
+            lines.append(names_line(f"    {verdict_text(verdict)}: ", names, width))
+    if known:
+        lines.append("    (* a known documentation error: its test xfails)")
+    return lines
+
+
+def names_line(head: str, names: list[str], width: int) -> str:
+    """`head` and the names, comma-separated, within `width` where the first name allows: the
+    names that do not fit are counted ("(+3 more)")."""
+    shown: list[str] = []
+    for i, name in enumerate(names):
+        more = len(names) - i - 1
+        candidate = head + ", ".join([*shown, name]) + (f" (+{more} more)" if more else "")
+        if len(candidate) > width and shown:
+            return head + ", ".join(shown) + f" (+{len(names) - len(shown)} more)"
+        shown.append(name)
+    return head + ", ".join(shown)

@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -32,13 +32,14 @@ from typing import IO, Any, NamedTuple
 import pandas as pd
 
 from qlora_core.matrix import PlannedCase
-from qlora_core.oom_need import measure_need, run_case_measuring_need, why_no_rerun
+from qlora_core.oom_need import measure_need, run_case_measuring_need, uncapped_file_name, why_no_rerun
 from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
 from qlora_core.runner import RunOptions
 from qlora_core.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sharing_supported
 from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions
+from qlora_plugin.progress import Heartbeat, Watched, format_duration, recorded_walls, time_left_s
 from qlora_plugin.run_folder import (
     CASES_DIR,
     append_line,
@@ -46,6 +47,7 @@ from qlora_plugin.run_folder import (
     lock_run_dir,
     repair_torn_tail,
 )
+from qlora_plugin.shard import run_cost_s
 from reports.frame import (
     ENVIRONMENT_JSON,
     MEASUREMENTS_DIR,
@@ -86,11 +88,14 @@ class BenchSession:
     started_at: str = ""
     earlier_commands: list[str] = field(default_factory=list)  # sessions this run resumed
     warnings: list[str] = field(default_factory=list)  # shown again in the summary
+    gate_summary: str = ""  # the release gate's one-line verdict (bench/test_gate.py), for the end screen
     matrix_case_ids: list[str] = field(default_factory=list)  # the whole matrix (every shard's)
     _opened_at: float = field(default_factory=time.monotonic)  # for the progress line's times
     _lock: IO[str] | None = None
     spares: SparePool = field(default_factory=SparePool)  # warm spare children (qlora_core/spare.py)
     _sharing_note_given: bool = False
+    _expected_s: dict[RunKey, float] | None = None  # each planned run's expected cost (time left)
+    _heartbeat: Heartbeat | None = None
 
     @classmethod
     def open(
@@ -111,6 +116,7 @@ class BenchSession:
                 earlier = json.loads((run_dir / ENVIRONMENT_JSON).read_text())
                 session.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
         session.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        session._heartbeat = Heartbeat(write_line, session._watched)
         session.write_environment()
         session.spares.prime()  # the first case's spare, and the probe of what spares may import
         return session
@@ -162,7 +168,14 @@ class BenchSession:
             if self.options.oom_rerun and why_no_rerun(previous) is None:
                 # Stored before its uncapped rerun was (an older run, or --no-oom-rerun): only the
                 # rerun runs, and the row is appended again with what it needed.
-                measure_need(self.executed_case(planned), self._run_options(run), previous, path, self.spares)
+                measure_need(
+                    self.executed_case(planned),
+                    self._run_options(run),
+                    previous,
+                    path,
+                    self.spares,
+                    self._beat,
+                )
                 self.record(previous)
                 return previous
             self.reused.add(key)
@@ -174,7 +187,7 @@ class BenchSession:
             return self.results[key]
         executed = self.executed_case(planned)
         result = run_case_measuring_need(
-            executed, self._run_options(run), path, self.options.oom_rerun, self.spares
+            executed, self._run_options(run), path, self.options.oom_rerun, self.spares, self._beat
         )
         self._record_as_planned(result, run)
         return result
@@ -232,10 +245,10 @@ class BenchSession:
             self._record_as_planned(result, jobs[job])
             finished.append((job, result))
 
-        run_side_by_side(list(jobs), self.options.side_by_side, done, self.spares)
+        run_side_by_side(list(jobs), self.options.side_by_side, done, self.spares, self._beat)
         for job, result in finished:
             if self.options.oom_rerun and why_no_rerun(result) is None:
-                measure_need(job.case, job.options, result, job.result_path, self.spares)
+                measure_need(job.case, job.options, result, job.result_path, self.spares, self._beat)
                 self.record(result)  # appended again, with what it needed
 
     def _run_options(self, run: CaseRun) -> RunOptions:
@@ -270,23 +283,62 @@ class BenchSession:
         peak = r.peak_reserved_gib if r.peak_reserved_gib is not None else r.cpu_peak_rss_gib
         peak_text = f"peak {peak:.2f} GiB" if peak is not None else "peak -"
         took = "reused" if reused else f"{r.wall_s or 0:.1f} s"
-        name = f"{self.options.profile.name}-{r.case_id}{repeat_suffix(r.repeat)}"
+        name = self._run_name(r)
         line = f"[{done}/{total}] {name}  {r.status}  {speed}  {peak_text}  ({took})  {self._timing(total)}"
         if r.status != "ok" and r.reason:
             line += f"  {r.reason.splitlines()[0][:160]}"
         self.write_line(line)
 
     def _timing(self, total: int) -> str:
-        """Elapsed time of the session and an estimate of the time left for its remaining runs:
-        the mean time of the runs this session made (reused ones take none) times those left."""
+        """Elapsed time of the session and the time left for its remaining runs, from each run's
+        expected cost (`progress.time_left_s`; reused runs take none)."""
         elapsed = time.monotonic() - self._opened_at
-        made = len(self.results) - len(self.reused)
-        left = total - len(self.results)
-        if left <= 0:
+        if total - len(self.results) <= 0:
             return f"{format_duration(elapsed)} elapsed, done"
-        if made <= 0:
+        expected = self._expected_costs()
+        made = [expected.get(key, 0.0) for key in self.results if key not in self.reused]
+        left = [cost for key, cost in expected.items() if key not in self.results]
+        seconds = time_left_s(elapsed, made, left)
+        if seconds is None:
             return f"{format_duration(elapsed)} elapsed, time left unknown"
-        return f"{format_duration(elapsed)} elapsed, ~{format_duration(elapsed / made * left)} left"
+        return f"{format_duration(elapsed)} elapsed, ~{format_duration(seconds)} left"
+
+    def _expected_costs(self) -> dict[RunKey, float]:
+        """Each planned run's expected seconds (computed once): the wall time recorded for its case
+        (this folder's earlier rows on --resume, else --shard-costs, else --baseline), else the
+        estimate shards are balanced by (`shard.run_cost_s`)."""
+        if self._expected_s is None:
+            sources = (self.options.baseline, self.options.shard_costs)
+            recorded = recorded_walls(sources, self.stored.values())
+            device = "cuda" if self.options.profile.is_gpu else "cpu"
+            self._expected_s = {
+                (r.planned.case.hash, r.repeat): run_cost_s(r.planned.case, recorded, device)
+                for r in self.planned
+            }
+        return self._expected_s
+
+    # -- the heartbeat -------------------------------------------------------------------------------
+    def _beat(self, running: Sequence[Path]) -> None:
+        """`runner.OnWait`: the heartbeat's tick while children run."""
+        if self._heartbeat is not None:
+            self._heartbeat.tick(running)
+
+    def _watched(self, result_path: Path) -> Watched | None:
+        """The run whose child writes `result_path` (its own file or its uncapped rerun's)."""
+        fixed = not self.options.profile.is_gpu  # the CPU's step plan is fixed (engines.pacing)
+        for run in self.planned:
+            case, name = run.planned.case, self._run_name(run)
+            if result_path == self._result_path(run):
+                steps = case.warmup_steps + case.measured_steps if fixed else None
+                return Watched(name, case, result_path, steps)
+            if result_path.name == uncapped_file_name(case.hash, run.repeat):
+                return Watched(f"{name} (uncapped rerun)", case, result_path, None)
+        return None
+
+    def _run_name(self, run: CaseRun | Result) -> str:
+        """A run's name in the progress and heartbeat lines: as its test names it."""
+        case_id = run.planned.case.id if isinstance(run, CaseRun) else run.case_id
+        return f"{self.options.profile.name}-{case_id}{repeat_suffix(run.repeat)}"
 
     def record_measurement(self, name: str, rows: list[dict[str, Any]]) -> Path:
         """Store an in-process measurement table as measurements/<name>.csv (replacing it)."""
@@ -380,14 +432,6 @@ class BenchSession:
 def run_label(result: Result) -> str:
     """A run's name as its test names it: the case id, and `-r2`, `-r3` for later repeats."""
     return result.case_id + repeat_suffix(result.repeat)
-
-
-def format_duration(seconds: float) -> str:
-    """`1:02:03`, `2:03` (minutes:seconds under an hour)."""
-    whole = max(0, round(seconds))
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 # -- the run folder's files -----------------------------------------------------------------------

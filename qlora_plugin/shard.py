@@ -13,8 +13,12 @@ Cost of a case = its runs (repeats) x the seconds one run takes:
   given the same one, or their shards would disagree;
 - else estimated from the case's size (`estimated_run_s`): a fixed start (process start, imports,
   the model's load, which grows with its parameters) plus the training FLOPs of its warm-up and
-  measured steps (6 x parameters x tokens) at a nominal rate. The estimate only has to rank
-  cases and be of the order of the recorded seconds; both are documented in the README.
+  measured steps (6 x parameters x tokens) and, for a case on real text, its two held-out
+  perplexity passes (2 x parameters x tokens each) at a nominal rate for the device (a GPU's, or
+  a CPU's, far lower). The estimate only has to rank cases and be of the order of the recorded
+  seconds; both are documented in the README.
+
+The session's time left (`qlora_plugin.progress`) reads the same costs (`run_cost_s`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from statistics import mean
 from qlora_core.matrix import PlannedCase
 from qlora_core.models import REAL_MODEL
 from qlora_core.models.registry import SHAPES
-from qlora_core.spec import Case
+from qlora_core.spec import HELDOUT_WINDOWS, Case
 from reports.baseline import CASE_WALL_S, load_baseline
 from reports.frame import RESULTS_JSONL, read_results_jsonl
 
@@ -41,6 +45,9 @@ SHARD_SKIP_REASON = (
 START_S = 20.0
 LOAD_S_PER_BILLION_PARAMS = 6.0
 NOMINAL_FLOP_PER_S = 5e13
+CPU_NOMINAL_FLOP_PER_S = 2e10
+"""The CPU tier's rate: bitsandbytes' 4-bit CPU path on 2 cores (the tiny cases take ~10-20 s,
+SmolLM2's on text several minutes; see the README's tier durations)."""
 # A model the registry cannot size (a local checkpoint, a hub id) is costed as this many params.
 UNKNOWN_MODEL_PARAMS = 1_000_000_000
 _REAL_MODEL_SHAPE = "smollm2-135m"  # the real model's architecture among the registered shapes
@@ -77,13 +84,23 @@ def model_params(model: str) -> int:
     return spec.total_params if spec is not None else UNKNOWN_MODEL_PARAMS
 
 
-def estimated_run_s(case: Case) -> float:
-    """A documented estimate of one run's seconds from the case's size (see the module docstring)."""
+def estimated_run_s(case: Case, device: str = "cuda") -> float:
+    """A documented estimate of one run's seconds from the case's size on `device` ("cuda" or
+    "cpu"; see the module docstring)."""
     params = model_params(case.model)
     load_s = LOAD_S_PER_BILLION_PARAMS * params / 1e9
     steps = case.warmup_steps + case.measured_steps
-    train_s = 6 * params * case.tokens_per_step * steps / NOMINAL_FLOP_PER_S
-    return START_S + load_s + train_s
+    flops = 6 * params * case.tokens_per_step * steps
+    if case.data == "text":  # perplexity before and after training, forward only
+        flops += 2 * 2 * params * HELDOUT_WINDOWS * case.seq_len
+    rate = NOMINAL_FLOP_PER_S if device == "cuda" else CPU_NOMINAL_FLOP_PER_S
+    return START_S + load_s + flops / rate
+
+
+def run_cost_s(case: Case, recorded: Mapping[str, float], device: str = "cuda") -> float:
+    """One run's expected seconds: recorded for its case id where `recorded` has it, else estimated."""
+    one_run = recorded.get(case.id)
+    return one_run if one_run is not None else estimated_run_s(case, device)
 
 
 def recorded_run_s(source: Path) -> dict[str, float]:
@@ -118,8 +135,7 @@ def case_costs(
     costs = []
     for planned in cases:
         runs = repeat if repeat is not None else planned.repeats
-        one_run = recorded.get(planned.case.id)
-        costs.append(runs * (one_run if one_run is not None else estimated_run_s(planned.case)))
+        costs.append(runs * run_cost_s(planned.case, recorded))
     return costs
 
 

@@ -12,7 +12,15 @@ import pandas as pd
 
 from reports.frame import RunData
 from reports.markdown import md_table
-from reports.rows import POINT_FIELDS, fval, point_key, quant_label, setting
+from reports.rows import (
+    POINT_FIELDS,
+    fval,
+    point_key,
+    quant_label,
+    setting,
+    speed_is_measured,
+    tokens_per_s_text,
+)
 from reports.units import fmt_size
 
 ATTRIBUTE_ABOVE = 0.05  # a relative difference from the loop that the table explains
@@ -53,6 +61,8 @@ def attribution(row: pd.Series, ref: pd.Series) -> str:
     """The differences above ATTRIBUTE_ABOVE, each with the measured causes or 'unexplained'."""
     big = []
     for label, col in _COMPARED:
+        if col == "tokens_per_s" and not speed_is_measured(row):
+            continue  # a CPU row's tokens/s is no speed measurement (rows.CPU_SPEED_LABEL)
         change = _relative(row, ref, col)
         if change is not None and abs(change) > ATTRIBUTE_ABOVE:
             big.append(f"{label} {change:+.1%}")
@@ -132,7 +142,7 @@ def engine_comparison(run: RunData) -> str:
             (
                 engine_of(row),
                 row["status"],
-                _cell(row, "tokens_per_s", lambda v: f"{v:,.0f}"),
+                tokens_per_s_text(row),
                 _cell(row, "peak_alloc_gib", _gib),
                 _cell(row, "peak_reserved_gib", _gib),
                 _cell(row, "nvml_peak_gib", _gib),

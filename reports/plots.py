@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from qlora_core.gpus import PROFILES
 from reports.frame import RunData
-from reports.rows import family_rows, group_by, num, present, quant_label
+from reports.rows import CPU_SPEED_LABEL, family_rows, group_by, num, present, quant_label, speed_is_measured
 
 DPI = 110
 _LINE_STYLES = {"nf4": "-", "fp4": "--", "none": ":"}
@@ -130,7 +130,8 @@ def plot_tokens_per_s(run: RunData, path: Path) -> Path | None:
     ax.set_yticks(range(len(rows)), list(rows["case_id"]), fontsize=7)
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("tokens/s (median over measured steps)")
-    ax.set_title("Throughput by case")
+    on_cpu = not all(speed_is_measured(r) for _, r in rows.iterrows())
+    ax.set_title(f"Throughput by case{f' ({CPU_SPEED_LABEL})' if on_cpu else ''}")
     ax.grid(True, axis="x", alpha=0.3)
     handles = [Patch(color=color, label=name) for name, color in palette.items()]
     ax.legend(handles=handles, fontsize=8, loc="lower right")

@@ -6,20 +6,31 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
-from reports.claims import Claim, Evaluation, Verdict, evaluate_all
+from reports.claims import (
+    CLAIM_VERDICT_RULE,
+    Claim,
+    Evaluation,
+    Verdict,
+    claim_verdict,
+    deciding_evaluation,
+    evaluate_all,
+)
 from reports.frame import RESULTS_JSONL, RunData, load_run
-from reports.markdown import md_table
+from reports.markdown import MAX_LINE_CHARS, fit_width, md_cell, md_table
 from reports.merge import merge_notes
 from reports.plots import render_plots
-from reports.tables import header, render_tables
+from reports.tables import header, render_tables, run_context
 
 CLAIMS_MD = "claims.md"
 TABLES_MD = "tables.md"
 PLOTS_DIR = "plots"
-EVIDENCE_SHOWN = 4  # case ids listed per row; the rest are counted
+EVIDENCE_SHOWN = 8  # case ids listed per evaluation; the rest are counted
 _VERDICT_ORDER = (Verdict.HOLDS, Verdict.REFUTED, Verdict.INCONCLUSIVE, Verdict.NOT_RUN)
 
 
@@ -37,62 +48,150 @@ def check_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+class ClaimSummary(NamedTuple):
+    """One claim of the lesson with its evaluations on a run, counted once (`claim_verdict`)."""
+
+    claim: Claim
+    evaluations: list[Evaluation]
+
+    @property
+    def verdict(self) -> Verdict:
+        return claim_verdict(self.evaluations)
+
+    @property
+    def deciding(self) -> Evaluation | None:
+        return deciding_evaluation(self.evaluations)
+
+
+def summarize_claims(results: Sequence[tuple[Claim, Evaluation]]) -> list[ClaimSummary]:
+    """The evaluations of `evaluate_all` grouped per claim, in the lesson's order."""
+    by_id: dict[str, ClaimSummary] = {}
+    for claim, evaluation in results:
+        by_id.setdefault(claim.id, ClaimSummary(claim, [])).evaluations.append(evaluation)
+    return list(by_id.values())
+
+
+def claim_tally(summaries: Sequence[ClaimSummary]) -> dict[Verdict, int]:
+    """Claims per verdict (each claim once), every verdict present (0 where none)."""
+    counts = Counter(s.verdict for s in summaries)
+    return {v: counts.get(v, 0) for v in _VERDICT_ORDER}
+
+
+def tally_text(tally: dict[Verdict, int], separator: str = " · ") -> str:
+    """E.g. "6 hold · 12 refuted · 4 inconclusive · 10 not run" (claims, each counted once)."""
+    words = {Verdict.HOLDS: "hold"}  # "6 hold": the count's verb agrees with the claims
+    return separator.join(f"{n} {words.get(v, verdict_text(v))}" for v, n in tally.items())
+
+
+def verdict_text(verdict: Verdict) -> str:
+    return verdict.value.replace("_", " ")
+
+
 def _evidence(evaluation: Evaluation) -> str:
     shown = list(evaluation.evidence[:EVIDENCE_SHOWN])
     rest = len(evaluation.evidence) - len(shown)
     return ", ".join(shown) + (f" (+{rest} more)" if rest > 0 else "")
 
 
-def verdict_counts(results: list[tuple[Claim, Evaluation]]) -> dict[Verdict, int]:
-    """Evaluations per verdict, every verdict present (0 where none)."""
-    counts = Counter(e.verdict for _, e in results)
-    return {v: counts.get(v, 0) for v in _VERDICT_ORDER}
+def _verdict_cell(summary: ClaimSummary) -> str:
+    """ "**refuted** 2 of 4 (known doc error)": the verdict, how many evaluations have it."""
+    n = len(summary.evaluations)
+    same = sum(e.verdict is summary.verdict for e in summary.evaluations)
+    cell = f"**{verdict_text(summary.verdict)}**" + (f" {same} of {n}" if n > 1 else "")
+    if summary.verdict is Verdict.REFUTED and summary.claim.known_doc_error:
+        cell += " (known doc error)"
+    return cell
+
+
+def _decided_by(summary: ClaimSummary) -> str:
+    """What decided the claim: the deciding evaluation's measured figure (its reason where it
+    measured nothing), with its condition."""
+    e = summary.deciding
+    if e is None:
+        return "-"
+    text = e.measured or e.why or "-"
+    return f"{text} [{e.condition}]" if e.condition else text
+
+
+def _fitted_cell(prefix: str, text: str, width: int) -> str:
+    """`text` shortened at a word so that `prefix` + its table cell + " |" fits `width`."""
+    budget = width - len(prefix) - len(" |")
+    short = text
+    while len(md_cell(short)) > budget and budget > 20:
+        short = textwrap.shorten(text, budget, placeholder=" ...")
+        budget -= 4
+    return short
+
+
+def claims_overview(summaries: Sequence[ClaimSummary], width: int = MAX_LINE_CHARS) -> str:
+    """One table line per claim: id, verdict, the figure that decided it; not-run claims last."""
+    ordered = [s for s in summaries if s.verdict is not Verdict.NOT_RUN]
+    ordered += [s for s in summaries if s.verdict is Verdict.NOT_RUN]
+    rows = []
+    for s in ordered:
+        prefix = f"| {md_cell(s.claim.id)} | {md_cell(_verdict_cell(s))} | "
+        rows.append((s.claim.id, _verdict_cell(s), _fitted_cell(prefix, _decided_by(s), width)))
+    return md_table(("Claim", "Verdict", "Decided by (measured, [condition])"), rows)
+
+
+def _claim_evidence(summary: ClaimSummary) -> list[str]:
+    """A claim's evidence: what the lesson says, then each evaluation as a list item with its
+    corrected statement, reason and case ids."""
+    claim = summary.claim
+    lines = [
+        f"### {claim.id}: {verdict_text(summary.verdict)}",
+        "",
+        f'{claim.section}: "{claim.quote}". The lesson says: {claim.expected}. Measured: {claim.measures}.',
+    ]
+    if claim.known_doc_error:
+        lines.append(f"Known documentation error: {claim.known_doc_error}.")
+    lines.append("")
+    for e in summary.evaluations:
+        head = f"- **{verdict_text(e.verdict)}**" + (f" ({e.condition})" if e.condition else "")
+        lines.append(f"{head}: {e.measured}" if e.measured else head)
+        if e.corrected:
+            lines.append(f"  - the measurements support: {e.corrected}")
+        if e.why:
+            lines.append(f"  - why: {e.why}")
+        if e.evidence:
+            lines.append(f"  - cases: {_evidence(e)}")
+    return lines
 
 
 def render_claims(run: RunData) -> str:
-    """claims.md: verdict counts, one table row per (claim, condition), then the reasons."""
-    results = evaluate_all(run)
-    counts = verdict_counts(results)
-    claims = len({c.id for c, _ in results})
-    summary = " · ".join(f"{v.value.replace('_', ' ')} {n}" for v, n in counts.items())
+    """claims.md: one line per claim (its verdict and the figure that decided it), how one verdict
+    is chosen, the run's context, then each claim's evidence; no line over `MAX_LINE_CHARS`."""
+    summaries = summarize_claims(evaluate_all(run))
+    evaluations = sum(len(s.evaluations) for s in summaries)
     lines = [
         "# The lesson's claims, checked against this run",
         "",
-        f"**{summary}** ({len(results)} evaluations of {claims} claims)",
+        # Notes about the run as a whole (a partial merge, an incomplete run) come first: they
+        # qualify every verdict below.
+        *[f"{note}\n" for note in merge_notes(run.environment)],
+        f"Run: {run_context(run)}.",
+        "",
+        f"**{len(summaries)} claims: {tally_text(claim_tally(summaries))}** ({evaluations} evaluations;"
+        " each claim counted once, see [one verdict per claim](#one-verdict-per-claim))",
+        "",
+        claims_overview(summaries),
+        "",
+        "## One verdict per claim",
+        "",
+        CLAIM_VERDICT_RULE,
+        "",
+        "## The run",
         "",
         header(run).split("\n", 2)[2],  # the run context, without tables.md's title
         "",
-        *[f"{note}\n" for note in merge_notes(run.environment)],
-        "## Verdicts",
+        "## Evidence",
         "",
+        "Each claim: what the lesson says, then one item per condition it was checked under, with the"
+        " measured figure, the verdict, why, and the case ids it rests on (their rows are in results.csv).",
     ]
-    rows = [
-        (
-            claim.id,
-            f'"{claim.quote}": {claim.expected}',
-            e.measured or "-",
-            f"**{e.verdict.value.replace('_', ' ')}**",
-            e.condition or "-",
-            _evidence(e) or "-",
-        )
-        for claim, e in results
-    ]
-    headers = ("Claim", "The lesson says", "Measured", "Verdict", "Condition", "Evidence (case ids)")
-    lines.append(md_table(headers, rows))
-    refuted = [(c, e) for c, e in results if e.verdict is Verdict.REFUTED]
-    if refuted:
-        lines += ["", "## Refuted: what the measurements support", ""]
-        for claim, e in refuted:
-            known = f" Known documentation error: {claim.known_doc_error}." if claim.known_doc_error else ""
-            cond = f" ({e.condition})" if e.condition else ""
-            lines.append(f"- **{claim.id}**{cond}: {e.corrected}.{known} Why: {e.why or '-'}")
-    unresolved = [(c, e) for c, e in results if e.verdict in (Verdict.NOT_RUN, Verdict.INCONCLUSIVE)]
-    if unresolved:
-        lines += ["", "## Not run and inconclusive: why", ""]
-        for claim, e in unresolved:
-            cond = f" ({e.condition})" if e.condition else ""
-            lines.append(f"- **{claim.id}**{cond}, {e.verdict.value.replace('_', ' ')}: {e.why}")
-    return "\n".join(lines) + "\n"
+    for summary in summaries:
+        lines += ["", *_claim_evidence(summary)]
+    return fit_width("\n".join(lines)) + "\n"
 
 
 def render_run(run_dir: Path) -> dict[str, Path]:

@@ -116,6 +116,26 @@ def on_gpu(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["device"] == "cuda"] if not df.empty else df
 
 
+CPU_SPEED_LABEL = "CPU: not a speed measurement"
+"""How a tokens/s figure measured on the CPU is labelled wherever a table shows one. On a CPU shared
+with other work, tokens/s follows the machine's load and which of bitsandbytes' CPU paths a dtype
+takes (one CPU run: bf16 8,024 vs fp16 531 tokens/s; fp4-fp16 8,561 vs fp4-bf16 1,085), not what
+the lesson's speed words are about; the speed claims read GPU rows only."""
+
+
+def speed_is_measured(row: pd.Series) -> bool:
+    """Whether a row's tokens/s is a speed measurement: one measured on a GPU (CUDA)."""
+    return str(row.get("device") or "") == "cuda"
+
+
+def tokens_per_s_text(row: pd.Series) -> str:
+    """A row's tokens/s as a cell ("1,234"), labelled `CPU_SPEED_LABEL` off the GPU; "-" for none."""
+    value = fval(row, "tokens_per_s")
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if speed_is_measured(row) else f"{value:,.0f} ({CPU_SPEED_LABEL})"
+
+
 def status_summary(rows: pd.DataFrame) -> str:
     """Count of statuses, like "2 oom, 1 crashed"."""
     counts = rows["status"].astype(str).value_counts()

@@ -42,10 +42,11 @@ from reports.engines_table import ENGINE_NAMES, engine_comparison, engine_of
 from reports.fit import fit_section
 from reports.frame import RunData
 from reports.ladder_table import oom_ladder
-from reports.markdown import md_table
+from reports.markdown import fit_width, md_table
 from reports.multigpu_table import multigpu_table
 from reports.nan import nan_table
 from reports.rows import (
+    CPU_SPEED_LABEL,
     LOADED,
     QUANT_FIELDS,
     NoRows,
@@ -64,7 +65,9 @@ from reports.rows import (
     quantized,
     setting,
     sixteen_bit,
+    speed_is_measured,
     status_summary,
+    tokens_per_s_text,
     trained,
     training_peak_gib,
     usable,
@@ -73,6 +76,11 @@ from reports.rows import (
 from reports.units import GB, GIB, fmt_size, span
 
 NOT_RUN = "not run"
+CPU_SPEED_NOTE = (
+    f"tokens/s measured on the CPU ({CPU_SPEED_LABEL}): on a CPU they follow the machine's load and"
+    " bitsandbytes' CPU paths, not the GPU speed the lesson's Speed column is about; the speed claims"
+    " read GPU rows only."
+)
 TRAINED_AS_TEXT = "LoRA/QLoRA training"
 _LIBRARIES = (
     ("torch", "torch_version"),
@@ -124,6 +132,17 @@ def header(run: RunData) -> str:
         ' "not run" means no row of this run measured it. GB = 10**9 bytes, GiB = 2**30 bytes.',
     ]
     return "\n".join(lines)
+
+
+def run_context(run: RunData) -> str:
+    """The run in one line: profile (and where it was emulated, or "CPU"), cases by status."""
+    df = run.results
+    profile = _first(run, "profile") or "unknown"
+    emulated_on = _first(run, "emulated_on")
+    gpu = _first(run, "gpu_present", "gpu_name")
+    on = f"emulated on {emulated_on}" if emulated_on else (gpu or "CPU, no GPU")
+    cases = f"{len(df)} cases" + (f" ({status_summary(df)})" if len(df) else "")
+    return f"profile {profile} ({on}), {cases}"
 
 
 def engines_line(df: pd.DataFrame) -> str:
@@ -285,12 +304,11 @@ def compute_dtypes(run: RunData) -> str:
     """The compute-dtype table with tokens/s at one point and the stability family's outcomes."""
     df = run.results
     point = _dtype_point(df)
-    speeds = {r["compute_dtype"]: fval(r, "tokens_per_s") for _, r in point.iterrows()}
+    speeds = {r["compute_dtype"]: tokens_per_s_text(r) for _, r in point.iterrows()}
     rows = []
     for name, key, speed, quality, hardware in _LESSON_DTYPES:
-        tps = speeds.get(key)
         nan, losses = _stability_cells(df, key)
-        rows.append((name, speed, f"{tps:,.0f}" if tps else NOT_RUN, quality, nan, losses, hardware))
+        rows.append((name, speed, speeds.get(key, NOT_RUN), quality, nan, losses, hardware))
     headers = (
         "Compute dtype",
         "Speed: lesson",
@@ -309,6 +327,8 @@ def compute_dtypes(run: RunData) -> str:
         else "no GPU profile"
     )
     note = f"tokens/s at {at} (QLoRA, same point for every dtype). {hardware}."
+    if any(not speed_is_measured(r) for _, r in point.iterrows()):
+        note += f" {CPU_SPEED_NOTE}"
     return "## Compute data type\n\n" + md_table(headers, rows) + "\n\n" + note
 
 
@@ -359,12 +379,16 @@ def t4_budget(run: RunData) -> str:
 # -- QLoRA vs LoRA ----------------------------------------------------------------------------------
 def _speed_cells(df: pd.DataFrame) -> tuple[str, str]:
     """16-bit tokens/s and QLoRA's slowdown at the device-bound points (the claim's rows), each
-    slowdown with its interval; host-bound points are counted, not shown (see claims.speed)."""
+    slowdown with its interval; host-bound points are counted, not shown (see claims.speed), and
+    CPU rows are kept out (`CPU_SPEED_LABEL`)."""
     rows = df[(df["status"] == "ok") & present(df["tokens_per_s"])] if not df.empty else df
-    every = pairs(quantized(rows, "nf4"), sixteen_bit(rows), vary=QUANT_FIELDS)
+    gpu_rows = on_gpu(rows)
+    every = pairs(quantized(gpu_rows, "nf4"), sixteen_bit(gpu_rows), vary=QUANT_FIELDS)
     found, _ = device_bound_pairs(every)
     host_bound = len(every) - len(found)
     left_out = f"; {host_bound} host-bound point(s) left out" if host_bound else ""
+    if len(gpu_rows) < len(rows):
+        left_out += f"; {len(rows) - len(gpu_rows)} CPU row(s) left out ({CPU_SPEED_LABEL})"
     if not found:
         return NOT_RUN, NOT_RUN + left_out
     ref = [fval(b, "tokens_per_s") or 0.0 for _, b in found]
@@ -484,4 +508,5 @@ def render_tables(run: RunData) -> str:
     """tables.md for one run."""
     sections = (header, memory_by_precision, compute_dtypes, t4_budget, oom_ladder, tradeoffs, memory_formula)
     sections += (engine_comparison, multigpu_table, two_card_70b.section, nan_table, fit_section)
-    return "\n\n".join(text for text in (section(run) for section in sections) if text) + "\n"
+    text = "\n\n".join(text for text in (section(run) for section in sections) if text)
+    return fit_width(text) + "\n"  # no line over MAX_LINE_CHARS: a wider table is written as a list

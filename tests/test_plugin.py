@@ -226,3 +226,33 @@ def test_repeats_run_interleaved_and_resume_reruns_only_the_missing_repeats(tmp_
         per_repeat = json.loads(row.tokens_per_s_repeats)
         assert len(per_repeat) == 2 and row.tokens_per_s == pytest.approx(sum(per_repeat) / 2)
         assert row.tokens_per_s_ci_low <= row.tokens_per_s <= row.tokens_per_s_ci_high
+
+
+# One training case, pytest-benchmark's kernel timings and every claim's test (their skip and
+# xfail reasons are the `-ra` lines): what a full run prints, at the cost of one tiny case.
+_CASE_KERNELS_AND_CLAIMS = "tiny-nf4-dq-bf16-b4-s128-w1m4-trainer or (test_kernel and matmul) or test_claim"
+_END_SCREEN_LINES = 15
+
+
+@pytest.mark.slow
+def test_the_console_ends_with_the_claims_tally_and_the_report_paths(tmp_path):
+    proc = bench("--matrix", "smoke", "-k", _CASE_KERNELS_AND_CLAIMS, out=tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    lines = proc.stdout.splitlines()
+    tail = lines[-_END_SCREEN_LINES:]
+    tally = [line for line in tail if line.startswith("  claims: ")]
+    assert len(tally) == 1, "\n".join(lines[-40:])
+    # Claims, each counted once: the counts add up to the number of claims, not of evaluations.
+    match = re.match(r"  claims: (\d+), each counted once \((\d+) evaluations\): (.*)$", tally[0])
+    assert match, tally[0]
+    claims, evaluations = int(match.group(1)), int(match.group(2))
+    counts = [int(n) for n in re.findall(r"(\d+) (?:hold|refuted|inconclusive|not run)", match.group(3))]
+    assert len(counts) == 4 and sum(counts) == claims < evaluations
+    assert f"  claims: {run_dir / 'claims.md'}" in tail and f"  tables: {run_dir / 'tables.md'}" in tail
+    assert lines[-1].startswith("=") and "passed" in lines[-1]  # pytest's own count closes the screen
+    # Above that screen: pytest-benchmark's table and pytest's short summary (-ra) of the claims.
+    qlora = next(i for i, line in enumerate(lines) if re.match(r"^=+ qlora-bench =+$", line))
+    kernels = next(i for i, line in enumerate(lines) if "benchmark '4-bit matmul" in line)
+    short = next(i for i, line in enumerate(lines) if "short test summary info" in line)
+    assert kernels < qlora and short < qlora
+    assert sum(line.startswith(("SKIPPED", "XFAIL", "FAILED")) for line in lines[short:qlora]) > 10

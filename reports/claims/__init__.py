@@ -30,10 +30,13 @@ from reports.claims import (
     verification,
 )
 from reports.claims.model import (
+    CLAIM_VERDICT_RULE,
     Claim,
     Evaluation,
     Verdict,
     claim_outcome,
+    claim_verdict,
+    deciding_evaluation,
     evaluate,
     evaluate_claims,
 )
@@ -42,11 +45,14 @@ from reports.known_errors import KNOWN_DOC_ERRORS
 
 __all__ = [
     "CLAIMS",
+    "CLAIM_VERDICT_RULE",
     "Claim",
     "Evaluation",
     "Verdict",
     "claim_by_id",
     "claim_outcome",
+    "claim_verdict",
+    "deciding_evaluation",
     "evaluate",
     "evaluate_all",
 ]

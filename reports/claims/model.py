@@ -177,20 +177,47 @@ def _describe(e: Evaluation) -> str:
     return "; ".join(parts)
 
 
+CLAIM_VERDICT_ORDER = (Verdict.REFUTED, Verdict.HOLDS, Verdict.INCONCLUSIVE, Verdict.NOT_RUN)
+"""Which verdict a claim takes from its evaluations: the first of these that any evaluation has."""
+CLAIM_VERDICT_RULE = (
+    "A claim is checked under each condition it covers (a model, a precision, a setting): one"
+    " evaluation each. It is counted once, with one verdict: **refuted** if any evaluation is"
+    " refuted (the lesson's sentence is wrong under at least one condition it covers); else"
+    " **holds** if any evaluation holds (the others could not decide); else **inconclusive** if"
+    " rows ran but none could decide; else **not run**. The figure shown for it is the first"
+    " evaluation with that verdict, in the order the check lists its conditions."
+    " The claim's bench test ends the same way: refuted fails (xfails for a known documentation"
+    " error), holds passes, the others skip."
+)
+
+
+def claim_verdict(evaluations: Sequence[Evaluation]) -> Verdict:
+    """The claim's one verdict from its evaluations (`CLAIM_VERDICT_RULE`); not run for none."""
+    present = {e.verdict for e in evaluations}
+    return next((v for v in CLAIM_VERDICT_ORDER if v in present), Verdict.NOT_RUN)
+
+
+def deciding_evaluation(evaluations: Sequence[Evaluation]) -> Evaluation | None:
+    """The evaluation whose figure stands for the claim: the first with the claim's verdict."""
+    verdict = claim_verdict(evaluations)
+    return next((e for e in evaluations if e.verdict is verdict), None)
+
+
 def claim_outcome(claim: Claim, evaluations: Sequence[Evaluation]) -> tuple[str, str]:
     """How a claim's test ends, and its message: ("fail" | "xfail" | "skip" | "pass", text).
 
-    Any refuted evaluation fails, unless the claim carries a known documentation error (xfail);
-    with none refuted, a claim none of whose evaluations holds is skipped with the reasons
-    (inconclusive ones prefixed "inconclusive:"); otherwise it passes.
+    From the claim's one verdict (`claim_verdict`): refuted fails, unless the claim carries a
+    known documentation error (xfail); holds passes; inconclusive and not run skip with the
+    reasons (inconclusive ones prefixed "inconclusive:").
     """
+    verdict = claim_verdict(evaluations)
     refuted_ = [e for e in evaluations if e.verdict is Verdict.REFUTED]
-    if refuted_ and not claim.known_doc_error:
+    if verdict is Verdict.REFUTED and not claim.known_doc_error:
         return "fail", f"{claim.id} refuted: " + " | ".join(_describe(e) for e in refuted_)
-    if refuted_:
+    if verdict is Verdict.REFUTED:
         measured = " | ".join(e.measured for e in refuted_)
         return "xfail", f"known documentation error: {claim.known_doc_error}; measured {measured}"
-    if not any(e.verdict is Verdict.HOLDS for e in evaluations):
+    if verdict is not Verdict.HOLDS:
         reasons = [
             ("inconclusive: " if e.verdict is Verdict.INCONCLUSIVE else "")
             + e.why

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions, parse_force
 from qlora_plugin.run_folder import LOCK_FILE, RunFolderInUseError, append_line, lock_run_dir
 from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError, format_duration
-from qlora_plugin.shard import Shard
+from qlora_plugin.shard import Shard, recorded_run_s
 from reports.frame import read_results_jsonl
 from reports.thresholds import Thresholds
 
@@ -135,20 +136,38 @@ def test_a_row_that_cannot_be_stored_is_a_loud_error(tmp_path):
     session.close()
 
 
-def test_progress_lines_count_and_estimate_the_time_left(tmp_path):
-    session, lines = open_quietly(make_options(tmp_path))
-    rows = read_results_jsonl(REFERENCE / "results.jsonl")[:3]
-    session.planned = [None] * 4  # only their number counts here
-    session._opened_at -= 60  # a minute into the session
+def test_progress_lines_count_and_estimate_the_time_left_from_recorded_costs(tmp_path):
+    """Each run's expected cost is its case's recorded wall time (here --shard-costs: the reference
+    run): the time left scales the costs of the runs left by how the runs made compared."""
+    rows = read_results_jsonl(REFERENCE / "results.jsonl")[:4]
+    session, lines = open_quietly(make_options(tmp_path, shard_costs=REFERENCE))
+    session.planned = [CaseRun(PlannedCase(Case.from_dict(r.case), [r.families])) for r in rows]
+    recorded = recorded_run_s(REFERENCE)  # each case's mean wall time over its runs there
+    walls = [recorded[r.case_id] for r in rows]
+    session._opened_at = time.monotonic() - 60  # a minute into the session
     session.record(rows[0])
     assert lines[-1].startswith(f"[1/4] cpu-{rows[0].case_id}  ")
-    assert lines[-1].endswith("1:00 elapsed, ~3:00 left")  # 60 s per run, 3 runs left
+    left = format_duration(60 / walls[0] * sum(walls[1:]))
+    assert lines[-1].endswith(f"1:00 elapsed, ~{left} left"), lines[-1]
+    # Not 60 s per run x 3 runs left: the runs left cost what they were recorded to cost.
+    assert not lines[-1].endswith("~3:00 left")
     session.reused.add((rows[1].case_hash, rows[1].repeat))  # a reused run takes no time
     session.record(rows[1])
-    assert lines[-1].endswith("1:00 elapsed, ~2:00 left")
+    assert lines[-1].endswith(f"1:00 elapsed, ~{format_duration(60 / walls[0] * sum(walls[2:]))} left")
     session.reused = {(r.case_hash, r.repeat) for r in rows}
     session.record(rows[2])
     assert lines[-1].endswith("elapsed, time left unknown")  # nothing run yet to time
+    session.close()
+
+
+def test_without_a_record_the_cost_is_the_shard_estimate_for_the_device(tmp_path):
+    from qlora_plugin.shard import estimated_run_s
+
+    rows = read_results_jsonl(REFERENCE / "results.jsonl")[:2]
+    session, _ = open_quietly(make_options(tmp_path))
+    session.planned = [CaseRun(PlannedCase(Case.from_dict(r.case), [r.families])) for r in rows]
+    expected = session._expected_costs()
+    assert expected == {(r.case_hash, 0): estimated_run_s(Case.from_dict(r.case), "cpu") for r in rows}
     session.close()
 
 

@@ -220,3 +220,49 @@ def test_memory_by_precision_reads_load_only_rows_and_uncapped_reruns(build):
     assert int8[2] == "llama-2-7b: 7.00 GB; 7.27 GB at 7e9 params"
     assert fp16[2].startswith("llama-2-7b: 13.48 GB") and fp16[5] == "llama-2-7b: 53.91 GB"
     assert fp16[4].startswith(NOT_RUN)  # a load-only 16-bit row is no training total
+
+
+# -- tokens/s measured on the CPU ----------------------------------------------------------------
+def _dtype_rows(build, device: str) -> list:
+    """The fp32-family point at three compute dtypes; tokens/s as one CPU run measured them."""
+    speeds = {"fp32": 2_091.0, "fp16": 531.0, "bf16": 8_024.0}
+    profile = "cpu" if device == "cpu" else "t4"
+    extra = {"device": "cpu"} if device == "cpu" else build.gpu()
+    return [
+        build.result("tiny", compute_dtype=dtype, families="fp32", profile=profile, tokens_per_s=tps, **extra)
+        for dtype, tps in speeds.items()
+    ]
+
+
+def test_cpu_tokens_per_s_are_labelled_as_no_speed_measurement(build):
+    from reports.rows import CPU_SPEED_LABEL
+    from reports.tables import compute_dtypes
+
+    cpu = compute_dtypes(build.run(_dtype_rows(build, "cpu")))
+    rows = [line for line in cpu.splitlines() if line.startswith(("| float", "| bfloat"))]
+    assert len(rows) == 3 and all(f"({CPU_SPEED_LABEL})" in row for row in rows), cpu
+    assert "| bfloat16 | Fast | 8,024 (CPU: not a speed measurement) |" in cpu
+    assert "not the GPU speed the lesson's Speed column is about" in cpu
+    # The same figures measured on a GPU are speed measurements: shown bare, with no caveat.
+    gpu = compute_dtypes(build.run(_dtype_rows(build, "cuda")))
+    assert "| bfloat16 | Fast | 8,024 |" in gpu and CPU_SPEED_LABEL not in gpu
+
+
+def test_cpu_rows_stay_out_of_the_speed_trade_off_and_the_engine_comparison(build):
+    from reports.engines_table import attribution
+    from reports.tables import tradeoffs
+
+    rows = [
+        build.result("tiny", quant_type=q, profile="cpu", device="cpu", tokens_per_s=tps, families="speed")
+        for q, tps in (("nf4", 8_561.0), ("none", 1_085.0))
+    ]
+    line = next(x for x in tradeoffs(build.run(rows)).splitlines() if x.startswith("| Training speed"))
+    assert "2 CPU row(s) left out (CPU: not a speed measurement)" in line and "slower [" not in line
+    # An engine's tokens/s against the loop's is compared on a GPU only.
+    for device, compared in (("cpu", False), ("cuda", True)):
+        loop, trainer = (
+            build.result("tiny", engine=engine, profile="cpu", device=device, tokens_per_s=tps)
+            for engine, tps in (("loop", 1000.0), ("trainer", 500.0))
+        )
+        frame = build.run([loop, trainer]).results
+        assert ("tokens/s -50.0%" in attribution(frame.iloc[1], frame.iloc[0])) is compared, device

@@ -14,6 +14,8 @@ from reports.claims.model import (
     Evaluation,
     Verdict,
     claim_outcome,
+    claim_verdict,
+    deciding_evaluation,
     evaluate,
     evaluate_claims,
     holds,
@@ -129,3 +131,32 @@ def test_no_check_raises_on_a_full_run(synthetic_run):
 def test_an_evaluation_with_a_correction_on_the_wrong_verdict_is_refused(verdict, corrected):
     with pytest.raises(ValueError, match="corrected statement"):
         Evaluation(verdict, "9 GB", corrected, (), "cond", "why")
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "expected"),
+    [
+        (("holds", "refuted"), "refuted"),  # wrong under one condition it covers: refuted, counted once
+        (("inconclusive", "not_run", "refuted"), "refuted"),
+        (("holds", "inconclusive", "not_run"), "holds"),  # the others could not decide
+        (("not_run", "inconclusive"), "inconclusive"),
+        (("not_run",), "not_run"),
+        ((), "not_run"),
+    ],
+)
+def test_one_verdict_per_claim(verdicts, expected):
+    evaluations = [EV[v] for v in verdicts]
+    assert claim_verdict(evaluations) is Verdict(expected)
+    deciding = deciding_evaluation(evaluations)
+    assert deciding is None if not verdicts else deciding is EV[expected]
+
+
+def test_the_claims_test_ends_as_its_one_verdict_says():
+    """claim_outcome and claim_verdict are one rule: refuted fails, holds passes, the rest skip."""
+    kind_of = {"refuted": "fail", "holds": "pass", "inconclusive": "skip", "not_run": "skip"}
+    claim = _claim(lambda run: [])
+    for a in EV:
+        for b in EV:
+            evaluations = [EV[a], EV[b]]
+            kind, _ = claim_outcome(claim, evaluations)
+            assert kind == kind_of[claim_verdict(evaluations).value], (a, b)
