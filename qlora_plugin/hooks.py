@@ -259,9 +259,7 @@ def end_screen(bench: BenchSession, config: pytest.Config, width: int = 120) -> 
     if bench.options.baseline is not None:
         lines.append(f"  gate: {bench.gate_summary or 'not run (its test was deselected or did not run)'}")
     reports = config.stash.get(_REPORTS_KEY, {})
-    for name in ("claims", "tables"):
-        if name in reports:
-            lines.append(f"  {name}: {reports[name]}")
+    lines += [f"  {reports[name].name}: {reports[name]}" for name in ("claims", "tables") if name in reports]
     return lines
 
 

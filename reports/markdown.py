@@ -66,13 +66,13 @@ def wrap_line(line: str, width: int = MAX_LINE_CHARS) -> list[str]:
 
 def md_records(headers: Sequence[str], rows: Iterable[Sequence[str]], width: int = MAX_LINE_CHARS) -> str:
     """A table's rows as a list: the row's first cell as the item, each other cell a sub-item
-    "header: cell" (cells already markdown text, as `md_cell` writes them); wrapped to `width`."""
+    "*header*: cell" (cells already markdown text, as `md_cell` writes them); wrapped to `width`."""
     lines: list[str] = []
     for row in rows:
         head, *rest = row
         lines += wrap_line(f"- **{head}**" if head else "-", width)
         for header, cell in zip(headers[1:], rest):
-            lines += wrap_line(f"  - {header}: {cell}", width)
+            lines += wrap_line(f"  - *{header}*: {cell}", width)
     return "\n".join(lines)
 
 

@@ -103,23 +103,27 @@ def _verdict_cell(summary: ClaimSummary) -> str:
     return cell
 
 
-def _decided_by(summary: ClaimSummary) -> str:
-    """What decided the claim: the deciding evaluation's measured figure (its reason where it
-    measured nothing), with its condition."""
+CONDITION_SHOWN_CHARS = 60  # of a condition in the overview line; the evidence has it whole
+
+
+def _decided_by(summary: ClaimSummary, budget: int) -> str:
+    """What decided the claim, in at most `budget` characters of cell: the deciding evaluation's
+    measured figure (its reason where it measured nothing) and its condition in brackets, each
+    shortened at a word where the line would be too long."""
     e = summary.deciding
     if e is None:
         return "-"
-    text = e.measured or e.why or "-"
-    return f"{text} [{e.condition}]" if e.condition else text
+    condition = _shorten(e.condition, CONDITION_SHOWN_CHARS)
+    tail = f" [{condition}]" if condition else ""
+    return _shorten(e.measured or e.why or "-", budget - len(md_cell(tail))) + tail
 
 
-def _fitted_cell(prefix: str, text: str, width: int) -> str:
-    """`text` shortened at a word so that `prefix` + its table cell + " |" fits `width`."""
-    budget = width - len(prefix) - len(" |")
-    short = text
-    while len(md_cell(short)) > budget and budget > 20:
-        short = textwrap.shorten(text, budget, placeholder=" ...")
-        budget -= 4
+def _shorten(text: str, budget: int) -> str:
+    """`text` cut at a word to at most `budget` characters as a table cell (" ..." marks a cut)."""
+    short, limit = text, budget
+    while len(md_cell(short)) > budget and limit > 10:
+        short = textwrap.shorten(text, limit, placeholder=" ...")
+        limit -= 4  # md_cell may lengthen it (escaped "|")
     return short
 
 
@@ -129,8 +133,8 @@ def claims_overview(summaries: Sequence[ClaimSummary], width: int = MAX_LINE_CHA
     ordered += [s for s in summaries if s.verdict is Verdict.NOT_RUN]
     rows = []
     for s in ordered:
-        prefix = f"| {md_cell(s.claim.id)} | {md_cell(_verdict_cell(s))} | "
-        rows.append((s.claim.id, _verdict_cell(s), _fitted_cell(prefix, _decided_by(s), width)))
+        budget = width - len(f"| {md_cell(s.claim.id)} | {md_cell(_verdict_cell(s))} | ") - len(" |")
+        rows.append((s.claim.id, _verdict_cell(s), _decided_by(s, budget)))
     return md_table(("Claim", "Verdict", "Decided by (measured, [condition])"), rows)
 
 

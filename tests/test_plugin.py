@@ -248,7 +248,7 @@ def test_the_console_ends_with_the_claims_tally_and_the_report_paths(tmp_path):
     claims, evaluations = int(match.group(1)), int(match.group(2))
     counts = [int(n) for n in re.findall(r"(\d+) (?:hold|refuted|inconclusive|not run)", match.group(3))]
     assert len(counts) == 4 and sum(counts) == claims < evaluations
-    assert f"  claims: {run_dir / 'claims.md'}" in tail and f"  tables: {run_dir / 'tables.md'}" in tail
+    assert f"  claims.md: {run_dir / 'claims.md'}" in tail and f"  tables.md: {run_dir / 'tables.md'}" in tail
     assert lines[-1].startswith("=") and "passed" in lines[-1]  # pytest's own count closes the screen
     # Above that screen: pytest-benchmark's table and pytest's short summary (-ra) of the claims.
     qlora = next(i for i, line in enumerate(lines) if re.match(r"^=+ qlora-bench =+$", line))

@@ -1,4 +1,5 @@
-"""check_outcome: which recorded outcomes a bench test xfails (findings) and which fail it."""
+"""check_outcome: which recorded outcomes a bench test xfails (findings) and which fail it; the
+end screen's claim lines."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from qlora_core.result import Result
 from qlora_core.spec import Case
-from qlora_plugin.hooks import check_outcome
+from qlora_plugin.hooks import check_outcome, claims_lines, names_line
 
 CASE = Case("tiny", compute_dtype="fp16", engine="sft")
 # The row of the t4 profile's fp16 sft case, as the child words it (engines.hf, outcomes).
@@ -39,3 +40,37 @@ def test_a_finding_is_a_recorded_outcome_with_its_whole_reason(status: str):
 def test_what_the_suite_could_not_measure_fails(status: str):
     with pytest.raises(pytest.fail.Exception, match=f"^{status}: why"):
         check_outcome(row(status, "why"))
+
+
+# -- the end screen -------------------------------------------------------------------------------
+def test_names_line_counts_the_names_that_do_not_fit():
+    names = [f"claim-{i}" for i in range(20)]
+    line = names_line("    refuted: ", names, 60)
+    assert len(line) <= 60 and line.startswith("    refuted: claim-0, claim-1")
+    shown = line.split(": ", 1)[1].split(" (+")[0].split(", ")
+    assert line.endswith(f"(+{20 - len(shown)} more)")
+    assert names_line("    refuted: ", names[:2], 60) == "    refuted: claim-0, claim-1"
+    assert names_line("x: ", ["a-very-long-claim-id"], 10) == "x: a-very-long-claim-id"  # one name is kept
+
+
+def test_claims_lines_count_each_claim_once_and_name_the_refuted_and_inconclusive():
+    from reports.claims import CLAIMS
+    from reports.claims.model import holds, inconclusive, not_run, refuted
+    from reports.render import ClaimSummary
+
+    wrong = refuted("9 GB", "it is 9 GB")
+    by_claim = [
+        [holds("1"), wrong, holds("2")],  # held twice and refuted once: one refuted claim
+        [holds("1"), holds("2")],
+        [inconclusive("noisy"), not_run("no rows")],
+        [not_run("no rows")],
+    ]
+    summaries = [ClaimSummary(claim, evaluations) for claim, evaluations in zip(CLAIMS, by_claim)]
+    lines = claims_lines(summaries)
+    assert (
+        lines[0]
+        == "  claims: 4, each counted once (8 evaluations): 1 hold, 1 refuted, 1 inconclusive, 1 not run"
+    )
+    known = "*" if CLAIMS[0].known_doc_error else ""
+    assert lines[1] == f"    refuted: {CLAIMS[0].id}{known}"
+    assert lines[2] == f"    inconclusive: {CLAIMS[2].id}"

@@ -22,6 +22,7 @@ from qlora_plugin.shard import (
     estimated_run_s,
     parse_shard,
     recorded_run_s,
+    run_cost_s,
     select_shard,
 )
 from reports.baseline import save_run_baseline
@@ -101,6 +102,16 @@ def test_the_estimate_grows_with_the_case_size():
     assert START_S < estimated_run_s(small) < estimated_run_s(big)
     assert estimated_run_s(big.replace(batch_size=8)) > estimated_run_s(big)
     assert estimated_run_s(Case(model="org/unknown-model")) > START_S  # a hub id gets the default size
+
+
+def test_on_the_cpu_a_case_on_real_text_costs_many_tiny_cases():
+    """The CPU tier runs its tiny cases first and SmolLM2 on text last: the estimate that the time
+    left is weighed by must tell them apart there (on a GPU both are mostly the child's start)."""
+    cases = {p.case.data: p.case for p in build_matrix(PROFILES["cpu"], "smoke")}
+    tiny, text = cases["synthetic"], cases["text"]
+    assert estimated_run_s(text, "cpu") > 10 * estimated_run_s(tiny, "cpu")
+    assert estimated_run_s(text) < 2 * estimated_run_s(tiny)  # the GPU's rate (the default)
+    assert run_cost_s(text, {text.id: 30.0}, "cpu") == 30.0  # a recorded time wins on any device
 
 
 def test_recorded_run_s_reads_mean_wall_times_of_a_run_folder(tmp_path):

@@ -36,13 +36,12 @@ def test_fit_width_keeps_a_table_that_fits_and_lists_one_that_does_not():
     assert fit_width(narrow, width=40) == narrow
     wide = md_table(("Precision", "Measured"), [("FP32", "word " * 20), ("INT8|x", "short")])
     listed = fit_width(wide, width=40)
-    assert listed.splitlines()[:3] == [
-        "- **FP32**",
-        "  - Measured: word word word word word",
-        "    word word word word word word word",
-    ]
+    first, cell, continued = listed.splitlines()[:3]
+    assert (
+        first == "- **FP32**" and cell.startswith("  - *Measured*: word") and continued.startswith("    word")
+    )
     assert all(len(line) <= 40 for line in listed.splitlines())
-    assert "- **INT8\\|x**" in listed and "  - Measured: short" in listed  # the escaped pipe stays one cell
+    assert "- **INT8\\|x**" in listed and "  - *Measured*: short" in listed  # the escaped pipe stays one cell
     assert " ".join(listed.split()).count("word") == 20  # nothing cut
 
 
