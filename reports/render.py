@@ -151,8 +151,7 @@ def _claim_evidence(summary: ClaimSummary) -> list[str]:
         lines.append(f"Known documentation error: {claim.known_doc_error}.")
     lines.append("")
     for e in summary.evaluations:
-        head = f"- **{verdict_text(e.verdict)}**" + (f" ({e.condition})" if e.condition else "")
-        lines.append(f"{head}: {e.measured}" if e.measured else head)
+        lines.append(_evaluation_item(e))
         if e.corrected:
             lines.append(f"  - the measurements support: {e.corrected}")
         if e.why:
@@ -160,6 +159,13 @@ def _claim_evidence(summary: ClaimSummary) -> list[str]:
         if e.evidence:
             lines.append(f"  - cases: {_evidence(e)}")
     return lines
+
+
+def _evaluation_item(e: Evaluation) -> str:
+    """An evaluation's list item: its verdict, the condition it was judged under, the measured
+    figure (the place for any further "judged at" detail of an evaluation)."""
+    head = f"- **{verdict_text(e.verdict)}**" + (f" ({e.condition})" if e.condition else "")
+    return f"{head}: {e.measured}" if e.measured else head
 
 
 def render_claims(run: RunData) -> str:

@@ -123,9 +123,22 @@ takes (one CPU run: bf16 8,024 vs fp16 531 tokens/s; fp4-fp16 8,561 vs fp4-bf16 
 the lesson's speed words are about; the speed claims read GPU rows only."""
 
 
+CPU_SPEED_NOTE = (
+    f"tokens/s measured on the CPU ({CPU_SPEED_LABEL}): on a CPU they follow the machine's load and"
+    " bitsandbytes' CPU paths, not the GPU speed the lesson's Speed column is about; the speed claims"
+    " read GPU rows only."
+)
+"""The note under a table that shows such figures."""
+
+
 def speed_is_measured(row: pd.Series) -> bool:
     """Whether a row's tokens/s is a speed measurement: one measured on a GPU (CUDA)."""
     return str(row.get("device") or "") == "cuda"
+
+
+def cpu_speed_note(rows: pd.DataFrame) -> str:
+    """`CPU_SPEED_NOTE` (with a leading space) when any of `rows` has a CPU tokens/s; "" otherwise."""
+    return f" {CPU_SPEED_NOTE}" if any(not speed_is_measured(r) for _, r in rows.iterrows()) else ""
 
 
 def tokens_per_s_text(row: pd.Series) -> str:

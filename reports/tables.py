@@ -51,6 +51,7 @@ from reports.rows import (
     QUANT_FIELDS,
     NoRows,
     base_params,
+    cpu_speed_note,
     family_rows,
     fval,
     group_by,
@@ -65,7 +66,6 @@ from reports.rows import (
     quantized,
     setting,
     sixteen_bit,
-    speed_is_measured,
     status_summary,
     tokens_per_s_text,
     trained,
@@ -76,11 +76,6 @@ from reports.rows import (
 from reports.units import GB, GIB, fmt_size, span
 
 NOT_RUN = "not run"
-CPU_SPEED_NOTE = (
-    f"tokens/s measured on the CPU ({CPU_SPEED_LABEL}): on a CPU they follow the machine's load and"
-    " bitsandbytes' CPU paths, not the GPU speed the lesson's Speed column is about; the speed claims"
-    " read GPU rows only."
-)
 TRAINED_AS_TEXT = "LoRA/QLoRA training"
 _LIBRARIES = (
     ("torch", "torch_version"),
@@ -135,14 +130,11 @@ def header(run: RunData) -> str:
 
 
 def run_context(run: RunData) -> str:
-    """The run in one line: profile (and where it was emulated, or "CPU"), cases by status."""
-    df = run.results
-    profile = _first(run, "profile") or "unknown"
-    emulated_on = _first(run, "emulated_on")
-    gpu = _first(run, "gpu_present", "gpu_name")
-    on = f"emulated on {emulated_on}" if emulated_on else (gpu or "CPU, no GPU")
+    """The run in one line: profile, where it ran (emulated on a GPU, a GPU, the CPU), cases by status."""
+    emulated_on, gpu, df = _first(run, "emulated_on"), _first(run, "gpu_present", "gpu_name"), run.results
+    on = f"emulated on {emulated_on}" if emulated_on else gpu or "CPU, no GPU"
     cases = f"{len(df)} cases" + (f" ({status_summary(df)})" if len(df) else "")
-    return f"profile {profile} ({on}), {cases}"
+    return f"profile {_first(run, 'profile') or 'unknown'} ({on}), {cases}"
 
 
 def engines_line(df: pd.DataFrame) -> str:
@@ -326,9 +318,7 @@ def compute_dtypes(run: RunData) -> str:
         if profile and profile.is_gpu
         else "no GPU profile"
     )
-    note = f"tokens/s at {at} (QLoRA, same point for every dtype). {hardware}."
-    if any(not speed_is_measured(r) for _, r in point.iterrows()):
-        note += f" {CPU_SPEED_NOTE}"
+    note = f"tokens/s at {at} (QLoRA, same point for every dtype). {hardware}.{cpu_speed_note(point)}"
     return "## Compute data type\n\n" + md_table(headers, rows) + "\n\n" + note
 
 
@@ -378,9 +368,8 @@ def t4_budget(run: RunData) -> str:
 
 # -- QLoRA vs LoRA ----------------------------------------------------------------------------------
 def _speed_cells(df: pd.DataFrame) -> tuple[str, str]:
-    """16-bit tokens/s and QLoRA's slowdown at the device-bound points (the claim's rows), each
-    slowdown with its interval; host-bound points are counted, not shown (see claims.speed), and
-    CPU rows are kept out (`CPU_SPEED_LABEL`)."""
+    """16-bit tokens/s and QLoRA's slowdown at the device-bound GPU points (the claim's rows), each
+    slowdown with its interval; host-bound points and CPU rows are counted, not shown."""
     rows = df[(df["status"] == "ok") & present(df["tokens_per_s"])] if not df.empty else df
     gpu_rows = on_gpu(rows)
     every = pairs(quantized(gpu_rows, "nf4"), sixteen_bit(gpu_rows), vary=QUANT_FIELDS)
@@ -505,8 +494,7 @@ def memory_formula(run: RunData) -> str:
 
 
 def render_tables(run: RunData) -> str:
-    """tables.md for one run."""
+    """tables.md for one run; no line over `markdown.MAX_LINE_CHARS` (a wider table becomes a list)."""
     sections = (header, memory_by_precision, compute_dtypes, t4_budget, oom_ladder, tradeoffs, memory_formula)
     sections += (engine_comparison, multigpu_table, two_card_70b.section, nan_table, fit_section)
-    text = "\n\n".join(text for text in (section(run) for section in sections) if text)
-    return fit_width(text) + "\n"  # no line over MAX_LINE_CHARS: a wider table is written as a list
+    return fit_width("\n\n".join(text for text in (section(run) for section in sections) if text)) + "\n"

@@ -94,8 +94,11 @@ def test_side_by_side_rows_have_the_numbers_of_alone_and_no_speed(tmp_path: Path
     alone = run_case(CASES[0], RunOptions(), tmp_path / "alone.json")
     done: list[tuple[Job, Result]] = []
     jobs = [Job(case, RunOptions(), tmp_path / f"{case.seed}.json") for case in CASES]
-    run_side_by_side(jobs, 2, lambda job, result: done.append((job, result)))
+    waited: list[list[Path]] = []  # what the heartbeat is given while the lanes run
+    run_side_by_side(jobs, 2, lambda job, result: done.append((job, result)), on_wait=waited.append)
     assert sorted(job.case.seed for job, _ in done) == [0, 1, 2]
+    assert waited and max(len(w) for w in waited) == 2  # never more running than lanes
+    assert {path for w in waited for path in w} <= {job.result_path for job in jobs}
     rows = {job.case.seed: result for job, result in done}
     assert all(r.status == "ok" and r.side_by_side == 2 for r in rows.values()), rows
     shared = rows[0]
