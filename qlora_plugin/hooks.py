@@ -268,23 +268,19 @@ def claims_lines(summaries: list, width: int = 120) -> list[str]:
     and one the inconclusive ones, each within `width`."""
     # With the reports, at session end (see pytest_sessionfinish): `pytest tests` never needs them.
     from reports.claims import Verdict
-    from reports.render import claim_tally, tally_text, verdict_text
+    from reports.render import claim_tally, tally_text
 
     evaluations = sum(len(s.evaluations) for s in summaries)
     counts = tally_text(claim_tally(summaries), ", ")
     lines = [f"  claims: {len(summaries)}, each counted once ({evaluations} evaluations): {counts}"]
-    known = False
-    for verdict in (Verdict.REFUTED, Verdict.INCONCLUSIVE):
-        names = []
-        for s in summaries:
-            if s.verdict is verdict:
-                names.append(
-                    s.claim.id + ("*" if verdict is Verdict.REFUTED and s.claim.known_doc_error else "")
-                )
-        known = known or any(name.endswith("*") for name in names)
-        if names:
-            lines.append(names_line(f"    {verdict_text(verdict)}: ", names, width))
-    if known:
+    refuted = [s for s in summaries if s.verdict is Verdict.REFUTED]
+    if refuted:
+        names = [s.claim.id + ("*" if s.claim.known_doc_error else "") for s in refuted]
+        lines.append(names_line("    refuted: ", names, width))
+    inconclusive = [s.claim.id for s in summaries if s.verdict is Verdict.INCONCLUSIVE]
+    if inconclusive:
+        lines.append(names_line("    inconclusive: ", inconclusive, width))
+    if any(s.claim.known_doc_error for s in refuted):
         lines.append("    (* a known documentation error: its test xfails)")
     return lines
 

@@ -39,15 +39,20 @@ _DYING_IN = "died during "  # the child's reason while a stage runs (`child._Che
 
 @dataclass(frozen=True)
 class Watched:
-    """A run the heartbeat may report on: its name (as the progress line names it), its case and
-    the Result file its child writes."""
+    """A run the heartbeat may report on: its name (as the progress line names it) and the Result
+    file its child writes."""
 
     name: str
-    case: Case
     result_path: Path
-    fixed_steps: int | None
-    """The optimizer steps the child runs, when they are fixed (on the CPU: warm-up + measured;
-    an uncapped rerun: its memory-only steps); None where the step plan adapts (CUDA)."""
+    steps_planned: str = ""
+    """How many optimizer steps the child runs, as the line says it after "step k": "of 5" where
+    the plan is fixed (the CPU), "of at least 10" where it adapts (CUDA), "" where not known."""
+
+
+def steps_planned(case: Case, adaptive: bool) -> str:
+    """`Watched.steps_planned` of a case's own run: its warm-up and (minimum) measured steps."""
+    steps = case.warmup_steps + case.measured_steps
+    return f"of at least {steps}" if adaptive else f"of {steps}"
 
 
 def read_stage_and_step(result_path: Path) -> tuple[str, int | None]:
@@ -68,12 +73,7 @@ def heartbeat_line(watched: Watched, running_s: float) -> str:
     stage, step = read_stage_and_step(watched.result_path)
     parts = [stage]
     if stage == "training" and step is not None:
-        steps = (
-            f" of {watched.fixed_steps}"
-            if watched.fixed_steps
-            else f" of at least {watched.case.warmup_steps + watched.case.measured_steps}"
-        )
-        parts.append(f"step {step}{steps}")
+        parts.append(f"step {step} {watched.steps_planned}".rstrip())
     parts.append(f"running {format_duration(running_s)}")
     return f"  ... {watched.name}: {', '.join(parts)}"
 

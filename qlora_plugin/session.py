@@ -39,7 +39,14 @@ from qlora_core.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sha
 from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions
-from qlora_plugin.progress import Heartbeat, Watched, format_duration, recorded_walls, time_left_s
+from qlora_plugin.progress import (
+    Heartbeat,
+    Watched,
+    format_duration,
+    recorded_walls,
+    steps_planned,
+    time_left_s,
+)
 from qlora_plugin.run_folder import (
     CASES_DIR,
     append_line,
@@ -325,14 +332,13 @@ class BenchSession:
 
     def _watched(self, result_path: Path) -> Watched | None:
         """The run whose child writes `result_path` (its own file or its uncapped rerun's)."""
-        fixed = not self.options.profile.is_gpu  # the CPU's step plan is fixed (engines.pacing)
+        adaptive = self.options.profile.is_gpu  # the step plan adapts on CUDA only (engines.pacing)
         for run in self.planned:
             case, name = run.planned.case, self._run_name(run)
             if result_path == self._result_path(run):
-                steps = case.warmup_steps + case.measured_steps if fixed else None
-                return Watched(name, case, result_path, steps)
+                return Watched(name, result_path, steps_planned(case, adaptive))
             if result_path.name == uncapped_file_name(case.hash, run.repeat):
-                return Watched(f"{name} (uncapped rerun)", case, result_path, None)
+                return Watched(f"{name} (uncapped rerun)", result_path)
         return None
 
     def _run_name(self, run: CaseRun | Result) -> str:

@@ -16,6 +16,7 @@ from qlora_plugin.progress import (
     heartbeat_line,
     read_stage_and_step,
     recorded_walls,
+    steps_planned,
     time_left_s,
 )
 
@@ -44,11 +45,12 @@ def test_the_stage_and_step_come_from_the_childs_result_file(tmp_path):
     write_in_stage(path, "load")
     assert read_stage_and_step(path) == ("load", 0)
     write_in_stage(path, "training", steps=3)
-    watched = Watched("cpu-tiny", CASE, path, fixed_steps=5)
-    assert heartbeat_line(watched, 62) == "  ... cpu-tiny: training, step 3 of 5, running 1:02"
-    adaptive = Watched("t4-tiny", CASE, path, fixed_steps=None)
-    at_least = CASE.warmup_steps + CASE.measured_steps
-    assert f"step 3 of at least {at_least}," in heartbeat_line(adaptive, 62)
+    steps = CASE.warmup_steps + CASE.measured_steps
+    watched = Watched("cpu-tiny", path, steps_planned(CASE, adaptive=False))
+    assert heartbeat_line(watched, 62) == f"  ... cpu-tiny: training, step 3 of {steps}, running 1:02"
+    adaptive = Watched("t4-tiny", path, steps_planned(CASE, adaptive=True))
+    assert f"step 3 of at least {steps}," in heartbeat_line(adaptive, 62)
+    assert "step 3, running" in heartbeat_line(Watched("t4-tiny (uncapped rerun)", path), 62)
 
 
 def test_a_heartbeat_at_most_every_interval_for_cases_running_that_long(tmp_path):
@@ -57,7 +59,7 @@ def test_a_heartbeat_at_most_every_interval_for_cases_running_that_long(tmp_path
     long, short = tmp_path / "long.json", tmp_path / "short.json"
     write_in_stage(long, "perplexity before training")
     names = {long: "cpu-long", short: "cpu-short"}
-    beat = Heartbeat(lines.append, lambda p: Watched(names[p], CASE, p, 5), interval_s=30, clock=clock)
+    beat = Heartbeat(lines.append, lambda p: Watched(names[p], p), interval_s=30, clock=clock)
     beat.tick([long])
     clock.now = 29
     beat.tick([long])
@@ -84,7 +86,7 @@ def test_the_heartbeat_reads_a_real_child_while_the_parent_waits(tmp_path):
     """Through runner.run_case's on_wait, with a 1 s interval: the stages the child wrote."""
     lines: list[str] = []
     path = tmp_path / "case.json"
-    beat = Heartbeat(lines.append, lambda p: Watched("cpu-tiny", CASE, p, 5), interval_s=1.0)
+    beat = Heartbeat(lines.append, lambda p: Watched("cpu-tiny", p), interval_s=1.0)
     result = run_case(CASE, RunOptions(profile="cpu", timeout_s=600), path, on_wait=beat.tick)
     assert result.status == "ok", result.reason
     assert lines and all(line.startswith("  ... cpu-tiny: ") for line in lines)
