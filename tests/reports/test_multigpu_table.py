@@ -42,11 +42,26 @@ def _ranks(peak: float, **fields: Any) -> dict[str, Any]:
 
 
 def _table_row(text: str, case_end: str) -> dict[str, str]:
-    """The cells, by header, of the table row whose case id ends with `case_end`."""
+    """The cells, by header, of the row whose case id ends with `case_end`: a table row, or in
+    tables.md, where the rows are too wide for a line, the list item `markdown.fit_width` writes."""
     rows = [line for line in text.splitlines() if line.startswith("| llama")]
-    found = [r for r in rows if r.split(" | ")[0].endswith(case_end)]
-    assert len(found) == 1, rows
-    return dict(zip(HEADERS, (cell.strip() for cell in found[0].strip("| ").split(" | ")), strict=True))
+    if rows:
+        found = [r for r in rows if r.split(" | ")[0].endswith(case_end)]
+        assert len(found) == 1, rows
+        return dict(zip(HEADERS, (cell.strip() for cell in found[0].strip("| ").split(" | ")), strict=True))
+    items: list[dict[str, str]] = []
+    for line in text.splitlines():
+        if line.startswith("- **llama"):
+            items.append({HEADERS[0]: line[4:-2]})
+            last = HEADERS[0]
+        elif line.startswith("  - *") and items:
+            last, cell = line[5:].split("*: ", 1)
+            items[-1][last] = cell
+        elif line.startswith("    ") and items:
+            items[-1][last] += " " + line.strip()
+    found_items = [item for item in items if item[HEADERS[0]].endswith(case_end)]
+    assert len(found_items) == 1 and set(found_items[0]) == set(HEADERS), items
+    return found_items[0]
 
 
 def _pair(build: SimpleNamespace, single_tps: float = 1000.0, **multi_fields: Any) -> list[Result]:
