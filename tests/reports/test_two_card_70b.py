@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from qlora_core.result import Result
+from reports.markdown import fit_width
 from reports.tables import render_tables
 from reports.two_card_70b import RUN_COMMAND, section, verdicts
 
@@ -121,7 +122,11 @@ def test_not_run_without_the_recipes_row_naming_what_ran_instead(build: SimpleNa
 def test_tables_md_carries_the_verdict_after_the_multi_gpu_table(build: SimpleNamespace) -> None:
     run = build.run([recipe(build, **_peaks(3.1, 5.2)), plain_oom(build)])
     text = render_tables(run)
-    table, verdict = text.index("## Multi-GPU: per-GPU memory and scaling"), text.index(section(run))
+    # tables.md holds the section within its line width (markdown.fit_width)
+    table, verdict = (
+        text.index("## Multi-GPU: per-GPU memory and scaling"),
+        text.index(fit_width(section(run))),
+    )
     assert table < verdict and "### 70B on two 24 GB GPUs" in section(run)
     assert '"fine-tuning a 70B model on two 24 GB GPUs"' in section(run) and "- **holds** [l4x2" in section(
         run
