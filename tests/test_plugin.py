@@ -115,7 +115,13 @@ def test_cpu_smoke_writes_the_run_folder(smoke_run):
     # The CPU tier decides the parameter claim from the count without weights (issue 11 item 6).
     assert (run_dir / "measurements/param_counts.csv").exists()
     claims = (run_dir / "claims.md").read_text()
-    assert "- **print-trainable-3b** (trainable params (architecture without weights)): r=16" in claims
+    evidence = claims[claims.index("### print-trainable-3b: refuted") :]
+    assert evidence.startswith("### print-trainable-3b: refuted")
+    assert (
+        "- **refuted** (trainable params (architecture without weights)): trainable params 24,313,856"
+        in evidence
+    )
+    assert "  - the measurements support: r=16" in evidence
     # One progress line per case, counting up, and the summary.
     progress = progress_lines(proc.stdout)
     assert [(n, total) for n, total, _, _ in progress] == [(i, 6) for i in range(1, 7)], proc.stdout
