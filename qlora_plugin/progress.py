@@ -8,12 +8,12 @@ the case, its stage, the step it reached, the time it has run. It reads only the
 file, which the child writes as each stage starts and, in training, after a step at most every
 `child.PROGRESS_SAVE_S` (a JSON file of a few kB: a cheap read every 30 s).
 
-**Time left.** From the expected cost of each run (`expected_run_s`: one source, the costs that
-`shard` balances shards by: a recorded wall time where one is known, else the documented
+**Time left.** From the expected cost of each run (`shard.run_cost_s`: one source, the costs that
+shards are balanced by: a recorded wall time where one is known, else the documented
 estimate), calibrated by how this session's runs compared with their expected costs:
 time left = (session time so far / expected cost of the runs made) x expected cost of the runs
 left. A naive running mean (time so far / runs made x runs left) jumps when cheap cases come
-first and expensive ones later (3:44 left became 32:04 left on the CPU tier); weighting each run by
+first and expensive ones later (on the CPU tier "~3:44 left" became "~32:04 left"); weighting each run by
 its expected cost does not, and a recorded cost gives the right figure from the first run on.
 """
 
@@ -33,7 +33,7 @@ from qlora_plugin.shard import recorded_run_s
 from reports.baseline import BaselineError
 
 HEARTBEAT_S = 30.0
-"""The most time between two heartbeat lines, and how long a case runs before its first."""
+"""The time between two heartbeat lines while cases run, and how long a case runs before its first."""
 _DYING_IN = "died during "  # the child's reason while a stage runs (`child._Checkpointer.stage`)
 
 
