@@ -1,7 +1,8 @@
 """The release gate, run by `pytest bench` after every matrix test (the plugin orders it last).
 
 `--baseline PATH` compares this run with a stored baseline (PATH a file, or a folder of baselines
-the options chose from by profile, tier and GPU) and fails on any regression; `--save-baseline
+to choose from by profile, tier and GPU, checked by the options before the run) and fails on any
+regression; `--save-baseline
 PATH` stores this run as the baseline. Against a baseline from another GPU, speed is not compared
 and the console says so; `--require-speed` makes that a failure. Given both (even the same path), the
 comparison runs first, against the old file. The logic lives in `reports.gate` (the comparison)

@@ -76,8 +76,6 @@ class BenchOptions:
     (`qlora_core.side_by_side`); 1: every case alone."""
     require_speed: bool = False
     """--require-speed: the gate fails when speed could not be compared (another GPU's baseline)."""
-    baseline_note: str = ""
-    """How `baseline` was chosen from a folder of baselines; "" when a file was named."""
 
     @property
     def emulated(self) -> bool:
@@ -247,20 +245,18 @@ def read_options(config: pytest.Config) -> BenchOptions:
         problems.append(f"--gpu: {exc}")
         profile, gpu = None, None
     require_speed = bool(config.getoption("require_speed"))
-    baseline, baseline_note = config.getoption("--baseline"), ""
+    baseline = config.getoption("--baseline")
     if baseline is not None:
-        # Read, validated and matched to this run's profile, tier and GPU now, not after the run.
+        # Read, validated and matched to this run's profile, tier and GPU now, not after the run
+        # (the gate chooses from a folder again at the end, by the GPU its rows recorded).
         run_gpu = gpu.name if gpu is not None and profile is not None and profile.name != CPU_PROFILE else ""
-        choice, baseline_problems = baseline_option_problems(
+        problems += baseline_option_problems(
             baseline,
             profile.name if profile is not None else None,
             matrix if matrix in MATRICES else None,
             run_gpu,
             require_speed,
         )
-        problems += baseline_problems
-        if choice is not None:
-            baseline, baseline_note = choice.path, choice.note
     thresholds = Thresholds()
     try:
         # The rootdir's pyproject.toml, where pytest found its configuration; absent is fine.
@@ -293,7 +289,6 @@ def read_options(config: pytest.Config) -> BenchOptions:
         oom_rerun=not config.getoption("no_oom_rerun"),
         side_by_side=side_by_side,
         require_speed=require_speed,
-        baseline_note=baseline_note,
     )
 
 

@@ -188,22 +188,22 @@ def _no_match(
 
 def baseline_option_problems(
     path: Path, profile: str | None, matrix: str | None, gpu_name: str, require_speed: bool
-) -> tuple[BaselineChoice | None, list[str]]:
-    """Check `--baseline PATH` before a run: the chosen baseline, or the problems (one string each,
-    never a library's exception text). With `require_speed`, a baseline from another device kind
-    is a problem too: its speed could not be compared."""
+) -> list[str]:
+    """The problems of `--baseline PATH` for a run not yet started (one string each, never a
+    library's exception text); [] when a baseline is there to gate it. With `require_speed`, a
+    baseline from another device kind is a problem too: its speed could not be compared."""
     try:
         choice = choose_baseline(path, profile, matrix, gpu_name)
     except BaselineError as e:
-        return None, [f"--baseline: {e}"]
+        return ["--baseline: " + str(e).replace("\n", "\n    ")]  # indented under its option
     why = speed_not_compared(choice.baseline, gpu_name, profile)
-    if require_speed and why:
-        make = ""
-        if profile and matrix:
-            target = choice.path.parent / file_name_for(profile, matrix, gpu_name)
-            make = f"; make one with: {save_command(profile, matrix, target)}"
-        return None, [
-            f"{REQUIRE_SPEED_FLAG}: baseline {choice.path}: {why}, so its speed could not be gated;"
-            f" use a baseline measured on {device_label(gpu_name, profile)}{make}"
-        ]
-    return choice, []
+    if not (require_speed and why):
+        return []
+    make = ""
+    if profile and matrix:
+        target = choice.path.parent / file_name_for(profile, matrix, gpu_name)
+        make = f"; make one with: {save_command(profile, matrix, target)}"
+    return [
+        f"{REQUIRE_SPEED_FLAG}: baseline {choice.path}: {why}, so its speed could not be gated;"
+        f" use a baseline measured on {device_label(gpu_name, profile)}{make}"
+    ]

@@ -330,7 +330,8 @@ def _environment_table(baseline: dict[str, Any], env: dict[str, Any]) -> str:
     rows += [[lib, base_versions.get(lib, ""), env["versions"][lib]] for lib in VERSION_COLUMNS]
     rows = [[name, old or _UNKNOWN, new or _UNKNOWN] for name, old, new in rows]
     for row in rows:
-        if row[1] != row[2]:
+        # A tier this run's folder does not record (an older run folder) is unknown, not changed.
+        if row[1] != row[2] and not (row[0] == "tier" and row[2] == _UNKNOWN):
             row[0] = f"**{row[0]}** (changed)"
     rows += [
         ["created", baseline.get("created_at", ""), "this run"],

@@ -659,7 +659,11 @@ def bench_gate(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Ca
     pytester.makepyfile(test_gate_copy=(REPO / "bench" / "test_gate.py").read_text())
 
     def run(
-        results: list[Result], *, baseline: Path | None = None, save: Path | None = None
+        results: list[Result],
+        *,
+        baseline: Path | None = None,
+        save: Path | None = None,
+        require_speed: bool = False,
     ) -> pytest.RunResult:
         run_dir = pytester.path / "run"
         run_dir.mkdir(exist_ok=True)
@@ -669,6 +673,7 @@ def bench_gate(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Ca
             "run_dir": str(run_dir),
             "baseline": str(baseline) if baseline else None,
             "save_baseline": str(save) if save else None,
+            "require_speed": require_speed,
         }
         (pytester.path / "session.json").write_text(json.dumps(config))
         return pytester.runpytest("-rs", "-s")
@@ -725,3 +730,16 @@ def test_the_gate_and_baselines_read_no_needed_field():
     from reports.baseline import CASE_FIELDS, GATED_METRICS
 
     assert not [name for name in (*GATED_METRICS, *CASE_FIELDS) if name.startswith("needed_")]
+
+
+def test_bench_gate_says_speed_was_not_compared_and_fails_on_it_with_require_speed(
+    bench_gate: Callable[..., pytest.RunResult], baseline_path: Path
+) -> None:
+    h100 = [make_result(c, gpu_name="NVIDIA H100 80GB HBM3", kernel_ms_per_step=2500.0) for c in CASES]
+    line = "*speed not compared: baseline from Tesla T4, run on NVIDIA H100 80GB HBM3*"
+    result = bench_gate(h100, baseline=baseline_path)
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines([line])
+    result = bench_gate(h100, baseline=baseline_path, require_speed=True)
+    result.assert_outcomes(failed=1, skipped=1)
+    result.stdout.fnmatch_lines([f"{line}--require-speed demands speed gating*"])
