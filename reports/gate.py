@@ -37,7 +37,7 @@ from reports.baseline import (
     run_matrix,
     run_profile,
 )
-from reports.baseline_choice import choose_baseline, speed_not_compared
+from reports.baseline_choice import choose_baseline, device_label, speed_not_compared
 from reports.frame import RunData
 from reports.gate_rules import NOISY_ALLOWED, NOT_COMPARED, TOO_NOISY, MetricComparison, compare_metric, fmt
 from reports.markdown import md_table
@@ -325,7 +325,11 @@ def _environment_table(baseline: dict[str, Any], env: dict[str, Any]) -> str:
     rows = [
         ["profile", baseline.get("profile", ""), env["profile"]],
         ["tier", baseline.get("matrix") or "", env.get("matrix") or ""],
-        ["GPU", baseline.get("gpu_name", ""), env["gpu_name"]],
+        [
+            "GPU",
+            device_label(str(baseline.get("gpu_name") or ""), baseline.get("profile")),
+            device_label(env["gpu_name"], env["profile"] or baseline.get("profile")),
+        ],
     ]
     rows += [[lib, base_versions.get(lib, ""), env["versions"][lib]] for lib in VERSION_COLUMNS]
     rows = [[name, old or _UNKNOWN, new or _UNKNOWN] for name, old, new in rows]
