@@ -47,8 +47,16 @@ def add_query_options(add: Callable[..., Any]) -> None:
     """The question's options (`parser.add_argument`), for every front end of the advisor."""
     add("--gpu", required=True, metavar="PROFILE", help=f"a GPU profile: {', '.join(PROFILE_NAMES)}")
     add("--model", required=True, metavar="MODEL", help=f"a model: {', '.join(MODEL_NAMES)}")
-    add("--batch-size", "--batch", dest="batch_size", type=int, required=True, metavar="N")
-    add("--seq-len", "--seq", dest="seq_len", type=int, required=True, metavar="N")
+    add(
+        "--batch-size",
+        "--batch",
+        dest="batch_size",
+        type=int,
+        required=True,
+        metavar="N",
+        help="per-device batch",
+    )
+    add("--seq-len", "--seq", dest="seq_len", type=int, required=True, metavar="N", help="tokens per row")
     add(
         "--grad-accum",
         type=int,
