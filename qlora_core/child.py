@@ -39,8 +39,10 @@ from qlora_core.models import Prequant
 from qlora_core.outcomes import classify_exception, recognised_refusal
 from qlora_core.result import Result, Status, write_atomic
 from qlora_core.row_summary import record_mfu, summarize_steps
-from qlora_core.runner import RunOptions, child_env, now_iso
+from qlora_core.runner import RunOptions, child_env, now_iso, quiet_offline_kernel_notices
 from qlora_core.spec import Case
+
+quiet_offline_kernel_notices()  # before bitsandbytes is imported, in a case, a spare or a rank
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _REASON_CHARS = 2000
