@@ -196,8 +196,9 @@ def plan_lane(case: Case, profile: GpuProfile, gpu: DetectedGpu | None) -> Lane:
         need = estimated_need_gib(case) or 0.0
         return Lane(
             None,
-            f"its estimated need ({need:.1f} GiB, lane share {share:.1f} GiB) does not fit beside"
-            f" another case in the {budget:.1f} GiB the lanes share",
+            f"its lane share ({share:.1f} GiB: its estimated need {need:.1f} GiB, {LANE_MARGIN:.0%}"
+            f" more and its largest allocation) is more than the {budget:.1f} GiB of the card the"
+            " lanes share",
             real_card=True,
         )
     return Lane(share, real_card=True)

@@ -107,7 +107,7 @@ def test_on_a_real_80gb_h100_lanes_are_one_per_two_cores_and_each_case_gets_its_
     big = {cid for cid in alone if "-nogc-" in cid and ("-b4-s2048" in cid or "-b2-s2048" in cid)}
     assert big == set(alone) and len(big) == 2, alone
     assert all(
-        "does not fit beside another case" in lane.alone and lane.share_gib is None for lane in alone.values()
+        "of the card the lanes share" in lane.alone and lane.share_gib is None for lane in alone.values()
     )
 
 

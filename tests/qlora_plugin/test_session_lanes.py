@@ -96,4 +96,4 @@ def test_a_case_too_big_to_share_the_card_runs_alone_and_says_why(tmp_path: Path
     finally:
         session.close()
     (said,) = [line for line in lines if "runs alone" in line]
-    assert big.id in said and "does not fit beside another case" in said
+    assert big.id in said and "of the card the lanes share" in said
