@@ -16,7 +16,9 @@ The estimate is the fit advisor's memory model (`reports/fit_model.py`: context 
 gradients and optimizer + lm_head copy + activation terms per token), computed before anything
 ran, from the model's registered shape, with coefficients above the ones that model fits to the
 committed measurements (the CPU tests hold the estimate above every committed footprint). It is a
-scheduling estimate, never reported as a measurement. No torch here: the parent plans the lanes.
+scheduling estimate, never reported as a measurement. A share also covers creating the case's
+checkpoint on a cold cache (`creation_gib`), which happens on the device in a process of its own
+before the case's. No torch here: the parent plans the lanes.
 """
 
 from __future__ import annotations
@@ -151,13 +153,27 @@ def largest_allocation_gib(case: Case) -> float:
     return 4 * shape.vocab_size * max(tokens, shape.hidden_size) / _GIB
 
 
+def creation_gib(case: Case) -> float:
+    """Device memory of creating the case's checkpoint where the cache lacks it: a registered
+    shape's random weights are drawn whole on the GPU in 16 bits (an untied lm_head for a moment),
+    in a process of its own before the case's own process touches the device
+    (`child._materialize`). 0 for the real model and pre-quantized checkpoints (built on the CPU,
+    or one tensor at a time)."""
+    shape = SHAPES.get(case.model)
+    if shape is None or case.prequantized:
+        return 0.0
+    return PROCESS_OVERHEAD_GIB + (shape.total_params + shape.vocab_size * shape.hidden_size) * 2 / _GIB
+
+
 def lane_share_gib(case: Case) -> float | None:
     """A lane's share of a real card for `case` (GiB, its CUDA context included): the estimated
-    need, `LANE_MARGIN` above, plus its largest allocation; None when it cannot be estimated."""
+    need, `LANE_MARGIN` above, plus its largest allocation, and at least what creating its
+    checkpoint takes (the parent does not know whether the cache has it: that would import
+    torch); None when the need cannot be estimated."""
     need = estimated_need_gib(case)
     if need is None:
         return None
-    return need * (1 + LANE_MARGIN) + largest_allocation_gib(case)
+    return max(need * (1 + LANE_MARGIN) + largest_allocation_gib(case), creation_gib(case))
 
 
 def card_budget_gib(profile: GpuProfile, gpu: DetectedGpu | None) -> float | None:

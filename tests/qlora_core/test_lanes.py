@@ -14,6 +14,7 @@ from qlora_core.lanes import (
     OUTSIDE_ALLOCATOR_GIB,
     Lane,
     card_budget_gib,
+    creation_gib,
     estimated_need_gib,
     lane_cap_gib,
     lane_rerun_reason,
@@ -100,6 +101,7 @@ def test_on_a_real_80gb_h100_lanes_are_one_per_two_cores_and_each_case_gets_its_
         assert lane.share_gib is not None and lane.share_gib <= budget
         assert lane.share_gib == pytest.approx(lane_share_gib(case))
         assert lane.share_gib > estimated_need_gib(case) + largest_allocation_gib(case)
+        assert lane.share_gib >= creation_gib(case)  # a cold cache draws the checkpoint on the card
     # the SmolLM2 text cases are small: fifteen of them would fit the card at once
     smol = [lane.share_gib for cid, lane in shared.items() if cid.startswith("smollm2")]
     assert len(smol) == 15 and max(smol) < budget / 15
@@ -109,6 +111,15 @@ def test_on_a_real_80gb_h100_lanes_are_one_per_two_cores_and_each_case_gets_its_
     assert all(
         "of the card the lanes share" in lane.alone and lane.share_gib is None for lane in alone.values()
     )
+
+
+def test_creating_a_shapes_checkpoint_is_its_16bit_weights_on_the_device():
+    thirteen_b = Case("llama-2-13b")
+    assert creation_gib(thirteen_b) > 13.0e9 * 2 / 2**30  # 26 GB of bf16 weights
+    # the 13B QLoRA case needs far less than its creation: its share covers the creation
+    assert estimated_need_gib(thirteen_b) * 1.5 < creation_gib(thirteen_b) <= lane_share_gib(thirteen_b)
+    assert creation_gib(Case("smollm2-135m-instruct", data="text")) == 0.0  # converted on the CPU
+    assert creation_gib(Case("llama-3.1-8b", prequantized=True)) == 0.0  # built one tensor at a time
 
 
 def test_an_emulated_profile_gives_each_lane_its_card_and_the_cpu_no_budget():
