@@ -67,6 +67,11 @@ class RunOptions:
     """How many cases run on the device at once with this one (`qlora_core.side_by_side`); above 1
     its speed is not measured (None: other processes share the device), and its device memory is
     NVML's per-process line for its own process (`measure.NVML_PROCESS`)."""
+    lane_share_gib: float | None = None
+    """Side by side on a real card of the profile (`qlora_core.lanes`): this run's share of the
+    device, GiB with its CUDA context; the child caps its allocator at the share less its measured
+    context (`Result.lane_cap_gib`). Not the profile's cap (`memory_cap_gib` stays None): an OOM
+    under it is the suite's, and the case reruns alone. None: no lane cap."""
 
 
 def now_iso() -> str:
@@ -197,6 +202,9 @@ def _check_options(options: RunOptions) -> None:
         raise CaseError([f"repeat={options.repeat!r} must be an integer >= 0 (0-based repeat index)"])
     if type(options.shared_device) is not int or options.shared_device < 1:
         raise CaseError([f"shared_device={options.shared_device!r} must be an integer >= 1 (1: alone)"])
+    share = options.lane_share_gib
+    if share is not None and (type(share) not in (int, float) or not share > 0):
+        raise CaseError([f"lane_share_gib={share!r} must be a number of GiB > 0 (None: no lane cap)"])
     fault = faults.parse_fault(options.inject_fault)
     if fault is not None and fault.kind in faults.CUDA_ONLY_KINDS and not profile.is_gpu:
         raise CaseError([f"fault {fault} needs a GPU profile; profile {profile.name!r} runs on the CPU"])
