@@ -35,12 +35,15 @@ from typing import Any
 
 from qlora_core import faults
 from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated
+from qlora_core.lanes import lane_cap_gib
 from qlora_core.models import Prequant
 from qlora_core.outcomes import classify_exception, recognised_refusal
 from qlora_core.result import Result, Status, write_atomic
 from qlora_core.row_summary import record_mfu, summarize_steps
-from qlora_core.runner import RunOptions, child_env, now_iso
+from qlora_core.runner import RunOptions, child_env, now_iso, quiet_offline_kernel_notices
 from qlora_core.spec import Case
+
+quiet_offline_kernel_notices()  # before bitsandbytes is imported, in a case, a spare or a rank
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _REASON_CHARS = 2000
@@ -210,6 +213,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
 
     r.import_s = time.perf_counter() - t0
     r.side_by_side = options.shared_device if options.shared_device > 1 else None
+    r.lane_share_gib = options.lane_share_gib
     if r.side_by_side:
         # N cases share the host's cores: each takes its share for its CPU-side work (LoRA's init,
         # the data), not every core N times over (prepare + LoRA took 16-30 s so on the H200).
@@ -431,7 +435,8 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
 
     Emulating a smaller GPU: the cap is the profile's device memory minus this process's CUDA
     context (measured here, since the allocator cannot see it), as a fraction of the real card.
-    Returns the started NVML sampler.
+    A lane of a real card shared side by side (`RunOptions.lane_share_gib`): its share less the
+    context, the same way (`lanes.lane_cap_gib`). Returns the started NVML sampler.
     """
     import torch
 
@@ -472,8 +477,12 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
         # What the emulated card would say about bf16, not the host's answer.
         r.bf16_native = profile.native_bf16
     if cap is not None:
-        torch.cuda.set_per_process_memory_fraction(min(1.0, max(cap, 0.01) / total), index)
         r.memory_cap_gib = cap
+    elif options.lane_share_gib is not None and not options.uncapped:
+        # A lane of a real card: the suite's cap, kept apart from the profile's (memory_cap_gib).
+        cap = r.lane_cap_gib = lane_cap_gib(options.lane_share_gib, context_gib)
+    if cap is not None:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, max(cap, 0.01) / total), index)
     return sampler.start()
 
 

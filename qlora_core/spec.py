@@ -366,6 +366,8 @@ LATER_FIELDS: tuple[str, ...] = (
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(Case) if f.default is not dataclasses.MISSING
 }
+LATER_FIELD_DEFAULTS: dict[str, Any] = {name: _DEFAULTS[name] for name in LATER_FIELDS}
+"""What a row stored before a later field existed had: the field's default ("as before")."""
 
 
 def reference_of(case: Case) -> Case:

@@ -186,9 +186,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--side-by-side",
         default="auto",
         metavar="N|auto",
-        help="run up to N numerics-only cases (quality, stability, nan families) on the device at"
-        " once; their rows then have no speed and no NVML device memory. auto (default): as many"
-        " emulated caps as the host GPU holds (at most 8) on an emulated profile, else 1 (alone).",
+        help="run up to N cases of the families that read no speed on the device at once; their"
+        " rows then have no speed, and their device memory is their own NVML line. auto (default):"
+        " on an emulated profile as many of its caps as the host GPU holds, on a real card of the"
+        " profile one per two host cores, each capped at its estimated need (at most 8); 1 on the CPU.",
     )
     add_threshold_options(group.addoption)
 

@@ -18,6 +18,7 @@ Nothing measured is lost to a fault of the session itself:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -31,6 +32,7 @@ from typing import IO, Any, NamedTuple
 
 import pandas as pd
 
+from qlora_core.lanes import Lane, card_budget_gib, lane_rerun_reason, plan_lane, set_aside_lane_run
 from qlora_core.matrix import PlannedCase
 from qlora_core.oom_need import measure_need, run_case_measuring_need, why_no_rerun
 from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
@@ -56,6 +58,7 @@ from reports.frame import (
     write_result_tables,
 )
 from reports.repeats import fold_repeats
+from reports.wall_time import wall_time_line
 
 
 class CaseRun(NamedTuple):
@@ -199,6 +202,10 @@ class BenchSession:
         where sharing is known to be measured right (`side_by_side.sharing_supported`)."""
         if self.options.side_by_side <= 1 or not run.planned.shareable:
             return False
+        alone = self._lane(run).alone
+        if alone:  # its estimated need does not fit beside another case on the real card
+            self.write_line(f"qlora-bench: {run_label_of(run)} runs alone: {alone}")
+            return False
         rows = [*self.results.values(), *self.stored.values()]
         if sharing_supported(self.options.profile, rows):
             return True
@@ -220,23 +227,57 @@ class BenchSession:
             for r in self.planned
             if r != first
             and r.planned.shareable
+            and not self._lane(r).alone
             and (r.planned.case.hash, r.repeat) not in self.results
             and self._stored_final((r.planned.case.hash, r.repeat)) is None
         ]
-        jobs = {
-            Job(self.executed_case(r.planned), self._run_options(r), self._result_path(r)): r for r in runs
-        }
+        planned = [(r, self._lane(r)) for r in runs]
+        # The largest shares first: they start while the card is free, the small ones fill around.
+        planned.sort(key=lambda pair: -(pair[1].share_gib or 0.0))
+        jobs = {self._lane_job(r, lane): (r, lane) for r, lane in planned}
         finished: list[tuple[Job, Result]] = []
+        again: list[tuple[Job, str]] = []  # lane runs of a real card to run again alone
 
         def done(job: Job, result: Result) -> None:
-            self._record_as_planned(result, jobs[job])
+            run, lane = jobs[job]
+            why = lane_rerun_reason(job.case, lane, result)
+            if why is not None:  # not the profile's verdict: its row is the rerun's, alone
+                set_aside_lane_run(job.result_path)
+                self.write_line(f"qlora-bench: {run_label_of(run)}: {why}; it runs again alone")
+                again.append((job, why))
+                return
+            self._record_as_planned(result, run)
             finished.append((job, result))
 
-        run_side_by_side(list(jobs), self.options.side_by_side, done, self.spares)
+        budget = card_budget_gib(self.options.profile, self.options.gpu_present)
+        run_side_by_side(list(jobs), self.options.side_by_side, done, self.spares, budget)
+        for job, why in again:
+            self._rerun_alone(job, jobs[job][0], why)
         for job, result in finished:
             if self.options.oom_rerun and why_no_rerun(result) is None:
                 measure_need(job.case, job.options, result, job.result_path, self.spares)
                 self.record(result)  # appended again, with what it needed
+
+    def _rerun_alone(self, job: Job, run: CaseRun, why: str) -> None:
+        """Run a case alone, uncapped, whose run sharing a real card cannot stand (`why`); its row
+        says so (`lane_rerun_reason`, `lane_rerun_share_gib`)."""
+        alone = run_case_measuring_need(
+            job.case, self._run_options(run), job.result_path, self.options.oom_rerun, self.spares
+        )
+        alone.lane_rerun_reason, alone.lane_rerun_share_gib = why, job.share_gib
+        write_atomic(job.result_path, alone.to_json())
+        self._record_as_planned(alone, run)
+
+    def _lane(self, run: CaseRun) -> Lane:
+        """How a shareable run shares this session's device (`lanes.plan_lane`)."""
+        return plan_lane(self.executed_case(run.planned), self.options.profile, self.options.gpu_present)
+
+    def _lane_job(self, run: CaseRun, lane: Lane) -> Job:
+        """The run as a job side by side: capped at its share on a real card (`lane_share_gib`)."""
+        options = self._run_options(run)
+        if lane.real_card:
+            options = dataclasses.replace(options, lane_share_gib=lane.share_gib)
+        return Job(self.executed_case(run.planned), options, self._result_path(run), lane.share_gib)
 
     def _run_options(self, run: CaseRun) -> RunOptions:
         return RunOptions(
@@ -372,9 +413,17 @@ class BenchSession:
         slow = sorted((r for r in results if r.wall_s), key=lambda r: -(r.wall_s or 0))[:5]
         if slow:
             lines.append("  slowest: " + ", ".join(f"{run_label(r)} {r.wall_s:.0f} s" for r in slow))
+        timing = wall_time_line(self.run_dir)  # where the time went, by stage (reports.wall_time)
+        if timing:
+            lines.append(f"  {timing}")
         lines += [f"  warning: {w}" for w in self.warnings]
         lines.append(f"  run folder: {self.run_dir}")
         return lines
+
+
+def run_label_of(run: CaseRun) -> str:
+    """A planned run's name as its test names it (`run_label` of its row)."""
+    return run.planned.case.id + repeat_suffix(run.repeat)
 
 
 def run_label(result: Result) -> str:

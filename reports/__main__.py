@@ -8,8 +8,11 @@
 - `python -m reports gate RUN_DIR BASELINE`: compare a stored run with a baseline (as --baseline
   does; BASELINE a file or a folder of baselines), write RUN_DIR/baseline-diff.md.
 
-- `python -m reports fit --gpu t4 --model llama-3.1-8b --batch 4 --seq 2048 [--runs DIR...]
-  [--measure OUT]`: the fit advisor (`reports.fit`).
+- `python -m reports fit --gpu t4 --model llama-3.1-8b --batch-size 1 --seq-len 1024
+  [--gradient-checkpointing on|off] [--optimizer ...] [--compute-dtype ...] [--quant-type ...]
+  [--double-quant on|off] [--grad-accum N] [--runs DIR...] [--show-held-out]`: the fit advisor
+  (`reports.fit`; its options: `reports.fit_query`). Measuring the answer for real is
+  `tools/measure_fit.py` (this package launches no case).
 
 Exit codes: 0 done (gate: passed); 1 the gate found regressions; 2 usage error, missing folder,
 a folder without results.jsonl, an unusable baseline, or folders that cannot be merged.
@@ -25,7 +28,8 @@ from pathlib import Path
 
 from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
 from reports.baseline_choice import save_target
-from reports.fit import REFERENCE_DIR, AdvisorError, run_advisor
+from reports.fit import run_advisor
+from reports.fit_query import AdvisorError, add_query_options, query_case
 from reports.frame import load_run
 from reports.gate import gate
 from reports.merge import MergeError, merge_runs
@@ -98,31 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_threshold_options(check.add_argument)  # the same options as `pytest bench`
     advisor = commands.add_parser(
         "fit",
-        help="does a QLoRA setting fit a GPU; if not, which step of the lesson's ladder first fits",
-        description="Predict the device peak of each step of the lesson's OOM ladder from a model"
-        " fitted to measured rows, with its held-out error on them; --measure runs the ladder.",
+        help="does a QLoRA setting fit a GPU as given; if not, the smallest change that makes it fit",
+        description="Predict the device peak of a QLoRA setting (the matrix's Case fields) on a GPU"
+        " from a model fitted to measured rows, and of the smallest changes of the lesson's OOM ladder"
+        " (batch with accumulation, checkpointing, sequence) until one fits; with the model's held-out"
+        " error on those rows. tools/measure_fit.py (same options) runs the answer for real.",
     )
-    advisor.add_argument("--gpu", required=True, metavar="PROFILE", help="a GPU profile (e.g. t4)")
-    advisor.add_argument("--model", required=True, metavar="SHAPE", help="a model shape (e.g. llama-3.1-8b)")
-    advisor.add_argument("--batch", type=int, required=True, metavar="N", help="per-device batch size")
-    advisor.add_argument("--seq", type=int, required=True, metavar="N", help="sequence length")
-    advisor.add_argument(
-        "--runs",
-        type=Path,
-        nargs="+",
-        default=[REFERENCE_DIR],
-        metavar="DIR",
-        help="run folders (or folders holding them) whose rows the model is fitted to"
-        " (default: the committed reference runs)",
-    )
-    advisor.add_argument(
-        "--measure",
-        type=Path,
-        default=None,
-        metavar="OUT",
-        help="also run the ladder for real on this machine into the run folder OUT",
-    )
-    advisor.add_argument("--case-timeout", type=float, default=900.0, metavar="SECONDS")
+    add_query_options(advisor.add_argument)
+    advisor.add_argument("--measure", type=Path, default=None, metavar="OUT", help=argparse.SUPPRESS)
     return parser
 
 
@@ -149,6 +136,17 @@ def _gate(
         print(f"FAIL {line}")
     print(f"{report.summary} ({run_dir / BASELINE_DIFF_MD})")
     return EXIT_OK if report.passed else EXIT_REGRESSION
+
+
+def _without_measure(argv: Sequence[str] | None) -> list[str]:
+    """The fit command's arguments without `fit` and `--measure OUT` (for the tool's command)."""
+    args = list(argv if argv is not None else sys.argv[1:])[1:]
+    for i, arg in enumerate(args):
+        if arg == "--measure":
+            return args[:i] + args[i + 2 :]
+        if arg.startswith("--measure="):
+            return args[:i] + args[i + 1 :]
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,11 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.require_speed,
             )
         elif args.command == "fit":
-            print(
-                run_advisor(
-                    args.gpu, args.model, args.batch, args.seq, args.runs, args.measure, args.case_timeout
-                )
-            )
+            if args.measure is not None:
+                # The reports read stored runs; measuring runs cases on this machine's GPU.
+                command = shlex.join(["python", "tools/measure_fit.py", *_without_measure(argv), "--out"])
+                raise AdvisorError(f"--measure moved to its own tool: {command} {args.measure}")
+            profile, setting = query_case(args)
+            print(run_advisor(profile, setting, args.runs, args.show_held_out))
     except (RunFolderError, BaselineError, MergeError, AdvisorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,4 +1,5 @@
-"""Render a run folder's reports: claims.md, tables.md and plots/*.png, from its stored results.
+"""Render a run folder's reports: claims.md, tables.md, wall_time.md and plots/*.png, from its
+stored results.
 
 `render_run` reads only the folder (`load_run`), so `pytest bench` at session end and
 `python -m reports render RUN_DIR` later produce the same files.
@@ -15,6 +16,7 @@ from reports.markdown import md_table
 from reports.merge import merge_notes
 from reports.plots import render_plots
 from reports.tables import header, render_tables
+from reports.wall_time import WALL_TIME_MD, render_wall_time
 
 CLAIMS_MD = "claims.md"
 TABLES_MD = "tables.md"
@@ -96,8 +98,8 @@ def render_claims(run: RunData) -> str:
 
 
 def render_run(run_dir: Path) -> dict[str, Path]:
-    """Write claims.md, tables.md and plots/*.png into `run_dir`; the paths written by name
-    ("claims", "tables", and each plot's file stem)."""
+    """Write claims.md, tables.md, wall_time.md and plots/*.png into `run_dir`; the paths written
+    by name ("claims", "tables", "wall_time", and each plot's file stem)."""
     run_dir = check_run_dir(run_dir)
     run = load_run(run_dir)
     written: dict[str, Path] = {}
@@ -107,6 +109,9 @@ def render_run(run_dir: Path) -> dict[str, Path]:
     tables_md = run_dir / TABLES_MD
     tables_md.write_text(render_tables(run))
     written["tables"] = tables_md
+    wall_time_md = run_dir / WALL_TIME_MD
+    wall_time_md.write_text(render_wall_time(run_dir))
+    written["wall_time"] = wall_time_md
     for path in render_plots(run, run_dir / PLOTS_DIR):
         written[path.stem] = path
     return written

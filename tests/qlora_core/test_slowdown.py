@@ -51,7 +51,8 @@ def test_the_added_work_takes_the_calibrated_time_on_the_cpu():
     slowdown.calibrate([999.0, 40.0])
     assert slowdown.matmul_ms is not None and slowdown.ms_per_step is not None
     assert slowdown.matmuls == max(1, round(0.5 * 40.0 / slowdown.matmul_ms))
-    assert abs(slowdown.ms_per_step - 20.0) <= slowdown.matmul_ms / 2 + 1e-9
+    # Within half a matmul of the 20 ms asked for, or one matmul where a loaded CPU made one longer.
+    assert abs(slowdown.ms_per_step - max(20.0, slowdown.matmul_ms)) <= slowdown.matmul_ms / 2 + 1e-9
     took = []
     for _ in range(5):
         start = time.perf_counter()

@@ -32,6 +32,7 @@ def test_render_run_writes_claims_tables_and_plots(synthetic_run_dir):
     assert set(written) == {
         "claims",
         "tables",
+        "wall_time",
         "peak_memory_vs_seq",
         "tokens_per_s",
         "loss_curves",
@@ -41,6 +42,7 @@ def test_render_run_writes_claims_tables_and_plots(synthetic_run_dir):
     summary, table = summary_and_table_counts(written["claims"].read_text())
     assert summary == table and sum(table.values()) > 0
     assert written["tables"].read_text().startswith("# The lesson's tables, measured")
+    assert written["wall_time"].read_text().startswith("# Where the wall time went")
 
 
 def test_the_summary_check_catches_a_count_that_disagrees_with_the_table(synthetic_run):
