@@ -64,6 +64,8 @@ _SHARD_KEY = pytest.StashKey[list[PlannedCase]]()
 _SELECTED_KEY = pytest.StashKey[list[CaseRun]]()
 _REPORT_ERROR_KEY = pytest.StashKey[str]()
 _VERDICTS_KEY = pytest.StashKey[Counter]()
+GATE_LINES_KEY = pytest.StashKey[list[str]]()
+"""The release gate's verdict lines (`bench/test_gate.py`), shown at the session's end."""
 
 
 def module_for(planned: PlannedCase) -> str:
@@ -236,6 +238,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if verdicts is not None:
         counts = ", ".join(f"{n} {v}" for v, n in verdicts.most_common())
         terminalreporter.write_line(f"  claims: {counts} ({bench.run_dir / 'claims.md'})")
+    for line in config.stash.get(GATE_LINES_KEY, []):
+        terminalreporter.write_line(f"  {line}")
     error = config.stash.get(_REPORT_ERROR_KEY, None)
     if error is not None:
         terminalreporter.write_line(

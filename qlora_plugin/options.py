@@ -32,6 +32,8 @@ from qlora_core.runner import DEFAULT_TIMEOUT_S
 from qlora_core.side_by_side import MAX_LANES, auto_lanes
 from qlora_core.spec import FIELD_NAMES, Case, CaseError
 from qlora_plugin.shard import Shard, parse_shard
+from reports.baseline import DEFAULT_MATRIX, BaselineError, load_baseline
+from reports.baseline_choice import CPU_PROFILE, baseline_option_problems
 from reports.frame import RESULTS_JSONL
 from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
 
@@ -72,6 +74,8 @@ class BenchOptions:
     side_by_side: int = 1
     """--side-by-side N|auto: how many shareable cases may run on the device at once
     (`qlora_core.side_by_side`); 1: every case alone."""
+    require_speed: bool = False
+    """--require-speed: the gate fails when speed could not be compared (another GPU's baseline)."""
 
     @property
     def emulated(self) -> bool:
@@ -89,7 +93,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--matrix",
-        default="default",
+        default=DEFAULT_MATRIX,
         metavar="TIER",
         help=f"matrix tier: {', '.join(MATRICES)} (smoke <= 6 cases, default <= 40). Default: default.",
     )
@@ -167,7 +171,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         type=Path,
         metavar="PATH",
-        help="compare this run with a baseline JSON; regressions fail the session.",
+        help="compare this run with a baseline JSON; regressions fail the session. PATH may be a"
+        " folder of baselines: the one of this run's profile, tier and GPU is used. Against a"
+        " baseline from another GPU, speed is not compared (see --require-speed).",
     )
     group.addoption(
         "--no-oom-rerun",
@@ -223,20 +229,35 @@ def read_options(config: pytest.Config) -> BenchOptions:
         problems.append(
             f"--shard-costs {shard_costs}: neither a baseline file nor a run folder (no {RESULTS_JSONL})"
         )
+    elif shard_costs is not None and shard_costs.is_file():
+        try:
+            load_baseline(shard_costs)
+        except BaselineError as exc:
+            problems.append(f"--shard-costs: {exc}")
     timeout = config.getoption("--case-timeout")
     if timeout <= 0:
         problems.append(f"--case-timeout {timeout:g} must be positive")
     resume = config.getoption("--resume")
     if resume is not None and not resume.is_dir():
         problems.append(f"--resume {resume}: no such run folder")
-    baseline = config.getoption("--baseline")
-    if baseline is not None and not baseline.exists():
-        problems.append(f"--baseline {baseline}: no such file")
     try:
         profile, gpu = resolve_profile(config.getoption("--gpu"))
     except UnknownProfileError as exc:
         problems.append(f"--gpu: {exc}")
         profile, gpu = None, None
+    require_speed = bool(config.getoption("require_speed"))
+    baseline = config.getoption("--baseline")
+    if baseline is not None:
+        # Read, validated and matched to this run's profile, tier and GPU now, not after the run
+        # (the gate chooses from a folder again at the end, by the GPU its rows recorded).
+        run_gpu = gpu.name if gpu is not None and profile is not None and profile.name != CPU_PROFILE else ""
+        problems += baseline_option_problems(
+            baseline,
+            profile.name if profile is not None else None,
+            matrix if matrix in MATRICES else None,
+            run_gpu,
+            require_speed,
+        )
     thresholds = Thresholds()
     try:
         # The rootdir's pyproject.toml, where pytest found its configuration; absent is fine.
@@ -268,6 +289,7 @@ def read_options(config: pytest.Config) -> BenchOptions:
         shard_costs=shard_costs,
         oom_rerun=not config.getoption("no_oom_rerun"),
         side_by_side=side_by_side,
+        require_speed=require_speed,
     )
 
 

@@ -1,11 +1,12 @@
 """The reports command line, for stored run folders (no GPU needed):
 
 - `python -m reports render RUN_DIR`: re-render claims.md, tables.md and plots/.
-- `python -m reports baseline RUN_DIR PATH`: store a run as a baseline (as --save-baseline does).
+- `python -m reports baseline RUN_DIR PATH`: store a run as a baseline (as --save-baseline does;
+  PATH a folder: `<profile>-<tier>-<gpu>.json` in it).
 - `python -m reports merge RUN_DIR... --out MERGED [--partial]`: merge the run folders of a sharded
   run (`pytest bench --shard I/N`) into one, then render it as `render` does.
 - `python -m reports gate RUN_DIR BASELINE`: compare a stored run with a baseline (as --baseline
-  does), write RUN_DIR/baseline-diff.md.
+  does; BASELINE a file or a folder of baselines), write RUN_DIR/baseline-diff.md.
 
 - `python -m reports fit --gpu t4 --model llama-3.1-8b --batch-size 1 --seq-len 1024
   [--gradient-checkpointing on|off] [--optimizer ...] [--compute-dtype ...] [--quant-type ...]
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
+from reports.baseline_choice import save_target
 from reports.fit import run_advisor
 from reports.fit_query import AdvisorError, add_query_options, query_case
 from reports.frame import load_run
@@ -50,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (holds results.jsonl)")
     save = commands.add_parser("baseline", help="store a run folder's metrics as a baseline JSON")
     save.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    save.add_argument("path", type=Path, metavar="PATH", help="the baseline JSON to write")
+    save.add_argument(
+        "path",
+        type=Path,
+        metavar="PATH",
+        help="the baseline JSON to write, or a folder of baselines to write <profile>-<tier>-<gpu>.json into",
+    )
     save.add_argument(
         "--command",
         dest="command_text",
@@ -73,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check = commands.add_parser("gate", help="compare a run folder with a baseline; exit 1 on regressions")
     check.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    check.add_argument("baseline", type=Path, metavar="BASELINE")
+    check.add_argument(
+        "baseline",
+        type=Path,
+        metavar="BASELINE",
+        help="a baseline JSON, or a folder of them: the one of the run's profile, tier and GPU is used",
+    )
     check.add_argument(
         "--pyproject",
         type=Path,
@@ -102,11 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _gate(
-    run_dir: Path, baseline: Path, thresholds: Thresholds, allow_noisy: bool, selected_only: bool = False
+    run_dir: Path,
+    baseline: Path,
+    thresholds: Thresholds,
+    allow_noisy: bool,
+    selected_only: bool = False,
+    require_speed: bool = False,
 ) -> int:
     run = load_run(check_run_dir(run_dir))
     selected = set(run.results["case_id"]) if selected_only and not run.results.empty else None
-    report = gate(baseline, run, thresholds, run_dir, allow_noisy, selected)
+    report = gate(baseline, run, thresholds, run_dir, allow_noisy, selected, require_speed)
+    if report.baseline_note:
+        print(report.baseline_note)
+    if report.speed_not_compared:
+        print(report.speed_not_compared)
     for flag in report.flags:
         print(f"flag: {flag}")
     for noisy in report.too_noisy:
@@ -138,8 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "baseline":
             run = load_run(check_run_dir(args.run_dir))
             command = args.command_text or run.environment.get("command", "")
-            saved = save_run_baseline(args.path, run, command=command)
-            print(f"baseline written: {args.path} ({len(saved['cases'])} cases)")
+            path = save_target(args.path, run)
+            saved = save_run_baseline(path, run, command=command)
+            print(f"baseline written: {path} ({len(saved['cases'])} cases)")
         elif args.command == "merge":
             command = shlex.join(["python", "-m", "reports", *(argv if argv is not None else sys.argv[1:])])
             report = merge_runs(args.run_dirs, args.out, partial=args.partial, command=command)
@@ -153,7 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name}: {path}")
         elif args.command == "gate":
             thresholds = resolve_thresholds(args.pyproject, lambda name: getattr(args, name))
-            return _gate(args.run_dir, args.baseline, thresholds, args.allow_noisy, args.selected_only)
+            return _gate(
+                args.run_dir,
+                args.baseline,
+                thresholds,
+                args.allow_noisy,
+                args.selected_only,
+                args.require_speed,
+            )
         elif args.command == "fit":
             if args.measure is not None:
                 # The reports read stored runs; measuring runs cases on this machine's GPU.

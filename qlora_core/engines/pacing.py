@@ -162,15 +162,25 @@ class StepClock:
     `end_step(elapsed_ms)` after it (returns the time if the step is a measured one), and stops
     training when `done`. `close()` at the end, whatever happened. The statistics it completes:
     `stop_reason`, the device-time fields, `slowdown_ms_per_step`, `warmup_s`, `train_s`,
-    `profile_s`.
+    `profile_s`. With the slowdown knob on a plan that profiles device time, the last warm-up step
+    runs under the profiler too: its kernel time is what the knob's percentage is of
+    (`engines.slowdown`).
     """
 
     def __init__(self, plan: StepPlan, case: Case, device: str, stats: TrainStats) -> None:
         self.plan = plan
         self.stats = stats
         pct = slowdown_of(case)
-        self.slowdown = Slowdown(pct, device) if pct is not None else None
+        # Where the run measures kernel time, the knob's percentage is of kernel time.
+        kernel_basis = plan.profile_device if plan.profiled_steps else None
+        self.slowdown = Slowdown(pct, device, kernel_basis) if pct is not None else None
         self.window = ProfileWindow(plan.profile_device) if plan.profiled_steps else None
+        self._calibration = (
+            ProfileWindow(plan.profile_device)
+            if self.slowdown is not None and kernel_basis is not None and plan.warmup_steps
+            else None
+        )
+        self._calibration_kernel_ms: float | None = None
         self.phase = "warmup" if plan.warmup_steps else "measured"
         self.done = False
         self._warmup_ms: list[float] = []
@@ -182,6 +192,9 @@ class StepClock:
     def begin_step(self) -> None:
         if self._phase_start is None:
             self._phase_start = time.perf_counter()
+        last_warmup = self.phase == "warmup" and len(self._warmup_ms) == self.plan.warmup_steps - 1
+        if last_warmup and self._calibration is not None:
+            self._calibration.start()
         if self.phase == "profiled" and self._profiled == 0 and self.window is not None:
             self.window.start()
 
@@ -193,6 +206,10 @@ class StepClock:
         """Account one finished step; its time if it was a measured step, else None."""
         if self.phase == "warmup":
             self._warmup_ms.append(elapsed_ms)
+            if self._calibration is not None and self._calibration.running:
+                self._calibration.stop()
+                spans = self._calibration.spans
+                self._calibration_kernel_ms = reduce_device_spans(spans, 1, elapsed_ms).kernel_ms_per_step
             if len(self._warmup_ms) == self.plan.warmup_steps:
                 self._calibrate()
                 self.stats.warmup_s = self._lap()
@@ -216,12 +233,13 @@ class StepClock:
 
     def close(self) -> None:
         """Stop a profiler a diverged step left running (its figures are not recorded)."""
-        if self.window is not None and self.window.running:
-            self.window.stop()
+        for window in (self.window, self._calibration):
+            if window is not None and window.running:
+                window.stop()
 
     def _calibrate(self) -> None:
         if self.slowdown is not None:
-            self.slowdown.calibrate(self._warmup_ms)
+            self.slowdown.calibrate(self._warmup_ms, self._calibration_kernel_ms)
             self.stats.slowdown_ms_per_step = self.slowdown.ms_per_step
 
     def _lap(self) -> float:
