@@ -7,11 +7,15 @@
 - `python -m reports gate RUN_DIR BASELINE`: compare a stored run with a baseline (as --baseline
   does), write RUN_DIR/baseline-diff.md.
 
+- `python -m reports claims-matrix ROOT --out FILE`: the claims x runs table of every run folder at or
+  under ROOT (`reports.claims_matrix`), e.g. of the committed reference runs.
+
 - `python -m reports fit --gpu t4 --model llama-3.1-8b --batch 4 --seq 2048 [--runs DIR...]
   [--measure OUT]`: the fit advisor (`reports.fit`).
 
 Exit codes: 0 done (gate: passed); 1 the gate found regressions; 2 usage error, missing folder,
-a folder without results.jsonl, an unusable baseline, or folders that cannot be merged.
+a folder without results.jsonl (claims-matrix: none under ROOT), an unusable baseline, or folders
+that cannot be merged.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
+from reports.claims_matrix import write_claims_matrix
 from reports.fit import REFERENCE_DIR, AdvisorError, run_advisor
 from reports.frame import load_run
 from reports.gate import gate
@@ -84,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         " the baseline's others as not selected instead of failing them as missing",
     )
     add_threshold_options(check.add_argument)  # the same options as `pytest bench`
+    matrix = commands.add_parser(
+        "claims-matrix",
+        help="a claims x runs table of every run folder under ROOT (verdict and figure per cell)",
+        description="Evaluate the claims on every run folder at or under ROOT (nested ones included)"
+        " and write one markdown table: a row per claim, a column per run with its profile and GPU.",
+    )
+    matrix.add_argument("root", type=Path, metavar="ROOT", help="a run folder, or a folder holding them")
+    matrix.add_argument("--out", type=Path, required=True, metavar="FILE", help="the markdown file to write")
     advisor = commands.add_parser(
         "fit",
         help="does a QLoRA setting fit a GPU; if not, which step of the lesson's ladder first fits",
@@ -156,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "gate":
             thresholds = resolve_thresholds(args.pyproject, lambda name: getattr(args, name))
             return _gate(args.run_dir, args.baseline, thresholds, args.allow_noisy, args.selected_only)
+        elif args.command == "claims-matrix":
+            print(f"claims matrix: {write_claims_matrix(args.root, args.out)}")
         elif args.command == "fit":
             print(
                 run_advisor(

@@ -32,6 +32,7 @@ def _claim(check, applies_to=None, known: str = "") -> Claim:
         expected="e",
         tolerance=None,
         check=check,
+        judged_at="the lesson's point",
         known_doc_error=known,
         applies_to=applies_to,
     )
