@@ -27,14 +27,18 @@ from reports.rows import fval, needed_label
 
 
 def point_label(row: pd.Series) -> str:
-    """A row's training point without its model: "b4 s2048", "b1 ga4 s1024"."""
+    """A row's training point without its model: "b4 s2048", "b1 ga4 s1024 nogc" (checkpointing
+    off, as case ids write it)."""
     batch, seq, accum = fval(row, "batch_size"), fval(row, "seq_len"), fval(row, "grad_accum")
     if batch is None or seq is None:
         return "no batch/seq"
     text = f"b{int(batch)}"
     if accum is not None and accum > 1:
         text += f" ga{int(accum)}"
-    return f"{text} s{int(seq)}"
+    text += f" s{int(seq)}"
+    checkpointing = row.get("gradient_checkpointing")
+    off = isinstance(checkpointing, (bool, np.bool_)) and not checkpointing
+    return text + (" nogc" if off else "")
 
 
 def points_text(rows: pd.DataFrame, labels: Mapping[str, str] | None = None, statuses: bool = False) -> str:
@@ -46,15 +50,16 @@ def points_text(rows: pd.DataFrame, labels: Mapping[str, str] | None = None, sta
     if rows.empty:
         return ""
     labels = labels or {}
-    by_model: dict[str, list[str]] = {}
-    for _, row in rows.iterrows():
+    # Models in order of appearance, each one's points by batch then length.
+    by_model: dict[str, list[str]] = {str(m): [] for m in dict.fromkeys(rows["model"])}
+    for _, row in rows.sort_values(["batch_size", "seq_len"], kind="stable").iterrows():
         text = point_label(row)
         label = labels.get(str(row["case_id"]), "")
         if label:
             text += f": {label}"
         elif statuses and row.get("status") not in (None, "ok"):
             text += f" ({row['status']})"
-        points = by_model.setdefault(str(row["model"]), [])
+        points = by_model[str(row["model"])]
         if text not in points:
             points.append(text)
     return "; ".join(f"{model} {', '.join(points)}" for model, points in by_model.items())

@@ -70,7 +70,7 @@ def test_gc_compares_an_oom_point_by_what_it_needed_uncapped(build):
     assert only.verdict is Verdict.HOLDS
     assert "3.24 GiB (3.48 GB) with vs 11.84 GiB (12.71 GB) without" in only.measured
     assert "without: needed (measured uncapped on NVIDIA H200)" in only.measured
-    assert only.points == "llama-3.1-8b b1 s512, b1 s512: needed (measured uncapped on NVIDIA H200)"
+    assert only.points == "llama-3.1-8b b1 s512, b1 s512 nogc: needed (measured uncapped on NVIDIA H200)"
     # An uncapped need that still shows no saving refutes, as a measured row would.
     worse = build.result(
         EIGHT, gradient_checkpointing=False, status="oom", **base, **build.needed(10.0, 11.0)

@@ -137,7 +137,7 @@ def test_evaluate_names_the_points_of_the_evidence_unless_the_check_did(build):
     run = build.run(rows)
     ids = tuple(run.results["case_id"])
     (auto,) = evaluate(_claim(lambda r: [holds("m", ids)]), run)
-    assert auto.points == "llama-3.2-3b b4 s2048, b1 s512 (oom)"
+    assert auto.points == "llama-3.2-3b b1 s512 (oom), b4 s2048"  # by batch, then length
     (own,) = evaluate(_claim(lambda r: [holds("m", ids, points="at the check's own words")]), run)
     assert own.points == "at the check's own words"
     (none,) = evaluate(_claim(lambda r: [not_run("no rows")]), run)

@@ -22,10 +22,12 @@ def _sweep_row(build, batch, seq, status="ok", **fields):
 
 
 def test_point_label_names_batch_accumulation_and_length(build):
-    run = build.run(
-        [_sweep_row(build, 4, 2048), build.result(THREE, batch_size=1, grad_accum=4, seq_len=1024)]
-    )
-    assert [point_label(r) for _, r in run.results.iterrows()] == ["b4 s2048", "b1 ga4 s1024"]
+    rows = [
+        _sweep_row(build, 4, 2048),
+        build.result(THREE, batch_size=1, grad_accum=4, seq_len=1024, gradient_checkpointing=False),
+    ]
+    run = build.run(rows)
+    assert [point_label(r) for _, r in run.results.iterrows()] == ["b4 s2048", "b1 ga4 s1024 nogc"]
 
 
 def test_points_of_evidence_names_rows_statuses_and_tables(build):
