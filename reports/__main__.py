@@ -14,8 +14,12 @@
   (`reports.fit`; its options: `reports.fit_query`). Measuring the answer for real is
   `tools/measure_fit.py` (this package launches no case).
 
+- `python -m reports claims-matrix ROOT --out FILE`: the claims x runs table of every run folder at or
+  under ROOT (`reports.claims_matrix`), e.g. of the committed reference runs.
+
 Exit codes: 0 done (gate: passed); 1 the gate found regressions; 2 usage error, missing folder,
-a folder without results.jsonl, an unusable baseline, or folders that cannot be merged.
+a folder without results.jsonl (claims-matrix: none under ROOT), an unusable baseline, or folders
+that cannot be merged.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
 from reports.baseline_choice import save_target
+from reports.claims_matrix import write_claims_matrix
 from reports.fit import run_advisor
 from reports.fit_query import AdvisorError, add_query_options, query_case
 from reports.frame import load_run
@@ -100,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         " the baseline's others as not selected instead of failing them as missing",
     )
     add_threshold_options(check.add_argument)  # the same options as `pytest bench`
+    matrix = commands.add_parser(
+        "claims-matrix",
+        help="a claims x runs table of every run folder under ROOT (verdict and figure per cell)",
+        description="Evaluate the claims on every run folder at or under ROOT (nested ones included)"
+        " and write one markdown table: a row per claim, a column per run with its profile and GPU.",
+    )
+    matrix.add_argument("root", type=Path, metavar="ROOT", help="a run folder, or a folder holding them")
+    matrix.add_argument("--out", type=Path, required=True, metavar="FILE", help="the markdown file to write")
     advisor = commands.add_parser(
         "fit",
         help="does a QLoRA setting fit a GPU as given; if not, the smallest change that makes it fit",
@@ -183,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.selected_only,
                 args.require_speed,
             )
+        elif args.command == "claims-matrix":
+            print(f"claims matrix: {write_claims_matrix(args.root, args.out)}")
         elif args.command == "fit":
             if args.measure is not None:
                 # The reports read stored runs; measuring runs cases on this machine's GPU.

@@ -75,12 +75,24 @@ def render_claims(run: RunData) -> str:
             e.measured or "-",
             f"**{e.verdict.value.replace('_', ' ')}**",
             e.condition or "-",
+            e.points or "-",
             _evidence(e) or "-",
         )
         for claim, e in results
     ]
-    headers = ("Claim", "The lesson says", "Measured", "Verdict", "Condition", "Evidence (case ids)")
+    headers = (
+        "Claim",
+        "The lesson says",
+        "Measured",
+        "Verdict",
+        "Condition",
+        "Judged at (this run's points)",
+        "Evidence (case ids)",
+    )
     lines.append(md_table(headers, rows))
+    lines += ["", "## Judged at: the lesson's settings each claim is checked at", ""]
+    judged = {c.id: c.judged_at for c, _ in results}
+    lines += [f"- **{claim_id}**: {text}" for claim_id, text in judged.items()]
     refuted = [(c, e) for c, e in results if e.verdict is Verdict.REFUTED]
     if refuted:
         lines += ["", "## Refuted: what the measurements support", ""]

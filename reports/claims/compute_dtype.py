@@ -14,6 +14,7 @@ import pandas as pd
 from qlora_core.gpus import PROFILES
 from reports.claims.common import lower_better, select
 from reports.claims.model import ON_GPU, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
+from reports.claims.points import DEVICE_BOUND_POINT
 from reports.claims.speed import Place, device_bound_pairs, place, speed_ratio
 from reports.frame import RunData
 from reports.rows import (
@@ -246,6 +247,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="dtype-speed",
         section=SECTION,
+        judged_at="the lesson names no point: fp32 vs fp16/bf16 compute at " + DEVICE_BOUND_POINT,
         quote="float32 | Slow",
         measures=(
             "tokens_per_s of the fp32-compute row vs fp16/bf16 rows at the same device-bound point"
@@ -259,6 +261,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="bf16-quality",
         section=SECTION,
+        judged_at=(
+            "fp16 vs bf16 compute on the real model at the stability family's learning rates (1e-4, 2e-4,"
+            " 1e-3), the same rows on every profile"
+        ),
         quote="bfloat16 | Fast | Better",
         measures=(
             "stability rows fp16 vs bf16 per lr: NaN outcome (status nan, first_nonfinite_step), final_loss"
@@ -270,6 +276,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="t4-no-bf16",
         section=SECTION,
+        judged_at=(
+            "the T4 only: real-T4 rows decide whether bf16 runs and how fast; an emulated T4 gives its "
+            "datasheet capability only"
+        ),
         quote="T4 does not support bfloat16",
         measures=(
             "bf16_native of real-T4 rows (else the registry's capability, a datasheet fact); status and "

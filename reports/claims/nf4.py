@@ -242,6 +242,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="fp4-uniform",
         section=SECTION,
+        judged_at="bitsandbytes' FP4 code table; no training point, the same on every profile",
         quote="FP4 (uniform) | Equal spacing across range",
         measures=(
             "spacing of the distinct fp4 code values (measurement quant_codes): coefficient of variation of "
@@ -254,6 +255,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="nf4-near-zero",
         section=SECTION,
+        judged_at="bitsandbytes' NF4 code table; no training point, the same on every profile",
         quote="NF4 (normal-aware) | Concentrated near zero",
         measures=(
             "nf4 code values (quant_codes): levels within |x|<=0.5 vs an equally spaced code book, and the "
@@ -266,6 +268,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="nf4-quality",
         section=SECTION,
+        judged_at=(
+            "NF4 vs FP4 at equal settings: the real model's held-out perplexity (quality family), "
+            "per-layer reconstruction error, weight bytes of every model loaded in both"
+        ),
         quote="better quality than FP4 with the same memory cost",
         measures=(
             "quality rows ppl_before/ppl_after nf4 vs fp4 (with and without double quant); quant_error table "

@@ -267,6 +267,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="tradeoff-memory-7b",
         section=SECTION,
+        judged_at="the 7B model of the table at 16 and 4 bits: as mem7b-weights (FP16, INT4)",
         quote="Memory for 7B model | ~14 GB | ~3.5 GB",
         measures="as mem7b-weights, FP16 and INT4: weight_bytes per base param x 7e9; GB = 10**9 bytes",
         expected="16-bit ~14 GB, 4-bit ~3.5 GB (within 10%)",
@@ -276,6 +277,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="tradeoff-quality",
         section=SECTION,
+        judged_at=(
+            "the real model's held-out perplexity after training, nf4 vs the 16-bit reference at the same"
+            " point (quality family), once 50,000 tokens are trained"
+        ),
         quote="Slightly higher | Slightly lower",
         measures="ppl_after of nf4 quality rows vs the 16-bit reference",
         expected="QLoRA worse by more than 1% noise and at most 10%",
@@ -285,6 +290,9 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="t4-compat",
         section=SECTION,
+        judged_at=(
+            "the T4 only: each model's compat rows at the smallest point (b1 s512), 16-bit LoRA and QLoRA"
+        ),
         quote="3B models only | Up to 8B models",
         measures="status (ok/oom) of compat rows on t4 per model, 16-bit LoRA and QLoRA",
         expected="16-bit LoRA: 3B fits, larger do not; QLoRA: every model up to 8B fits",
@@ -295,6 +303,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="a100-compat",
         section=SECTION,
+        judged_at="A100 profiles only (a100-40gb, a100-80gb): each model's compat rows, up to the 70B shape",
         quote="Up to 70B | All sizes",
         measures="status of compat rows per A100 profile (a100-40gb, a100-80gb) per model; 16-bit 70B"
         " computed from its exact weight bytes on the meta device where it cannot load",

@@ -68,6 +68,17 @@ def test_claims_md_lists_every_evaluation_with_its_reasons(synthetic_run):
     assert "(+14 more)" in text  # long evidence lists are shortened
 
 
+def test_claims_md_names_each_verdicts_points_and_each_claims_lesson_settings(synthetic_run):
+    text = render_claims(synthetic_run)
+    header = next(x for x in text.splitlines() if x.startswith("| Claim |"))
+    assert "| Judged at (this run's points) |" in header
+    activations = next(x for x in text.splitlines() if x.startswith("| overhead-activations |"))
+    assert "| llama-3.2-3b b1 s512, b1 s2048, b4 s512, b4 s2048 |" in activations
+    settings = text.split("## Judged at: the lesson's settings each claim is checked at", 1)[1]
+    for claim in CLAIMS:
+        assert f"- **{claim.id}**: {claim.judged_at}" in settings, claim.id
+
+
 def test_check_run_dir_names_the_problem(tmp_path):
     with pytest.raises(RunFolderError, match="does not exist"):
         check_run_dir(tmp_path / "missing")

@@ -62,6 +62,22 @@ def test_gc_reduces_activations(build):
     assert check_gc_activations(build.run([on, oom]))[0].verdict is Verdict.HOLDS
 
 
+def test_gc_compares_an_oom_point_by_what_it_needed_uncapped(build):
+    base = {"families": "gc", **build.gpu()}
+    on = build.result(EIGHT, **base, **build.memory(5.3, 7.2, 7.36, 10.6))
+    off = build.result(EIGHT, gradient_checkpointing=False, status="oom", **base, **build.needed(19.2, 20.6))
+    (only,) = check_gc_activations(build.run([on, off]))
+    assert only.verdict is Verdict.HOLDS
+    assert "3.24 GiB (3.48 GB) with vs 11.84 GiB (12.71 GB) without" in only.measured
+    assert "without: needed (measured uncapped on NVIDIA H200)" in only.measured
+    assert only.points == "llama-3.1-8b b1 s512, b1 s512 nogc: needed (measured uncapped on NVIDIA H200)"
+    # An uncapped need that still shows no saving refutes, as a measured row would.
+    worse = build.result(
+        EIGHT, gradient_checkpointing=False, status="oom", **base, **build.needed(10.0, 11.0)
+    )
+    assert check_gc_activations(build.run([on, worse]))[0].verdict is Verdict.REFUTED
+
+
 def test_gc_inconclusive_and_not_run(build):
     base = {"families": "gc", **build.gpu()}
     on = build.result(THREE, status="oom", **base)

@@ -32,6 +32,7 @@ def _claim(check, applies_to=None, known: str = "") -> Claim:
         expected="e",
         tolerance=None,
         check=check,
+        judged_at="the lesson's point",
         known_doc_error=known,
         applies_to=applies_to,
     )
@@ -129,3 +130,15 @@ def test_no_check_raises_on_a_full_run(synthetic_run):
 def test_an_evaluation_with_a_correction_on_the_wrong_verdict_is_refused(verdict, corrected):
     with pytest.raises(ValueError, match="corrected statement"):
         Evaluation(verdict, "9 GB", corrected, (), "cond", "why")
+
+
+def test_evaluate_names_the_points_of_the_evidence_unless_the_check_did(build):
+    rows = [build.result(batch_size=4, seq_len=2048), build.result(batch_size=1, seq_len=512, status="oom")]
+    run = build.run(rows)
+    ids = tuple(run.results["case_id"])
+    (auto,) = evaluate(_claim(lambda r: [holds("m", ids)]), run)
+    assert auto.points == "llama-3.2-3b b1 s512 (oom), b4 s2048"  # by batch, then length
+    (own,) = evaluate(_claim(lambda r: [holds("m", ids, points="at the check's own words")]), run)
+    assert own.points == "at the check's own words"
+    (none,) = evaluate(_claim(lambda r: [not_run("no rows")]), run)
+    assert none.points == ""
