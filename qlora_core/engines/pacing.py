@@ -10,6 +10,13 @@ when the plan has a profiler window (CUDA), `PROFILED_STEPS` more steps are prof
 time (`devicetime`), never timed. The learning-rate schedule (`constant_with_warmup`) is constant
 after warm-up, so training does not depend on how many steps were measured.
 
+A case of `Case.fixed_steps` (one on text: the quality, stability and nan families) has a fixed
+plan by construction, whatever the device or the run's options: exactly its warm-up and measured
+steps, no adaptive measuring and no profiler window (its profiled steps would train too, and
+only when it runs alone on CUDA). Its losses and perplexity are compared between rows; steps
+that the device's pace added to one row of a pair (bf16 36 steps against fp16's 32 on an H100)
+made "final loss" mean different steps. Nothing reads its speed.
+
 `StepClock` walks a plan step by step; the loop and the trainer engines drive it alike.
 
 The ranks of a multi-GPU case stop together (`every_rank_agrees`): each reads its own clock, so
@@ -91,7 +98,9 @@ def plan_steps(
     memory_only: bool = False,
 ) -> StepPlan:
     """The plan of `case` on `device`; `adaptive`/`profile` None: on CUDA only. `memory_only`:
-    `MEMORY_ONLY_STEPS` fixed steps, no warm-up, no profiler window."""
+    `MEMORY_ONLY_STEPS` fixed steps, no warm-up, no profiler window. A case of `fixed_steps`:
+    neither adaptive nor profiled, whatever `adaptive`/`profile` say (a run's options apply to
+    all its cases; this case's steps are part of what it measures)."""
     if memory_only:
         return StepPlan(
             warmup_steps=0,
@@ -103,6 +112,8 @@ def plan_steps(
         )
     adaptive = device == "cuda" if adaptive is None else adaptive
     profile = device == "cuda" if profile is None else profile
+    if case.fixed_steps:
+        adaptive = profile = False
     cap = max(case.measured_steps, MEASURED_STEPS_CAP) if adaptive else case.measured_steps
     return StepPlan(
         warmup_steps=case.warmup_steps,

@@ -48,6 +48,25 @@ def test_plans_are_fixed_and_unprofiled_on_the_cpu_adaptive_and_profiled_on_cuda
     assert plan_steps(CASE, "cuda", adaptive=False, profile=False).max_total_steps == 12
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_case_on_text_has_a_fixed_unprofiled_plan_on_every_device_whatever_the_options(device):
+    text = CASE.replace(data="text")
+    assert text.fixed_steps and not CASE.fixed_steps
+    for adaptive in (None, True, False):
+        for profile in (None, True, False):
+            plan = plan_steps(text, device, adaptive=adaptive, profile=profile)
+            assert (plan.adaptive, plan.min_measured, plan.max_measured, plan.profiled_steps) == (
+                False,
+                10,
+                10,
+                0,
+            )
+            assert plan.max_total_steps == 12  # warm-up + measured, nothing the device's pace adds
+    assert stop_reason([5.0, 50.0] * 5, plan_steps(text, device)) == "fixed"
+    # Its synthetic twin is paced by the device where asked (on CUDA by default, test above).
+    assert plan_steps(CASE, device, adaptive=True, profile=True).max_total_steps > 12
+
+
 def test_percentile_and_relative_iqr():
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.25) == 2.0
     assert percentile([1.0, 2.0], 0.5) == 1.5
