@@ -114,6 +114,7 @@ def test_real_model_nf4_dq_trains_on_real_text(tmp_path):
     assert saved_bits == pytest.approx(DQ_SAVING_BITS, rel=0.10)
 
 
+@pytest.mark.slow
 def test_a_stability_case_trains_its_fixed_steps_where_pacing_is_asked_for(tmp_path):
     # The CPU tier's stability case on the tiny shape, run with adaptive pacing asked for (as on
     # CUDA by default): a case on text keeps exactly its warm-up + measured steps.
