@@ -84,7 +84,7 @@ class Case:
     warmup_steps: int = 2
     """Optimizer steps run before timing starts (CUDA kernels compile, allocator warms up)."""
     measured_steps: int = 10
-    """Optimizer steps timed after warm-up: the minimum, where adaptive pacing may add more
+    """Optimizer steps measured after warm-up: the minimum, where adaptive pacing may add more
     (`engines.pacing`); exactly this many for a case of `fixed_steps`."""
     seed: int = 0
     data: DataKind = "synthetic"
@@ -227,11 +227,12 @@ class Case:
 
     @property
     def fixed_steps(self) -> bool:
-        """The case trains exactly `warmup_steps + measured_steps` optimizer steps on every device:
-        no adaptive pacing, no profiler window (`engines.pacing.plan_steps`). True for a case on
-        text, the data whose losses and perplexities the claims compare between rows (the quality,
-        stability and nan families): steps added by the device's pace made "final loss" mean
-        different steps in the two rows of a pair. Derived from `data`, so no hash changes."""
+        """The case trains exactly `warmup_steps + measured_steps` optimizer steps on every device,
+        alone or side by side: no adaptive pacing, and a profiler window inside those steps
+        (`engines.pacing.fixed_plan`). True for a case on text, the data whose losses and
+        perplexities the claims compare between rows (the quality, stability and nan families):
+        steps added by the device's pace made "final loss" mean different steps in the two rows of
+        a pair. Derived from `data`, so no case id or hash changes."""
         return self.data == "text"
 
     @property

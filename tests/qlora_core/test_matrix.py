@@ -124,9 +124,10 @@ def test_numerics_families_train_a_fixed_plan_on_cuda_as_on_the_cpu(profile):
         assert cases, family
         for case in cases:
             for device in ("cuda", "cpu"):
-                plan = plan_steps(case, device)
-                assert not plan.adaptive and plan.profiled_steps == 0, (case.id, device)
-                assert plan.max_total_steps == case.warmup_steps + case.measured_steps
+                for profile in (None, False):  # alone, or side by side (no profiler window)
+                    plan = plan_steps(case, device, profile=profile)
+                    assert not plan.adaptive, (case.id, device)
+                    assert plan.max_total_steps == case.warmup_steps + case.measured_steps
     # The speed families stay paced on CUDA: the plan follows the case, not the device alone.
     assert all(plan_steps(c, "cuda").adaptive for c in cases_of(planned, "factorial"))
 
