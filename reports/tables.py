@@ -45,6 +45,7 @@ from reports.ladder_table import oom_ladder
 from reports.markdown import md_table
 from reports.multigpu_table import multigpu_table
 from reports.nan import nan_table
+from reports.numerics import LAST_K, last_losses
 from reports.rows import (
     LOADED,
     QUANT_FIELDS,
@@ -262,10 +263,15 @@ def _dtype_point(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _final_loss(row: pd.Series) -> str:
+    """The statistic bf16-quality compares (`reports.numerics`): the mean of the last losses; the
+    final loss, labelled, for a row too short for it."""
     if is_nan_run(row):
         return "NaN"
+    window = last_losses(row)
+    if window is not None:
+        return f"{window.mean:.3f}"
     loss = fval(row, "final_loss")
-    return f"{loss:.3f}" if loss is not None else NOT_RUN
+    return f"final {loss:.3f}" if loss is not None else NOT_RUN
 
 
 def _stability_cells(df: pd.DataFrame, dtype: str) -> tuple[str, str]:
@@ -297,7 +303,7 @@ def compute_dtypes(run: RunData) -> str:
         "tokens/s: measured",
         "Quality: lesson",
         "NaN runs (stability)",
-        "Final loss by lr (stability)",
+        f"Mean of the last {LAST_K} losses by lr (stability)",
         "Hardware: lesson",
     )
     at = setting(point.iloc[0]).split(",")[0] if not point.empty else "no point with several dtypes"

@@ -10,6 +10,16 @@ when the plan has a profiler window (CUDA), `PROFILED_STEPS` more steps are prof
 time (`devicetime`), never timed. The learning-rate schedule (`constant_with_warmup`) is constant
 after warm-up, so training does not depend on how many steps were measured.
 
+A case of `Case.fixed_steps` (one on text: the quality, stability and nan families) has a fixed
+plan by construction, whatever the device or the run's options: exactly its warm-up and measured
+steps, never adaptive (`fixed_plan`). Its losses and perplexity are compared between rows; steps
+that the device's pace added to one row of a pair (bf16 36 steps against fp16's 32 on an H100)
+made "final loss" mean different steps. A profiler window, where the plan has one (CUDA, the case
+alone on the device), takes the last `PROFILED_STEPS` of its measured steps instead of adding its
+own: profiled steps train too, and a window that only a case run alone has would make the same
+case train 33 steps alone and 30 side by side. Its kernel time stays measured (the gate's rule
+for a host-bound row reads it); its wall time is taken over the steps before the window.
+
 `StepClock` walks a plan step by step; the loop and the trainer engines drive it alike.
 
 The ranks of a multi-GPU case stop together (`every_rank_agrees`): each reads its own clock, so
@@ -91,7 +101,9 @@ def plan_steps(
     memory_only: bool = False,
 ) -> StepPlan:
     """The plan of `case` on `device`; `adaptive`/`profile` None: on CUDA only. `memory_only`:
-    `MEMORY_ONLY_STEPS` fixed steps, no warm-up, no profiler window."""
+    `MEMORY_ONLY_STEPS` fixed steps, no warm-up, no profiler window. A case of `fixed_steps`:
+    `fixed_plan`, never adaptive, whatever `adaptive` says (a run's options apply to all its
+    cases; this case's steps are part of what it measures)."""
     if memory_only:
         return StepPlan(
             warmup_steps=0,
@@ -103,6 +115,8 @@ def plan_steps(
         )
     adaptive = device == "cuda" if adaptive is None else adaptive
     profile = device == "cuda" if profile is None else profile
+    if case.fixed_steps:
+        return fixed_plan(case, device, profile)
     cap = max(case.measured_steps, MEASURED_STEPS_CAP) if adaptive else case.measured_steps
     return StepPlan(
         warmup_steps=case.warmup_steps,
@@ -110,6 +124,22 @@ def plan_steps(
         max_measured=cap,
         adaptive=adaptive,
         profiled_steps=PROFILED_STEPS if profile else 0,
+        profile_device=device,
+    )
+
+
+def fixed_plan(case: Case, device: str, profile: bool) -> StepPlan:
+    """Exactly `case.warmup_steps + case.measured_steps` optimizer steps, not adaptive. With a
+    profiler window (`profile`), the last `PROFILED_STEPS` measured steps are profiled rather than
+    timed, where the case measures more steps than that; otherwise there is no window."""
+    profiled = PROFILED_STEPS if profile and case.measured_steps > PROFILED_STEPS else 0
+    timed = case.measured_steps - profiled
+    return StepPlan(
+        warmup_steps=case.warmup_steps,
+        min_measured=timed,
+        max_measured=timed,
+        adaptive=False,
+        profiled_steps=profiled,
         profile_device=device,
     )
 

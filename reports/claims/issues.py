@@ -20,6 +20,7 @@ from reports.claims.points import DEVICE_BOUND_POINT, points_text, with_needed
 from reports.claims.speed import Place, device_bound_pairs, place, speed_ratio
 from reports.frame import RunData
 from reports.nan import Outcome, classify, nan_rows, outcome_text
+from reports.numerics import mismatch
 from reports.rows import (
     QUANT_FIELDS,
     PeakFigures,
@@ -284,6 +285,9 @@ def _remedy(remedy: pd.Series, failure: pd.Series, measured: str, what: str) -> 
         return inconclusive(
             f"{what} did not run to an outcome ({remedy['status']})", measured, evidence, condition
         )
+    differ = mismatch(((what, remedy), (f"fp16 at lr {float(failure['lr']):g}", failure)))
+    if differ:
+        return inconclusive(differ, measured, evidence, condition)
     if found.outcome is Outcome.FINE:
         return holds(measured, evidence, condition, why)
     return refuted(measured, f"{what} was {found.text()}", evidence, condition, why)
@@ -400,7 +404,8 @@ CLAIMS: tuple[Claim, ...] = (
         measures=(
             "nan-family rows per engine (core loop, Trainer): fp16's lowest lr above 1e-4 that went"
             " non-finite (first_nonfinite_step), and the outcome of the same run at lr 1e-4"
-            " (reports.nan.classify: non-finite at step k, no update, finite but diverging, fine)"
+            " (reports.nan.classify: non-finite at step k, no update, finite but diverging, fine),"
+            " trained alike (the same tokens a step, through the failure's step at least)"
         ),
         expected="at fp16's failure point, the run at lr 1e-4 is fine",
         tolerance=None,
@@ -416,7 +421,8 @@ CLAIMS: tuple[Claim, ...] = (
         quote="Numerical instability → Use bfloat16",
         measures=(
             "nan-family rows per engine: the outcome of bf16 at fp16's failure point (its lowest lr"
-            " above 1e-4 that went non-finite), classified by reports.nan.classify"
+            " above 1e-4 that went non-finite), classified by reports.nan.classify, trained alike (the"
+            " same tokens a step, through the failure's step at least)"
         ),
         expected="at fp16's failure point, bf16 at the same lr is fine (finite and not diverging)",
         tolerance=None,

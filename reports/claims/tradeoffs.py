@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from reports.claims.common import select
@@ -18,6 +17,7 @@ from reports.claims.memory_problem import WEIGHTS_TOL, weights_by_precision
 from reports.claims.model import ON_A100, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
 from reports.claims.nf4 import PPL_NOISE
 from reports.frame import RunData
+from reports.numerics import mismatch, trained_tokens
 from reports.rows import (
     QUANT_FIELDS,
     SEVENTY_B_CLASS_MIN,
@@ -43,14 +43,6 @@ SLIGHT_QUALITY = 0.10  # a perplexity gap above this is not "slightly"
 MIN_FINETUNE_TOKENS = 50_000  # tokens trained before a fine-tuned quality gap is judged
 
 
-def trained_tokens(row: pd.Series) -> int:
-    """Tokens the row trained on: tokens per optimizer step x steps run."""
-    per_step = fval(row, "tokens_per_step") or 0
-    losses = row.get("losses")
-    steps = len(losses) if isinstance(losses, (list, tuple, np.ndarray)) else 0
-    return int(per_step * steps)
-
-
 def check_tradeoff_quality(run: RunData) -> list[Evaluation]:
     """Quality "Slightly higher" (LoRA) vs "Slightly lower" (QLoRA): held-out perplexity after training."""
     df = run.results
@@ -72,7 +64,10 @@ def check_tradeoff_quality(run: RunData) -> list[Evaluation]:
         condition = f"{quant_label(q)} vs 16-bit on {q['model']}"
         evidence = (str(q["case_id"]), str(ref["case_id"]))
         why = f"noise {pct(PPL_NOISE)}; 'slightly' = QLoRA worse by at most {pct(SLIGHT_QUALITY)}"
-        if trained < MIN_FINETUNE_TOKENS:
+        differ = mismatch(((quant_label(q), q), ("16-bit", ref)))
+        if differ:
+            out.append(inconclusive(differ, measured, evidence, condition))
+        elif trained < MIN_FINETUNE_TOKENS:
             # The claim is about fine-tuned models; after a few thousand tokens the gap is still
             # the quantization gap of the untrained weights (the CPU tier trains 2,560 tokens).
             out.append(
@@ -282,7 +277,9 @@ CLAIMS: tuple[Claim, ...] = (
             " point (quality family), once 50,000 tokens are trained"
         ),
         quote="Slightly higher | Slightly lower",
-        measures="ppl_after of nf4 quality rows vs the 16-bit reference",
+        measures=(
+            "ppl_after of nf4 quality rows vs the 16-bit reference, trained alike (same steps and tokens)"
+        ),
         expected="QLoRA worse by more than 1% noise and at most 10%",
         tolerance=SLIGHT_QUALITY,
         check=check_tradeoff_quality,

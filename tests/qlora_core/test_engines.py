@@ -352,6 +352,18 @@ def test_profiled_steps_follow_the_measured_ones_and_are_not_timed(engine):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ("loop", "trainer"))
+def test_a_fixed_step_case_profiles_inside_its_steps_and_trains_no_more(engine):
+    # A case on text keeps warm-up + measured steps with a profiler window (`pacing.fixed_plan`).
+    case = BASE.replace(engine=engine, data="text", warmup_steps=1, measured_steps=5)
+    plan = plan_steps(case, "cpu", adaptive=True, profile=True)
+    stats, calls = run(case, plan=plan)
+    assert calls == list(range(1 + 5)) and len(stats.losses) == 6
+    assert (len(stats.step_ms), stats.stop_reason) == (5 - PROFILED_STEPS, "fixed")
+    assert stats.profiled_steps == PROFILED_STEPS and stats.kernel_ms_per_step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ("loop", "trainer"))
 def test_adaptive_measuring_stops_on_its_rule_and_the_schedule_does_not_depend_on_it(engine):
     case = BASE.replace(engine=engine, warmup_steps=1, measured_steps=3)
     # An unreachable target and a budget no loaded CPU spends: the cap.

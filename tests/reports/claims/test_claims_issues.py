@@ -234,6 +234,19 @@ def test_nan_bf16_at_the_failure_point(build):
     assert check_nan_bf16(build.run([]))[0].verdict is Verdict.NOT_RUN
 
 
+def test_a_remedy_that_stopped_before_the_failing_step_is_not_compared(build):
+    rows = _grid(build, fp16_0p1=None, bf16_0p1=2.8, fp16_0p0001=2.5)
+    failure = rows[0]
+    failure.losses, failure.first_nonfinite_step = [3.0] * 14 + [float("nan")], 14
+    for check in (check_nan_bf16, check_nan_lr):
+        (only,) = check(build.run(rows))  # the remedies trained 10 steps; fp16 failed at the 15th
+        assert only.verdict is Verdict.INCONCLUSIVE, check
+        assert "trained 10 steps x 128 tokens" in only.why and "15 steps" in only.why
+        assert only.why.endswith(": not compared")
+    failure.losses, failure.first_nonfinite_step = [3.0] * 9 + [float("nan")], 9
+    assert check_nan_bf16(build.run(rows))[0].verdict is Verdict.HOLDS  # went through step 10
+
+
 # -- the ladder with what each OOM needed (issue 11) ----------------------------------------------
 H200 = "NVIDIA H200"
 
