@@ -48,6 +48,8 @@ class StopGuard:
 
     def install(self) -> None:
         for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # ignored by whoever started us (a background job, nohup): left so
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:

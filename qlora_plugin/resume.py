@@ -79,7 +79,9 @@ def run_folder_problem(run_dir: Path) -> str | None:
         environment = json.loads(path.read_text())
     except OSError as exc:
         return f"--resume {run_dir}: its {ENVIRONMENT_JSON} cannot be read ({exc.strerror})"
-    except ValueError as exc:  # not UTF-8 or not JSON
+    except UnicodeDecodeError:
+        return f"--resume {run_dir}: its {ENVIRONMENT_JSON} is not JSON (not UTF-8 text)"
+    except ValueError as exc:
         return f"--resume {run_dir}: its {ENVIRONMENT_JSON} is not JSON ({_short(exc)})"
     if not isinstance(environment, dict):
         return f"--resume {run_dir}: its {ENVIRONMENT_JSON} is not a JSON object"
