@@ -8,6 +8,9 @@ case, round 2: every case, ...) so that drift over the session hits every case a
 timings, claims and the release gate read the whole run, so their modules are ordered after
 every case. At the end the run's tables and reports are written from
 the stored results; a report that cannot be written fails the session (the results stay).
+From the opening of the run folder on, Ctrl-C and SIGTERM stop the session cleanly
+(`qlora_plugin.interrupt`); the summary ends with what finished and the command that resumes
+or completes the run (`reports.completeness`).
 """
 
 from __future__ import annotations
