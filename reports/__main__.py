@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
-from reports.completeness import folder_incompleteness
+from reports.completeness import completing_command, folder_incompleteness
 from reports.fit import REFERENCE_DIR, AdvisorError, run_advisor
 from reports.frame import ENVIRONMENT_JSON, MEASUREMENTS_DIR, RESULTS_JSONL, load_run, read_results_jsonl
 from reports.gate import gate
@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
 def readable_run_dir(run_dir: Path) -> Path:
     """`run_dir` when it is a run folder whose files a report reads are readable; RunFolderError
     naming each file that is not (no raw exception text reaches the user)."""
+    run_dir = Path(run_dir)
+    if (run_dir / ENVIRONMENT_JSON).is_file() and not (run_dir / RESULTS_JSONL).exists():
+        raise RunFolderError(
+            f"{run_dir} holds no finished run yet (no {RESULTS_JSONL}: its session stopped before its"
+            f" first case ended); run them with: {completing_command(run_dir)}"
+        )
     run_dir = check_run_dir(run_dir)
     problems = [_environment_problem(run_dir), _results_problem(run_dir), *_measurement_problems(run_dir)]
     found = [p for p in problems if p]

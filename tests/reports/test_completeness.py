@@ -137,3 +137,14 @@ def test_reports_names_the_unreadable_file_without_raw_exception_text(
     assert err.startswith(f"error: {run_dir} cannot be read as a qlora-bench run folder: ") and words in err
     assert "codec" not in err and "Traceback" not in err
     assert not (tmp_path / "merged").exists() and not (tmp_path / "b.json").exists()  # nothing written
+
+
+def test_a_run_folder_stopped_before_its_first_case_ended_is_named_so(tmp_path, capsys):
+    run_dir = tmp_path / "cpu-smoke-run"
+    run_dir.mkdir()
+    (run_dir / "environment.json").write_text(json.dumps({PLANNED_RUNS: SIX}))
+    assert main(["render", str(run_dir)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "holds no finished run yet" in err and f"pytest bench --resume {run_dir}" in err
+    assert main(["render", str(tmp_path)]) == EXIT_USAGE  # a folder that is no run folder at all
+    assert "has no results.jsonl: not a qlora-bench run folder" in capsys.readouterr().err
