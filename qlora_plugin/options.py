@@ -117,8 +117,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=Path,
         metavar="RUN_DIR",
         help="continue RUN_DIR: keep its finished cases, rerun the missing and failed ones. The"
-        " folder's profile, tier, --model, --force, --repeat and --shard are kept; a conflicting one"
-        " is refused.",
+        " folder's profile, tier, --model, --force and --shard are kept (a conflicting one is"
+        " refused), and its --repeat unless given.",
     )
     group.addoption(
         "--case-timeout",
