@@ -31,8 +31,9 @@ from qlora_core.models import model_problem
 from qlora_core.runner import DEFAULT_TIMEOUT_S
 from qlora_core.side_by_side import MAX_LANES, auto_lanes
 from qlora_core.spec import FIELD_NAMES, Case, CaseError
+from qlora_plugin.resume import profile_conflict, resolve_settings
 from qlora_plugin.shard import Shard, parse_shard
-from reports.baseline import DEFAULT_MATRIX, BaselineError, load_baseline
+from reports.baseline import BaselineError, load_baseline
 from reports.baseline_choice import CPU_PROFILE, baseline_option_problems
 from reports.frame import RESULTS_JSONL
 from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
@@ -86,16 +87,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qlora-bench", "qlora-bench: the QLoRA measurement matrix")
     group.addoption(
         "--gpu",
-        default="auto",
+        default=None,  # auto; on --resume the folder's profile (qlora_plugin.resume)
         metavar="PROFILE",
         help=f"GPU profile: {', '.join(PROFILE_NAMES)} or auto (the GPU present, cpu without one)."
-        " A profile smaller than the GPU present is emulated by capping memory. Default: auto.",
+        " A profile smaller than the GPU present is emulated by capping memory. Default: auto"
+        " (on --resume: the folder's).",
     )
     group.addoption(
         "--matrix",
-        default=DEFAULT_MATRIX,
+        default=None,  # default; on --resume the folder's tier
         metavar="TIER",
-        help=f"matrix tier: {', '.join(MATRICES)} (smoke <= 6 cases, default <= 40). Default: default.",
+        help=f"matrix tier: {', '.join(MATRICES)} (smoke <= 6 cases, default <= 40). Default: default"
+        " (on --resume: the folder's).",
     )
     group.addoption(
         "--model",
@@ -117,7 +120,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         type=Path,
         metavar="RUN_DIR",
-        help="continue RUN_DIR: keep its finished cases, rerun the missing and failed ones.",
+        help="continue RUN_DIR: keep its finished cases, rerun the missing and failed ones. The"
+        " folder's profile, tier, --model, --force and --shard are kept (a conflicting one is"
+        " refused), and its --repeat unless given.",
     )
     group.addoption(
         "--case-timeout",
@@ -207,24 +212,26 @@ def bench_options(config: pytest.Config) -> BenchOptions:
 
 def read_options(config: pytest.Config) -> BenchOptions:
     """Validate the qlora-bench options of `config`; a pytest.UsageError lists every problem."""
-    problems: list[str] = []
-    matrix = config.getoption("--matrix")
+    resume = config.getoption("--resume")
+    # The options that decide the runs; on --resume the folder's where not given (or conflicting).
+    settings, problems = resolve_settings(config.getoption, resume, parse_force)
+    matrix = settings.matrix
     if matrix not in MATRICES:
         problems.append(f"--matrix {matrix!r} is not one of: {', '.join(MATRICES)}")
-    models = tuple(config.getoption("--model"))
+    models = settings.models
     problems += [f"--model: {p}" for m in models if (p := model_problem(m))]
     try:
-        force = parse_force(config.getoption("--force"))
+        force = parse_force(list(settings.force))
     except CaseError as exc:
         problems += exc.problems
         force = ()
-    repeat, repeat_problem = parse_repeat(config.getoption("--repeat"))
+    repeat, repeat_problem = parse_repeat(settings.repeat)
     if repeat_problem:
         problems.append(repeat_problem)
-    shard, shard_problem = parse_shard(config.getoption("--shard"))
+    shard, shard_problem = parse_shard(settings.shard)
     if shard_problem:
         problems.append(shard_problem)
-    shard_costs = config.getoption("--shard-costs")
+    shard_costs = settings.shard_costs
     if shard_costs is not None and not (shard_costs.is_file() or (shard_costs / RESULTS_JSONL).is_file()):
         problems.append(
             f"--shard-costs {shard_costs}: neither a baseline file nor a run folder (no {RESULTS_JSONL})"
@@ -237,14 +244,13 @@ def read_options(config: pytest.Config) -> BenchOptions:
     timeout = config.getoption("--case-timeout")
     if timeout <= 0:
         problems.append(f"--case-timeout {timeout:g} must be positive")
-    resume = config.getoption("--resume")
-    if resume is not None and not resume.is_dir():
-        problems.append(f"--resume {resume}: no such run folder")
     try:
-        profile, gpu = resolve_profile(config.getoption("--gpu"))
+        profile, gpu = resolve_profile(settings.gpu)
     except UnknownProfileError as exc:
         problems.append(f"--gpu: {exc}")
         profile, gpu = None, None
+    if profile is not None and (mismatch := profile_conflict(settings.gpu, profile.name, resume)):
+        problems.append(mismatch)
     require_speed = bool(config.getoption("require_speed"))
     baseline = config.getoption("--baseline")
     if baseline is not None:
@@ -270,7 +276,7 @@ def read_options(config: pytest.Config) -> BenchOptions:
     if problems or profile is None:
         raise pytest.UsageError("qlora-bench options:\n  " + "\n  ".join(problems))
     return BenchOptions(
-        gpu=config.getoption("--gpu"),
+        gpu=settings.gpu,
         profile=profile,
         gpu_present=gpu,
         matrix=matrix,

@@ -41,13 +41,16 @@ from qlora_core.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sha
 from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions
+from qlora_plugin.resume import recorded_settings
 from qlora_plugin.run_folder import (
     CASES_DIR,
     append_line,
     case_file_problem,
     lock_run_dir,
     repair_torn_tail,
+    unlock_run_dir,
 )
+from reports.completeness import INCOMPLETE, PLANNED_RUNS, Incompleteness, folder_incompleteness
 from reports.frame import (
     ENVIRONMENT_JSON,
     MEASUREMENTS_DIR,
@@ -90,6 +93,7 @@ class BenchSession:
     earlier_commands: list[str] = field(default_factory=list)  # sessions this run resumed
     warnings: list[str] = field(default_factory=list)  # shown again in the summary
     matrix_case_ids: list[str] = field(default_factory=list)  # the whole matrix (every shard's)
+    planned_runs: dict[str, int] = field(default_factory=dict)  # the folder's cases -> repeats
     _opened_at: float = field(default_factory=time.monotonic)  # for the progress line's times
     _lock: IO[str] | None = None
     spares: SparePool = field(default_factory=SparePool)  # warm spare children (qlora_core/spare.py)
@@ -101,29 +105,44 @@ class BenchSession:
         options: BenchOptions,
         write_line: Callable[[str], None] = print,
         matrix_case_ids: list[str] | None = None,
+        planned_runs: dict[str, int] | None = None,
     ) -> BenchSession:
         """Take the run folder (RunFolderInUseError if another session holds it) and read what
         --resume can reuse. `matrix_case_ids`: the whole matrix's ids, recorded so that a merge of
-        shards can name the cases no shard ran."""
+        shards can name the cases no shard ran; `planned_runs`: the runs the folder is to hold
+        (its shard's cases with --shard), recorded so that every reader can tell what is missing
+        (`reports.completeness`)."""
         run_dir = options.resume if options.resume is not None else _new_run_dir(options)
         session = cls(options, run_dir, write_line=write_line, matrix_case_ids=list(matrix_case_ids or []))
+        session.planned_runs = dict(planned_runs or {})
         session._lock = lock_run_dir(run_dir)
-        if options.resume is not None:
-            session._read_stored()
-            if (run_dir / ENVIRONMENT_JSON).exists():
-                earlier = json.loads((run_dir / ENVIRONMENT_JSON).read_text())
-                session.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
-        session.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        session.write_environment()
-        session.spares.prime()  # the first case's spare, and the probe of what spares may import
+        try:
+            session._open_folder()
+        except BaseException:  # interrupted or failed while opening: the lock goes with it
+            session.close()
+            raise
         return session
 
+    def _open_folder(self) -> None:
+        """Read what --resume can reuse, record the environment, start the first spare."""
+        if self.options.resume is not None:
+            self._read_stored()
+            if (self.run_dir / ENVIRONMENT_JSON).exists():
+                earlier = json.loads((self.run_dir / ENVIRONMENT_JSON).read_text())
+                self.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
+        self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.write_environment()
+        self.spares.prime()  # the first case's spare, and the probe of what spares may import
+
     def close(self) -> None:
-        """End the waiting spare; release the run folder's lock (a dead process releases it too)."""
-        self.spares.shutdown()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        """End the waiting spare; release and remove the run folder's lock (a dead process
+        releases it too, but leaves the file)."""
+        try:
+            self.spares.shutdown()
+        finally:
+            if self._lock is not None:
+                unlock_run_dir(self._lock, self.run_dir)
+                self._lock = None
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -365,6 +384,8 @@ class BenchSession:
             "forced": dict(self.options.force),
             "shard": str(self.options.shard) if self.options.shard else None,
             "matrix_case_ids": self.matrix_case_ids,
+            **recorded_settings(self.options.models, self.options.repeat, self.options.shard_costs),
+            PLANNED_RUNS: self.planned_runs,
             "command": self.options.command_line,
             # Every session that added to this folder (--resume), oldest first.
             "commands": [*self.earlier_commands, self.options.command_line],
@@ -375,7 +396,19 @@ class BenchSession:
         }
 
     def write_environment(self) -> None:
-        write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(self.environment(), indent=2, default=str))
+        env = self.environment()
+        env[INCOMPLETE] = self._incomplete_json(env)
+        write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(env, indent=2, default=str))
+
+    def incompleteness(self) -> Incompleteness | None:
+        """What the folder lacks of its plan now (`reports.completeness`); None when complete."""
+        return folder_incompleteness(self.run_dir, {PLANNED_RUNS: self.planned_runs})
+
+    def _incomplete_json(self, env: dict[str, Any]) -> dict[str, Any] | None:
+        # Written when the folder opens too: a session killed outright leaves the mark as of
+        # its start (never "complete"); readers recompute it from results.jsonl.
+        missing = folder_incompleteness(self.run_dir, env)
+        return missing.as_json() if missing else None
 
     def finish(self) -> dict[str, Path]:
         """Write results.csv/.parquet and the environment; return the paths written."""
@@ -383,6 +416,7 @@ class BenchSession:
         env["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         env["cases"] = len({key[0] for key in self.results})
         env["runs"] = len(self.results)
+        env[INCOMPLETE] = self._incomplete_json(env)
         write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(env, indent=2, default=str))
         paths, problems = write_result_tables(self.run_dir)  # one row per case, its repeats folded
         for problem in problems:

@@ -18,24 +18,31 @@
   under ROOT (`reports.claims_matrix`), e.g. of the committed reference runs.
 
 Exit codes: 0 done (gate: passed); 1 the gate found regressions; 2 usage error, missing folder,
-a folder without results.jsonl (claims-matrix: none under ROOT), an unusable baseline, or folders
-that cannot be merged.
+a folder without results.jsonl (claims-matrix: none under ROOT), a run folder file that cannot be
+read (each named, no raw exception text: `readable_run_dir`), an unusable baseline, or folders that
+cannot be merged. `render` prints the incomplete line of a run that lacks runs of its plan
+(`reports.completeness`).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
 from reports.baseline_choice import save_target
 from reports.claims_matrix import write_claims_matrix
+from reports.completeness import completing_command, folder_incompleteness
 from reports.fit import run_advisor
 from reports.fit_query import AdvisorError, add_query_options, query_case
-from reports.frame import load_run
+from reports.frame import ENVIRONMENT_JSON, MEASUREMENTS_DIR, RESULTS_JSONL, load_run, read_results_jsonl
 from reports.gate import gate
 from reports.merge import MergeError, merge_runs
 from reports.render import RunFolderError, check_run_dir, render_run
@@ -126,6 +133,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def readable_run_dir(run_dir: Path) -> Path:
+    """`run_dir` when it is a run folder whose files a report reads are readable; RunFolderError
+    naming each file that is not (no raw exception text reaches the user)."""
+    run_dir = Path(run_dir)
+    if (run_dir / ENVIRONMENT_JSON).is_file() and not (run_dir / RESULTS_JSONL).exists():
+        raise RunFolderError(
+            f"{run_dir} holds no finished run yet (no {RESULTS_JSONL}: its session stopped before its"
+            f" first case ended); run them with: {completing_command(run_dir)}"
+        )
+    run_dir = check_run_dir(run_dir)
+    problems = [_environment_problem(run_dir), _results_problem(run_dir), *_measurement_problems(run_dir)]
+    found = [p for p in problems if p]
+    if found:
+        raise RunFolderError(f"{run_dir} cannot be read as a qlora-bench run folder: {'; '.join(found)}")
+    return run_dir
+
+
+def _environment_problem(run_dir: Path) -> str | None:
+    path = run_dir / ENVIRONMENT_JSON
+    if not path.exists():
+        return None  # optional: older folders, hand-made ones
+    text, problem = _read_text(path, ENVIRONMENT_JSON)
+    if problem:
+        return problem
+    try:
+        environment = json.loads(text)
+    except ValueError as exc:
+        return f"{ENVIRONMENT_JSON} is not JSON ({str(exc).splitlines()[0]})"
+    return None if isinstance(environment, dict) else f"{ENVIRONMENT_JSON} is not a JSON object"
+
+
+def _results_problem(run_dir: Path) -> str | None:
+    path = run_dir / RESULTS_JSONL
+    text, problem = _read_text(path, RESULTS_JSONL)
+    if problem:
+        return problem
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not read_results_jsonl(path):
+        return f"{RESULTS_JSONL} holds {len(lines)} lines and no result row of qlora-bench"
+    return None
+
+
+def _measurement_problems(run_dir: Path) -> list[str]:
+    problems = []
+    for path in sorted((run_dir / MEASUREMENTS_DIR).glob("*.csv")):
+        name = f"{MEASUREMENTS_DIR}/{path.name}"
+        text, problem = _read_text(path, name)
+        if not problem:
+            try:
+                pd.read_csv(io.StringIO(text))
+            except ValueError as exc:  # pandas' parser and empty-data errors
+                problem = f"{name} is not a CSV table ({str(exc).splitlines()[0]})"
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _read_text(path: Path, name: str) -> tuple[str, str | None]:
+    """A file's text, or why it cannot be read (named `name`)."""
+    try:
+        return path.read_text(encoding="utf-8"), None
+    except UnicodeDecodeError as exc:
+        return "", f"{name} is not text (byte {exc.object[exc.start]:#04x} at {exc.start} is not UTF-8)"
+    except OSError as exc:
+        return "", f"{name} cannot be read ({exc.strerror})"
+
+
+def _print_incomplete(run_dir: Path) -> None:
+    """The incomplete line claims.md now starts with, on the console too."""
+    environment = (
+        json.loads((run_dir / ENVIRONMENT_JSON).read_text()) if (run_dir / ENVIRONMENT_JSON).exists() else {}
+    )
+    missing = folder_incompleteness(run_dir, environment)
+    if missing:
+        print(missing.line())
+
+
 def _gate(
     run_dir: Path,
     baseline: Path,
@@ -134,7 +218,7 @@ def _gate(
     selected_only: bool = False,
     require_speed: bool = False,
 ) -> int:
-    run = load_run(check_run_dir(run_dir))
+    run = load_run(readable_run_dir(run_dir))
     selected = set(run.results["case_id"]) if selected_only and not run.results.empty else None
     report = gate(baseline, run, thresholds, run_dir, allow_noisy, selected, require_speed)
     if report.baseline_note:
@@ -167,16 +251,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 itself on a usage error
     try:
         if args.command == "render":
-            for name, path in render_run(args.run_dir).items():
+            for name, path in render_run(readable_run_dir(args.run_dir)).items():
                 print(f"{name}: {path}")
+            _print_incomplete(args.run_dir)
         elif args.command == "baseline":
-            run = load_run(check_run_dir(args.run_dir))
+            run = load_run(readable_run_dir(args.run_dir))
             command = args.command_text or run.environment.get("command", "")
             path = save_target(args.path, run)
             saved = save_run_baseline(path, run, command=command)
             print(f"baseline written: {path} ({len(saved['cases'])} cases)")
         elif args.command == "merge":
             command = shlex.join(["python", "-m", "reports", *(argv if argv is not None else sys.argv[1:])])
+            for run_dir in args.run_dirs:
+                readable_run_dir(run_dir)
             report = merge_runs(args.run_dirs, args.out, partial=args.partial, command=command)
             for flag in report.flags:
                 print(f"flag: {flag}")
@@ -207,6 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(run_advisor(profile, setting, args.runs, args.show_held_out))
     except (RunFolderError, BaselineError, MergeError, AdvisorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # a file that vanished or cannot be read or written past the checks
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
 

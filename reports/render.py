@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from reports.claims import Claim, Evaluation, Verdict, evaluate_all
+from reports.completeness import run_incompleteness
 from reports.frame import RESULTS_JSONL, RunData, load_run
 from reports.markdown import md_table
 from reports.merge import merge_notes
@@ -109,17 +110,25 @@ def render_claims(run: RunData) -> str:
     return "\n".join(lines) + "\n"
 
 
+def incomplete_mark(run: RunData) -> str:
+    """The first line of claims.md and tables.md of a run that lacks runs of its plan
+    (`reports.completeness`): how many, which, and the command that completes it; "" otherwise."""
+    missing = run_incompleteness(run)
+    return f"{missing.line()}\n\n" if missing else ""
+
+
 def render_run(run_dir: Path) -> dict[str, Path]:
     """Write claims.md, tables.md, wall_time.md and plots/*.png into `run_dir`; the paths written
     by name ("claims", "tables", "wall_time", and each plot's file stem)."""
     run_dir = check_run_dir(run_dir)
     run = load_run(run_dir)
     written: dict[str, Path] = {}
+    mark = incomplete_mark(run)
     claims_md = run_dir / CLAIMS_MD
-    claims_md.write_text(render_claims(run))
+    claims_md.write_text(mark + render_claims(run))
     written["claims"] = claims_md
     tables_md = run_dir / TABLES_MD
-    tables_md.write_text(render_tables(run))
+    tables_md.write_text(mark + render_tables(run))
     written["tables"] = tables_md
     wall_time_md = run_dir / WALL_TIME_MD
     wall_time_md.write_text(render_wall_time(run_dir))
