@@ -1,7 +1,10 @@
 """The release gate, run by `pytest bench` after every matrix test (the plugin orders it last).
 
-`--baseline PATH` compares this run with a stored baseline and fails on any regression;
-`--save-baseline PATH` stores this run as the baseline. Given both (even the same path), the
+`--baseline PATH` compares this run with a stored baseline (PATH a file, or a folder of baselines
+to choose from by profile, tier and GPU, checked by the options before the run) and fails on any
+regression; `--save-baseline
+PATH` stores this run as the baseline. Against a baseline from another GPU, speed is not compared
+and the console says so; `--require-speed` makes that a failure. Given both (even the same path), the
 comparison runs first, against the old file. The logic lives in `reports.gate` (the comparison)
 and `reports.baseline` (the file).
 """
@@ -13,13 +16,15 @@ from typing import Any
 import pytest
 
 from qlora_plugin.checks import assert_baseline_reproduces_run
+from qlora_plugin.hooks import GATE_LINES_KEY
 from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
+from reports.baseline_choice import save_target
 from reports.gate import gate
 
 
 # Defined first so that with --baseline and --save-baseline on one path, the old file is judged
 # before it is replaced.
-def test_regression_gate(bench_session: Any) -> None:
+def test_regression_gate(bench_session: Any, request: pytest.FixtureRequest) -> None:
     """This run against --baseline: any regression fails, listing each; writes baseline-diff.md."""
     options = bench_session.options
     if options.baseline is None:
@@ -29,13 +34,25 @@ def test_regression_gate(bench_session: Any) -> None:
     selected = bench_session.selected_case_ids()
     try:
         report = gate(
-            options.baseline, run, options.thresholds, bench_session.run_dir, options.allow_noisy, selected
+            options.baseline,
+            run,
+            options.thresholds,
+            bench_session.run_dir,
+            options.allow_noisy,
+            selected,
+            options.require_speed,
         )
     except BaselineError as e:
-        bench_session.gate_summary = f"FAIL: unusable baseline {options.baseline}"
+        request.config.stash[GATE_LINES_KEY] = [f"gate: FAIL: unusable baseline {options.baseline}"]
         pytest.fail(f"unusable baseline, the gate cannot pass: {e}", pytrace=False)
     diff = bench_session.run_dir / BASELINE_DIFF_MD
-    bench_session.gate_summary = f"{report.summary} against {options.baseline} ({diff})"
+    # The verdict, why speed was not compared and which baseline a folder gave, for the session's
+    # end screen (qlora_plugin.hooks.end_screen).
+    notes = [note for note in (report.speed_not_compared, report.baseline_note) if note]
+    for note in notes:  # in the test's output too (a failure shows it)
+        print(note)
+    verdict = [f"gate: {report.verdict} against {options.baseline} ({diff})"]
+    request.config.stash[GATE_LINES_KEY] = verdict + [f"  {note}" for note in notes]
     for flag in report.flags:
         print(f"baseline flag: {flag}")
     for noisy in report.too_noisy:
@@ -54,6 +71,7 @@ def test_save_baseline(bench_session: Any) -> None:
     if options.save_baseline is None:
         pytest.skip("no --save-baseline PATH given: no baseline written")
     run = bench_session.load()
-    loaded = save_run_baseline(options.save_baseline, run, command=options.command_line)
+    path = save_target(options.save_baseline, run)  # a folder: <profile>-<tier>-<gpu>.json in it
+    loaded = save_run_baseline(path, run, command=options.command_line)
     assert_baseline_reproduces_run(loaded, run)
-    print(f"baseline written: {options.save_baseline} ({len(loaded['cases'])} cases)")
+    print(f"baseline written: {path} ({len(loaded['cases'])} cases)")

@@ -34,13 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from qlora_core import faults
+from qlora_core.checkpointer import Checkpointer
 from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated
+from qlora_core.lanes import lane_cap_gib
 from qlora_core.models import Prequant
 from qlora_core.outcomes import classify_exception, recognised_refusal
-from qlora_core.result import Result, Status, write_atomic
+from qlora_core.result import Result, Status
 from qlora_core.row_summary import record_mfu, summarize_steps
-from qlora_core.runner import RunOptions, child_env, now_iso
+from qlora_core.runner import RunOptions, child_env, now_iso, quiet_offline_kernel_notices
 from qlora_core.spec import HELDOUT_WINDOWS, Case
+
+quiet_offline_kernel_notices()  # before bitsandbytes is imported, in a case, a spare or a rank
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _REASON_CHARS = 2000
@@ -70,59 +74,6 @@ def environment_fields() -> dict[str, str]:
         "accelerate_version": version("accelerate"),
         "trl_version": version("trl"),
     }
-
-
-PROGRESS_SAVE_S = 10.0
-"""During training the Result is written at most this often (after a step): the parent's
-heartbeat (`qlora_plugin.heartbeat`, every 30 s) reads the step count from it."""
-
-
-class _Checkpointer:
-    """Writes the Result as each stage starts, marked as dying in it until the case ends."""
-
-    def __init__(self, result: Result, path: Path) -> None:
-        self.result = result
-        self.path = path
-        self.current = ""
-        self.fault: faults.Fault | None = None
-        self._saved_at = time.monotonic()
-
-    def stage(self, name: str) -> None:
-        if name not in faults.STAGES:
-            raise AssertionError(f"stage {name!r} is not in faults.STAGES")
-        self.current = name
-        self.result.status = Status.CRASHED.value
-        self.result.reason = f"died during {name}"
-        write_atomic(self.path, self.result.to_json())
-        self._fire_if_due()
-
-    def save(self) -> None:
-        """Write the Result as it stands, in the current stage."""
-        write_atomic(self.path, self.result.to_json())
-        self._saved_at = time.monotonic()
-
-    def save_progress(self) -> None:
-        """`save`, at most every `PROGRESS_SAVE_S`: the steps so far, for the parent's heartbeat
-        (it reads the file while it waits) and for a child that dies later in the stage."""
-        if time.monotonic() - self._saved_at >= PROGRESS_SAVE_S:
-            self.save()
-
-    def arm(self, spec: str) -> None:
-        """Inject the fault `spec` (KIND@STAGE, "" for none); fires now if STAGE is the current one."""
-        self.fault = faults.parse_fault(spec)
-        self._fire_if_due()
-
-    def _fire_if_due(self) -> None:
-        if self.fault is not None and self.fault.stage == self.current:
-            self.result.reason += f" (injected fault {self.fault})"
-            write_atomic(self.path, self.result.to_json())
-            faults.fire(self.fault)
-
-    def finish(self, status: Status, reason: str = "", tb: str = "") -> None:
-        self.result.status = status.value
-        self.result.reason = reason
-        self.result.traceback = tb
-        write_atomic(self.path, self.result.to_json())
 
 
 def child_main(request_path: str, spare_import_s: float | None = None) -> None:
@@ -165,7 +116,7 @@ def run_child(
     result.start_s = start_s
     result.warm_spare = spare_import_s is not None
     result.spare_import_s = spare_import_s
-    ckpt = _Checkpointer(result, result_path)
+    ckpt = Checkpointer(result, result_path)
     ckpt.stage("start-up")  # from here on the result file exists, whatever happens
     tb = ""
     try:
@@ -211,7 +162,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[Status, str]:
+def _run_stages(case: Case, options: RunOptions, ckpt: Checkpointer) -> tuple[Status, str]:
     r = ckpt.result
     profile = get_profile(options.profile)
     gpu = detect_gpu() if profile.is_gpu else None
@@ -223,6 +174,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: _Checkpointer) -> tuple[S
 
     r.import_s = time.perf_counter() - t0
     r.side_by_side = options.shared_device if options.shared_device > 1 else None
+    r.lane_share_gib = options.lane_share_gib
     if r.side_by_side:
         # N cases share the host's cores: each takes its share for its CPU-side work (LoRA's init,
         # the data), not every core N times over (prepare + LoRA took 16-30 s so on the H200).
@@ -446,7 +398,8 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
 
     Emulating a smaller GPU: the cap is the profile's device memory minus this process's CUDA
     context (measured here, since the allocator cannot see it), as a fraction of the real card.
-    Returns the started NVML sampler.
+    A lane of a real card shared side by side (`RunOptions.lane_share_gib`): its share less the
+    context, the same way (`lanes.lane_cap_gib`). Returns the started NVML sampler.
     """
     import torch
 
@@ -487,8 +440,12 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
         # What the emulated card would say about bf16, not the host's answer.
         r.bf16_native = profile.native_bf16
     if cap is not None:
-        torch.cuda.set_per_process_memory_fraction(min(1.0, max(cap, 0.01) / total), index)
         r.memory_cap_gib = cap
+    elif options.lane_share_gib is not None and not options.uncapped:
+        # A lane of a real card: the suite's cap, kept apart from the profile's (memory_cap_gib).
+        cap = r.lane_cap_gib = lane_cap_gib(options.lane_share_gib, context_gib)
+    if cap is not None:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, max(cap, 0.01) / total), index)
     return sampler.start()
 
 

@@ -31,6 +31,8 @@ families runs once):
   row's training total); see `weights_cases`.
 - ``quality``: the real model on held-out text: nf4/fp4 x double quant and the 16-bit reference.
 - ``stability``: the real model on text, fp16 vs bf16 compute at learning rates 1e-4, 2e-4, 1e-3.
+  Like ``quality`` and ``nan``, its cases train on text, so each trains exactly its warm-up and
+  measured steps on every device (`Case.fixed_steps`): the claims compare their losses step for step.
 - ``nan``: the lesson's NaN advice exercised where fp16 goes non-finite, with its two remedies
   there (lr 1e-4; bf16 at the same rate); see `nan_cases`.
 - ``engine``: the same case trained by the core loop, transformers' Trainer and TRL's SFTTrainer,

@@ -54,10 +54,15 @@ def why_no_rerun(result: Result) -> str | None:
 
 
 def uncapped_options(options: RunOptions) -> RunOptions:
-    """The rerun's options: no cap, fixed steps, no profiler window, no one-shot fault (a fault
-    injected into the capped run fires there only)."""
+    """The rerun's options: no cap (nor a lane's), fixed steps, no profiler window, no one-shot
+    fault (a fault injected into the capped run fires there only)."""
     return dataclasses.replace(
-        options, uncapped=True, memory_cap_gib=None, adaptive_steps=False, inject_fault=""
+        options,
+        uncapped=True,
+        memory_cap_gib=None,
+        lane_share_gib=None,
+        adaptive_steps=False,
+        inject_fault="",
     )
 
 

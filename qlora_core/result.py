@@ -91,6 +91,15 @@ class Result:
         None  # this process's device memory after its CUDA context (NVML, per process)
     )
     side_by_side: int | None = None  # cases that shared the device with it at most (None: it ran alone)
+    # Side by side on a real card (qlora_core.lanes): the run's share of the device (GiB, context
+    # included) and the allocator cap it gave (share less context); not the profile's cap, which
+    # memory_cap_gib is. None: alone, or an emulated profile (each lane capped like its card).
+    lane_share_gib: float | None = None
+    lane_cap_gib: float | None = None
+    # This row is the rerun alone of a run that shared a real card and ran out of memory under its
+    # lane cap (or came near it): why, and that run's share (its Result: cases/<hash>-lane.json).
+    lane_rerun_reason: str = ""
+    lane_rerun_share_gib: float | None = None
     torch_threads: int | None = None  # torch's CPU threads in the child (side by side: its share)
     emulated: bool = False
     emulated_on: str = ""

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
+import logging
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from qlora_core import distributed, faults
 from qlora_core.gpus import first_visible_gpu, get_profile
+from qlora_core.models.registry import needs_hub
 from qlora_core.result import Result, Status, read_result, write_atomic
 from qlora_core.spare import Spare, SparePool, hand_over
 from qlora_core.spec import Case, CaseError
@@ -66,6 +68,11 @@ class RunOptions:
     """How many cases run on the device at once with this one (`qlora_core.side_by_side`); above 1
     its speed is not measured (None: other processes share the device), and its device memory is
     NVML's per-process line for its own process (`measure.NVML_PROCESS`)."""
+    lane_share_gib: float | None = None
+    """Side by side on a real card of the profile (`qlora_core.lanes`): this run's share of the
+    device, GiB with its CUDA context; the child caps its allocator at the share less its measured
+    context (`Result.lane_cap_gib`). Not the profile's cap (`memory_cap_gib` stays None): an OOM
+    under it is the suite's, and the case reruns alone. None: no lane cap."""
 
 
 def now_iso() -> str:
@@ -75,7 +82,7 @@ def now_iso() -> str:
 
 OnWait = Callable[[Sequence[Path]], None]
 """Called while children run, in the thread that waits for them, with the Result files of the
-children running (the session's heartbeat, `qlora_plugin.heartbeat`, reads them)."""
+children running (the session's heartbeat, `qlora_plugin.progress`, reads them)."""
 
 
 class CaseCancelled(RuntimeError):
@@ -124,7 +131,9 @@ def run_case(
     log_path = result_path.with_suffix(".log")
     started = time.monotonic()
     started_at = now_iso()
-    warm = spares.take() if spares is not None and case.num_gpus == 1 else None
+    # A hub model's child runs online (`child_env`): not in a spare, which was started offline.
+    hub_model = needs_hub(case.model)
+    warm = spares.take() if spares is not None and case.num_gpus == 1 and not hub_model else None
     if warm is not None and not hand_over(warm, request):
         warm = None
     child, timed_out = _run_child(
@@ -172,7 +181,7 @@ def _run_child(
         if case.num_gpus > 1:  # multi-GPU (issue 13): `accelerate launch`, one process per rank
             command = distributed.launch_command(case, options.profile, request, result_path)
         with log_path.open("w") as log:
-            env = child_env(case.num_gpus)
+            env = child_env(case.num_gpus, hub_model=needs_hub(case.model))
             child = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
@@ -209,13 +218,45 @@ def _check_options(options: RunOptions) -> None:
         raise CaseError([f"repeat={options.repeat!r} must be an integer >= 0 (0-based repeat index)"])
     if type(options.shared_device) is not int or options.shared_device < 1:
         raise CaseError([f"shared_device={options.shared_device!r} must be an integer >= 1 (1: alone)"])
+    share = options.lane_share_gib
+    if share is not None and (type(share) not in (int, float) or not share > 0):
+        raise CaseError([f"lane_share_gib={share!r} must be a number of GiB > 0 (None: no lane cap)"])
     fault = faults.parse_fault(options.inject_fault)
     if fault is not None and fault.kind in faults.CUDA_ONLY_KINDS and not profile.is_gpu:
         raise CaseError([f"fault {fault} needs a GPU profile; profile {profile.name!r} runs on the CPU"])
 
 
-def child_env(num_gpus: int = 1) -> dict[str, str]:
+OFFLINE_ENV = "HF_HUB_OFFLINE"
+"""huggingface_hub's offline switch, on in every child whose model is local: bitsandbytes (0.50)
+asks the `kernels` package for a CPU kernel from the hub (`kernels-community`) when imported on a
+CPU with AVX512-BF16, and `kernels` resolves it from the local cache alone (no publisher check,
+no download) when this is on. None is cached, so bitsandbytes keeps its built-in CPU kernel, as
+it did when the hub was unreachable; CUDA kernels are not affected."""
+_OFFLINE_KERNEL_LOGGERS = ("kernels._internals.hf_hub", "bitsandbytes.backends.cpu.ops")
+
+
+class _OfflineKernelNotice(logging.Filter):
+    """Drops what the two libraries log, in every child process, about the hub kernel that
+    `OFFLINE_ENV` keeps out: its publisher check skipped, the kernel not in the local cache. An
+    online attempt's lines (a failed publisher check, a download error) are kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("kernels-community" in message and "offline mode" in message)
+
+
+def quiet_offline_kernel_notices() -> None:
+    """Install `_OfflineKernelNotice` (the child, before it imports bitsandbytes)."""
+    for name in _OFFLINE_KERNEL_LOGGERS:
+        logging.getLogger(name).addFilter(_OfflineKernelNotice())
+
+
+def child_env(num_gpus: int = 1, hub_model: bool = False) -> dict[str, str]:
     """The parent's environment, with the libraries' progress bars off (the log stays readable).
+
+    No network: `OFFLINE_ENV` is on (unless the parent set it) except for a case whose model is a
+    hub id (`registry.needs_hub`, `hub_model=True`): that child fetches the model, and says so
+    clearly where the hub is unreachable (`resolve._resolve_hub`).
 
     A one-GPU case sees one GPU: the first the parent sees (`gpus.first_visible_gpu`). Shown
     several, transformers' `TrainingArguments` sets `n_gpu` to all of them and `Trainer` trains
@@ -231,6 +272,8 @@ def child_env(num_gpus: int = 1) -> dict[str, str]:
     env.pop("PYTEST_CURRENT_TEST", None)
     if num_gpus == 1:
         env["CUDA_VISIBLE_DEVICES"] = first_visible_gpu()
+    if not hub_model:
+        env.setdefault(OFFLINE_ENV, "1")
     env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     env.setdefault("TQDM_DISABLE", "1")

@@ -7,7 +7,10 @@ or memory: the allocator's peaks, which are per process, and NVML's per-process 
 emulated profile the host GPU holds many emulated cards' memory (an H200 holds nine T4 caps), so
 those cases can run side by side, each capped like its card. In the t4 default tier they are 34
 of 46: SmolLM2 on real text (30 host-bound steps, ~21 s each alone on the H200) and the memory
-families' 3B, 7B and 8B cases.
+families' 3B, 7B and 8B cases. On a real card of the profile they share it too, each capped at a
+share sized from its estimated need (`qlora_core.lanes`): the shares of the cases running at once
+fit the card (`Job.share_gib`, the `budget_gib` of `run_side_by_side`), and a lane's OOM is not
+the profile's verdict: the case runs again alone (the session does, `lanes.lane_rerun_reason`).
 
 What a side-by-side row does not have (None, never a number another process shared): its
 speed. Step times are kept as measured but not summarized (no tokens/s), there is no profiler
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -54,15 +58,22 @@ class Job:
     case: Case
     options: RunOptions
     result_path: Path
+    share_gib: float | None = None
+    """Its share of the device's memory while it runs (`lanes.plan_lane`), counted against the
+    group's budget; None: not counted (the CPU)."""
 
 
-def auto_lanes(profile: GpuProfile, gpu: DetectedGpu | None) -> int:
+def auto_lanes(profile: GpuProfile, gpu: DetectedGpu | None, host_cores: int | None = None) -> int:
     """Lanes `--side-by-side auto` gives: on an emulated GPU profile, as many of the profile's caps
-    as the host GPU holds (at most `MAX_LANES`); 1 (alone) on a real card of the profile, where
-    the cases would not fit side by side as they do on the user's own card, and on the CPU."""
-    if gpu is None or not profile.is_gpu or not is_emulated(profile, gpu):
+    as the host GPU holds (at most `MAX_LANES`); on a real card of the profile, one per two of the
+    host's cores (`host_cores`, default this process's; at most `MAX_LANES`), each case then
+    capped at its own share of the card (`qlora_core.lanes`); 1 (alone) on the CPU."""
+    if gpu is None or not profile.is_gpu:
         return 1
-    return max(1, min(MAX_LANES, int(gpu.total_gib // profile.total_gib)))
+    if is_emulated(profile, gpu):
+        return max(1, min(MAX_LANES, int(gpu.total_gib // profile.total_gib)))
+    cores = host_cores if host_cores is not None else len(os.sched_getaffinity(0))
+    return max(1, min(MAX_LANES, cores // 2))
 
 
 OWN_LINE_AGREEMENT_GIB = 0.0625
@@ -96,15 +107,26 @@ def sharing_supported(profile: GpuProfile, rows: Iterable[Result]) -> bool:
     return not profile.is_gpu or any(own_line_agrees(r) for r in rows)
 
 
+def next_fitting(pending: Sequence[Job], free_gib: float | None) -> int | None:
+    """The index of the first pending job whose share fits `free_gib` (None: no budget)."""
+    for index, job in enumerate(pending):
+        if free_gib is None or job.share_gib is None or job.share_gib <= free_gib:
+            return index
+    return None
+
+
 def run_side_by_side(
     jobs: Sequence[Job],
     lanes: int,
     on_done: Callable[[Job, Result], None],
     spares: SparePool | None = None,
+    budget_gib: float | None = None,
     on_wait: OnWait | None = None,
 ) -> None:
     """Run `jobs` up to `lanes` at a time, each in its own fresh child with `shared_device=lanes`
-    (a child's Result says how many cases may have run beside it), in their order; `on_done` is
+    (a child's Result says how many cases may have run beside it), in their order, except that
+    with `budget_gib` a job starts only when its share fits beside the running jobs' shares (the
+    first that fits goes; one that fits nothing runs once nothing else does); `on_done` is
     called in this thread as each ends. With `spares`, the pool keeps one spare waiting per lane
     meanwhile and a lane hands its case to one whose imports are done, else starts it cold
     (`SparePool.deepened`). Each child takes its share of the host's cores for torch
@@ -123,7 +145,11 @@ def run_side_by_side(
                 if spares is not None:  # started here, in the pool's thread, never in a lane's
                     spares.ensure()
                 while pending and len(running) < lanes:
-                    job = pending.pop(0)
+                    used_gib = sum(j.share_gib or 0.0 for j in running.values())
+                    index = next_fitting(pending, None if budget_gib is None else budget_gib - used_gib)
+                    if index is None and running:
+                        break  # wait for a lane to end and free its share
+                    job = pending.pop(index or 0)
                     options = dataclasses.replace(job.options, shared_device=lanes)
                     future = pool.submit(run_case, job.case, options, job.result_path, spares, cancel)
                     running[future] = job

@@ -86,9 +86,12 @@ class Case:
     warmup_steps: int = 2
     """Optimizer steps run before timing starts (CUDA kernels compile, allocator warms up)."""
     measured_steps: int = 10
+    """Optimizer steps measured after warm-up: the minimum, where adaptive pacing may add more
+    (`engines.pacing`); exactly this many for a case of `fixed_steps`."""
     seed: int = 0
     data: DataKind = "synthetic"
-    """synthetic: seeded random tokens (speed, memory); text: Python's docs (loss, perplexity)."""
+    """synthetic: seeded random tokens (speed, memory); text: Python's docs (loss, perplexity).
+    A case on text trains a fixed number of steps on every device (`fixed_steps`)."""
     extra: tuple[tuple[str, str], ...] = field(default=())
     """Test-only knobs (e.g. ('fault', 'exit')) for outcome-classification tests; part of the id."""
     # -- fields added after runs were stored: see LATER_FIELDS (hashed only when not default) --
@@ -223,6 +226,16 @@ class Case:
     def is_quantized(self) -> bool:
         """Weights held by bitsandbytes (4-bit, or 8-bit for a load-only case)."""
         return self.quant_type != "none"
+
+    @property
+    def fixed_steps(self) -> bool:
+        """The case trains exactly `warmup_steps + measured_steps` optimizer steps on every device,
+        alone or side by side: no adaptive pacing, and a profiler window inside those steps
+        (`engines.pacing.fixed_plan`). True for a case on text, the data whose losses and
+        perplexities the claims compare between rows (the quality, stability and nan families):
+        steps added by the device's pace made "final loss" mean different steps in the two rows of
+        a pair. Derived from `data`, so no case id or hash changes."""
+        return self.data == "text"
 
     @property
     def tokens_per_step(self) -> int:
@@ -368,6 +381,8 @@ LATER_FIELDS: tuple[str, ...] = (
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(Case) if f.default is not dataclasses.MISSING
 }
+LATER_FIELD_DEFAULTS: dict[str, Any] = {name: _DEFAULTS[name] for name in LATER_FIELDS}
+"""What a row stored before a later field existed had: the field's default ("as before")."""
 
 
 def reference_of(case: Case) -> Case:

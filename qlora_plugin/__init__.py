@@ -3,6 +3,8 @@
 - `options`: the qlora-bench option group, validated once into `BenchOptions`.
 - `session`: `BenchSession`, one `pytest bench` session's run folder, resume, progress, outputs.
 - `hooks`: the matrix as tests (parametrization, ordering, fixtures), the end of the session.
+- `resume`: what --resume accepts as a run folder, the settings it keeps, conflicting options.
+- `interrupt`: Ctrl-C and SIGTERM stop the session cleanly; the paragraph that says how to resume.
 - `checks`: assertions the bench modules share, imported by name.
 
 Loading this module (`pytest_plugins = ("qlora_plugin",)` in the root conftest.py) registers

@@ -8,6 +8,9 @@ case, round 2: every case, ...) so that drift over the session hits every case a
 timings, claims and the release gate read the whole run, so their modules are ordered after
 every case. At the end the run's tables and reports are written from
 the stored results; a report that cannot be written fails the session (the results stay).
+From the opening of the run folder on, Ctrl-C and SIGTERM stop the session cleanly
+(`qlora_plugin.interrupt`); the summary ends with what finished and the command that resumes
+or completes the run (`reports.completeness`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import pytest
 
 from qlora_core.matrix import PlannedCase, build_matrix, family_name
 from qlora_core.result import Result, repeat_suffix
+from qlora_plugin.interrupt import ReportsInterrupted, StopGuard, stop_paragraph
 from qlora_plugin.options import bench_options
 from qlora_plugin.run_folder import RunFolderInUseError
 from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError
 from qlora_plugin.shard import SHARD_SKIP_REASON, recorded_run_s, select_shard
-from reports.frame import RunData
+from reports.frame import RESULTS_JSONL, RunData
 
 # Which module tests a case: the first of its families found here, in this order.
 _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
@@ -64,6 +68,10 @@ _SELECTED_KEY = pytest.StashKey[list[CaseRun]]()
 _REPORT_ERROR_KEY = pytest.StashKey[str]()
 _CLAIMS_KEY = pytest.StashKey[list]()  # reports.render.ClaimSummary per claim, at session end
 _REPORTS_KEY = pytest.StashKey[dict]()  # the reports written: name -> path (reports.render.render_run)
+GATE_LINES_KEY = pytest.StashKey[list[str]]()
+"""The release gate's verdict lines (`bench/test_gate.py`), shown on the session's end screen."""
+_GUARD_KEY = pytest.StashKey[StopGuard]()
+_NO_REPORT_KEY = pytest.StashKey[str]()
 
 
 def module_for(planned: PlannedCase) -> str:
@@ -161,9 +169,12 @@ def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
             reporter.ensure_newline()
             reporter.write_line(line)
 
+    # From here to the end of the session, Ctrl-C and SIGTERM stop it cleanly (qlora_plugin.interrupt).
+    guard = config.stash.setdefault(_GUARD_KEY, StopGuard())
+    guard.install()
     try:
         matrix_ids = [p.case.id for p in planned_cases(config)]
-        session = BenchSession.open(bench_options(config), write_line, matrix_ids)
+        session = BenchSession.open(bench_options(config), write_line, matrix_ids, planned_runs(config))
     except RunFolderInUseError as exc:
         pytest.exit(f"qlora-bench: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
     session.planned = config.stash.get(_SELECTED_KEY, [])
@@ -202,13 +213,28 @@ def case_result(case_run: CaseRun, bench_session: BenchSession, request: pytest.
     return result
 
 
+def planned_runs(config: pytest.Config) -> dict[str, int]:
+    """The runs the session's run folder is to hold: every case of its matrix (of its shard with
+    --shard) and its repeats, whatever -k selects (`reports.completeness`)."""
+    repeat = bench_options(config).repeat
+    return {p.case.id: repeat if repeat is not None else p.repeats for p in session_cases(config)}
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     bench = config.stash.get(_SESSION_KEY, None)
+    guard = config.stash.get(_GUARD_KEY, None)
     if bench is None:
+        if guard is not None:
+            guard.restore()
         return
+    if guard is not None:
+        guard.writing_reports = True  # a signal now stops only the reports' writing
     try:
         bench.finish()
+        if not (bench.run_dir / RESULTS_JSONL).exists():
+            config.stash[_NO_REPORT_KEY] = "no run finished, so no report was written"
+            return
         # Imported here: rendering pulls in matplotlib and the claims, which `pytest tests` and
         # option errors never need. An import error is a report failure like any other.
         from reports.claims import evaluate_all
@@ -217,12 +243,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         # Reports are re-rendered from the stored results, exactly as `python -m reports render`.
         config.stash[_REPORTS_KEY] = render_run(bench.run_dir)
         config.stash[_CLAIMS_KEY] = summarize_claims(evaluate_all(bench.load()))
+    except ReportsInterrupted as stop:
+        config.stash[_NO_REPORT_KEY] = (
+            f"not written (stopped again by {stop} while writing them); write them with:"
+            f" python -m reports render {bench.run_dir}"
+        )
     except Exception:
         config.stash[_REPORT_ERROR_KEY] = traceback.format_exc()
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     finally:
+        if guard is not None:
+            guard.writing_reports = False
         bench.close()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    guard = config.stash.get(_GUARD_KEY, None)
+    if guard is not None:
+        guard.restore()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -249,15 +288,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 def end_screen(bench: BenchSession, config: pytest.Config, width: int = 120) -> list[str]:
-    """The console's last lines: the cases (`BenchSession.summary_lines`), the claims counted once
-    each with the ids of the refuted and inconclusive ones, the gate's verdict when gated, and
-    the reports' paths, last."""
+    """The console's last lines: the cases (`BenchSession.summary_lines`), what a stopped or
+    incomplete run lacks and how to complete it (`completion_lines`), the claims counted once
+    each with the ids of the refuted and inconclusive ones, the gate's verdict when gated
+    (`GATE_LINES_KEY`), and the reports' paths, last."""
     lines = ["", f"{' qlora-bench ':=^{max(width, 20)}}", *bench.summary_lines()]
+    lines += completion_lines(config, bench)
     summaries = config.stash.get(_CLAIMS_KEY, None)
     if summaries is not None:
         lines += claims_lines(summaries, width)
     if bench.options.baseline is not None:
-        lines.append(f"  gate: {bench.gate_summary or 'not run (its test was deselected or did not run)'}")
+        gate_lines = config.stash.get(GATE_LINES_KEY, None)
+        lines += [
+            f"  {line}" for line in gate_lines or ["gate: not run (its test was deselected or did not run)"]
+        ]
     reports = config.stash.get(_REPORTS_KEY, {})
     lines += [f"  {reports[name].name}: {reports[name]}" for name in ("claims", "tables") if name in reports]
     return lines
@@ -296,3 +340,30 @@ def names_line(head: str, names: list[str], width: int) -> str:
             return head + ", ".join(shown) + f" (+{len(names) - len(shown)} more)"
         shown.append(name)
     return head + ", ".join(shown)
+
+
+def completion_lines(config: pytest.Config, bench: BenchSession) -> list[str]:
+    """After a stop: the paragraph of what finished and how to resume; else, for a run that lacks
+    runs of its plan (-k, a failure that stopped the session), the incomplete line."""
+    guard = config.stash.get(_GUARD_KEY, None)
+    missing = bench.incompleteness()
+    no_report = config.stash.get(_NO_REPORT_KEY, None)
+    if guard is None or guard.received is None:
+        lines = [f"  {missing.line()}"] if missing else []
+        return lines + ([f"  reports: {no_report}"] if no_report else [])
+    if config.stash.get(_REPORT_ERROR_KEY, None) is not None:
+        no_report = "not written: an error, shown below"
+    elif no_report is None:
+        marked = ", marked incomplete" if missing else ""
+        no_report = f"claims.md and tables.md written{marked}"
+    profile = bench.options.profile.name
+    return stop_paragraph(
+        guard,
+        bench.run_dir,
+        len(bench.planned_runs),
+        missing,
+        ran=len(bench.results) - len(bench.reused),
+        reused=len(bench.reused),
+        reports=no_report,
+        label=lambda case_id: f"{profile}-{case_id}",
+    )

@@ -31,7 +31,10 @@ from qlora_core.models import model_problem
 from qlora_core.runner import DEFAULT_TIMEOUT_S
 from qlora_core.side_by_side import MAX_LANES, auto_lanes
 from qlora_core.spec import FIELD_NAMES, Case, CaseError
+from qlora_plugin.resume import profile_conflict, resolve_settings
 from qlora_plugin.shard import Shard, parse_shard
+from reports.baseline import BaselineError, load_baseline
+from reports.baseline_choice import CPU_PROFILE, baseline_option_problems
 from reports.frame import RESULTS_JSONL
 from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
 
@@ -72,6 +75,8 @@ class BenchOptions:
     side_by_side: int = 1
     """--side-by-side N|auto: how many shareable cases may run on the device at once
     (`qlora_core.side_by_side`); 1: every case alone."""
+    require_speed: bool = False
+    """--require-speed: the gate fails when speed could not be compared (another GPU's baseline)."""
 
     @property
     def emulated(self) -> bool:
@@ -82,16 +87,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qlora-bench", "qlora-bench: the QLoRA measurement matrix")
     group.addoption(
         "--gpu",
-        default="auto",
+        default=None,  # auto; on --resume the folder's profile (qlora_plugin.resume)
         metavar="PROFILE",
         help=f"GPU profile: {', '.join(PROFILE_NAMES)} or auto (the GPU present, cpu without one)."
-        " A profile smaller than the GPU present is emulated by capping memory. Default: auto.",
+        " A profile smaller than the GPU present is emulated by capping memory. Default: auto"
+        " (on --resume: the folder's).",
     )
     group.addoption(
         "--matrix",
-        default="default",
+        default=None,  # default; on --resume the folder's tier
         metavar="TIER",
-        help=f"matrix tier: {', '.join(MATRICES)} (smoke <= 6 cases, default <= 40). Default: default.",
+        help=f"matrix tier: {', '.join(MATRICES)} (smoke <= 6 cases, default <= 40). Default: default"
+        " (on --resume: the folder's).",
     )
     group.addoption(
         "--model",
@@ -113,7 +120,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         type=Path,
         metavar="RUN_DIR",
-        help="continue RUN_DIR: keep its finished cases, rerun the missing and failed ones.",
+        help="continue RUN_DIR: keep its finished cases, rerun the missing and failed ones. The"
+        " folder's profile, tier, --model, --force and --shard are kept (a conflicting one is"
+        " refused), and its --repeat unless given.",
     )
     group.addoption(
         "--case-timeout",
@@ -167,7 +176,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         type=Path,
         metavar="PATH",
-        help="compare this run with a baseline JSON; regressions fail the session.",
+        help="compare this run with a baseline JSON; regressions fail the session. PATH may be a"
+        " folder of baselines: the one of this run's profile, tier and GPU is used. Against a"
+        " baseline from another GPU, speed is not compared (see --require-speed).",
     )
     group.addoption(
         "--no-oom-rerun",
@@ -180,9 +191,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--side-by-side",
         default="auto",
         metavar="N|auto",
-        help="run up to N numerics-only cases (quality, stability, nan families) on the device at"
-        " once; their rows then have no speed and no NVML device memory. auto (default): as many"
-        " emulated caps as the host GPU holds (at most 8) on an emulated profile, else 1 (alone).",
+        help="run up to N cases of the families that read no speed on the device at once; their"
+        " rows then have no speed, and their device memory is their own NVML line. auto (default):"
+        " on an emulated profile as many of its caps as the host GPU holds, on a real card of the"
+        " profile one per two host cores, each capped at its estimated need (at most 8); 1 on the CPU.",
     )
     add_threshold_options(group.addoption)
 
@@ -200,42 +212,58 @@ def bench_options(config: pytest.Config) -> BenchOptions:
 
 def read_options(config: pytest.Config) -> BenchOptions:
     """Validate the qlora-bench options of `config`; a pytest.UsageError lists every problem."""
-    problems: list[str] = []
-    matrix = config.getoption("--matrix")
+    resume = config.getoption("--resume")
+    # The options that decide the runs; on --resume the folder's where not given (or conflicting).
+    settings, problems = resolve_settings(config.getoption, resume, parse_force)
+    matrix = settings.matrix
     if matrix not in MATRICES:
         problems.append(f"--matrix {matrix!r} is not one of: {', '.join(MATRICES)}")
-    models = tuple(config.getoption("--model"))
+    models = settings.models
     problems += [f"--model: {p}" for m in models if (p := model_problem(m))]
     try:
-        force = parse_force(config.getoption("--force"))
+        force = parse_force(list(settings.force))
     except CaseError as exc:
         problems += exc.problems
         force = ()
-    repeat, repeat_problem = parse_repeat(config.getoption("--repeat"))
+    repeat, repeat_problem = parse_repeat(settings.repeat)
     if repeat_problem:
         problems.append(repeat_problem)
-    shard, shard_problem = parse_shard(config.getoption("--shard"))
+    shard, shard_problem = parse_shard(settings.shard)
     if shard_problem:
         problems.append(shard_problem)
-    shard_costs = config.getoption("--shard-costs")
+    shard_costs = settings.shard_costs
     if shard_costs is not None and not (shard_costs.is_file() or (shard_costs / RESULTS_JSONL).is_file()):
         problems.append(
             f"--shard-costs {shard_costs}: neither a baseline file nor a run folder (no {RESULTS_JSONL})"
         )
+    elif shard_costs is not None and shard_costs.is_file():
+        try:
+            load_baseline(shard_costs)
+        except BaselineError as exc:
+            problems.append(f"--shard-costs: {exc}")
     timeout = config.getoption("--case-timeout")
     if timeout <= 0:
         problems.append(f"--case-timeout {timeout:g} must be positive")
-    resume = config.getoption("--resume")
-    if resume is not None and not resume.is_dir():
-        problems.append(f"--resume {resume}: no such run folder")
-    baseline = config.getoption("--baseline")
-    if baseline is not None and not baseline.exists():
-        problems.append(f"--baseline {baseline}: no such file")
     try:
-        profile, gpu = resolve_profile(config.getoption("--gpu"))
+        profile, gpu = resolve_profile(settings.gpu)
     except UnknownProfileError as exc:
         problems.append(f"--gpu: {exc}")
         profile, gpu = None, None
+    if profile is not None and (mismatch := profile_conflict(settings.gpu, profile.name, resume)):
+        problems.append(mismatch)
+    require_speed = bool(config.getoption("require_speed"))
+    baseline = config.getoption("--baseline")
+    if baseline is not None:
+        # Read, validated and matched to this run's profile, tier and GPU now, not after the run
+        # (the gate chooses from a folder again at the end, by the GPU its rows recorded).
+        run_gpu = gpu.name if gpu is not None and profile is not None and profile.name != CPU_PROFILE else ""
+        problems += baseline_option_problems(
+            baseline,
+            profile.name if profile is not None else None,
+            matrix if matrix in MATRICES else None,
+            run_gpu,
+            require_speed,
+        )
     thresholds = Thresholds()
     try:
         # The rootdir's pyproject.toml, where pytest found its configuration; absent is fine.
@@ -248,7 +276,7 @@ def read_options(config: pytest.Config) -> BenchOptions:
     if problems or profile is None:
         raise pytest.UsageError("qlora-bench options:\n  " + "\n  ".join(problems))
     return BenchOptions(
-        gpu=config.getoption("--gpu"),
+        gpu=settings.gpu,
         profile=profile,
         gpu_present=gpu,
         matrix=matrix,
@@ -267,6 +295,7 @@ def read_options(config: pytest.Config) -> BenchOptions:
         shard_costs=shard_costs,
         oom_rerun=not config.getoption("no_oom_rerun"),
         side_by_side=side_by_side,
+        require_speed=require_speed,
     )
 
 

@@ -6,7 +6,7 @@ on a CPU one case can take minutes. `Heartbeat.tick` is called at every poll wit
 of the running cases and, at most every `HEARTBEAT_S`, writes one line per case running that long:
 the case, its stage, the step it reached, the time it has run. It reads only the child's Result
 file, which the child writes as each stage starts and, in training, after a step at most every
-`child.PROGRESS_SAVE_S` (a JSON file of a few kB: a cheap read every 30 s).
+`checkpointer.PROGRESS_SAVE_S` (a JSON file of a few kB: a cheap read every 30 s).
 
 **Time left.** From the expected cost of each run (`shard.run_cost_s`: one source, the costs that
 shards are balanced by: a recorded wall time where one is known, else the documented
@@ -34,7 +34,7 @@ from reports.baseline import BaselineError
 
 HEARTBEAT_S = 30.0
 """The time between two heartbeat lines while cases run, and how long a case runs before its first."""
-_DYING_IN = "died during "  # the child's reason while a stage runs (`child._Checkpointer.stage`)
+_DYING_IN = "died during "  # the child's reason while a stage runs (`checkpointer.Checkpointer.stage`)
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,20 @@ def time_left_s(
     if made <= 0:
         return None
     return elapsed_s / made * sum(left_expected_s)
+
+
+def timing_text(
+    elapsed_s: float, made_expected_s: Sequence[float], left_expected_s: Sequence[float], runs_left: int
+) -> str:
+    """ "1:00 elapsed, ~2:00 left" (`time_left_s`); "..., done" with no run left; "..., time left
+    unknown" before a run was made."""
+    elapsed = format_duration(elapsed_s)
+    if runs_left <= 0:
+        return f"{elapsed} elapsed, done"
+    seconds = time_left_s(elapsed_s, made_expected_s, left_expected_s)
+    return f"{elapsed} elapsed, " + (
+        "time left unknown" if seconds is None else f"~{format_duration(seconds)} left"
+    )
 
 
 def recorded_walls(sources: Iterable[Path | None], rows: Iterable[Result]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """A run folder's files, written so that nothing measured is lost: its lock, whole-line appends
 to results.jsonl, the repair of a line torn mid-write, and the check that a stored row is what
-its case's own file recorded (`qlora_plugin.session` uses them)."""
+its case's own file recorded, and a new folder's name (`qlora_plugin.session` uses them)."""
 
 from __future__ import annotations
 
@@ -27,29 +27,56 @@ class RunFolderInUseError(RuntimeError):
 
 
 def lock_run_dir(run_dir: Path) -> IO[str]:
-    """Hold an exclusive lock on `run_dir` while the returned file is open.
+    """Hold an exclusive lock on `run_dir` while the returned file is open; `unlock_run_dir` ends it.
 
     flock belongs to the open file: the kernel releases it when the holder closes it or dies,
-    so a lock left by a killed session never blocks the next one. The file stays (deleting it
-    would let two sessions lock two different files); it names the holder for the error message.
+    so a lock left by a killed session never blocks the next one. The holder removes the file
+    when it ends (`unlock_run_dir`) while still holding the lock, so a session that opened the
+    file just before may lock a file no longer in the folder: it checks, after locking, that the
+    file it holds is the one at the path, and otherwise takes the new one. The file names the
+    holder for the error message.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise RunFolderInUseError(
-            f"run folder {run_dir} is in use by another qlora-bench session ({holder});"
-            " refusing to add to it. Wait for that session to end, or use another --out."
-        ) from None
+    while True:
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunFolderInUseError(
+                f"run folder {run_dir} is in use by another qlora-bench session ({holder});"
+                " refusing to add to it. Wait for that session to end, or use another --out."
+            ) from None
+        if _is_file_at(handle, path):
+            break
+        handle.close()  # locked a file its holder had just removed: take the one there now
     handle.truncate(0)
     handle.write(f"pid {os.getpid()} on {platform.node()}, since {_dt.datetime.now():%Y-%m-%d %H:%M:%S}\n")
     handle.flush()
     return handle
+
+
+def unlock_run_dir(handle: IO[str], run_dir: Path) -> None:
+    """Remove the lock file `handle` holds, then release the lock (see `lock_run_dir`)."""
+    path = run_dir / LOCK_FILE
+    try:
+        if _is_file_at(handle, path):
+            path.unlink()
+    finally:
+        handle.close()
+
+
+def _is_file_at(handle: IO[str], path: Path) -> bool:
+    """Whether the open file `handle` is the file now at `path`."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def append_line(path: Path, line: str) -> None:
@@ -123,3 +150,18 @@ def case_file_problem(run_dir: Path, result: Result) -> str | None:
             f" started {recorded.started_at!r} vs {result.status!r} started {result.started_at!r})"
         )
     return None
+
+
+def new_run_dir(out: Path, name: str) -> Path:
+    """Create `<out>/<name>-<time>[-n]` (name: `<profile>-<matrix>`); mkdir without exist_ok, so
+    that two sessions started in the same second never share a folder."""
+    base = f"{name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = 1
+    while True:
+        run_dir = out / (base if suffix == 1 else f"{base}-{suffix}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            suffix += 1

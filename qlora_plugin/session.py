@@ -18,6 +18,7 @@ Nothing measured is lost to a fault of the session itself:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -31,6 +32,7 @@ from typing import IO, Any, NamedTuple
 
 import pandas as pd
 
+from qlora_core.lanes import Lane, card_budget_gib, lane_rerun_reason, plan_lane, set_aside_lane_run
 from qlora_core.matrix import PlannedCase
 from qlora_core.oom_need import measure_need, run_case_measuring_need, uncapped_file_name, why_no_rerun
 from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
@@ -39,22 +41,19 @@ from qlora_core.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sha
 from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions
-from qlora_plugin.progress import (
-    Heartbeat,
-    Watched,
-    format_duration,
-    recorded_walls,
-    steps_planned,
-    time_left_s,
-)
+from qlora_plugin.progress import Heartbeat, Watched, recorded_walls, steps_planned, timing_text
+from qlora_plugin.resume import recorded_settings
 from qlora_plugin.run_folder import (
     CASES_DIR,
     append_line,
     case_file_problem,
     lock_run_dir,
+    new_run_dir,
     repair_torn_tail,
+    unlock_run_dir,
 )
 from qlora_plugin.shard import run_cost_s
+from reports.completeness import INCOMPLETE, PLANNED_RUNS, Incompleteness, folder_incompleteness
 from reports.frame import (
     ENVIRONMENT_JSON,
     MEASUREMENTS_DIR,
@@ -65,6 +64,7 @@ from reports.frame import (
     write_result_tables,
 )
 from reports.repeats import fold_repeats
+from reports.wall_time import wall_time_line
 
 
 class CaseRun(NamedTuple):
@@ -95,8 +95,8 @@ class BenchSession:
     started_at: str = ""
     earlier_commands: list[str] = field(default_factory=list)  # sessions this run resumed
     warnings: list[str] = field(default_factory=list)  # shown again in the summary
-    gate_summary: str = ""  # the release gate's one-line verdict (bench/test_gate.py), for the end screen
     matrix_case_ids: list[str] = field(default_factory=list)  # the whole matrix (every shard's)
+    planned_runs: dict[str, int] = field(default_factory=dict)  # the folder's cases -> repeats
     _opened_at: float = field(default_factory=time.monotonic)  # for the progress line's times
     _lock: IO[str] | None = None
     spares: SparePool = field(default_factory=SparePool)  # warm spare children (qlora_core/spare.py)
@@ -110,30 +110,46 @@ class BenchSession:
         options: BenchOptions,
         write_line: Callable[[str], None] = print,
         matrix_case_ids: list[str] | None = None,
+        planned_runs: dict[str, int] | None = None,
     ) -> BenchSession:
         """Take the run folder (RunFolderInUseError if another session holds it) and read what
         --resume can reuse. `matrix_case_ids`: the whole matrix's ids, recorded so that a merge of
-        shards can name the cases no shard ran."""
-        run_dir = options.resume if options.resume is not None else _new_run_dir(options)
+        shards can name the cases no shard ran; `planned_runs`: the runs the folder is to hold
+        (its shard's cases with --shard), recorded so that every reader can tell what is missing
+        (`reports.completeness`)."""
+        name = f"{options.profile.name}-{options.matrix}"
+        run_dir = options.resume if options.resume is not None else new_run_dir(options.out, name)
         session = cls(options, run_dir, write_line=write_line, matrix_case_ids=list(matrix_case_ids or []))
+        session.planned_runs = dict(planned_runs or {})
         session._lock = lock_run_dir(run_dir)
-        if options.resume is not None:
-            session._read_stored()
-            if (run_dir / ENVIRONMENT_JSON).exists():
-                earlier = json.loads((run_dir / ENVIRONMENT_JSON).read_text())
-                session.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
-        session.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        session._heartbeat = Heartbeat(write_line, session._watched)
-        session.write_environment()
-        session.spares.prime()  # the first case's spare, and the probe of what spares may import
+        try:
+            session._open_folder()
+        except BaseException:  # interrupted or failed while opening: the lock goes with it
+            session.close()
+            raise
         return session
 
+    def _open_folder(self) -> None:
+        """Read what --resume can reuse, record the environment, start the first spare."""
+        if self.options.resume is not None:
+            self._read_stored()
+            if (self.run_dir / ENVIRONMENT_JSON).exists():
+                earlier = json.loads((self.run_dir / ENVIRONMENT_JSON).read_text())
+                self.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
+        self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self._heartbeat = Heartbeat(self.write_line, self._watched)
+        self.write_environment()
+        self.spares.prime()  # the first case's spare, and the probe of what spares may import
+
     def close(self) -> None:
-        """End the waiting spare; release the run folder's lock (a dead process releases it too)."""
-        self.spares.shutdown()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        """End the waiting spare; release and remove the run folder's lock (a dead process
+        releases it too, but leaves the file)."""
+        try:
+            self.spares.shutdown()
+        finally:
+            if self._lock is not None:
+                unlock_run_dir(self._lock, self.run_dir)
+                self._lock = None
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -175,14 +191,8 @@ class BenchSession:
             if self.options.oom_rerun and why_no_rerun(previous) is None:
                 # Stored before its uncapped rerun was (an older run, or --no-oom-rerun): only the
                 # rerun runs, and the row is appended again with what it needed.
-                measure_need(
-                    self.executed_case(planned),
-                    self._run_options(run),
-                    previous,
-                    path,
-                    self.spares,
-                    self._beat,
-                )
+                executed, options = self.executed_case(planned), self._run_options(run)
+                measure_need(executed, options, previous, path, self.spares, self._beat)
                 self.record(previous)
                 return previous
             self.reused.add(key)
@@ -219,6 +229,10 @@ class BenchSession:
         where sharing is known to be measured right (`side_by_side.sharing_supported`)."""
         if self.options.side_by_side <= 1 or not run.planned.shareable:
             return False
+        alone = self._lane(run).alone
+        if alone:  # its estimated need does not fit beside another case on the real card
+            self.write_line(f"qlora-bench: {run_label(run)} runs alone: {alone}")
+            return False
         rows = [*self.results.values(), *self.stored.values()]
         if sharing_supported(self.options.profile, rows):
             return True
@@ -240,23 +254,57 @@ class BenchSession:
             for r in self.planned
             if r != first
             and r.planned.shareable
+            and not self._lane(r).alone
             and (r.planned.case.hash, r.repeat) not in self.results
             and self._stored_final((r.planned.case.hash, r.repeat)) is None
         ]
-        jobs = {
-            Job(self.executed_case(r.planned), self._run_options(r), self._result_path(r)): r for r in runs
-        }
+        planned = [(r, self._lane(r)) for r in runs]
+        # The largest shares first: they start while the card is free, the small ones fill around.
+        planned.sort(key=lambda pair: -(pair[1].share_gib or 0.0))
+        jobs = {self._lane_job(r, lane): (r, lane) for r, lane in planned}
         finished: list[tuple[Job, Result]] = []
+        again: list[tuple[Job, str]] = []  # lane runs of a real card to run again alone
 
         def done(job: Job, result: Result) -> None:
-            self._record_as_planned(result, jobs[job])
+            run, lane = jobs[job]
+            why = lane_rerun_reason(job.case, lane, result)
+            if why is not None:  # not the profile's verdict: its row is the rerun's, alone
+                set_aside_lane_run(job.result_path)
+                self.write_line(f"qlora-bench: {run_label(run)}: {why}; it runs again alone")
+                again.append((job, why))
+                return
+            self._record_as_planned(result, run)
             finished.append((job, result))
 
-        run_side_by_side(list(jobs), self.options.side_by_side, done, self.spares, self._beat)
+        budget = card_budget_gib(self.options.profile, self.options.gpu_present)
+        run_side_by_side(list(jobs), self.options.side_by_side, done, self.spares, budget, self._beat)
+        for job, why in again:
+            self._rerun_alone(job, jobs[job][0], why)
         for job, result in finished:
             if self.options.oom_rerun and why_no_rerun(result) is None:
                 measure_need(job.case, job.options, result, job.result_path, self.spares, self._beat)
                 self.record(result)  # appended again, with what it needed
+
+    def _rerun_alone(self, job: Job, run: CaseRun, why: str) -> None:
+        """Run a case alone, uncapped, whose run sharing a real card cannot stand (`why`); its row
+        says so (`lane_rerun_reason`, `lane_rerun_share_gib`)."""
+        alone = run_case_measuring_need(
+            job.case, self._run_options(run), job.result_path, self.options.oom_rerun, self.spares, self._beat
+        )
+        alone.lane_rerun_reason, alone.lane_rerun_share_gib = why, job.share_gib
+        write_atomic(job.result_path, alone.to_json())
+        self._record_as_planned(alone, run)
+
+    def _lane(self, run: CaseRun) -> Lane:
+        """How a shareable run shares this session's device (`lanes.plan_lane`)."""
+        return plan_lane(self.executed_case(run.planned), self.options.profile, self.options.gpu_present)
+
+    def _lane_job(self, run: CaseRun, lane: Lane) -> Job:
+        """The run as a job side by side: capped at its share on a real card (`lane_share_gib`)."""
+        options = self._run_options(run)
+        if lane.real_card:
+            options = dataclasses.replace(options, lane_share_gib=lane.share_gib)
+        return Job(self.executed_case(run.planned), options, self._result_path(run), lane.share_gib)
 
     def _run_options(self, run: CaseRun) -> RunOptions:
         return RunOptions(
@@ -298,17 +346,11 @@ class BenchSession:
 
     def _timing(self, total: int) -> str:
         """Elapsed time of the session and the time left for its remaining runs, from each run's
-        expected cost (`progress.time_left_s`; reused runs take none)."""
-        elapsed = time.monotonic() - self._opened_at
-        if total - len(self.results) <= 0:
-            return f"{format_duration(elapsed)} elapsed, done"
+        expected cost (`progress.timing_text`; reused runs take none)."""
         expected = self._expected_costs()
         made = [expected.get(key, 0.0) for key in self.results if key not in self.reused]
         left = [cost for key, cost in expected.items() if key not in self.results]
-        seconds = time_left_s(elapsed, made, left)
-        if seconds is None:
-            return f"{format_duration(elapsed)} elapsed, time left unknown"
-        return f"{format_duration(elapsed)} elapsed, ~{format_duration(seconds)} left"
+        return timing_text(time.monotonic() - self._opened_at, made, left, total - len(self.results))
 
     def _expected_costs(self) -> dict[RunKey, float]:
         """Each planned run's expected seconds (computed once): the wall time recorded for its case
@@ -342,9 +384,8 @@ class BenchSession:
         return None
 
     def _run_name(self, run: CaseRun | Result) -> str:
-        """A run's name in the progress and heartbeat lines: as its test names it."""
-        case_id = run.planned.case.id if isinstance(run, CaseRun) else run.case_id
-        return f"{self.options.profile.name}-{case_id}{repeat_suffix(run.repeat)}"
+        """A run's name in the progress and heartbeat lines: its test id."""
+        return f"{self.options.profile.name}-{run_label(run)}"
 
     def record_measurement(self, name: str, rows: list[dict[str, Any]]) -> Path:
         """Store an in-process measurement table as measurements/<name>.csv (replacing it)."""
@@ -382,6 +423,8 @@ class BenchSession:
             "forced": dict(self.options.force),
             "shard": str(self.options.shard) if self.options.shard else None,
             "matrix_case_ids": self.matrix_case_ids,
+            **recorded_settings(self.options.models, self.options.repeat, self.options.shard_costs),
+            PLANNED_RUNS: self.planned_runs,
             "command": self.options.command_line,
             # Every session that added to this folder (--resume), oldest first.
             "commands": [*self.earlier_commands, self.options.command_line],
@@ -391,16 +434,28 @@ class BenchSession:
             **environment_fields(),
         }
 
-    def write_environment(self) -> None:
-        write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(self.environment(), indent=2, default=str))
+    def write_environment(self, **ended: Any) -> None:
+        """environment.json: `environment()`, the `ended` fields, what the folder lacks (`INCOMPLETE`)."""
+        env = {**self.environment(), **ended}
+        env[INCOMPLETE] = self._incomplete_json(env)
+        write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(env, indent=2, default=str))
+
+    def incompleteness(self) -> Incompleteness | None:
+        """What the folder lacks of its plan now (`reports.completeness`); None when complete."""
+        return folder_incompleteness(self.run_dir, {PLANNED_RUNS: self.planned_runs})
+
+    def _incomplete_json(self, env: dict[str, Any]) -> dict[str, Any] | None:
+        # Written when the folder opens too: a session killed outright leaves the mark as of
+        # its start (never "complete"); readers recompute it from results.jsonl.
+        missing = folder_incompleteness(self.run_dir, env)
+        return missing.as_json() if missing else None
 
     def finish(self) -> dict[str, Path]:
         """Write results.csv/.parquet and the environment; return the paths written."""
-        env = self.environment()
-        env["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        env["cases"] = len({key[0] for key in self.results})
-        env["runs"] = len(self.results)
-        write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(env, indent=2, default=str))
+        ended = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.write_environment(
+            finished_at=ended, cases=len({k[0] for k in self.results}), runs=len(self.results)
+        )
         paths, problems = write_result_tables(self.run_dir)  # one row per case, its repeats folded
         for problem in problems:
             self.warn(problem)
@@ -413,13 +468,10 @@ class BenchSession:
         folded = fold_repeats(results)
         counts = Counter(row["status"] for row in folded)
         runs = f" ({len(results)} runs in fresh processes)" if len(results) > len(folded) else ""
-        lines = [
-            f"qlora-bench: {len(folded)} cases on profile {self.options.profile.name}"
-            + (f" (emulated on {self.options.gpu_present.name})" if self.options.emulated else "")
-            + runs
-            + ": "
-            + ", ".join(f"{n} {s}" for s, n in counts.most_common()),
-        ]
+        where = self.options.profile.name
+        where += f" (emulated on {self.options.gpu_present.name})" if self.options.emulated else ""
+        statuses = ", ".join(f"{n} {s}" for s, n in counts.most_common())
+        lines = [f"qlora-bench: {len(folded)} cases on profile {where}{runs}: {statuses}"]
         lines += [
             f"  memory differs between repeats of {row['case_id']}: {row['repeat_memory_note']}"
             for row in folded
@@ -430,28 +482,14 @@ class BenchSession:
         slow = sorted((r for r in results if r.wall_s), key=lambda r: -(r.wall_s or 0))[:5]
         if slow:
             lines.append("  slowest: " + ", ".join(f"{run_label(r)} {r.wall_s:.0f} s" for r in slow))
+        timing = wall_time_line(self.run_dir)  # where the time went, by stage (reports.wall_time)
+        if timing:
+            lines.append(f"  {timing}")
         lines += [f"  warning: {w}" for w in self.warnings]
         lines.append(f"  run folder: {self.run_dir}")
         return lines
 
 
-def run_label(result: Result) -> str:
+def run_label(run: CaseRun | Result) -> str:
     """A run's name as its test names it: the case id, and `-r2`, `-r3` for later repeats."""
-    return result.case_id + repeat_suffix(result.repeat)
-
-
-# -- the run folder's files -----------------------------------------------------------------------
-def _new_run_dir(options: BenchOptions) -> Path:
-    """Create `<out>/<profile>-<matrix>-<time>[-n]`; mkdir without exist_ok, so that two sessions
-    started in the same second never share a folder."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = f"{options.profile.name}-{options.matrix}-{stamp}"
-    options.out.mkdir(parents=True, exist_ok=True)
-    suffix = 1
-    while True:
-        run_dir = options.out / (base if suffix == 1 else f"{base}-{suffix}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            suffix += 1
+    return (run.planned.case.id if isinstance(run, CaseRun) else run.case_id) + repeat_suffix(run.repeat)

@@ -1,30 +1,48 @@
 """The reports command line, for stored run folders (no GPU needed):
 
 - `python -m reports render RUN_DIR`: re-render claims.md, tables.md and plots/.
-- `python -m reports baseline RUN_DIR PATH`: store a run as a baseline (as --save-baseline does).
+- `python -m reports baseline RUN_DIR PATH`: store a run as a baseline (as --save-baseline does;
+  PATH a folder: `<profile>-<tier>-<gpu>.json` in it).
 - `python -m reports merge RUN_DIR... --out MERGED [--partial]`: merge the run folders of a sharded
   run (`pytest bench --shard I/N`) into one, then render it as `render` does.
 - `python -m reports gate RUN_DIR BASELINE`: compare a stored run with a baseline (as --baseline
-  does), write RUN_DIR/baseline-diff.md.
+  does; BASELINE a file or a folder of baselines), write RUN_DIR/baseline-diff.md.
 
-- `python -m reports fit --gpu t4 --model llama-3.1-8b --batch 4 --seq 2048 [--runs DIR...]
-  [--measure OUT]`: the fit advisor (`reports.fit`).
+- `python -m reports fit --gpu t4 --model llama-3.1-8b --batch-size 1 --seq-len 1024
+  [--gradient-checkpointing on|off] [--optimizer ...] [--compute-dtype ...] [--quant-type ...]
+  [--double-quant on|off] [--grad-accum N] [--runs DIR...] [--show-held-out]`: the fit advisor
+  (`reports.fit`; its options: `reports.fit_query`). Measuring the answer for real is
+  `tools/measure_fit.py` (this package launches no case).
+
+- `python -m reports claims-matrix ROOT --out FILE`: the claims x runs table of every run folder at or
+  under ROOT (`reports.claims_matrix`), e.g. of the committed reference runs.
 
 Exit codes: 0 done (gate: passed); 1 the gate found regressions; 2 usage error, missing folder,
-a folder without results.jsonl, an unusable baseline, or folders that cannot be merged.
+a folder without results.jsonl (claims-matrix: none under ROOT), a run folder file that cannot be
+read (each named, no raw exception text: `readable_run_dir`), an unusable baseline, or folders that
+cannot be merged. `render` prints the incomplete line of a run that lacks runs of its plan
+(`reports.completeness`).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
-from reports.fit import REFERENCE_DIR, AdvisorError, run_advisor
-from reports.frame import load_run
+from reports.baseline_choice import save_target
+from reports.claims_matrix import write_claims_matrix
+from reports.completeness import completing_command, folder_incompleteness
+from reports.fit import run_advisor
+from reports.fit_query import AdvisorError, add_query_options, query_case
+from reports.frame import ENVIRONMENT_JSON, MEASUREMENTS_DIR, RESULTS_JSONL, load_run, read_results_jsonl
 from reports.gate import gate
 from reports.merge import MergeError, merge_runs
 from reports.render import RunFolderError, check_run_dir, render_run
@@ -46,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (holds results.jsonl)")
     save = commands.add_parser("baseline", help="store a run folder's metrics as a baseline JSON")
     save.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    save.add_argument("path", type=Path, metavar="PATH", help="the baseline JSON to write")
+    save.add_argument(
+        "path",
+        type=Path,
+        metavar="PATH",
+        help="the baseline JSON to write, or a folder of baselines to write <profile>-<tier>-<gpu>.json into",
+    )
     save.add_argument(
         "--command",
         dest="command_text",
@@ -69,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check = commands.add_parser("gate", help="compare a run folder with a baseline; exit 1 on regressions")
     check.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    check.add_argument("baseline", type=Path, metavar="BASELINE")
+    check.add_argument(
+        "baseline",
+        type=Path,
+        metavar="BASELINE",
+        help="a baseline JSON, or a folder of them: the one of the run's profile, tier and GPU is used",
+    )
     check.add_argument(
         "--pyproject",
         type=Path,
@@ -84,42 +112,119 @@ def build_parser() -> argparse.ArgumentParser:
         " the baseline's others as not selected instead of failing them as missing",
     )
     add_threshold_options(check.add_argument)  # the same options as `pytest bench`
+    matrix = commands.add_parser(
+        "claims-matrix",
+        help="a claims x runs table of every run folder under ROOT (verdict and figure per cell)",
+        description="Evaluate the claims on every run folder at or under ROOT (nested ones included)"
+        " and write one markdown table: a row per claim, a column per run with its profile and GPU.",
+    )
+    matrix.add_argument("root", type=Path, metavar="ROOT", help="a run folder, or a folder holding them")
+    matrix.add_argument("--out", type=Path, required=True, metavar="FILE", help="the markdown file to write")
     advisor = commands.add_parser(
         "fit",
-        help="does a QLoRA setting fit a GPU; if not, which step of the lesson's ladder first fits",
-        description="Predict the device peak of each step of the lesson's OOM ladder from a model"
-        " fitted to measured rows, with its held-out error on them; --measure runs the ladder.",
+        help="does a QLoRA setting fit a GPU as given; if not, the smallest change that makes it fit",
+        description="Predict the device peak of a QLoRA setting (the matrix's Case fields) on a GPU"
+        " from a model fitted to measured rows, and of the smallest changes of the lesson's OOM ladder"
+        " (batch with accumulation, checkpointing, sequence) until one fits; with the model's held-out"
+        " error on those rows. tools/measure_fit.py (same options) runs the answer for real.",
     )
-    advisor.add_argument("--gpu", required=True, metavar="PROFILE", help="a GPU profile (e.g. t4)")
-    advisor.add_argument("--model", required=True, metavar="SHAPE", help="a model shape (e.g. llama-3.1-8b)")
-    advisor.add_argument("--batch", type=int, required=True, metavar="N", help="per-device batch size")
-    advisor.add_argument("--seq", type=int, required=True, metavar="N", help="sequence length")
-    advisor.add_argument(
-        "--runs",
-        type=Path,
-        nargs="+",
-        default=[REFERENCE_DIR],
-        metavar="DIR",
-        help="run folders (or folders holding them) whose rows the model is fitted to"
-        " (default: the committed reference runs)",
-    )
-    advisor.add_argument(
-        "--measure",
-        type=Path,
-        default=None,
-        metavar="OUT",
-        help="also run the ladder for real on this machine into the run folder OUT",
-    )
-    advisor.add_argument("--case-timeout", type=float, default=900.0, metavar="SECONDS")
+    add_query_options(advisor.add_argument)
+    advisor.add_argument("--measure", type=Path, default=None, metavar="OUT", help=argparse.SUPPRESS)
     return parser
 
 
+def readable_run_dir(run_dir: Path) -> Path:
+    """`run_dir` when it is a run folder whose files a report reads are readable; RunFolderError
+    naming each file that is not (no raw exception text reaches the user)."""
+    run_dir = Path(run_dir)
+    if (run_dir / ENVIRONMENT_JSON).is_file() and not (run_dir / RESULTS_JSONL).exists():
+        raise RunFolderError(
+            f"{run_dir} holds no finished run yet (no {RESULTS_JSONL}: its session stopped before its"
+            f" first case ended); run them with: {completing_command(run_dir)}"
+        )
+    run_dir = check_run_dir(run_dir)
+    problems = [_environment_problem(run_dir), _results_problem(run_dir), *_measurement_problems(run_dir)]
+    found = [p for p in problems if p]
+    if found:
+        raise RunFolderError(f"{run_dir} cannot be read as a qlora-bench run folder: {'; '.join(found)}")
+    return run_dir
+
+
+def _environment_problem(run_dir: Path) -> str | None:
+    path = run_dir / ENVIRONMENT_JSON
+    if not path.exists():
+        return None  # optional: older folders, hand-made ones
+    text, problem = _read_text(path, ENVIRONMENT_JSON)
+    if problem:
+        return problem
+    try:
+        environment = json.loads(text)
+    except ValueError as exc:
+        return f"{ENVIRONMENT_JSON} is not JSON ({str(exc).splitlines()[0]})"
+    return None if isinstance(environment, dict) else f"{ENVIRONMENT_JSON} is not a JSON object"
+
+
+def _results_problem(run_dir: Path) -> str | None:
+    path = run_dir / RESULTS_JSONL
+    text, problem = _read_text(path, RESULTS_JSONL)
+    if problem:
+        return problem
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not read_results_jsonl(path):
+        return f"{RESULTS_JSONL} holds {len(lines)} lines and no result row of qlora-bench"
+    return None
+
+
+def _measurement_problems(run_dir: Path) -> list[str]:
+    problems = []
+    for path in sorted((run_dir / MEASUREMENTS_DIR).glob("*.csv")):
+        name = f"{MEASUREMENTS_DIR}/{path.name}"
+        text, problem = _read_text(path, name)
+        if not problem:
+            try:
+                pd.read_csv(io.StringIO(text))
+            except ValueError as exc:  # pandas' parser and empty-data errors
+                problem = f"{name} is not a CSV table ({str(exc).splitlines()[0]})"
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _read_text(path: Path, name: str) -> tuple[str, str | None]:
+    """A file's text, or why it cannot be read (named `name`)."""
+    try:
+        return path.read_text(encoding="utf-8"), None
+    except UnicodeDecodeError as exc:
+        return "", f"{name} is not text (byte {exc.object[exc.start]:#04x} at {exc.start} is not UTF-8)"
+    except OSError as exc:
+        return "", f"{name} cannot be read ({exc.strerror})"
+
+
+def _print_incomplete(run_dir: Path) -> None:
+    """The incomplete line claims.md now starts with, on the console too."""
+    environment = (
+        json.loads((run_dir / ENVIRONMENT_JSON).read_text()) if (run_dir / ENVIRONMENT_JSON).exists() else {}
+    )
+    missing = folder_incompleteness(run_dir, environment)
+    if missing:
+        print(missing.line())
+
+
 def _gate(
-    run_dir: Path, baseline: Path, thresholds: Thresholds, allow_noisy: bool, selected_only: bool = False
+    run_dir: Path,
+    baseline: Path,
+    thresholds: Thresholds,
+    allow_noisy: bool,
+    selected_only: bool = False,
+    require_speed: bool = False,
 ) -> int:
-    run = load_run(check_run_dir(run_dir))
+    run = load_run(readable_run_dir(run_dir))
     selected = set(run.results["case_id"]) if selected_only and not run.results.empty else None
-    report = gate(baseline, run, thresholds, run_dir, allow_noisy, selected)
+    report = gate(baseline, run, thresholds, run_dir, allow_noisy, selected, require_speed)
+    if report.baseline_note:
+        print(report.baseline_note)
+    if report.speed_not_compared:
+        print(report.speed_not_compared)
     for flag in report.flags:
         print(f"flag: {flag}")
     for noisy in report.too_noisy:
@@ -130,20 +235,35 @@ def _gate(
     return EXIT_OK if report.passed else EXIT_REGRESSION
 
 
+def _without_measure(argv: Sequence[str] | None) -> list[str]:
+    """The fit command's arguments without `fit` and `--measure OUT` (for the tool's command)."""
+    args = list(argv if argv is not None else sys.argv[1:])[1:]
+    for i, arg in enumerate(args):
+        if arg == "--measure":
+            return args[:i] + args[i + 2 :]
+        if arg.startswith("--measure="):
+            return args[:i] + args[i + 1 :]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the process exit code."""
     args = build_parser().parse_args(argv)  # exits 2 itself on a usage error
     try:
         if args.command == "render":
-            for name, path in render_run(args.run_dir).items():
+            for name, path in render_run(readable_run_dir(args.run_dir)).items():
                 print(f"{name}: {path}")
+            _print_incomplete(args.run_dir)
         elif args.command == "baseline":
-            run = load_run(check_run_dir(args.run_dir))
+            run = load_run(readable_run_dir(args.run_dir))
             command = args.command_text or run.environment.get("command", "")
-            saved = save_run_baseline(args.path, run, command=command)
-            print(f"baseline written: {args.path} ({len(saved['cases'])} cases)")
+            path = save_target(args.path, run)
+            saved = save_run_baseline(path, run, command=command)
+            print(f"baseline written: {path} ({len(saved['cases'])} cases)")
         elif args.command == "merge":
             command = shlex.join(["python", "-m", "reports", *(argv if argv is not None else sys.argv[1:])])
+            for run_dir in args.run_dirs:
+                readable_run_dir(run_dir)
             report = merge_runs(args.run_dirs, args.out, partial=args.partial, command=command)
             for flag in report.flags:
                 print(f"flag: {flag}")
@@ -155,15 +275,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name}: {path}")
         elif args.command == "gate":
             thresholds = resolve_thresholds(args.pyproject, lambda name: getattr(args, name))
-            return _gate(args.run_dir, args.baseline, thresholds, args.allow_noisy, args.selected_only)
-        elif args.command == "fit":
-            print(
-                run_advisor(
-                    args.gpu, args.model, args.batch, args.seq, args.runs, args.measure, args.case_timeout
-                )
+            return _gate(
+                args.run_dir,
+                args.baseline,
+                thresholds,
+                args.allow_noisy,
+                args.selected_only,
+                args.require_speed,
             )
+        elif args.command == "claims-matrix":
+            print(f"claims matrix: {write_claims_matrix(args.root, args.out)}")
+        elif args.command == "fit":
+            if args.measure is not None:
+                # The reports read stored runs; measuring runs cases on this machine's GPU.
+                command = shlex.join(["python", "tools/measure_fit.py", *_without_measure(argv), "--out"])
+                raise AdvisorError(f"--measure moved to its own tool: {command} {args.measure}")
+            profile, setting = query_case(args)
+            print(run_advisor(profile, setting, args.runs, args.show_held_out))
     except (RunFolderError, BaselineError, MergeError, AdvisorError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # a file that vanished or cannot be read or written past the checks
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
 

@@ -1,17 +1,26 @@
 """Baselines: one JSON file per GPU profile that a later run is gated against (`reports.gate`).
 
-A baseline holds the environment it was measured in (GPU, torch, transformers, peft,
-bitsandbytes, CUDA, driver), the command that made it, and per case id the case hash, the status,
+A baseline holds the environment it was measured in (profile, matrix tier, GPU, torch,
+transformers, peft, bitsandbytes, CUDA, driver), the command that made it, and per case id the
+case hash, the status,
 the gated metrics and what the speed rules need: the per-repeat tokens/s and kernel times, their
 spread and interval, the within-run step-time spread, host_bound and gpu_busy. Writing one,
 reading one back, and refusing every unreadable kind with its own `BaselineError` (never a pass)
-live here; the comparison lives in `reports.gate`.
+live here; the comparison lives in `reports.gate`, the choice of one from a folder of baselines
+in `reports.baseline_choice`.
+
+Schema versions (`BASELINE_SCHEMA_VERSION`): 2 added the repeats, kernel time and noise of each
+case (a version-1 file lacks what the speed rules need and is refused); 3 added `matrix`, the tier
+the baseline was made of, so that a baseline of another tier is refused before a run. A version-2
+file is read as version 3: its tier is the `--matrix` of its command (`pytest bench`'s default
+when the command names none). A file newer than this code is refused.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,8 +32,11 @@ from reports.frame import RunData
 from reports.rows import device_used_gib
 from reports.stats import rel_iqr
 
-# 2: repeats, kernel time and the noise of each case (issue 10); a version-1 file is refused.
-BASELINE_SCHEMA_VERSION: int = 2
+BASELINE_SCHEMA_VERSION: int = 3
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (2, 3)
+"""The versions `load_baseline` reads: 2 is migrated to 3 in memory (`_migrate_v2`)."""
+DEFAULT_MATRIX = "default"
+"""`pytest bench`'s tier when no --matrix is given (the option's default)."""
 NVML_USED = "nvml_used_gib"
 """The device memory the case's process used at its peak (`reports.rows.device_used_gib`: NVML's
 peak minus the device's reading before the process; side by side, its own line): gated instead of
@@ -39,6 +51,9 @@ GATED_METRICS: tuple[str, ...] = (
     "final_loss",
 )
 MEMORY_METRICS: tuple[str, ...] = ("peak_alloc_gib", "peak_reserved_gib", NVML_USED)
+SPEED_METRICS: tuple[str, ...] = ("tokens_per_s", "kernel_ms_per_step")
+"""The gated metrics that measure the hardware as much as the code: compared only between runs
+on one GPU kind (`reports.baseline_choice.speed_not_compared`)."""
 # Stored per case beside the gated metrics: the noise and significance of the speed rules.
 CASE_METRICS: tuple[str, ...] = (
     "tokens_per_s",
@@ -79,6 +94,7 @@ TOP_LEVEL_FIELDS: tuple[str, ...] = (
     "schema_version",
     "created_at",
     "profile",
+    "matrix",
     "gpu_name",
     "versions",
     "command",
@@ -117,6 +133,10 @@ class BaselineProfileError(BaselineError):
     """The baseline was made for another GPU profile than the run's."""
 
 
+class BaselineTierError(BaselineError):
+    """The baseline was made of another matrix tier (`--matrix`) than the run's."""
+
+
 # -- building and writing a baseline --------------------------------------------------------------
 def make_baseline(results: pd.DataFrame, *, command: str, environment: dict[str, Any]) -> dict[str, Any]:
     """The JSON-able baseline of a run: its environment, its command and every case's metrics.
@@ -132,10 +152,12 @@ def make_baseline(results: pd.DataFrame, *, command: str, environment: dict[str,
         raise ValueError("the results name no profile; a baseline is keyed by profile")
     if "," in env["profile"]:
         raise ValueError(f"results of several profiles ({env['profile']}); make one baseline per profile")
+    matrix = environment.get("matrix")
     return {
         "schema_version": BASELINE_SCHEMA_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "profile": env["profile"],
+        "matrix": matrix if isinstance(matrix, str) and matrix else tier_of_command(command),
         "gpu_name": env["gpu_name"],
         "versions": env["versions"],
         "command": command,
@@ -230,15 +252,19 @@ def _column_value(results: pd.DataFrame, column: str) -> str:
 
 
 # -- loading and validating -----------------------------------------------------------------------
-def load_baseline(path: Path, *, profile: str | None = None) -> dict[str, Any]:
-    """Read and validate a baseline; `profile`, when given, must be the baseline's.
+def load_baseline(path: Path, *, profile: str | None = None, matrix: str | None = None) -> dict[str, Any]:
+    """Read and validate a baseline (a version-2 file migrated to the current schema); `profile`
+    and `matrix` (the tier), when given, must be the baseline's. A baseline whose tier is not
+    recorded (null) is accepted for any tier.
 
-    Raises BaselineFileError, BaselineSchemaError, BaselineContentError or BaselineProfileError,
-    each naming the file.
+    Raises BaselineFileError, BaselineSchemaError, BaselineContentError, BaselineProfileError or
+    BaselineTierError, each naming the file.
     """
     path = Path(path)
     data = _read_json(path)
     _check_schema(path, data)
+    if data["schema_version"] == 2:
+        data = _migrate_v2(data)
     problems = content_problems(data)
     if problems:
         listed = problems[:_MAX_LISTED_PROBLEMS]
@@ -254,17 +280,34 @@ def load_baseline(path: Path, *, profile: str | None = None) -> dict[str, Any]:
             f"made for profile {data['profile']!r}, but this run is profile {profile!r}; "
             f"use the baseline of profile {profile!r} or create one with --save-baseline",
         )
+    if matrix is not None and data["matrix"] is not None and data["matrix"] != matrix:
+        raise BaselineTierError(
+            path,
+            f"made of matrix tier {data['matrix']!r}, but this run is tier {matrix!r} (--matrix); "
+            f"use a baseline of tier {matrix!r} or create one with --save-baseline",
+        )
     return data
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`, or a BaselineFileError saying why there is none."""
+    """The JSON object in `path`, or a BaselineFileError saying why there is none (in words, never
+    a library's exception text: a reader sees what is wrong with the file and what to do)."""
     if not path.exists():
         raise BaselineFileError(path, "file not found; create one with `pytest bench --save-baseline PATH`")
+    if not path.is_file():
+        raise BaselineFileError(path, "not a file: a baseline is a JSON file written by --save-baseline")
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BaselineFileError(path, f"cannot be read: {e}") from e
+        raw = path.read_bytes()
+    except OSError as e:
+        raise BaselineFileError(path, f"cannot be read ({e.strerror or type(e).__name__})") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BaselineFileError(
+            path,
+            f"not a text file (byte {e.start} is not UTF-8): not a baseline JSON; point --baseline"
+            " at a file written by --save-baseline",
+        ) from e
     if not text.strip():
         raise BaselineFileError(path, "file is empty; regenerate it with `--save-baseline`")
     try:
@@ -281,23 +324,53 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _check_schema(path: Path, data: dict[str, Any]) -> None:
-    """Raise BaselineSchemaError unless the file has this code's schema_version."""
+    """Raise BaselineSchemaError unless the file has a schema_version this code reads."""
     found = data.get("schema_version", "missing")
     # `type(...) is int`: True == 1 would pass an isinstance or == check.
-    if type(found) is int and found == BASELINE_SCHEMA_VERSION:
+    if type(found) is int and found in READABLE_SCHEMA_VERSIONS:
         return
     profile = data.get("profile") if isinstance(data.get("profile"), str) else "PROFILE"
-    why = ""
-    if type(found) is int and found < BASELINE_SCHEMA_VERSION:
-        why = (
-            " (an older baseline: it lacks the per-repeat tokens/s, kernel time and noise the"
-            " speed rules need)"
+    regenerate = f"regenerate it with `pytest bench --gpu {profile} --repeat 3 --save-baseline {path}`"
+    readable = f"{READABLE_SCHEMA_VERSIONS[0]} to {READABLE_SCHEMA_VERSIONS[-1]}"
+    if not data:
+        detail = f"holds an empty JSON object ({{}}), not a qlora-bench baseline; {regenerate}"
+    elif found == "missing":
+        detail = f"schema_version is 'missing': not a qlora-bench baseline; {regenerate}"
+    elif type(found) is int and found < READABLE_SCHEMA_VERSIONS[0]:
+        detail = (
+            f"schema_version is {found}, expected {readable} (an older baseline: it lacks the"
+            f" per-repeat tokens/s, kernel time and noise the speed rules need); {regenerate}"
         )
-    raise BaselineSchemaError(
-        path,
-        f"schema_version is {found!r}, expected {BASELINE_SCHEMA_VERSION}{why}; regenerate it with "
-        f"`pytest bench --gpu {profile} --repeat 3 --save-baseline {path}`",
-    )
+    elif type(found) is int:
+        detail = (
+            f"schema_version is {found}, newer than this qlora-bench reads ({readable}): a newer"
+            f" qlora-bench wrote it; update qlora-bench, or {regenerate}"
+        )
+    else:
+        detail = f"schema_version is {found!r}, expected an integer from {readable}; {regenerate}"
+    raise BaselineSchemaError(path, detail)
+
+
+def _migrate_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-2 baseline as version 3: its tier read from the command that made it."""
+    command = data.get("command")
+    tier = tier_of_command(command) if isinstance(command, str) else None
+    return {**data, "schema_version": BASELINE_SCHEMA_VERSION, "matrix": tier, "migrated_from": 2}
+
+
+def tier_of_command(command: str) -> str | None:
+    """The matrix tier a `pytest bench` command ran: its --matrix, or the option's default when
+    it names none; None for a command that is not pytest's or does not parse."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    for i, word in enumerate(words):
+        if word == "--matrix" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--matrix="):
+            return word.partition("=")[2]
+    return DEFAULT_MATRIX if words[:1] == ["pytest"] else None
 
 
 def content_problems(data: dict[str, Any]) -> list[str]:
@@ -308,6 +381,8 @@ def content_problems(data: dict[str, Any]) -> list[str]:
             problems.append(f"{key}={data[key]!r} must be a string")
     if "profile" in data and not (isinstance(data["profile"], str) and data["profile"]):
         problems.append(f"profile={data['profile']!r} must be a non-empty string")
+    if data.get("matrix") is not None and not (isinstance(data["matrix"], str) and data["matrix"]):
+        problems.append(f"matrix={data['matrix']!r} must be a non-empty string or null")
     if "versions" in data:
         problems += _versions_problems(data["versions"])
     if "cases" in data:
@@ -382,7 +457,7 @@ def _numbers_or_none(values: object) -> list[float] | None:
 def save_run_baseline(path: Path, run: RunData, *, command: str) -> dict[str, Any]:
     """Save the run's baseline and read it back through the validating loader."""
     save_baseline(Path(path), run.results, command=command, environment=run.environment)
-    return load_baseline(Path(path), profile=run_profile(run))
+    return load_baseline(Path(path), profile=run_profile(run), matrix=run_matrix(run))
 
 
 def is_number(value: object) -> bool:
@@ -403,6 +478,15 @@ def number_or_none(value: object) -> float | None:
         return None
     number = float(value)  # type: ignore[arg-type]
     return number if math.isfinite(number) else None
+
+
+def run_matrix(run: RunData) -> str | None:
+    """The run's matrix tier, from its environment (or the command there); None when unknown."""
+    matrix = run.environment.get("matrix")
+    if isinstance(matrix, str) and matrix:
+        return matrix
+    command = run.environment.get("command")
+    return tier_of_command(command) if isinstance(command, str) and command else None
 
 
 def run_profile(run: RunData) -> str | None:

@@ -1,24 +1,31 @@
-"""The fit advisor: does a QLoRA setting fit a GPU, and if not, which step of the lesson's ladder
-first fits (`python -m reports fit --gpu t4 --model llama-3.1-8b --batch 4 --seq 2048`)?
+"""The fit advisor: does a QLoRA setting fit a GPU as given, and if not, what is the smallest
+change that makes it fit (`python -m reports fit --gpu t4 --model llama-3.1-8b --batch-size 1
+--seq-len 1024 --optimizer adamw_8bit`; the question's options: `reports.fit_query`)?
+
+The changes are the lesson's OOM ladder's knobs, applied to the setting alone or together
+(`changes`): a smaller batch with more accumulation (the tokens per optimizer step kept),
+gradient checkpointing, a shorter sequence. Smallest first: fewest halvings of the sequence (it
+changes what is trained, and the headline says so), then fewest knobs, then the lesson's order
+(batch before checkpointing), the larger batch first.
 
 Every number it prints is *predicted* by `reports.fit_model`, fitted to measured rows (default:
 the committed reference runs, `REFERENCE_DIR`; `--runs DIR...` chooses others), and shown beside
-the model's leave-one-configuration-out error on those rows. `--measure` runs the ladder for real
-through the suite's runner instead and prints measured beside predicted.
+the model's leave-one-configuration-out error on those rows (every row with `--show-held-out`).
+`tools/measure_fit.py` runs the setting and the answer for real and prints measured beside
+predicted (this package reads stored runs; it launches no case).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from qlora_core.gpus import PROFILE_NAMES, GpuProfile, get_profile
-from qlora_core.matrix import ladder_cases, tier_for
-from qlora_core.models.registry import SHAPES
+from qlora_core.gpus import GpuProfile
 from qlora_core.spec import Case
 from reports.fit_model import (
     ErrorSummary,
@@ -31,53 +38,19 @@ from reports.fit_model import (
     lora_stages,
     memory_rows,
     run_frame,
-    shape_of,
     summarize,
 )
+from reports.fit_query import REFERENCE_DIR, AdvisorError, describe
 from reports.frame import RESULTS_JSONL, RunData, load_run
 from reports.markdown import md_table
 from reports.rows import device_used_gib, peak_figures
 
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
-MEDIAN_LIMIT = 0.05  # issue 11's acceptance for the held-out error
+__all__ = ["REFERENCE_DIR", "AdvisorError"]  # the CLI's imports, from their home (fit_query)
+MEDIAN_LIMIT = 0.05  # the advisor's target for the held-out error
 MAX_LIMIT = 0.10
-POOL = "loop+trainer"  # the ladder trains through Trainer (matrix.USERS_ENGINE)
-LADDER_STEPS = (
-    "0: the setting",
-    "1: batch / 2, grad accumulation x 2",
-    "2: batch 1, grad accumulation",
-    "3: seq / 2",
-    "4: + gradient checkpointing",
-)
-
-
-class AdvisorError(ValueError):
-    """A bad query; the message names the problem and the allowed values."""
-
-
-def check_query(gpu: str, model: str, batch: int, seq: int) -> GpuProfile:
-    """Every problem of the query at once, before anything is loaded or run."""
-    problems = []
-    profile = None
-    if gpu not in PROFILE_NAMES:
-        problems.append(f"unknown --gpu {gpu!r}; allowed: {', '.join(PROFILE_NAMES)}")
-    else:
-        profile = get_profile(gpu)
-    if shape_of(model) is None:
-        problems.append(f"unknown --model {model!r}; allowed: {', '.join(SHAPES)}")
-    if batch < 1:
-        problems.append(f"--batch {batch} must be >= 1")
-    if seq < 2:
-        problems.append(f"--seq {seq} must be >= 2")
-    if problems or profile is None:
-        raise AdvisorError("; ".join(problems))
-    return profile
-
-
-def query_ladder(profile: GpuProfile, model: str, batch: int, seq: int) -> list[Case]:
-    """The lesson's ladder (`matrix.ladder_cases`) from the query's setting on this profile."""
-    tier = dataclasses.replace(tier_for(profile), ladder_model=model, ladder_batch=batch, ladder_seq=seq)
-    return ladder_cases(profile, tier)
+POOL = "loop+trainer"  # the setting trains through Trainer (matrix.USERS_ENGINE)
+MAX_SEQ_HALVINGS = 3
+MIN_SEQ_LEN = 8  # Case.seq_len's lower bound (spec.validate)
 
 
 def run_dirs(paths: Sequence[Path]) -> list[Path]:
@@ -99,29 +72,6 @@ def run_dirs(paths: Sequence[Path]) -> list[Path]:
 
 def frames_of(paths: Sequence[Path]) -> list[pd.DataFrame]:
     return [run_frame(load_run(d)) for d in run_dirs(paths)]
-
-
-@dataclass(frozen=True)
-class StepAdvice:
-    name: str
-    case: Case
-    predicted_gib: float | None
-    why_not: str = ""
-    measured_gib: float | None = None
-    measured_status: str = ""
-
-
-def advise(model: MemoryModel | None, cases: list[Case], no_model_reason: str = "") -> list[StepAdvice]:
-    advice = []
-    for name, case in zip(LADDER_STEPS, cases, strict=True):
-        if model is None:
-            advice.append(StepAdvice(name, case, None, no_model_reason))
-            continue
-        try:
-            advice.append(StepAdvice(name, case, model.predict(case.to_dict()).footprint_gib))
-        except FitError as error:
-            advice.append(StepAdvice(name, case, None, str(error)))
-    return advice
 
 
 def _gib(value: float | None) -> str:
@@ -156,44 +106,6 @@ def held_out_table(held: list[HeldOut]) -> str:
     return md_table(["held-out row", "peak from", "measured GiB", "predicted GiB", "error"], rows)
 
 
-def ladder_table(profile: GpuProfile, advice: list[StepAdvice]) -> str:
-    rows = []
-    for step in advice:
-        fits = (
-            "-"
-            if step.predicted_gib is None
-            else ("fits" if step.predicted_gib <= profile.total_gib else "OOM")
-        )
-        cells = [step.name, step.case.id, _gib(step.predicted_gib), fits]
-        if any(s.measured_status for s in advice):
-            cells += [_gib(step.measured_gib), step.measured_status or "-"]
-        cells.append(step.why_not or "")
-        rows.append(cells)
-    headers = [
-        "ladder step",
-        "case",
-        "predicted device peak GiB",
-        f"on {profile.name} ({profile.total_gib:.2f} GiB)",
-    ]
-    if any(s.measured_status for s in advice):
-        headers += ["measured device peak GiB", "measured status"]
-    return md_table([*headers, "why not predicted"], rows)
-
-
-def verdict(profile: GpuProfile, advice: list[StepAdvice]) -> str:
-    for i, step in enumerate(advice):
-        if step.predicted_gib is None:
-            return f"undecided: step {step.name!r} is not predictable ({step.why_not})"
-        if step.predicted_gib <= profile.total_gib:
-            head = (
-                "fits as set"
-                if i == 0
-                else f"does not fit as set; the first ladder step that fits is {step.name!r}"
-            )
-            return f"{head} (predicted {step.predicted_gib:.2f} of {profile.total_gib:.2f} GiB)"
-    return "no step of the ladder fits (predicted)"
-
-
 def fitted_pool(rows: list[MemoryRow], frames: list[pd.DataFrame]) -> tuple[MemoryModel | None, str]:
     """The ladder's engine pool fitted to `rows`, knowing the LoRA stage of every row in `frames`."""
     try:
@@ -220,79 +132,219 @@ def fit_section(run: RunData) -> str:
     )
 
 
-def measure_ladder(
-    profile: GpuProfile, cases: list[Case], out: Path, timeout_s: float
-) -> dict[str, tuple[str, float | None]]:
-    """Run the ladder for real, each step in its own child as `pytest bench` runs it (a warm spare,
-    and an OOM under an emulated cap rerun uncapped: `qlora_core.oom_need`), its row appended to
-    OUT/results.jsonl as it ends; case id -> (status, measured device peak GiB). A step that ran out
-    of memory under the cap gives what it needed uncapped, and its status says so."""
-    from qlora_core.oom_need import run_case_measuring_need
-    from qlora_core.result import result_file_name
-    from qlora_core.runner import RunOptions
-    from qlora_core.spare import SparePool
+# -- the changes tried, smallest first -------------------------------------------------------
+@dataclass(frozen=True)
+class Change:
+    """The setting with some of the ladder's knobs turned (none: the setting as given)."""
 
-    out.mkdir(parents=True, exist_ok=True)
-    measured: dict[str, tuple[str, float | None]] = {}
-    with SparePool() as spares:
-        spares.prime()
-        for case in cases:
-            options = RunOptions(profile=profile.name, timeout_s=timeout_s, families="fit-advisor")
-            path = out / "cases" / result_file_name(case.hash, 0)
-            result = run_case_measuring_need(case, options, path, spares=spares)
-            with (out / RESULTS_JSONL).open("a") as f:
-                f.write(result.to_json() + "\n")
-            row = pd.Series(result.row())
-            figures = peak_figures(row)  # the capped run's peak, else what its rerun needed
-            status, peak = result.status, device_used_gib(row)
-            if figures is not None and figures.label:
-                status, peak = f"oom; {figures.label}", figures.device_gib
-            measured[case.id] = (status, peak)
-            print(f"measured {case.id}: {status}, device peak {_gib(peak)} GiB", flush=True)
-    return measured
+    case: Case
+    label: str
+    seq_halvings: int
+    rank: tuple[int, ...]
+    """Sort key: smallest change first (see the module docstring)."""
 
 
-def run_advisor(
-    gpu: str,
-    model_name: str,
-    batch: int,
-    seq: int,
-    runs: Sequence[Path],
-    measure_out: Path | None = None,
-    timeout_s: float = 900.0,
-) -> str:
-    """The advisor's report (markdown). AdvisorError on a bad query, before any heavy work."""
-    profile = check_query(gpu, model_name, batch, seq)
-    cases = query_ladder(profile, model_name, batch, seq)
+def _batches(setting: Case) -> list[tuple[int, int]]:
+    """(batch, grad accumulation) from the setting's down to batch 1, the tokens per optimizer
+    step kept: halving while the batch is even, then straight to 1."""
+    out = [(setting.batch_size, setting.grad_accum)]
+    batch = setting.batch_size
+    while batch > 1:
+        batch = batch // 2 if batch % 2 == 0 else 1
+        out.append((batch, setting.grad_accum * setting.batch_size // batch))
+    return out
+
+
+def changes(setting: Case) -> list[Change]:
+    """The setting, then every combination of the ladder's knobs, smallest change first."""
+    seqs = [setting.seq_len >> k for k in range(MAX_SEQ_HALVINGS + 1) if setting.seq_len >> k >= MIN_SEQ_LEN]
+    checkpointing = sorted(
+        {setting.gradient_checkpointing, True}, key=lambda gc: gc != setting.gradient_checkpointing
+    )
+    found = []
+    for halvings, seq in enumerate(seqs):
+        for step, (batch, accum) in enumerate(_batches(setting)):
+            for gc in checkpointing:
+                parts = []
+                if step:
+                    parts.append(f"batch {batch} x grad accumulation {accum}")
+                if gc != setting.gradient_checkpointing:
+                    parts.append("gradient checkpointing on")
+                if halvings:
+                    parts.append(f"seq {seq}")
+                case = setting.replace(
+                    batch_size=batch, grad_accum=accum, gradient_checkpointing=gc, seq_len=seq
+                )
+                knobs = (step > 0) + (gc != setting.gradient_checkpointing)
+                rank = (halvings, knobs, int(gc != setting.gradient_checkpointing), step)
+                found.append(Change(case, " + ".join(parts) or "as set", halvings, rank))
+    return sorted(found, key=lambda change: change.rank)
+
+
+@dataclass(frozen=True)
+class StepAdvice:
+    change: Change
+    predicted_gib: float | None
+    why_not: str = ""
+
+    @property
+    def case(self) -> Case:
+        return self.change.case
+
+
+def predict_all(
+    model: MemoryModel | None, tried: list[Change], no_model_reason: str = ""
+) -> list[StepAdvice]:
+    advice = []
+    for change in tried:
+        if model is None:
+            advice.append(StepAdvice(change, None, no_model_reason))
+            continue
+        try:
+            advice.append(StepAdvice(change, model.predict(change.case.to_dict()).footprint_gib))
+        except FitError as error:
+            advice.append(StepAdvice(change, None, str(error)))
+    return advice
+
+
+@dataclass(frozen=True)
+class Advice:
+    profile: GpuProfile
+    steps: list[StepAdvice]
+    """The setting first, then the changes smallest first, up to the first predicted to fit."""
+    model: MemoryModel | None
+    rows: list[MemoryRow]
+    held: list[HeldOut]
+    runs: list[Path]
+
+    @property
+    def setting(self) -> StepAdvice:
+        return self.steps[0]
+
+    @property
+    def answer(self) -> StepAdvice | None:
+        """The first step predicted to fit (the setting itself when it fits)."""
+        return next((s for s in self.steps if self.fits(s)), None)
+
+    def fits(self, step: StepAdvice) -> bool:
+        return step.predicted_gib is not None and step.predicted_gib <= self.profile.total_gib
+
+    def to_measure(self) -> list[Case]:
+        """What `tools/measure_fit.py` runs: the setting and, when it is another, the answer."""
+        answer = self.answer
+        return [self.setting.case] + (
+            [answer.case] if answer is not None and answer is not self.setting else []
+        )
+
+
+def advise(profile: GpuProfile, setting: Case, runs: Sequence[Path]) -> Advice:
+    """Predict the setting and the changes from the rows under `runs`. AdvisorError on a bad folder."""
     frames = frames_of(runs)
     rows = memory_rows(frames)
     model, why = fitted_pool(rows, frames)
-    advice = advise(model, cases, why)
-    if measure_out is not None:
-        measured = measure_ladder(profile, cases, measure_out, timeout_s)
-        advice = [
-            dataclasses.replace(
-                a, measured_status=measured[a.case.id][0], measured_gib=measured[a.case.id][1]
-            )
-            for a in advice
-        ]
-    held = leave_one_out(rows)
+    steps = predict_all(model, changes(setting), why)
+    total = profile.total_gib
+    first = next(
+        (i for i, s in enumerate(steps) if s.predicted_gib is not None and s.predicted_gib <= total), None
+    )
+    shown = steps if first is None else steps[: first + 1]
+    return Advice(profile, shown, model, rows, leave_one_out(rows), list(runs))
+
+
+# -- the report --------------------------------------------------------------------------------
+def _edge(predicted_gib: float, total_gib: float, summary: ErrorSummary) -> str:
+    """A note when the card's memory is within the model's max held-out error of the prediction."""
+    if summary.max is None or abs(predicted_gib - total_gib) > summary.max * predicted_gib:
+        return ""
+    return f", at the edge: within the model's max held-out error ({_pct(summary.max)}) of the card"
+
+
+def headline(advice: Advice, summary: ErrorSummary) -> str:
+    """The answer for the setting as given, then the smallest change that makes it fit."""
+    setting, answer, total = advice.setting, advice.answer, advice.profile.total_gib
+    if setting.predicted_gib is None:
+        return f"undecided: the setting is not predictable from the measured rows ({setting.why_not})"
+    of = f"predicted {setting.predicted_gib:.2f} GiB of {total:.2f} GiB on {advice.profile.name}"
+    if answer is setting:
+        return f"fits: {of}{_edge(setting.predicted_gib, total, summary)}"
+    head = f"does not fit: {of}{_edge(setting.predicted_gib, total, summary)}"
+    skipped = sum(1 for step in advice.steps[1:] if step.predicted_gib is None)
+    unknown = f" ({skipped} of the changes tried not predictable: see the table)" if skipped else ""
+    if answer is None:
+        shortest = advice.steps[-1].case.seq_len
+        tried = f"batch 1 with accumulation, checkpointing, seq down to {shortest}"
+        return f"{head}; no change tried fits ({tried}){unknown}"
+    change = answer.change
+    what = "the smallest change that fits"
+    if change.seq_halvings:
+        what += f" shortens the sequence from {setting.case.seq_len} to {answer.case.seq_len} tokens"
+    predicted = answer.predicted_gib
+    assert predicted is not None  # it fits: it was predicted
+    edge = _edge(predicted, total, summary)
+    return f"{head}; {what}: {change.label} (predicted {predicted:.2f} GiB{edge}){unknown}"
+
+
+def steps_table(advice: Advice, measured: Mapping[str, tuple[str, float | None]] | None) -> str:
+    total = advice.profile.total_gib
+    headers = ["change", "case", "predicted device peak GiB", f"on {advice.profile.name} ({total:.2f} GiB)"]
+    if measured is not None:
+        headers += ["measured device peak GiB", "measured status"]
+    rows = []
+    for step in advice.steps:
+        fits = "-" if step.predicted_gib is None else ("fits" if advice.fits(step) else "OOM")
+        cells: list[Any] = [step.change.label, step.case.id, _gib(step.predicted_gib), fits]
+        if measured is not None:
+            status, peak = measured.get(step.case.id, ("not run", None))
+            cells += [_gib(peak), status]
+        rows.append([*cells, step.why_not])
+    return md_table([*headers, "why not predicted"], rows)
+
+
+def render(
+    advice: Advice,
+    show_held_out: bool = False,
+    measured: Mapping[str, tuple[str, float | None]] | None = None,
+) -> str:
+    """The advisor's report (markdown): the headline first, the held-out rows only when asked."""
+    summary = summarize(advice.held)
+    setting = advice.setting.case
     parts = [
-        f"# Fit advisor: {model_name}, batch {batch}, seq {seq} on {profile.name}",
-        f"**{verdict(profile, advice)}**",
-        "Every GiB figure below marked *predicted* comes from a model fitted to"
-        f" {len(rows)} measured rows ({', '.join(str(p) for p in runs)}); the device peak is NVML's"
-        " (the CUDA context included) above what the device used before the process, the figure a"
-        " card must hold. The context was measured on the rows' GPU; a T4's own context may differ.",
-        ladder_table(profile, advice),
-        error_line(summarize(held)) + ".",
-        held_out_table(held),
+        f"# Fit advisor: {setting.model} on {advice.profile.name} ({advice.profile.total_gib:.2f} GiB)",
+        f"**{headline(advice, summary)}**",
+        f"Setting: {describe(setting)}; trained through transformers' Trainer (case `{setting.id}`).",
+        steps_table(advice, measured),
+        error_line(summary) + "." + ("" if show_held_out else " Every held-out row: `--show-held-out`."),
     ]
-    if model is not None:
+    if show_held_out:
+        parts.append(held_out_table(advice.held))
+    if advice.model is not None:
+        model = advice.model
         coefficients = ", ".join(f"{c:.4g}" for c in model.activation_coefficients)
+        optimizer = ", ".join(f"{name} {bpp:.3g}" for name, bpp in model.optimizer_bytes_per_param.items())
         parts.append(
             f"Fitted ({model.pool}, {model.rows} rows): context {model.context_gib:.3f} GiB, optimizer bytes"
-            f" per trainable parameter {model.optimizer_bytes_per_param}, activation coefficients"
-            f" {coefficients}."
+            f" per trainable parameter: {optimizer}; activation coefficients {coefficients}."
         )
+    parts.append(
+        "Every *predicted* GiB figure comes from a model fitted to"
+        f" {len(advice.rows)} measured rows ({', '.join(str(p) for p in advice.runs)}); the device peak is"
+        " NVML's (the CUDA context included) above what the device used before the process, the figure a"
+        " card must hold. The context was measured on the rows' GPU; a T4's own context may differ."
+    )
     return "\n\n".join(parts) + "\n"
+
+
+def run_advisor(profile: GpuProfile, setting: Case, runs: Sequence[Path], show_held_out: bool = False) -> str:
+    """The advisor's report for a checked query (`fit_query.query_case`)."""
+    return render(advise(profile, setting, runs), show_held_out)
+
+
+def measured_figures(row: Mapping[str, Any]) -> tuple[str, float | None]:
+    """A measured row's (status, device peak GiB): an OOM under an emulated cap gives what its
+    uncapped rerun needed, and its status says so."""
+    series = pd.Series(dict(row))
+    figures = peak_figures(series)  # the capped run's peak, else what its rerun needed
+    status, peak = str(series["status"]), device_used_gib(series)
+    if figures is not None and figures.label:
+        status, peak = f"oom; {figures.label}", figures.device_gib
+    return status, peak

@@ -128,6 +128,19 @@ class RunData:
     repeats: pd.DataFrame | None = None
     """Every repeat's own row (None when the RunData was built from folded rows only)."""
 
+    def value(self, env_key: str, column: str | None = None) -> str:
+        """A run-level value: environment.json first, then the first non-empty result column
+        (`column`, default `env_key`); "" when neither has one."""
+        value = self.environment.get(env_key)
+        if value not in (None, ""):
+            return str(value)
+        column = column or env_key
+        if column in self.results.columns:
+            values = [str(v) for v in self.results[column] if v not in (None, "") and not pd.isna(v)]
+            if values:
+                return values[0]
+        return ""
+
 
 def load_run(run_dir: Path) -> RunData:
     """Read a run folder back (no GPU, no torch needed)."""

@@ -7,9 +7,13 @@ id and hash; each metric of a case ok on both sides is judged by its rule in `re
 `Thresholds`. Any change of status fails (ok -> oom, and oom -> ok too: the baseline is stale); a
 changed case hash, a case on one side only, and a metric measured on one side only fail as well.
 
-A different GPU or library version is a flag, not a failure: judging a release bump is what the
-gate is for. A different profile, and every kind of unreadable baseline, is a `BaselineError`
-(never a pass).
+A different library version is a flag, not a failure: judging a release bump is what the gate is
+for. A different GPU kind (`reports.baseline_choice`) is a flag too, and more: speed (tokens/s,
+kernel time) measured on another GPU measures the hardware, so it is not compared, each speed row
+says why, and so do the verdict and the summary ("speed not compared: baseline from X, run on
+Y"); memory, statuses and losses are still gated. With `require_speed` (`--require-speed`) a run
+whose speed could not be compared fails. A different profile or tier, and every kind of
+unreadable baseline, is a `BaselineError` (never a pass).
 """
 
 from __future__ import annotations
@@ -25,17 +29,19 @@ from qlora_core.result import Status, write_atomic
 from reports.baseline import (
     BASELINE_DIFF_MD,
     GATED_METRICS,
+    SPEED_METRICS,
     VERSION_COLUMNS,
     BaselineProfileError,
     cases_of,
-    load_baseline,
     run_environment,
+    run_matrix,
     run_profile,
 )
+from reports.baseline_choice import choose_baseline, device_label, speed_not_compared
 from reports.frame import RunData
 from reports.gate_rules import NOISY_ALLOWED, NOT_COMPARED, TOO_NOISY, MetricComparison, compare_metric, fmt
 from reports.markdown import md_table
-from reports.thresholds import Thresholds
+from reports.thresholds import REQUIRE_SPEED_FLAG, Thresholds
 
 _UNKNOWN = "(unknown)"
 _OK = Status.OK.value
@@ -73,6 +79,12 @@ class GateReport:
     flags: list[str] = field(default_factory=list)
     """Environment differences (GPU, library versions), each "name: old -> new". Not failures."""
     hash_changes: list[HashChange] = field(default_factory=list)
+    speed_not_compared: str = ""
+    """Why no speed was compared ("speed not compared: baseline from X, run on Y"); "" when it was."""
+    require_speed: bool = False
+    """--require-speed: speed that could not be compared is a failure."""
+    baseline_note: str = ""
+    """How the baseline was chosen from a folder of baselines; "" for a file named as it is."""
 
     @property
     def failures(self) -> list[str]:
@@ -94,6 +106,11 @@ class GateReport:
             f"{case_id}: in this run but not in the baseline; regenerate the baseline"
             for case_id in self.only_in_run
         ]
+        if self.require_speed and self.speed_not_compared:
+            lines.append(
+                f"{self.speed_not_compared}, and {REQUIRE_SPEED_FLAG} demands speed gating: gate"
+                " against a baseline measured on this GPU"
+            )
         if not self.comparisons and not lines:
             # A gate that compared nothing must not pass: every baseline case was deselected.
             lines.append("no case of the baseline ran in this run: nothing was compared")
@@ -110,7 +127,13 @@ class GateReport:
 
     @property
     def summary(self) -> str:
-        """The one-line overall verdict."""
+        """The one-line overall verdict, and why speed was not compared when it was not."""
+        speed = f"; {self.speed_not_compared}" if self.speed_not_compared else ""
+        return self.verdict + speed
+
+    @property
+    def verdict(self) -> str:
+        """PASS or FAIL with the count of checks made (`summary` without the speed note)."""
         failures = self.failures
         checked = sum(c.verdict != NOT_COMPARED for c in self.comparisons)
         if not failures:
@@ -126,10 +149,12 @@ def compare(
     thresholds: Thresholds,
     allow_noisy: bool = False,
     selected: Collection[str] | None = None,
+    require_speed: bool = False,
 ) -> GateReport:
     """Judge a run's results (repeats folded) against a (validated) baseline of the same profile.
 
     `allow_noisy`: a case too noisy to gate on tokens/s is listed instead of failing.
+    `require_speed`: speed that cannot be compared (another GPU kind) fails the gate.
     `selected`: the case ids the session meant to run (after `-k`), None for all; a baseline case
     outside it is listed as not selected, while one selected but absent from the run fails.
     """
@@ -147,6 +172,8 @@ def compare(
         not_selected=sorted(unselected),
         only_in_run=sorted(set(run_cases) - set(base_cases)),
         flags=environment_flags(baseline, env),
+        speed_not_compared=speed_not_compared(baseline, env["gpu_name"], env["profile"] or None),
+        require_speed=require_speed,
     )
     for case_id in sorted(set(base_cases) & set(run_cases)):
         _compare_case(report, case_id, base_cases[case_id], run_cases[case_id], thresholds, allow_noisy)
@@ -176,6 +203,12 @@ def _compare_case(
             comparison = MetricComparison(
                 case_id, metric, base.get(metric), run.get(metric), None, "", NOT_COMPARED, skip_why
             )
+        elif metric in SPEED_METRICS and report.speed_not_compared:
+            # Another GPU kind: the difference is the hardware's, never a regression nor a pass.
+            why = report.speed_not_compared
+            comparison = MetricComparison(
+                case_id, metric, base.get(metric), run.get(metric), None, "", NOT_COMPARED, why, "another GPU"
+            )
         else:
             comparison = compare_metric(case_id, metric, base, run, thresholds, allow_noisy)
         report.comparisons.append(comparison)
@@ -197,30 +230,57 @@ def gate(
     run_dir: Path,
     allow_noisy: bool = False,
     selected: Collection[str] | None = None,
+    require_speed: bool = False,
 ) -> GateReport:
-    """Load the baseline for the run's profile, compare, and write `run_dir/baseline-diff.md`.
+    """Load the baseline for the run's profile and tier (`baseline_path` a file, or a folder to
+    choose from by profile, tier and GPU), compare, and write `run_dir/baseline-diff.md`.
 
     Raises a BaselineError when the baseline cannot be used; the caller fails on it.
     """
-    baseline = load_baseline(Path(baseline_path), profile=run_profile(run))
-    report = compare(baseline, run.results, thresholds, allow_noisy, selected)
+    gpu_name = run_environment(run.results, run.environment)["gpu_name"]
+    choice = choose_baseline(Path(baseline_path), run_profile(run), run_matrix(run), gpu_name)
+    baseline = choice.baseline
+    report = compare(baseline, run.results, thresholds, allow_noisy, selected, require_speed)
+    report.baseline_note = choice.note
     forced = run.environment.get("forced")
     if forced:
         # --force runs every case with a field changed under the matrix's ids: a simulated change.
         report.flags.append(f"forced fields (simulated code change): {forced}")
-    text = render_diff_markdown(report, baseline, run.results)
+    text = render_diff_markdown(report, baseline, run.results, run.environment)
     write_atomic(Path(run_dir) / BASELINE_DIFF_MD, text)
     return report
 
 
 # -- rendering ------------------------------------------------------------------------------------
-def render_diff_markdown(report: GateReport, baseline: dict[str, Any], results: pd.DataFrame) -> str:
+def render_diff_markdown(
+    report: GateReport,
+    baseline: dict[str, Any],
+    results: pd.DataFrame,
+    environment: dict[str, Any] | None = None,
+) -> str:
     """baseline-diff.md: environments, flags, every case x metric, status changes, one-sided cases."""
-    env = run_environment(results)
+    env = {**run_environment(results, environment), "matrix": (environment or {}).get("matrix")}
     verdict = "PASS" if report.passed else "FAIL"
     parts = [
         f"# Baseline comparison: {verdict}",
         f"**Verdict: {report.summary}**",
+    ]
+    if report.speed_not_compared:
+        parts += [
+            "## Speed not compared",
+            f"**{report.speed_not_compared}.** Kernel times differ 8-13% between GPU kinds at the same"
+            " case, so a speed difference against another GPU measures the hardware: tokens/s and"
+            " kernel time are `n/a` below, neither regressions nor passes. Memory, statuses and"
+            " losses are gated (allocator peaks are identical across GPU kinds under one cap)."
+            + (
+                f" `{REQUIRE_SPEED_FLAG}` was given: this fails the gate."
+                if report.require_speed
+                else f" `{REQUIRE_SPEED_FLAG}` makes this a failure."
+            ),
+        ]
+    if report.baseline_note:
+        parts.append(f"_{report.baseline_note}_")
+    parts += [
         "## Environments",
         _environment_table(baseline, env),
     ]
@@ -269,12 +329,18 @@ def _environment_table(baseline: dict[str, Any], env: dict[str, Any]) -> str:
     base_versions = baseline.get("versions", {})
     rows = [
         ["profile", baseline.get("profile", ""), env["profile"]],
-        ["GPU", baseline.get("gpu_name", ""), env["gpu_name"]],
+        ["tier", baseline.get("matrix") or "", env.get("matrix") or ""],
+        [
+            "GPU",
+            device_label(str(baseline.get("gpu_name") or ""), baseline.get("profile")),
+            device_label(env["gpu_name"], env["profile"] or baseline.get("profile")),
+        ],
     ]
     rows += [[lib, base_versions.get(lib, ""), env["versions"][lib]] for lib in VERSION_COLUMNS]
     rows = [[name, old or _UNKNOWN, new or _UNKNOWN] for name, old, new in rows]
     for row in rows:
-        if row[1] != row[2]:
+        # A tier this run's folder does not record (an older run folder) is unknown, not changed.
+        if row[1] != row[2] and not (row[0] == "tier" and row[2] == _UNKNOWN):
             row[0] = f"**{row[0]}** (changed)"
     rows += [
         ["created", baseline.get("created_at", ""), "this run"],

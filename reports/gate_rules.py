@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from reports.baseline import CASE_SIDE_BY_SIDE, MEMORY_METRICS
+from reports.baseline import CASE_SIDE_BY_SIDE, MEMORY_METRICS, SPEED_METRICS
 from reports.stats import mann_whitney_greater
 from reports.thresholds import Thresholds
 
@@ -202,7 +202,7 @@ def _noise(entry: dict[str, Any], side: str) -> tuple[float, str]:
     return 0.0, f"{side}: noise not measured"
 
 
-SIDE_BY_SIDE_UNMEASURED: tuple[str, ...] = ("tokens_per_s", "kernel_ms_per_step")
+SIDE_BY_SIDE_UNMEASURED: tuple[str, ...] = SPEED_METRICS
 """What a side-by-side row does not measure (`qlora_core.side_by_side`)."""
 
 

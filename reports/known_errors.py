@@ -50,6 +50,13 @@ KNOWN_DOC_ERRORS: dict[str, str] = {
         "AdamW states for r=16 LoRA on all seven projections of Llama-3.2-3B take ~0.19 GB,"
         f" not 1-2 GB ({T4_REF}, {H200_REF})"
     ),
+    "overhead-activations": (
+        "what training adds above the LoRA stage (activations, adapter gradients, optimizer states)"
+        " for Llama-3.2-3B in QLoRA with checkpointing is 1.9-4.6 GiB at b1 s512, b4 s512 and"
+        " b1 s2048, but 15.4 GiB at the lesson's own T4 budget point b4 s2048 (what it needed"
+        f" uncapped: it runs out of memory under a T4's cap), not 2-8 GB ({T4_REF}, the OOM rerun"
+        " uncapped)"
+    ),
     "t4-budget-8b": (
         "8B at batch 4, seq 2048 without gradient checkpointing needs ~96 GiB at its device peak"
         " (activations ~85 GiB), not 12.9 GB: it does not fit a 15 GiB T4, nor do the ladder's"

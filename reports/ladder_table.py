@@ -39,6 +39,14 @@ def _saved_cell(before: float | None, after: float | None) -> str:
     return f"{saved:+.2f} GiB ({saved / before:+.1%})" if before > 0 else f"{saved:+.2f} GiB"
 
 
+def _sequence_note(fitting: pd.Series, first: pd.Series) -> str:
+    """Steps are cumulative: a step after "reduce sequence length" trains the shorter sequence."""
+    if int(fitting["seq_len"]) == int(first["seq_len"]):
+        return ""
+    seq, first_seq = int(fitting["seq_len"]), int(first["seq_len"])
+    return f" It trains seq {seq}, not step 0's {first_seq}: the steps add up."
+
+
 def oom_ladder(run: RunData) -> str:
     """Peak memory at every ladder step, what each step saved, and the first step that fits."""
     title = "## OOM ladder: the lesson's solutions in order\n\n"
@@ -91,6 +99,7 @@ def oom_ladder(run: RunData) -> str:
     if first_fit is not None:
         k, row = first_fit
         fit_text = f"First step that fits ({cap_text}): ladder:{k}, {LESSON_STEPS[k]} ({row['case_id']})."
+        fit_text += _sequence_note(row, steps[present[0]].iloc[-1])
     else:
         fit_text = f"No ladder step in this run fits ({cap_text})."
     context = where(pd.concat([steps[k] for k in present]))

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from qlora_core.result import Result, write_atomic
+from reports.completeness import INCOMPLETE, PLANNED_RUNS
 from reports.frame import (
     ENVIRONMENT_JSON,
     MEASUREMENTS_DIR,
@@ -201,7 +202,8 @@ def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, comman
     _join_files(run_dirs, out)
     commands = [c for env in envs for c in (env.get("commands") or [env.get("command", "")]) if c]
     environment = {
-        **envs[0],
+        # A shard's plan and what it lacked are its own (under `shards`); the merge's are `merge`.
+        **{k: v for k, v in envs[0].items() if k not in (PLANNED_RUNS, INCOMPLETE)},
         "shard": None,
         "matrix_case_ids": matrix_ids,
         "command": command,

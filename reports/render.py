@@ -1,4 +1,5 @@
-"""Render a run folder's reports: claims.md, tables.md and plots/*.png, from its stored results.
+"""Render a run folder's reports: claims.md, tables.md, wall_time.md and plots/*.png, from its
+stored results.
 
 `render_run` reads only the folder (`load_run`), so `pytest bench` at session end and
 `python -m reports render RUN_DIR` later produce the same files.
@@ -21,11 +22,13 @@ from reports.claims import (
     deciding_evaluation,
     evaluate_all,
 )
+from reports.completeness import run_incompleteness
 from reports.frame import RESULTS_JSONL, RunData, load_run
 from reports.markdown import MAX_LINE_CHARS, fit_width, md_cell, md_table
 from reports.merge import merge_notes
 from reports.plots import render_plots
 from reports.tables import header, render_tables, run_context
+from reports.wall_time import WALL_TIME_MD, render_wall_time
 
 CLAIMS_MD = "claims.md"
 TABLES_MD = "tables.md"
@@ -139,8 +142,8 @@ def claims_overview(summaries: Sequence[ClaimSummary], width: int = MAX_LINE_CHA
 
 
 def _claim_evidence(summary: ClaimSummary) -> list[str]:
-    """A claim's evidence: what the lesson says, then each evaluation as a list item with its
-    corrected statement, reason and case ids."""
+    """A claim's evidence: what the lesson says and the settings it is judged at, then each
+    evaluation as a list item with its corrected statement, reason, this run's points and case ids."""
     claim = summary.claim
     lines = [
         f"### {claim.id}: {verdict_text(summary.verdict)}",
@@ -149,13 +152,15 @@ def _claim_evidence(summary: ClaimSummary) -> list[str]:
     ]
     if claim.known_doc_error:
         lines.append(f"Known documentation error: {claim.known_doc_error}.")
-    lines.append("")
+    lines += ["", f"Judged at (the lesson's settings): {claim.judged_at}.", ""]
     for e in summary.evaluations:
         lines.append(_evaluation_item(e))
         if e.corrected:
             lines.append(f"  - the measurements support: {e.corrected}")
         if e.why:
             lines.append(f"  - why: {e.why}")
+        if e.points:
+            lines.append(f"  - judged at (this run's points): {e.points}")
         if e.evidence:
             lines.append(f"  - cases: {_evidence(e)}")
     return lines
@@ -196,26 +201,38 @@ def render_claims(run: RunData) -> str:
         "",
         "## Evidence",
         "",
-        "Each claim: what the lesson says, then one item per condition it was checked under, with the"
-        " measured figure, the verdict, why, and the case ids it rests on (their rows are in results.csv).",
+        "Each claim: what the lesson says and the settings it is judged at, then one item per condition"
+        " it was checked under, with the measured figure, the verdict, why, this run's points it was judged"
+        " at, and the case ids it rests on (their rows are in results.csv).",
     ]
     for summary in summaries:
         lines += ["", *_claim_evidence(summary)]
     return fit_width("\n".join(lines)) + "\n"
 
 
+def incomplete_mark(run: RunData) -> str:
+    """The first line of claims.md and tables.md of a run that lacks runs of its plan
+    (`reports.completeness`): how many, which, and the command that completes it; "" otherwise."""
+    missing = run_incompleteness(run)
+    return f"{missing.line()}\n\n" if missing else ""
+
+
 def render_run(run_dir: Path) -> dict[str, Path]:
-    """Write claims.md, tables.md and plots/*.png into `run_dir`; the paths written by name
-    ("claims", "tables", and each plot's file stem)."""
+    """Write claims.md, tables.md, wall_time.md and plots/*.png into `run_dir`; the paths written
+    by name ("claims", "tables", "wall_time", and each plot's file stem)."""
     run_dir = check_run_dir(run_dir)
     run = load_run(run_dir)
     written: dict[str, Path] = {}
+    mark = incomplete_mark(run)
     claims_md = run_dir / CLAIMS_MD
-    claims_md.write_text(render_claims(run))
+    claims_md.write_text(mark + render_claims(run))
     written["claims"] = claims_md
     tables_md = run_dir / TABLES_MD
-    tables_md.write_text(render_tables(run))
+    tables_md.write_text(mark + render_tables(run))
     written["tables"] = tables_md
+    wall_time_md = run_dir / WALL_TIME_MD
+    wall_time_md.write_text(render_wall_time(run_dir))
+    written["wall_time"] = wall_time_md
     for path in render_plots(run, run_dir / PLOTS_DIR):
         written[path.stem] = path
     return written

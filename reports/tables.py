@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from qlora_core.gpus import PROFILES
 from reports import two_card_70b
 from reports.claims.calculation import LESSON_FORMULA_SIZES_B, nominal_size
 from reports.claims.memory_problem import (
@@ -38,6 +37,7 @@ from reports.claims.t4_budget import (
     needed_miss_text,
 )
 from reports.claims.tradeoffs import compat_outcomes, outcomes_text
+from reports.dtype_table import compute_dtypes
 from reports.engines_table import ENGINE_NAMES, engine_comparison, engine_of
 from reports.fit import fit_section
 from reports.frame import RunData
@@ -51,11 +51,9 @@ from reports.rows import (
     QUANT_FIELDS,
     NoRows,
     base_params,
-    cpu_speed_note,
     family_rows,
     fval,
     group_by,
-    is_nan_run,
     median_of,
     model_sizes,
     needed_label,
@@ -64,10 +62,8 @@ from reports.rows import (
     present,
     quant_label,
     quantized,
-    setting,
     sixteen_bit,
     status_summary,
-    tokens_per_s_text,
     trained,
     training_peak_gib,
     usable,
@@ -91,33 +87,19 @@ def _missing(none: NoRows) -> str:
     return NOT_RUN if none.absent else f"{NOT_RUN} ({none.why})"
 
 
-def _first(run: RunData, env_key: str, column: str | None = None) -> str:
-    """A run-level value: environment.json first, then the first non-empty result column."""
-    value = run.environment.get(env_key)
-    if value not in (None, ""):
-        return str(value)
-    df = run.results
-    column = column or env_key
-    if column in df.columns:
-        values = [str(v) for v in df[column] if v not in (None, "") and not pd.isna(v)]
-        if values:
-            return values[0]
-    return ""
-
-
 def header(run: RunData) -> str:
     """Title and the run's context: profile, GPU, emulation, library versions, case outcomes."""
     df = run.results
-    profile = _first(run, "profile") or "unknown"
-    emulated_on = _first(run, "emulated_on")
-    gpu = _first(run, "gpu_present", "gpu_name") or "none (CPU)"
-    libs = ", ".join(f"{name} {_first(run, key)}" for name, key in _LIBRARIES if _first(run, key))
+    profile = run.value("profile") or "unknown"
+    emulated_on = run.value("emulated_on")
+    gpu = run.value("gpu_present", "gpu_name") or "none (CPU)"
+    libs = ", ".join(f"{name} {run.value(key)}" for name, key in _LIBRARIES if run.value(key))
     lines = [
         "# The lesson's tables, measured",
         "",
         f"- profile: {profile}" + (f" (emulated on {emulated_on})" if emulated_on else ""),
         f"- GPU: {gpu}"
-        + (f", capability {_first(run, 'gpu_capability')}" if _first(run, "gpu_capability") else ""),
+        + (f", capability {run.value('gpu_capability')}" if run.value("gpu_capability") else ""),
         f"- emulated on: {emulated_on or 'no (the profile is the GPU present)'}",
         f"- libraries: {libs or 'not recorded'}",
         f"- cases: {len(df)}" + (f" ({status_summary(df)})" if len(df) else ""),
@@ -131,10 +113,10 @@ def header(run: RunData) -> str:
 
 def run_context(run: RunData) -> str:
     """The run in one line: profile, where it ran (emulated on a GPU, a GPU, the CPU), cases by status."""
-    emulated_on, gpu, df = _first(run, "emulated_on"), _first(run, "gpu_present", "gpu_name"), run.results
+    emulated_on, gpu, df = run.value("emulated_on"), run.value("gpu_present", "gpu_name"), run.results
     on = f"emulated on {emulated_on}" if emulated_on else gpu or "CPU, no GPU"
     cases = f"{len(df)} cases" + (f" ({status_summary(df)})" if len(df) else "")
-    return f"profile {_first(run, 'profile') or 'unknown'} ({on}), {cases}"
+    return f"profile {run.value('profile') or 'unknown'} ({on}), {cases}"
 
 
 def engines_line(df: pd.DataFrame) -> str:
@@ -246,80 +228,6 @@ def memory_by_precision(run: RunData) -> str:
         " run's weights (weights + gradients + two AdamW moments, activations excluded)."
     )
     return "## Memory for a 7B model, by precision\n\n" + md_table(headers, rows) + "\n\n" + note
-
-
-# -- compute dtypes -------------------------------------------------------------------------------
-_LESSON_DTYPES = (
-    ("float32", "fp32", "Slow", "Highest", "All GPUs"),
-    ("float16", "fp16", "Fast", "Good", "Most GPUs"),
-    ("bfloat16", "bf16", "Fast", "Better", "Ampere+ (A100, RTX 30xx+)"),
-)
-
-
-def _dtype_point(df: pd.DataFrame) -> pd.DataFrame:
-    """Ok 4-bit rows at one point that differ only in compute dtype: the fp32 row's point, or the
-    lesson's (nf4 + double quant) factorial point when no fp32 row ran."""
-    rows = quantized(df[df["status"] == "ok"]) if not df.empty else df
-    rows = rows[present(rows["tokens_per_s"])] if not rows.empty else rows
-    anchors = family_rows(rows, "fp32")
-    if anchors.empty:
-        anchors = family_rows(rows, "factorial")
-        anchors = anchors[(anchors["quant_type"] == "nf4") & anchors["double_quant"]]
-    if anchors.empty:
-        return anchors
-    anchor = anchors.iloc[[0]]
-    matched = [b for _, b in pairs(anchor, rows, vary=("compute_dtype",))]
-    return pd.DataFrame(matched)
-
-
-def _final_loss(row: pd.Series) -> str:
-    if is_nan_run(row):
-        return "NaN"
-    loss = fval(row, "final_loss")
-    return f"{loss:.3f}" if loss is not None else NOT_RUN
-
-
-def _stability_cells(df: pd.DataFrame, dtype: str) -> tuple[str, str]:
-    rows = family_rows(df, "stability")
-    rows = rows[rows["compute_dtype"] == dtype] if not rows.empty else rows
-    if rows.empty:
-        return NOT_RUN, NOT_RUN
-    ran = rows[rows["status"].isin({"ok", "nan"})]
-    nan = sum(is_nan_run(r) for _, r in ran.iterrows())
-    losses = ", ".join(
-        f"lr {float(r['lr']):g}: {_final_loss(r)}" for _, r in ran.sort_values("lr").iterrows()
-    )
-    return f"{nan} of {len(ran)} runs", losses or f"{NOT_RUN} ({status_summary(rows)})"
-
-
-def compute_dtypes(run: RunData) -> str:
-    """The compute-dtype table with tokens/s at one point and the stability family's outcomes."""
-    df = run.results
-    point = _dtype_point(df)
-    speeds = {r["compute_dtype"]: tokens_per_s_text(r) for _, r in point.iterrows()}
-    rows = []
-    for name, key, speed, quality, hardware in _LESSON_DTYPES:
-        nan, losses = _stability_cells(df, key)
-        rows.append((name, speed, speeds.get(key, NOT_RUN), quality, nan, losses, hardware))
-    headers = (
-        "Compute dtype",
-        "Speed: lesson",
-        "tokens/s: measured",
-        "Quality: lesson",
-        "NaN runs (stability)",
-        "Final loss by lr (stability)",
-        "Hardware: lesson",
-    )
-    at = setting(point.iloc[0]).split(",")[0] if not point.empty else "no point with several dtypes"
-    profile = PROFILES.get(_first(run, "profile"))
-    hardware = (
-        f"profile {profile.name}: compute capability {profile.capability[0]}.{profile.capability[1]},"
-        f" native bf16 {'yes' if profile.native_bf16 else 'no'} (datasheet, qlora_core.gpus)"
-        if profile and profile.is_gpu
-        else "no GPU profile"
-    )
-    note = f"tokens/s at {at} (QLoRA, same point for every dtype). {hardware}.{cpu_speed_note(point)}"
-    return "## Compute data type\n\n" + md_table(headers, rows) + "\n\n" + note
 
 
 # -- T4 budget ------------------------------------------------------------------------------------

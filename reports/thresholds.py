@@ -162,16 +162,31 @@ ALLOW_NOISY_HELP = (
 )
 
 
+REQUIRE_SPEED_FLAG = "--require-speed"
+REQUIRE_SPEED_HELP = (
+    "gate: fail when this run's speed (tokens/s, kernel time) cannot be compared with the"
+    " baseline's, because the baseline was measured on another GPU kind. Default: speed is then"
+    " reported as not compared, and memory, statuses and losses are gated alone."
+)
+
+
 def add_threshold_options(add_option: Callable[..., object]) -> None:
-    """Add every threshold option, and --allow-noisy, through `add_option`: argparse's
-    `add_argument` or pytest's `addoption` (same signature). A threshold option not given reads as
-    None, so it overrides nothing."""
+    """Add every threshold option, --allow-noisy and --require-speed through `add_option`:
+    argparse's `add_argument` or pytest's `addoption` (same signature). A threshold option not
+    given reads as None, so it overrides nothing."""
     add_option(
         ALLOW_NOISY_FLAG,
         dest="allow_noisy",
         action="store_true",
         default=False,
         help=ALLOW_NOISY_HELP.replace("%", "%%"),
+    )
+    add_option(
+        REQUIRE_SPEED_FLAG,
+        dest="require_speed",
+        action="store_true",
+        default=False,
+        help=REQUIRE_SPEED_HELP,
     )
     for option in threshold_options():
         add_option(

@@ -3,8 +3,8 @@
 `run_training(model, case, batches, device, on_step, plan, on_start)` trains a loaded, prepared LoRA model
 on `batches` (`plan.max_total_steps * grad_accum` micro-batches [batch_size, seq_len]) with the
 engine `case.engine` names, and returns `TrainStats`. The plan (`engines.pacing`) says how many
-steps are warm-up, measured (adaptive on CUDA) and profiled for device time (`engines.devicetime`,
-CUDA); `engines.slowdown` is the test-only slowdown knob. The engines:
+steps are warm-up, measured (adaptive on CUDA; fixed for a case on text) and profiled for device
+time (`engines.devicetime`, CUDA); `engines.slowdown` is the test-only slowdown knob. The engines:
 
 - `loop` (`engines.loop`): the core loop, mixed precision under autocast as frameworks do it;
 - `trainer` (`engines.hf`): `transformers.Trainer`;

@@ -63,7 +63,8 @@ class TrainStats:
     profiled_steps: int = 0
     """Optimizer steps run under the profiler after the measured ones (in `losses`, not timed)."""
     slowdown_ms_per_step: float | None = None
-    """Device work the test-only slowdown knob added to each step after warm-up, as calibrated."""
+    """Device work the test-only slowdown knob added to each step after warm-up, as calibrated: kernel
+    time where the run profiles it (CUDA), wall time on the CPU (`engines.slowdown`)."""
     warmup_s: float | None = None
     train_s: float | None = None
     """Seconds of the measured steps (from the end of warm-up to the last measured step)."""

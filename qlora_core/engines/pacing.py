@@ -10,6 +10,16 @@ when the plan has a profiler window (CUDA), `PROFILED_STEPS` more steps are prof
 time (`devicetime`), never timed. The learning-rate schedule (`constant_with_warmup`) is constant
 after warm-up, so training does not depend on how many steps were measured.
 
+A case of `Case.fixed_steps` (one on text: the quality, stability and nan families) has a fixed
+plan by construction, whatever the device or the run's options: exactly its warm-up and measured
+steps, never adaptive (`fixed_plan`). Its losses and perplexity are compared between rows; steps
+that the device's pace added to one row of a pair (bf16 36 steps against fp16's 32 on an H100)
+made "final loss" mean different steps. A profiler window, where the plan has one (CUDA, the case
+alone on the device), takes the last `PROFILED_STEPS` of its measured steps instead of adding its
+own: profiled steps train too, and a window that only a case run alone has would make the same
+case train 33 steps alone and 30 side by side. Its kernel time stays measured (the gate's rule
+for a host-bound row reads it); its wall time is taken over the steps before the window.
+
 `StepClock` walks a plan step by step; the loop and the trainer engines drive it alike.
 
 The ranks of a multi-GPU case stop together (`every_rank_agrees`): each reads its own clock, so
@@ -91,7 +101,9 @@ def plan_steps(
     memory_only: bool = False,
 ) -> StepPlan:
     """The plan of `case` on `device`; `adaptive`/`profile` None: on CUDA only. `memory_only`:
-    `MEMORY_ONLY_STEPS` fixed steps, no warm-up, no profiler window."""
+    `MEMORY_ONLY_STEPS` fixed steps, no warm-up, no profiler window. A case of `fixed_steps`:
+    `fixed_plan`, never adaptive, whatever `adaptive` says (a run's options apply to all its
+    cases; this case's steps are part of what it measures)."""
     if memory_only:
         return StepPlan(
             warmup_steps=0,
@@ -103,6 +115,8 @@ def plan_steps(
         )
     adaptive = device == "cuda" if adaptive is None else adaptive
     profile = device == "cuda" if profile is None else profile
+    if case.fixed_steps:
+        return fixed_plan(case, device, profile)
     cap = max(case.measured_steps, MEASURED_STEPS_CAP) if adaptive else case.measured_steps
     return StepPlan(
         warmup_steps=case.warmup_steps,
@@ -110,6 +124,22 @@ def plan_steps(
         max_measured=cap,
         adaptive=adaptive,
         profiled_steps=PROFILED_STEPS if profile else 0,
+        profile_device=device,
+    )
+
+
+def fixed_plan(case: Case, device: str, profile: bool) -> StepPlan:
+    """Exactly `case.warmup_steps + case.measured_steps` optimizer steps, not adaptive. With a
+    profiler window (`profile`), the last `PROFILED_STEPS` measured steps are profiled rather than
+    timed, where the case measures more steps than that; otherwise there is no window."""
+    profiled = PROFILED_STEPS if profile and case.measured_steps > PROFILED_STEPS else 0
+    timed = case.measured_steps - profiled
+    return StepPlan(
+        warmup_steps=case.warmup_steps,
+        min_measured=timed,
+        max_measured=timed,
+        adaptive=False,
+        profiled_steps=profiled,
         profile_device=device,
     )
 
@@ -162,15 +192,25 @@ class StepClock:
     `end_step(elapsed_ms)` after it (returns the time if the step is a measured one), and stops
     training when `done`. `close()` at the end, whatever happened. The statistics it completes:
     `stop_reason`, the device-time fields, `slowdown_ms_per_step`, `warmup_s`, `train_s`,
-    `profile_s`.
+    `profile_s`. With the slowdown knob on a plan that profiles device time, the last warm-up step
+    runs under the profiler too: its kernel time is what the knob's percentage is of
+    (`engines.slowdown`).
     """
 
     def __init__(self, plan: StepPlan, case: Case, device: str, stats: TrainStats) -> None:
         self.plan = plan
         self.stats = stats
         pct = slowdown_of(case)
-        self.slowdown = Slowdown(pct, device) if pct is not None else None
+        # Where the run measures kernel time, the knob's percentage is of kernel time.
+        kernel_basis = plan.profile_device if plan.profiled_steps else None
+        self.slowdown = Slowdown(pct, device, kernel_basis) if pct is not None else None
         self.window = ProfileWindow(plan.profile_device) if plan.profiled_steps else None
+        self._calibration = (
+            ProfileWindow(plan.profile_device)
+            if self.slowdown is not None and kernel_basis is not None and plan.warmup_steps
+            else None
+        )
+        self._calibration_kernel_ms: float | None = None
         self.phase = "warmup" if plan.warmup_steps else "measured"
         self.done = False
         self._warmup_ms: list[float] = []
@@ -182,6 +222,9 @@ class StepClock:
     def begin_step(self) -> None:
         if self._phase_start is None:
             self._phase_start = time.perf_counter()
+        last_warmup = self.phase == "warmup" and len(self._warmup_ms) == self.plan.warmup_steps - 1
+        if last_warmup and self._calibration is not None:
+            self._calibration.start()
         if self.phase == "profiled" and self._profiled == 0 and self.window is not None:
             self.window.start()
 
@@ -193,6 +236,10 @@ class StepClock:
         """Account one finished step; its time if it was a measured step, else None."""
         if self.phase == "warmup":
             self._warmup_ms.append(elapsed_ms)
+            if self._calibration is not None and self._calibration.running:
+                self._calibration.stop()
+                spans = self._calibration.spans
+                self._calibration_kernel_ms = reduce_device_spans(spans, 1, elapsed_ms).kernel_ms_per_step
             if len(self._warmup_ms) == self.plan.warmup_steps:
                 self._calibrate()
                 self.stats.warmup_s = self._lap()
@@ -216,12 +263,13 @@ class StepClock:
 
     def close(self) -> None:
         """Stop a profiler a diverged step left running (its figures are not recorded)."""
-        if self.window is not None and self.window.running:
-            self.window.stop()
+        for window in (self.window, self._calibration):
+            if window is not None and window.running:
+                window.stop()
 
     def _calibrate(self) -> None:
         if self.slowdown is not None:
-            self.slowdown.calibrate(self._warmup_ms)
+            self.slowdown.calibrate(self._warmup_ms, self._calibration_kernel_ms)
             self.stats.slowdown_ms_per_step = self.slowdown.ms_per_step
 
     def _lap(self) -> float:

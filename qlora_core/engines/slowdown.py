@@ -1,13 +1,28 @@
-"""A test-only slowdown knob: `Case.extra=(("slowdown", "PCT"),)` adds PCT% of the step's time as
-device work to every step after warm-up, inside the timed region, in every engine.
+"""A test-only slowdown knob: `Case.extra=(("slowdown", "PCT"),)` adds PCT% of the step's device
+time as device work to every step after warm-up, inside the timed region, in every engine.
 
 It exists to show that the speed measurements and the gate see a known regression: the work is
-a fixed matmul on the device, so it shows in wall time *and* in kernel time. Calibrated once,
-after the warm-up steps: the step time without the slowdown (the median of the warm-up steps
-after the first, which pays one-off costs such as kernel selection) and the time of one matmul;
-each later step then runs round(PCT% x step / matmul) of them. `ms_per_step` is what was added,
-as calibrated. Like the fault knob, it is part of the case's id, so it cannot hide in a matrix;
-it is parsed, without torch, where the fault knob is (`faults.slowdown_of`).
+a fixed matmul on the device, so it shows in kernel time, and in wall time where the device is
+what the step waits on. Calibrated once, after the warm-up steps, on one of two bases:
+
+- **kernel time**, wherever the run measures it (a plan with a profiler window: CUDA). The last
+  warm-up step runs under the profiler; its kernel time (`devicetime.reduce_device_spans`, the
+  same sum `kernel_ms_per_step` is) is the base, and a matmul's kernel time, profiled the same
+  way, the grain. Each later step then runs round(PCT% x base / matmul) matmuls, so kernel time
+  rises by PCT% whether the step is device-bound or host-bound. The base was wall time before:
+  on a host-bound step (GPU busy ~30%) "5" added ~15% of kernel time, 10-19% measured on 3B b4
+  s512 cases on an H100, and 5.0% on a device-bound one. On a host-bound step the added kernels
+  may fill the device's idle time, so wall time rises by less than PCT%, or not at all: that is
+  what such a step is (its gate reads kernel time). With one warm-up step the profiled step is
+  the first, which also holds one-off kernels (the optimizer's states created); two (the
+  default) leave it out.
+- **wall time**, where no kernel time is measured (the CPU, whose "device" is the host): the
+  median warm-up step (the first left out when there are others: it pays one-off costs) is the
+  base and a matmul's synchronized wall time the grain, so the step takes PCT% longer.
+
+`ms_per_step` is what was added on that basis, as calibrated; `basis` says which. Like the fault
+knob, it is part of the case's id, so it cannot hide in a matrix; it is parsed, without torch,
+where the fault knob is (`faults.slowdown_of`).
 """
 
 from __future__ import annotations
@@ -19,17 +34,19 @@ from collections.abc import Sequence
 import torch
 
 from qlora_core.engines.common import synchronize
+from qlora_core.engines.devicetime import ProfileWindow, reduce_device_spans
 
 MATMUL_SIZE: dict[str, int] = {"cuda": 1024, "cpu": 128}
 """Square fp32 matmul per device: ~0.04 ms on an H200, ~0.2 ms on a small CPU, fine enough grains
 to add a few percent of a short step."""
+KERNEL_BASIS, WALL_BASIS = "kernel time", "wall time"
 _TIMING_REPS = 20
 _WARM_REPS = 3
 
 
 def calibration_base_ms(warmup_ms: Sequence[float]) -> float:
-    """The step time the slowdown is a percentage of: the median warm-up step, the first one left
-    out when there are others (it pays one-off costs)."""
+    """The wall step time the slowdown is a percentage of on the wall-time basis: the median
+    warm-up step, the first one left out when there are others (it pays one-off costs)."""
     if not warmup_ms:
         raise ValueError("the slowdown needs at least one warm-up step time")
     return statistics.median(warmup_ms[1:] or warmup_ms)
@@ -43,16 +60,23 @@ def matmuls_for(pct: float, base_ms: float, matmul_ms: float) -> int:
 
 
 class Slowdown:
-    """The knob's device work: `calibrate()` once, then `pad()` inside every timed step."""
+    """The knob's device work: `calibrate()` once, then `pad()` inside every timed step.
 
-    def __init__(self, pct: float, device: str) -> None:
+    `profile_device` (where the run's profiler reads kernel time, "cuda"; "cpu" only in CPU tests
+    of the kernel-time path) selects the kernel-time basis; None, the wall-time basis."""
+
+    def __init__(self, pct: float, device: str, profile_device: str | None = None) -> None:
         self.pct = pct
         self.device = device
+        self.profile_device = profile_device
+        self.basis = KERNEL_BASIS if profile_device is not None else WALL_BASIS
         size = MATMUL_SIZE[device]
         generator = torch.Generator(device="cpu").manual_seed(0)
         self._a = torch.randn(size, size, generator=generator).to(device)
         self._out = torch.empty_like(self._a)
         self.matmuls = 0
+        self.base_ms: float | None = None
+        """The step time PCT% is of: the profiled warm-up step's kernel time, or the wall base."""
         self.matmul_ms: float | None = None
         self.ms_per_step: float | None = None
 
@@ -61,6 +85,7 @@ class Slowdown:
             torch.mm(self._a, self._a, out=self._out)
 
     def time_matmul_ms(self) -> float:
+        """One matmul's synchronized wall time (the wall-time basis's grain)."""
         self._run(_WARM_REPS)
         synchronize(self.device)
         start = time.perf_counter()
@@ -68,9 +93,33 @@ class Slowdown:
         synchronize(self.device)
         return (time.perf_counter() - start) * 1000.0 / _TIMING_REPS
 
-    def calibrate(self, warmup_ms: Sequence[float]) -> None:
-        self.matmul_ms = self.time_matmul_ms()
-        self.matmuls = matmuls_for(self.pct, calibration_base_ms(warmup_ms), self.matmul_ms)
+    def kernel_matmul_ms(self) -> float:
+        """One matmul's kernel time, from the profiler the run reads kernel time with."""
+        assert self.profile_device is not None
+        self._run(_WARM_REPS)
+        synchronize(self.device)
+        window = ProfileWindow(self.profile_device)
+        window.start()
+        start = time.perf_counter()
+        self._run(_TIMING_REPS)
+        synchronize(self.device)
+        wall_ms = (time.perf_counter() - start) * 1000.0
+        window.stop()
+        return reduce_device_spans(window.spans, _TIMING_REPS, wall_ms / _TIMING_REPS).kernel_ms_per_step
+
+    def calibrate(self, warmup_ms: Sequence[float], step_kernel_ms: float | None = None) -> None:
+        """Size the added work: on the kernel-time basis from `step_kernel_ms` (the profiled
+        warm-up step's kernel time), else from the warm-up steps' wall times. A kernel-time
+        basis whose profile saw no kernel falls back to wall time (`basis` says so)."""
+        matmul_kernel_ms = 0.0
+        if self.basis == KERNEL_BASIS and step_kernel_ms is not None and step_kernel_ms > 0:
+            matmul_kernel_ms = self.kernel_matmul_ms()
+        if matmul_kernel_ms > 0:
+            self.base_ms, self.matmul_ms = step_kernel_ms, matmul_kernel_ms
+        else:
+            self.basis = WALL_BASIS
+            self.base_ms, self.matmul_ms = calibration_base_ms(warmup_ms), self.time_matmul_ms()
+        self.matmuls = matmuls_for(self.pct, self.base_ms, self.matmul_ms)
         self.ms_per_step = self.matmuls * self.matmul_ms
 
     def pad(self) -> None:

@@ -272,3 +272,11 @@ def model_problem(name: str) -> str | None:
         f"model {name!r} is not a known shape, the real model {REAL_MODEL!r}, an existing local"
         f" directory, or a hub id (org/name); known shapes: {sorted(SHAPES)}"
     )
+
+
+def needs_hub(name: str) -> bool:
+    """True for a model only the hub can provide: a hub id that is not a local directory (shapes
+    and the real model are built or converted locally; the real model's wheel comes from PyPI)."""
+    if name in SHAPES or name == REAL_MODEL:
+        return False
+    return is_hub_id(name) and not (name.strip() and Path(name).expanduser().is_dir())

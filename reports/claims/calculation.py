@@ -16,6 +16,8 @@ import pandas as pd
 
 from reports.claims.common import in_range, lesson_sized, modules_label, select, with_note, within
 from reports.claims.model import ON_GPU, Claim, Evaluation, holds, inconclusive, not_run, refuted
+from reports.claims.points import Judged, left_out_text, points_text, with_needed
+from reports.claims.t4_budget import LESSON_BUDGET_POINT
 from reports.frame import RunData
 from reports.rows import (
     LOADED,
@@ -159,7 +161,9 @@ def check_optimizer_overhead(run: RunData) -> list[Evaluation]:
     """Range "Optimizer states: +1-2 GB": optimizer_state_bytes per model and optimizer."""
     df = run.results
     sized, note = lesson_sized(quantized(df))
-    rows = select(sized, "4-bit 3B-13B", ("optimizer_state_bytes",), statuses=LOADED)
+    # A point that ran out of memory under a cap counts with its uncapped rerun's states.
+    judged = with_needed(sized)
+    rows = select(judged.rows, "4-bit 3B-13B", ("optimizer_state_bytes",), statuses=LOADED)
     if isinstance(rows, Evaluation):
         return [with_note(rows, note)]
     out = []
@@ -178,48 +182,75 @@ def check_optimizer_overhead(run: RunData) -> list[Evaluation]:
                 [f"optimizer_state_bytes (every tensor in optimizer.state); lesson {low}-{high} GB", note],
             )
         )
+        points = points_text(group, judged.labels)
         if in_range(value / GB, low, high, RANGE_TOL):
-            out.append(holds(measured, ids(group), condition, why))
+            out.append(holds(measured, ids(group), condition, why, points))
         else:
             corrected = f"{optimizer} states of {model} take {fmt_gb(value)}"
-            out.append(refuted(measured, corrected, ids(group), condition, why))
+            out.append(refuted(measured, corrected, ids(group), condition, why, points))
     return out
 
 
-def _bs(row: pd.Series) -> str:
-    return f"b{int(row['batch_size'])} s{int(row['seq_len'])}"
+def budget_point(row: pd.Series) -> bool:
+    """The row trained at the lesson's T4 budget point (batch 4, seq 2048, no accumulation)."""
+    point = (fval(row, "batch_size"), fval(row, "seq_len"))
+    return point == tuple(float(v) for v in LESSON_BUDGET_POINT) and (fval(row, "grad_accum") or 1) == 1
 
 
 def check_activation_overhead(run: RunData) -> list[Evaluation]:
-    """Range "Activation memory: +2-8 GB": peak - after-LoRA allocation over the sweep's points."""
-    df = run.results
-    rows = select(on_gpu(family_rows(df, "sweep")), "sweep", ("peak_alloc_gib", "lora_alloc_gib"))
+    """Range "Activation memory: +2-8 GB": peak - after-LoRA allocation at every point of the sweep
+    (the lesson's T4 budget point b4 s2048 among them); a point that ran out of memory under the
+    cap is judged by what its uncapped rerun needed, labelled so; a point with no figure at all
+    keeps the claim from holding, and so does a run without the budget point (a shard of a tier)."""
+    judged_all = with_needed(on_gpu(family_rows(run.results, "sweep")))
+    rows = select(judged_all.rows, "sweep", ("peak_alloc_gib", "lora_alloc_gib"))
     if isinstance(rows, Evaluation):
         return [rows]
     out = []
-    for (gc, prep), group in group_by(rows, ["gradient_checkpointing", "prepare_kbit"]):
-        values = [(activation_gib(r), r) for _, r in group.iterrows()]
-        gib = [v for v, _ in values if v is not None]
-        low_row = min(values, key=lambda vr: vr[0])[1]
-        high_row = max(values, key=lambda vr: vr[0])[1]
-        measured = (
-            f"{span(gib, fmt_gib)} over {len(gib)} points (lowest at {_bs(low_row)},"
-            f" highest at {_bs(high_row)})"
-        )
+    low, high = LESSON_ACTIVATION_GB
+    for (gc, prep), group in group_by(judged_all.rows, ["gradient_checkpointing", "prepare_kbit"]):
+        judged = Judged(group, judged_all.labels)
+        kept = rows[rows["case_id"].isin(group["case_id"])]
         condition = (
             f"{', '.join(dict.fromkeys(group['model']))}, checkpointing {'on' if gc else 'off'},"
             f" prepare_kbit {'on' if prep else 'off'}, {where(group)}"
         )
+        missing = left_out_text(judged.left_out(kept))
+        points = judged.points(kept)
+        if kept.empty:
+            why = f"no point measured its peak: {missing}"
+            out.append(inconclusive(why, "", ids(group), condition, points))
+            continue
+        values = [(activation_gib(r), r) for _, r in kept.iterrows()]
+        gib = [v for v, _ in values]
+        lowest, highest = min(values, key=lambda vr: vr[0])[1], max(values, key=lambda vr: vr[0])[1]
+        measured = (
+            f"{span(gib, fmt_gib)} over {len(gib)} points (lowest at {judged.point(lowest)},"
+            f" highest at {judged.point(highest)})"
+        )
         why = (
             "peak_alloc_gib - lora_alloc_gib (activations plus adapter gradients and optimizer states);"
-            f" holds when every point lies in {LESSON_ACTIVATION_GB[0]}-{LESSON_ACTIVATION_GB[1]} GB"
-            f" widened by {pct(RANGE_TOL)}"
+            f" holds when every point lies in {low}-{high} GB widened by {pct(RANGE_TOL)}"
         )
-        if all(in_range(v, *LESSON_ACTIVATION_GB, RANGE_TOL) for v in gib):
-            out.append(holds(measured, ids(group), condition, why))
+        outside = [(v, r) for v, r in values if not in_range(v, low, high, RANGE_TOL)]
+        if outside:
+            at = ", ".join(f"{judged.point(r)}: {fmt_gib(v)}" for v, r in outside)
+            corrected = (
+                f"activation memory measured {span(gib, lambda x: f'{x:.2f}')} GiB over the sweep;"
+                f" outside {low:g}-{high:g} GB at {at}"
+            )
+            out.append(refuted(measured, corrected, ids(group), condition, why, points))
+        elif missing:
+            why += f"; every measured point lies in it, but {missing}: what it needs is unknown"
+            out.append(inconclusive(why, measured, ids(group), condition, points))
+        elif not any(budget_point(r) for _, r in kept.iterrows()):
+            why += (
+                f"; every point of this run lies in it, but the lesson's T4 budget point"
+                f" b{LESSON_BUDGET_POINT[0]} s{LESSON_BUDGET_POINT[1]} is not among them"
+            )
+            out.append(inconclusive(why, measured, ids(group), condition, points))
         else:
-            corrected = f"activation memory measured {span(gib, lambda x: f'{x:.2f}')} GiB over the sweep"
-            out.append(refuted(measured, corrected, ids(group), condition, why))
+            out.append(holds(measured, ids(group), condition, why, points))
     return out
 
 
@@ -227,6 +258,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="formula-examples",
         section=SECTION,
+        judged_at=(
+            "the formula's examples 3B, 7B, 8B, 13B at 4 bits: each model of those sizes a run loaded "
+            "(13B on GPUs of 40 GB or more only)"
+        ),
         quote="Parameters (B) × Bits / 8",
         measures=(
             "base params x 4 / 8 (the model's real count) vs weight_bytes of its 4-bit rows, for the lesson's"
@@ -239,6 +274,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="overhead-adapters",
         section=SECTION,
+        judged_at=(
+            "the lesson's 3B-13B models per LoRA config: what get_peft_model adds to the allocation; no "
+            "training point"
+        ),
         quote="LoRA adapters: +0.1-0.5 GB",
         measures=(
             "lora_alloc_gib - prepare_alloc_gib on CUDA (else trainable_params x dtype bytes), per "
@@ -251,6 +290,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="overhead-optimizer",
         section=SECTION,
+        judged_at=(
+            "the lesson's 3B-13B models per optimizer (AdamW, and the T4 budget's 8-bit Adam): states "
+            "after training at any batch/seq; a point that ran out of memory under a cap judged by its "
+            "uncapped need"
+        ),
         quote="Optimizer states: +1-2 GB",
         measures=(
             "optimizer_state_bytes (every tensor in optimizer.state after training) per 3B-13B model and"
@@ -263,6 +307,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="overhead-activations",
         section=SECTION,
+        judged_at=(
+            'the batch sizes and sequence lengths it "depends on": the sweep at the lesson\'s config (3B, '
+            "nf4 + double quant, checkpointing) over b1-b4 x s512-s2048, the T4 budget's b4 s2048 "
+            "included; a point that ran out of memory under a cap judged by its uncapped need"
+        ),
         quote="Activation memory: +2-8 GB",
         measures="peak_alloc_gib - lora_alloc_gib over the sweep's batch/seq points, GiB",
         expected="every point within 2-8 GB (bounds widened by 10%)",

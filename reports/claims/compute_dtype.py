@@ -14,8 +14,10 @@ import pandas as pd
 from qlora_core.gpus import PROFILES
 from reports.claims.common import lower_better, select
 from reports.claims.model import ON_GPU, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
+from reports.claims.points import DEVICE_BOUND_POINT
 from reports.claims.speed import Place, device_bound_pairs, place, speed_ratio
 from reports.frame import RunData
+from reports.numerics import LAST_K, last_losses, mismatch
 from reports.rows import (
     family_rows,
     fval,
@@ -33,7 +35,7 @@ from reports.units import pct, span
 SECTION = "Compute Data Type"
 
 SLOW_MARGIN = 0.10  # fp32 must be at least this much slower to be "Slow" next to "Fast"
-QUALITY_NOISE = 0.02  # relative final-loss difference treated as noise
+QUALITY_NOISE = 0.02  # relative difference of the last losses' means treated as noise
 
 
 def check_dtype_speed(run: RunData) -> list[Evaluation]:
@@ -100,16 +102,20 @@ def stability_gate(df: pd.DataFrame) -> list[Evaluation]:
 
 
 def loss_text(row: pd.Series) -> str:
-    """How a stability row ended: "NaN at step k" or "final loss x"."""
+    """How a stability row ended: "NaN at step k", or the mean of its last losses and its final
+    loss: "2.6522 (final 2.5733)"."""
     if is_nan_run(row):
         step = fval(row, "first_nonfinite_step")
         return "NaN" + (f" at step {int(step)}" if step is not None else "")
-    loss = fval(row, "final_loss")
-    return f"final loss {loss:.4f}" if loss is not None else "final loss not measured"
+    window = last_losses(row)
+    final = fval(row, "final_loss")
+    final_text = f"final {final:.4f}" if final is not None else "final loss not measured"
+    return f"{window.mean:.4f} ({final_text})" if window is not None else final_text
 
 
 def check_bf16_quality(run: RunData) -> list[Evaluation]:
-    """bfloat16 "Better" than float16: NaN outcomes and final losses of the stability rows, per lr."""
+    """bfloat16 "Better" than float16: NaN outcomes of the stability rows per lr, else the mean of
+    their last training losses over the same steps (`reports.numerics`)."""
     df = run.results
     gate = stability_gate(df)
     if gate:
@@ -119,9 +125,13 @@ def check_bf16_quality(run: RunData) -> list[Evaluation]:
         condition = f"lr {float(fp16['lr']):g}, {where(pd.DataFrame([fp16, bf16]))}"
         evidence = (str(fp16["case_id"]), str(bf16["case_id"]))
         measured = f"fp16 {loss_text(fp16)}; bf16 {loss_text(bf16)}"
+        differ = mismatch((("bf16", bf16), ("fp16", fp16)))
+        if differ:
+            out.append(inconclusive(differ, measured, evidence, condition))
+            continue
         nan16, nanb = is_nan_run(fp16), is_nan_run(bf16)
-        why = f"stability rows on {fp16['model']}; final losses within {pct(QUALITY_NOISE)} count as equal"
         if nan16 or nanb:
+            why = f"stability rows on {fp16['model']}: NaN outcomes"
             if nan16 and not nanb:
                 out.append(holds(measured, evidence, condition, why))
             elif nanb and not nan16:
@@ -129,23 +139,24 @@ def check_bf16_quality(run: RunData) -> list[Evaluation]:
             else:
                 out.append(inconclusive("both dtypes went NaN", measured, evidence, condition))
             continue
-        a, b = fval(bf16, "final_loss"), fval(fp16, "final_loss")
+        a, b = last_losses(bf16), last_losses(fp16)
         if a is None or b is None:
-            out.append(inconclusive("final_loss not measured on both rows", measured, evidence, condition))
+            why = f"fewer than {LAST_K} finite training losses on a row: no mean of the last {LAST_K}"
+            out.append(inconclusive(why, measured, evidence, condition))
             continue
-        order = lower_better(a, b, QUALITY_NOISE)
+        measured += f"; {a.text()}"
+        why = (
+            f"stability rows on {fp16['model']}, {a.text()}; means within {pct(QUALITY_NOISE)} count as equal"
+        )
+        order = lower_better(a.mean, b.mean, QUALITY_NOISE)
         if order < 0:
             out.append(holds(measured, evidence, condition, why))
         elif order > 0:
-            out.append(
-                refuted(
-                    measured,
-                    f"fp16 reached a lower final loss than bf16 ({b:.4f} vs {a:.4f})",
-                    evidence,
-                    condition,
-                    why,
-                )
+            corrected = (
+                f"fp16 reached a lower mean of its last {a.size} training losses than bf16"
+                f" ({b.mean:.4f} vs {a.mean:.4f})"
             )
+            out.append(refuted(measured, corrected, evidence, condition, why))
         else:
             out.append(inconclusive(why + ": no difference beyond it", measured, evidence, condition))
     return out
@@ -246,6 +257,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="dtype-speed",
         section=SECTION,
+        judged_at="the lesson names no point: fp32 vs fp16/bf16 compute at " + DEVICE_BOUND_POINT,
         quote="float32 | Slow",
         measures=(
             "tokens_per_s of the fp32-compute row vs fp16/bf16 rows at the same device-bound point"
@@ -259,17 +271,30 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="bf16-quality",
         section=SECTION,
+        judged_at=(
+            "fp16 vs bf16 compute on the real model at the stability family's learning rates (1e-4, 2e-4,"
+            " 1e-3), the same rows on every profile"
+        ),
         quote="bfloat16 | Fast | Better",
         measures=(
-            "stability rows fp16 vs bf16 per lr: NaN outcome (status nan, first_nonfinite_step), final_loss"
+            "stability rows fp16 vs bf16 per lr, trained alike (same steps and tokens, else not compared):"
+            f" NaN outcome (status nan, first_nonfinite_step), the mean of the last {LAST_K} training"
+            " losses (same steps, same batches)"
         ),
-        expected="bf16 better than fp16 (no NaN where fp16 has one; lower final loss beyond 2%)",
+        expected=(
+            f"bf16 better than fp16 (no NaN where fp16 has one; a lower mean of the last {LAST_K}"
+            " losses beyond 2%)"
+        ),
         tolerance=QUALITY_NOISE,
         check=check_bf16_quality,
     ),
     Claim(
         id="t4-no-bf16",
         section=SECTION,
+        judged_at=(
+            "the T4 only: real-T4 rows decide whether bf16 runs and how fast; an emulated T4 gives its "
+            "datasheet capability only"
+        ),
         quote="T4 does not support bfloat16",
         measures=(
             "bf16_native of real-T4 rows (else the registry's capability, a datasheet fact); status and "

@@ -16,6 +16,7 @@ import pandas as pd
 from reports.claims.common import measurement, select, within
 from reports.claims.memory_problem import LESSON_7B_PARAMS
 from reports.claims.model import ON_GPU, Claim, Evaluation, holds, inconclusive, not_run, refuted
+from reports.claims.points import DEVICE_BOUND_POINT
 from reports.claims.speed import Place, device_bound_pairs, place, speed_ratio
 from reports.frame import RunData
 from reports.rows import (
@@ -207,6 +208,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="dq-overhead-bytes",
         section=SECTION,
+        judged_at=(
+            'the lesson\'s "7B model": scaling-factor bits per quantized parameter (models above 1e9 '
+            "quantized params) scaled to the 7-8B shape's quantized params"
+        ),
         quote="~0.5 GB overhead for 7B model",
         measures=(
             "quant_stats_bytes x 8 / quantized_params (bits per quantized param), scaled to the 7-8B shape's "
@@ -219,6 +224,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="dq-factor-dtype",
         section=SECTION,
+        judged_at="bitsandbytes' QuantState layout with and without double quantization; no training point",
         quote="Scaling factors: 4-bit (also compact)",
         measures="absmax dtype / bits from measurement quant_state_layout, without and with double quant",
         expected="FP32 factors without double quant, 4-bit with",
@@ -228,6 +234,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="dq-compute-overhead",
         section=SECTION,
+        judged_at="the lesson names no point: double quant on vs off at " + DEVICE_BOUND_POINT,
         quote="It adds minor computational overhead",
         measures=(
             "tokens_per_s with vs without double quant at the same device-bound point (host_bound rows"

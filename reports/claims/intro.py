@@ -117,6 +117,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="lora-99pct",
         section=SECTION,
+        judged_at=(
+            "the lesson's LoRA config (r=16 on the seven projections) on every 3B-13B model a run loaded;"
+            " counts, no training point"
+        ),
         quote="reduces the number of trainable parameters by 99%",
         measures="1 - trainable_params / total_params per model and LoRA config",
         expected="at least 99% fewer trainable parameters (98.5% rounds to it)",
@@ -126,6 +130,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="cut-4x",
         section=SECTION,
+        judged_at=(
+            "the lesson's 3B-13B models loaded in nf4 and in 16 bits (whole model and quantized layers "
+            "alone); bytes after the load, no training point"
+        ),
         quote="you immediately cut memory by 4x",
         measures=(
             "16-bit weight_bytes / nf4 weight_bytes of the same model (whole model; also the quantized linear"

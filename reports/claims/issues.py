@@ -16,9 +16,11 @@ import pandas as pd
 
 from reports.claims.common import select
 from reports.claims.model import ON_GPU, Claim, Evaluation, Verdict, holds, inconclusive, not_run, refuted
+from reports.claims.points import DEVICE_BOUND_POINT, points_text, with_needed
 from reports.claims.speed import Place, device_bound_pairs, place, speed_ratio
 from reports.frame import RunData
 from reports.nan import Outcome, classify, nan_rows, outcome_text
+from reports.numerics import mismatch
 from reports.rows import (
     QUANT_FIELDS,
     PeakFigures,
@@ -135,7 +137,9 @@ GC_MIN_REDUCTION = 0.05
 def check_gc_activations(run: RunData) -> list[Evaluation]:
     """Gradient checkpointing reduces activation memory: rows differing only in checkpointing."""
     df = on_gpu(run.results)
-    rows = df[df["status"].isin({"ok", "oom"})] if not df.empty else df
+    # A point that ran out of memory under a cap is compared by what it needed uncapped.
+    judged = with_needed(df[df["status"].isin({"ok", "oom"})] if not df.empty else df)
+    rows = judged.rows
     gc_on = rows[rows["gradient_checkpointing"]]
     gc_off = rows[~rows["gradient_checkpointing"]]
     found = pairs(gc_on, gc_off, vary=("gradient_checkpointing",))
@@ -169,16 +173,23 @@ def check_gc_activations(run: RunData) -> list[Evaluation]:
             why = "a training peak below the after-LoRA allocation: inconsistent memory readings"
             out.append(inconclusive(why, f"peak - after LoRA: {a:.2f} and {b:.2f} GiB", evidence, condition))
             continue
-        measured = f"activations (peak - after LoRA) {fmt_gib(a)} with vs {fmt_gib(b)} without" + speed
+        labels = [
+            f"{side} {judged.labels[str(r['case_id'])]}"
+            for side, r in (("with:", on), ("without:", off))
+            if str(r["case_id"]) in judged.labels
+        ]
+        measured = (
+            f"activations (peak - after LoRA) {fmt_gib(a)} with vs {fmt_gib(b)} without"
+            + "".join(f"; {label}" for label in labels)
+            + speed
+        )
         why = f"peak_alloc_gib - lora_alloc_gib; a reduction of at least {pct(GC_MIN_REDUCTION)}"
+        points = points_text(pd.DataFrame([on, off]), judged.labels)
         if a <= b * (1 - GC_MIN_REDUCTION):
-            out.append(holds(measured, evidence, condition, why))
+            out.append(holds(measured, evidence, condition, why, points))
         else:
-            out.append(
-                refuted(
-                    measured, "checkpointing did not reduce activation memory here", evidence, condition, why
-                )
-            )
+            corrected = "checkpointing did not reduce activation memory here"
+            out.append(refuted(measured, corrected, evidence, condition, why, points))
     return out
 
 
@@ -274,6 +285,9 @@ def _remedy(remedy: pd.Series, failure: pd.Series, measured: str, what: str) -> 
         return inconclusive(
             f"{what} did not run to an outcome ({remedy['status']})", measured, evidence, condition
         )
+    differ = mismatch(((what, remedy), (f"fp16 at lr {float(failure['lr']):g}", failure)))
+    if differ:
+        return inconclusive(differ, measured, evidence, condition)
     if found.outcome is Outcome.FINE:
         return holds(measured, evidence, condition, why)
     return refuted(measured, f"{what} was {found.text()}", evidence, condition, why)
@@ -333,6 +347,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="oom-ladder",
         section=SECTION,
+        judged_at=(
+            'the lesson\'s "Solutions (in order)" from its T4 budget point (8B b4 s2048, 8-bit Adam): '
+            "batch 2, batch 1 with accumulation, seq 1024, checkpointing; a step that ran out of memory "
+            "under a cap judged by its uncapped need"
+        ),
         quote="Solutions (in order)",
         measures=(
             "peak_alloc_gib / peak_reserved_gib (and status) of ladder:0..4, step to step; a step that ran"
@@ -346,6 +365,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="gc-activations",
         section="T4 Budget (15GB VRAM)",
+        judged_at=(
+            "every pair of points differing only in checkpointing (the gc family at the lesson's 3B "
+            "point; the ladder's 8B b1 s1024 step); a point that ran out of memory under a cap judged by "
+            "its uncapped need"
+        ),
         quote="you can further reduce activation memory",
         measures=(
             "peak_alloc_gib - lora_alloc_gib (and status) of rows differing only in gradient checkpointing"
@@ -358,6 +382,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="qlora-slower",
         section=SECTION,
+        judged_at="the lesson names no point: nf4 vs 16-bit LoRA at " + DEVICE_BOUND_POINT,
         quote="10-20% slower than FP16 LoRA",
         measures=(
             "tokens_per_s of nf4 rows vs the 16-bit reference at the same model, batch, seq, dtype and"
@@ -371,11 +396,16 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="nan-lr",
         section=SECTION,
+        judged_at=(
+            "the lesson's 1e-4 at fp16's failure point: the nan family's lowest rate above 1e-4 where "
+            "fp16 went non-finite, per engine"
+        ),
         quote="Learning rate too high → Reduce to 1e-4",
         measures=(
             "nan-family rows per engine (core loop, Trainer): fp16's lowest lr above 1e-4 that went"
             " non-finite (first_nonfinite_step), and the outcome of the same run at lr 1e-4"
-            " (reports.nan.classify: non-finite at step k, no update, finite but diverging, fine)"
+            " (reports.nan.classify: non-finite at step k, no update, finite but diverging, fine),"
+            " trained alike (the same tokens a step, through the failure's step at least)"
         ),
         expected="at fp16's failure point, the run at lr 1e-4 is fine",
         tolerance=None,
@@ -384,10 +414,15 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="nan-bf16",
         section=SECTION,
+        judged_at=(
+            "bf16 at fp16's failure point: the nan family's lowest rate above 1e-4 where fp16 went "
+            "non-finite, per engine"
+        ),
         quote="Numerical instability → Use bfloat16",
         measures=(
             "nan-family rows per engine: the outcome of bf16 at fp16's failure point (its lowest lr"
-            " above 1e-4 that went non-finite), classified by reports.nan.classify"
+            " above 1e-4 that went non-finite), classified by reports.nan.classify, trained alike (the"
+            " same tokens a step, through the failure's step at least)"
         ),
         expected="at fp16's failure point, bf16 at the same lr is fine (finite and not diverging)",
         tolerance=None,

@@ -185,6 +185,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="print-trainable-3b",
         section=SECTION,
+        judged_at=(
+            "the lesson's printed config: Llama-3.2-3B, r=16 on the seven projections (rows that loaded "
+            "it, and the architecture without weights); no training point"
+        ),
         quote="trainable params: 3,407,872 || all params: 3,213,749,248",
         measures=(
             "trainable_params, total_params of llama-3.2-3b rows with r=16 on the seven projections, and"
@@ -197,6 +201,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="adapter-dtype",
         section=SECTION,
+        judged_at=(
+            "every 4-bit row after get_peft_model, per prepare on/off and compute dtype (the profile's "
+            "lesson dtype: fp16 on a T4, bf16 on Ampere and later)"
+        ),
         quote="LoRA adapters are trained in full precision (FP16/BF16)",
         measures="trainable_dtypes per prepare_kbit and compute dtype",
         expected="float16 or bfloat16",

@@ -19,6 +19,7 @@ import pandas as pd
 from qlora_core.gpus import PROFILES
 from reports.claims.common import select, within
 from reports.claims.model import ON_GPU, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
+from reports.claims.points import with_needed
 from reports.frame import RunData
 from reports.rows import (
     LOADED,
@@ -32,6 +33,7 @@ from reports.rows import (
     median_of,
     model_sizes,
     needed_label,
+    needed_view,
     on_gpu,
     present,
     quantized,
@@ -220,37 +222,42 @@ def check_training_total_7b(run: RunData) -> list[Evaluation]:
             )
             out.append(not_run(why, condition=precision))
             continue
-        rows = select(
-            on_gpu(trained(precision_rows(df, precision))),
-            f"7-8B {kind}",
-            ("peak_reserved_gib",),
-            condition=precision,
-        )
+        # A point that ran out of memory under a cap counts with what it needed uncapped, so the
+        # range is the same on a profile whose cap those points exceed as on one they fit.
+        judged = with_needed(on_gpu(trained(precision_rows(df, precision))))
+        rows = select(judged.rows, f"7-8B {kind}", ("peak_reserved_gib",), condition=precision)
         if isinstance(rows, Evaluation):
             out.append(rows)
             continue
         expected = LESSON_7B_TOTAL_GB[precision]
-        points, totals_gb = [], []
+        figures, totals_gb = [], []
         for _, r in rows.iterrows():
             device = device_used_gib(r)
             peak = device if device is not None else fval(r, "peak_reserved_gib")
             assert peak is not None  # select() kept only rows with peak_reserved_gib
             totals_gb.append(peak * GIB / GB)
             device_text = f", device {fmt_gib(device)}" if device is not None else ""
-            points.append(f"{setting(r)}: reserved {fmt_gib(fval(r, 'peak_reserved_gib') or 0)}{device_text}")
-        measured = "; ".join(points)
+            label = judged.labels.get(str(r["case_id"]), "")
+            figures.append(
+                f"{setting(r)}: reserved {fmt_gib(fval(r, 'peak_reserved_gib') or 0)}{device_text}"
+                + (f", {label}" if label else "")
+            )
+        measured = "; ".join(figures)
+        points = judged.points(rows)
         models = ", ".join(dict.fromkeys(rows["model"]))
         condition = f"{precision}: {kind} (not full fine-tuning) on {models}, {where(rows)}"
         why = (
             f"device peak (NVML, context included; allocator reserved where NVML is absent) over"
-            f" {len(rows)} setting(s); the lesson names no batch or length, so it holds when"
+            f" {len(rows)} setting(s) (a point that ran out of memory under a cap: what it needed uncapped);"
+            " the lesson names no batch or length, so it holds when"
             f" {expected:g} GB lies within the measured range widened by {pct(TOTAL_TOL)}"
         )
+        evidence = ids(judged.rows)
         if min(totals_gb) * (1 - TOTAL_TOL) <= expected <= max(totals_gb) * (1 + TOTAL_TOL):
-            out.append(holds(measured, ids(rows), condition, why))
+            out.append(holds(measured, evidence, condition, why, points))
         else:
             corrected = f"{kind} training of this model peaked at {span(totals_gb, lambda x: f'{x:.1f}')} GB"
-            out.append(refuted(measured, corrected, ids(rows), condition, why))
+            out.append(refuted(measured, corrected, evidence, condition, why, points))
     return out
 
 
@@ -269,14 +276,14 @@ def check_t4_fits_7b(run: RunData) -> list[Evaluation]:
         condition = f"{setting(r)}, {where(pd.DataFrame([r]))}"
         evidence = (str(r["case_id"]),)
         if r["status"] == "oom":
-            out.append(
-                refuted(
-                    "status oom",
-                    f"{r['model']} QLoRA does not fit the T4 at {setting(r)}",
-                    evidence,
-                    condition,
-                )
+            # The OOM is the verdict; what the point needed uncapped says by how much it misses.
+            view = needed_view(r)
+            need = device_used_gib(view) if view is not None and view["status"] == "ok" else None
+            measured = "status oom" + (
+                f"; {needed_label(r)}: {fmt_gib(need)} at its device peak" if need else ""
             )
+            corrected = f"{r['model']} QLoRA does not fit the T4 at {setting(r)}"
+            out.append(refuted(measured, corrected, evidence, condition))
             continue
         if r["status"] != "ok":
             out.append(inconclusive(f"ended {r['status']}: {r.get('reason') or ''}", "", evidence, condition))
@@ -305,6 +312,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="mem7b-weights",
         section=SECTION,
+        judged_at=(
+            "the table's 7B model at each precision: the 7-8B shapes' weight bytes after the load, scaled"
+            " to 7e9 params (INT4 decided on a 7B shape only); a load that ran out of memory under a cap "
+            "judged by its uncapped rerun"
+        ),
         quote="Memory for Weights",
         measures=(
             "weight_bytes / base params of the 7-8B shapes that loaded (FP32 and INT8: the weights"
@@ -318,6 +330,11 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="mem7b-training-total",
         section=SECTION,
+        judged_at=(
+            "the table's 7B model trained at each precision; it names no batch or length, so every 7-8B "
+            "training point of the run (compat b1 s512, the ladder's 8B points from b4 s2048); a point "
+            "that ran out of memory under a cap judged by its uncapped need"
+        ),
         quote="Total with Training",
         measures=(
             "device peak (nvml_peak_gib - nvml_base_gib, else peak_reserved_gib) of the 7-8B rows that "
@@ -332,6 +349,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="t4-fits-7b",
         section=SECTION,
+        judged_at=(
+            'the T4 only ("T4\'s 15GB VRAM"): the 7-8B QLoRA compat rows at the smallest point (b1 s512) '
+            "of the t4 profile"
+        ),
         quote="a 7B model fits comfortably in T4's 15GB VRAM",
         measures=(
             "status and device peak of the 7-8B QLoRA compat rows on t4 vs T4's 15 GiB (registry total_gib)"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from qlora_core.gpus import PROFILES, GpuProfile
+from reports.claims.points import points_of
 from reports.frame import RunData
 
 
@@ -41,6 +42,10 @@ class Evaluation:
     condition: str
     """The condition this verdict holds under (e.g. "prepare_kbit on, checkpointing on")."""
     why: str
+    points: str = ""
+    """The run's points this verdict was judged at, in words ("llama-3.2-3b b1 s512, b4 s2048"),
+    a point judged by what it needed uncapped labelled so; `evaluate` fills it from `evidence`
+    where the check left it empty (`reports.claims.points`)."""
 
     def __post_init__(self) -> None:
         # A refutation without the statement the measurement supports would leave the reader with
@@ -86,6 +91,10 @@ class Claim:
     """What the lesson says, with the tolerance used."""
     tolerance: float | None
     check: Callable[[RunData], list[Evaluation]]
+    judged_at: str
+    """The settings the claim is judged at, taken from the lesson (its examples, its T4 budget point,
+    the ranges it names), and which rows of a run stand for them; the same on every profile, so a
+    verdict can differ between profiles only where the rows differ (claims.md names them)."""
     known_doc_error: str = ""
     """Set only after a real GPU measurement showed the lesson wrong: the corrected value."""
     applies_to: ProfilePredicate | None = None
@@ -95,29 +104,47 @@ class Claim:
     per-rank peaks are no single GPU's training total; those claims are judged on the card's own
     profile's run (`--gpu t4`), and read no row of a multi-card profile."""
 
+    def __post_init__(self) -> None:
+        if not self.judged_at.strip():
+            raise ValueError(f"claim {self.id!r} states no judged_at: the lesson's settings it is judged at")
 
-def holds(measured: str, evidence: Iterable[str] = (), condition: str = "", why: str = "") -> Evaluation:
+
+def holds(
+    measured: str, evidence: Iterable[str] = (), condition: str = "", why: str = "", points: str = ""
+) -> Evaluation:
     """The measurement agrees with the lesson."""
-    return Evaluation(Verdict.HOLDS, measured, "", tuple(evidence), condition, why)
+    return Evaluation(Verdict.HOLDS, measured, "", tuple(evidence), condition, why, points)
 
 
 def refuted(
-    measured: str, corrected: str, evidence: Iterable[str] = (), condition: str = "", why: str = ""
+    measured: str,
+    corrected: str,
+    evidence: Iterable[str] = (),
+    condition: str = "",
+    why: str = "",
+    points: str = "",
 ) -> Evaluation:
     """The measurement contradicts the lesson; `corrected` states what it supports."""
-    return Evaluation(Verdict.REFUTED, measured, corrected, tuple(evidence), condition, why)
+    return Evaluation(Verdict.REFUTED, measured, corrected, tuple(evidence), condition, why, points)
 
 
 def inconclusive(
-    why: str, measured: str = "", evidence: Iterable[str] = (), condition: str = ""
+    why: str, measured: str = "", evidence: Iterable[str] = (), condition: str = "", points: str = ""
 ) -> Evaluation:
     """Rows ran but cannot decide (failed, unmeasured, or within noise); `why` says which."""
-    return Evaluation(Verdict.INCONCLUSIVE, measured, "", tuple(evidence), condition, why)
+    return Evaluation(Verdict.INCONCLUSIVE, measured, "", tuple(evidence), condition, why, points)
 
 
 def not_run(why: str, condition: str = "", evidence: Iterable[str] = ()) -> Evaluation:
     """The run has no rows that could answer; `why` names what is missing."""
     return Evaluation(Verdict.NOT_RUN, "", "", tuple(evidence), condition, why)
+
+
+def with_points(evaluation: Evaluation, run: RunData) -> Evaluation:
+    """`evaluation` with its points named: the check's own text, else the points of its evidence."""
+    if evaluation.points:
+        return evaluation
+    return dataclasses.replace(evaluation, points=points_of(run.results, evaluation.evidence))
 
 
 def _run_profiles(run: RunData) -> list[str]:
@@ -150,8 +177,8 @@ def evaluate(claim: Claim, run: RunData) -> list[Evaluation]:
                 not_run(f"applies to {claim.applies_to.description}; this run's profile: {', '.join(names)}")
             ]
         run = dataclasses.replace(run, results=run.results[run.results["profile"].isin(keep)])
-    evaluations = claim.check(run)
-    return evaluations or [inconclusive("the check produced no evaluation")]
+    evaluations = claim.check(run) or [inconclusive("the check produced no evaluation")]
+    return [with_points(e, run) for e in evaluations]
 
 
 def evaluate_claims(claims: Iterable[Claim], run: RunData) -> list[tuple[Claim, Evaluation]]:

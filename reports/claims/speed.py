@@ -4,8 +4,10 @@ whether the point was device-bound at all.
 A verdict on speed reads an interval, not a point estimate:
 - with repeats (`--repeat N`, N >= 2, on both rows) the interval is the 95% percentile-bootstrap
   interval of median(a) / median(b) over the per-process tokens/s (`reports.stats`);
-- with one process per row it is the ratio widened by the noise floor (`speed_noise`), measured
-  between processes of one day on the H200: one process says nothing about the next.
+- with one process per row it is the ratio widened by the noise floor of the pair's point class
+  (`speed_noise`, `reports.noise_floors`): for two device-bound rows, the floor derived from
+  device-bound cases repeated in fresh processes on the rows' GPU kind; for rows that never
+  measured device time, the conservative floor. The basis names the floor and its evidence.
 
 A claim holds where that interval lies inside the lesson's range, is refuted where it lies
 wholly outside, and is inconclusive only where it straddles a bound (`place`).
@@ -25,23 +27,27 @@ from enum import Enum
 
 import pandas as pd
 
+from reports.noise_floors import HOST_BOUND, pair_floor, point_class
 from reports.rows import fval
 from reports.stats import bootstrap_ratio_ci
 from reports.units import pct
 
-# Minimum relative difference treated as a real speed difference between two single processes;
-# a pair's own step-time spread can raise it (see `speed_noise`). Measured, not assumed: on the
-# lent H200 the same 3B case at batch 1, seq 512 gave tokens/s varying by up to 30% between three
-# processes of one day (reports/reference/h200-smoke and reports/reference/gate/*), while each
-# run's own spread was often far smaller. So two single rows are not told apart below +-15%.
-MIN_SPEED_NOISE = 0.15
 
-
-def speed_noise(*rows: pd.Series) -> float:
-    """Relative tokens/s difference below which two single-process rows are not told apart:
-    half the largest step-time spread ((p90 - p10) / median) of the rows, at least MIN_SPEED_NOISE."""
-    spreads = [s for s in (fval(r, "step_ms_spread") for r in rows) if s is not None]
-    return max([MIN_SPEED_NOISE] + [s / 2 for s in spreads])
+def speed_noise(a: pd.Series, b: pd.Series) -> tuple[float, str]:
+    """Relative tokens/s difference below which two single-process rows are not told apart, and
+    where it comes from: the noise floor of the pair's point class (`noise_floors.pair_floor`),
+    raised to half the larger step-time spread ((p90 - p10) / median) of the two rows where that
+    is wider: a process whose own steps spread that much was disturbed beyond what the floor's
+    evidence cases were."""
+    floor = pair_floor(a, b)
+    spreads = [s for s in (fval(r, "step_ms_spread") for r in (a, b)) if s is not None]
+    half_spread = max(spreads, default=0.0) / 2
+    if half_spread > floor.value:
+        return (
+            half_spread,
+            f"noise ±{pct(half_spread)}, half the rows' step-time spread, above the {floor.text}",
+        )
+    return floor.value, floor.text
 
 
 @dataclass(frozen=True)
@@ -81,10 +87,8 @@ def speed_ratio(a: pd.Series, b: pd.Series) -> SpeedRatio:
     if interval is not None:
         basis = f"95% interval over {len(ra)} and {len(rb)} processes"
         return SpeedRatio(ratio, min(interval.low, ratio), max(interval.high, ratio), basis)
-    noise = speed_noise(a, b)
-    return SpeedRatio(
-        ratio, ratio * (1 - noise), ratio * (1 + noise), f"one process each, noise +-{pct(noise)}"
-    )
+    noise, source = speed_noise(a, b)
+    return SpeedRatio(ratio, ratio * (1 - noise), ratio * (1 + noise), f"one process each: {source}")
 
 
 class Place(str, Enum):
@@ -104,8 +108,7 @@ def place(low: float, high: float, range_low: float, range_high: float) -> Place
 
 def is_host_bound(row: pd.Series) -> bool:
     """True only when the row measured device time and found the step host-bound."""
-    value = row.get("host_bound")
-    return False if value is None or pd.isna(value) else bool(value)
+    return point_class(row) == HOST_BOUND
 
 
 def device_bound_pairs(

@@ -41,6 +41,8 @@ LESSON_T4_BUDGET: dict[str, float] = {
     "Available buffer": 2.1,
 }
 BUDGET_TOL = 0.25
+LESSON_BUDGET_POINT: tuple[int, int] = (4, 2048)
+"""(batch, seq) of the budget's activations row: the lesson's own training point for a T4."""
 LESSON_T4_VRAM_GB = 15.0  # the lesson's "T4 Budget (15GB VRAM)"
 # Components read at the training peak (the others are read before training starts).
 BUDGET_TRAINING_STAGE = frozenset(
@@ -187,6 +189,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="t4-budget-8b",
         section=SECTION,
+        judged_at=(
+            "the T4 only, at the budget's own point: 8B, b4 s2048, 8-bit Adam, no checkpointing "
+            "(ladder:0); an OOM under the cap judged by its uncapped need"
+        ),
         quote="Activations (batch=4, seq=2048)",
         measures=(
             "the ladder:0 row on t4: status; weight_bytes (GB); adapters, activations (GiB); NVML device peak"

@@ -100,6 +100,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="t4-3b-load",
         section=SECTION,
+        judged_at=(
+            "the lesson's Llama-3.2-3B in nf4 + double quant right after loading, in its T4 config's fp16"
+            " (bf16 where no fp16 row); any GPU profile, no training point"
+        ),
         quote="Allocated: 2.84 GB",
         measures="load_alloc_gib / load_reserved_gib of llama-3.2-3b nf4+dq rows (torch's GB = GiB)",
         expected="allocated 2.84, reserved 3.14 GiB (within 10%)",
@@ -110,6 +114,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         id="t4-3b-headroom",
         section=SECTION,
+        judged_at="the T4 only: the 3B model's load against the T4's 15 GB",
         quote="leaving 12GB for LoRA adapters and training state",
         measures="load_alloc_gib of llama-3.2-3b nf4+dq; T4 total_gib (registry) - load_reserved_gib, in GiB",
         expected="~3 GiB loaded, ~12 GiB left (within 15%)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qlora_core.distributed import loads_on_rank0_only
+from qlora_core.engines.pacing import plan_steps
 from qlora_core.gpus import PROFILE_NAMES, get_profile
 from qlora_core.matrix import (
     DEFAULT_MAX,
@@ -109,6 +110,26 @@ def test_quality_and_stability_use_the_real_model_on_text():
     }
     for c in quality + stability:
         assert c.model == REAL_MODEL and c.data == "text"
+
+
+NUMERICS_FAMILIES = ("quality", "stability", "nan")
+"""The families whose losses and perplexities the claims compare between rows."""
+
+
+@pytest.mark.parametrize("profile", SINGLE_CARD)
+def test_numerics_families_train_a_fixed_plan_on_cuda_as_on_the_cpu(profile):
+    planned = build_matrix(get_profile(profile), "full")
+    for family in NUMERICS_FAMILIES:
+        cases = cases_of(planned, family)
+        assert cases, family
+        for case in cases:
+            for device in ("cuda", "cpu"):
+                for profile in (None, False):  # alone, or side by side (no profiler window)
+                    plan = plan_steps(case, device, profile=profile)
+                    assert not plan.adaptive, (case.id, device)
+                    assert plan.max_total_steps == case.warmup_steps + case.measured_steps
+    # The speed families stay paced on CUDA: the plan follows the case, not the device alone.
+    assert all(plan_steps(c, "cuda").adaptive for c in cases_of(planned, "factorial"))
 
 
 def test_large_gpus_add_13b_and_cpu_runs_small_models():

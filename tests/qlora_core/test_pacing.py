@@ -48,6 +48,27 @@ def test_plans_are_fixed_and_unprofiled_on_the_cpu_adaptive_and_profiled_on_cuda
     assert plan_steps(CASE, "cuda", adaptive=False, profile=False).max_total_steps == 12
 
 
+def test_a_case_on_text_trains_its_steps_exactly_on_every_device_whatever_the_options():
+    text = CASE.replace(data="text")
+    assert text.fixed_steps and not CASE.fixed_steps
+    for device in ("cpu", "cuda"):
+        for adaptive in (None, True, False):
+            for profile in (None, True, False):
+                plan = plan_steps(text, device, adaptive=adaptive, profile=profile)
+                assert not plan.adaptive and plan.min_measured == plan.max_measured
+                assert plan.max_total_steps == 12  # warm-up + measured: nothing the pace adds
+        assert stop_reason([5.0, 50.0] * 5, plan_steps(text, device)) == "fixed"
+    # A profiler window (CUDA, alone) takes the last measured steps instead of adding its own.
+    alone = plan_steps(text, "cuda")
+    assert (alone.min_measured, alone.profiled_steps) == (10 - PROFILED_STEPS, PROFILED_STEPS)
+    shared = plan_steps(text, "cuda", profile=False)  # side by side: no window, the same steps
+    assert (shared.min_measured, shared.profiled_steps) == (10, 0)
+    few = plan_steps(text.replace(measured_steps=PROFILED_STEPS), "cuda")
+    assert (few.min_measured, few.profiled_steps) == (PROFILED_STEPS, 0)  # no room for a window
+    # Its synthetic twin is paced by the device where asked (on CUDA by default, test above).
+    assert plan_steps(CASE, "cuda", adaptive=True, profile=True).max_total_steps > 12
+
+
 def test_percentile_and_relative_iqr():
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.25) == 2.0
     assert percentile([1.0, 2.0], 0.5) == 1.5

@@ -4,6 +4,7 @@ crashes, interrupts) and their reruns: test_faults.py; exception classification:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import math
 from pathlib import Path
@@ -12,6 +13,8 @@ import bitsandbytes.functional as bnb_functional
 import pytest
 import torch
 
+from qlora_core.gpus import get_profile
+from qlora_core.matrix import build_matrix
 from qlora_core.measure import quant_state_bytes
 from qlora_core.models import REAL_MODEL, SHAPES
 from qlora_core.runner import RunOptions, run_case
@@ -109,6 +112,28 @@ def test_real_model_nf4_dq_trains_on_real_text(tmp_path):
     assert dq.ppl_after < dq.ppl_before  # and so does held-out perplexity
     saved_bits = (nodq.quant_stats_bytes - dq.quant_stats_bytes) * 8 / dq.quantized_params
     assert saved_bits == pytest.approx(DQ_SAVING_BITS, rel=0.10)
+
+
+@pytest.mark.slow
+def test_a_stability_case_trains_its_fixed_steps_where_pacing_is_asked_for(tmp_path):
+    # The CPU tier's stability case on the tiny shape, run with adaptive pacing asked for (as on
+    # CUDA by default): a case on text keeps exactly its warm-up + measured steps.
+    planned = build_matrix(get_profile("cpu"), "default")
+    stability = next(p.case for p in planned if "stability" in p.families).replace(model="tiny")
+    paced = dataclasses.replace(CPU, adaptive_steps=True)
+    result = run_case(stability, paced, tmp_path / "text.json")
+    assert result.status == "ok", result.reason
+    steps = stability.warmup_steps + stability.measured_steps
+    assert (result.stop_reason, len(result.losses), len(result.step_ms)) == (
+        "fixed",
+        steps,
+        stability.measured_steps,
+    )
+    assert result.tokens_per_step == stability.tokens_per_step and not result.profiled_steps
+    # Its synthetic twin is paced: it stops for a reason of the step times, not at "fixed".
+    twin = run_case(stability.replace(data="synthetic"), paced, tmp_path / "synthetic.json")
+    assert twin.status == "ok", twin.reason
+    assert twin.stop_reason in ("target", "spread", "budget", "cap")
 
 
 def test_nan_from_a_huge_learning_rate_is_recorded(tmp_path):

@@ -20,6 +20,7 @@ from qlora_core.side_by_side import (
     OWN_LINE_AGREEMENT_GIB,
     Job,
     auto_lanes,
+    next_fitting,
     own_line_agrees,
     run_side_by_side,
     sharing_supported,
@@ -34,10 +35,31 @@ CASES = [Case("tiny", seq_len=32, warmup_steps=0, measured_steps=3, seed=seed) f
 
 @pytest.mark.parametrize(
     ("profile", "gpu", "lanes"),
-    [("t4", H200, MAX_LANES), ("a100-80gb", H200, 1), ("t4", T4, 1), ("cpu", None, 1), ("t4", None, 1)],
+    [
+        ("t4", H200, MAX_LANES),
+        ("a100-80gb", H200, 1),
+        ("t4", T4, 3),  # the real card: one lane per two host cores, each capped at its share
+        ("h200", H200, 3),
+        ("cpu", None, 1),
+        ("t4", None, 1),
+    ],
 )
-def test_auto_lanes_share_only_an_emulated_profiles_host(profile, gpu, lanes):
-    assert auto_lanes(get_profile(profile), gpu) == lanes
+def test_auto_lanes_fill_an_emulated_host_or_the_cores_of_a_real_card(profile, gpu, lanes):
+    assert auto_lanes(get_profile(profile), gpu, host_cores=7) == lanes
+
+
+def _job(share_gib: float | None) -> Job:
+    return Job(CASES[0], RunOptions(), Path("r.json"), share_gib)
+
+
+def test_the_first_pending_job_whose_share_fits_the_free_memory_goes_next():
+    pending = [_job(40.0), _job(30.0), _job(5.0)]
+    assert next_fitting(pending, None) == 0  # no budget: in order
+    assert next_fitting(pending, 40.0) == 0
+    assert next_fitting(pending, 35.0) == 1  # the 40 GiB one waits, the 30 GiB one passes it
+    assert next_fitting(pending, 10.0) == 2
+    assert next_fitting(pending, 4.0) is None
+    assert next_fitting([_job(None), _job(5.0)], 1.0) == 0  # a job without a share is not counted
 
 
 def _alone(own: float | None, peak: float = 8.6, base: float = 0.6, **fields) -> Result:
@@ -111,6 +133,24 @@ def test_side_by_side_rows_have_the_numbers_of_alone_and_no_speed(tmp_path: Path
     assert shared.kernel_ms_per_step is None and shared.nvml_peak_gib is None  # the CPU: no NVML
     # each takes its share of the host's cores for its CPU-side work
     assert shared.torch_threads == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+@pytest.mark.slow
+def test_jobs_whose_shares_do_not_fit_together_run_one_after_another(tmp_path: Path):
+    """Three lanes, but each job's share is more than half the budget: one runs at a time (none is
+    left running when one ends), and a share above the whole budget still runs, alone."""
+    jobs = [Job(case, RunOptions(), tmp_path / f"{case.seed}.json", 6.0) for case in CASES[:2]]
+    jobs.append(Job(CASES[2], RunOptions(), tmp_path / "2.json", 50.0))
+    running_when_done: list[int] = []
+    done: list[Result] = []
+
+    def on_done(job: Job, result: Result) -> None:
+        running_when_done.append(len(_children_of(os.getpid())))
+        done.append(result)
+
+    run_side_by_side(jobs, 3, on_done, budget_gib=10.0)
+    assert len(done) == 3 and all(r.status == "ok" for r in done), [r.reason for r in done]
+    assert running_when_done == [0, 0, 0]
 
 
 @pytest.mark.slow

@@ -217,7 +217,7 @@ def test_a_spare_survives_torch_setting_its_cache_dir_in_the_runner(monkeypatch)
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     started = child_env()
     assert same_environment(started, {**started, "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor_x"})
-    assert not same_environment(started, {**started, "HF_HUB_OFFLINE": "1"})
+    assert not same_environment(started, {**started, "TRANSFORMERS_OFFLINE": "1"})
     moved = {**started, "TORCHINDUCTOR_CACHE_DIR": "/elsewhere"}
     assert not same_environment({**started, "TORCHINDUCTOR_CACHE_DIR": "/tmp/a"}, moved)
     with SparePool() as pool:

@@ -7,7 +7,15 @@ import pytest
 
 from qlora_core.result import Result
 from qlora_core.spec import Case
-from qlora_plugin.hooks import _CLAIMS_KEY, _REPORTS_KEY, check_outcome, claims_lines, end_screen, names_line
+from qlora_plugin.hooks import (
+    _CLAIMS_KEY,
+    _REPORTS_KEY,
+    GATE_LINES_KEY,
+    check_outcome,
+    claims_lines,
+    end_screen,
+    names_line,
+)
 
 CASE = Case("tiny", compute_dtype="fp16", engine="sft")
 # The row of the t4 profile's fp16 sft case, as the child words it (engines.hf, outcomes).
@@ -81,25 +89,38 @@ def test_the_end_screen_puts_the_gate_and_the_report_paths_last(tmp_path):
 
     from reports.claims import CLAIMS
     from reports.claims.model import holds
+    from reports.completeness import Incompleteness
     from reports.render import ClaimSummary
 
     config = SimpleNamespace(stash=pytest.Stash())
     config.stash[_CLAIMS_KEY] = [ClaimSummary(CLAIMS[1], [holds("1")])]
     config.stash[_REPORTS_KEY] = {"claims": tmp_path / "claims.md", "tables": tmp_path / "tables.md"}
+    gate = [
+        "gate: PASS: no regressions (3 metric checks made)",
+        "  speed not compared: baseline from a, run on b",
+    ]
+    config.stash[GATE_LINES_KEY] = gate
+    missing = Incompleteness(2, 2, ("tiny-a",), (), 1, f"pytest bench --resume {tmp_path}")
     bench = SimpleNamespace(
         options=SimpleNamespace(baseline=tmp_path / "base.json"),
-        gate_summary="PASS: no regressions (3 metric checks made)",
         summary_lines=lambda: ["qlora-bench: 1 cases on profile cpu: 1 ok", f"  run folder: {tmp_path}"],
+        incompleteness=lambda: missing,
     )
     lines = end_screen(bench, config, width=80)
     assert lines[1] == f"{' qlora-bench ':=^80}" and len(lines[1]) == 80
     assert lines[2:] == [
         "qlora-bench: 1 cases on profile cpu: 1 ok",
         f"  run folder: {tmp_path}",
+        f"  incomplete: 1 of 2 cases missing (tiny-a); complete it with: pytest bench --resume {tmp_path}",
         "  claims: 1, each counted once (1 evaluations): 1 hold, 0 refuted, 0 inconclusive, 0 not run",
         "  gate: PASS: no regressions (3 metric checks made)",
+        "    speed not compared: baseline from a, run on b",
         f"  claims.md: {tmp_path / 'claims.md'}",
         f"  tables.md: {tmp_path / 'tables.md'}",
     ]
+    bench.incompleteness = lambda: None  # complete: no incomplete line
+    assert not any("incomplete" in line for line in end_screen(bench, config, width=80))
+    del config.stash[GATE_LINES_KEY]  # gated, but the gate's test did not run: said so
+    assert "  gate: not run (its test was deselected or did not run)" in end_screen(bench, config, width=80)
     bench.options.baseline = None  # not gated: no gate line
     assert not any(line.startswith("  gate:") for line in end_screen(bench, config, width=80))

@@ -32,7 +32,7 @@ class Clock:
 
 
 def write_in_stage(path: Path, stage: str, steps: int = 0) -> None:
-    """A Result file as the child leaves it while `stage` runs (`child._Checkpointer`)."""
+    """A Result file as the child leaves it while `stage` runs (`checkpointer.Checkpointer`)."""
     result = Result.for_case(CASE, "cpu")
     result.status, result.reason = Status.CRASHED.value, f"died during {stage}"
     result.losses = [2.0] * steps

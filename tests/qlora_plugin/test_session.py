@@ -24,8 +24,9 @@ from qlora_core.matrix import PlannedCase
 from qlora_core.result import Result
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions, parse_force
+from qlora_plugin.progress import format_duration
 from qlora_plugin.run_folder import LOCK_FILE, RunFolderInUseError, append_line, lock_run_dir
-from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError, format_duration
+from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError
 from qlora_plugin.shard import Shard, recorded_run_s
 from reports.frame import read_results_jsonl
 from reports.thresholds import Thresholds

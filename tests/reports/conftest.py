@@ -164,12 +164,19 @@ def in_processes(result: Result, tokens_per_s: Iterable[float]) -> list[Result]:
     return [dataclasses.replace(result, repeat=i, tokens_per_s=tps) for i, tps in enumerate(tokens_per_s)]
 
 
+STABILITY_STEPS = 10
+"""Steps of a finite stability row: more than the claims' mean of the last 8 losses needs."""
+
+
 def stability_row(dtype: str, lr: float, final: float | None, **fields: Any) -> Result:
-    """A stability-family row of the real model: finite `final` loss, or NaN at step 1 (None)."""
+    """A stability-family row of the real model that trained `STABILITY_STEPS` steps and ended
+    at `final` (its last losses all `final`, so their mean is `final` too), or NaN at step 1
+    (`final` None)."""
     status = "nan" if final is None else "ok"
-    losses = [3.0, float("nan")] if final is None else [3.0, final]
+    losses = [3.0, float("nan")] if final is None else [3.0] + [final] * (STABILITY_STEPS - 1)
     extra = {"first_nonfinite_step": 1} if final is None else {}
     text = {"data": "text", "batch_size": 2, "seq_len": 64, "compute_dtype": dtype}
+    text.update((k, fields.pop(k)) for k in list(fields) if k in text)
     return make_result(
         "smollm2-135m-instruct",
         families="stability",

@@ -29,11 +29,13 @@ from reports.baseline import (
     BaselineFileError,
     BaselineProfileError,
     BaselineSchemaError,
+    BaselineTierError,
     load_baseline,
     make_baseline,
     save_baseline,
     save_run_baseline,
 )
+from reports.baseline_choice import BaselineFolderError
 from reports.frame import RunData, results_frame
 from reports.gate import GateReport, compare, gate, render_diff_markdown
 from reports.thresholds import Thresholds
@@ -473,23 +475,33 @@ BAD_BASELINES: dict[str, tuple[Callable[[Path], None], type[BaselineError], str]
     "empty": (_empty, BaselineFileError, "empty"),
     "missing": (lambda p: p.unlink(), BaselineFileError, "not found"),
     "not an object": (lambda p: p.write_text("[]"), BaselineFileError, "JSON object"),
-    "wrong schema": (
+    "newer schema": (
         _edit(lambda d: d.update(schema_version=99)),
         BaselineSchemaError,
-        "schema_version is 99, expected 2; regenerate it .*--save-baseline",
+        "schema_version is 99, newer than this qlora-bench reads \\(2 to 3\\): a newer qlora-bench wrote"
+        " it; update qlora-bench, or regenerate it .*--save-baseline",
     ),
     "old schema": (
         _edit(lambda d: d.update(schema_version=1)),
         BaselineSchemaError,
-        "schema_version is 1, expected 2 \\(an older baseline: it lacks the per-repeat tokens/s, kernel"
-        " time and noise the speed rules need\\); regenerate it with `pytest bench --gpu t4 --repeat 3"
-        " --save-baseline",
+        "schema_version is 1, expected 2 to 3 \\(an older baseline: it lacks the per-repeat tokens/s,"
+        " kernel time and noise the speed rules need\\); regenerate it with `pytest bench --gpu t4"
+        " --repeat 3 --save-baseline",
     ),
     "no schema": (
         _edit(lambda d: d.pop("schema_version")),
         BaselineSchemaError,
-        "schema_version is 'missing'",
+        "schema_version is 'missing': not a qlora-bench baseline",
     ),
+    "text schema": (_edit(lambda d: d.update(schema_version="3")), BaselineSchemaError, "an integer"),
+    "empty object": (lambda p: p.write_text("{}"), BaselineSchemaError, "an empty JSON object"),
+    "random bytes": (
+        lambda p: p.write_bytes(bytes([0xD9, 0x00, 0xFF, 0x13]) * 64),
+        BaselineFileError,
+        "not a text file \\(byte 0 is not UTF-8\\)",
+    ),
+    "a folder": (lambda p: (p.unlink(), p.mkdir()), BaselineFileError, "not a file"),
+    "bad tier": (_edit(lambda d: d.update(matrix=7)), BaselineContentError, "matrix=7 must be"),
     "missing metric": (
         _edit(_drop_metric),
         BaselineContentError,
@@ -507,6 +519,7 @@ BAD_BASELINES: dict[str, tuple[Callable[[Path], None], type[BaselineError], str]
         "missing field 'versions'",
     ),
     "other profile": (_edit(lambda d: d.update(profile="a100-80gb")), BaselineProfileError, "a100-80gb"),
+    "other tier": (_edit(lambda d: d.update(matrix="smoke")), BaselineTierError, "tier 'smoke'.*'default'"),
 }
 
 
@@ -515,16 +528,24 @@ def test_bad_baseline_raises_its_own_error_naming_the_file(baseline_path: Path, 
     spoil, error, message = BAD_BASELINES[kind]
     spoil(baseline_path)
     with pytest.raises(BaselineError) as info:
-        load_baseline(baseline_path, profile=PROFILE)
+        load_baseline(baseline_path, profile=PROFILE, matrix="default")
     assert type(info.value) is error
+    assert "codec" not in str(info.value) and "Errno" not in str(info.value)  # words, not a library's
     assert str(baseline_path) in str(info.value)
     assert info.value.path == baseline_path
     assert re.search(message, str(info.value)), str(info.value)
 
 
 def test_error_classes_are_distinct_value_errors() -> None:
-    classes = {BaselineFileError, BaselineSchemaError, BaselineContentError, BaselineProfileError}
-    assert len(classes) == 4
+    classes = {
+        BaselineFileError,
+        BaselineSchemaError,
+        BaselineContentError,
+        BaselineProfileError,
+        BaselineTierError,
+        BaselineFolderError,
+    }
+    assert len(classes) == 6
     for cls in classes:
         assert issubclass(cls, BaselineError) and issubclass(cls, ValueError)
         assert not any(issubclass(cls, other) for other in classes - {cls})
@@ -619,6 +640,7 @@ FAKE_PLUGIN = textwrap.dedent(
             thresholds=Thresholds(),
             command_line="pytest bench --gpu t4",
             allow_noisy=False,
+            require_speed=cfg.get("require_speed", False),
         )
         # None: the session selected every case (an unfiltered `pytest bench`).
         return SimpleNamespace(
@@ -637,7 +659,11 @@ def bench_gate(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Ca
     pytester.makepyfile(test_gate_copy=(REPO / "bench" / "test_gate.py").read_text())
 
     def run(
-        results: list[Result], *, baseline: Path | None = None, save: Path | None = None
+        results: list[Result],
+        *,
+        baseline: Path | None = None,
+        save: Path | None = None,
+        require_speed: bool = False,
     ) -> pytest.RunResult:
         run_dir = pytester.path / "run"
         run_dir.mkdir(exist_ok=True)
@@ -647,6 +673,7 @@ def bench_gate(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Ca
             "run_dir": str(run_dir),
             "baseline": str(baseline) if baseline else None,
             "save_baseline": str(save) if save else None,
+            "require_speed": require_speed,
         }
         (pytester.path / "session.json").write_text(json.dumps(config))
         return pytester.runpytest("-rs", "-s")
@@ -703,3 +730,16 @@ def test_the_gate_and_baselines_read_no_needed_field():
     from reports.baseline import CASE_FIELDS, GATED_METRICS
 
     assert not [name for name in (*GATED_METRICS, *CASE_FIELDS) if name.startswith("needed_")]
+
+
+def test_bench_gate_says_speed_was_not_compared_and_fails_on_it_with_require_speed(
+    bench_gate: Callable[..., pytest.RunResult], baseline_path: Path
+) -> None:
+    h100 = [make_result(c, gpu_name="NVIDIA H100 80GB HBM3", kernel_ms_per_step=2500.0) for c in CASES]
+    line = "*speed not compared: baseline from Tesla T4, run on NVIDIA H100 80GB HBM3*"
+    result = bench_gate(h100, baseline=baseline_path)
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines([line])
+    result = bench_gate(h100, baseline=baseline_path, require_speed=True)
+    result.assert_outcomes(failed=1, skipped=1)
+    result.stdout.fnmatch_lines([f"{line}--require-speed demands speed gating*"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from reports.__main__ import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, main
 from reports.baseline import BASELINE_DIFF_MD
 
@@ -50,3 +52,31 @@ def test_a_part_of_the_matrix_is_gated_with_selected_only(build, synthetic_run_d
     assert "in the baseline but not in this run" in capsys.readouterr().out
     assert main(["gate", str(part_dir), str(baseline), "--selected-only"]) == EXIT_OK
     assert "not selected in this run" in (part_dir / BASELINE_DIFF_MD).read_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"{}", "an empty JSON object ({}), not a qlora-bench baseline"),
+        (bytes(range(0xD9, 0xFF)) * 8, "not a text file (byte 0 is not UTF-8)"),
+        (None, "file not found"),
+    ],
+)
+def test_gate_refuses_a_bad_baseline_in_words(synthetic_run_dir, tmp_path, capsys, content, words):
+    bad = tmp_path / "bad.json"
+    if content is not None:
+        bad.write_bytes(content)
+    assert main(["gate", str(synthetic_run_dir), str(bad)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: baseline {bad}: ") and words in err
+    assert "codec" not in err and "Traceback" not in err
+    assert not (synthetic_run_dir / BASELINE_DIFF_MD).exists()
+
+
+def test_gate_refuses_a_baseline_of_another_tier(synthetic_run_dir, tmp_path, capsys):
+    baseline = tmp_path / "smoke.json"
+    assert main(["baseline", str(synthetic_run_dir), str(baseline), "--command", "pytest bench"]) == EXIT_OK
+    data = json.loads(baseline.read_text())
+    baseline.write_text(json.dumps({**data, "matrix": "smoke"}))
+    assert main(["gate", str(synthetic_run_dir), str(baseline)]) == EXIT_USAGE
+    assert "made of matrix tier 'smoke', but this run is tier 'default'" in capsys.readouterr().err

@@ -47,6 +47,7 @@ def test_render_run_writes_claims_tables_and_plots(synthetic_run_dir):
     assert set(written) == {
         "claims",
         "tables",
+        "wall_time",
         "peak_memory_vs_seq",
         "tokens_per_s",
         "loss_curves",
@@ -56,6 +57,7 @@ def test_render_run_writes_claims_tables_and_plots(synthetic_run_dir):
     summary, table = summary_and_table_counts(written["claims"].read_text())
     assert summary == table and sum(table.values()) == len(CLAIMS)
     assert written["tables"].read_text().startswith("# The lesson's tables, measured")
+    assert written["wall_time"].read_text().startswith("# Where the wall time went")
 
 
 def test_the_summary_check_catches_a_count_that_disagrees_with_the_table(synthetic_run):
@@ -114,6 +116,25 @@ def test_no_line_of_claims_md_or_tables_md_is_wider_than_the_limit(synthetic_run
         ("Claim", "Evidence"), [(c.id, ", ".join(e.evidence)) for c, e in evaluate_all(synthetic_run)]
     )
     assert max(len(line) for line in wide.splitlines()) > MAX_LINE_CHARS
+
+
+def test_claims_md_names_each_verdicts_points_and_each_claims_lesson_settings(synthetic_run):
+    """In each claim's evidence (not as a wide column): the lesson's settings it is judged at, and
+    each evaluation's points of this run."""
+    text = render_claims(synthetic_run)
+    blocks = {block.split(":", 1)[0]: block for block in text.split("\n### ")[1:]}
+
+    def words(block: str) -> str:  # wrapped lines (fit_width) read as one
+        return " ".join(block.split())
+
+    activations = words(blocks["overhead-activations"])
+    assert "- judged at (this run's points): llama-3.2-3b b1 s512, b1 s2048, b4 s512, b4 s2048" in activations
+    for claim in CLAIMS:
+        assert f"Judged at (the lesson's settings): {words(claim.judged_at)}." in words(blocks[claim.id]), (
+            claim.id
+        )
+    header = next(x for x in text.splitlines() if x.startswith("| Claim |"))
+    assert "Judged at" not in header  # the overview stays one short line per claim
 
 
 def test_check_run_dir_names_the_problem(tmp_path):

@@ -76,3 +76,15 @@ def test_an_fp32_compute_row_is_not_a_16_bit_stored_model():
     rows = pd.DataFrame({"case_id": ["a", "b", "c"], "compute_dtype": ["bf16", "fp32", "fp16"]})
     assert list(stored_in_16bit(rows)["case_id"]) == ["a", "c"]
     assert stored_in_16bit(rows.iloc[0:0]).empty
+
+
+def test_pairs_read_a_later_field_missing_from_an_older_row_as_its_default(build):
+    df = build.run([build.result(compute_dtype="bf16"), build.result(compute_dtype="fp32")]).results
+    df["load_only"] = df["load_only"].astype(object)
+    df.loc[df["compute_dtype"] == "fp32", "load_only"] = None  # stored before the field existed
+    bf16, fp32 = df[df["compute_dtype"] == "bf16"], df[df["compute_dtype"] == "fp32"]
+    assert len(pairs(bf16, fp32, vary=("compute_dtype",))) == 1
+    df.loc[df["compute_dtype"] == "fp32", "load_only"] = True  # a real difference still splits
+    assert (
+        pairs(df[df["compute_dtype"] == "bf16"], df[df["compute_dtype"] == "fp32"], ("compute_dtype",)) == []
+    )

@@ -202,6 +202,7 @@ def test_budget_and_ladder_of_ooms_show_what_they_needed_and_no_not_run_cell(bui
     assert _row(ladder, "ladder:4")[4] == "9.00 GiB"  # the capped run's own peak: unlabelled
     assert _row(ladder, "ladder:4")[7] == "yes"
     assert "First step that fits (cap 14.49 GiB): ladder:4, 4. Enable gradient checkpointing" in ladder
+    assert "It trains seq 1024, not step 0's 512: the steps add up." in ladder  # a shorter sequence, said
     # Deliberately broken: without the reruns the ladder's oom peaks are not run.
     for row in rows[:4]:
         row.needed_status = None

@@ -110,6 +110,72 @@ def test_activations_inconclusive_and_not_run(build):
     assert none.verdict is Verdict.NOT_RUN
 
 
+H200_NEED = "needed (measured uncapped on NVIDIA H200)"
+
+
+def _budget_point_oom(build, need_peak: float | None):
+    """The sweep's b4 s2048 point run out of memory under a T4's cap; `need_peak`: the training
+    peak its uncapped rerun measured (None: no rerun), over a LoRA stage at 2.9 GiB."""
+    need = {**build.needed(need_peak, need_peak + 1.0), "needed_lora_alloc_gib": 2.9} if need_peak else {}
+    fields = {"lora_alloc_gib": 2.9, "memory_cap_gib": 14.49, **need}
+    return build.result(
+        THREE, families="sweep", batch_size=4, seq_len=2048, status="oom", **build.gpu(), **fields
+    )
+
+
+def test_activations_judge_an_oom_point_by_what_it_needed_uncapped(build):
+    rows = [*_sweep(build, {(1, 512): 4.8, (1, 2048): 7.5}), _budget_point_oom(build, 18.36)]
+    (only,) = check_activation_overhead(build.run(rows))
+    assert only.verdict is Verdict.REFUTED
+    assert f"highest at b4 s2048, {H200_NEED}" in only.measured and "over 3 points" in only.measured
+    assert f"b4 s2048, {H200_NEED}: 15.46 GiB" in only.corrected
+    assert only.points == f"llama-3.2-3b b1 s512, b1 s2048, b4 s2048: {H200_NEED}"
+
+
+def test_activations_give_one_verdict_whether_the_budget_point_fit_or_was_rerun_uncapped(build):
+    """The same points, one run under a cap the b4 s2048 point exceeds (rerun uncapped), one on a
+    GPU it fits: the same verdict on the same range, not one decided by what a profile completed."""
+    capped = [*_sweep(build, {(1, 512): 4.8, (1, 2048): 7.5}), _budget_point_oom(build, 18.36)]
+    fits = _sweep(build, {(1, 512): 4.8, (1, 2048): 7.5, (4, 2048): 18.36})
+    (a,) = check_activation_overhead(build.run(capped))
+    (b,) = check_activation_overhead(build.run(fits))
+    assert a.verdict is b.verdict is Verdict.REFUTED
+    assert (
+        a.measured.split(" over ")[0]
+        == b.measured.split(" over ")[0]
+        == "1.90 GiB (2.04 GB) to 15.46 GiB (16.60 GB)"
+    )
+    # With its OOM point dropped, the capped run could not refute the range.
+    dropped = [r for r in capped if r.status == "ok"]
+    (c,) = check_activation_overhead(build.run(dropped))
+    assert c.verdict is not Verdict.REFUTED
+
+
+def test_activations_an_unmeasured_oom_point_keeps_the_range_from_holding(build):
+    rows = [*_sweep(build, {(1, 512): 4.8, (1, 2048): 7.5}), _budget_point_oom(build, None)]
+    (only,) = check_activation_overhead(build.run(rows))
+    assert only.verdict is Verdict.INCONCLUSIVE
+    assert "llama-3.2-3b b4 s2048 ran out of memory (no uncapped rerun measured it)" in only.why
+    assert "no figure: llama-3.2-3b b4 s2048" in only.points
+    # A measured point outside the range still refutes it.
+    rows = [*_sweep(build, {(1, 512): 4.8, (1, 2048): 12.0}), _budget_point_oom(build, None)]
+    (refuted_,) = check_activation_overhead(build.run(rows))
+    assert refuted_.verdict is Verdict.REFUTED
+
+
+def test_activations_hold_only_at_the_lessons_budget_point(build):
+    (only,) = check_activation_overhead(build.run(_sweep(build, {(1, 512): 5.0, (4, 512): 7.0})))
+    assert only.verdict is Verdict.INCONCLUSIVE and "T4 budget point b4 s2048 is not among them" in only.why
+
+
+def test_optimizer_overhead_reads_an_oom_rows_uncapped_states(build):
+    eight = {"optimizer": "adamw_8bit", **build.params(EIGHT), **build.gpu()}
+    row = build.result(EIGHT, status="oom", **eight, **build.needed(92.0, 95.0))
+    (only,) = check_optimizer_overhead(build.run([row]))
+    assert only.verdict is Verdict.REFUTED and "40.00 MB" in only.measured
+    assert only.points == f"llama-3.1-8b b1 s512: {H200_NEED}"
+
+
 def test_nominal_size_maps_real_counts_to_the_lesson_examples():
     assert nominal_size(3_212_749_824) == 3
     assert nominal_size(6_738_415_616) == 7

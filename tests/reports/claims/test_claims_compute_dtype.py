@@ -128,7 +128,59 @@ def test_t4_bf16_real_gpu_edge_outcomes(build):
 def test_bf16_quality_both_nan_or_unmeasured_is_inconclusive(build):
     both = [build.stability("fp16", 1e-3, None), build.stability("bf16", 1e-3, None)]
     assert check_bf16_quality(build.run(both))[0].verdict is Verdict.INCONCLUSIVE
-    rows = [build.stability("fp16", 1e-4, 2.9), build.stability("bf16", 1e-4, 2.8)]
-    rows[0].final_loss = None
+    # Four steps each: alike, but too short for the mean of the last 8 losses.
+    rows = [build.stability("fp16", 1e-4, 2.9), build.stability("bf16", 1e-4, 2.5)]
+    for row in rows:
+        row.losses = row.losses[:4]
     (only,) = check_bf16_quality(build.run(rows))
-    assert only.verdict is Verdict.INCONCLUSIVE and "final_loss" in only.why
+    assert only.verdict is Verdict.INCONCLUSIVE and "fewer than 8 finite training losses" in only.why
+
+
+def _paced(build, dtype: str, losses: list[float]):
+    """A stability row at lr 1e-4 that trained `losses` (one per step), as an adaptive pacing
+    might have run it: 8,192 tokens a step (b4 s2048)."""
+    row = build.stability(dtype, 1e-4, 2.0, batch_size=4, seq_len=2048, tokens_per_step=8192)
+    row.losses, row.final_loss = losses, losses[-1]
+    return row
+
+
+# The lesson's fp16/bf16 pair as a real H100 run paced it: the same batches, so the same losses
+# step for step up to 0.1%, but bf16 measured 36 steps, fp16 32, and the batch of step 36 was a
+# harder one. Read at different steps, the final losses differ by 2.7% ("refuted").
+CURVE = [3.0 - 0.02 * i for i in range(32)]
+HARD_BATCHES = [2.70, 2.68, 2.69, 2.6458]
+
+
+def test_bf16_quality_rows_of_different_steps_are_not_compared_and_name_the_counts(build):
+    rows = [_paced(build, "fp16", CURVE), _paced(build, "bf16", [x * 1.001 for x in CURVE] + HARD_BATCHES)]
+    (only,) = check_bf16_quality(build.run(rows))
+    assert only.verdict is Verdict.INCONCLUSIVE
+    assert only.why == "bf16 trained 36 steps x 8,192 tokens, fp16 32 steps x 8,192 tokens: not compared"
+    # The same rows cut to the same 32 steps compare: 0.1% apart, within the claim's 2%.
+    rows[1].losses = rows[1].losses[:32]
+    (alike,) = check_bf16_quality(build.run(rows))
+    assert alike.verdict is Verdict.INCONCLUSIVE and "no difference beyond it" in alike.why
+    assert "mean of the last 8 training losses, steps 25-32, same batches" in alike.why
+
+
+def test_bf16_quality_one_batch_cannot_swing_the_verdict_eight_can(build):
+    same = [3.0 - 0.02 * i for i in range(30)]
+    spike = [*same[:-1], same[-1] * 1.12]  # fp16 alone 12% worse on the last batch
+    (one,) = check_bf16_quality(build.run([_paced(build, "fp16", spike), _paced(build, "bf16", same)]))
+    assert one.verdict is Verdict.INCONCLUSIVE  # the final loss alone would have said "holds"
+    worse = same[:-8] + [x * 1.03 for x in same[-8:]]  # fp16 3% worse over the whole window
+    (eight,) = check_bf16_quality(build.run([_paced(build, "fp16", worse), _paced(build, "bf16", same)]))
+    assert eight.verdict is Verdict.HOLDS and "steps 23-30" in eight.measured
+
+
+def test_bf16_quality_nan_at_a_step_the_other_row_never_reached_is_not_compared(build):
+    fp16 = build.stability("fp16", 1e-3, None)
+    fp16.losses = [3.0] * 12 + [float("nan")]
+    fp16.first_nonfinite_step = 12
+    short = build.stability("bf16", 1e-3, 2.7)  # finite, but only through step 10
+    (only,) = check_bf16_quality(build.run([fp16, short]))
+    assert only.verdict is Verdict.INCONCLUSIVE
+    assert "bf16 trained 10 steps" in only.why and "fp16 13 steps" in only.why
+    assert "(stopped at a non-finite loss)" in only.why
+    short.losses = [3.0] + [2.7] * 29  # through step 30: it went past fp16's failure
+    assert check_bf16_quality(build.run([fp16, short]))[0].verdict is Verdict.HOLDS

@@ -62,6 +62,22 @@ def test_gc_reduces_activations(build):
     assert check_gc_activations(build.run([on, oom]))[0].verdict is Verdict.HOLDS
 
 
+def test_gc_compares_an_oom_point_by_what_it_needed_uncapped(build):
+    base = {"families": "gc", **build.gpu()}
+    on = build.result(EIGHT, **base, **build.memory(5.3, 7.2, 7.36, 10.6))
+    off = build.result(EIGHT, gradient_checkpointing=False, status="oom", **base, **build.needed(19.2, 20.6))
+    (only,) = check_gc_activations(build.run([on, off]))
+    assert only.verdict is Verdict.HOLDS
+    assert "3.24 GiB (3.48 GB) with vs 11.84 GiB (12.71 GB) without" in only.measured
+    assert "without: needed (measured uncapped on NVIDIA H200)" in only.measured
+    assert only.points == "llama-3.1-8b b1 s512, b1 s512 nogc: needed (measured uncapped on NVIDIA H200)"
+    # An uncapped need that still shows no saving refutes, as a measured row would.
+    worse = build.result(
+        EIGHT, gradient_checkpointing=False, status="oom", **base, **build.needed(10.0, 11.0)
+    )
+    assert check_gc_activations(build.run([on, worse]))[0].verdict is Verdict.REFUTED
+
+
 def test_gc_inconclusive_and_not_run(build):
     base = {"families": "gc", **build.gpu()}
     on = build.result(THREE, status="oom", **base)
@@ -216,6 +232,19 @@ def test_nan_bf16_at_the_failure_point(build):
     (missing,) = check_nan_bf16(build.run(_grid(build, fp16_0p1=None)))
     assert missing.verdict is Verdict.INCONCLUSIVE and "no bf16 row" in missing.why
     assert check_nan_bf16(build.run([]))[0].verdict is Verdict.NOT_RUN
+
+
+def test_a_remedy_that_stopped_before_the_failing_step_is_not_compared(build):
+    rows = _grid(build, fp16_0p1=None, bf16_0p1=2.8, fp16_0p0001=2.5)
+    failure = rows[0]
+    failure.losses, failure.first_nonfinite_step = [3.0] * 14 + [float("nan")], 14
+    for check in (check_nan_bf16, check_nan_lr):
+        (only,) = check(build.run(rows))  # the remedies trained 10 steps; fp16 failed at the 15th
+        assert only.verdict is Verdict.INCONCLUSIVE, check
+        assert "trained 10 steps x 128 tokens" in only.why and "15 steps" in only.why
+        assert only.why.endswith(": not compared")
+    failure.losses, failure.first_nonfinite_step = [3.0] * 9 + [float("nan")], 9
+    assert check_nan_bf16(build.run(rows))[0].verdict is Verdict.HOLDS  # went through step 10
 
 
 # -- the ladder with what each OOM needed (issue 11) ----------------------------------------------

@@ -159,6 +159,20 @@ def test_int8_training_total_reads_lora_over_int8_weights_not_the_load(build):
     assert far.verdict is Verdict.REFUTED and "peaked at 10.6 GB" in far.corrected
 
 
+def test_training_total_counts_an_oom_point_by_what_it_needed_uncapped(build):
+    """A point over the cap is in the range with its uncapped need, labelled: the range a profile
+    shows does not depend on which points fit its card."""
+    capped = build.result(
+        EIGHT, status="oom", seq_len=2048, **build.params(EIGHT), **build.gpu(), **build.needed(92.0, 95.0)
+    )
+    rows = [_eight_trained(build, 7.5), capped]
+    int4 = build.pick(check_training_total_7b(build.run(rows)), "INT4")
+    assert "needed (measured uncapped on NVIDIA H200)" in int4.measured and "95.00 GiB" in int4.measured
+    assert int4.points == "llama-3.1-8b b1 s512, b1 s2048: needed (measured uncapped on NVIDIA H200)"
+    without = build.pick(check_training_total_7b(build.run(rows[:1])), "INT4")
+    assert "95.00 GiB" not in without.measured  # the rule, not the fixture, brought the point in
+
+
 def test_training_total_applies_to_gpu_profiles_only(build):
     run = build.run([build.result(EIGHT, profile="cpu", device="cpu", **build.params(EIGHT))])
     (only,) = evaluate(claim_by_id("mem7b-training-total"), run)
@@ -184,6 +198,17 @@ def test_t4_fits_7b(build):
     assert crashed.verdict is Verdict.INCONCLUSIVE
     (none,) = check_t4_fits_7b(build.run([build.result(THREE, families="compat")]))
     assert none.verdict is Verdict.NOT_RUN
+
+
+def test_t4_fits_says_what_an_oom_needed_uncapped(build):
+    need = build.needed(15.2, 16.1)
+    row = build.result(EIGHT, families="compat", status="oom", **build.params(EIGHT), **build.gpu(), **need)
+    (only,) = check_t4_fits_7b(build.run([row]))
+    assert only.verdict is Verdict.REFUTED
+    assert (
+        only.measured
+        == "status oom; needed (measured uncapped on NVIDIA H200): 16.10 GiB (17.29 GB) at its device peak"
+    )
 
 
 def test_t4_fits_inconclusive_without_a_peak(build):

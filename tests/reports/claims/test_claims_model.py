@@ -34,6 +34,7 @@ def _claim(check, applies_to=None, known: str = "") -> Claim:
         expected="e",
         tolerance=None,
         check=check,
+        judged_at="the lesson's point",
         known_doc_error=known,
         applies_to=applies_to,
     )
@@ -160,3 +161,15 @@ def test_the_claims_test_ends_as_its_one_verdict_says():
             evaluations = [EV[a], EV[b]]
             kind, _ = claim_outcome(claim, evaluations)
             assert kind == kind_of[claim_verdict(evaluations).value], (a, b)
+
+
+def test_evaluate_names_the_points_of_the_evidence_unless_the_check_did(build):
+    rows = [build.result(batch_size=4, seq_len=2048), build.result(batch_size=1, seq_len=512, status="oom")]
+    run = build.run(rows)
+    ids = tuple(run.results["case_id"])
+    (auto,) = evaluate(_claim(lambda r: [holds("m", ids)]), run)
+    assert auto.points == "llama-3.2-3b b1 s512 (oom), b4 s2048"  # by batch, then length
+    (own,) = evaluate(_claim(lambda r: [holds("m", ids, points="at the check's own words")]), run)
+    assert own.points == "at the check's own words"
+    (none,) = evaluate(_claim(lambda r: [not_run("no rows")]), run)
+    assert none.points == ""

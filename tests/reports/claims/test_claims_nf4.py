@@ -134,3 +134,15 @@ def test_code_stats_fold_signed_zero_and_measure_spacing(build):
     assert fp4.levels == 15 and fp4.near_zero == 11 and fp4.gap_cv > 0.5
     uniform = code_stats([-1 + 2 * i / 15 for i in range(16)])
     assert uniform.levels == 16 and uniform.gap_cv < 1e-6 and uniform.near_zero == 8
+
+
+def test_nf4_quality_after_training_needs_rows_trained_alike_before_training_does_not(build):
+    rows = [
+        _quality(build, "nf4", True, 21.0, 17.0, tokens_per_step=128, losses=[3.0] * 33),
+        _quality(build, "fp4", True, 24.0, 19.0, tokens_per_step=128, losses=[3.0] * 30),
+    ]
+    evals = check_nf4_quality(build.run(rows))
+    after = build.pick(evals, "after training")
+    assert after.verdict is Verdict.INCONCLUSIVE
+    assert after.why == "nf4 trained 33 steps x 128 tokens, fp4 30 steps x 128 tokens: not compared"
+    assert build.pick(evals, "before training").verdict is Verdict.HOLDS  # no step trained yet

@@ -3,11 +3,13 @@ documentation errors applied once, and how claims apply to profiles."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from reports.claims import CLAIMS, SECTIONS, Verdict, claim_by_id, evaluate, evaluate_all, with_known_errors
+from reports.claims.model import ON_A100, ON_T4, Claim
 from reports.frame import load_run
 from reports.known_errors import KNOWN_DOC_ERRORS
 
@@ -70,3 +72,31 @@ def test_known_errors_are_refuted_by_the_committed_reference_runs():
             if evaluation.verdict is Verdict.REFUTED:
                 refuted.add(claim.id)
     assert set(KNOWN_DOC_ERRORS) <= refuted, set(KNOWN_DOC_ERRORS) - refuted
+
+
+def test_every_claim_states_the_lessons_settings_it_is_judged_at():
+    """judged_at is the claim's context from the lesson: present on every claim, and a claim about
+    one profile says which."""
+    for claim in CLAIMS:
+        assert len(claim.judged_at.strip()) > 20, claim.id
+    for claim in CLAIMS:
+        if claim.applies_to is ON_T4:
+            assert "T4 only" in claim.judged_at, claim.id
+        if claim.applies_to is ON_A100:
+            assert "A100 profiles only" in claim.judged_at, claim.id
+    judged = claim_by_id("overhead-activations").judged_at
+    assert "b4 s2048" in judged and "uncapped" in judged
+
+
+def test_a_claim_without_judged_at_cannot_be_built():
+    with pytest.raises(ValueError, match="'lora-99pct' states no judged_at"):
+        dataclasses.replace(CLAIMS[0], judged_at="  ")
+    fields = {f.name: getattr(CLAIMS[0], f.name) for f in dataclasses.fields(Claim) if f.name != "judged_at"}
+    with pytest.raises(TypeError, match="judged_at"):
+        Claim(**fields)
+
+
+def test_every_verdict_with_evidence_names_its_points(synthetic_run):
+    for claim, evaluation in evaluate_all(synthetic_run):
+        if evaluation.evidence:
+            assert evaluation.points, (claim.id, evaluation.condition)

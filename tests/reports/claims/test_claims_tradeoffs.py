@@ -166,3 +166,9 @@ def test_a100_compat_judges_each_a100_profile_apart_and_labels_computed_rows(bui
     # A 16-bit 70B row that neither loaded nor was judged (e.g. no checkpoint) decides nothing.
     rows[3] = _compat(build, "llama-2-70b", "none", "missing_model", "a100-80gb")
     assert check_a100_compat(build.run(rows))[2].verdict is Verdict.INCONCLUSIVE
+
+
+def test_tradeoff_quality_needs_rows_trained_alike(build):
+    (paced,) = check_tradeoff_quality(build.run([_ppl(build, "nf4", 17.2, 33), _ppl(build, "none", 16.6)]))
+    assert paced.verdict is Verdict.INCONCLUSIVE
+    assert paced.why == "nf4+dq trained 33 steps x 2,048 tokens, 16-bit 30 steps x 2,048 tokens: not compared"

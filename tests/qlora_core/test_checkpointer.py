@@ -1,9 +1,9 @@
-"""qlora_core.child's Result file while a case runs: written as each stage starts and, in
+"""qlora_core.checkpointer: the child's Result file while a case runs: written as each stage starts and, in
 training, at most every PROGRESS_SAVE_S (what the parent's heartbeat reads)."""
 
 from __future__ import annotations
 
-from qlora_core import child
+from qlora_core import checkpointer
 from qlora_core.result import Result, read_result
 from qlora_core.spec import Case
 
@@ -11,13 +11,13 @@ from qlora_core.spec import Case
 def test_training_progress_is_written_at_most_every_interval(tmp_path, monkeypatch):
     path = tmp_path / "case.json"
     result = Result.for_case(Case("tiny"), "cpu")
-    ckpt = child._Checkpointer(result, path)
+    ckpt = checkpointer.Checkpointer(result, path)
     ckpt.stage("training")
     assert read_result(path).reason == "died during training" and read_result(path).losses == []
     result.losses = [2.5]
     ckpt.save_progress()  # the stage's own write was just now: not again yet
     assert read_result(path).losses == []
-    monkeypatch.setattr(child, "PROGRESS_SAVE_S", 0.0)
+    monkeypatch.setattr(checkpointer, "PROGRESS_SAVE_S", 0.0)
     ckpt.save_progress()
     written = read_result(path)
     assert written.losses == [2.5] and written.reason == "died during training"  # still in the stage

@@ -1,0 +1,95 @@
+"""Measure the fit advisor's answer for real: the setting, and the smallest change predicted to fit
+when the setting does not, each run on this machine as `pytest bench` runs a case, then the
+advisor's report with measured beside predicted.
+
+    CUDA_VISIBLE_DEVICES=0 python -u tools/measure_fit.py --gpu t4 --model llama-3.1-8b \\
+        --batch-size 4 --seq-len 2048 --gradient-checkpointing off --optimizer adamw_8bit \\
+        --out runs/fit-measure
+
+The options are `python -m reports fit`'s (`reports.fit_query`), plus `--out` (a run folder:
+rows appended whole to results.jsonl as each case ends, under the folder's lock; `python -m reports
+render OUT` reads it) and `--case-timeout`. A case that runs out of memory under an emulated cap
+is rerun uncapped on the host GPU (`qlora_core.oom_need`) and reports what it needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qlora_core.oom_need import run_case_measuring_need  # noqa: E402  (after the path)
+from qlora_core.result import result_file_name  # noqa: E402
+from qlora_core.runner import RunOptions  # noqa: E402
+from qlora_core.spare import SparePool  # noqa: E402
+from qlora_core.spec import Case  # noqa: E402
+from qlora_plugin.run_folder import CASES_DIR, RunFolderInUseError, append_line, lock_run_dir  # noqa: E402
+from reports.fit import advise, measured_figures, render  # noqa: E402
+from reports.fit_query import AdvisorError, add_query_options, query_case  # noqa: E402
+from reports.frame import RESULTS_JSONL  # noqa: E402
+
+ENVIRONMENT_JSON = "environment.json"
+FAMILY = "fit-advisor"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tools/measure_fit.py", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
+    add_query_options(parser.add_argument)
+    parser.add_argument("--out", type=Path, required=True, metavar="OUT", help="the run folder to write")
+    parser.add_argument("--case-timeout", type=float, default=900.0, metavar="SECONDS")
+    return parser
+
+
+def measure(
+    cases: list[Case], profile: str, out: Path, timeout_s: float
+) -> dict[str, tuple[str, float | None]]:
+    """Run `cases` into the run folder `out`; case id -> (status, measured device peak GiB)."""
+    measured: dict[str, tuple[str, float | None]] = {}
+    with SparePool() as spares:  # no spare outlives the run, Ctrl-C included
+        spares.prime()
+        for case in cases:
+            options = RunOptions(profile=profile, timeout_s=timeout_s, families=FAMILY)
+            path = out / CASES_DIR / result_file_name(case.hash, 0)
+            result = run_case_measuring_need(case, options, path, spares=spares)
+            append_line(out / RESULTS_JSONL, result.to_json())
+            measured[case.id] = measured_figures(result.row())
+            status, peak = measured[case.id]
+            shown = "-" if peak is None else f"{peak:.2f}"
+            print(f"measured {case.id}: {status}, device peak {shown} GiB", flush=True)
+    return measured
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        profile, setting = query_case(args)
+        advice = advise(profile, setting, args.runs)  # every input checked before a case runs
+    except AdvisorError as error:
+        print(f"measure_fit: {error}", file=sys.stderr)
+        return 2
+    try:
+        lock = lock_run_dir(args.out)
+    except RunFolderInUseError as error:
+        print(f"measure_fit: {error}", file=sys.stderr)
+        return 2
+    try:
+        environment = args.out / ENVIRONMENT_JSON
+        if not environment.exists():
+            command = shlex.join([sys.executable, *sys.argv])
+            environment.write_text(json.dumps({"commands": [command]}, indent=2) + "\n")
+        measured = measure(advice.to_measure(), profile.name, args.out, args.case_timeout)
+    finally:
+        lock.close()
+    print(render(advice, args.show_held_out, measured))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
