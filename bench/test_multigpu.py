@@ -1,4 +1,4 @@
-"""Multi-GPU (issue 13), on a multi-card profile (`--gpu t4x2`, `--gpu l4x2`): the 8B shape
+"""Multi-GPU, on a multi-card profile (`--gpu t4x2`, `--gpu l4x2`): the 8B shape
 through the Trainer on one card and, launched by `accelerate launch`, on every card with FSDP and
 with DDP. A multi-GPU row is merged from its ranks; each rank was capped like one emulated card."""
 

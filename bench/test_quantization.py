@@ -4,8 +4,8 @@ every decoder projection of the real model, NF4 vs FP4, on the device the profil
 
 Last, because on a GPU the session's own process then touches the device: before the cases, that
 would put a CUDA context of its own beside theirs for the rest of the session. On the CPU, where
-they ran before session 6, these measurements sat between two cases of the t4 tier for ~75 s of
-its sitting on the H200's host."""
+they once ran before the memory families, these measurements sat between two cases of the t4
+tier for ~75 s of its sitting on the H200's host."""
 
 import math
 

@@ -253,7 +253,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: Checkpointer) -> tuple[St
         profile=False if shared else None,
         memory_only=options.uncapped,
     )
-    # The batches cover the step cap, for every rank (each draws its share: issue 13).
+    # The batches cover the step cap, for every rank (each draws its share).
     count = plan.max_total_steps * case.grad_accum * case.num_gpus
     heldout = None
     if case.data == "text":

@@ -1,4 +1,4 @@
-"""Multi-GPU cases (issue 13): the accelerate config, the launch, and one row from the ranks.
+"""Multi-GPU cases: the accelerate config, the launch, and one row from the ranks.
 
 A case of `num_gpus > 1` runs as the user's recipe does: `accelerate launch` with a config the
 suite writes per case (FSDP wrapping each transformer layer, or DDP), which starts one process per
@@ -19,7 +19,7 @@ every rank (`process_groups`, collected before anything is signalled). A rank th
 ok exits 1, so torchrun stops the others at once instead of leaving them blocked in a collective.
 
 Each rank writes its own Result (`rank_result_path`); `merge_rank_files` makes the case's row
-(fields in `Result`'s "multi-GPU (issue 13)" block). This module imports neither torch nor the
+(fields in `Result`'s "multi-GPU" block). This module imports neither torch nor the
 child at import time: the runner imports it.
 """
 

@@ -36,7 +36,7 @@ class GpuProfile:
     bf16_tflops: float | None = None
     fp32_tflops: float | None = None
 
-    # multi-GPU (issue 13): a machine of `count` such cards, each rank capped like one of them.
+    # multi-GPU: a machine of `count` such cards, each rank capped like one of them.
     count: int = 1
     card: str = ""
     """The single-card profile this machine's cards are ("t4" for t4x2); "" for a single card."""
@@ -76,7 +76,7 @@ PROFILES: dict[str, GpuProfile] = {
         GpuProfile("h100", 81559 / _MIB_IN_GIB, (9, 0), 989.5, 989.5, 67.0),
         GpuProfile("h200", 143771 / _MIB_IN_GIB, (9, 0), 989.5, 989.5, 67.0),
         GpuProfile("cpu", 0.0, (0, 0)),
-        # Two-card machines (issue 13): two T4s (a common free offering), two 24 GB cards, and two
+        # Two-card machines: two T4s (a common free offering), two 24 GB cards, and two
         # H200s, where nothing is emulated: the speed (and the scaling efficiency) is the cards'
         # own, at the large tier's device-bound point.
         GpuProfile("t4x2", 15360 / _MIB_IN_GIB, (7, 5), 65.0, None, 8.1, count=2, card="t4"),

@@ -61,7 +61,7 @@ def load_model(case: Case, path: str, device: str) -> torch.nn.Module:
     if loads_on_rank0_only(case) and local_device_index() != 0:
         model = load_on_meta(case, path, rank_device)
     else:
-        # Each rank of a multi-GPU case loads onto its own GPU (issue 13); under rank-0-only
+        # Each rank of a multi-GPU case loads onto its own GPU; under rank-0-only
         # loading rank 0 loads to CPU RAM and FSDP moves each wrapped layer to its GPU.
         on_cpu = device != "cuda" or loads_on_rank0_only(case)
         # An explicit quantization_config=None would make transformers ignore the checkpoint's own.

@@ -235,7 +235,7 @@ def build_matrix(
     if models:
         models = tuple(models)
         tier = replace(tier, models=models, primary=models[0], ladder_model=models[-1])
-    if profile.count > 1:  # multi-GPU (issue 13): a multi-card machine runs its own family only
+    if profile.count > 1:  # multi-GPU: a multi-card machine runs its own family only
         return [PlannedCase(case, ["multigpu"]) for case in multigpu_cases(profile, tier)]
     dtype = lesson_dtype(profile)
     steps = {"warmup_steps": tier.warmup_steps, "measured_steps": tier.measured_steps}
@@ -358,7 +358,7 @@ def ladder_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
     return steps
 
 
-# 70B on one card (issue 11) ------------------------------------------------------------------
+# 70B on one card ------------------------------------------------------------------
 BIG_MODEL = "llama-2-70b"
 BIG_MODEL_STEPS = {"warmup_steps": 1, "measured_steps": 3}
 """A 70B step takes seconds: memory is what these cases are for, a few steps measure it."""
@@ -429,7 +429,7 @@ def weights_cases(profile: GpuProfile, tier: Tier, full: bool) -> list[Case]:
     return cases
 
 
-# multi-GPU (issue 13) -------------------------------------------------------------------------
+# multi-GPU -------------------------------------------------------------------------
 MULTIGPU_MODEL = "llama-3.1-8b"
 
 
@@ -443,8 +443,8 @@ def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
       otherwise equal to the case above: per-GPU memory and, against it, the scaling efficiency.
     Each rank trains `batch_size` rows: the ranks train `count` times the one-card case's tokens.
 
-    On cards of 20 GiB or more (`l4x2`), the 70B shape on every card too (issue 13 item 4;
-    `big_model_multigpu_cases`): the FSDP-QLoRA recipe with CPU offload, and the same case without
+    On cards of 20 GiB or more (`l4x2`), the 70B shape on every card too
+    (`big_model_multigpu_cases`): the FSDP-QLoRA recipe with CPU offload, and the same case without
     it. No one-card 70B case beside them: its 4-bit weights alone (~34 GiB, measured loading on
     the H200) exceed one such card, and the single-card 70B row of the 40 GB+ profiles already
     measures what one card needs.

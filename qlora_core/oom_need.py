@@ -1,4 +1,4 @@
-"""What an OOM needs (issue 11): a case that ran out of memory under a cap, rerun uncapped.
+"""What an OOM needs: a case that ran out of memory under a cap, rerun uncapped.
 
 An emulated profile (a T4 on an H200) caps each child's allocator at the profile's memory, so an
 OOM there is the right verdict, but it says nothing about by how much the case misses. When the

@@ -1,4 +1,4 @@
-"""One rank of a multi-GPU case (issue 13), started by `accelerate launch` (torchrun) as
+"""One rank of a multi-GPU case, started by `accelerate launch` (torchrun) as
 
     python -m qlora_core.rank REQUEST
 

@@ -197,7 +197,7 @@ class Result:
     # first step: "cpu" under FSDP's CPU offload (Case.cpu_offload), "cuda" otherwise on a GPU
     params_on_in_training: str = ""
 
-    # multi-GPU (issue 13): a case of num_gpus > 1 is one row merged from its ranks
+    # multi-GPU: a case of num_gpus > 1 is one row merged from its ranks
     # (qlora_core.distributed.merge_ranks). Its single-GPU fields say: memory peaks are the max
     # over ranks (what each GPU must hold), step_ms the slowest rank's time per step,
     # tokens_per_step and tokens_per_s over all ranks; the lists below are indexed by rank.
@@ -217,7 +217,7 @@ class Result:
     peak_reserved_gib_sum: float | None = None
     nvml_peak_gib_sum: float | None = None
 
-    # what an OOM needs (issue 11): a row that ran out of memory under an emulated cap keeps its
+    # what an OOM needs: a row that ran out of memory under an emulated cap keeps its
     # status, and gains what the same case measured when rerun uncapped on the host GPU
     # (`qlora_core.oom_need`); None when not rerun. These are not the capped run's figures:
     # readers label them "needed (measured uncapped on <needed_on>)". NEEDED_OF maps each to its field.

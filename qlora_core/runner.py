@@ -151,7 +151,7 @@ def run_case(
     if spares is not None:
         spares.ensure()  # for the next case, if none was started while this one ran
     request.unlink(missing_ok=True)
-    if case.num_gpus > 1:  # multi-GPU (issue 13): the case's row from its ranks' rows
+    if case.num_gpus > 1:  # multi-GPU: the case's row from its ranks' rows
         distributed.merge_rank_files(case, options.profile, options.families, result_path, log_path)
     result = _collect(case, options, result_path, child.returncode, timed_out, started_at, wall_s)
     if cleanup:
@@ -178,7 +178,7 @@ def _run_child(
         child = warm.process
     else:
         command = [sys.executable, "-m", "qlora_core.child", str(request)]
-        if case.num_gpus > 1:  # multi-GPU (issue 13): `accelerate launch`, one process per rank
+        if case.num_gpus > 1:  # multi-GPU: `accelerate launch`, one process per rank
             command = distributed.launch_command(case, options.profile, request, result_path)
         with log_path.open("w") as log:
             env = child_env(case.num_gpus, hub_model=needs_hub(case.model))

@@ -98,7 +98,7 @@ class Case:
     engine: Engine = "loop"
     """How the case trains: `loop` (the core loop, mixed precision under autocast),
     `trainer` (transformers.Trainer) or `sft` (TRL's SFTTrainer), on the same token batches."""
-    # multi-GPU (issue 13): launched through `accelerate launch` (qlora_core.distributed)
+    # multi-GPU: launched through `accelerate launch` (qlora_core.distributed)
     num_gpus: int = 1
     """Ranks the case trains on, one GPU each (one process each on the CPU), data-parallel:
     every rank trains `batch_size` rows per micro-batch, so a step covers `num_gpus` times more."""
@@ -115,7 +115,7 @@ class Case:
     of quantizing 16-bit weights at load: for a shape, the checkpoint built layer by layer for this
     case's quant_type, double_quant, compute_dtype and quant_storage (`models.prequantized`; no
     16-bit checkpoint is written); for a local directory, its `quantization_config` must agree."""
-    # weights by precision (issue 11)
+    # weights by precision
     load_only: bool = False
     """Stop after loading the weights (the `weights` family): weight bytes, allocator and NVML
     after load, no training. Only a load-only case may hold unquantized fp32 weights."""
@@ -331,7 +331,7 @@ def validate(case: Case) -> list[str]:
 
 
 def _multi_gpu_problems(case: Case) -> list[str]:
-    """Cross-field rules of the multi-GPU axes (issue 13)."""
+    """Cross-field rules of the multi-GPU axes."""
     p: list[str] = []
     if not _is_int(case.num_gpus) or case.strategy not in STRATEGIES:
         return p  # reported above

@@ -120,7 +120,7 @@ def assert_baseline_reproduces_run(baseline: dict[str, Any], run: RunData) -> No
 
 
 def assert_ranks_consistent(result: Result) -> None:
-    """A multi-GPU row (issue 13) holds every rank's figures, and its own are theirs merged.
+    """A multi-GPU row holds every rank's figures, and its own are theirs merged.
 
     Every rank ended ok and measured its peaks; the row's peak is the largest rank's (what each
     GPU must hold) and its sum their total; on CUDA each rank's reserved peak is at least its

@@ -32,7 +32,7 @@ from reports.frame import RESULTS_JSONL, RunData
 
 # Which module tests a case: the first of its families found here, in this order.
 _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
-    ("multigpu", "multigpu"),  # multi-GPU (issue 13)
+    ("multigpu", "multigpu"),  # multi-GPU
     ("quality", "quality"),
     ("stability", "stability"),
     ("nan", "stability"),  # the NaN advice's learning-rate grid: numerics on text, like stability

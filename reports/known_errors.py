@@ -7,7 +7,7 @@ Each entry was added after a run showed the refutation and names that run (all u
 retired by deleting it: a claim that stops being refuted then passes (or skips) on its own.
 
 Numbers below are what those runs measured (torch 2.11, transformers 5.17, peft 0.21.0,
-bitsandbytes 0.50.2 on the lent H200; torch 2.13 on the CPU), written as the corrected statement;
+bitsandbytes 0.50.2 on an NVIDIA H200; torch 2.13 on the CPU), written as the corrected statement;
 they are never read back as measurements.
 """
 

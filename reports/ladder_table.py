@@ -1,7 +1,7 @@
 """tables.md's OOM ladder: the lesson's OOM resolution order, step by step, as measured.
 
 Each step's training peak is the capped run's when it trained under the profile's cap, else (it
-ran out of memory there) what its uncapped rerun needed (`needed_*`, issue 11), labelled so; the
+ran out of memory there) what its uncapped rerun needed (`needed_*`), labelled so; the
 table shows what each step saved against the one before and the first step that fits the cap.
 The same figures decide the `oom-ladder` claim (`reports.claims.issues`).
 """

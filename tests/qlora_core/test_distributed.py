@@ -1,4 +1,4 @@
-"""Multi-GPU cases (issue 13): the accelerate config, the rank merge, and on the CPU a 2-process
+"""Multi-GPU cases: the accelerate config, the rank merge, and on the CPU a 2-process
 case launched through `accelerate launch` (gloo, DDP: accelerate's FSDP plugin refuses the CPU)
 end to end, a rank killed mid-run and a timeout, each leaving no process of the launch behind.
 FSDP on two GPUs: the `gpu` tests at the end."""

@@ -112,8 +112,8 @@ def test_big_model_cases_plan_70b_qlora_and_a_computed_16bit_row_where_it_cannot
         assert big(profile, "default") == []
     assert [c.quant_type for c in big("h200", "full")] == ["nf4"]  # 128.5 GiB of weights fit 140 GiB
     assert big("t4", "full") == [] and big("t4x2", "full") == []
-    # two 24 GB cards: the 70B only on both, FSDP with and without CPU offload (issue 13 item 4;
-    # test_matrix checks it)
+    # two 24 GB cards: the 70B only on both, FSDP with and without CPU offload
+    # (test_matrix checks it)
     assert [(c.num_gpus, c.strategy, c.cpu_offload) for c in big("l4x2", "full")] == [
         (2, "fsdp", True),
         (2, "fsdp", False),

@@ -225,7 +225,7 @@ def test_a_later_field_set_away_from_its_default_changes_hash_and_id():
     assert reference_of(sft).engine == "sft"  # the 16-bit reference trains the same way
 
 
-# -- multi-GPU (issue 13) ---------------------------------------------------------------------
+# -- multi-GPU ---------------------------------------------------------------------
 MULTI = Case(
     "llama-3.1-8b", engine="trainer", num_gpus=2, strategy="fsdp", quant_storage="bf16", prepare_kbit=False
 )

@@ -108,7 +108,7 @@ def test_baseline_check_passes_on_its_own_run_and_fails_on_a_changed_one() -> No
 
 
 def test_ranks_check_passes_a_merged_row_and_fails_each_broken_one(quantized: Result) -> None:
-    """Two real CUDA rows as the ranks of a DDP case (issue 13), merged as the runner does."""
+    """Two real CUDA rows as the ranks of a DDP case, merged as the runner does."""
     case = Case.from_dict(quantized.case).replace(engine="trainer", num_gpus=2, strategy="ddp")
     ranks = [dataclasses.replace(quantized, case=case.to_dict()) for _ in range(2)]
     ranks[1].peak_alloc_gib += 0.5

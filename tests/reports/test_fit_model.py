@@ -241,7 +241,7 @@ def test_reading_the_cases_batch_instead_gives_the_error_it_causes() -> None:
 def test_the_committed_one_card_rows_trained_their_cases_batch_on_one_visible_gpu() -> None:
     """multigpu-t4x2's session saw both GPUs (environment.json gpus_present 2); its one-card rows
     were re-measured with one GPU shown to their child (`gpus_visible` 1) and trained their case's
-    batch, where session 4's had trained 8 rows a step (`trained_batch` of a row without the field:
+    batch, where an earlier run had trained 8 rows a step (`trained_batch` of a row without the field:
     the next test)."""
     run = load_run(REFERENCE_DIR / "multigpu-t4x2")
     assert run.environment["gpus_present"] == 2

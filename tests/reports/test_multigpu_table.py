@@ -161,7 +161,7 @@ def test_the_committed_h200_run_renders_its_per_gpu_memory_and_scaling() -> None
     single = _table_row(section, "-noprep-qs-fp16-w2m8-trainer")
     uint8 = _table_row(section, "-s512-w2m8-trainer")  # the single-card user's: uint8 + prepare
     assert fsdp[ALLOC].startswith("8.53 GiB (ranks 8.53, 8.53)") and ddp[ALLOC].startswith("9.47 GiB")
-    # the one-card rows re-measured with one GPU visible (session 7): their case's batch
+    # the one-card rows re-measured with one GPU visible: their case's batch
     assert single[ALLOC] == "9.31 GiB" and uint8[ALLOC] == "12.75 GiB"
     assert float(ddp[SCALING].split()[0]) == pytest.approx(0.77, abs=0.01)
     assert float(fsdp[SCALING].split()[0]) == pytest.approx(0.21, abs=0.01)

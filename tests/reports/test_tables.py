@@ -143,7 +143,7 @@ def test_the_speed_row_reads_device_bound_points_only(build):
     assert "1 host-bound point(s) left out" in line and "+60" not in line
 
 
-# -- what an OOM needs (issue 11): the T4 budget and the OOM ladder ---------------------------------
+# -- what an OOM needs: the T4 budget and the OOM ladder ---------------------------------
 _NEEDED_LABEL = "needed (measured uncapped on NVIDIA H200)"
 
 

@@ -247,7 +247,7 @@ def test_a_remedy_that_stopped_before_the_failing_step_is_not_compared(build):
     assert check_nan_bf16(build.run(rows))[0].verdict is Verdict.HOLDS  # went through step 10
 
 
-# -- the ladder with what each OOM needed (issue 11) ----------------------------------------------
+# -- the ladder with what each OOM needed ----------------------------------------------
 H200 = "NVIDIA H200"
 
 
