@@ -55,126 +55,28 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from qlora_core.gpus import GpuProfile
-from qlora_core.models import REAL_MODEL, SHAPES
+from qlora_core.families import big_model_cases, ladder_cases, multigpu_cases, nan_cases, weights_cases
+from qlora_core.gpus import ALL_CPU_DTYPES, GpuProfile
+from qlora_core.models import REAL_MODEL
 from qlora_core.spec import ENGINES, Case, reference_of
+from qlora_core.tiers import (
+    KERNEL_ENGINE,
+    STABILITY_LRS,
+    USERS_ENGINE,
+    half_dtypes,
+    lesson_dtype,
+    runs_at_speed,
+    text_dtype,
+    tier_for,
+)
 
 MATRICES: tuple[str, ...] = ("smoke", "default", "full")
-USERS_ENGINE = "trainer"
-"""The engine of the families the memory and speed claims read (see the module docstring)."""
-KERNEL_ENGINE = "loop"
-"""The engine of the families that compare numerics on text (quality, stability)."""
 SMOKE_MAX = 6
 DEFAULT_MAX = 49
-LADDER_START_LR = 2e-4
-STABILITY_LRS: tuple[float, ...] = (1e-4, 2e-4, 1e-3)
-NAN_REMEDY_LR = 1e-4
-"""The lesson's "Reduce to 1e-4"."""
-NAN_FAILURE_LR = 1e-1
-"""The default tier's high rate: fp16 went non-finite there on the real model on the CPU (loop,
-step 9 of 20) while bf16 stayed finite; the full grid brackets it on either side."""
-NAN_LRS: tuple[float, ...] = (NAN_REMEDY_LR, 1e-3, 1e-2, NAN_FAILURE_LR, 1.0)
-"""The full tier's grid: four decades from the lesson's rate to 1.0."""
 
 
 class MatrixError(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class Tier:
-    """Sizes of the matrix for one kind of machine."""
-
-    models: tuple[str, ...]
-    primary: str
-    ladder_model: str
-    ref_batch: int
-    ref_seq: int
-    sweep_batches: tuple[int, ...]
-    sweep_seqs: tuple[int, ...]
-    default_sweep_batches: tuple[int, ...]
-    default_sweep_seqs: tuple[int, ...]
-    ladder_batch: int
-    ladder_seq: int
-    text_seq: int
-    text_batch: int
-    warmup_steps: int
-    measured_steps: int
-    text_steps: int
-    device_bound: tuple[int, int]
-    """(batch, seq) where the primary model's steps are device-bound: the factorial, speed and
-    engine families run there."""
-    engine_on_text: bool = False
-    """The engine family trains the real model on text instead (the CPU: a real model's
-    tokenizer and loss, where the tiny shape's would say little)."""
-    weights_model: str = "llama-2-7b"
-    """The model the `weights` family loads at each precision (the lesson's 7B table)."""
-
-
-GPU_TIER = Tier(
-    models=("llama-3.2-3b", "llama-2-7b", "llama-3.1-8b"),
-    primary="llama-3.2-3b",
-    ladder_model="llama-3.1-8b",
-    ref_batch=1,
-    ref_seq=512,
-    sweep_batches=(1, 2, 4),
-    sweep_seqs=(512, 1024, 2048),
-    default_sweep_batches=(1, 4),
-    default_sweep_seqs=(512, 2048),
-    ladder_batch=4,
-    ladder_seq=2048,
-    text_seq=512,
-    text_batch=4,
-    warmup_steps=2,
-    measured_steps=8,
-    text_steps=30,
-    device_bound=(4, 512),
-)
-CPU_TIER = Tier(
-    models=("tiny", REAL_MODEL),
-    primary="tiny",
-    ladder_model="tiny",
-    ref_batch=1,
-    ref_seq=64,
-    sweep_batches=(1, 2, 4),
-    sweep_seqs=(32, 64, 128),
-    default_sweep_batches=(1, 4),
-    default_sweep_seqs=(32, 128),
-    ladder_batch=4,
-    ladder_seq=256,
-    text_seq=64,
-    text_batch=2,
-    warmup_steps=1,
-    measured_steps=4,
-    text_steps=20,
-    device_bound=(4, 128),
-    engine_on_text=True,
-    weights_model="tiny",
-)
-# Larger GPUs add the 13B shape to what runs (compat family).
-_LARGE_GPU_EXTRA_MODELS: tuple[str, ...] = ("llama-2-13b",)
-_LARGE_GPU_MIN_GIB = 40.0
-# ...and are device-bound at the lesson's T4 setting (b4 s2048), which fits them.
-_LARGE_GPU_DEVICE_BOUND = (4, 2048)
-
-
-def tier_for(profile: GpuProfile) -> Tier:
-    if not profile.is_gpu:
-        return CPU_TIER
-    if profile.total_gib >= _LARGE_GPU_MIN_GIB:
-        return replace(
-            GPU_TIER,
-            models=GPU_TIER.models + _LARGE_GPU_EXTRA_MODELS,
-            device_bound=_LARGE_GPU_DEVICE_BOUND,
-        )
-    return GPU_TIER
-
-
-def lesson_dtype(profile: GpuProfile) -> str:
-    """The lesson's advice: fp16 on pre-Ampere (T4), bf16 where the hardware has it."""
-    if not profile.is_gpu:
-        return "bf16"
-    return "bf16" if profile.native_bf16 else "fp16"
 
 
 SHAREABLE_FAMILIES: frozenset[str] = frozenset(
@@ -226,9 +128,14 @@ class _Plan:
 
 
 def build_matrix(
-    profile: GpuProfile, matrix: str = "default", models: Iterable[str] | None = None
+    profile: GpuProfile,
+    matrix: str = "default",
+    models: Iterable[str] | None = None,
+    cpu_dtypes: frozenset[str] = ALL_CPU_DTYPES,
 ) -> list[PlannedCase]:
-    """Every case `profile` runs at tier `matrix`; `models` replaces the profile's model set."""
+    """Every case `profile` runs at tier `matrix`; `models` replaces the profile's model set. On
+    the CPU, `cpu_dtypes` are the compute dtypes the host multiplies at speed
+    (`gpus.cpu_native_dtypes`; every dtype by default): see `tiers.text_dtype` and `half_dtypes`."""
     if matrix not in MATRICES:
         raise MatrixError(f"unknown matrix {matrix!r}; allowed: {', '.join(MATRICES)}")
     tier = tier_for(profile)
@@ -253,7 +160,7 @@ def build_matrix(
     text_steps = {"warmup_steps": 0, "measured_steps": tier.text_steps, "data": "text"}
     text_lesson = Case(
         REAL_MODEL,
-        compute_dtype=dtype,
+        compute_dtype=text_dtype(profile, cpu_dtypes),
         batch_size=tier.text_batch,
         seq_len=tier.text_seq,
         engine=KERNEL_ENGINE,
@@ -308,11 +215,12 @@ def build_matrix(
     for quant in ("nf4", "fp4"):
         for dq in (True, False):
             plan.add(text_lesson.replace(quant_type=quant, double_quant=dq), "quality")
-    plan.add(reference_of(text_lesson), "quality")
-    for cdt in ("fp16", "bf16"):
+    if runs_at_speed(profile, reference_of(text_lesson).compute_dtype, cpu_dtypes):
+        plan.add(reference_of(text_lesson), "quality")
+    for cdt in half_dtypes(profile, cpu_dtypes):
         for lr in STABILITY_LRS:
             plan.add(text_lesson.replace(compute_dtype=cdt, lr=lr), "stability")
-    for case in nan_cases(profile, text_lesson, full):
+    for case in nan_cases(profile, text_lesson, full, half_dtypes(profile, cpu_dtypes)):
         plan.add(case, "nan")
     device_bound = text_lesson if tier.engine_on_text else bound
     for point in (device_bound, lesson) if full else (device_bound,):
@@ -322,181 +230,3 @@ def build_matrix(
     if not full and len(planned) > DEFAULT_MAX:
         raise MatrixError(f"default matrix for {profile.name} has {len(planned)} cases (> {DEFAULT_MAX})")
     return planned
-
-
-def ladder_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
-    """The lesson's OOM resolution order, from its T4 budget setting, one step at a time.
-
-    0: batch 4, seq 2048, 8-bit Adam, no checkpointing (the T4 budget table's setting)
-    1: batch 2, grad accumulation 2      (step 1: reduce batch size)
-    2: batch 1, grad accumulation 4      (step 2: accumulation keeps the effective batch)
-    3: seq 1024                          (step 3: reduce sequence length)
-    4: gradient checkpointing on         (step 4)
-    """
-    start = Case(
-        tier.ladder_model,
-        quant_type="nf4",
-        double_quant=True,
-        compute_dtype=lesson_dtype(profile),
-        batch_size=tier.ladder_batch,
-        seq_len=tier.ladder_seq,
-        gradient_checkpointing=False,
-        optimizer="adamw_8bit",
-        lr=LADDER_START_LR,
-        engine=USERS_ENGINE,
-        warmup_steps=tier.warmup_steps,
-        measured_steps=max(2, tier.measured_steps // 2),
-    )
-    half = max(1, tier.ladder_batch // 2)
-    steps = [
-        start,
-        start.replace(batch_size=half, grad_accum=tier.ladder_batch // half),
-        start.replace(batch_size=1, grad_accum=tier.ladder_batch),
-        start.replace(batch_size=1, grad_accum=tier.ladder_batch, seq_len=tier.ladder_seq // 2),
-    ]
-    steps.append(steps[-1].replace(gradient_checkpointing=True))
-    return steps
-
-
-# 70B on one card ------------------------------------------------------------------
-BIG_MODEL = "llama-2-70b"
-BIG_MODEL_STEPS = {"warmup_steps": 1, "measured_steps": 3}
-"""A 70B step takes seconds: memory is what these cases are for, a few steps measure it."""
-
-
-def big_model_cases(profile: GpuProfile, tier: Tier, lesson: Case) -> list[Case]:
-    """The 70B shape in the compat family of a single card of 40 GB or more (A100 40/80 GB, the
-    48 GB A6000, H100, H200): QLoRA at the smallest point (b1, the tier's shortest sequence,
-    checkpointing, the Trainer) from its pre-quantized checkpoint (no 16-bit checkpoint exists),
-    and its 16-bit LoRA reference where the 16-bit weights exceed the card: that row is judged at
-    load from the weights' exact bytes on the meta device (computed, not measured; `child`). On a
-    card that could hold them (the H200) no 16-bit row is planned: it could not be measured.
-    """
-    if not profile.is_gpu or profile.count > 1 or profile.total_gib < _LARGE_GPU_MIN_GIB:
-        return []
-    qlora = lesson.replace(
-        model=BIG_MODEL, batch_size=1, seq_len=tier.ref_seq, prequantized=True, **BIG_MODEL_STEPS
-    )
-    cases = [qlora]
-    # bf16 parameters and no persistent buffers: 2 bytes per parameter is the checkpoint's size.
-    if 2 * SHAPES[BIG_MODEL].total_params / 2**30 > profile.total_gib:
-        cases.append(reference_of(qlora))
-    return cases
-
-
-def nan_cases(profile: GpuProfile, text_lesson: Case, full: bool) -> list[Case]:
-    """The ``nan`` family: fp16 and bf16 over a learning-rate grid on the real model on text.
-
-    full: every rate of `NAN_LRS`, both dtypes, through the core loop and the users' engine (the
-    Trainer, whose fp16 gradient scaler is what a user sees). default: the failure point
-    (`NAN_FAILURE_LR`) in both dtypes and the lesson's rate in fp16, per engine; the core loop's
-    rows at 1e-4 are the stability family's own (shared by hash). On the CPU the default leaves the
-    Trainer out: accelerate gives fp16 no autocast and no scaler there (see `engines.hf`), so its
-    fp16 rows say nothing about fp16.
-    """
-    engines = (KERNEL_ENGINE, USERS_ENGINE) if profile.is_gpu or full else (KERNEL_ENGINE,)
-    if full:
-        points = [(lr, dtype) for lr in NAN_LRS for dtype in ("fp16", "bf16")]
-    else:
-        points = [(NAN_REMEDY_LR, "fp16"), (NAN_FAILURE_LR, "fp16"), (NAN_FAILURE_LR, "bf16")]
-    return [
-        text_lesson.replace(engine=engine, compute_dtype=dtype, lr=lr)
-        for engine in engines
-        for lr, dtype in points
-    ]
-
-
-def weights_cases(profile: GpuProfile, tier: Tier, full: bool) -> list[Case]:
-    """The `weights` family: `tier.weights_model` loaded only, at each precision of the lesson's
-    7B table. Unquantized weights load in their own dtype (FP32, FP16, BF16); quantized ones
-    keep their unquantized parameters (embeddings, norms, lm_head) in the profile's dtype.
-
-    default: FP32 and INT8 (what no training family loads), and LoRA over the INT8 weights at the
-    compat point, the users' way: the INT8 row's "Total with Training" (compat's 16-bit LoRA and
-    QLoRA give FP16's and INT4's). full: FP16, BF16, NF4/FP4 with and without double quant too.
-    """
-    dtype = lesson_dtype(profile)
-    load = Case(tier.weights_model, quant_type="none", compute_dtype="fp32", load_only=True)
-    int8 = load.replace(quant_type="int8", compute_dtype=dtype)
-    at = {"batch_size": tier.ref_batch, "seq_len": tier.ref_seq, "engine": USERS_ENGINE, "prepare_kbit": True}
-    steps = {"warmup_steps": tier.warmup_steps, "measured_steps": tier.measured_steps}
-    cases = [load, int8, int8.replace(load_only=False, **at, **steps)]
-    if full:
-        cases += [load.replace(compute_dtype="fp16"), load.replace(compute_dtype="bf16")]
-        for quant in ("nf4", "fp4"):
-            for dq in (True, False):
-                cases.append(load.replace(quant_type=quant, double_quant=dq, compute_dtype=dtype))
-    return cases
-
-
-# multi-GPU -------------------------------------------------------------------------
-MULTIGPU_MODEL = "llama-3.1-8b"
-
-
-def multigpu_cases(profile: GpuProfile, tier: Tier) -> list[Case]:
-    """The `multigpu` family on a machine of `profile.count` cards: the 8B shape through the
-    Trainer at the device-bound point (checkpointing on), on one card and on all of them.
-
-    - one card, 4-bit storage uint8: what a single-card user runs (the single-T4 result);
-    - one card, storage in the compute dtype and no prepare, as FSDP needs them (see `spec`);
-    - every card, FSDP, and every card, DDP (every rank holds the whole 4-bit model), both
-      otherwise equal to the case above: per-GPU memory and, against it, the scaling efficiency.
-    Each rank trains `batch_size` rows: the ranks train `count` times the one-card case's tokens.
-
-    On cards of 20 GiB or more (`l4x2`), the 70B shape on every card too
-    (`big_model_multigpu_cases`): the FSDP-QLoRA recipe with CPU offload, and the same case without
-    it. No one-card 70B case beside them: its 4-bit weights alone (~34 GiB, measured loading on
-    the H200) exceed one such card, and the single-card 70B row of the 40 GB+ profiles already
-    measures what one card needs.
-    """
-    batch, seq = tier.device_bound
-    dtype = lesson_dtype(profile)
-    single = Case(
-        MULTIGPU_MODEL,
-        compute_dtype=dtype,
-        batch_size=batch,
-        seq_len=seq,
-        engine=USERS_ENGINE,
-        warmup_steps=tier.warmup_steps,
-        measured_steps=tier.measured_steps,
-    )
-    floating = single.replace(quant_storage=dtype, prepare_kbit=False)
-    ranks = {"num_gpus": profile.count}
-    cases = [
-        single,
-        floating,
-        floating.replace(strategy="fsdp", **ranks),
-        floating.replace(strategy="ddp", **ranks),
-    ]
-    if profile.total_gib >= _BIG_MODEL_MULTIGPU_MIN_GIB:
-        cases += big_model_multigpu_cases(profile, tier, floating)
-    return cases
-
-
-_BIG_MODEL_MULTIGPU_MIN_GIB = 20.0
-"""Cards from which the 70B shape's two-card case is planned: a 24 GB card holds half its 4-bit
-weights (~17 GiB) with room to train; a 16 GB T4 would not."""
-
-
-def big_model_multigpu_cases(profile: GpuProfile, tier: Tier, floating: Case) -> list[Case]:
-    """The 70B shape on every card of `profile` at the smallest point (b1, the tier's shortest
-    sequence, checkpointing, the Trainer), FSDP, from its pre-quantized checkpoint stored in the
-    compute dtype, so that FSDP can shard the packed weights and rank 0 alone loads them, into CPU
-    RAM (`distributed.loads_on_rank0_only`); twice:
-
-    - with FSDP's CPU offload of the parameters (`Case.cpu_offload`): the published recipe for
-      70B on two 24 GB GPUs (Answer.AI's fsdp_qlora `--use_cpu_offload`, the alignment-handbook's
-      `fsdp_qlora.yaml`), the case the "70B on two 24 GB GPUs" verdict reads (`reports.two_card_70b`);
-    - without it, equal otherwise: what each card must hold when it keeps its whole shard.
-    """
-    sharded = floating.replace(
-        model=BIG_MODEL,
-        batch_size=1,
-        seq_len=tier.ref_seq,
-        gradient_checkpointing=True,
-        prequantized=True,
-        strategy="fsdp",
-        num_gpus=profile.count,
-        **BIG_MODEL_STEPS,
-    )
-    return [sharded.replace(cpu_offload=True), sharded]

@@ -87,7 +87,9 @@ def planned_cases(config: pytest.Config) -> list[PlannedCase]:
     """The session's whole matrix, built once from the options (every shard's cases)."""
     if _MATRIX_KEY not in config.stash:
         options = bench_options(config)
-        config.stash[_MATRIX_KEY] = build_matrix(options.profile, options.matrix, options.models or None)
+        config.stash[_MATRIX_KEY] = build_matrix(
+            options.profile, options.matrix, options.models or None, options.cpu_dtypes
+        )
     return config.stash[_MATRIX_KEY]
 
 
@@ -180,6 +182,8 @@ def bench_session(request: pytest.FixtureRequest) -> Iterator[BenchSession]:
     session.planned = config.stash.get(_SELECTED_KEY, [])
     config.stash[_SESSION_KEY] = session
     write_line(f"qlora-bench: run folder {session.run_dir}")
+    for note in session.matrix_notes:
+        write_line(f"qlora-bench: not planned on this host: {note}")
     yield session
 
 

@@ -19,10 +19,13 @@ import pytest
 from qlora_core import faults
 from qlora_core.faults import EXTRA_KNOBS
 from qlora_core.gpus import (
+    ALL_CPU_DTYPES,
     PROFILE_NAMES,
+    CpuDtypesError,
     DetectedGpu,
     GpuProfile,
     UnknownProfileError,
+    cpu_native_dtypes,
     is_emulated,
     resolve_profile,
 )
@@ -77,6 +80,9 @@ class BenchOptions:
     (`qlora_core.side_by_side`); 1: every case alone."""
     require_speed: bool = False
     """--require-speed: the gate fails when speed could not be compared (another GPU's baseline)."""
+    cpu_dtypes: frozenset[str] = ALL_CPU_DTYPES
+    """The cpu profile: the compute dtypes this CPU multiplies at speed (`gpus.cpu_native_dtypes`),
+    which decide the dtypes of the real model's text cases (`tiers.text_dtype`); every one on a GPU."""
 
     @property
     def emulated(self) -> bool:
@@ -273,6 +279,12 @@ def read_options(config: pytest.Config) -> BenchOptions:
     side_by_side, side_problem = parse_side_by_side(config.getoption("--side-by-side"), profile, gpu)
     if side_problem:
         problems.append(side_problem)
+    cpu_dtypes = ALL_CPU_DTYPES
+    if profile is not None and not profile.is_gpu:
+        try:
+            cpu_dtypes = cpu_native_dtypes()
+        except CpuDtypesError as exc:
+            problems.append(str(exc))
     if problems or profile is None:
         raise pytest.UsageError("qlora-bench options:\n  " + "\n  ".join(problems))
     return BenchOptions(
@@ -296,6 +308,7 @@ def read_options(config: pytest.Config) -> BenchOptions:
         oom_rerun=not config.getoption("no_oom_rerun"),
         side_by_side=side_by_side,
         require_speed=require_speed,
+        cpu_dtypes=cpu_dtypes,
     )
 
 

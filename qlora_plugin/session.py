@@ -40,6 +40,7 @@ from qlora_core.runner import RunOptions
 from qlora_core.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sharing_supported
 from qlora_core.spare import SparePool
 from qlora_core.spec import Case
+from qlora_core.tiers import cpu_text_note
 from qlora_plugin.options import BenchOptions
 from qlora_plugin.progress import Heartbeat, Watched, recorded_walls, steps_planned, timing_text
 from qlora_plugin.resume import recorded_settings
@@ -56,6 +57,7 @@ from qlora_plugin.shard import run_cost_s
 from reports.completeness import INCOMPLETE, PLANNED_RUNS, Incompleteness, folder_incompleteness
 from reports.frame import (
     ENVIRONMENT_JSON,
+    MATRIX_NOTES,
     MEASUREMENTS_DIR,
     RESULTS_JSONL,
     RunData,
@@ -404,6 +406,12 @@ class BenchSession:
         return load_run(self.run_dir)
 
     # -- outputs ---------------------------------------------------------------------------------
+    @property
+    def matrix_notes(self) -> list[str]:
+        """What this host left out of the matrix, and why (`tiers.cpu_text_note`)."""
+        note = cpu_text_note(self.options.profile, self.options.cpu_dtypes)
+        return [note] if note else []
+
     def environment(self) -> dict[str, Any]:
         from qlora_core.child import environment_fields
 
@@ -423,6 +431,8 @@ class BenchSession:
             "forced": dict(self.options.force),
             "shard": str(self.options.shard) if self.options.shard else None,
             "matrix_case_ids": self.matrix_case_ids,
+            # What the host left out of the matrix, and why (a CPU without half precision).
+            MATRIX_NOTES: self.matrix_notes,
             **recorded_settings(self.options.models, self.options.repeat, self.options.shard_costs),
             PLANNED_RUNS: self.planned_runs,
             "command": self.options.command_line,
@@ -485,6 +495,7 @@ class BenchSession:
         timing = wall_time_line(self.run_dir)  # where the time went, by stage (reports.wall_time)
         if timing:
             lines.append(f"  {timing}")
+        lines += [f"  not planned on this host: {note}" for note in self.matrix_notes]
         lines += [f"  warning: {w}" for w in self.warnings]
         lines.append(f"  run folder: {self.run_dir}")
         return lines

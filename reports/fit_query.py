@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from qlora_core.gpus import PROFILE_NAMES, GpuProfile, get_profile
-from qlora_core.matrix import LADDER_START_LR, USERS_ENGINE, lesson_dtype, tier_for
 from qlora_core.models.registry import REAL_MODEL, SHAPES
 from qlora_core.spec import COMPUTE_DTYPES, OPTIMIZERS, QUANT_TYPES, Case, CaseError
+from qlora_core.tiers import LADDER_START_LR, USERS_ENGINE, lesson_dtype, tier_for
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 CASE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Case)}

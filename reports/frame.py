@@ -36,6 +36,8 @@ RESULTS_CSV = "results.csv"
 RESULTS_PARQUET = "results.parquet"
 _LIST_COLUMNS = ("step_ms", "losses", "grad_norms", "tokens_per_s_repeats", "kernel_ms_repeats")
 ENVIRONMENT_JSON = "environment.json"
+MATRIX_NOTES = "matrix_notes"
+"""environment.json's list of what the host left out of the matrix and why (`tiers.cpu_text_note`)."""
 MEASUREMENTS_DIR = "measurements"
 
 

@@ -23,7 +23,7 @@ from reports.claims import (
     evaluate_all,
 )
 from reports.completeness import run_incompleteness
-from reports.frame import RESULTS_JSONL, RunData, load_run
+from reports.frame import MATRIX_NOTES, RESULTS_JSONL, RunData, load_run
 from reports.markdown import MAX_LINE_CHARS, fit_width, md_cell, md_table
 from reports.merge import merge_notes
 from reports.plots import render_plots
@@ -184,6 +184,7 @@ def render_claims(run: RunData) -> str:
         # Notes about the run as a whole (a partial merge, an incomplete run) come first: they
         # qualify every verdict below.
         *[f"{note}\n" for note in merge_notes(run.environment)],
+        *[f"**Not planned on this host**: {note}.\n" for note in run.environment.get(MATRIX_NOTES) or []],
         f"Run: {run_context(run)}.",
         "",
         f"**{len(summaries)} claims: {tally_text(claim_tally(summaries))}** ({evaluations} evaluations;"

@@ -7,7 +7,7 @@ model on two 24 GB GPUs. Its recipe shards the 4-bit weights (stored in bf16) wi
 offloads the sharded parameters to the CPU (fsdp_qlora's `--use_cpu_offload`; the
 alignment-handbook's `fsdp_qlora.yaml` sets `fsdp_offload_params: true`). So the verdict reads the
 70B rows of a two-card 24 GB profile (`l4x2`) whose case has `cpu_offload` (the matrix plans it
-beside the same case without offload: `matrix.big_model_multigpu_cases`):
+beside the same case without offload: `families.big_model_multigpu_cases`):
 
 - holds: the recipe's row trained and fits the card (`multigpu_table.card_fit`: ok under each
   rank's allocator cap, and its per-GPU device peak at most the card's memory);

@@ -15,19 +15,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from qlora_core.gpus import CPU_DTYPES_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CASES = "test_case and tiny"  # -k expression: the tiny shape's training cases only
 # Two of them, in two modules (memory, throughput); "-r2" ids contain these names too.
 TWO_CASES = "test_case and (tiny-lora16-bf16-b4-s128-w1m4-trainer or tiny-nf4-dq-bf16-b4-s128-w1m4-trainer)"
 
 
-def bench(*args: str, out: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+def bench(
+    *args: str, out: Path, timeout: float = 900, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "bench", "-p", "no:cacheprovider", "--out", str(out), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -78,6 +83,20 @@ def test_collection_ids_are_profile_and_case_ids(tmp_path):
     ids = [line for line in proc.stdout.splitlines() if "::test_case[cpu-" in line]
     assert len(ids) == 6
     assert any("test_case[cpu-tiny-nf4-dq-bf16-b4-s128-w1m4-trainer]" in i for i in ids)
+
+
+def test_the_host_cpus_half_precision_decides_the_real_models_text_dtype(tmp_path):
+    def text_ids(dtypes: str) -> list[str]:
+        proc = bench("--collect-only", "-q", out=tmp_path, env={CPU_DTYPES_ENV: dtypes})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return [line for line in proc.stdout.splitlines() if "::test_case[cpu-smollm2" in line]
+
+    everything, fp32_only = text_ids("fp32,bf16,fp16"), text_ids("fp32")
+    assert len(everything) > len(fp32_only) and any("-bf16-" in i for i in everything)
+    assert fp32_only and all("-fp32-" in i for i in fp32_only)
+    refused = bench("--collect-only", "-q", out=tmp_path, env={CPU_DTYPES_ENV: "bf16"})
+    assert refused.returncode == 4 and "a comma-separated list of fp32, bf16, fp16" in refused.stderr
+    assert not any(tmp_path.iterdir())  # no run folder was created
 
 
 def test_progress_lines_are_not_pytests_own_progress_markers():

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from qlora_core.gpus import PROFILES
-from qlora_core.matrix import tier_for
 from qlora_core.result import NEEDED_OF
+from qlora_core.tiers import tier_for
 from reports.rows import fval, needed_label
 
 

@@ -7,10 +7,13 @@ import dataclasses
 import pytest
 
 from qlora_core.gpus import (
+    CPU_DTYPES_ENV,
     PROFILE_NAMES,
     PROFILES,
+    CpuDtypesError,
     DetectedGpu,
     UnknownProfileError,
+    cpu_native_dtypes,
     detect_gpu,
     get_profile,
     is_emulated,
@@ -186,3 +189,34 @@ def test_a_run_pinned_to_one_gpu_sees_one(monkeypatch):
     assert visible_gpu_count(2) == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert visible_gpu_count(2) == 2
+
+
+# /proc/cpuinfo excerpts: one line of flags (x86) or features (Arm) is all that is read.
+_EPYC_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+_SKYLAKE_SP = "flags\t\t: avx avx2 avx512f avx512dq avx512bw avx512vl\n"
+_SAPPHIRE_RAPIDS = "flags\t\t: avx2 avx512f avx512bw avx512vl avx512dq avx512_bf16 avx512_fp16 amx_bf16\n"
+_GRAVITON3 = "Features\t: fp asimd asimdhp bf16 sve\n"
+_GRAVITON2 = "Features\t: fp asimd asimdhp\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "dtypes"),
+    [
+        (_EPYC_AVX2, {"fp32"}),
+        (_SKYLAKE_SP, {"fp32", "bf16"}),  # oneDNN's bf16 path on AVX-512; no fp16 instructions
+        (_SAPPHIRE_RAPIDS, {"fp32", "bf16", "fp16"}),
+        (_GRAVITON3, {"fp32", "bf16", "fp16"}),
+        (_GRAVITON2, {"fp32", "fp16"}),
+        ("processor\t: 0\n", {"fp32", "bf16", "fp16"}),  # no flags line: nothing left out on a guess
+    ],
+)
+def test_cpu_native_dtypes_read_the_flags(cpuinfo, dtypes):
+    assert cpu_native_dtypes(cpuinfo, override="") == dtypes
+
+
+def test_cpu_dtypes_override_replaces_the_flags_and_refuses_what_it_cannot_use(monkeypatch):
+    monkeypatch.setenv(CPU_DTYPES_ENV, "fp32, bf16")
+    assert cpu_native_dtypes(_EPYC_AVX2) == {"fp32", "bf16"}
+    for bad in ("bf16", "fp32,int8", ","):
+        with pytest.raises(CpuDtypesError, match="fp32, bf16, fp16"):
+            cpu_native_dtypes(_EPYC_AVX2, override=bad)

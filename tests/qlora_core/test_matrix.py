@@ -7,22 +7,20 @@ import pytest
 from qlora_core.distributed import loads_on_rank0_only
 from qlora_core.engines.pacing import plan_steps
 from qlora_core.gpus import PROFILE_NAMES, get_profile
-from qlora_core.matrix import (
-    DEFAULT_MAX,
+from qlora_core.matrix import DEFAULT_MAX, SMOKE_MAX, MatrixError, build_matrix
+from qlora_core.models import REAL_MODEL, model_problem
+from qlora_core.spec import ENGINES
+from qlora_core.tiers import (
     KERNEL_ENGINE,
     NAN_FAILURE_LR,
     NAN_LRS,
     NAN_REMEDY_LR,
-    SMOKE_MAX,
     STABILITY_LRS,
     USERS_ENGINE,
-    MatrixError,
-    build_matrix,
+    cpu_text_note,
     lesson_dtype,
     tier_for,
 )
-from qlora_core.models import REAL_MODEL, model_problem
-from qlora_core.spec import ENGINES
 
 
 def cases_of(planned, family):
@@ -324,3 +322,50 @@ def test_gpus_train_the_7b_shape_in_compat(profile):
     compat = cases_of(build_matrix(get_profile(profile), "default"), "compat")
     seven = {(c.quant_type, c.engine) for c in compat if c.model == "llama-2-7b"}
     assert seven == {("nf4", USERS_ENGINE), ("none", USERS_ENGINE)}
+
+
+def _text_cases(planned):
+    return {p.case.id: (p.case.compute_dtype, sorted(p.families)) for p in planned if p.case.data == "text"}
+
+
+def test_a_cpu_without_half_precision_trains_the_real_model_in_fp32_and_plans_no_half_rows():
+    cpu = get_profile("cpu")
+    everything = build_matrix(cpu, "default")
+    fp32_only = build_matrix(cpu, "default", cpu_dtypes=frozenset({"fp32"}))
+    text = _text_cases(fp32_only)
+    assert {dtype for dtype, _ in text.values()} == {"fp32"}
+    assert not cases_of(fp32_only, "stability") and not cases_of(fp32_only, "nan")
+    # quality keeps nf4/fp4 x dq, not its 16-bit (bf16) reference; the engines keep all three
+    assert {c.quant_type for c in cases_of(everything, "quality")} == {"nf4", "fp4", "none"}
+    assert [c.quant_type for c in cases_of(fp32_only, "quality")] == ["nf4"] * 2 + ["fp4"] * 2
+    assert len(cases_of(fp32_only, "engine")) == len(cases_of(everything, "engine")) == 3
+    # the synthetic cases (tiny shape: half precision costs seconds) are the same
+    synthetic = [p.case.id for p in everything if p.case.data != "text"]
+    assert [p.case.id for p in fp32_only if p.case.data != "text"] == synthetic
+    smoke = build_matrix(cpu, "smoke", cpu_dtypes=frozenset({"fp32"}))
+    assert [dtype for dtype, _ in _text_cases(smoke).values()] == ["fp32"]
+
+
+def test_a_cpu_with_bf16_only_compares_no_fp16_rows():
+    planned = build_matrix(get_profile("cpu"), "default", cpu_dtypes=frozenset({"fp32", "bf16"}))
+    assert {c.compute_dtype for c in cases_of(planned, "stability")} == {"bf16"}
+    assert [(c.compute_dtype, c.lr) for c in cases_of(planned, "nan")] == [("bf16", NAN_FAILURE_LR)]
+    assert {dtype for dtype, _ in _text_cases(planned).values()} == {"bf16"}
+
+
+@pytest.mark.parametrize("profile", ["t4", "h200"])
+def test_a_gpu_profile_ignores_the_host_cpu(profile):
+    p = get_profile(profile)
+    ids = [x.case.id for x in build_matrix(p, "default")]
+    assert [x.case.id for x in build_matrix(p, "default", cpu_dtypes=frozenset({"fp32"}))] == ids
+    assert cpu_text_note(p, {"fp32"}) == ""
+
+
+def test_the_cpu_note_names_what_is_left_out_and_why():
+    cpu = get_profile("cpu")
+    assert cpu_text_note(cpu, {"fp32", "bf16", "fp16"}) == ""
+    note = cpu_text_note(cpu, {"fp32"})
+    assert "no fp16/bf16 matmul instructions" in note and "compute in fp32" in note
+    assert "stability and nan rows and the 16-bit LoRA reference of the quality family are not" in note
+    bf16_only = cpu_text_note(cpu, {"fp32", "bf16"})
+    assert "no fp16 matmul" in bf16_only and "compute in bf16" in bf16_only and "reference" not in bf16_only

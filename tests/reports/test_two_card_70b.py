@@ -11,7 +11,7 @@ from reports.markdown import fit_width
 from reports.tables import render_tables
 from reports.two_card_70b import RUN_COMMAND, section, verdicts
 
-# The matrix's 70B two-card case (matrix.big_model_multigpu_cases), with and without offload.
+# The matrix's 70B two-card case (families.big_model_multigpu_cases), with and without offload.
 BIG = {
     "quant_storage": "bf16", "prepare_kbit": False, "engine": "trainer", "num_gpus": 2, "strategy": "fsdp",
     "prequantized": True, "warmup_steps": 1, "measured_steps": 3,
