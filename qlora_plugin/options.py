@@ -29,7 +29,7 @@ from qlora_core.gpus import (
     is_emulated,
     resolve_profile,
 )
-from qlora_core.matrix import MATRICES
+from qlora_core.matrix import DEFAULT_MAX, MATRICES, SMOKE_MAX
 from qlora_core.models import model_problem
 from qlora_core.runner import DEFAULT_TIMEOUT_S
 from qlora_core.side_by_side import MAX_LANES, auto_lanes
@@ -103,7 +103,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--matrix",
         default=None,  # default; on --resume the folder's tier
         metavar="TIER",
-        help=f"matrix tier: {', '.join(MATRICES)} (smoke <= 6 cases, default <= 40). Default: default"
+        help=f"matrix tier: {', '.join(MATRICES)} (smoke <= {SMOKE_MAX} cases, default <= {DEFAULT_MAX})."
+        " Default: default"
         " (on --resume: the folder's).",
     )
     group.addoption(

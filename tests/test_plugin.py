@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from qlora_core.gpus import CPU_DTYPES_ENV
+from qlora_core.matrix import DEFAULT_MAX, SMOKE_MAX
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CASES = "test_case and tiny"  # -k expression: the tiny shape's training cases only
@@ -280,3 +281,10 @@ def test_the_console_ends_with_the_claims_tally_and_the_report_paths(tmp_path):
     short = next(i for i, line in enumerate(lines) if "short test summary info" in line)
     assert kernels < qlora and short < qlora
     assert sum(line.startswith(("SKIPPED", "XFAIL", "FAILED")) for line in lines[short:qlora]) > 10
+
+
+def test_help_quotes_the_tier_ceilings_from_the_matrix(tmp_path):
+    proc = bench("--help", out=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # argparse wraps the help text
+    assert f"smoke <= {SMOKE_MAX} cases, default <= {DEFAULT_MAX})" in text
