@@ -16,7 +16,7 @@ Cost of a case = its runs (repeats) x the seconds one run takes:
   measured steps (6 x parameters x tokens) and, for a case on real text, its two held-out
   perplexity passes (2 x parameters x tokens each) at a nominal rate for the device (a GPU's, or
   a CPU's, far lower). The estimate only has to rank cases and be of the order of the recorded
-  seconds; both are documented in the README.
+  seconds; both are documented in docs/shards.md.
 
 The session's time left (`qlora_plugin.progress`) reads the same costs (`run_cost_s`).
 """

@@ -92,7 +92,7 @@ def precision_rows(df: pd.DataFrame, precision: str) -> pd.DataFrame:
 
 
 # A row that ran out of memory under an emulated cap carries what the same case needed when rerun
-# uncapped on the host GPU (`needed_*`, see the README's OOM notes): a load-only row's allocation
+# uncapped on the host GPU (`needed_*`, see docs/oom-needs.md): a load-only row's allocation
 # after its load is the bytes its weights took there, always labelled as such.
 NEEDED_LOAD = "needed_load_alloc_gib"
 

@@ -1,0 +1,165 @@
+"""The docs hold together: the README stays a first screen, every relative link and #anchor of the
+pages resolves, the README's claims.md lines are copied from the folder it names, the tier
+ceilings the docs quote are the matrix's, and no page or module speaks in tracker or sitting
+numbers (name the feature or the run folder instead)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from qlora_core.matrix import DEFAULT_MAX, SMOKE_MAX
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+README_MAX_BYTES = 12_000
+TRACKER_WORDING = re.compile(r"issue [0-9]|session [0-9]|\blent\b", re.IGNORECASE)
+# The command .ci/run proves, and the main one: the README keeps both byte for byte.
+TWO_COMMANDS = (
+    "pip install torch==2.13.0 -e '.[test]' && pytest bench     # the main job: the matrix + the report",
+    "pip install torch==2.13.0 -e '.[test]' && pytest tests     # the tests (CI runs this: .ci/run)",
+)
+_SKIPPED_DIRS = {"__pycache__", "bench-results", "build", "dist", "node_modules", "site-packages"}
+_FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+_HEADING = re.compile(r"^#{1,6} +(.+?) *$", re.MULTILINE)
+
+
+def doc_pages(root: Path = ROOT) -> list[Path]:
+    """The pages a reader follows links through: the README, docs/, the reference runs' page."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md")), root / "reports/reference/README.md"]
+
+
+def python_files(root: Path = ROOT) -> list[Path]:
+    """Every .py file of the project (hidden folders, caches and run folders left out)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [
+            d
+            for d in dirs
+            if not d.startswith(".") and d not in _SKIPPED_DIRS and not d.endswith(".egg-info")
+        ]
+        found += [Path(folder, f) for f in files if f.endswith(".py")]
+    return sorted(found)
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The #anchors GitHub gives a page's headings (lowercase, punctuation dropped, spaces to
+    hyphens, a repeated heading numbered -1, -2, ...); headings inside code blocks are none."""
+    anchors: set[str] = set()
+    for title in _HEADING.findall(_FENCE.sub("", markdown)):
+        slug = re.sub(r"[^\w\- ]", "", title.replace("`", "").strip().lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def broken_links(page: Path) -> list[str]:
+    """Each relative link of `page` whose file, or #anchor in that file, does not exist."""
+    text = _INLINE_CODE.sub("", _FENCE.sub("", page.read_text()))
+    broken = []
+    for target in _LINK.findall(text):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(f"{page.name}: {target} (no such file)")
+        elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked.read_text()):
+            broken.append(f"{page.name}: {target} (no heading #{anchor} in {linked.name})")
+    return broken
+
+
+def tracker_wording(path: Path) -> list[str]:
+    """Each line of `path` that matches `TRACKER_WORDING`: a tracker's or a sitting's number."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return [f"{path}:{i}: {line.strip()}" for i, line in enumerate(lines, 1) if TRACKER_WORDING.search(line)]
+
+
+def claims_excerpt_mismatches(readme: str, root: Path = ROOT) -> list[str]:
+    """The README's claims.md lines (its first ```markdown block) that are not lines of the
+    reference folder's claims.md it names just before the block."""
+    named = re.search(
+        r"`(reports/reference/[^`]+/claims\.md)`[^`]*?```markdown\n(.*?)\n```", readme, re.DOTALL
+    )
+    if named is None:
+        return ["no `reports/reference/.../claims.md` named before a ```markdown block"]
+    source = root / named.group(1)
+    if not source.exists():
+        return [f"{named.group(1)}: no such file"]
+    lines = set(source.read_text().splitlines())
+    return [
+        f"not a line of {named.group(1)}: {line}" for line in named.group(2).splitlines() if line not in lines
+    ]
+
+
+def test_readme_is_a_first_screen_with_the_two_commands():
+    size = README.stat().st_size
+    assert size <= README_MAX_BYTES, (
+        f"README.md is {size} bytes (at most {README_MAX_BYTES}): move detail to docs/"
+    )
+    lines = README.read_text().splitlines()
+    for command in TWO_COMMANDS:
+        assert command in lines, f"README.md lost the command line {command!r}"
+    assert any(line.startswith("| cpu | default | ") for line in lines), "README.md lost the cpu tier's row"
+
+
+def test_every_relative_link_and_anchor_resolves():
+    assert [p for p in doc_pages() if not p.exists()] == []
+    assert [b for page in doc_pages() for b in broken_links(page)] == []
+
+
+def test_a_missing_file_or_heading_is_reported(tmp_path):
+    (tmp_path / "other.md").write_text("# Other\n\n## A run's folder\n\n```\n## not a heading\n```\n")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "[ok](other.md) [ok](other.md#a-runs-folder) [ok](#mine) [web](https://example.org/x)\n"
+        "`[code](not-a-link.md)`\n\n## Mine\n\n"
+        "[gone](missing.md) [no anchor](other.md#nowhere) [in code](other.md#not-a-heading)\n"
+    )
+    assert broken_links(page) == [
+        "page.md: missing.md (no such file)",
+        "page.md: other.md#nowhere (no heading #nowhere in other.md)",
+        "page.md: other.md#not-a-heading (no heading #not-a-heading in other.md)",
+    ]
+    assert heading_anchors("# A\n## A\n## `x.md` (y)\n") == {"a", "a-1", "xmd-y"}
+
+
+def test_no_page_or_module_cites_tracker_or_sitting_numbers():
+    files = [*doc_pages(), *python_files()]
+    assert ROOT / "tests" / "test_docs.py" in files and len(files) > 100
+    assert [hit for path in files for hit in tracker_wording(path)] == []
+
+
+def test_tracker_wording_is_found(tmp_path):
+    bad = tmp_path / "bad.py"
+    # Built from pieces so that this file itself stays clean.
+    bad.write_text(
+        "\n".join(["# fine", "# see iss" + "ue 11", "# Sess" + "ion 7 ran it", "# the le" + "nt H200"])
+    )
+    assert [hit.split(":", 2)[1] for hit in tracker_wording(bad)] == ["2", "3", "4"]
+    clean = tmp_path / "clean.md"
+    clean.write_text("the session's lock; issues of the lesson; the talent; silent\n")
+    assert tracker_wording(clean) == []
+
+
+def test_readme_claims_lines_are_copied_from_the_folder_it_names():
+    assert claims_excerpt_mismatches(README.read_text()) == [], (
+        "copy the README's claims.md lines again from the folder it names (re-rendered?)"
+    )
+    edited = "`reports/reference/t4-default-on-h200/claims.md`:\n\n```markdown\n- profile: t4\n```\n"
+    assert claims_excerpt_mismatches(edited) == [
+        "not a line of reports/reference/t4-default-on-h200/claims.md: - profile: t4"
+    ]
+
+
+def test_the_tier_ceilings_the_docs_quote_are_the_matrix_s():
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    quoted = re.search(r"`smoke` \(<= (\d+) cases\), `default` \(<= (\d+)\)", usage)
+    assert quoted is not None, "docs/usage.md lost the --matrix row's ceilings"
+    assert (int(quoted.group(1)), int(quoted.group(2))) == (SMOKE_MAX, DEFAULT_MAX)
