@@ -43,6 +43,18 @@ def _stop_signals_default() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def start_bench(sink, *args: str) -> subprocess.Popen:
+    """`pytest bench ARGS` in the background, its console into `sink`, stoppable by SIGINT/SIGTERM."""
+    return subprocess.Popen(
+        bench_command(*args),
+        cwd=ROOT,
+        stdout=sink,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_stop_signals_default,
+    )
+
+
 def listing(folder: Path) -> dict[str, float]:
     return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")}
 
@@ -113,14 +125,7 @@ def test_a_stop_during_the_first_case_ends_with_one_paragraph_and_no_traceback(t
     # The case hangs in training until stopped (test-only fault), so the stop comes mid-case.
     args = ("--out", str(out), "--matrix", "smoke", "-k", f"test_case and {FIRST_TINY}")
     with console.open("w") as sink:
-        proc = subprocess.Popen(
-            bench_command(*args, "--force", "extra=fault:hang@training"),
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            text=True,
-            preexec_fn=_stop_signals_default,
-        )
+        proc = start_bench(sink, *args, "--force", "extra=fault:hang@training")
         try:
             # The child writes its Result as each stage starts (its log moves in at the end).
             _wait_for(lambda: any(out.glob("*/cases/*.json")), proc, "case started")
@@ -153,14 +158,7 @@ def test_an_interrupted_smoke_run_says_so_and_the_command_it_names_completes_it(
     out = tmp_path / "out"
     console = tmp_path / "console.txt"
     with console.open("w") as sink:
-        proc = subprocess.Popen(
-            bench_command("--out", str(out), "--matrix", "smoke"),
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            text=True,
-            preexec_fn=_stop_signals_default,
-        )
+        proc = start_bench(sink, "--out", str(out), "--matrix", "smoke")
         try:
             _wait_for(lambda: _stored_rows(_only_run_dir(out)) >= 4, proc, "4 cases stored", SMOKE_WAIT_S)
             proc.send_signal(signal.SIGINT)  # during the fifth case
