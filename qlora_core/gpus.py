@@ -162,7 +162,7 @@ def nvml_handle(pynvml: Any, cuda_index: int = 0) -> Any:
 
 def first_visible_gpu() -> str:
     """The CUDA_VISIBLE_DEVICES entry of the first GPU this process sees ("0" when it is not set;
-    "" when it is set to none): what a one-GPU child is shown (`runner.child_env`)."""
+    "" when it is set to none): what a one-GPU child is shown (`request.child_env`)."""
     entries = _visible_entries()
     if entries is None:
         return "0"

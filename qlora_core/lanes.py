@@ -157,7 +157,7 @@ def creation_gib(case: Case) -> float:
     """Device memory of creating the case's checkpoint where the cache lacks it: a registered
     shape's random weights are drawn whole on the GPU in 16 bits (an untied lm_head for a moment),
     in a process of its own before the case's own process touches the device
-    (`child._materialize`). 0 for the real model and pre-quantized checkpoints (built on the CPU,
+    (`lifecycle.materialize`). 0 for the real model and pre-quantized checkpoints (built on the CPU,
     or one tensor at a time)."""
     shape = SHAPES.get(case.model)
     if shape is None or case.prequantized:

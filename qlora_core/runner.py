@@ -6,78 +6,37 @@ or a poisoned CUDA context is a recorded outcome of that case and cannot leak in
 It runs in a process group of its own, which the parent kills whole on a timeout or when the
 parent itself is interrupted. The child writes its Result atomically as each stage starts, so a
 child that dies still leaves what it measured; the parent adds the exit code or the timeout.
-This module imports neither torch nor the child.
+How the child starts (cold, in a warm spare, under `accelerate launch`) is `launch.launch`'s
+choice; the runner waits for it alike. This module imports no torch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime as _dt
-import json
-import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from qlora_core import distributed, faults
-from qlora_core.gpus import first_visible_gpu, get_profile
-from qlora_core.models.registry import needs_hub
-from qlora_core.result import Result, Status, read_result, write_atomic
-from qlora_core.spare import Spare, SparePool, hand_over
-from qlora_core.spec import Case, CaseError
+import psutil
 
-DEFAULT_TIMEOUT_S = 1800.0
+from qlora_core import distributed
+from qlora_core.launch import launch, launch_cold
+from qlora_core.lifecycle import STACK_DUMP_SIGNAL, now_iso
+from qlora_core.request import ChildRequest, RunOptions
+from qlora_core.result import Result, Status, read_result, write_atomic
+from qlora_core.spare import SparePool
+from qlora_core.spec import Case
+
 _KILL_GRACE_S = 5.0
 _POLL_S = 0.25
 """How often the parent looks at the running child's Result file (for the moment to start the
 next spare): a JSON parse of a few kB, four times a second."""
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How the child runs a case (not part of the case's identity)."""
-
-    profile: str = "cpu"
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    memory_cap_gib: float | None = None
-    """Cap the caching allocator at this many GiB (overrides the profile's emulation cap)."""
-    families: str = ""
-    overrides: str = ""
-    repeat: int = 0
-    """Which fresh-process repeat of the case this run is (0-based); recorded in the Result."""
-    inject_fault: str = ""
-    """Tests only: a fault `KIND@STAGE` the child inflicts on itself in this run (see
-    `qlora_core.child`); "" for none. Not part of the case's identity."""
-    adaptive_steps: bool | None = None
-    """Measure until the step times are steady (`engines.pacing`); None: on CUDA only, where
-    the time is the point (the CPU runs stay deterministic)."""
-    uncapped: bool = False
-    """The memory-only rerun of a case that ran out of memory under an emulated cap
-    (`qlora_core.oom_need`): no allocator cap (the row says memory_cap_gib=None, emulated=False),
-    `engines.pacing.MEMORY_ONLY_STEPS` fixed steps and no profiler window."""
-    shared_device: int = 1
-    """How many cases run on the device at once with this one (`qlora_core.side_by_side`); above 1
-    its speed is not measured (None: other processes share the device), and its device memory is
-    NVML's per-process line for its own process (`measure.NVML_PROCESS`)."""
-    lane_share_gib: float | None = None
-    """Side by side on a real card of the profile (`qlora_core.lanes`): this run's share of the
-    device, GiB with its CUDA context; the child caps its allocator at the share less its measured
-    context (`Result.lane_cap_gib`). Not the profile's cap (`memory_cap_gib` stays None): an OOM
-    under it is the suite's, and the case reruns alone. None: no lane cap."""
-
-
-def now_iso() -> str:
-    """The current UTC time, ISO 8601 to the second (the Result's timestamps)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 OnWait = Callable[[Sequence[Path]], None]
@@ -107,178 +66,73 @@ def run_case(
     `on_wait`: called with `[result_path]` at every poll while the child runs, in this thread
     (the session's heartbeat reads the child's Result file there).
     """
-    _check_options(options)
+    options.check()
     cleanup = result_path is None
     if result_path is None:
         fd, name = tempfile.mkstemp(prefix=f"qlora-{case.hash}-", suffix=".json")
         os.close(fd)
         result_path = Path(name)
     result_path.unlink(missing_ok=True)
-    request = result_path.with_name(result_path.name + ".request")
-    write_atomic(
-        request,
-        json.dumps(
-            {
-                "case": case.to_dict(),
-                "options": dataclasses.asdict(options),
-                "result": str(result_path),
-                "parent_pid": os.getpid(),
-                # Wall clock (comparable across processes): the child's start_s starts here.
-                "spawned_at": time.time(),
-            }
-        ),
-    )
-    log_path = result_path.with_suffix(".log")
+    # Wall clock (comparable across processes): the child's start_s starts here.
+    request = ChildRequest(case, options, result_path, parent_pid=os.getpid(), spawned_at=time.time())
     started = time.monotonic()
     started_at = now_iso()
-    # A hub model's child runs online (`child_env`): not in a spare, which was started offline.
-    hub_model = needs_hub(case.model)
-    warm = spares.take() if spares is not None and case.num_gpus == 1 and not hub_model else None
-    if warm is not None and not hand_over(warm, request):
-        warm = None
-    child, timed_out = _run_child(
-        case, options, request, result_path, log_path, warm, spares, cancel, on_wait
-    )
-    if warm is not None:
-        shutil.move(warm.log_path, log_path)  # the spare's log: its imports, then the case
+    launched = launch(request, spares)
+    timed_out = _wait(launched.process, request, spares, cancel, on_wait)
+    if launched.spare is not None:
+        shutil.move(launched.spare.log_path, request.log_path)  # its imports, then the case
         if not timed_out and not result_path.exists():
-            # The spare died before it read the request (no Result file, not even start-up's):
-            # it never had the case. Run it cold; the case is never lost to a dead spare.
-            child, timed_out = _run_child(
-                case, options, request, result_path, log_path, None, spares, cancel, on_wait
-            )
+            # The spare died before it read the request (no Result file, not even start-up's): it
+            # never had the case. Run it cold; the case is never lost to a dead spare.
+            launched = launch_cold(request)
+            timed_out = _wait(launched.process, request, spares, cancel, on_wait)
     wall_s = time.monotonic() - started
     if spares is not None:
         spares.ensure()  # for the next case, if none was started while this one ran
-    request.unlink(missing_ok=True)
+    request.path.unlink(missing_ok=True)
     if case.num_gpus > 1:  # multi-GPU: the case's row from its ranks' rows
-        distributed.merge_rank_files(case, options.profile, options.families, result_path, log_path)
-    result = _collect(case, options, result_path, child.returncode, timed_out, started_at, wall_s)
+        distributed.merge_rank_files(case, options.profile, options.families, result_path, request.log_path)
+    result = _collect(request, launched.process.returncode, timed_out, started_at, wall_s)
     if cleanup:
         result_path.unlink(missing_ok=True)
-        log_path.unlink(missing_ok=True)
+        request.log_path.unlink(missing_ok=True)
         distributed.remove_rank_files(case, result_path)
     return result
 
 
-def _run_child(
-    case: Case,
-    options: RunOptions,
-    request: Path,
-    result_path: Path,
-    log_path: Path,
-    warm: Spare | None,
+def _wait(
+    child: subprocess.Popen,
+    request: ChildRequest,
     spares: SparePool | None,
     cancel: threading.Event | None = None,
     on_wait: OnWait | None = None,
-) -> tuple[subprocess.Popen, bool]:
-    """Start the case's child (or take the warm spare it was handed to) and wait for it; the
-    child and whether it timed out. Starts the next spare while the child runs."""
-    if warm is not None:
-        child = warm.process
-    else:
-        command = [sys.executable, "-m", "qlora_core.child", str(request)]
-        if case.num_gpus > 1:  # multi-GPU: `accelerate launch`, one process per rank
-            command = distributed.launch_command(case, options.profile, request, result_path)
-        with log_path.open("w") as log:
-            env = child_env(case.num_gpus, hub_model=needs_hub(case.model))
-            child = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
-            )
-    deadline = time.monotonic() + options.timeout_s
+) -> bool:
+    """Wait for the case's child; whether it timed out (then it was killed, after its stacks were
+    written). Starts the next spare while the child runs."""
+    deadline = time.monotonic() + request.options.timeout_s
     try:
         while True:
             try:
                 child.wait(timeout=max(0.0, min(_POLL_S, deadline - time.monotonic())))
-                return child, False
+                return False
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
                     _dump_stacks(child)
                     _kill_group(child)
-                    return child, True
+                    return True
             if cancel is not None and cancel.is_set():
                 _kill_group(child)
-                raise CaseCancelled(f"case {case.id} was stopped before it ended")
+                raise CaseCancelled(f"case {request.case.id} was stopped before it ended")
             if spares is not None:
                 spares.ensure()  # the next cases' spares import while this one runs (qlora_core.spare)
             if on_wait is not None:
-                on_wait([result_path])
+                on_wait([request.result_path])
     except BaseException:
         # Interrupted (Ctrl-C, pytest stopping): the child has a session of its own and would
         # outlive us, holding the GPU. Take it down before going. (A parent killed outright
-        # cannot; the child then dies with it: child._die_with_parent.)
+        # cannot; the child then dies with it: lifecycle.die_with_parent.)
         _kill_group(child)
         raise
-
-
-def _check_options(options: RunOptions) -> None:
-    """Raise on options the child could not honour, naming the allowed values."""
-    profile = get_profile(options.profile)
-    if type(options.repeat) is not int or options.repeat < 0:
-        raise CaseError([f"repeat={options.repeat!r} must be an integer >= 0 (0-based repeat index)"])
-    if type(options.shared_device) is not int or options.shared_device < 1:
-        raise CaseError([f"shared_device={options.shared_device!r} must be an integer >= 1 (1: alone)"])
-    share = options.lane_share_gib
-    if share is not None and (type(share) not in (int, float) or not share > 0):
-        raise CaseError([f"lane_share_gib={share!r} must be a number of GiB > 0 (None: no lane cap)"])
-    fault = faults.parse_fault(options.inject_fault)
-    if fault is not None and fault.kind in faults.CUDA_ONLY_KINDS and not profile.is_gpu:
-        raise CaseError([f"fault {fault} needs a GPU profile; profile {profile.name!r} runs on the CPU"])
-
-
-OFFLINE_ENV = "HF_HUB_OFFLINE"
-"""huggingface_hub's offline switch, on in every child whose model is local: bitsandbytes (0.50)
-asks the `kernels` package for a CPU kernel from the hub (`kernels-community`) when imported on a
-CPU with AVX512-BF16, and `kernels` resolves it from the local cache alone (no publisher check,
-no download) when this is on. None is cached, so bitsandbytes keeps its built-in CPU kernel, as
-it did when the hub was unreachable; CUDA kernels are not affected."""
-_OFFLINE_KERNEL_LOGGERS = ("kernels._internals.hf_hub", "bitsandbytes.backends.cpu.ops")
-
-
-class _OfflineKernelNotice(logging.Filter):
-    """Drops what the two libraries log, in every child process, about the hub kernel that
-    `OFFLINE_ENV` keeps out: its publisher check skipped, the kernel not in the local cache. An
-    online attempt's lines (a failed publisher check, a download error) are kept."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("kernels-community" in message and "offline mode" in message)
-
-
-def quiet_offline_kernel_notices() -> None:
-    """Install `_OfflineKernelNotice` (the child, before it imports bitsandbytes)."""
-    for name in _OFFLINE_KERNEL_LOGGERS:
-        logging.getLogger(name).addFilter(_OfflineKernelNotice())
-
-
-def child_env(num_gpus: int = 1, hub_model: bool = False) -> dict[str, str]:
-    """The parent's environment, with the libraries' progress bars off (the log stays readable).
-
-    No network: `OFFLINE_ENV` is on (unless the parent set it) except for a case whose model is a
-    hub id (`registry.needs_hub`, `hub_model=True`): that child fetches the model, and says so
-    clearly where the hub is unreachable (`resolve._resolve_hub`).
-
-    A one-GPU case sees one GPU: the first the parent sees (`gpus.first_visible_gpu`). Shown
-    several, transformers' `TrainingArguments` sets `n_gpu` to all of them and `Trainer` trains
-    n_gpu x `per_device_train_batch_size` rows a step (a 4-bit model on one GPU; a 16-bit one
-    under DataParallel on all): a one-GPU row measured so is another case's. A multi-GPU case
-    (`accelerate launch`) is given every GPU the parent sees.
-
-    Without pytest's PYTEST_CURRENT_TEST: pytest rewrites it at every phase of every test, so a
-    warm spare started during one case's test would differ from the environment at the next
-    case's hand-over and be discarded, every time (`spare.SparePool.take`); no child reads it.
-    """
-    env = dict(os.environ)
-    env.pop("PYTEST_CURRENT_TEST", None)
-    if num_gpus == 1:
-        env["CUDA_VISIBLE_DEVICES"] = first_visible_gpu()
-    if not hub_model:
-        env.setdefault(OFFLINE_ENV, "1")
-    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    env.setdefault("TQDM_DISABLE", "1")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def _log_tail(path: Path, lines: int = 8) -> str:
@@ -295,13 +149,9 @@ _STACK_DUMP_WAIT_S = 2.0
 
 def _dump_stacks(child: subprocess.Popen) -> None:
     """Ask every process of a timed-out case (its child; under `accelerate launch`, each rank) to
-    write its threads' Python stacks to the case's log (`child.STACK_DUMP_SIGNAL`), then give them
+    write its threads' Python stacks to the case's log (`lifecycle.STACK_DUMP_SIGNAL`), then give them
     `_STACK_DUMP_WAIT_S`. Only the suite's own processes: the launcher would take the signal's
     default action (end) and take its ranks down before they wrote."""
-    import psutil
-
-    from qlora_core.child import STACK_DUMP_SIGNAL
-
     try:
         parent = psutil.Process(child.pid)
         processes = [parent, *parent.children(recursive=True)]
@@ -344,19 +194,14 @@ def _kill_group(child: subprocess.Popen) -> None:
 
 
 def _collect(
-    case: Case,
-    options: RunOptions,
-    result_path: Path,
-    exitcode: int | None,
-    timed_out: bool,
-    started_at: str,
-    wall_s: float,
+    request: ChildRequest, exitcode: int | None, timed_out: bool, started_at: str, wall_s: float
 ) -> Result:
     """The child's last written Result, completed with what only the parent knows."""
+    options, result_path = request.options, request.result_path
     try:
         result = read_result(result_path)
     except (OSError, ValueError, TypeError):
-        result = Result.for_case(case, options.profile, options.families)
+        result = Result.for_case(request.case, options.profile, options.families)
         result.reason = "the child wrote no result"
     if timed_out:
         stage = result.reason.removeprefix("died during ") if result.status == "crashed" else ""
@@ -368,10 +213,9 @@ def _collect(
         how = _describe_exit(exitcode)
         result.reason = f"{result.reason}; child {how}" if result.reason else f"child {how}"
     if result.status in ("crashed", "timeout", "cuda_error"):
-        log_path = result_path.with_suffix(".log")
-        tail = _log_tail(log_path)
+        tail = _log_tail(request.log_path)
         if tail:
-            result.reason = f"{result.reason}\n--- last lines of {log_path.name} ---\n{tail}"
+            result.reason = f"{result.reason}\n--- last lines of {request.log_path.name} ---\n{tail}"
     result.started_at = result.started_at or started_at
     result.finished_at = now_iso()
     result.wall_s = wall_s

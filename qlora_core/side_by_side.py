@@ -37,8 +37,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from qlora_core.gpus import DetectedGpu, GpuProfile, is_emulated
+from qlora_core.request import RunOptions
 from qlora_core.result import Result
-from qlora_core.runner import OnWait, RunOptions, run_case
+from qlora_core.runner import OnWait, run_case
 from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 

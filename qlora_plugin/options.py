@@ -31,7 +31,7 @@ from qlora_core.gpus import (
 )
 from qlora_core.matrix import DEFAULT_MAX, MATRICES, SMOKE_MAX
 from qlora_core.models import model_problem
-from qlora_core.runner import DEFAULT_TIMEOUT_S
+from qlora_core.request import DEFAULT_TIMEOUT_S
 from qlora_core.side_by_side import MAX_LANES, auto_lanes
 from qlora_core.spec import FIELD_NAMES, Case, CaseError
 from qlora_plugin.resume import profile_conflict, resolve_settings

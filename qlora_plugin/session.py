@@ -32,11 +32,12 @@ from typing import IO, Any, NamedTuple
 
 import pandas as pd
 
+from qlora_core.child import environment_fields
 from qlora_core.lanes import Lane, card_budget_gib, lane_rerun_reason, plan_lane, set_aside_lane_run
 from qlora_core.matrix import PlannedCase
 from qlora_core.oom_need import measure_need, run_case_measuring_need, uncapped_file_name, why_no_rerun
+from qlora_core.request import RunOptions
 from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
-from qlora_core.runner import RunOptions
 from qlora_core.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sharing_supported
 from qlora_core.spare import SparePool
 from qlora_core.spec import Case
@@ -413,8 +414,6 @@ class BenchSession:
         return [note] if note else []
 
     def environment(self) -> dict[str, Any]:
-        from qlora_core.child import environment_fields
-
         gpu = self.options.gpu_present
         return {
             "profile": self.options.profile.name,

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from qlora_core.oom_need import run_case_measuring_need  # noqa: E402  (after the path)
+from qlora_core.request import RunOptions  # noqa: E402
 from qlora_core.result import result_file_name  # noqa: E402
-from qlora_core.runner import RunOptions  # noqa: E402
 from qlora_core.spare import SparePool  # noqa: E402
 from qlora_core.spec import Case  # noqa: E402
 from qlora_plugin.run_folder import CASES_DIR, RunFolderInUseError, append_line, lock_run_dir  # noqa: E402

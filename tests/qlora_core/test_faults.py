@@ -24,8 +24,9 @@ import pytest
 
 from qlora_core import faults
 from qlora_core.faults import FAULT_KINDS, STAGES, Fault, parse_fault
+from qlora_core.request import RunOptions
 from qlora_core.result import FINAL_STATUSES, Result, read_result
-from qlora_core.runner import RunOptions, run_case
+from qlora_core.runner import run_case
 from qlora_core.spec import Case, CaseError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -176,7 +177,8 @@ PARENT = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from qlora_core.runner import RunOptions, run_case
+    from qlora_core.request import RunOptions
+    from qlora_core.runner import run_case
     from qlora_core.spec import Case
 
     case = Case("tiny", seq_len=32, warmup_steps=0, measured_steps=2)

@@ -20,8 +20,8 @@ from qlora_core.oom_need import (
     uncapped_options,
     why_no_rerun,
 )
+from qlora_core.request import RunOptions
 from qlora_core.result import NEEDED_OF, RESULT_FIELDS, Result, read_result
-from qlora_core.runner import RunOptions
 from qlora_core.spec import Case
 
 TINY = Case("tiny", seq_len=64, batch_size=2, warmup_steps=1, measured_steps=2)

@@ -17,7 +17,8 @@ from qlora_core.gpus import get_profile
 from qlora_core.matrix import build_matrix
 from qlora_core.measure import quant_state_bytes
 from qlora_core.models import REAL_MODEL, SHAPES
-from qlora_core.runner import RunOptions, run_case
+from qlora_core.request import RunOptions
+from qlora_core.runner import run_case
 from qlora_core.spec import LESSON_TARGET_MODULES, Case, CaseError
 
 CPU = RunOptions(profile="cpu", timeout_s=600)
@@ -244,7 +245,7 @@ def test_a_bad_repeat_index_is_refused_before_any_child_starts(tmp_path: Path) -
 def test_a_one_gpu_child_is_shown_one_gpu(monkeypatch, visible, one_gpu_child) -> None:
     """Shown two GPUs, transformers' Trainer trains 2 x the case's batch a step (n_gpu): a one-GPU
     case's child sees the first GPU its runner sees; a multi-GPU case's launcher sees them all."""
-    from qlora_core.runner import child_env
+    from qlora_core.request import child_env
 
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

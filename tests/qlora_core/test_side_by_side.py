@@ -13,8 +13,9 @@ from processes import live_processes
 from qlora_core.gpus import DetectedGpu, get_profile
 from qlora_core.matrix import SHAREABLE_FAMILIES, PlannedCase, build_matrix, family_name
 from qlora_core.measure import NVML_PROCESS
+from qlora_core.request import RunOptions
 from qlora_core.result import Result
-from qlora_core.runner import RunOptions, run_case
+from qlora_core.runner import run_case
 from qlora_core.side_by_side import (
     MAX_LANES,
     OWN_LINE_AGREEMENT_GIB,

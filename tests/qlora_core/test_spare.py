@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from processes import alive, live_processes
 
-from qlora_core.runner import RunOptions, child_env, run_case
+from qlora_core.request import RunOptions, child_env
+from qlora_core.runner import run_case
 from qlora_core.spare import (
     LIBRARY_IMPORTS,
     NO_CONTEXT,
@@ -65,7 +66,9 @@ def _wait_ready(pool: SparePool, timeout_s: float = 120.0) -> None:
 def _spares_of(parent_pid: int) -> list[int]:
     """Pids of the spare processes whose runner is `parent_pid` (their command line names it)."""
     return [
-        pid for pid, _, argv in live_processes() if b"--spare" in argv and str(parent_pid).encode() in argv
+        pid
+        for pid, _, argv in live_processes()
+        if b"qlora_core.spare" in argv and str(parent_pid).encode() in argv
     ]
 
 
