@@ -1,6 +1,6 @@
 """Lanes on a card: each shareable case's share of the device's memory, and which cases run alone.
 
-Cases that read no speed may run side by side (`qlora_core.side_by_side`). On an emulated profile
+Cases that read no speed may run side by side (`qlora_core.process.side_by_side`). On an emulated profile
 each lane is one emulated card: its share is the profile's memory, and an OOM under that cap is
 the profile's verdict. On a real card of the profile (`pytest bench` on an H100, profile h100)
 the user's claim is about the whole card, so a lane's cap is only the suite's way to fit several

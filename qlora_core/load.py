@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from qlora_core.distributed import loads_on_rank0_only, local_device_index
+from qlora_core.process.distributed import loads_on_rank0_only, local_device_index
 from qlora_core.spec import Case, CaseError
 
 TORCH_DTYPES: dict[str, torch.dtype] = {

@@ -64,7 +64,7 @@ def current_rss_gib() -> float:
 NVML_DEVICE, NVML_PROCESS = "device", "process"
 """What an NVML reading covers (`Result.nvml_scope`): the device's used memory, minus what it held
 before the process (`nvml_base_gib`); or this process's own line of NVML's per-process list,
-which other processes on the device do not touch (cases side by side, `qlora_core.side_by_side`)."""
+which other processes on the device do not touch (cases side by side, `qlora_core.process.side_by_side`)."""
 
 
 class NvmlSampler:

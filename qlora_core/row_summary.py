@@ -1,6 +1,6 @@
 """What a row derives from its own measurements once training is over: the step-time summary
 (median, spreads, tokens/s) and FLOPs per step with MFU. Used by the child and by the multi-GPU
-merge of the ranks' rows (`qlora_core.distributed`)."""
+merge of the ranks' rows (`qlora_core.process.distributed`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def summarize_steps(r: Result) -> None:
     """Median step time, its relative spreads (p90 - p10) / median and (p75 - p25) / median,
     and tokens/s."""
     # Here: the engines package imports torch, and the runner imports this module (the ranks'
-    # merge, `qlora_core.distributed`).
+    # merge, `qlora_core.process.distributed`).
     from qlora_core.engines.pacing import percentile, rel_iqr
 
     if not r.step_ms:

@@ -157,7 +157,7 @@ def find_cycle(imports: list[Import]) -> list[str] | None:
 def test_the_projects_modules_import_no_cycle() -> None:
     imports = all_imports(ROOT)
     importers = {imp.importer for imp in imports}
-    assert {"qlora_core.runner", "qlora_plugin.session", "reports.render"} <= importers  # found
+    assert {"qlora_core.process.runner", "qlora_plugin.session", "reports.render"} <= importers  # found
     cycle = find_cycle(imports)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
@@ -230,7 +230,7 @@ def test_the_checker_wants_a_reason_for_a_local_import(tmp_path: Path, body: str
 def test_the_parent_imports_no_torch() -> None:
     """The runner's side of the process layer (and the modules the session imports for it) never
     imports torch: a case's libraries load in its child, never in the pytest process."""
-    modules = "qlora_core.runner, qlora_core.launch, qlora_core.side_by_side, qlora_core.oom_need"
+    modules = ", ".join(f"qlora_core.process.{m}" for m in ("runner", "launch", "side_by_side", "oom_need"))
     code = f"import sys, {modules}; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"

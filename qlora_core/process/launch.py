@@ -4,11 +4,11 @@ As optimum-benchmark's launchers hide whether a benchmark runs inline, in a proc
 torchrun, `launch` hides how a case's child starts, and the runner waits for what it returns
 alike (`runner.run_case`):
 
-- `launch_accelerate`: a multi-GPU case, `python -m qlora_core.distributed REQUEST CONFIG`, which
-  becomes `accelerate launch` of one `qlora_core.rank` per GPU (`qlora_core.distributed`);
-- `launch_spare`: a single-GPU case handed to a warm spare of the pool (`qlora_core.spare`), a
+- `launch_accelerate`: a multi-GPU case, `python -m qlora_core.process.distributed REQUEST CONFIG`, which
+  becomes `accelerate launch` of one `qlora_core.process.rank` per GPU (`qlora_core.process.distributed`);
+- `launch_spare`: a single-GPU case handed to a warm spare of the pool (`qlora_core.process.spare`), a
   child whose imports are already done;
-- `launch_cold`: a fresh interpreter, `python -m qlora_core.child REQUEST`.
+- `launch_cold`: a fresh interpreter, `python -m qlora_core.process.child REQUEST`.
 
 Each writes the request file (`request.ChildRequest`) first. Every first process runs in a session
 of its own (the runner kills its group whole) and writes to the case's log; a spare writes to its
@@ -21,10 +21,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from qlora_core import distributed
 from qlora_core.models.registry import needs_hub
-from qlora_core.request import ChildRequest
-from qlora_core.spare import Spare, SparePool, hand_over
+from qlora_core.process import distributed
+from qlora_core.process.request import ChildRequest
+from qlora_core.process.spare import Spare, SparePool, hand_over
 
 LAUNCHERS: tuple[str, ...] = ("accelerate", "spare", "cold")
 """The launchers, in the order `launch` considers them."""
@@ -70,7 +70,9 @@ def launch_spare(request: ChildRequest, spares: SparePool) -> Launched | None:
 
 def launch_cold(request: ChildRequest) -> Launched:
     """A fresh interpreter for the case's child."""
-    return Launched(_start([sys.executable, "-m", "qlora_core.child", str(request.path)], request), "cold")
+    return Launched(
+        _start([sys.executable, "-m", "qlora_core.process.child", str(request.path)], request), "cold"
+    )
 
 
 def _start(command: list[str], request: ChildRequest) -> subprocess.Popen:

@@ -1,6 +1,6 @@
 """The parent side of a case: start the child, wait, classify how it ended, return the Result.
 
-The child (`qlora_core.child`) is a fresh interpreter, never a fork (forking after CUDA init is
+The child (`qlora_core.process.child`) is a fresh interpreter, never a fork (forking after CUDA init is
 undefined behaviour), so every case starts from a clean device: an OOM, a NaN, a hang, a crash
 or a poisoned CUDA context is a recorded outcome of that case and cannot leak into the next one.
 It runs in a process group of its own, which the parent kills whole on a timeout or when the
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import psutil
 
-from qlora_core import distributed
-from qlora_core.launch import launch, launch_cold
-from qlora_core.lifecycle import STACK_DUMP_SIGNAL, now_iso
-from qlora_core.request import ChildRequest, RunOptions
+from qlora_core.process import distributed
+from qlora_core.process.launch import launch, launch_cold
+from qlora_core.process.lifecycle import STACK_DUMP_SIGNAL, now_iso
+from qlora_core.process.request import ChildRequest, RunOptions
+from qlora_core.process.spare import SparePool
 from qlora_core.result import Result, Status, read_result, write_atomic
-from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 
 _KILL_GRACE_S = 5.0
@@ -59,9 +59,9 @@ def run_case(
     """Run `case` in a fresh child; always returns a Result (never raises for the case's fault).
 
     `result_path`: where the child writes its Result (a temp file when None). The child is a new
-    interpreter (`python -m qlora_core.child REQUEST`) in its own process group, so a timeout
+    interpreter (`python -m qlora_core.process.child REQUEST`) in its own process group, so a timeout
     kills it together with anything it started. Bad options raise here, before any child starts.
-    `spares`: a pool of warm spares (`qlora_core.spare`) that runs single-GPU cases with their
+    `spares`: a pool of warm spares (`qlora_core.process.spare`) that runs single-GPU cases with their
     imports done and is given a new spare as soon as this case's child runs; None: cold.
     `on_wait`: called with `[result_path]` at every poll while the child runs, in this thread
     (the session's heartbeat reads the child's Result file there).
@@ -124,7 +124,7 @@ def _wait(
                 _kill_group(child)
                 raise CaseCancelled(f"case {request.case.id} was stopped before it ended")
             if spares is not None:
-                spares.ensure()  # the next cases' spares import while this one runs (qlora_core.spare)
+                spares.ensure()  # the next cases' spares import while this one runs (process.spare)
             if on_wait is not None:
                 on_wait([request.result_path])
     except BaseException:
@@ -169,7 +169,7 @@ def _dump_stacks(child: subprocess.Popen) -> None:
 
 def _runs_module_of_the_suite(argv: list[str]) -> bool:
     """Whether a process runs `python ... -m qlora_core.<module>` itself (a child, a rank); not
-    `accelerate launch ... -m qlora_core.rank`, whose own module is accelerate's."""
+    `accelerate launch ... -m qlora_core.process.rank`, whose own module is accelerate's."""
     if "-m" not in argv:
         return False
     position = argv.index("-m") + 1

@@ -1,6 +1,6 @@
 """One rank of a multi-GPU case, started by `accelerate launch` (torchrun) as
 
-    python -m qlora_core.rank REQUEST
+    python -m qlora_core.process.rank REQUEST
 
 with RANK, LOCAL_RANK and WORLD_SIZE in its environment. It runs the child's stages
 (`child.run_child`) on its own GPU (LOCAL_RANK; on the CPU, gloo) and writes its own Result
@@ -16,10 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-from qlora_core.child import run_child
-from qlora_core.distributed import rank_result_path
-from qlora_core.lifecycle import arm_stack_dump, die_with_parent
-from qlora_core.request import ChildRequest, quiet_offline_kernel_notices
+from qlora_core.process.child import run_child
+from qlora_core.process.distributed import rank_result_path
+from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent
+from qlora_core.process.request import ChildRequest, quiet_offline_kernel_notices
 from qlora_core.result import Status
 
 

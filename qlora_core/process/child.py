@@ -1,6 +1,6 @@
 """The child process: runs one Case and writes its Result. Started by `runner.run_case` as
 
-    python -m qlora_core.child REQUEST
+    python -m qlora_core.process.child REQUEST
 
 where REQUEST is a `request.ChildRequest` file (the case, its `RunOptions`, where the Result goes,
 the parent's pid); the child dies with that parent (`lifecycle.die_with_parent`).
@@ -30,16 +30,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from qlora_core import faults
-from qlora_core.checkpointer import Checkpointer
-from qlora_core.distributed import local_device_index
 from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated
 from qlora_core.lanes import lane_cap_gib
-from qlora_core.lifecycle import arm_stack_dump, die_with_parent, materialize, now_iso
 from qlora_core.models import Prequant
 from qlora_core.models.registry import NO_16BIT_CHECKPOINT, shape_spec
-from qlora_core.outcomes import classify_exception, recognised_refusal
-from qlora_core.request import ChildRequest, RunOptions, quiet_offline_kernel_notices
+from qlora_core.process import faults
+from qlora_core.process.checkpointer import Checkpointer
+from qlora_core.process.distributed import local_device_index
+from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent, materialize, now_iso
+from qlora_core.process.outcomes import classify_exception, recognised_refusal
+from qlora_core.process.request import ChildRequest, RunOptions, quiet_offline_kernel_notices
 from qlora_core.result import Result, Status
 from qlora_core.row_summary import record_mfu, summarize_steps
 from qlora_core.spec import HELDOUT_WINDOWS, Case
@@ -77,7 +77,7 @@ def environment_fields() -> dict[str, str]:
 
 def child_main(request_path: str, spare_import_s: float | None = None) -> None:
     """Entry point of the child: read the request, run the case, write the Result, exit 0.
-    `spare_import_s`: in a warm spare (`qlora_core.spare`), what its imports took before."""
+    `spare_import_s`: in a warm spare (`qlora_core.process.spare`), what its imports took before."""
     main_at = time.time()
     quiet_offline_kernel_notices()  # before bitsandbytes is imported
     request = ChildRequest.read(Path(request_path))
@@ -103,7 +103,7 @@ def run_child(
     `start_s`: seconds from the parent's spawn (or hand-over to a spare) to the child's main, when
     the parent said; `spare_import_s`: a warm spare's imports before the hand-over (None: cold).
 
-    The body of a child, and of each rank of a multi-GPU case (`qlora_core.rank`).
+    The body of a child, and of each rank of a multi-GPU case (`qlora_core.process.rank`).
     """
     result = Result.for_case(case, options.profile, options.families)
     result.started_at = now_iso()
@@ -214,7 +214,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: Checkpointer) -> tuple[St
 
     ckpt.stage("data")
     # An uncapped rerun wants memory only (oom_need): its peak, in a few fixed steps.
-    # Side by side (qlora_core.side_by_side), kernel time would be shared too: no profiler window.
+    # Side by side (qlora_core.process.side_by_side), kernel time would be shared too: no profiler window.
     # Nor adaptive pacing, which reads step times: side by side, the case's own steps, fixed.
     shared = options.shared_device > 1
     plan = plan_steps(

@@ -2,7 +2,7 @@
 
 Importing torch and transformers costs a case 5-15 s of its wall time, before any of its work.
 A `SparePool` keeps spares (two: `SPARE_DEPTH`), each a fresh interpreter (`python -m
-qlora_core.spare PID`, never a fork) that has imported what can be imported without
+qlora_core.process.spare PID`, never a fork) that has imported what can be imported without
 touching the device (`SPARE_IMPORTS`), prints `SPARE_READY` and blocks on its stdin.
 `launch.launch` hands the next single-GPU case to the oldest (the request's path, one line) and
 the spare becomes that case's child (`child.child_main`), with every guarantee of a cold one: its
@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from qlora_core.child import child_main
-from qlora_core.lifecycle import arm_stack_dump, die_with_parent
-from qlora_core.request import child_env, quiet_offline_kernel_notices
+from qlora_core.process.child import child_main
+from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent
+from qlora_core.process.request import child_env, quiet_offline_kernel_notices
 
 SPARE_DEPTH = 2
 """Spares a pool keeps waiting (`SparePool`)."""
@@ -111,7 +111,7 @@ class SparePool:
     waited the rest (0-14 s of the t4 tier's uncapped reruns on the H200); the second spare has
     had a whole case more.
 
-    Thread-safe: cases side by side (`qlora_core.side_by_side`) take spares from one thread each;
+    Thread-safe: cases side by side (`qlora_core.process.side_by_side`) take spares from one thread each;
     `deepened` keeps one spare per lane waiting while they run. Only the thread that made the pool
     starts spares (`ensure` elsewhere does nothing): PDEATHSIG kills a child when the *thread*
     that started it ends, and a lane's thread ends with its group."""
@@ -207,7 +207,7 @@ class SparePool:
             self._registered = True
         fd, name = tempfile.mkstemp(prefix="qlora-spare-", suffix=".log")
         env = child_env()
-        command = [sys.executable, "-m", "qlora_core.spare", str(os.getpid())]
+        command = [sys.executable, "-m", "qlora_core.process.spare", str(os.getpid())]
         verdict_path = Path(name).with_suffix(".verdict") if probe else None
         if libraries:
             command.append(LIBRARIES_FLAG)
@@ -310,7 +310,7 @@ def hand_over(spare: Spare, request: Path) -> bool:
 
 
 def serve_command_line(args: list[str]) -> None:
-    """`python -m qlora_core.spare PID [--libraries [VERDICT]]`, as `SparePool._start` writes it:
+    """`python -m qlora_core.process.spare PID [--libraries [VERDICT]]`, as `SparePool._start` writes it:
     `serve` with those arguments."""
     libraries = args[1:2] == [LIBRARIES_FLAG]
     serve(int(args[0]), libraries, Path(args[2]) if libraries and len(args) > 2 else None)

@@ -19,7 +19,10 @@ import torch
 from accelerate.commands.config.config_args import ClusterConfig
 
 import qlora_core
-from qlora_core.distributed import (
+from qlora_core.load import load_on_meta
+from qlora_core.models import Prequant
+from qlora_core.models.resolve import resolve_model
+from qlora_core.process.distributed import (
     accelerate_config,
     accelerate_launch_argv,
     config_path,
@@ -30,12 +33,9 @@ from qlora_core.distributed import (
     merge_ranks,
     rank_result_path,
 )
-from qlora_core.load import load_on_meta
-from qlora_core.models import Prequant
-from qlora_core.models.resolve import resolve_model
-from qlora_core.request import ChildRequest, RunOptions
+from qlora_core.process.request import ChildRequest, RunOptions
+from qlora_core.process.runner import run_case
 from qlora_core.result import Result, read_result
-from qlora_core.runner import run_case
 from qlora_core.spec import Case, CaseError
 
 DDP = Case(
@@ -46,7 +46,7 @@ FSDP = DDP.replace(strategy="fsdp", quant_storage="bf16", prepare_kbit=False)
 FSDP_PREQ = FSDP.replace(compute_dtype="bf16", prequantized=True)
 FSDP_OFFLOAD = FSDP_PREQ.replace(cpu_offload=True)  # the FSDP-QLoRA recipe for 70B on two 24 GB GPUs
 # torchelastic's failure summary, as `accelerate launch` prints it (abridged).
-TORCHRUN_SUMMARY = """qlora_core.rank FAILED
+TORCHRUN_SUMMARY = """qlora_core.process.rank FAILED
 Failures:
 [1]:
   rank      : 0 (local_rank: 0)
@@ -236,7 +236,7 @@ def test_a_timeout_takes_down_every_rank(tmp_path):
     assert len(seen) >= 3 and not _alive(seen)
     # each rank wrote where it hung before it was killed (the launcher was not signalled)
     log = (tmp_path / "r.log").read_text()
-    assert log.count("Current thread") == 2 and "qlora_core/faults.py" in log, log[-3000:]
+    assert log.count("Current thread") == 2 and "qlora_core/process/faults.py" in log, log[-3000:]
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from qlora_core.models import ModelUnavailableError, Prequant
-from qlora_core.request import child_env
+from qlora_core.process.request import child_env
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 

@@ -2,19 +2,19 @@
 
 A case of `num_gpus > 1` runs as the user's recipe does: `accelerate launch` with a config the
 suite writes per case (FSDP wrapping each transformer layer, or DDP), which starts one process per
-rank through torchrun; each rank runs the child's stages (`qlora_core.rank`) and trains with
+rank through torchrun; each rank runs the child's stages (`qlora_core.process.rank`) and trains with
 `transformers.Trainer`, which takes the FSDP plugin from the launcher's environment and wraps the
 LoRA model with peft's auto-wrap policy and the 4-bit storage dtype as FSDP's parameter dtype.
 
 The process tree, and why every rank dies with the case:
 
-    runner -> python -m qlora_core.distributed REQUEST CONFIG    (own session; becomes, by exec,)
+    runner -> python -m qlora_core.process.distributed REQUEST CONFIG    (own session; becomes, by exec,)
               python -m accelerate.commands.launch ...           (`accelerate launch`: torchrun's agent)
-                -> python -m qlora_core.rank REQUEST             (one per rank, each in a session of
+                -> python -m qlora_core.process.rank REQUEST             (one per rank, each in a session of
                                                                   its own: torchrun's choice)
 
 The launcher dies with the runner (PDEATHSIG set before the exec) and each rank with the launcher
-(`qlora_core.rank`); a timeout or an interrupt takes down the launcher's group and the groups of
+(`qlora_core.process.rank`); a timeout or an interrupt takes down the launcher's group and the groups of
 every rank (`process_groups`, collected before anything is signalled). A rank that ends other than
 ok exits 1, so torchrun stops the others at once instead of leaving them blocked in a collective.
 
@@ -37,9 +37,9 @@ from typing import Any
 import psutil
 
 from qlora_core.gpus import get_profile
-from qlora_core.lifecycle import arm_stack_dump, die_with_parent, materialize
 from qlora_core.models import Prequant
-from qlora_core.request import ChildRequest
+from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent, materialize
+from qlora_core.process.request import ChildRequest
 from qlora_core.result import Result, Status, read_result, write_atomic
 from qlora_core.row_summary import summarize_steps
 from qlora_core.spec import Case, CaseError
@@ -167,7 +167,7 @@ def launch_command(request: ChildRequest) -> list[str]:
         raise CaseError(["strategy='fsdp' needs a GPU profile: accelerate's FSDP plugin refuses the CPU"])
     config = config_path(request.result_path)
     write_atomic(config, json.dumps(accelerate_config(case, free_port()), indent=2))
-    return [sys.executable, "-m", "qlora_core.distributed", str(request.path), str(config)]
+    return [sys.executable, "-m", "qlora_core.process.distributed", str(request.path), str(config)]
 
 
 def config_path(result_path: Path) -> Path:
@@ -176,7 +176,7 @@ def config_path(result_path: Path) -> Path:
 
 
 def accelerate_launch_argv(request: Path, config: Path) -> list[str]:
-    """`accelerate launch --config_file CONFIG -m qlora_core.rank REQUEST`, as a Python command.
+    """`accelerate launch --config_file CONFIG -m qlora_core.process.rank REQUEST`, as a Python command.
 
     `python -m accelerate.commands.launch` is the `accelerate launch` command (its module and
     `main`), found through this interpreter rather than PATH.
@@ -189,7 +189,7 @@ def accelerate_launch_argv(request: Path, config: Path) -> list[str]:
         str(config),
         "--quiet",
         "-m",
-        "qlora_core.rank",
+        "qlora_core.process.rank",
         str(request),
     ]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.request import REQUEST_VERSION, ChildRequest, RequestError, RunOptions, child_env
+from qlora_core.process.request import REQUEST_VERSION, ChildRequest, RequestError, RunOptions, child_env
 from qlora_core.spec import Case
 
 CASE = Case("tiny", seq_len=64, measured_steps=2, extra=(("fault", "exit@prepare"),))
@@ -89,7 +89,7 @@ def test_a_child_given_a_malformed_request_says_why_and_writes_nothing(tmp_path:
     data = {**request.to_dict(), "version": REQUEST_VERSION + 1}
     request.path.write_text(json.dumps(data))
     proc = subprocess.run(
-        [sys.executable, "-m", "qlora_core.child", str(request.path)],
+        [sys.executable, "-m", "qlora_core.process.child", str(request.path)],
         capture_output=True,
         text=True,
         env=child_env(),

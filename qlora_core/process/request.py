@@ -1,8 +1,8 @@
 """What the parent tells a case's child: the request file, the run's options, the environment.
 
 The runner writes one `ChildRequest` per run of a case (`ChildRequest.write`, JSON, atomically)
-beside the case's Result file; the child (`qlora_core.child`), each rank of a multi-GPU case
-(`qlora_core.rank`) and the multi-GPU launcher (`qlora_core.distributed`) read it back with
+beside the case's Result file; the child (`qlora_core.process.child`), each rank of a multi-GPU case
+(`qlora_core.process.rank`) and the multi-GPU launcher (`qlora_core.process.distributed`) read it back with
 `ChildRequest.read`, which refuses a malformed request or one of another `REQUEST_VERSION` with
 every problem named, before any work. `RunOptions` says how a case runs (not part of its
 identity); `child_env` is the environment every process of a case starts with.
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qlora_core import faults
 from qlora_core.gpus import first_visible_gpu, get_profile
 from qlora_core.models.registry import needs_hub
+from qlora_core.process import faults
 from qlora_core.result import write_atomic
 from qlora_core.spec import Case, CaseError
 
@@ -45,16 +45,16 @@ class RunOptions:
     """Which fresh-process repeat of the case this run is (0-based); recorded in the Result."""
     inject_fault: str = ""
     """Tests only: a fault `KIND@STAGE` the child inflicts on itself in this run (see
-    `qlora_core.child`); "" for none. Not part of the case's identity."""
+    `qlora_core.process.child`); "" for none. Not part of the case's identity."""
     adaptive_steps: bool | None = None
     """Measure until the step times are steady (`engines.pacing`); None: on CUDA only, where
     the time is the point (the CPU runs stay deterministic)."""
     uncapped: bool = False
     """The memory-only rerun of a case that ran out of memory under an emulated cap
-    (`qlora_core.oom_need`): no allocator cap (the row says memory_cap_gib=None, emulated=False),
+    (`qlora_core.process.oom_need`): no allocator cap (the row says memory_cap_gib=None, emulated=False),
     `engines.pacing.MEMORY_ONLY_STEPS` fixed steps and no profiler window."""
     shared_device: int = 1
-    """How many cases run on the device at once with this one (`qlora_core.side_by_side`); above 1
+    """How many cases run on the device at once with this one (`qlora_core.process.side_by_side`); above 1
     its speed is not measured (None: other processes share the device), and its device memory is
     NVML's per-process line for its own process (`measure.NVML_PROCESS`)."""
     lane_share_gib: float | None = None
