@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from qlora_core.models.cache import build_once, cache_dir
 from qlora_core.spec import CaseError
 
 _BYTE_VALUES = 256
@@ -130,7 +131,6 @@ def corpus_key(tokenizer_path: str | None, vocab_size: int) -> str:
 
 def cached_corpus_ids(tokenizer_path: str | None, vocab_size: int) -> torch.Tensor:
     """`tokenize_corpus`, tokenized once into the model cache and read back by later cases."""
-    from qlora_core.models.cache import build_once, cache_dir
 
     def build(out: Path) -> dict[str, str]:
         torch.save(tokenize_corpus(tokenizer_path, vocab_size), out / "ids.pt")

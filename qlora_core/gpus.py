@@ -2,7 +2,7 @@
 
 A profile is the GPU a run targets: the memory a process sees on it and its compute capability
 (which decides native bf16). `--gpu t4` on a bigger card emulates the T4 by capping the child's
-caching allocator (see `qlora_core.child`).
+caching allocator (see `qlora_core.process.child`).
 
 `total_gib` is what the driver reports to a process (nvidia-smi "MiB" total / 1024), which is a
 little below the marketed size: T4 15,360 MiB (16 GB), L4 23,034 MiB (24 GB), A10G 23,028 MiB
@@ -162,7 +162,7 @@ def nvml_handle(pynvml: Any, cuda_index: int = 0) -> Any:
 
 def first_visible_gpu() -> str:
     """The CUDA_VISIBLE_DEVICES entry of the first GPU this process sees ("0" when it is not set;
-    "" when it is set to none): what a one-GPU child is shown (`runner.child_env`)."""
+    "" when it is set to none): what a one-GPU child is shown (`request.child_env`)."""
     entries = _visible_entries()
     if entries is None:
         return "0"

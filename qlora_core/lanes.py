@@ -1,6 +1,6 @@
 """Lanes on a card: each shareable case's share of the device's memory, and which cases run alone.
 
-Cases that read no speed may run side by side (`qlora_core.side_by_side`). On an emulated profile
+Cases that read no speed may run side by side (`qlora_core.process.side_by_side`). On an emulated profile
 each lane is one emulated card: its share is the profile's memory, and an OOM under that cap is
 the profile's verdict. On a real card of the profile (`pytest bench` on an H100, profile h100)
 the user's claim is about the whole card, so a lane's cap is only the suite's way to fit several
@@ -157,7 +157,7 @@ def creation_gib(case: Case) -> float:
     """Device memory of creating the case's checkpoint where the cache lacks it: a registered
     shape's random weights are drawn whole on the GPU in 16 bits (an untied lm_head for a moment),
     in a process of its own before the case's own process touches the device
-    (`child._materialize`). 0 for the real model and pre-quantized checkpoints (built on the CPU,
+    (`lifecycle.materialize`). 0 for the real model and pre-quantized checkpoints (built on the CPU,
     or one tensor at a time)."""
     shape = SHAPES.get(case.model)
     if shape is None or case.prequantized:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from qlora_core.process.distributed import loads_on_rank0_only, local_device_index
 from qlora_core.spec import Case, CaseError
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -54,8 +55,6 @@ def load_model(case: Case, path: str, device: str) -> torch.nn.Module:
     at resolution, `models.prequantized.check_prequantized_dir`).
     """
     from transformers import AutoModelForCausalLM
-
-    from qlora_core.distributed import loads_on_rank0_only, local_device_index
 
     rank_device = f"cuda:{local_device_index()}" if device == "cuda" else "cpu"
     if loads_on_rank0_only(case) and local_device_index() != 0:

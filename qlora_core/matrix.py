@@ -84,7 +84,7 @@ SHAREABLE_FAMILIES: frozenset[str] = frozenset(
 )
 """Families whose claims and tables never read speed, only numerics (losses, norms, perplexity)
 or memory (the allocator's per-process peaks, NVML's per-process line): their cases may share the
-device (`qlora_core.side_by_side`). A case that also serves a speed family (factorial, speed,
+device (`qlora_core.process.side_by_side`). A case that also serves a speed family (factorial, speed,
 fp32, engine) runs alone."""
 
 
@@ -108,7 +108,7 @@ class PlannedCase:
     @property
     def shareable(self) -> bool:
         """Every family of the case reads what does not depend on other processes on the device
-        (`SHAREABLE_FAMILIES`): it may run side by side (`qlora_core.side_by_side`)."""
+        (`SHAREABLE_FAMILIES`): it may run side by side (`qlora_core.process.side_by_side`)."""
         return bool(self.families) and all(family_name(f) in SHAREABLE_FAMILIES for f in self.families)
 
 

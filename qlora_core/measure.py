@@ -18,6 +18,10 @@ from typing import Any
 
 import torch
 
+from qlora_core.gpus import nvml_handle
+from qlora_core.models.registry import shape_spec
+from qlora_core.models.shapes import build_meta_model
+
 BYTES_IN_GIB = 1024**3
 _NVML_SAMPLE_S = 0.02
 
@@ -60,7 +64,7 @@ def current_rss_gib() -> float:
 NVML_DEVICE, NVML_PROCESS = "device", "process"
 """What an NVML reading covers (`Result.nvml_scope`): the device's used memory, minus what it held
 before the process (`nvml_base_gib`); or this process's own line of NVML's per-process list,
-which other processes on the device do not touch (cases side by side, `qlora_core.side_by_side`)."""
+which other processes on the device do not touch (cases side by side, `qlora_core.process.side_by_side`)."""
 
 
 class NvmlSampler:
@@ -77,8 +81,6 @@ class NvmlSampler:
     def __init__(self, index: int = 0, scope: str = NVML_DEVICE) -> None:
         """`index`: the CUDA device index in this process (mapped to NVML's, see `nvml_handle`)."""
         import pynvml
-
-        from qlora_core.gpus import nvml_handle
 
         if scope not in (NVML_DEVICE, NVML_PROCESS):
             raise ValueError(f"scope {scope!r}; allowed: {NVML_DEVICE}, {NVML_PROCESS}")
@@ -204,8 +206,6 @@ def weight_bytes(model: torch.nn.Module) -> WeightBytes:
 def meta_weight_bytes(spec: Any) -> int:
     """Exact bytes of a shape's 16-bit weights (parameters, a tied one once, and buffers), counted on
     the meta device: what loading it in 16-bit must hold, computed without memory or a checkpoint."""
-    from qlora_core.models.shapes import build_meta_model
-
     model = build_meta_model(spec)
     tensors = [*model.parameters(), *model.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -262,8 +262,6 @@ def empty_weight_counts(shape: str, lora_r: int, target_modules: tuple[str, ...]
     from accelerate import init_empty_weights
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-
-    from qlora_core.models.registry import shape_spec
 
     spec = shape_spec(shape)
     with init_empty_weights():

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from qlora_core.measure import quant_state_bytes
+
 QUANT_TYPES_4BIT: tuple[str, ...] = ("nf4", "fp4")
 BLOCKSIZE = 64  # what transformers' 4-bit loading uses (bnb_4bit_blocksize default)
 
@@ -54,8 +56,6 @@ def quant_state_layout(device: str = "cpu") -> list[dict[str, Any]]:
 
 
 def _stats_bits(state: Any) -> float:
-    from qlora_core.measure import quant_state_bytes
-
     return quant_state_bytes(state) * 8.0
 
 

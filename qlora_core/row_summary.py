@@ -1,12 +1,13 @@
 """What a row derives from its own measurements once training is over: the step-time summary
 (median, spreads, tokens/s) and FLOPs per step with MFU. Used by the child and by the multi-GPU
-merge of the ranks' rows (`qlora_core.distributed`)."""
+merge of the ranks' rows (`qlora_core.process.distributed`)."""
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
 
+from qlora_core import flops
 from qlora_core.gpus import DetectedGpu, profile_for_device
 from qlora_core.result import Result
 from qlora_core.spec import Case
@@ -15,6 +16,8 @@ from qlora_core.spec import Case
 def summarize_steps(r: Result) -> None:
     """Median step time, its relative spreads (p90 - p10) / median and (p75 - p25) / median,
     and tokens/s."""
+    # Here: the engines package imports torch, and the runner imports this module (the ranks'
+    # merge, `qlora_core.process.distributed`).
     from qlora_core.engines.pacing import percentile, rel_iqr
 
     if not r.step_ms:
@@ -31,8 +34,6 @@ def summarize_steps(r: Result) -> None:
 def record_mfu(r: Result, case: Case, config: Any, gpu: DetectedGpu | None) -> None:
     """FLOPs per step (any device) and MFU against the GPU the kernels ran on (never the
     emulated profile's: an emulated T4's kernels run on the host GPU)."""
-    from qlora_core import flops
-
     dims = flops.dims_of(config)
     if dims is None:
         return

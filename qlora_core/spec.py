@@ -98,7 +98,7 @@ class Case:
     engine: Engine = "loop"
     """How the case trains: `loop` (the core loop, mixed precision under autocast),
     `trainer` (transformers.Trainer) or `sft` (TRL's SFTTrainer), on the same token batches."""
-    # multi-GPU: launched through `accelerate launch` (qlora_core.distributed)
+    # multi-GPU: launched through `accelerate launch` (qlora_core.process.distributed)
     num_gpus: int = 1
     """Ranks the case trains on, one GPU each (one process each on the CPU), data-parallel:
     every rank trains `batch_size` rows per micro-batch, so a step covers `num_gpus` times more."""

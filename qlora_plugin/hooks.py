@@ -56,7 +56,7 @@ _LAST_MODULES = ("test_quantization.py", "test_kernels.py", "test_claims.py", "t
 # merge keeps one copy of a measurement the shards agree on).
 _MERGE_FIRST_MODULES = ("test_kernels.py", "test_claims.py", "test_gate.py")
 # Outcomes that are findings about the case (recorded, reported) rather than suite failures.
-# `unsupported` is only ever a library refusal `qlora_core.outcomes` recognises (e.g. TRL's
+# `unsupported` is only ever a library refusal `qlora_core.process.outcomes` recognises (e.g. TRL's
 # SFTTrainer with fp16 on a QLoRA model on a GPU): what a user of that stack gets for the case.
 EXPECTED_FAILURE_STATUSES = frozenset({"oom", "nan", "unsupported"})
 # Enough for a refusal's reason: its stage, the refusal, the cause its engine names, torch's words.

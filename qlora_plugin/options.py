@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 
-from qlora_core import faults
-from qlora_core.faults import EXTRA_KNOBS
 from qlora_core.gpus import (
     ALL_CPU_DTYPES,
     PROFILE_NAMES,
@@ -31,8 +29,10 @@ from qlora_core.gpus import (
 )
 from qlora_core.matrix import DEFAULT_MAX, MATRICES, SMOKE_MAX
 from qlora_core.models import model_problem
-from qlora_core.runner import DEFAULT_TIMEOUT_S
-from qlora_core.side_by_side import MAX_LANES, auto_lanes
+from qlora_core.process import faults
+from qlora_core.process.faults import EXTRA_KNOBS
+from qlora_core.process.request import DEFAULT_TIMEOUT_S
+from qlora_core.process.side_by_side import MAX_LANES, auto_lanes
 from qlora_core.spec import FIELD_NAMES, Case, CaseError
 from qlora_plugin.resume import profile_conflict, resolve_settings
 from qlora_plugin.shard import Shard, parse_shard
@@ -74,10 +74,10 @@ class BenchOptions:
     balance the shards."""
     oom_rerun: bool = True
     """Rerun a case that ran out of memory under an emulated cap uncapped on the host GPU and
-    record what it needed (`qlora_core.oom_need`); --no-oom-rerun turns it off."""
+    record what it needed (`qlora_core.process.oom_need`); --no-oom-rerun turns it off."""
     side_by_side: int = 1
     """--side-by-side N|auto: how many shareable cases may run on the device at once
-    (`qlora_core.side_by_side`); 1: every case alone."""
+    (`qlora_core.process.side_by_side`); 1: every case alone."""
     require_speed: bool = False
     """--require-speed: the gate fails when speed could not be compared (another GPU's baseline)."""
     cpu_dtypes: frozenset[str] = ALL_CPU_DTYPES

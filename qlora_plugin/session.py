@@ -34,11 +34,17 @@ import pandas as pd
 
 from qlora_core.lanes import Lane, card_budget_gib, lane_rerun_reason, plan_lane, set_aside_lane_run
 from qlora_core.matrix import PlannedCase
-from qlora_core.oom_need import measure_need, run_case_measuring_need, uncapped_file_name, why_no_rerun
+from qlora_core.process.child import environment_fields
+from qlora_core.process.oom_need import (
+    measure_need,
+    run_case_measuring_need,
+    uncapped_file_name,
+    why_no_rerun,
+)
+from qlora_core.process.request import RunOptions
+from qlora_core.process.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sharing_supported
+from qlora_core.process.spare import SparePool
 from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
-from qlora_core.runner import RunOptions
-from qlora_core.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sharing_supported
-from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 from qlora_core.tiers import cpu_text_note
 from qlora_plugin.options import BenchOptions
@@ -101,7 +107,7 @@ class BenchSession:
     planned_runs: dict[str, int] = field(default_factory=dict)  # the folder's cases -> repeats
     _opened_at: float = field(default_factory=time.monotonic)  # for the progress line's times
     _lock: IO[str] | None = None
-    spares: SparePool = field(default_factory=SparePool)  # warm spare children (qlora_core/spare.py)
+    spares: SparePool = field(default_factory=SparePool)  # warm spare children (qlora_core/process/spare.py)
     _sharing_note_given: bool = False
     _expected_s: dict[RunKey, float] | None = None  # each planned run's expected cost (time left)
     _heartbeat: Heartbeat | None = None
@@ -413,8 +419,6 @@ class BenchSession:
         return [note] if note else []
 
     def environment(self) -> dict[str, Any]:
-        from qlora_core.child import environment_fields
-
         gpu = self.options.gpu_present
         return {
             "profile": self.options.profile.name,

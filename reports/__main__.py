@@ -42,10 +42,18 @@ from reports.claims_matrix import write_claims_matrix
 from reports.completeness import completing_command, folder_incompleteness
 from reports.fit import run_advisor
 from reports.fit_query import AdvisorError, add_query_options, query_case
-from reports.frame import ENVIRONMENT_JSON, MEASUREMENTS_DIR, RESULTS_JSONL, load_run, read_results_jsonl
+from reports.frame import (
+    ENVIRONMENT_JSON,
+    MEASUREMENTS_DIR,
+    RESULTS_JSONL,
+    RunFolderError,
+    check_run_dir,
+    load_run,
+    read_results_jsonl,
+)
 from reports.gate import gate
 from reports.merge import MergeError, merge_runs
-from reports.render import RunFolderError, check_run_dir, render_run
+from reports.render import render_run
 from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
 
 EXIT_OK = 0

@@ -65,7 +65,7 @@ ACTIVATION_TERMS = (
 TRAINER_ENGINES = frozenset({"trainer", "sft"})
 VISIBLE_GPUS = "child_gpus_visible"
 """Column `run_frame` adds: the GPUs each row's child saw. The row's own `gpus_visible` where it
-has one (`runner.child_env` shows a one-GPU case one GPU); a row from before that field, the GPUs
+has one (`request.child_env` shows a one-GPU case one GPU); a row from before that field, the GPUs
 its session saw (environment.json's gpus_present: its runner passed CUDA_VISIBLE_DEVICES on
 unchanged); None when neither was recorded."""
 _SHAPE_OF_MODEL = {REAL_MODEL: "smollm2-135m"}  # the real model has the registered SmolLM2 shape

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from qlora_core.result import Result
+from qlora_core.result import Result, write_atomic
 from qlora_core.spec import Case
 from reports.repeats import RepeatStats, fold_repeats
 
@@ -39,6 +39,20 @@ ENVIRONMENT_JSON = "environment.json"
 MATRIX_NOTES = "matrix_notes"
 """environment.json's list of what the host left out of the matrix and why (`tiers.cpu_text_note`)."""
 MEASUREMENTS_DIR = "measurements"
+
+
+class RunFolderError(FileNotFoundError):
+    """The folder is missing or holds no results.jsonl."""
+
+
+def check_run_dir(run_dir: Path) -> Path:
+    """`run_dir` as a Path when it is a run folder; RunFolderError saying what is wrong otherwise."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} does not exist (or is not a folder)")
+    if not (run_dir / RESULTS_JSONL).is_file():
+        raise RunFolderError(f"{run_dir} has no {RESULTS_JSONL}: not a qlora-bench run folder")
+    return run_dir
 
 
 def column_dtype(annotation: Any) -> str | None:
@@ -157,7 +171,6 @@ def load_run(run_dir: Path) -> RunData:
 def write_result_tables(run_dir: Path) -> tuple[dict[str, Path], list[str]]:
     """Write results.csv and results.parquet (one row per case, repeats folded) from the folder's
     results.jsonl; the paths written by format, and why an optional format was not written."""
-    from qlora_core.result import write_atomic  # the one atomic writer
 
     run_dir = Path(run_dir)
     frame = load_run(run_dir).results

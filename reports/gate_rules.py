@@ -21,7 +21,7 @@
 
 A rise of speed, a drop of memory, loss or kernel time never fails. A metric measured on one
 side only fails (regenerate the baseline), except speed (tokens/s, kernel time) missing on a side
-that ran the case side by side (`qlora_core.side_by_side`): such a row measures no speed by
+that ran the case side by side (`qlora_core.process.side_by_side`): such a row measures no speed by
 design, and which case of a shareable family runs alone first, for the evidence that sharing is
 measured right, depends on the run's order (a shard's differs). That is `n/a`, with the reason,
 never a pass. Each comparison names its rule and its evidence.
@@ -203,7 +203,7 @@ def _noise(entry: dict[str, Any], side: str) -> tuple[float, str]:
 
 
 SIDE_BY_SIDE_UNMEASURED: tuple[str, ...] = SPEED_METRICS
-"""What a side-by-side row does not measure (`qlora_core.side_by_side`)."""
+"""What a side-by-side row does not measure (`qlora_core.process.side_by_side`)."""
 
 
 def _side_by_side_without(metric: str, base: dict[str, Any], run: dict[str, Any]) -> str | None:

@@ -32,6 +32,7 @@ from reports.frame import (
     ENVIRONMENT_JSON,
     MEASUREMENTS_DIR,
     RESULTS_JSONL,
+    check_run_dir,
     read_results_jsonl,
     write_result_tables,
 )
@@ -175,8 +176,6 @@ def _join_files(run_dirs: list[Path], out: Path) -> None:
 def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, command: str = "") -> MergeReport:
     """Merge `run_dirs` into the new folder `out` (see the module docstring); MergeError or
     RunFolderError before anything is written when they cannot be merged."""
-    from reports.render import check_run_dir  # here: render imports merge_notes from this module
-
     run_dirs = [check_run_dir(d) for d in run_dirs]
     out = Path(out)
     if not run_dirs:

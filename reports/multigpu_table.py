@@ -1,7 +1,7 @@
 """tables.md's multi-GPU section: per-GPU memory of each case of a multi-card profile and the
 scaling efficiency of its N-GPU cases.
 
-A multi-GPU row is merged from its ranks (`qlora_core.distributed.merge_ranks`): its peak fields
+A multi-GPU row is merged from its ranks (`qlora_core.process.distributed.merge_ranks`): its peak fields
 are the max over ranks (what each GPU must hold), its tokens/s is over all ranks, and its kernel
 time and GPU busy are the profiled window of the first rank that wrote a Result (rank 0). A row
 that ran out of memory under the cap shows what its uncapped rerun needed, labelled

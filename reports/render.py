@@ -23,7 +23,7 @@ from reports.claims import (
     evaluate_all,
 )
 from reports.completeness import run_incompleteness
-from reports.frame import MATRIX_NOTES, RESULTS_JSONL, RunData, load_run
+from reports.frame import MATRIX_NOTES, RunData, check_run_dir, load_run
 from reports.markdown import MAX_LINE_CHARS, fit_width, md_cell, md_table
 from reports.merge import merge_notes
 from reports.plots import render_plots
@@ -35,20 +35,6 @@ TABLES_MD = "tables.md"
 PLOTS_DIR = "plots"
 EVIDENCE_SHOWN = 8  # case ids listed per evaluation; the rest are counted
 _VERDICT_ORDER = (Verdict.HOLDS, Verdict.REFUTED, Verdict.INCONCLUSIVE, Verdict.NOT_RUN)
-
-
-class RunFolderError(FileNotFoundError):
-    """The folder is missing or holds no results.jsonl."""
-
-
-def check_run_dir(run_dir: Path) -> Path:
-    """`run_dir` as a Path when it is a run folder; RunFolderError saying what is wrong otherwise."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunFolderError(f"run folder {run_dir} does not exist (or is not a folder)")
-    if not (run_dir / RESULTS_JSONL).is_file():
-        raise RunFolderError(f"{run_dir} has no {RESULTS_JSONL}: not a qlora-bench run folder")
-    return run_dir
 
 
 class ClaimSummary(NamedTuple):

@@ -370,7 +370,7 @@ DTYPE_BYTES: dict[str, int] = {
 }
 
 
-# -- what an OOM needs (qlora_core.oom_need) -----------------------------------------------
+# -- what an OOM needs (qlora_core.process.oom_need) -----------------------------------------------
 def needed_label(row: pd.Series) -> str:
     """How a figure of the row's uncapped rerun is labelled wherever it is shown."""
     return f"needed (measured uncapped on {row.get('needed_on') or 'the host GPU'})"

@@ -2,7 +2,7 @@
 
 Every run of a case records its wall time (`Result.wall_s`, the parent's: spawn to exit) and its
 phases (`start_s`, `import_s`, `create_s`, `load_s`, `prepare_s`, `warmup_s`, `train_s`,
-`profile_s`, `eval_s`; `qlora_core.child`); the rest of a run's wall ("other") is the model's
+`profile_s`, `eval_s`; `qlora_core.process.child`); the rest of a run's wall ("other") is the model's
 resolution, the data, the CUDA and NVML set-up, a wait for a spare and the Result's writing. Runs
 that are not rows are counted too: an OOM's uncapped rerun (`cases/<hash>-uncapped.json`) and a
 lane run set aside for a rerun alone (`cases/<hash>-lane.json`). Runs side by side overlap, so a
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from qlora_core.lanes import LANE_SUFFIX
 from qlora_core.matrix import family_name
-from qlora_core.oom_need import UNCAPPED_SUFFIX
+from qlora_core.process.oom_need import UNCAPPED_SUFFIX
 from qlora_core.result import Result, read_result
 from reports.frame import ENVIRONMENT_JSON, RESULTS_JSONL, read_results_jsonl
 from reports.markdown import md_table

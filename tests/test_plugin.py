@@ -123,7 +123,7 @@ def test_cpu_smoke_writes_the_run_folder(smoke_run):
     assert len(frame) == 6 and frame["case_id"].is_unique
     assert set(frame["status"]) == {"ok"}, proc.stdout[-3000:]
     # The session's runner hands every case to a warm spare, the first to the probe it started at
-    # its opening (qlora_core.spare); no context seen (none on the CPU), every spare imported the
+    # its opening (qlora_core.process.spare); no context seen (none on the CPU), every spare imported the
     # libraries too, so no case imported anything after its hand-over.
     assert frame["warm_spare"].tolist() == [True] * 6, frame[["case_id", "warm_spare"]]
     assert (frame["import_s"] < 0.5).all(), frame[["case_id", "import_s"]]

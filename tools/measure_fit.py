@@ -9,7 +9,7 @@ advisor's report with measured beside predicted.
 The options are `python -m reports fit`'s (`reports.fit_query`), plus `--out` (a run folder:
 rows appended whole to results.jsonl as each case ends, under the folder's lock; `python -m reports
 render OUT` reads it) and `--case-timeout`. A case that runs out of memory under an emulated cap
-is rerun uncapped on the host GPU (`qlora_core.oom_need`) and reports what it needed.
+is rerun uncapped on the host GPU (`qlora_core.process.oom_need`) and reports what it needed.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qlora_core.oom_need import run_case_measuring_need  # noqa: E402  (after the path)
+from qlora_core.process.oom_need import run_case_measuring_need  # noqa: E402  (after the path)
+from qlora_core.process.request import RunOptions  # noqa: E402
+from qlora_core.process.spare import SparePool  # noqa: E402
 from qlora_core.result import result_file_name  # noqa: E402
-from qlora_core.runner import RunOptions  # noqa: E402
-from qlora_core.spare import SparePool  # noqa: E402
 from qlora_core.spec import Case  # noqa: E402
 from qlora_plugin.run_folder import CASES_DIR, RunFolderInUseError, append_line, lock_run_dir  # noqa: E402
 from reports.fit import advise, measured_figures, render  # noqa: E402

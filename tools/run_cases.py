@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qlora_core.oom_need import run_case_measuring_need  # noqa: E402
+from qlora_core.process.oom_need import run_case_measuring_need  # noqa: E402
+from qlora_core.process.request import DEFAULT_TIMEOUT_S, RunOptions  # noqa: E402
+from qlora_core.process.spare import SparePool  # noqa: E402
 from qlora_core.result import Result, repeat_suffix, result_file_name  # noqa: E402  (after the path)
-from qlora_core.runner import DEFAULT_TIMEOUT_S, RunOptions  # noqa: E402
-from qlora_core.spare import SparePool  # noqa: E402
 from qlora_core.spec import Case, CaseError  # noqa: E402
 
 

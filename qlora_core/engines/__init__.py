@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from qlora_core.engines.common import OnStart, OnStep, TrainStats
+from qlora_core.engines.loop import run_loop
 from qlora_core.engines.pacing import StepPlan, plan_steps
 from qlora_core.spec import ENGINES, Case
 
@@ -42,8 +43,6 @@ def run_training(
     `on_step` after every step, `on_start` once before the first."""
     plan = plan or plan_steps(case, device)
     if case.engine == "loop":
-        from qlora_core.engines.loop import run_loop
-
         return run_loop(model, case, batches, device, on_step, plan, on_start)
     # Imported only here: transformers' Trainer, TRL and datasets are heavy.
     from qlora_core.engines import hf

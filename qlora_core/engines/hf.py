@@ -53,7 +53,7 @@ from qlora_core.engines.common import (
 )
 from qlora_core.engines.pacing import StepClock, StepPlan, plan_steps
 from qlora_core.measure import params_device, trainable_dtypes
-from qlora_core.outcomes import GRAD_SCALER_BF16, recognised_refusal
+from qlora_core.process.outcomes import GRAD_SCALER_BF16, recognised_refusal
 from qlora_core.spec import Case
 
 # Case.optimizer -> TrainingArguments.optim (transformers' names for the same optimizers).

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from qlora_core.engines.common import TrainStats
 from qlora_core.engines.devicetime import PROFILED_STEPS, ProfileWindow, reduce_device_spans
 from qlora_core.engines.slowdown import Slowdown
-from qlora_core.faults import slowdown_of
+from qlora_core.process.faults import slowdown_of
 from qlora_core.spec import Case
 
 TARGET_REL_IQR = 0.02

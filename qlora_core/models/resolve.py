@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qlora_core.models.cache import build_once, is_complete
+from qlora_core.models.prequantized import (
+    PREQUANT_RECIPE,
+    check_prequantized_dir,
+    prequant_dir,
+    write_prequantized_checkpoint,
+)
 from qlora_core.models.real import REAL_RECIPE, materialize_real_model, real_dir
 from qlora_core.models.registry import (
     NO_16BIT_CHECKPOINT,
@@ -108,8 +114,6 @@ def is_materialized(name: str, prequant: Prequant | None = None) -> bool:
     nothing from us.
     """
     if name in SHAPES and prequant is not None:
-        from qlora_core.models.prequantized import PREQUANT_RECIPE, prequant_dir
-
         return is_complete(prequant_dir(SHAPES[name], prequant), PREQUANT_RECIPE)
     if name in SHAPES:
         return is_complete(shape_dir(SHAPES[name]), SHAPE_RECIPE)
@@ -119,12 +123,6 @@ def is_materialized(name: str, prequant: Prequant | None = None) -> bool:
 
 
 def _resolve_prequantized_shape(spec: ShapeSpec, prequant: Prequant, device: str) -> ResolvedModel:
-    from qlora_core.models.prequantized import (
-        PREQUANT_RECIPE,
-        prequant_dir,
-        write_prequantized_checkpoint,
-    )
-
     final = prequant_dir(spec, prequant)
 
     def build(out: Path) -> dict[str, Any]:
@@ -174,8 +172,6 @@ def resolve_model(name: str, *, device: str | None = None, prequant: Prequant | 
     path = Path(name).expanduser()
     if name.strip() and path.is_dir():
         if prequant is not None:
-            from qlora_core.models.prequantized import check_prequantized_dir
-
             check_prequantized_dir(path, prequant)
         return _resolve_local(name, path)
     if is_hub_id(name):

@@ -5,7 +5,7 @@ names the run's points it rests on (`Evaluation.points`: model, batch, sequence 
 reader sees why two profiles' verdicts differ when they do.
 
 A row that ran out of memory under an emulated cap carries what the same case needed when rerun
-uncapped (`needed_*`, `qlora_core.oom_need`). A memory claim judges such a point by that need,
+uncapped (`needed_*`, `qlora_core.process.oom_need`). A memory claim judges such a point by that need,
 labelled `needed_label` wherever it is shown (`with_needed`), and never drops a point silently:
 a point that gave no figure (an OOM no rerun measured, a crash) is named (`left_out_text`) and
 keeps a claim about every point from holding. No claim model here: `reports.claims.model`

@@ -29,7 +29,7 @@ from qlora_core.engines.hf import (
 from qlora_core.engines.pacing import STOP_REASONS
 from qlora_core.measure import trainable_dtypes
 from qlora_core.models.resolve import resolve_model
-from qlora_core.outcomes import GRAD_SCALER_BF16, classify_exception, recognised_refusal
+from qlora_core.process.outcomes import GRAD_SCALER_BF16, classify_exception, recognised_refusal
 from qlora_core.result import RESULT_FIELDS, Status
 from qlora_core.spec import ENGINES, LESSON_TARGET_MODULES, OPTIMIZERS, Case
 

@@ -24,9 +24,10 @@ from qlora_core.lanes import (
     set_aside_lane_run,
 )
 from qlora_core.matrix import build_matrix
+from qlora_core.process.request import RunOptions
+from qlora_core.process.runner import run_case
+from qlora_core.process.side_by_side import MAX_LANES, auto_lanes
 from qlora_core.result import Result
-from qlora_core.runner import RunOptions, run_case
-from qlora_core.side_by_side import MAX_LANES, auto_lanes
 from qlora_core.spec import Case, CaseError
 from reports.frame import read_results_jsonl
 

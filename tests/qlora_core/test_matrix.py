@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from qlora_core.distributed import loads_on_rank0_only
 from qlora_core.engines.pacing import plan_steps
 from qlora_core.gpus import PROFILE_NAMES, get_profile
 from qlora_core.matrix import DEFAULT_MAX, SMOKE_MAX, MatrixError, build_matrix
 from qlora_core.models import REAL_MODEL, model_problem
+from qlora_core.process.distributed import loads_on_rank0_only
 from qlora_core.spec import ENGINES
 from qlora_core.tiers import (
     KERNEL_ENGINE,

@@ -37,7 +37,7 @@ def _child_env(cache: Path) -> dict[str, str]:
 # -- the registry without torch --------------------------------------------------------------------
 _IMPORT_PROBE = """
 import sys
-import qlora_core.models, qlora_core.matrix, qlora_core.runner
+import qlora_core.models, qlora_core.matrix, qlora_core.process.runner
 from qlora_core.models import SHAPES, ShapeSpec, REAL_MODEL, model_problem, ModelUnavailableError
 {extra}
 import json

@@ -121,8 +121,8 @@ def test_big_model_cases_plan_70b_qlora_and_a_computed_16bit_row_where_it_cannot
 
 
 def test_16bit_70b_is_judged_from_meta_weight_bytes_only_where_they_exceed_the_card() -> None:
-    from qlora_core.child import _judge_16bit_without_checkpoint
     from qlora_core.gpus import PROFILES
+    from qlora_core.process.child import _judge_16bit_without_checkpoint
     from qlora_core.result import Result, Status
 
     case = Case("llama-2-70b", quant_type="none")

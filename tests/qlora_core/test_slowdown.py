@@ -13,7 +13,7 @@ import torch
 from qlora_core.engines.common import TrainStats
 from qlora_core.engines.pacing import StepClock, StepPlan
 from qlora_core.engines.slowdown import KERNEL_BASIS, WALL_BASIS, Slowdown, calibration_base_ms, matmuls_for
-from qlora_core.faults import parse_slowdown, slowdown_of
+from qlora_core.process.faults import parse_slowdown, slowdown_of
 from qlora_core.spec import Case, CaseError
 
 

@@ -12,8 +12,9 @@ import torch
 from qlora_core import load, measure
 from qlora_core.models import SHAPES
 from qlora_core.models.resolve import resolve_model
+from qlora_core.process.request import RunOptions
+from qlora_core.process.runner import run_case
 from qlora_core.result import Result
-from qlora_core.runner import RunOptions, run_case
 from qlora_core.spec import LESSON_TARGET_MODULES, Case, CaseError
 from qlora_plugin.checks import assert_weights_consistent
 
@@ -134,7 +135,8 @@ def test_lora_trains_over_int8_weights_as_the_weights_family_plans_it(tmp_path) 
     through the Trainer, for real (bitsandbytes' CPU int8 kernels), adapters only."""
     from qlora_core.gpus import get_profile
     from qlora_core.matrix import build_matrix
-    from qlora_core.runner import RunOptions, run_case
+    from qlora_core.process.request import RunOptions
+    from qlora_core.process.runner import run_case
 
     (case,) = [
         p.case

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.distributed import merge_ranks
+from qlora_core.process.distributed import merge_ranks
 from qlora_core.result import Result
 from qlora_core.spec import Case
 from qlora_plugin.checks import (

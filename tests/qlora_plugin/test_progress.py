@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.process.request import RunOptions
+from qlora_core.process.runner import run_case
 from qlora_core.result import Result, Status, write_atomic
-from qlora_core.runner import RunOptions, run_case
 from qlora_core.spec import Case
 from qlora_plugin.progress import (
     Heartbeat,

@@ -13,8 +13,8 @@ import pytest
 from qlora_core.gpus import DetectedGpu, get_profile
 from qlora_core.lanes import Lane, lane_share_gib
 from qlora_core.matrix import PlannedCase
+from qlora_core.process.side_by_side import Job
 from qlora_core.result import Result, result_file_name
-from qlora_core.side_by_side import Job
 from qlora_core.spec import Case
 from qlora_plugin.run_folder import CASES_DIR, case_file_problem
 from qlora_plugin.session import BenchSession, CaseRun

@@ -1,4 +1,4 @@
-"""--resume and the uncapped rerun of an OOM (qlora_core.oom_need) through BenchSession.
+"""--resume and the uncapped rerun of an OOM (qlora_core.process.oom_need) through BenchSession.
 
 The stored row is an OOM under a cap that the host exceeds, as an emulated T4 on an H200 stores
 it; on this machine its rerun really runs (the tiny shape on the CPU).
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qlora_core.matrix import PlannedCase
-from qlora_core.oom_need import uncapped_file_name
+from qlora_core.process.oom_need import uncapped_file_name
 from qlora_core.result import Result, result_file_name, write_atomic
 from qlora_core.spec import Case
 from qlora_plugin.run_folder import CASES_DIR, append_line

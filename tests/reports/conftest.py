@@ -465,7 +465,7 @@ def verdicts(evaluations: list[Any]) -> list[str]:
 
 def needed(peak: float, device_peak: float, status: str = "ok") -> dict[str, Any]:
     """The needed_* columns an uncapped rerun on an H200 folds into a row that ran out of memory
-    under the T4 cap (qlora_core.oom_need): training peak `peak`, NVML device peak `device_peak`
+    under the T4 cap (qlora_core.process.oom_need): training peak `peak`, NVML device peak `device_peak`
     (GiB, over a 0.6 GiB base), the LoRA stage at 7.36 GiB, 8-bit Adam's 40 MB of states."""
     return {
         "memory_cap_gib": 14.49,

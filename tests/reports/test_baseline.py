@@ -726,7 +726,7 @@ def test_bench_gate_fails_on_a_bad_baseline(
 
 
 def test_the_gate_and_baselines_read_no_needed_field():
-    """What an OOM needed uncapped (qlora_core.oom_need) is no measurement of the capped run."""
+    """What an OOM needed uncapped (qlora_core.process.oom_need) is no measurement of the capped run."""
     from reports.baseline import CASE_FIELDS, GATED_METRICS
 
     assert not [name for name in (*GATED_METRICS, *CASE_FIELDS) if name.startswith("needed_")]

@@ -12,8 +12,9 @@ import pytest
 
 from reports.__main__ import EXIT_OK, EXIT_USAGE, main
 from reports.claims import CLAIMS, claim_verdict, evaluate_all
+from reports.frame import RunFolderError, check_run_dir
 from reports.markdown import MAX_LINE_CHARS, md_table
-from reports.render import RunFolderError, check_run_dir, render_claims, render_run
+from reports.render import render_claims, render_run
 from reports.tables import render_tables
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """One rank of a multi-GPU case, started by `accelerate launch` (torchrun) as
 
-    python -m qlora_core.rank REQUEST
+    python -m qlora_core.process.rank REQUEST
 
 with RANK, LOCAL_RANK and WORLD_SIZE in its environment. It runs the child's stages
 (`child.run_child`) on its own GPU (LOCAL_RANK; on the CPU, gloo) and writes its own Result
@@ -12,29 +12,27 @@ rather than leaving them blocked in a collective until the case's timeout.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
-from qlora_core import faults
-from qlora_core.child import _die_with_parent, arm_stack_dump, run_child
-from qlora_core.distributed import rank_result_path
+from qlora_core.process.child import run_child
+from qlora_core.process.distributed import rank_result_path
+from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent
+from qlora_core.process.request import ChildRequest, quiet_offline_kernel_notices
 from qlora_core.result import Status
-from qlora_core.runner import RunOptions
-from qlora_core.spec import Case
 
 
 def rank_main(request_path: str) -> None:
     parent = os.getppid()  # torchrun's agent: read before PDEATHSIG is armed, to catch its death
-    _die_with_parent(parent)
+    die_with_parent(parent)
     arm_stack_dump()
-    request = json.loads(Path(request_path).read_text())
+    quiet_offline_kernel_notices()  # before bitsandbytes is imported
+    request = ChildRequest.read(Path(request_path))
     rank = int(os.environ["RANK"])
-    case = Case.from_dict(request["case"])
-    options = RunOptions(**request["options"])
-    fault = faults.for_rank(options.inject_fault or dict(case.extra).get("fault", ""), rank)
-    result = run_child(case, options, rank_result_path(Path(request["result"]), rank), fault)
+    result = run_child(
+        request.case, request.options, rank_result_path(request.result_path, rank), request.fault(rank)
+    )
     # Without running atexit handlers (as the child): the Result is on disk.
     os._exit(0 if result.status == Status.OK.value else 1)
 

@@ -1,9 +1,9 @@
-"""qlora_core.checkpointer: the child's Result file while a case runs: written as each stage starts and, in
-training, at most every PROGRESS_SAVE_S (what the parent's heartbeat reads)."""
+"""qlora_core.process.checkpointer: the child's Result file while a case runs: written as each stage
+starts and, in training, at most every PROGRESS_SAVE_S (what the parent's heartbeat reads)."""
 
 from __future__ import annotations
 
-from qlora_core import checkpointer
+from qlora_core.process import checkpointer
 from qlora_core.result import Result, read_result
 from qlora_core.spec import Case
 

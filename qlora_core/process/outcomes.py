@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 
 from qlora_core.gpus import UnknownProfileError
+from qlora_core.models import ModelUnavailableError
 from qlora_core.result import Status
 from qlora_core.spec import CaseError
 
@@ -115,8 +116,6 @@ def _is_torch_instance(exc: BaseException, name: str) -> bool:
 
 def classify_exception(exc: BaseException) -> Status:
     """Map an exception raised while running a case to its outcome (see the module docstring)."""
-    from qlora_core.models import ModelUnavailableError
-
     if isinstance(exc, (CaseError, UnknownProfileError)):
         return Status.CONFIG_ERROR
     if isinstance(exc, ModelUnavailableError):

@@ -37,9 +37,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from qlora_core.gpus import DetectedGpu, GpuProfile, is_emulated
+from qlora_core.process.request import RunOptions
+from qlora_core.process.runner import OnWait, run_case
+from qlora_core.process.spare import SparePool
 from qlora_core.result import Result
-from qlora_core.runner import OnWait, RunOptions, run_case
-from qlora_core.spare import SparePool
 from qlora_core.spec import Case
 
 MAX_LANES = 8

@@ -22,13 +22,14 @@ from typing import Any
 import psutil
 import pytest
 
-from qlora_core import faults
-from qlora_core.faults import FAULT_KINDS, STAGES, Fault, parse_fault
+from qlora_core.process import faults
+from qlora_core.process.faults import FAULT_KINDS, STAGES, Fault, parse_fault
+from qlora_core.process.request import RunOptions
+from qlora_core.process.runner import run_case
 from qlora_core.result import FINAL_STATUSES, Result, read_result
-from qlora_core.runner import RunOptions, run_case
 from qlora_core.spec import Case, CaseError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 CASE = Case("tiny", seq_len=32, warmup_steps=0, measured_steps=2)
 CPU = RunOptions(profile="cpu", timeout_s=300)
 HANG_TIMEOUT_S = 45
@@ -107,7 +108,7 @@ CHILD_FAULTS = [
     ("sigsegv@LoRA", "crashed", "child killed by SIGSEGV", "prepare_alloc_gib", ""),
     ("exit@prepare", "crashed", "child exited with code 3", "weight_bytes", ""),
     # A bug in our code (a KeyError): crashed, not config_error, with its traceback in the row.
-    ("error@data", "crashed", "KeyError", "trainable_bytes", "qlora_core/faults.py"),
+    ("error@data", "crashed", "KeyError", "trainable_bytes", "qlora_core/process/faults.py"),
 ]
 
 
@@ -157,7 +158,7 @@ def test_hang_past_the_timeout_is_killed_then_rerun_clean(clean: Result, tmp_pat
     # where it hung, in its log: every thread's stack, the main one in the hang (faults.fire)
     log = path.with_suffix(".log").read_text()
     assert "stacks are in its log" in result.reason
-    assert "Current thread" in log and "qlora_core/faults.py" in log, log[-2000:]
+    assert "Current thread" in log and "qlora_core/process/faults.py" in log, log[-2000:]
     assert "timeout" not in FINAL_STATUSES
     assert_rerun_matches(clean, path)
 
@@ -176,7 +177,8 @@ PARENT = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from qlora_core.runner import RunOptions, run_case
+    from qlora_core.process.request import RunOptions
+    from qlora_core.process.runner import run_case
     from qlora_core.spec import Case
 
     case = Case("tiny", seq_len=32, warmup_steps=0, measured_steps=2)

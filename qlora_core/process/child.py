@@ -1,9 +1,9 @@
 """The child process: runs one Case and writes its Result. Started by `runner.run_case` as
 
-    python -m qlora_core.child REQUEST
+    python -m qlora_core.process.child REQUEST
 
-where REQUEST is a JSON file `{"case": ..., "options": RunOptions fields, "result": path,
-"parent_pid": ...}`; the child dies with that parent (`_die_with_parent`).
+where REQUEST is a `request.ChildRequest` file (the case, its `RunOptions`, where the Result goes,
+the parent's pid); the child dies with that parent (`lifecycle.die_with_parent`).
 The stages (`faults.STAGES`) run in order: on CUDA, the checkpoint is created in a process of its
 own, NVML is read and the allocator capped (emulation); then model resolution, 4-bit load,
 prepare_model_for_kbit_training, LoRA, data, (perplexity,) training, (perplexity); a load-only
@@ -21,32 +21,32 @@ hang, oom, error, cuda-assert (CUDA only). A fired fault is named in the row's r
 
 from __future__ import annotations
 
-import ctypes
-import json
+import importlib.metadata as md
 import os
 import platform
-import signal
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from qlora_core import faults
-from qlora_core.checkpointer import Checkpointer
 from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated
 from qlora_core.lanes import lane_cap_gib
 from qlora_core.models import Prequant
-from qlora_core.outcomes import classify_exception, recognised_refusal
+from qlora_core.models.registry import NO_16BIT_CHECKPOINT, shape_spec
+from qlora_core.process import faults
+from qlora_core.process.checkpointer import Checkpointer
+from qlora_core.process.distributed import local_device_index
+from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent, materialize, now_iso
+from qlora_core.process.outcomes import classify_exception, recognised_refusal
+from qlora_core.process.request import ChildRequest, RunOptions, quiet_offline_kernel_notices
 from qlora_core.result import Result, Status
 from qlora_core.row_summary import record_mfu, summarize_steps
-from qlora_core.runner import RunOptions, child_env, now_iso, quiet_offline_kernel_notices
 from qlora_core.spec import HELDOUT_WINDOWS, Case
 
-quiet_offline_kernel_notices()  # before bitsandbytes is imported, in a case, a spare or a rank
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# This module imports no torch at import time (the session and the spare pool import it in the
+# parent): torch and the modules that import it (data, load, measure, quality, engines,
+# models.resolve) are imported in the functions that use them, once the child runs its case.
 _REASON_CHARS = 2000
 # The innermost frames and the message are at the end of a traceback; keep those.
 _TRACEBACK_CHARS = 16000
@@ -54,7 +54,6 @@ _TRACEBACK_CHARS = 16000
 
 def environment_fields() -> dict[str, str]:
     """Library versions of this process, as Result fields."""
-    import importlib.metadata as md
 
     def version(name: str) -> str:
         try:
@@ -62,7 +61,7 @@ def environment_fields() -> dict[str, str]:
         except md.PackageNotFoundError:
             return ""
 
-    import torch
+    import torch  # here: the parent's session asks too, and only then loads torch
 
     return {
         "python_version": platform.python_version(),
@@ -78,18 +77,15 @@ def environment_fields() -> dict[str, str]:
 
 def child_main(request_path: str, spare_import_s: float | None = None) -> None:
     """Entry point of the child: read the request, run the case, write the Result, exit 0.
-    `spare_import_s`: in a warm spare (`qlora_core.spare`), what its imports took before."""
+    `spare_import_s`: in a warm spare (`qlora_core.process.spare`), what its imports took before."""
     main_at = time.time()
-    request = json.loads(Path(request_path).read_text())
-    _die_with_parent(request["parent_pid"])
+    quiet_offline_kernel_notices()  # before bitsandbytes is imported
+    request = ChildRequest.read(Path(request_path))
+    die_with_parent(request.parent_pid)
     arm_stack_dump()
-    case = Case.from_dict(request["case"])
-    options = RunOptions(**request["options"])
-    # The one-shot fault of this run wins over the case's own (a test sets one or the other).
-    fault = faults.for_rank(options.inject_fault or dict(case.extra).get("fault", ""), 0)
-    spawned_at = request.get("spawned_at")
+    spawned_at = request.spawned_at
     start_s = max(0.0, main_at - spawned_at) if spawned_at is not None else None
-    run_child(case, options, Path(request["result"]), fault, start_s, spare_import_s)
+    run_child(request.case, request.options, request.result_path, request.fault(), start_s, spare_import_s)
     # Leave without running atexit handlers of CUDA libraries that may hang after an error; the
     # result is already on disk.
     os._exit(0)
@@ -107,7 +103,7 @@ def run_child(
     `start_s`: seconds from the parent's spawn (or hand-over to a spare) to the child's main, when
     the parent said; `spare_import_s`: a warm spare's imports before the hand-over (None: cold).
 
-    The body of a child, and of each rank of a multi-GPU case (`qlora_core.rank`).
+    The body of a child, and of each rank of a multi-GPU case (`qlora_core.process.rank`).
     """
     result = Result.for_case(case, options.profile, options.families)
     result.started_at = now_iso()
@@ -135,33 +131,6 @@ def run_child(
     return ckpt.result
 
 
-STACK_DUMP_SIGNAL = signal.SIGUSR1
-"""On this signal a case's process writes every thread's Python stack to its log (faulthandler)
-and runs on: the runner sends it to a case that timed out before killing it, so a hang (a
-collective that never completes, a deadlocked loader) leaves where it hung."""
-
-
-def arm_stack_dump() -> None:
-    """Dump every thread's stack to stderr (the case's log) on `STACK_DUMP_SIGNAL`."""
-    import faulthandler
-
-    faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True, chain=False)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL this process when the parent dies (Linux).
-
-    The parent kills the child's group when it is interrupted, but a parent that is killed
-    outright (SIGKILL, a crashed runner) cannot; without this the child would run on, holding
-    the GPU, until its own end.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _run_stages(case: Case, options: RunOptions, ckpt: Checkpointer) -> tuple[Status, str]:
     r = ckpt.result
     profile = get_profile(options.profile)
@@ -186,11 +155,13 @@ def _run_stages(case: Case, options: RunOptions, ckpt: Checkpointer) -> tuple[St
     if device == "cuda":
         ckpt.stage("model creation")
         t0 = time.perf_counter()
-        if _materialize(case.model, device, Prequant.of_case(case)):
+        if materialize(case.model, device, Prequant.of_case(case)):
             r.create_s = time.perf_counter() - t0
         sampler = _setup_cuda(r, profile, gpu, options)
-    # After the CUDA set-up: bitsandbytes loads its CUDA library when imported.
     t0 = time.perf_counter()
+    # After the CUDA set-up: bitsandbytes loads its CUDA library when imported. Our modules that
+    # need the ML stack come with it, timed together (`Result.import_s`); the module's top
+    # imports none of them (see there).
     import bitsandbytes  # noqa: F401
     import peft  # noqa: F401
     import transformers  # noqa: F401
@@ -243,7 +214,7 @@ def _run_stages(case: Case, options: RunOptions, ckpt: Checkpointer) -> tuple[St
 
     ckpt.stage("data")
     # An uncapped rerun wants memory only (oom_need): its peak, in a few fixed steps.
-    # Side by side (qlora_core.side_by_side), kernel time would be shared too: no profiler window.
+    # Side by side (qlora_core.process.side_by_side), kernel time would be shared too: no profiler window.
     # Nor adaptive pacing, which reads step times: side by side, the case's own steps, fixed.
     shared = options.shared_device > 1
     plan = plan_steps(
@@ -320,11 +291,9 @@ def _judge_16bit_without_checkpoint(case: Case, profile: GpuProfile, r: Result) 
     oom when the exact weight bytes, counted on the meta device, exceed the profile's whole memory
     (it cannot load, whatever else it holds); labelled computed, not measured. None otherwise (a
     case that might fit is left to resolution, which says why it cannot run here)."""
-    from qlora_core.models.registry import NO_16BIT_CHECKPOINT, shape_spec
-
     if case.is_quantized or case.model not in NO_16BIT_CHECKPOINT or not profile.is_gpu:
         return None
-    from qlora_core.measure import meta_weight_bytes
+    from qlora_core.measure import meta_weight_bytes  # imports torch: see the module's imports
 
     r.computed_weight_bytes = meta_weight_bytes(shape_spec(case.model))
     need_gib, have_gib = r.computed_weight_bytes / 2**30, profile.total_gib
@@ -340,7 +309,7 @@ def _judge_16bit_without_checkpoint(case: Case, profile: GpuProfile, r: Result) 
 def _record_load_only(r: Result, model: Any, device: str, sampler: Any) -> None:
     """What a load-only case measures after its load: the parameter count (peft's counter), the
     load's allocator peaks (nothing ran before it in this process) and the device's used memory."""
-    from qlora_core import measure
+    from qlora_core import measure  # imports torch: see the module's imports
 
     r.total_params = measure.base_parameter_count(model)
     if device == "cuda":
@@ -352,37 +321,8 @@ def _record_load_only(r: Result, model: Any, device: str, sampler: Any) -> None:
     r.cpu_peak_rss_gib = measure.peak_rss_gib()
 
 
-def _materialize(model: str, device: str, prequant: Prequant | None) -> bool:
-    """Create a shape's checkpoint (or convert the real model) in a process of its own; whether it
-    had to (False: the cache had it).
-
-    Creating an 8B checkpoint allocates 16 GB on the GPU: done in this process it would run into
-    an emulated profile's cap and count in this case's NVML and allocator numbers.
-    """
-    from qlora_core.models import ModelUnavailableError
-    from qlora_core.models.resolve import is_materialized
-
-    if is_materialized(model, prequant):
-        return False
-    code = (
-        "import sys; from qlora_core.models import Prequant; from qlora_core.models.resolve import"
-        " resolve_model; resolve_model(sys.argv[1], device=sys.argv[2],"
-        " prequant=Prequant.from_label(sys.argv[3]) if sys.argv[3] else None)"
-    )
-    label = prequant.label if prequant is not None else ""
-    proc = subprocess.run(
-        [sys.executable, "-c", code, model, device, label], capture_output=True, text=True, env=child_env()
-    )
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
-        if "ModelUnavailableError" in proc.stderr:
-            raise ModelUnavailableError(tail)
-        raise RuntimeError(f"creating the checkpoint of {model} failed:\n{tail}")
-    return True
-
-
 def _record_stage(r: Result, stage: str, device: str) -> None:
-    from qlora_core import measure
+    from qlora_core import measure  # imports torch: see the module's imports
 
     if device == "cuda":
         alloc, reserved = measure.cuda_stage_memory()
@@ -401,9 +341,9 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
     A lane of a real card shared side by side (`RunOptions.lane_share_gib`): its share less the
     context, the same way (`lanes.lane_cap_gib`). Returns the started NVML sampler.
     """
+    # Here, not at the top: torch, and measure, which imports it (see the module's imports).
     import torch
 
-    from qlora_core.distributed import local_device_index
     from qlora_core.measure import NVML_DEVICE, NVML_PROCESS, NvmlSampler, gib
 
     index = local_device_index()  # 0, or this rank's GPU in a multi-GPU case
@@ -450,9 +390,4 @@ def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--spare":
-        from qlora_core.spare import serve_command_line
-
-        serve_command_line(sys.argv[2:])
-    else:
-        child_main(sys.argv[1])
+    child_main(sys.argv[1])

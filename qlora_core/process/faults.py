@@ -1,6 +1,6 @@
 """Test-only fault injection into the child: `KIND@STAGE`, fired when the child enters STAGE.
 
-Two sources, one syntax (see `qlora_core.child`):
+Two sources, one syntax (see `qlora_core.process.child`):
 - `RunOptions(inject_fault="sigkill@training")`: one run only, outside the case's identity, so
   the same case can fault once and then run clean (what a `--resume` after a fault does).
 - `Case.extra=(("fault", "exit@prepare"),)`: every run of that case; part of its id, so it can

@@ -1,4 +1,4 @@
-"""The uncapped rerun of an OOM (`qlora_core.oom_need`): when it is due, and a real one end to end.
+"""The uncapped rerun of an OOM (`qlora_core.process.oom_need`): when it is due, and a real one end to end.
 
 The CPU has no cap, so the end-to-end test makes the capped run OOM through the one-shot fault
 (`RunOptions.inject_fault="oom@training"`), which fires in the first run only: the rerun is clean.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qlora_core.engines.pacing import MEMORY_ONLY_STEPS
-from qlora_core.oom_need import (
+from qlora_core.process.oom_need import (
     fold_need,
     measure_need,
     run_case_measuring_need,
@@ -20,8 +20,8 @@ from qlora_core.oom_need import (
     uncapped_options,
     why_no_rerun,
 )
+from qlora_core.process.request import RunOptions
 from qlora_core.result import NEEDED_OF, RESULT_FIELDS, Result, read_result
-from qlora_core.runner import RunOptions
 from qlora_core.spec import Case
 
 TINY = Case("tiny", seq_len=64, batch_size=2, warmup_steps=1, measured_steps=2)

@@ -2,13 +2,13 @@
 
 Importing torch and transformers costs a case 5-15 s of its wall time, before any of its work.
 A `SparePool` keeps spares (two: `SPARE_DEPTH`), each a fresh interpreter (`python -m
-qlora_core.child --spare PID`, never a fork) that has imported what can be imported without
+qlora_core.process.spare PID`, never a fork) that has imported what can be imported without
 touching the device (`SPARE_IMPORTS`), prints `SPARE_READY` and blocks on its stdin.
-`runner.run_case` hands the next single-GPU case to the oldest (the request's path, one line) and
-the spare becomes that case's child, with every guarantee of a cold one: its own session and
-process group (killed whole on a timeout or an interrupt), SIGKILL when the parent dies
-(PDEATHSIG, set before its imports), the environment of
-`runner.child_env()` (a spare started under another environment is discarded, not used).
+`launch.launch` hands the next single-GPU case to the oldest (the request's path, one line) and
+the spare becomes that case's child (`child.child_main`), with every guarantee of a cold one: its
+own session and process group (killed whole on a timeout or an interrupt), SIGKILL when the
+parent dies (PDEATHSIG, set before its imports), the environment of `request.child_env()` (a
+spare started under another environment is discarded, not used).
 
 When a spare starts: as soon as the running case has started. Its imports overlap the whole of that
 case (at low priority, `SPARE_NICE`, on one of the host's other cores: a host-bound step's one
@@ -39,6 +39,7 @@ import contextlib
 import importlib
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from qlora_core.process.child import child_main
+from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent
+from qlora_core.process.request import child_env, quiet_offline_kernel_notices
 
 SPARE_DEPTH = 2
 """Spares a pool keeps waiting (`SparePool`)."""
@@ -106,7 +111,7 @@ class SparePool:
     waited the rest (0-14 s of the t4 tier's uncapped reruns on the H200); the second spare has
     had a whole case more.
 
-    Thread-safe: cases side by side (`qlora_core.side_by_side`) take spares from one thread each;
+    Thread-safe: cases side by side (`qlora_core.process.side_by_side`) take spares from one thread each;
     `deepened` keeps one spare per lane waiting while they run. Only the thread that made the pool
     starts spares (`ensure` elsewhere does nothing): PDEATHSIG kills a child when the *thread*
     that started it ends, and a lane's thread ends with its group."""
@@ -197,14 +202,12 @@ class SparePool:
                 self._start(libraries=bool(self._libraries))
 
     def _start(self, libraries: bool, probe: bool = False) -> Spare:
-        from qlora_core.runner import child_env
-
         if not self._registered:
             atexit.register(self.shutdown)
             self._registered = True
         fd, name = tempfile.mkstemp(prefix="qlora-spare-", suffix=".log")
         env = child_env()
-        command = [sys.executable, "-m", "qlora_core.child", "--spare", str(os.getpid())]
+        command = [sys.executable, "-m", "qlora_core.process.spare", str(os.getpid())]
         verdict_path = Path(name).with_suffix(".verdict") if probe else None
         if libraries:
             command.append(LIBRARIES_FLAG)
@@ -228,8 +231,6 @@ class SparePool:
         """The oldest waiting spare that is alive and was started under today's `child_env()`, or
         None; the ones that are not are ended. It leaves the pool. Inside `deepened`, only a
         spare whose imports are done: one still importing stays for a later case."""
-        from qlora_core.runner import child_env
-
         now = child_env()
         with self._lock:
             for spare in list(self._waiting):
@@ -266,8 +267,6 @@ def read_verdict(probe: Spare) -> bool | None:
 
 def end(spare: Spare) -> None:
     """Kill a spare's process group and remove its log."""
-    import signal
-
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(spare.process.pid, signal.SIGKILL)
     with contextlib.suppress(OSError):
@@ -311,8 +310,8 @@ def hand_over(spare: Spare, request: Path) -> bool:
 
 
 def serve_command_line(args: list[str]) -> None:
-    """`python -m qlora_core.child --spare PID [--libraries [VERDICT]]`, as `SparePool._start`
-    writes it: `serve` with those arguments."""
+    """`python -m qlora_core.process.spare PID [--libraries [VERDICT]]`, as `SparePool._start` writes it:
+    `serve` with those arguments."""
     libraries = args[1:2] == [LIBRARIES_FLAG]
     serve(int(args[0]), libraries, Path(args[2]) if libraries and len(args) > 2 else None)
 
@@ -322,10 +321,9 @@ def serve(parent_pid: int, libraries: bool = False, verdict_path: Path | None = 
     `libraries`: import `LIBRARY_IMPORTS` too and check that they created no CUDA context; a spare
     that sees one ends at once. `verdict_path` (the probe's): write there what it saw
     (`NO_CONTEXT`, or the devices that have one)."""
-    from qlora_core import child
-
-    child._die_with_parent(parent_pid)
-    child.arm_stack_dump()
+    die_with_parent(parent_pid)
+    arm_stack_dump()
+    quiet_offline_kernel_notices()  # before bitsandbytes is imported
     restore = _lower_priority()
     t0 = time.perf_counter()
     for name in SPARE_IMPORTS:
@@ -347,13 +345,13 @@ def serve(parent_pid: int, libraries: bool = False, verdict_path: Path | None = 
     if not line:  # the parent closed the pipe: no case for this spare
         os._exit(0)
     restore()
-    child.child_main(line, spare_import_s=imported_s)
+    child_main(line, spare_import_s=imported_s)
 
 
 def primary_contexts() -> list[int]:
     """The visible devices on which this process has a CUDA primary context (device memory
     NVML counts). Neither question creates one."""
-    import torch
+    import torch  # the spare's own (imported already): the pool's parent imports no torch
 
     if not torch.cuda.is_available():
         return []
@@ -370,3 +368,7 @@ def _lower_priority() -> Callable[[], None]:
         return lambda: None
     os.setpriority(os.PRIO_PROCESS, 0, min(19, original + SPARE_NICE))
     return lambda: os.setpriority(os.PRIO_PROCESS, 0, original)
+
+
+if __name__ == "__main__":
+    serve_command_line(sys.argv[1:])

@@ -19,7 +19,10 @@ import torch
 from accelerate.commands.config.config_args import ClusterConfig
 
 import qlora_core
-from qlora_core.distributed import (
+from qlora_core.load import load_on_meta
+from qlora_core.models import Prequant
+from qlora_core.models.resolve import resolve_model
+from qlora_core.process.distributed import (
     accelerate_config,
     accelerate_launch_argv,
     config_path,
@@ -30,11 +33,9 @@ from qlora_core.distributed import (
     merge_ranks,
     rank_result_path,
 )
-from qlora_core.load import load_on_meta
-from qlora_core.models import Prequant
-from qlora_core.models.resolve import resolve_model
+from qlora_core.process.request import ChildRequest, RunOptions
+from qlora_core.process.runner import run_case
 from qlora_core.result import Result, read_result
-from qlora_core.runner import RunOptions, run_case
 from qlora_core.spec import Case, CaseError
 
 DDP = Case(
@@ -45,7 +46,7 @@ FSDP = DDP.replace(strategy="fsdp", quant_storage="bf16", prepare_kbit=False)
 FSDP_PREQ = FSDP.replace(compute_dtype="bf16", prequantized=True)
 FSDP_OFFLOAD = FSDP_PREQ.replace(cpu_offload=True)  # the FSDP-QLoRA recipe for 70B on two 24 GB GPUs
 # torchelastic's failure summary, as `accelerate launch` prints it (abridged).
-TORCHRUN_SUMMARY = """qlora_core.rank FAILED
+TORCHRUN_SUMMARY = """qlora_core.process.rank FAILED
 Failures:
 [1]:
   rank      : 0 (local_rank: 0)
@@ -57,10 +58,14 @@ Root Cause (first observed failure):
 """
 
 
+def _request(case: Case, profile: str, result_path: Path) -> ChildRequest:
+    return ChildRequest(case, RunOptions(profile=profile), result_path, parent_pid=os.getpid())
+
+
 def test_config_is_one_accelerate_reads_back(tmp_path):
     for case, kind in ((FSDP, "FSDP"), (DDP, "MULTI_GPU")):
         path = tmp_path / f"{kind}.json"
-        launch_command(case, "t4x2", tmp_path / "r.request", path)
+        launch_command(_request(case, "t4x2", path))
         config = ClusterConfig.from_json_file(json_file=str(config_path(path)))
         assert config.distributed_type == kind and config.num_processes == 2
         assert config.mixed_precision == "bf16" and not config.use_cpu
@@ -85,7 +90,7 @@ def _rank_environment(config: Path) -> dict[str, str]:
 @pytest.mark.parametrize("case", [FSDP_OFFLOAD, FSDP_PREQ], ids=["offload", "no-offload"])
 def test_cpu_offload_reaches_the_fsdp_plugin_the_trainer_builds(case, tmp_path, monkeypatch):
     path = tmp_path / "r.json"
-    launch_command(case, "l4x2", tmp_path / "r.request", path)
+    launch_command(_request(case, "l4x2", path))
     config = ClusterConfig.from_json_file(json_file=str(config_path(path)))
     assert config.fsdp_config["fsdp_offload_params"] is case.cpu_offload
     env = _rank_environment(config_path(path))
@@ -115,10 +120,10 @@ def test_rank0_only_loading_is_decided_per_case_and_written_in_its_config():
 
 def test_launch_refuses_what_the_profile_cannot_run(tmp_path):
     with pytest.raises(CaseError, match="FSDP plugin refuses the CPU"):
-        launch_command(FSDP, "cpu", tmp_path / "r.request", tmp_path / "r.json")
+        launch_command(_request(FSDP, "cpu", tmp_path / "r.json"))
     with pytest.raises(CaseError, match="profile 't4' has 1"):
-        launch_command(DDP, "t4", tmp_path / "r.request", tmp_path / "r.json")
-    launch_command(DDP, "t4x2", tmp_path / "r.request", tmp_path / "r.json")  # fits: no error
+        launch_command(_request(DDP, "t4", tmp_path / "r.json"))
+    launch_command(_request(DDP, "t4x2", tmp_path / "r.json"))  # fits: no error
 
 
 def _rank(status: str, step_ms: list[float], peak: float | None, reason: str = "") -> Result:
@@ -231,7 +236,7 @@ def test_a_timeout_takes_down_every_rank(tmp_path):
     assert len(seen) >= 3 and not _alive(seen)
     # each rank wrote where it hung before it was killed (the launcher was not signalled)
     log = (tmp_path / "r.log").read_text()
-    assert log.count("Current thread") == 2 and "qlora_core/faults.py" in log, log[-3000:]
+    assert log.count("Current thread") == 2 and "qlora_core/process/faults.py" in log, log[-3000:]
 
 
 @pytest.mark.slow

@@ -2,25 +2,25 @@
 
 A case of `num_gpus > 1` runs as the user's recipe does: `accelerate launch` with a config the
 suite writes per case (FSDP wrapping each transformer layer, or DDP), which starts one process per
-rank through torchrun; each rank runs the child's stages (`qlora_core.rank`) and trains with
+rank through torchrun; each rank runs the child's stages (`qlora_core.process.rank`) and trains with
 `transformers.Trainer`, which takes the FSDP plugin from the launcher's environment and wraps the
 LoRA model with peft's auto-wrap policy and the 4-bit storage dtype as FSDP's parameter dtype.
 
 The process tree, and why every rank dies with the case:
 
-    runner -> python -m qlora_core.distributed REQUEST CONFIG    (own session; becomes, by exec,)
+    runner -> python -m qlora_core.process.distributed REQUEST CONFIG    (own session; becomes, by exec,)
               python -m accelerate.commands.launch ...           (`accelerate launch`: torchrun's agent)
-                -> python -m qlora_core.rank REQUEST             (one per rank, each in a session of
+                -> python -m qlora_core.process.rank REQUEST             (one per rank, each in a session of
                                                                   its own: torchrun's choice)
 
 The launcher dies with the runner (PDEATHSIG set before the exec) and each rank with the launcher
-(`qlora_core.rank`); a timeout or an interrupt takes down the launcher's group and the groups of
+(`qlora_core.process.rank`); a timeout or an interrupt takes down the launcher's group and the groups of
 every rank (`process_groups`, collected before anything is signalled). A rank that ends other than
 ok exits 1, so torchrun stops the others at once instead of leaving them blocked in a collective.
 
 Each rank writes its own Result (`rank_result_path`); `merge_rank_files` makes the case's row
-(fields in `Result`'s "multi-GPU" block). This module imports neither torch nor the
-child at import time: the runner imports it.
+(fields in `Result`'s "multi-GPU" block). This module imports no torch at import time: the
+runner imports it.
 """
 
 from __future__ import annotations
@@ -34,8 +34,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from qlora_core.gpus import get_profile
+from qlora_core.models import Prequant
+from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent, materialize
+from qlora_core.process.request import ChildRequest
 from qlora_core.result import Result, Status, read_result, write_atomic
+from qlora_core.row_summary import summarize_steps
 from qlora_core.spec import Case, CaseError
 
 MIXED_PRECISION_BY_COMPUTE = {"fp16": "fp16", "bf16": "bf16", "fp32": "no"}
@@ -146,10 +152,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch_command(case: Case, profile: str, request: Path, result_path: Path) -> list[str]:
-    """The command the runner starts for a multi-GPU case: writes its accelerate config beside
-    the request; the process execs `accelerate launch` (see the module docstring). A CaseError
-    when the profile has fewer GPUs than the case needs."""
+def launch_command(request: ChildRequest) -> list[str]:
+    """The command that starts a multi-GPU case (`launch.launch_accelerate`): writes its
+    accelerate config beside the Result; the process execs `accelerate launch` (see the module
+    docstring). A CaseError when the profile has fewer GPUs than the case needs."""
+    case, profile = request.case, request.options.profile
     machine = get_profile(profile)
     if machine.is_gpu and case.num_gpus > machine.count:
         raise CaseError(
@@ -158,9 +165,9 @@ def launch_command(case: Case, profile: str, request: Path, result_path: Path) -
     if case.strategy == "fsdp" and not machine.is_gpu:
         # accelerate's FullyShardedDataParallelPlugin raises "no available devices" on the CPU.
         raise CaseError(["strategy='fsdp' needs a GPU profile: accelerate's FSDP plugin refuses the CPU"])
-    config = config_path(result_path)
+    config = config_path(request.result_path)
     write_atomic(config, json.dumps(accelerate_config(case, free_port()), indent=2))
-    return [sys.executable, "-m", "qlora_core.distributed", str(request), str(config)]
+    return [sys.executable, "-m", "qlora_core.process.distributed", str(request.path), str(config)]
 
 
 def config_path(result_path: Path) -> Path:
@@ -169,7 +176,7 @@ def config_path(result_path: Path) -> Path:
 
 
 def accelerate_launch_argv(request: Path, config: Path) -> list[str]:
-    """`accelerate launch --config_file CONFIG -m qlora_core.rank REQUEST`, as a Python command.
+    """`accelerate launch --config_file CONFIG -m qlora_core.process.rank REQUEST`, as a Python command.
 
     `python -m accelerate.commands.launch` is the `accelerate launch` command (its module and
     `main`), found through this interpreter rather than PATH.
@@ -182,7 +189,7 @@ def accelerate_launch_argv(request: Path, config: Path) -> list[str]:
         str(config),
         "--quiet",
         "-m",
-        "qlora_core.rank",
+        "qlora_core.process.rank",
         str(request),
     ]
 
@@ -198,8 +205,6 @@ def process_groups(pid: int) -> list[int]:
     Read before anything is signalled: once the launcher dies, its ranks are no longer its
     descendants.
     """
-    import psutil
-
     groups: list[int] = []
     try:
         descendants = psutil.Process(pid).children(recursive=True)
@@ -257,8 +262,6 @@ def merge_ranks(
     The case's outcome is a failed rank's: a recorded outcome (oom, nan, ...) first, then the
     rank torchrun saw fail first (`root_cause`), then the lowest rank; its reason names the rank.
     """
-    from qlora_core.row_summary import summarize_steps
-
     base = next(r for r in ranks if r is not None)
     merged = Result.from_dict(json.loads(base.to_json()))
     merged.families = families
@@ -319,19 +322,14 @@ def _priority(status: str) -> int:
 def launcher_main(request_path: str, config: str) -> None:
     """Die with the runner, create the model's checkpoint once, then become `accelerate launch`
     (exec keeps the pid and PDEATHSIG)."""
-    from qlora_core.child import _die_with_parent, _materialize, arm_stack_dump
-    from qlora_core.models import Prequant
-    from qlora_core.spec import Case
-
-    request = json.loads(Path(request_path).read_text())
-    _die_with_parent(request["parent_pid"])
+    request = ChildRequest.read(Path(request_path))
+    die_with_parent(request.parent_pid)
     arm_stack_dump()  # until the exec: a hang creating the checkpoint shows where
     # Once, here: ranks that each found it missing would all write the same checkpoint at once.
     # A failure is left to the ranks, which record it as their outcome (e.g. missing_model).
-    device = "cuda" if get_profile(request["options"]["profile"]).is_gpu else "cpu"
+    device = "cuda" if get_profile(request.options.profile).is_gpu else "cpu"
     with contextlib.suppress(Exception):
-        case = Case.from_dict(request["case"])
-        _materialize(case.model, device, Prequant.of_case(case))
+        materialize(request.case.model, device, Prequant.of_case(request.case))
     argv = accelerate_launch_argv(Path(request_path), Path(config))
     os.execv(argv[0], argv)
 

@@ -1,14 +1,14 @@
-"""The child's Result file while a case runs (`qlora_core.child`): written atomically as each stage
+"""The child's Result file while a case runs (`qlora_core.process.child`): written atomically as each stage
 starts, marked "died during <stage>" until the case ends, so a child that dies keeps what it
 measured before; in training, after a step at most every `PROGRESS_SAVE_S`, for the parent's
-heartbeat. Test-only faults (`qlora_core.faults`) fire as their stage starts."""
+heartbeat. Test-only faults (`qlora_core.process.faults`) fire as their stage starts."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from qlora_core import faults
+from qlora_core.process import faults
 from qlora_core.result import Result, Status, write_atomic
 
 PROGRESS_SAVE_S = 10.0

@@ -11,7 +11,12 @@ import torch
 from qlora_core.gpus import get_profile
 from qlora_core.models import ModelUnavailableError
 from qlora_core.models.resolve import resolve_model
-from qlora_core.outcomes import GRAD_SCALER_BF16, RECOGNISED_REFUSALS, classify_exception, recognised_refusal
+from qlora_core.process.outcomes import (
+    GRAD_SCALER_BF16,
+    RECOGNISED_REFUSALS,
+    classify_exception,
+    recognised_refusal,
+)
 from qlora_core.result import FINAL_STATUSES, STATUSES, Status
 from qlora_core.spec import Case, CaseError
 

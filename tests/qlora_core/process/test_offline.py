@@ -1,4 +1,4 @@
-"""No network at run time: a case's child reaches for no hub (`runner.child_env`'s offline switch).
+"""No network at run time: a case's child reaches for no hub (`request.child_env`'s offline switch).
 
 bitsandbytes 0.50, imported on a CPU with AVX512-BF16, asks the `kernels` package for a CPU kernel
 from the hub (`kernels-community`), which checks its publisher online first. This host's CPU may
@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from qlora_core.models.registry import needs_hub
-from qlora_core.runner import OFFLINE_ENV, RunOptions, child_env, run_case
+from qlora_core.process.request import OFFLINE_ENV, RunOptions, child_env
+from qlora_core.process.runner import run_case
 from qlora_core.spec import Case
 
 FORCE_AVX512BF16 = '''
@@ -123,7 +124,7 @@ def test_a_cases_log_shows_no_network_attempt(no_network, tmp_path: Path, tmp_ca
     attempts = [line for line in log.splitlines() if any(mark in line for mark in ATTEMPT_MARKS)]
     assert attempts == [], attempts
     # Nor the libraries' notices that the hub kernel is not in the local cache (offline): the
-    # child drops them (`runner.quiet_offline_kernel_notices`); bitsandbytes uses its own kernel.
+    # child drops them (`request.quiet_offline_kernel_notices`); bitsandbytes uses its own kernel.
     assert "kernels-community" not in log
 
 

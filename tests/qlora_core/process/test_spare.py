@@ -1,4 +1,4 @@
-"""Warm spare children (qlora_core/spare.py): the import is hidden, a dead spare is replaced, no
+"""Warm spare children (qlora_core/process/spare.py): the import is hidden, a dead spare is replaced, no
 spare outlives its runner, and a spare imports nothing that touches the device."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from processes import alive, live_processes
 
-from qlora_core.runner import RunOptions, child_env, run_case
-from qlora_core.spare import (
+from qlora_core.process.request import RunOptions, child_env
+from qlora_core.process.runner import run_case
+from qlora_core.process.spare import (
     LIBRARY_IMPORTS,
     NO_CONTEXT,
     SPARE_DEPTH,
@@ -30,7 +31,7 @@ from qlora_core.spare import (
 from qlora_core.spec import Case
 
 CASE = Case("tiny", warmup_steps=1, measured_steps=2, seq_len=32)
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _imports_touch_device(names: tuple[str, ...]) -> tuple[bool, bool]:
@@ -65,7 +66,9 @@ def _wait_ready(pool: SparePool, timeout_s: float = 120.0) -> None:
 def _spares_of(parent_pid: int) -> list[int]:
     """Pids of the spare processes whose runner is `parent_pid` (their command line names it)."""
     return [
-        pid for pid, _, argv in live_processes() if b"--spare" in argv and str(parent_pid).encode() in argv
+        pid
+        for pid, _, argv in live_processes()
+        if b"qlora_core.process.spare" in argv and str(parent_pid).encode() in argv
     ]
 
 
@@ -300,7 +303,7 @@ def test_side_by_side_hands_out_only_spares_whose_imports_are_done(tmp_path):
 def test_a_spare_dies_with_a_runner_killed_outright():
     code = (
         "import os, signal, sys, time\n"
-        "from qlora_core.spare import SparePool\n"
+        "from qlora_core.process.spare import SparePool\n"
         "pool = SparePool(); pool.ensure(); print(pool.waiting.process.pid, flush=True)\n"
         "time.sleep(1.0); os.kill(os.getpid(), signal.SIGKILL)\n"
     )

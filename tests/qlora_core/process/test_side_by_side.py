@@ -1,4 +1,4 @@
-"""qlora_core.side_by_side: numerics-only cases several at once, their numbers the same as alone,
+"""qlora_core.process.side_by_side: numerics-only cases several at once, their numbers the same as alone,
 nothing shared reported as their own, nothing left running after an interrupt."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from processes import live_processes
 from qlora_core.gpus import DetectedGpu, get_profile
 from qlora_core.matrix import SHAREABLE_FAMILIES, PlannedCase, build_matrix, family_name
 from qlora_core.measure import NVML_PROCESS
-from qlora_core.result import Result
-from qlora_core.runner import RunOptions, run_case
-from qlora_core.side_by_side import (
+from qlora_core.process.request import RunOptions
+from qlora_core.process.runner import run_case
+from qlora_core.process.side_by_side import (
     MAX_LANES,
     OWN_LINE_AGREEMENT_GIB,
     Job,
@@ -25,7 +25,8 @@ from qlora_core.side_by_side import (
     run_side_by_side,
     sharing_supported,
 )
-from qlora_core.spare import SPARE_DEPTH, SparePool
+from qlora_core.process.spare import SPARE_DEPTH, SparePool
+from qlora_core.result import Result
 from qlora_core.spec import Case, CaseError
 
 H200 = DetectedGpu("NVIDIA H200", 139.8, (9, 0), "580.159.04", 1)
@@ -173,9 +174,11 @@ def test_lanes_hand_their_cases_to_warm_spares_whose_imports_are_done(tmp_path: 
 
 
 def _children_of(pid: int) -> list[int]:
-    """The runner's case children (`python -m qlora_core.child`) started by `pid`."""
+    """The runner's case children (`python -m qlora_core.process.child`) started by `pid`."""
     return [
-        child for child, parent, argv in live_processes() if parent == pid and b"qlora_core.child" in argv
+        child
+        for child, parent, argv in live_processes()
+        if parent == pid and b"qlora_core.process.child" in argv
     ]
 
 

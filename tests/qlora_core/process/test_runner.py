@@ -17,7 +17,8 @@ from qlora_core.gpus import get_profile
 from qlora_core.matrix import build_matrix
 from qlora_core.measure import quant_state_bytes
 from qlora_core.models import REAL_MODEL, SHAPES
-from qlora_core.runner import RunOptions, run_case
+from qlora_core.process.request import RunOptions
+from qlora_core.process.runner import run_case
 from qlora_core.spec import LESSON_TARGET_MODULES, Case, CaseError
 
 CPU = RunOptions(profile="cpu", timeout_s=600)
@@ -183,7 +184,7 @@ def test_an_sft_fp16_row_records_trls_cast_of_the_adapters(tmp_path):
 @pytest.mark.gpu
 def test_sft_fp16_on_a_gpu_is_unsupported_naming_trls_cast(gpu_required, tmp_path):
     """The t4 profile's fp16 sft case: the scaler refuses the adapters TRL cast to bf16."""
-    from qlora_core.outcomes import GRAD_SCALER_BF16, RECOGNISED_REFUSALS
+    from qlora_core.process.outcomes import GRAD_SCALER_BF16, RECOGNISED_REFUSALS
 
     result = run_case(SFT_FP16, RunOptions(profile="t4"), tmp_path / "r.json")
     assert result.status == "unsupported", result.reason
@@ -244,7 +245,7 @@ def test_a_bad_repeat_index_is_refused_before_any_child_starts(tmp_path: Path) -
 def test_a_one_gpu_child_is_shown_one_gpu(monkeypatch, visible, one_gpu_child) -> None:
     """Shown two GPUs, transformers' Trainer trains 2 x the case's batch a step (n_gpu): a one-GPU
     case's child sees the first GPU its runner sees; a multi-GPU case's launcher sees them all."""
-    from qlora_core.runner import child_env
+    from qlora_core.process.request import child_env
 
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -255,11 +256,11 @@ def test_a_one_gpu_child_is_shown_one_gpu(monkeypatch, visible, one_gpu_child) -
 
 
 def test_a_timeout_signals_the_suites_own_processes_for_their_stacks_not_the_launcher():
-    from qlora_core.runner import _runs_module_of_the_suite
+    from qlora_core.process.runner import _runs_module_of_the_suite
 
     python = "/usr/bin/python3"
-    assert _runs_module_of_the_suite([python, "-m", "qlora_core.child", "r.request"])
-    assert _runs_module_of_the_suite([python, "-u", "-m", "qlora_core.rank", "r.request"])
+    assert _runs_module_of_the_suite([python, "-m", "qlora_core.process.child", "r.request"])
+    assert _runs_module_of_the_suite([python, "-u", "-m", "qlora_core.process.rank", "r.request"])
     # accelerate's launcher names the rank module as its argument; the signal would end it
     launcher = [
         python,
@@ -268,7 +269,7 @@ def test_a_timeout_signals_the_suites_own_processes_for_their_stacks_not_the_lau
         "--config_file",
         "c.json",
         "-m",
-        "qlora_core.rank",
+        "qlora_core.process.rank",
     ]
     assert not _runs_module_of_the_suite(launcher)
     assert not _runs_module_of_the_suite([python, "script.py"]) and not _runs_module_of_the_suite(
