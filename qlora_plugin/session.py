@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import os
 import platform
 import time
@@ -35,7 +34,7 @@ import pandas as pd
 from qlora_core.lanes import Lane, card_budget_gib, lane_rerun_reason, plan_lane, set_aside_lane_run
 from qlora_core.matrix import PlannedCase
 from qlora_core.oom_need import measure_need, run_case_measuring_need, uncapped_file_name, why_no_rerun
-from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
+from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, write_atomic
 from qlora_core.runner import RunOptions
 from qlora_core.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sharing_supported
 from qlora_core.spare import SparePool
@@ -44,28 +43,25 @@ from qlora_core.tiers import cpu_text_note
 from qlora_plugin.options import BenchOptions
 from qlora_plugin.progress import Heartbeat, Watched, recorded_walls, steps_planned, timing_text
 from qlora_plugin.resume import recorded_settings
-from qlora_plugin.run_folder import (
-    CASES_DIR,
-    append_line,
-    case_file_problem,
-    lock_run_dir,
-    new_run_dir,
-    repair_torn_tail,
-    unlock_run_dir,
-)
 from qlora_plugin.shard import run_cost_s
 from reports.completeness import INCOMPLETE, PLANNED_RUNS, Incompleteness, folder_incompleteness
-from reports.frame import (
-    ENVIRONMENT_JSON,
-    MATRIX_NOTES,
-    MEASUREMENTS_DIR,
-    RESULTS_JSONL,
-    RunData,
-    load_run,
-    read_results_jsonl,
-    write_result_tables,
-)
+from reports.frame import MATRIX_NOTES, RunData, load_run, write_result_tables
 from reports.repeats import fold_repeats
+from reports.run_folder import (
+    RESULTS_JSONL,
+    append_result,
+    case_file_problem,
+    case_result_path,
+    lock_run_dir,
+    measurement_path,
+    new_run_dir,
+    read_environment,
+    read_results,
+    repair_torn_tail,
+    unlock_run_dir,
+    write_environment,
+    write_measurement,
+)
 from reports.wall_time import wall_time_line
 
 
@@ -135,8 +131,8 @@ class BenchSession:
         """Read what --resume can reuse, record the environment, start the first spare."""
         if self.options.resume is not None:
             self._read_stored()
-            if (self.run_dir / ENVIRONMENT_JSON).exists():
-                earlier = json.loads((self.run_dir / ENVIRONMENT_JSON).read_text())
+            earlier = read_environment(self.run_dir)
+            if earlier:
                 self.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
         self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self._heartbeat = Heartbeat(self.write_line, self._watched)
@@ -161,7 +157,10 @@ class BenchSession:
         torn = repair_torn_tail(self.run_dir / RESULTS_JSONL)
         if torn:
             self.warn(torn)
-        for result in read_results_jsonl(self.run_dir / RESULTS_JSONL):
+        stored = read_results(self.run_dir / RESULTS_JSONL)
+        for note in stored.notes:
+            self.warn(note)
+        for result in stored.results:
             problem = case_file_problem(self.run_dir, result) if result.status in FINAL_STATUSES else None
             if problem:
                 self.warn(f"{problem}: case {result.case_id} is treated as not measured and reruns")
@@ -219,7 +218,7 @@ class BenchSession:
         return previous
 
     def _result_path(self, run: CaseRun) -> Path:
-        return self.run_dir / CASES_DIR / result_file_name(run.planned.case.hash, run.repeat)
+        return case_result_path(self.run_dir, run.planned.case.hash, run.repeat)
 
     def _record_as_planned(self, result: Result, run: CaseRun) -> None:
         # The matrix's identity stays the key (the gate matches on it); what ran is in `case`.
@@ -321,12 +320,12 @@ class BenchSession:
         """Append `result` to results.jsonl (whole, or not at all) and print its progress line."""
         path = self.run_dir / RESULTS_JSONL
         try:
-            append_line(path, result.to_json())
+            append_result(self.run_dir, result)
         except OSError as exc:
             raise ResultNotStoredError(
                 f"case {result.case_id} ran ({result.status}) but its row could not be appended to {path}:"
                 f" {exc}. Every earlier row is intact; the case's own result is in"
-                f" {self.run_dir / CASES_DIR / result_file_name(result.case_hash, result.repeat)}."
+                f" {case_result_path(self.run_dir, result.case_hash, result.repeat)}."
                 " Free the space and run"
                 f" again with --resume {self.run_dir}: this case reruns."
             ) from exc
@@ -391,13 +390,11 @@ class BenchSession:
 
     def record_measurement(self, name: str, rows: list[dict[str, Any]]) -> Path:
         """Store an in-process measurement table as measurements/<name>.csv (replacing it)."""
-        path = self.run_dir / MEASUREMENTS_DIR / f"{name}.csv"
-        write_atomic(path, pd.DataFrame(rows).to_csv(index=False))
-        return path
+        return write_measurement(self.run_dir, name, pd.DataFrame(rows).to_csv(index=False))
 
     def append_measurement(self, name: str, row: dict[str, Any]) -> Path:
         """Add one row to measurements/<name>.csv (rows from earlier in this session are kept)."""
-        path = self.run_dir / MEASUREMENTS_DIR / f"{name}.csv"
+        path = measurement_path(self.run_dir, name)
         rows = pd.read_csv(path).to_dict("records") if path.exists() else []
         return self.record_measurement(name, [*rows, row])
 
@@ -448,7 +445,7 @@ class BenchSession:
         """environment.json: `environment()`, the `ended` fields, what the folder lacks (`INCOMPLETE`)."""
         env = {**self.environment(), **ended}
         env[INCOMPLETE] = self._incomplete_json(env)
-        write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(env, indent=2, default=str))
+        write_environment(self.run_dir, env)
 
     def incompleteness(self) -> Incompleteness | None:
         """What the folder lacks of its plan now (`reports.completeness`); None when complete."""

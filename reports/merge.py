@@ -18,7 +18,6 @@ carry their own, and the gate flags them against the baseline as for any run.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +25,21 @@ from typing import Any
 
 import pandas as pd
 
-from qlora_core.result import Result, write_atomic
+from qlora_core.result import Result
 from reports.completeness import INCOMPLETE, PLANNED_RUNS
-from reports.frame import (
-    ENVIRONMENT_JSON,
+from reports.frame import write_result_tables
+from reports.run_folder import (
+    CASES_DIR,
     MEASUREMENTS_DIR,
     RESULTS_JSONL,
+    measurement_paths,
+    read_environment,
     read_results_jsonl,
-    write_result_tables,
+    write_environment,
+    write_measurement,
+    write_results,
 )
 
-CASES_DIR = "cases"
 # environment.json fields that should agree across shards; a difference is flagged.
 FLAGGED_FIELDS: tuple[str, ...] = (
     "gpu_present",
@@ -73,11 +76,6 @@ class MergeReport:
 def _names(ids: list[str]) -> str:
     shown = ", ".join(ids[:SHOWN])
     return shown + (f" (+{len(ids) - SHOWN} more)" if len(ids) > SHOWN else "")
-
-
-def _environment(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / ENVIRONMENT_JSON
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _check_same_matrix(run_dirs: list[Path], envs: list[dict[str, Any]], rows: list[list[Result]]) -> None:
@@ -163,13 +161,13 @@ def _join_files(run_dirs: list[Path], out: Path) -> None:
                 shutil.copy2(path, out / CASES_DIR / path.name)
     tables: dict[str, list[pd.DataFrame]] = {}
     for run_dir in run_dirs:
-        for path in sorted((run_dir / MEASUREMENTS_DIR).glob("*.csv")):
+        for path in measurement_paths(run_dir):
             tables.setdefault(path.stem, []).append(pd.read_csv(path))
     if tables:
         (out / MEASUREMENTS_DIR).mkdir(exist_ok=True)
     for name, frames in tables.items():
         joined = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
-        write_atomic(out / MEASUREMENTS_DIR / f"{name}.csv", joined.to_csv(index=False))
+        write_measurement(out, name, joined.to_csv(index=False))
 
 
 def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, command: str = "") -> MergeReport:
@@ -185,7 +183,7 @@ def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, comman
         raise MergeError("a run folder is given twice: " + ", ".join(map(str, run_dirs)))
     if out.exists() and any(out.iterdir()):
         raise MergeError(f"--out {out} exists and is not empty: merge into a new folder")
-    envs = [_environment(d) for d in run_dirs]
+    envs = [read_environment(d) for d in run_dirs]
     rows = [read_results_jsonl(d / RESULTS_JSONL) for d in run_dirs]
     _check_same_matrix(run_dirs, envs, rows)
     results = _union_rows(run_dirs, rows)
@@ -198,7 +196,7 @@ def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, comman
     position = {case_id: k for k, case_id in enumerate(matrix_ids)}
     results.sort(key=lambda r: (r.repeat, position.get(r.case_id, len(position))))
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / RESULTS_JSONL, "".join(r.to_json() + "\n" for r in results))
+    write_results(out, results)
     _join_files(run_dirs, out)
     commands = [c for env in envs for c in (env.get("commands") or [env.get("command", "")]) if c]
     environment = {
@@ -218,7 +216,7 @@ def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, comman
             "flags": flags,
         },
     }
-    write_atomic(out / ENVIRONMENT_JSON, json.dumps(environment, indent=2, default=str))
+    write_environment(out, environment)
     _, problems = write_result_tables(out)
     return MergeReport(out, run_dirs, environment["cases"], len(results), missing, [*flags, *problems])
 

@@ -23,10 +23,11 @@ from reports.claims import (
     evaluate_all,
 )
 from reports.completeness import run_incompleteness
-from reports.frame import MATRIX_NOTES, RESULTS_JSONL, RunData, load_run
+from reports.frame import MATRIX_NOTES, RunData, load_run
 from reports.markdown import MAX_LINE_CHARS, fit_width, md_cell, md_table
 from reports.merge import merge_notes
 from reports.plots import render_plots
+from reports.run_folder import RESULTS_JSONL
 from reports.tables import header, render_tables, run_context
 from reports.wall_time import WALL_TIME_MD, render_wall_time
 
