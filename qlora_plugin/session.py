@@ -237,11 +237,11 @@ class BenchSession:
         rows = [*self.results.values(), *self.stored.values()]
         if sharing_supported(self.options.profile, rows):
             return True
-        alone = [r for r in rows if ran_alone_on_gpu(r)]
-        if alone and not self._sharing_note_given:  # before any row alone: no evidence yet, no problem
+        ran_alone = [r for r in rows if ran_alone_on_gpu(r)]
+        if ran_alone and not self._sharing_note_given:  # before any row alone: no evidence yet, no problem
             self._sharing_note_given = True
             self.warn(
-                f"{len(alone)} row(s) of this session ran alone, and in none did its own line of NVML's"
+                f"{len(ran_alone)} row(s) of this session ran alone, and in none did its own line of NVML's"
                 " per-process list agree with the device's reading (side_by_side.own_line_agrees),"
                 " so shareable cases run alone"
             )
@@ -475,8 +475,8 @@ class BenchSession:
         folded = fold_repeats(results)
         counts = Counter(row["status"] for row in folded)
         runs = f" ({len(results)} runs in fresh processes)" if len(results) > len(folded) else ""
-        where = self.options.profile.name
-        where += f" (emulated on {self.options.gpu_present.name})" if self.options.emulated else ""
+        where, gpu = self.options.profile.name, self.options.gpu_present
+        where += f" (emulated on {gpu.name})" if self.options.emulated and gpu is not None else ""
         statuses = ", ".join(f"{n} {s}" for s, n in counts.most_common())
         lines = [f"qlora-bench: {len(folded)} cases on profile {where}{runs}: {statuses}"]
         lines += [

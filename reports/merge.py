@@ -80,7 +80,7 @@ def _names(ids: list[str]) -> str:
 
 def _check_same_matrix(run_dirs: list[Path], envs: list[dict[str, Any]], rows: list[list[Result]]) -> None:
     for what, key in (("profiles", "profile"), ("tiers", "matrix")):
-        values = {str(d): env.get(key) for d, env in zip(run_dirs, envs)}
+        values: dict[str, Any] = {str(d): env.get(key) for d, env in zip(run_dirs, envs)}
         if key == "profile":  # the rows name their profile too; a folder of mixed ones is refused
             for d, results in zip(run_dirs, rows):
                 names = {r.profile for r in results} | ({values[str(d)]} if values[str(d)] else set())
@@ -192,7 +192,7 @@ def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, comman
 
     # In the order an unsharded session writes them: round by round, matrix order within a round
     # (reports list evidence in row order); cases outside the recorded matrix after, as found.
-    matrix_ids = next((e["matrix_case_ids"] for e in envs if e.get("matrix_case_ids")), [])
+    matrix_ids: list[str] = next((e["matrix_case_ids"] for e in envs if e.get("matrix_case_ids")), [])
     position = {case_id: k for k, case_id in enumerate(matrix_ids)}
     results.sort(key=lambda r: (r.repeat, position.get(r.case_id, len(position))))
     out.mkdir(parents=True, exist_ok=True)
