@@ -44,24 +44,10 @@ from qlora_plugin.options import BenchOptions
 from qlora_plugin.progress import Heartbeat, Watched, recorded_walls, steps_planned, timing_text
 from qlora_plugin.resume import recorded_settings
 from qlora_plugin.shard import run_cost_s
+from reports import run_folder
 from reports.completeness import INCOMPLETE, PLANNED_RUNS, Incompleteness, folder_incompleteness
 from reports.frame import MATRIX_NOTES, RunData, load_run, write_result_tables
 from reports.repeats import fold_repeats
-from reports.run_folder import (
-    RESULTS_JSONL,
-    append_result,
-    case_file_problem,
-    case_result_path,
-    lock_run_dir,
-    measurement_path,
-    new_run_dir,
-    read_environment,
-    read_results,
-    repair_torn_tail,
-    unlock_run_dir,
-    write_environment,
-    write_measurement,
-)
 from reports.wall_time import wall_time_line
 
 
@@ -116,10 +102,10 @@ class BenchSession:
         (its shard's cases with --shard), recorded so that every reader can tell what is missing
         (`reports.completeness`)."""
         name = f"{options.profile.name}-{options.matrix}"
-        run_dir = options.resume if options.resume is not None else new_run_dir(options.out, name)
+        run_dir = options.resume if options.resume is not None else run_folder.new_run_dir(options.out, name)
         session = cls(options, run_dir, write_line=write_line, matrix_case_ids=list(matrix_case_ids or []))
         session.planned_runs = dict(planned_runs or {})
-        session._lock = lock_run_dir(run_dir)
+        session._lock = run_folder.lock_run_dir(run_dir)
         try:
             session._open_folder()
         except BaseException:  # interrupted or failed while opening: the lock goes with it
@@ -131,7 +117,7 @@ class BenchSession:
         """Read what --resume can reuse, record the environment, start the first spare."""
         if self.options.resume is not None:
             self._read_stored()
-            earlier = read_environment(self.run_dir)
+            earlier = run_folder.read_environment(self.run_dir)
             if earlier:
                 self.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
         self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -146,7 +132,7 @@ class BenchSession:
             self.spares.shutdown()
         finally:
             if self._lock is not None:
-                unlock_run_dir(self._lock, self.run_dir)
+                run_folder.unlock_run_dir(self._lock, self.run_dir)
                 self._lock = None
 
     def warn(self, message: str) -> None:
@@ -154,14 +140,18 @@ class BenchSession:
         self.write_line(f"qlora-bench: warning: {message}")
 
     def _read_stored(self) -> None:
-        torn = repair_torn_tail(self.run_dir / RESULTS_JSONL)
+        torn = run_folder.repair_torn_tail(self.run_dir / run_folder.RESULTS_JSONL)
         if torn:
             self.warn(torn)
-        stored = read_results(self.run_dir / RESULTS_JSONL)
+        stored = run_folder.read_results(self.run_dir / run_folder.RESULTS_JSONL)
         for note in stored.notes:
             self.warn(note)
         for result in stored.results:
-            problem = case_file_problem(self.run_dir, result) if result.status in FINAL_STATUSES else None
+            problem = (
+                run_folder.case_file_problem(self.run_dir, result)
+                if result.status in FINAL_STATUSES
+                else None
+            )
             if problem:
                 self.warn(f"{problem}: case {result.case_id} is treated as not measured and reruns")
                 continue
@@ -218,7 +208,7 @@ class BenchSession:
         return previous
 
     def _result_path(self, run: CaseRun) -> Path:
-        return case_result_path(self.run_dir, run.planned.case.hash, run.repeat)
+        return run_folder.case_result_path(self.run_dir, run.planned.case.hash, run.repeat)
 
     def _record_as_planned(self, result: Result, run: CaseRun) -> None:
         # The matrix's identity stays the key (the gate matches on it); what ran is in `case`.
@@ -318,14 +308,14 @@ class BenchSession:
 
     def record(self, result: Result) -> None:
         """Append `result` to results.jsonl (whole, or not at all) and print its progress line."""
-        path = self.run_dir / RESULTS_JSONL
+        path = self.run_dir / run_folder.RESULTS_JSONL
         try:
-            append_result(self.run_dir, result)
+            run_folder.append_result(self.run_dir, result)
         except OSError as exc:
             raise ResultNotStoredError(
                 f"case {result.case_id} ran ({result.status}) but its row could not be appended to {path}:"
                 f" {exc}. Every earlier row is intact; the case's own result is in"
-                f" {case_result_path(self.run_dir, result.case_hash, result.repeat)}."
+                f" {run_folder.case_result_path(self.run_dir, result.case_hash, result.repeat)}."
                 " Free the space and run"
                 f" again with --resume {self.run_dir}: this case reruns."
             ) from exc
@@ -390,11 +380,11 @@ class BenchSession:
 
     def record_measurement(self, name: str, rows: list[dict[str, Any]]) -> Path:
         """Store an in-process measurement table as measurements/<name>.csv (replacing it)."""
-        return write_measurement(self.run_dir, name, pd.DataFrame(rows).to_csv(index=False))
+        return run_folder.write_measurement(self.run_dir, name, pd.DataFrame(rows).to_csv(index=False))
 
     def append_measurement(self, name: str, row: dict[str, Any]) -> Path:
         """Add one row to measurements/<name>.csv (rows from earlier in this session are kept)."""
-        path = measurement_path(self.run_dir, name)
+        path = run_folder.measurement_path(self.run_dir, name)
         rows = pd.read_csv(path).to_dict("records") if path.exists() else []
         return self.record_measurement(name, [*rows, row])
 
@@ -445,7 +435,7 @@ class BenchSession:
         """environment.json: `environment()`, the `ended` fields, what the folder lacks (`INCOMPLETE`)."""
         env = {**self.environment(), **ended}
         env[INCOMPLETE] = self._incomplete_json(env)
-        write_environment(self.run_dir, env)
+        run_folder.write_environment(self.run_dir, env)
 
     def incompleteness(self) -> Incompleteness | None:
         """What the folder lacks of its plan now (`reports.completeness`); None when complete."""
