@@ -81,7 +81,8 @@ def test_a_row_of_a_newer_schema_is_refused_naming_both_versions(run_dir, capsys
     with pytest.raises(SchemaError, match=expected):
         load_run(run_dir)
     assert reports_main(["render", str(run_dir)]) == 2
-    assert "schema_version 3 is newer than this qlora-bench reads (2)" in capsys.readouterr().err
+    newer = f"schema_version {RESULT_SCHEMA_VERSION + 1} is newer than this qlora-bench reads"
+    assert f"{newer} ({RESULT_SCHEMA_VERSION})" in capsys.readouterr().err
     assert not (run_dir / "wall_time.md").exists()  # refused before anything is written
 
 
@@ -261,7 +262,7 @@ def test_an_append_waits_for_the_results_file_lock(tmp_path):
 
 
 def test_append_result_adds_one_row_that_reads_back(tmp_path):
-    result = Result.from_dict(result_from_row(V1_ROW)[0].__dict__)
+    result, _ = result_from_row(V1_ROW)
     append_result(tmp_path, result)
     append_result(tmp_path, result)
     assert [r.to_json() for r in read_results(tmp_path / RESULTS_JSONL).results] == [result.to_json()]
