@@ -6,12 +6,15 @@ Each stage is its own function so the runner can measure memory between them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qlora_core.process.distributed import loads_on_rank0_only, local_device_index
 from qlora_core.spec import Case, CaseError
+
+if TYPE_CHECKING:  # typing only: transformers is imported where a model is built, not here
+    from transformers import PreTrainedModel
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
@@ -44,7 +47,7 @@ def bnb_config(case: Case) -> Any:
     return BitsAndBytesConfig(**kwargs)
 
 
-def load_model(case: Case, path: str, device: str) -> torch.nn.Module:
+def load_model(case: Case, path: str, device: str) -> PreTrainedModel:
     """Load the checkpoint at `path` as the case asks (4-bit, 8-bit, or unquantized in the
     compute dtype: 16-bit for the reference, fp32 too for a load-only case).
 
@@ -94,7 +97,7 @@ def _move_quant_states(model: torch.nn.Module, device: str) -> None:
             state.to(device)  # QuantState.to moves its tensors in place
 
 
-def load_on_meta(case: Case, path: str, device: str) -> torch.nn.Module:
+def load_on_meta(case: Case, path: str, device: str) -> PreTrainedModel:
     """A pre-quantized checkpoint's model with every parameter on the meta device and each 4-bit
     weight's QuantState on `device`: what a rank other than 0 holds under FSDP's rank-0-only
     loading (accelerate's `fsdp_cpu_ram_efficient_loading`), until FSDP materializes each wrapped
@@ -164,8 +167,8 @@ def _checkpoint_files(path: str) -> list[str]:
 
 
 def prepare(
-    model: torch.nn.Module, case: Case, checkpointing_kwargs: dict[str, Any] | None = None
-) -> torch.nn.Module:
+    model: PreTrainedModel, case: Case, checkpointing_kwargs: dict[str, Any] | None = None
+) -> PreTrainedModel:
     """prepare_model_for_kbit_training when the case asks; otherwise only checkpointing.
 
     peft turns gradient checkpointing on by default here; we pass the case's choice so the

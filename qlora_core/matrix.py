@@ -145,7 +145,6 @@ def build_matrix(
     if profile.count > 1:  # multi-GPU: a multi-card machine runs its own family only
         return [PlannedCase(case, ["multigpu"]) for case in multigpu_cases(profile, tier)]
     dtype = lesson_dtype(profile)
-    steps = {"warmup_steps": tier.warmup_steps, "measured_steps": tier.measured_steps}
     lesson = Case(
         tier.primary,
         quant_type="nf4",
@@ -154,17 +153,19 @@ def build_matrix(
         batch_size=tier.ref_batch,
         seq_len=tier.ref_seq,
         engine=USERS_ENGINE,
-        **steps,
+        warmup_steps=tier.warmup_steps,
+        measured_steps=tier.measured_steps,
     )
     bound = lesson.replace(batch_size=tier.device_bound[0], seq_len=tier.device_bound[1])
-    text_steps = {"warmup_steps": 0, "measured_steps": tier.text_steps, "data": "text"}
     text_lesson = Case(
         REAL_MODEL,
         compute_dtype=text_dtype(profile, cpu_dtypes),
         batch_size=tier.text_batch,
         seq_len=tier.text_seq,
         engine=KERNEL_ENGINE,
-        **text_steps,
+        warmup_steps=0,
+        measured_steps=tier.text_steps,
+        data="text",
     )
     plan = _Plan()
     if matrix == "smoke":

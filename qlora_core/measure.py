@@ -193,7 +193,8 @@ def weight_bytes(model: torch.nn.Module) -> WeightBytes:
         else:
             plain += _tensor_bytes(param, seen)
     buffers = sum(_tensor_bytes(b, seen) for b in model.buffers())
-    footprint = int(model.get_memory_footprint()) if hasattr(model, "get_memory_footprint") else 0
+    footprint_of = getattr(model, "get_memory_footprint", None)  # transformers' models have it
+    footprint = int(footprint_of()) if footprint_of is not None else 0
     return WeightBytes(
         weight_bytes=plain + buffers + quant_data + quant_stats,
         quant_data_bytes=quant_data,

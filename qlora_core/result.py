@@ -19,7 +19,10 @@ from typing import Any
 
 from qlora_core.spec import Case
 
-RESULT_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 2
+"""The version of a stored Result row. 2: its `case` holds every Case field (a row of version 1
+may lack those added after the first release). Readers migrate older rows and refuse newer ones:
+`reports.run_folder`."""
 
 
 class Status(str, Enum):
@@ -238,8 +241,16 @@ class Result:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """The Result of its fields (`to_json`'s dict). A key that is not a field is refused, never
+        dropped unseen: a stored row goes through `reports.run_folder.result_from_row`, which
+        checks its schema version and names such keys."""
+        unknown = unknown_fields(data)
+        if unknown:
+            raise ValueError(
+                f"not a field of Result: {', '.join(unknown)} (row of schema_version"
+                f" {data.get('schema_version')!r}; this qlora-bench writes {RESULT_SCHEMA_VERSION})"
+            )
+        return cls(**data)
 
     @classmethod
     def for_case(cls, case: Case, profile: str, families: str = "") -> Result:
@@ -259,6 +270,13 @@ class Result:
 
 
 RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Result))
+
+
+def unknown_fields(data: dict[str, Any]) -> list[str]:
+    """The keys of `data` that are not Result fields, in its order."""
+    return [key for key in data if key not in RESULT_FIELDS]
+
+
 NEEDED_OF: dict[str, str] = {
     f.name: f.name.removeprefix("needed_")
     for f in dataclasses.fields(Result)

@@ -137,7 +137,7 @@ class Case:
     def id(self) -> str:
         """Readable id: `<model>-<quant>[-dq]-<dtype>-b<batch>-s<seq>` plus non-default axes."""
         model = self.model.rstrip("/").split("/")[-1].lower()
-        quant = self.quant_type
+        quant: str = self.quant_type
         if quant == "none":
             # Unquantized weights: the 16-bit LoRA reference, or a load-only case's dense weights.
             quant = "dense" if self.load_only else "lora16"

@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 
 from qlora_core.gpus import ALL_CPU_DTYPES, HALF_DTYPES, GpuProfile
 from qlora_core.models import REAL_MODEL
+from qlora_core.spec import ComputeDtype, Engine
 
-USERS_ENGINE = "trainer"
+USERS_ENGINE: Engine = "trainer"
 """The engine of the families the memory and speed claims read (see the module docstring)."""
-KERNEL_ENGINE = "loop"
+KERNEL_ENGINE: Engine = "loop"
 """The engine of the families that compare numerics on text (quality, stability)."""
 LADDER_START_LR = 2e-4
 STABILITY_LRS: tuple[float, ...] = (1e-4, 2e-4, 1e-3)
@@ -120,7 +121,7 @@ def tier_for(profile: GpuProfile) -> Tier:
     return GPU_TIER
 
 
-def lesson_dtype(profile: GpuProfile) -> str:
+def lesson_dtype(profile: GpuProfile) -> ComputeDtype:
     """The lesson's advice: fp16 on pre-Ampere (T4), bf16 where the hardware has it."""
     if not profile.is_gpu:
         return "bf16"
@@ -133,7 +134,7 @@ def runs_at_speed(profile: GpuProfile, dtype: str, cpu_dtypes: Iterable[str] = A
     return profile.is_gpu or dtype in cpu_dtypes
 
 
-def text_dtype(profile: GpuProfile, cpu_dtypes: Iterable[str] = ALL_CPU_DTYPES) -> str:
+def text_dtype(profile: GpuProfile, cpu_dtypes: Iterable[str] = ALL_CPU_DTYPES) -> ComputeDtype:
     """The compute dtype of the real model's text cases: the lesson's, or fp32 where that one does
     not run at speed."""
     dtype = lesson_dtype(profile)

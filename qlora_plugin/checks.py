@@ -32,17 +32,14 @@ def assert_memory_consistent(result: Result) -> None:
         figures = ("lora_alloc_gib", "peak_alloc_gib", "peak_reserved_gib", "nvml_peak_gib")
         missing = [f for f in figures if getattr(result, f) is None]
         assert not missing, f"{name}: not measured: {missing}"
-        assert result.peak_alloc_gib >= result.lora_alloc_gib * _PEAK_VS_STAGE_SLACK, (
-            f"{name}: training peak {result.peak_alloc_gib:.3f} GiB is below the"
-            f" {result.lora_alloc_gib:.3f} GiB held after LoRA: the peaks were not measured over training"
+        lora, peak, reserved, nvml = (getattr(result, f) for f in figures)
+        assert peak >= lora * _PEAK_VS_STAGE_SLACK, (
+            f"{name}: training peak {peak:.3f} GiB is below the"
+            f" {lora:.3f} GiB held after LoRA: the peaks were not measured over training"
         )
-        assert result.peak_reserved_gib >= result.peak_alloc_gib, (
-            f"{name}: reserved peak {result.peak_reserved_gib:.3f} GiB < allocated peak"
-            f" {result.peak_alloc_gib:.3f} GiB"
-        )
-        assert result.nvml_peak_gib >= result.peak_reserved_gib * _NVML_SAMPLING_SLACK, (
-            f"{name}: NVML saw {result.nvml_peak_gib:.3f} GiB, less than the allocator's"
-            f" {result.peak_reserved_gib:.3f} GiB reserved"
+        assert reserved >= peak, f"{name}: reserved peak {reserved:.3f} GiB < allocated peak {peak:.3f} GiB"
+        assert nvml >= reserved * _NVML_SAMPLING_SLACK, (
+            f"{name}: NVML saw {nvml:.3f} GiB, less than the allocator's {reserved:.3f} GiB reserved"
         )
     else:
         assert result.cpu_peak_rss_gib is not None and result.lora_alloc_gib is not None, (
@@ -129,14 +126,15 @@ def assert_ranks_consistent(result: Result) -> None:
     """
     name, world = result.case_id, result.world_size
     asked = result.case["num_gpus"]
-    assert world == asked, f"{name}: {world} ranks merged, the case asks for {asked}"
+    assert world is not None and world == asked, f"{name}: {world} ranks merged, the case asks for {asked}"
     assert result.rank_statuses == ["ok"] * world, f"{name}: rank outcomes {result.rank_statuses}"
     assert len(result.rank_step_ms) == world and all(result.rank_step_ms), f"{name}: a rank timed no step"
     peaks = result.rank_peak_alloc_gib if result.device == "cuda" else result.rank_cpu_peak_rss_gib
-    assert len(peaks) == world and None not in peaks, f"{name}: per-rank peaks not measured: {peaks}"
+    measured = [p for p in peaks if p is not None]
+    assert len(peaks) == len(measured) == world, f"{name}: per-rank peaks not measured: {peaks}"
     merged = result.peak_alloc_gib if result.device == "cuda" else result.cpu_peak_rss_gib
-    assert merged == max(peaks), f"{name}: row peak {merged} is not the largest rank's {peaks}"
+    assert merged == max(measured), f"{name}: row peak {merged} is not the largest rank's {peaks}"
     if result.device == "cuda":
-        for rank, (alloc, reserved) in enumerate(zip(peaks, result.rank_peak_reserved_gib, strict=True)):
+        for rank, (alloc, reserved) in enumerate(zip(measured, result.rank_peak_reserved_gib, strict=True)):
             assert reserved is not None and reserved >= alloc, f"{name}: rank {rank} reserved < allocated"
-        assert result.peak_alloc_gib_sum == sum(peaks), f"{name}: peak sum is not the ranks' total"
+        assert result.peak_alloc_gib_sum == sum(measured), f"{name}: peak sum is not the ranks' total"

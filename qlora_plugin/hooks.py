@@ -25,10 +25,10 @@ from qlora_core.matrix import PlannedCase, build_matrix, family_name
 from qlora_core.result import Result, repeat_suffix
 from qlora_plugin.interrupt import ReportsInterrupted, StopGuard, stop_paragraph
 from qlora_plugin.options import bench_options
-from qlora_plugin.run_folder import RunFolderInUseError
 from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError
 from qlora_plugin.shard import SHARD_SKIP_REASON, recorded_run_s, select_shard
-from reports.frame import RESULTS_JSONL, RunData
+from reports.frame import RunData
+from reports.run_folder import RESULTS_JSONL, RunFolderInUseError
 
 # Which module tests a case: the first of its families found here, in this order.
 _MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (

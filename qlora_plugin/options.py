@@ -38,7 +38,7 @@ from qlora_plugin.resume import profile_conflict, resolve_settings
 from qlora_plugin.shard import Shard, parse_shard
 from reports.baseline import BaselineError, load_baseline
 from reports.baseline_choice import CPU_PROFILE, baseline_option_problems
-from reports.frame import RESULTS_JSONL
+from reports.run_folder import RESULTS_JSONL
 from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
 
 _OPTIONS_KEY = pytest.StashKey["BenchOptions"]()

@@ -25,7 +25,13 @@ from qlora_core.gpus import PROFILE_NAMES
 from qlora_core.matrix import MATRICES
 from qlora_core.spec import CaseError
 from qlora_plugin.shard import parse_shard
-from reports.frame import ENVIRONMENT_JSON
+from reports.run_folder import (
+    ENVIRONMENT_JSON,
+    RESULTS_JSONL,
+    check_environment,
+    read_environment,
+    read_results,
+)
 
 DEFAULT_GPU = "auto"
 DEFAULT_MATRIX = "default"
@@ -85,6 +91,11 @@ def run_folder_problem(run_dir: Path) -> str | None:
         return f"--resume {run_dir}: its {ENVIRONMENT_JSON} is not JSON ({_short(exc)})"
     if not isinstance(environment, dict):
         return f"--resume {run_dir}: its {ENVIRONMENT_JSON} is not a JSON object"
+    try:
+        check_environment(environment)
+        read_results(run_dir / RESULTS_JSONL)  # a row of a newer schema refuses the folder
+    except ValueError as exc:  # a newer schema (SchemaError), or a version that is none
+        return f"--resume {run_dir}: {exc}"
     profile, matrix = environment.get("profile"), environment.get("matrix")
     if profile not in PROFILE_NAMES or matrix not in MATRICES:
         return (
@@ -98,7 +109,7 @@ def run_folder_problem(run_dir: Path) -> str | None:
 def folder_settings(run_dir: Path) -> dict[str, Any]:
     """The settings recorded in a run folder's environment.json (one that `run_folder_problem`
     accepts), typed as `MatrixSettings` holds them; a setting the folder did not record is absent."""
-    environment = json.loads((run_dir / ENVIRONMENT_JSON).read_text())
+    environment = read_environment(run_dir)
     settings: dict[str, Any] = {
         "gpu": environment["profile"],
         "matrix": environment["matrix"],

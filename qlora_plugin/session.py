@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import os
 import platform
 import time
@@ -44,33 +43,16 @@ from qlora_core.process.oom_need import (
 from qlora_core.process.request import RunOptions
 from qlora_core.process.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sharing_supported
 from qlora_core.process.spare import SparePool
-from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, result_file_name, write_atomic
+from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, write_atomic
 from qlora_core.spec import Case
 from qlora_core.tiers import cpu_text_note
 from qlora_plugin.options import BenchOptions
 from qlora_plugin.progress import Heartbeat, Watched, recorded_walls, steps_planned, timing_text
 from qlora_plugin.resume import recorded_settings
-from qlora_plugin.run_folder import (
-    CASES_DIR,
-    append_line,
-    case_file_problem,
-    lock_run_dir,
-    new_run_dir,
-    repair_torn_tail,
-    unlock_run_dir,
-)
 from qlora_plugin.shard import run_cost_s
+from reports import run_folder
 from reports.completeness import INCOMPLETE, PLANNED_RUNS, Incompleteness, folder_incompleteness
-from reports.frame import (
-    ENVIRONMENT_JSON,
-    MATRIX_NOTES,
-    MEASUREMENTS_DIR,
-    RESULTS_JSONL,
-    RunData,
-    load_run,
-    read_results_jsonl,
-    write_result_tables,
-)
+from reports.frame import MATRIX_NOTES, RunData, load_run, write_result_tables
 from reports.repeats import fold_repeats
 from reports.wall_time import wall_time_line
 
@@ -126,10 +108,10 @@ class BenchSession:
         (its shard's cases with --shard), recorded so that every reader can tell what is missing
         (`reports.completeness`)."""
         name = f"{options.profile.name}-{options.matrix}"
-        run_dir = options.resume if options.resume is not None else new_run_dir(options.out, name)
+        run_dir = options.resume if options.resume is not None else run_folder.new_run_dir(options.out, name)
         session = cls(options, run_dir, write_line=write_line, matrix_case_ids=list(matrix_case_ids or []))
         session.planned_runs = dict(planned_runs or {})
-        session._lock = lock_run_dir(run_dir)
+        session._lock = run_folder.lock_run_dir(run_dir)
         try:
             session._open_folder()
         except BaseException:  # interrupted or failed while opening: the lock goes with it
@@ -141,8 +123,8 @@ class BenchSession:
         """Read what --resume can reuse, record the environment, start the first spare."""
         if self.options.resume is not None:
             self._read_stored()
-            if (self.run_dir / ENVIRONMENT_JSON).exists():
-                earlier = json.loads((self.run_dir / ENVIRONMENT_JSON).read_text())
+            earlier = run_folder.read_environment(self.run_dir)
+            if earlier:
                 self.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
         self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self._heartbeat = Heartbeat(self.write_line, self._watched)
@@ -156,7 +138,7 @@ class BenchSession:
             self.spares.shutdown()
         finally:
             if self._lock is not None:
-                unlock_run_dir(self._lock, self.run_dir)
+                run_folder.unlock_run_dir(self._lock, self.run_dir)
                 self._lock = None
 
     def warn(self, message: str) -> None:
@@ -164,11 +146,18 @@ class BenchSession:
         self.write_line(f"qlora-bench: warning: {message}")
 
     def _read_stored(self) -> None:
-        torn = repair_torn_tail(self.run_dir / RESULTS_JSONL)
+        torn = run_folder.repair_torn_tail(self.run_dir / run_folder.RESULTS_JSONL)
         if torn:
             self.warn(torn)
-        for result in read_results_jsonl(self.run_dir / RESULTS_JSONL):
-            problem = case_file_problem(self.run_dir, result) if result.status in FINAL_STATUSES else None
+        stored = run_folder.read_results(self.run_dir / run_folder.RESULTS_JSONL)
+        for note in stored.notes:
+            self.warn(note)
+        for result in stored.results:
+            problem = (
+                run_folder.case_file_problem(self.run_dir, result)
+                if result.status in FINAL_STATUSES
+                else None
+            )
             if problem:
                 self.warn(f"{problem}: case {result.case_id} is treated as not measured and reruns")
                 continue
@@ -225,7 +214,7 @@ class BenchSession:
         return previous
 
     def _result_path(self, run: CaseRun) -> Path:
-        return self.run_dir / CASES_DIR / result_file_name(run.planned.case.hash, run.repeat)
+        return run_folder.case_result_path(self.run_dir, run.planned.case.hash, run.repeat)
 
     def _record_as_planned(self, result: Result, run: CaseRun) -> None:
         # The matrix's identity stays the key (the gate matches on it); what ran is in `case`.
@@ -244,11 +233,11 @@ class BenchSession:
         rows = [*self.results.values(), *self.stored.values()]
         if sharing_supported(self.options.profile, rows):
             return True
-        alone = [r for r in rows if ran_alone_on_gpu(r)]
-        if alone and not self._sharing_note_given:  # before any row alone: no evidence yet, no problem
+        ran_alone = [r for r in rows if ran_alone_on_gpu(r)]
+        if ran_alone and not self._sharing_note_given:  # before any row alone: no evidence yet, no problem
             self._sharing_note_given = True
             self.warn(
-                f"{len(alone)} row(s) of this session ran alone, and in none did its own line of NVML's"
+                f"{len(ran_alone)} row(s) of this session ran alone, and in none did its own line of NVML's"
                 " per-process list agree with the device's reading (side_by_side.own_line_agrees),"
                 " so shareable cases run alone"
             )
@@ -325,14 +314,14 @@ class BenchSession:
 
     def record(self, result: Result) -> None:
         """Append `result` to results.jsonl (whole, or not at all) and print its progress line."""
-        path = self.run_dir / RESULTS_JSONL
+        path = self.run_dir / run_folder.RESULTS_JSONL
         try:
-            append_line(path, result.to_json())
+            run_folder.append_result(self.run_dir, result)
         except OSError as exc:
             raise ResultNotStoredError(
                 f"case {result.case_id} ran ({result.status}) but its row could not be appended to {path}:"
                 f" {exc}. Every earlier row is intact; the case's own result is in"
-                f" {self.run_dir / CASES_DIR / result_file_name(result.case_hash, result.repeat)}."
+                f" {run_folder.case_result_path(self.run_dir, result.case_hash, result.repeat)}."
                 " Free the space and run"
                 f" again with --resume {self.run_dir}: this case reruns."
             ) from exc
@@ -397,13 +386,11 @@ class BenchSession:
 
     def record_measurement(self, name: str, rows: list[dict[str, Any]]) -> Path:
         """Store an in-process measurement table as measurements/<name>.csv (replacing it)."""
-        path = self.run_dir / MEASUREMENTS_DIR / f"{name}.csv"
-        write_atomic(path, pd.DataFrame(rows).to_csv(index=False))
-        return path
+        return run_folder.write_measurement(self.run_dir, name, pd.DataFrame(rows).to_csv(index=False))
 
     def append_measurement(self, name: str, row: dict[str, Any]) -> Path:
         """Add one row to measurements/<name>.csv (rows from earlier in this session are kept)."""
-        path = self.run_dir / MEASUREMENTS_DIR / f"{name}.csv"
+        path = run_folder.measurement_path(self.run_dir, name)
         rows = pd.read_csv(path).to_dict("records") if path.exists() else []
         return self.record_measurement(name, [*rows, row])
 
@@ -452,7 +439,7 @@ class BenchSession:
         """environment.json: `environment()`, the `ended` fields, what the folder lacks (`INCOMPLETE`)."""
         env = {**self.environment(), **ended}
         env[INCOMPLETE] = self._incomplete_json(env)
-        write_atomic(self.run_dir / ENVIRONMENT_JSON, json.dumps(env, indent=2, default=str))
+        run_folder.write_environment(self.run_dir, env)
 
     def incompleteness(self) -> Incompleteness | None:
         """What the folder lacks of its plan now (`reports.completeness`); None when complete."""
@@ -482,8 +469,8 @@ class BenchSession:
         folded = fold_repeats(results)
         counts = Counter(row["status"] for row in folded)
         runs = f" ({len(results)} runs in fresh processes)" if len(results) > len(folded) else ""
-        where = self.options.profile.name
-        where += f" (emulated on {self.options.gpu_present.name})" if self.options.emulated else ""
+        where, gpu = self.options.profile.name, self.options.gpu_present
+        where += f" (emulated on {gpu.name})" if self.options.emulated and gpu is not None else ""
         statuses = ", ".join(f"{n} {s}" for s, n in counts.most_common())
         lines = [f"qlora-bench: {len(folded)} cases on profile {where}{runs}: {statuses}"]
         lines += [

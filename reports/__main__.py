@@ -42,18 +42,20 @@ from reports.claims_matrix import write_claims_matrix
 from reports.completeness import completing_command, folder_incompleteness
 from reports.fit import run_advisor
 from reports.fit_query import AdvisorError, add_query_options, query_case
-from reports.frame import (
-    ENVIRONMENT_JSON,
-    MEASUREMENTS_DIR,
-    RESULTS_JSONL,
-    RunFolderError,
-    check_run_dir,
-    load_run,
-    read_results_jsonl,
-)
+from reports.frame import RunFolderError, check_run_dir, load_run
 from reports.gate import gate
 from reports.merge import MergeError, merge_runs
 from reports.render import render_run
+from reports.run_folder import (
+    ENVIRONMENT_JSON,
+    MEASUREMENTS_DIR,
+    RESULTS_JSONL,
+    SchemaError,
+    check_environment,
+    measurement_paths,
+    read_environment,
+    read_results,
+)
 from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
 
 EXIT_OK = 0
@@ -169,7 +171,13 @@ def _environment_problem(run_dir: Path) -> str | None:
         environment = json.loads(text)
     except ValueError as exc:
         return f"{ENVIRONMENT_JSON} is not JSON ({str(exc).splitlines()[0]})"
-    return None if isinstance(environment, dict) else f"{ENVIRONMENT_JSON} is not a JSON object"
+    if not isinstance(environment, dict):
+        return f"{ENVIRONMENT_JSON} is not a JSON object"
+    try:
+        check_environment(environment)
+    except ValueError as exc:  # a newer schema, or a version that is none
+        return str(exc)
+    return None
 
 
 def _results_problem(run_dir: Path) -> str | None:
@@ -178,14 +186,18 @@ def _results_problem(run_dir: Path) -> str | None:
     if problem:
         return problem
     lines = [line for line in text.splitlines() if line.strip()]
-    if lines and not read_results_jsonl(path):
+    try:
+        stored = read_results(path)
+    except SchemaError as exc:
+        return str(exc)
+    if lines and not stored.results:
         return f"{RESULTS_JSONL} holds {len(lines)} lines and no result row of qlora-bench"
     return None
 
 
 def _measurement_problems(run_dir: Path) -> list[str]:
     problems = []
-    for path in sorted((run_dir / MEASUREMENTS_DIR).glob("*.csv")):
+    for path in measurement_paths(run_dir):
         name = f"{MEASUREMENTS_DIR}/{path.name}"
         text, problem = _read_text(path, name)
         if not problem:
@@ -210,10 +222,7 @@ def _read_text(path: Path, name: str) -> tuple[str, str | None]:
 
 def _print_incomplete(run_dir: Path) -> None:
     """The incomplete line claims.md now starts with, on the console too."""
-    environment = (
-        json.loads((run_dir / ENVIRONMENT_JSON).read_text()) if (run_dir / ENVIRONMENT_JSON).exists() else {}
-    )
-    missing = folder_incompleteness(run_dir, environment)
+    missing = folder_incompleteness(run_dir, read_environment(run_dir))
     if missing:
         print(missing.line())
 
@@ -261,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "render":
             for name, path in render_run(readable_run_dir(args.run_dir)).items():
                 print(f"{name}: {path}")
+            for note in read_results(args.run_dir / RESULTS_JSONL).notes:
+                print(f"note: {note}")
             _print_incomplete(args.run_dir)
         elif args.command == "baseline":
             run = load_run(readable_run_dir(args.run_dir))

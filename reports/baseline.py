@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -229,7 +230,8 @@ def run_environment(results: pd.DataFrame, environment: dict[str, Any] | None = 
     comma-separated, so that the mix shows up as a flag instead of hiding.
     """
     environment = environment or {}
-    nested = environment.get("versions") if isinstance(environment.get("versions"), dict) else {}
+    versions = environment.get("versions")
+    nested: dict[str, Any] = versions if isinstance(versions, dict) else {}
     versions = {
         lib: _column_value(results, column)
         or str(environment.get(column) or environment.get(lib) or nested.get(lib) or "")
@@ -451,7 +453,7 @@ def _numbers_or_none(values: object) -> list[float] | None:
     """A per-repeat list as floats; None when there is none (a single repeat)."""
     if values is None or is_missing(values):
         return None
-    return [float(v) for v in values]  # type: ignore[union-attr]
+    return [float(v) for v in cast(Iterable[Any], values)]
 
 
 def save_run_baseline(path: Path, run: RunData, *, command: str) -> dict[str, Any]:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reports.claims import CLAIMS, Claim, Evaluation, Verdict, evaluate_all
-from reports.frame import RESULTS_JSONL, RunData, load_run
+from reports.frame import RunData, load_run
 from reports.markdown import md_table
 from reports.rows import status_summary
+from reports.run_folder import RESULTS_JSONL
 
 FIGURE_CHARS = 70  # a cell's figure is cut to this many characters
 # A cell's verdict: refuted when any evaluation is, else holds when any does, and so on.

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reports.frame import RESULTS_JSONL, RunData, read_results_jsonl
+from reports.frame import RunData
+from reports.run_folder import RESULTS_JSONL, read_results_jsonl
 
 PLANNED_RUNS = "planned_runs"
 """environment.json key: {case id: planned repeats} of the runs the folder is to hold."""

@@ -90,7 +90,9 @@ def _unaccounted(row: pd.Series, ref: pd.Series) -> str:
     """How much of a peak-memory difference the measured byte fields account for."""
     peak, base_peak = fval(row, "peak_alloc_gib"), fval(ref, "peak_alloc_gib")
     states, base_states = fval(row, "optimizer_state_bytes"), fval(ref, "optimizer_state_bytes")
-    if None in (peak, base_peak, states, base_states) or abs(peak / base_peak - 1) <= ATTRIBUTE_ABOVE:
+    if peak is None or base_peak is None or states is None or base_states is None:
+        return ""
+    if abs(peak / base_peak - 1) <= ATTRIBUTE_ABOVE:
         return ""
     accounted = (states - base_states) / 2**30
     return (
@@ -133,7 +135,16 @@ def engine_comparison(run: RunData) -> str:
     groups = engine_groups(run.results)
     if not groups:
         return title + "not run (no point of this run was trained by the loop and another engine)"
-    headers = ("Engine", "Status", "Tokens/s", "Peak alloc", "Reserved", "NVML", "Final loss", "Autocast")
+    headers: tuple[str, ...] = (
+        "Engine",
+        "Status",
+        "Tokens/s",
+        "Peak alloc",
+        "Reserved",
+        "NVML",
+        "Final loss",
+        "Autocast",
+    )
     headers += ("vs loop",)
     parts = []
     for rows in groups:

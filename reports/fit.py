@@ -41,9 +41,10 @@ from reports.fit_model import (
     summarize,
 )
 from reports.fit_query import REFERENCE_DIR, AdvisorError, describe
-from reports.frame import RESULTS_JSONL, RunData, load_run
+from reports.frame import RunData, load_run
 from reports.markdown import md_table
 from reports.rows import device_used_gib, peak_figures
+from reports.run_folder import RESULTS_JSONL
 
 __all__ = ["REFERENCE_DIR", "AdvisorError"]  # the CLI's imports, from their home (fit_query)
 MEDIAN_LIMIT = 0.05  # the advisor's target for the held-out error

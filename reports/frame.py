@@ -1,9 +1,10 @@
 """Results of a run as pandas: the one DataFrame every report, claim and gate reads.
 
-A run folder holds `results.jsonl` (one Result per line, appended as cases finish; a case rerun
-by --resume appends again and the last line for a case hash and repeat wins), `environment.json`, and
-`measurements/<name>.csv` for in-process measurements that are not training cases (4-bit code
-tables, per-layer quantization error, kernel timings).
+A run folder (its layout, reads and writes: `reports.run_folder`) holds `results.jsonl` (one
+Result per line, appended as cases finish; a case rerun by --resume appends again and the last
+line for a case hash and repeat wins), `environment.json`, and `measurements/<name>.csv` for
+in-process measurements that are not training cases (4-bit code tables, per-layer quantization
+error, kernel timings).
 
 The results frame is typed once, here, from the `Result` and `Case` field annotations: bools as
 pandas `boolean`, ints as nullable `Int64`, floats as `float64` (NaN = not measured), text as `str`;
@@ -27,18 +28,23 @@ from typing import Any
 
 import pandas as pd
 
-from qlora_core.result import Result, write_atomic
+from qlora_core.result import Result
 from qlora_core.spec import Case
 from reports.repeats import RepeatStats, fold_repeats
+from reports.run_folder import (
+    RESULTS_CSV,
+    RESULTS_JSONL,
+    RESULTS_PARQUET,
+    measurement_paths,
+    migrate_result_row,
+    read_environment,
+    read_results,
+    write_table_file,
+)
 
-RESULTS_JSONL = "results.jsonl"
-RESULTS_CSV = "results.csv"
-RESULTS_PARQUET = "results.parquet"
 _LIST_COLUMNS = ("step_ms", "losses", "grad_norms", "tokens_per_s_repeats", "kernel_ms_repeats")
-ENVIRONMENT_JSON = "environment.json"
 MATRIX_NOTES = "matrix_notes"
 """environment.json's list of what the host left out of the matrix and why (`tiers.cpu_text_note`)."""
-MEASUREMENTS_DIR = "measurements"
 
 
 class RunFolderError(FileNotFoundError):
@@ -99,7 +105,8 @@ def repeats_frame(results: Iterable[Result | dict[str, Any]]) -> pd.DataFrame:
 
 
 def _as_results(results: Iterable[Result | dict[str, Any]]) -> list[Result]:
-    return [r if isinstance(r, Result) else Result.from_dict(r) for r in results]
+    """Results as given, and dicts of stored rows migrated to this schema (`reports.run_folder`)."""
+    return [r if isinstance(r, Result) else Result.from_dict(migrate_result_row(r)) for r in results]
 
 
 def _typed_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -108,28 +115,6 @@ def _typed_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     if missing:
         frame = frame.assign(**{c: None for c in missing})
     return frame.astype({c: t for c, t in COLUMN_DTYPES.items() if t is not None})
-
-
-def read_results_jsonl(path: Path) -> list[Result]:
-    """Results in file order, the last line per case hash, profile and repeat winning.
-
-    A torn last line (a run killed mid-write) is skipped: every complete line is kept.
-    """
-    latest: dict[tuple[str, str, int], Result] = {}
-    if not path.exists():
-        return []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            result = Result.from_dict(json.loads(line))
-        except (json.JSONDecodeError, TypeError):
-            continue
-        key = (result.case_hash, result.profile, result.repeat)
-        latest.pop(key, None)  # re-insert so the order is that of the latest run
-        latest[key] = result
-    return list(latest.values())
 
 
 @dataclass
@@ -143,6 +128,8 @@ class RunData:
     run_dir: Path | None = None
     repeats: pd.DataFrame | None = None
     """Every repeat's own row (None when the RunData was built from folded rows only)."""
+    notes: list[str] = field(default_factory=list)
+    """The lines of results.jsonl that were not read, and why (`run_folder.read_results`)."""
 
     def value(self, env_key: str, column: str | None = None) -> str:
         """A run-level value: environment.json first, then the first non-empty result column
@@ -161,11 +148,16 @@ class RunData:
 def load_run(run_dir: Path) -> RunData:
     """Read a run folder back (no GPU, no torch needed)."""
     run_dir = Path(run_dir)
-    stored = read_results_jsonl(run_dir / RESULTS_JSONL)
-    env_path = run_dir / ENVIRONMENT_JSON
-    environment = json.loads(env_path.read_text()) if env_path.exists() else {}
-    measurements = {p.stem: pd.read_csv(p) for p in sorted((run_dir / MEASUREMENTS_DIR).glob("*.csv"))}
-    return RunData(results_frame(stored), measurements, environment, run_dir, repeats_frame(stored))
+    stored = read_results(run_dir / RESULTS_JSONL)
+    measurements = {p.stem: pd.read_csv(p) for p in measurement_paths(run_dir)}
+    return RunData(
+        results_frame(stored.results),
+        measurements,
+        read_environment(run_dir),
+        run_dir,
+        repeats_frame(stored.results),
+        stored.notes,
+    )
 
 
 def write_result_tables(run_dir: Path) -> tuple[dict[str, Path], list[str]]:
@@ -178,7 +170,7 @@ def write_result_tables(run_dir: Path) -> tuple[dict[str, Path], list[str]]:
     for col in _LIST_COLUMNS:
         if col in csv:
             csv[col] = csv[col].map(json.dumps)
-    write_atomic(run_dir / RESULTS_CSV, csv.to_csv(index=False))
+    write_table_file(run_dir, RESULTS_CSV, csv.to_csv(index=False))
     paths = {"jsonl": run_dir / RESULTS_JSONL, "csv": run_dir / RESULTS_CSV}
     problems = []
     try:

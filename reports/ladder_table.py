@@ -64,7 +64,9 @@ def oom_ladder(run: RunData) -> str:
         row = steps[k].iloc[-1]
         peaks = peak_figures(row)
         alloc = peaks.alloc_gib if peaks else None
-        before = previous[1].alloc_gib if previous is not None and previous[1] is not None else None
+        before: float | None = (
+            previous[1].alloc_gib if previous is not None and previous[1] is not None else None
+        )
         change = step_change(previous[0], row) if previous is not None else "-"
         fits = {"ok": "yes", "oom": "no"}.get(str(row["status"]), f"status {row['status']}")
         if fits == "yes" and first_fit is None:

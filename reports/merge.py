@@ -18,7 +18,6 @@ carry their own, and the gate flags them against the baseline as for any run.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,18 +25,21 @@ from typing import Any
 
 import pandas as pd
 
-from qlora_core.result import Result, write_atomic
+from qlora_core.result import Result
 from reports.completeness import INCOMPLETE, PLANNED_RUNS
-from reports.frame import (
-    ENVIRONMENT_JSON,
+from reports.frame import check_run_dir, write_result_tables
+from reports.run_folder import (
+    CASES_DIR,
     MEASUREMENTS_DIR,
     RESULTS_JSONL,
-    check_run_dir,
+    measurement_paths,
+    read_environment,
     read_results_jsonl,
-    write_result_tables,
+    write_environment,
+    write_measurement,
+    write_results,
 )
 
-CASES_DIR = "cases"
 # environment.json fields that should agree across shards; a difference is flagged.
 FLAGGED_FIELDS: tuple[str, ...] = (
     "gpu_present",
@@ -76,14 +78,9 @@ def _names(ids: list[str]) -> str:
     return shown + (f" (+{len(ids) - SHOWN} more)" if len(ids) > SHOWN else "")
 
 
-def _environment(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / ENVIRONMENT_JSON
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _check_same_matrix(run_dirs: list[Path], envs: list[dict[str, Any]], rows: list[list[Result]]) -> None:
     for what, key in (("profiles", "profile"), ("tiers", "matrix")):
-        values = {str(d): env.get(key) for d, env in zip(run_dirs, envs)}
+        values: dict[str, Any] = {str(d): env.get(key) for d, env in zip(run_dirs, envs)}
         if key == "profile":  # the rows name their profile too; a folder of mixed ones is refused
             for d, results in zip(run_dirs, rows):
                 names = {r.profile for r in results} | ({values[str(d)]} if values[str(d)] else set())
@@ -164,13 +161,13 @@ def _join_files(run_dirs: list[Path], out: Path) -> None:
                 shutil.copy2(path, out / CASES_DIR / path.name)
     tables: dict[str, list[pd.DataFrame]] = {}
     for run_dir in run_dirs:
-        for path in sorted((run_dir / MEASUREMENTS_DIR).glob("*.csv")):
+        for path in measurement_paths(run_dir):
             tables.setdefault(path.stem, []).append(pd.read_csv(path))
     if tables:
         (out / MEASUREMENTS_DIR).mkdir(exist_ok=True)
     for name, frames in tables.items():
         joined = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
-        write_atomic(out / MEASUREMENTS_DIR / f"{name}.csv", joined.to_csv(index=False))
+        write_measurement(out, name, joined.to_csv(index=False))
 
 
 def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, command: str = "") -> MergeReport:
@@ -184,7 +181,7 @@ def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, comman
         raise MergeError("a run folder is given twice: " + ", ".join(map(str, run_dirs)))
     if out.exists() and any(out.iterdir()):
         raise MergeError(f"--out {out} exists and is not empty: merge into a new folder")
-    envs = [_environment(d) for d in run_dirs]
+    envs = [read_environment(d) for d in run_dirs]
     rows = [read_results_jsonl(d / RESULTS_JSONL) for d in run_dirs]
     _check_same_matrix(run_dirs, envs, rows)
     results = _union_rows(run_dirs, rows)
@@ -193,11 +190,11 @@ def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, comman
 
     # In the order an unsharded session writes them: round by round, matrix order within a round
     # (reports list evidence in row order); cases outside the recorded matrix after, as found.
-    matrix_ids = next((e["matrix_case_ids"] for e in envs if e.get("matrix_case_ids")), [])
+    matrix_ids: list[str] = next((e["matrix_case_ids"] for e in envs if e.get("matrix_case_ids")), [])
     position = {case_id: k for k, case_id in enumerate(matrix_ids)}
     results.sort(key=lambda r: (r.repeat, position.get(r.case_id, len(position))))
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / RESULTS_JSONL, "".join(r.to_json() + "\n" for r in results))
+    write_results(out, results)
     _join_files(run_dirs, out)
     commands = [c for env in envs for c in (env.get("commands") or [env.get("command", "")]) if c]
     environment = {
@@ -217,7 +214,7 @@ def merge_runs(run_dirs: list[Path], out: Path, *, partial: bool = False, comman
             "flags": flags,
         },
     }
-    write_atomic(out / ENVIRONMENT_JSON, json.dumps(environment, indent=2, default=str))
+    write_environment(out, environment)
     _, problems = write_result_tables(out)
     return MergeReport(out, run_dirs, environment["cases"], len(results), missing, [*flags, *problems])
 

@@ -54,8 +54,9 @@ from typing import Any
 
 import pandas as pd
 
-from reports.frame import RESULTS_JSONL, load_run
+from reports.frame import load_run
 from reports.rows import fval
+from reports.run_folder import RESULTS_JSONL
 from reports.stats import cv
 from reports.units import pct
 

@@ -49,8 +49,15 @@ def _profile_memory(run: RunData, df: pd.DataFrame) -> tuple[str, float] | None:
 
 
 def plot_memory_vs_seq(run: RunData, path: Path) -> Path | None:
+    """`memory_vs_seq_figure` written to `path`; None (nothing written) when it has no rows."""
+    fig = memory_vs_seq_figure(run)
+    return _save(fig, path) if fig is not None else None
+
+
+def memory_vs_seq_figure(run: RunData) -> Figure | None:
     """Peak memory vs sequence length, one line per (model, weight format, batch), sweep and
-    reference rows; OOM points as crosses at the profile's memory line."""
+    reference rows; OOM points as crosses at the profile's memory line. Off the GPU the memory is
+    the process's peak RSS."""
     df = run.results
     rows = pd.concat([family_rows(df, "sweep"), family_rows(df, "reference")]).drop_duplicates("case_hash")
     if rows.empty:
@@ -112,7 +119,7 @@ def plot_memory_vs_seq(run: RunData, path: Path) -> Path | None:
     ax.set_title("Peak memory vs sequence length (sweep and 16-bit reference)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="config", title_fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def plot_tokens_per_s(run: RunData, path: Path) -> Path | None:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from qlora_core.result import NEEDED_OF
-from qlora_core.spec import FIELD_NAMES, FOUR_BIT_TYPES, LATER_FIELD_DEFAULTS
+from qlora_core.spec import FIELD_NAMES, FOUR_BIT_TYPES
 from reports.units import GIB
 
 OK_ONLY: frozenset[str] = frozenset({"ok"})
@@ -258,16 +258,14 @@ def where(rows: pd.DataFrame) -> str:
 
 
 def point_key(row: pd.Series, fields: Sequence[str]) -> tuple[Any, ...]:
-    """The values of `fields` in a row, normalized so that equal settings compare equal: a field
-    added to Case after the row was stored (missing there) reads as its default, as the hash does."""
+    """The values of `fields` in a row, normalized so that equal settings compare equal (a Case
+    field added after a row was stored reads as its default: `run_folder.RESULT_MIGRATIONS`)."""
     out = []
     for f in fields:
         value = row.get(f)
         if isinstance(value, float):
             value = None if math.isnan(value) else round(value, 12)
-        if value is None and f in LATER_FIELD_DEFAULTS:
-            value = LATER_FIELD_DEFAULTS[f]
-        elif isinstance(value, (np.bool_, bool)):
+        if isinstance(value, (np.bool_, bool)):
             value = bool(value)
         elif isinstance(value, (np.integer,)):
             value = int(value)

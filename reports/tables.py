@@ -9,7 +9,7 @@ number computed from the lesson.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -403,6 +403,14 @@ def memory_formula(run: RunData) -> str:
 
 def render_tables(run: RunData) -> str:
     """tables.md for one run; no line over `markdown.MAX_LINE_CHARS` (a wider table becomes a list)."""
-    sections = (header, memory_by_precision, compute_dtypes, t4_budget, oom_ladder, tradeoffs, memory_formula)
+    sections: tuple[Callable[[RunData], str], ...] = (
+        header,
+        memory_by_precision,
+        compute_dtypes,
+        t4_budget,
+        oom_ladder,
+        tradeoffs,
+        memory_formula,
+    )
     sections += (engine_comparison, multigpu_table, two_card_70b.section, nan_table, fit_section)
     return fit_width("\n\n".join(text for text in (section(run) for section in sections) if text)) + "\n"

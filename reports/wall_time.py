@@ -13,7 +13,6 @@ beside the sum of their walls. Read from the folder only, like every report.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,9 @@ from pathlib import Path
 from qlora_core.lanes import LANE_SUFFIX
 from qlora_core.matrix import family_name
 from qlora_core.process.oom_need import UNCAPPED_SUFFIX
-from qlora_core.result import Result, read_result
-from reports.frame import ENVIRONMENT_JSON, RESULTS_JSONL, read_results_jsonl
+from qlora_core.result import Result
 from reports.markdown import md_table
-from reports.merge import CASES_DIR
+from reports.run_folder import CASES_DIR, RESULTS_JSONL, read_case_file, read_environment, read_results_jsonl
 
 WALL_TIME_MD = "wall_time.md"
 STAGES: tuple[tuple[str, str], ...] = (
@@ -72,7 +70,7 @@ def timed_runs(run_dir: Path) -> list[TimedRun]:
     runs = [TimedRun(r, how_it_ran(r)) for r in read_results_jsonl(run_dir / RESULTS_JSONL)]
     for suffix, how in ((UNCAPPED_SUFFIX, UNCAPPED), (LANE_SUFFIX, SET_ASIDE)):
         for path in sorted((run_dir / CASES_DIR).glob(f"*{suffix}.json")):
-            runs.append(TimedRun(read_result(path), how))
+            runs.append(TimedRun(read_case_file(path), how))
     return runs
 
 
@@ -141,7 +139,7 @@ def render_wall_time(run_dir: Path) -> str:
     runs = timed_runs(Path(run_dir))
     stages = [label for _, label in STAGES] + [OTHER]
     lines = ["# Where the wall time went", ""]
-    environment = _environment(Path(run_dir))
+    environment = read_environment(Path(run_dir))
     start, end = _when(environment.get("started_at", "")), _when(environment.get("finished_at", ""))
     results = [run.result for run in runs]
     running_s = elapsed_s(results)
@@ -172,11 +170,6 @@ def render_wall_time(run_dir: Path) -> str:
         md_table(["Family", "Runs", "Sum of wall", *stages], _rows(_by(runs, "family"), False)),
     ]
     return "\n".join(lines) + "\n"
-
-
-def _environment(run_dir: Path) -> dict[str, str]:
-    path = run_dir / ENVIRONMENT_JSON
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def wall_time_line(run_dir: Path, stages_shown: int = 4) -> str:

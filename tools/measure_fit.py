@@ -15,7 +15,6 @@ is rerun uncapped on the host GPU (`qlora_core.process.oom_need`) and reports wh
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -26,14 +25,18 @@ sys.path.insert(0, str(ROOT))
 from qlora_core.process.oom_need import run_case_measuring_need  # noqa: E402  (after the path)
 from qlora_core.process.request import RunOptions  # noqa: E402
 from qlora_core.process.spare import SparePool  # noqa: E402
-from qlora_core.result import result_file_name  # noqa: E402
 from qlora_core.spec import Case  # noqa: E402
-from qlora_plugin.run_folder import CASES_DIR, RunFolderInUseError, append_line, lock_run_dir  # noqa: E402
 from reports.fit import advise, measured_figures, render  # noqa: E402
 from reports.fit_query import AdvisorError, add_query_options, query_case  # noqa: E402
-from reports.frame import RESULTS_JSONL  # noqa: E402
+from reports.run_folder import (  # noqa: E402
+    ENVIRONMENT_JSON,
+    RunFolderInUseError,
+    append_result,
+    case_result_path,
+    holding_run_dir,
+    write_environment,
+)
 
-ENVIRONMENT_JSON = "environment.json"
 FAMILY = "fit-advisor"
 
 
@@ -56,9 +59,9 @@ def measure(
         spares.prime()
         for case in cases:
             options = RunOptions(profile=profile, timeout_s=timeout_s, families=FAMILY)
-            path = out / CASES_DIR / result_file_name(case.hash, 0)
+            path = case_result_path(out, case.hash)
             result = run_case_measuring_need(case, options, path, spares=spares)
-            append_line(out / RESULTS_JSONL, result.to_json())
+            append_result(out, result)
             measured[case.id] = measured_figures(result.row())
             status, peak = measured[case.id]
             shown = "-" if peak is None else f"{peak:.2f}"
@@ -75,18 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measure_fit: {error}", file=sys.stderr)
         return 2
     try:
-        lock = lock_run_dir(args.out)
+        with holding_run_dir(args.out):
+            if not (args.out / ENVIRONMENT_JSON).exists():
+                write_environment(args.out, {"commands": [shlex.join([sys.executable, *sys.argv])]})
+            measured = measure(advice.to_measure(), profile.name, args.out, args.case_timeout)
     except RunFolderInUseError as error:
         print(f"measure_fit: {error}", file=sys.stderr)
         return 2
-    try:
-        environment = args.out / ENVIRONMENT_JSON
-        if not environment.exists():
-            command = shlex.join([sys.executable, *sys.argv])
-            environment.write_text(json.dumps({"commands": [command]}, indent=2) + "\n")
-        measured = measure(advice.to_measure(), profile.name, args.out, args.case_timeout)
-    finally:
-        lock.close()
     print(render(advice, args.show_held_out, measured))
     return 0
 

@@ -32,6 +32,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
@@ -93,7 +94,7 @@ def applies(requirement: Requirement, python_version: str) -> bool:
     """Whether a requirement's marker holds on a Linux x86-64 runner with `python_version`."""
     if requirement.marker is None:
         return True
-    env = default_environment()
+    env: dict[str, Any] = dict(default_environment())
     env.update(
         python_version=python_version,
         python_full_version=f"{python_version}.0",

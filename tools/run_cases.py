@@ -1,9 +1,9 @@
 """Run a hand-picked list of cases, outside the matrix, into a run folder the reports can read.
 
 For a measurement the matrix does not plan (an engine comparison at one point, a repro of one
-case): each case runs in its own child exactly as `pytest bench` runs it, its row is appended to
-`OUT/results.jsonl` as soon as it finishes (nothing measured is lost if the command is killed),
-and `python -m reports render OUT` works on the folder.
+case): each case runs in its own child exactly as `pytest bench` runs it, its row is appended whole
+to `OUT/results.jsonl` as soon as it finishes (nothing measured is lost if the command is killed),
+under the folder's lock (`reports.run_folder`), and `python -m reports render OUT` works on it.
 
     python -u tools/run_cases.py --gpu h200 --out runs/engines \\
         --case model=llama-3.1-8b,batch_size=4,seq_len=2048,engine=loop \\
@@ -28,8 +28,15 @@ sys.path.insert(0, str(ROOT))
 from qlora_core.process.oom_need import run_case_measuring_need  # noqa: E402
 from qlora_core.process.request import DEFAULT_TIMEOUT_S, RunOptions  # noqa: E402
 from qlora_core.process.spare import SparePool  # noqa: E402
-from qlora_core.result import Result, repeat_suffix, result_file_name  # noqa: E402  (after the path)
+from qlora_core.result import Result, repeat_suffix  # noqa: E402  (after the path)
 from qlora_core.spec import Case, CaseError  # noqa: E402
+from reports.run_folder import (  # noqa: E402
+    RunFolderInUseError,
+    append_result,
+    case_result_path,
+    holding_run_dir,
+    write_environment,
+)
 
 
 def parse_case(text: str) -> Case:
@@ -76,22 +83,28 @@ def main(argv: list[str] | None = None) -> int:
     except CaseError as error:
         print(f"run_cases: {error}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = shlex.join([sys.executable, *sys.argv])
-    (args.out / "environment.json").write_text(json.dumps({"commands": [command]}, indent=2) + "\n")
-    cases_dir = args.out / "cases"
+    try:
+        with holding_run_dir(args.out):
+            write_environment(args.out, {"commands": [shlex.join([sys.executable, *sys.argv])]})
+            run_all(args, cases)
+    except RunFolderInUseError as error:
+        print(f"run_cases: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_all(args: argparse.Namespace, cases: list[Case]) -> None:
+    """Each case `args.repeat` times, round by round; each row appended as soon as it ends."""
     with SparePool() as spares:  # no spare outlives the run, Ctrl-C included
         spares.prime()
         for repeat, case in ((r, c) for r in range(args.repeat) for c in cases):
             options = RunOptions(
                 profile=args.gpu, timeout_s=args.case_timeout, families="hand-picked", repeat=repeat
             )
-            path = cases_dir / result_file_name(case.hash, repeat)
+            path = case_result_path(args.out, case.hash, repeat)
             result = run_case_measuring_need(case, options, path, not args.no_oom_rerun, spares)
-            with (args.out / "results.jsonl").open("a") as f:
-                f.write(result.to_json() + "\n")
+            append_result(args.out, result)
             print(summary(result), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def run_sft(
             **training_arguments(case, device, out, plan), max_length=case.seq_len, packing=False
         )
         return SFTTrainer(
-            model=model,
+            model=model,  # type: ignore[arg-type]  # the peft model, typed nn.Module in the engines
             args=config,
             train_dataset=token_dataset(case, batches, plan.max_total_steps),
             processing_class=pad_only_tokenizer(model),
@@ -224,7 +224,8 @@ def pad_only_tokenizer(model: torch.nn.Module) -> Any:
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    config = model.config
+    # The transformers config (peft forwards it); torch types a Module's attributes as Tensor | Module.
+    config: Any = model.config
     candidates = [config.pad_token_id, config.eos_token_id, 0]
     pad_id = next(c for c in candidates if c is not None)
     if isinstance(pad_id, list):

@@ -114,13 +114,14 @@ class Slowdown:
         matmul_kernel_ms = 0.0
         if self.basis == KERNEL_BASIS and step_kernel_ms is not None and step_kernel_ms > 0:
             matmul_kernel_ms = self.kernel_matmul_ms()
-        if matmul_kernel_ms > 0:
-            self.base_ms, self.matmul_ms = step_kernel_ms, matmul_kernel_ms
+        if matmul_kernel_ms > 0 and step_kernel_ms is not None:
+            base_ms, matmul_ms = step_kernel_ms, matmul_kernel_ms
         else:
             self.basis = WALL_BASIS
-            self.base_ms, self.matmul_ms = calibration_base_ms(warmup_ms), self.time_matmul_ms()
-        self.matmuls = matmuls_for(self.pct, self.base_ms, self.matmul_ms)
-        self.ms_per_step = self.matmuls * self.matmul_ms
+            base_ms, matmul_ms = calibration_base_ms(warmup_ms), self.time_matmul_ms()
+        self.base_ms, self.matmul_ms = base_ms, matmul_ms
+        self.matmuls = matmuls_for(self.pct, base_ms, matmul_ms)
+        self.ms_per_step = self.matmuls * matmul_ms
 
     def pad(self) -> None:
         """Queue the step's added work (no synchronization: the step's own one waits for it)."""

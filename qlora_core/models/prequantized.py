@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from qlora_core.models.cache import cache_dir, library_versions
 from qlora_core.models.registry import INIT_SEED, SHAPE_RECIPE, ModelUnavailableError, Prequant, ShapeSpec
 from qlora_core.models.shapes import build_meta_model, draw_param_
 from qlora_core.spec import CaseError
+
+if TYPE_CHECKING:  # typing only: transformers is imported where a model is built, not here
+    from transformers import PreTrainedModel
 
 PREQUANT_RECIPE = f"prequant-v1: layer by layer, Params4bit quantize, save_pretrained layout; {SHAPE_RECIPE}"
 _SHARD_BYTES = 2 * 10**9
@@ -58,7 +61,7 @@ def bnb_config_of(prequant: Prequant) -> Any:
     return BitsAndBytesConfig(**kwargs)
 
 
-def _quantized_weight_names(model: torch.nn.Module) -> set[str]:
+def _quantized_weight_names(model: PreTrainedModel) -> set[str]:
     """Weights transformers quantizes: the decoder's nn.Linear layers (lm_head stays 16-bit)."""
     decoder = model.get_decoder()
     prefix = next(name for name, module in model.named_modules() if module is decoder)

@@ -16,12 +16,15 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qlora_core.models.cache import build_once, cache_dir, is_complete, library_versions
 from qlora_core.models.registry import REAL_MODEL, REAL_MODEL_WHEEL, ModelUnavailableError
+
+if TYPE_CHECKING:  # typing only: transformers is imported where a model is built, not here
+    from transformers import PreTrainedModel
 
 GGUF_ENV = "QLORA_BENCH_GGUF"
 """Environment variable naming a local copy of the SmolLM2 GGUF (machines without a registry)."""
@@ -120,7 +123,7 @@ def _require_gguf_package() -> None:
         ) from error
 
 
-def load_gguf_model(gguf: Path, dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+def load_gguf_model(gguf: Path, dtype: torch.dtype = torch.bfloat16) -> PreTrainedModel:
     """The GGUF as transformers loads it, always dequantized to dense `dtype` weights (on the CPU)."""
     import transformers
 
@@ -135,7 +138,7 @@ def load_gguf_model(gguf: Path, dtype: torch.dtype = torch.bfloat16) -> torch.nn
     return transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
 
 
-def _untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _untied_state_dict(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """The state dict without aliases of tied weights (safetensors refuses shared tensors)."""
     out: dict[str, torch.Tensor] = {}
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
@@ -151,7 +154,7 @@ def _untied_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _plain_config(model: torch.nn.Module) -> Any:
+def _plain_config(model: PreTrainedModel) -> Any:
     """The model's config without the GGUF quantization entry and GGUF naming leftovers."""
     data = model.config.to_dict()
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):

@@ -8,18 +8,21 @@ expected sizes without memory or init cost.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qlora_core.models.cache import cache_dir, library_versions
 from qlora_core.models.registry import INIT_SEED, ShapeSpec, shape_spec
 
+if TYPE_CHECKING:  # typing only: transformers is imported where a model is built, not here
+    from transformers import PreTrainedModel
+
 # Small shards bound the extra host memory save_pretrained needs beyond the weights themselves.
 _MAX_SHARD_SIZE = "2GB"
 
 
-def build_meta_model(spec: ShapeSpec) -> torch.nn.Module:
+def build_meta_model(spec: ShapeSpec) -> PreTrainedModel:
     """The shape as a bf16 model on the meta device: sizes without memory or init cost."""
     from transformers import AutoModelForCausalLM
 
@@ -27,7 +30,7 @@ def build_meta_model(spec: ShapeSpec) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(spec.config(), dtype=torch.bfloat16)
 
 
-def _count(model: torch.nn.Module) -> tuple[int, int]:
+def _count(model: PreTrainedModel) -> tuple[int, int]:
     """(total parameters, weights of nn.Linear layers in the decoder) of a causal LM."""
     # parameters() yields a tied parameter once, as the published totals count it.
     total = sum(p.numel() for p in model.parameters())

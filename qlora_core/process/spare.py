@@ -355,7 +355,9 @@ def primary_contexts() -> list[int]:
 
     if not torch.cuda.is_available():
         return []
-    return [i for i in range(torch.cuda.device_count()) if torch._C._cuda_hasPrimaryContext(i)]
+    # A private torch function (no public one answers without creating the context); untyped.
+    has_context = torch._C._cuda_hasPrimaryContext  # type: ignore[attr-defined]
+    return [i for i in range(torch.cuda.device_count()) if has_context(i)]
 
 
 def _lower_priority() -> Callable[[], None]:

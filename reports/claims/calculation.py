@@ -221,7 +221,8 @@ def check_activation_overhead(run: RunData) -> list[Evaluation]:
             why = f"no point measured its peak: {missing}"
             out.append(inconclusive(why, "", ids(group), condition, points))
             continue
-        values = [(activation_gib(r), r) for _, r in kept.iterrows()]
+        # `kept` measured both figures (`select` above), so every row has its activation memory.
+        values = [(v, r) for _, r in kept.iterrows() if (v := activation_gib(r)) is not None]
         gib = [v for v, _ in values]
         lowest, highest = min(values, key=lambda vr: vr[0])[1], max(values, key=lambda vr: vr[0])[1]
         measured = (

@@ -220,7 +220,7 @@ def check_qlora_slower(run: RunData) -> list[Evaluation]:
             f" tokens/s: {slowdown:+.1%} slower [{slow_low:+.1%}, {slow_high:+.1%}] ({ratio.basis})"
         )
         condition = f"{quant_label(q)}: {setting(q)}, {where(pd.DataFrame([q]))}"
-        evidence = (str(q["case_id"]), str(ref["case_id"]))
+        evidence: tuple[str, ...] = (str(q["case_id"]), str(ref["case_id"]))
         verdict_at = place(slow_low, slow_high, low, high)
         if verdict_at is Place.INSIDE:
             out.append(holds(measured, evidence, condition, why))

@@ -29,7 +29,7 @@ from qlora_core.process.runner import run_case
 from qlora_core.process.side_by_side import MAX_LANES, auto_lanes
 from qlora_core.result import Result
 from qlora_core.spec import Case, CaseError
-from reports.frame import read_results_jsonl
+from reports.run_folder import read_results_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 H100 = DetectedGpu("NVIDIA H100 80GB HBM3", 81559 / 1024, (9, 0), "570.133.20", 1)

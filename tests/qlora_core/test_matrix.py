@@ -6,7 +6,7 @@ import pytest
 
 from qlora_core.engines.pacing import plan_steps
 from qlora_core.gpus import PROFILE_NAMES, get_profile
-from qlora_core.matrix import DEFAULT_MAX, SMOKE_MAX, MatrixError, build_matrix
+from qlora_core.matrix import DEFAULT_MAX, MatrixError, build_matrix
 from qlora_core.models import REAL_MODEL, model_problem
 from qlora_core.process.distributed import loads_on_rank0_only
 from qlora_core.spec import ENGINES
@@ -33,16 +33,23 @@ SINGLE_CARD = [name for name in PROFILE_NAMES if get_profile(name).count == 1]
 @pytest.mark.parametrize("profile", SINGLE_CARD)
 def test_tier_sizes_and_unique_ids(profile):
     p = get_profile(profile)
+    # build_matrix itself refuses a smoke or default tier above its cap (see the test below).
     smoke, default, full = (build_matrix(p, m) for m in ("smoke", "default", "full"))
-    assert 1 <= len(smoke) <= SMOKE_MAX
-    assert len(smoke) < len(default) <= DEFAULT_MAX < len(full)
+    assert 1 <= len(smoke) < len(default) < len(full) and DEFAULT_MAX < len(full)
     for planned in (smoke, default, full):
-        ids = [x.case.id for x in planned]
+        ids = [x.case.id for x in planned]  # the plan holds each hash once; ids must be unique too
         assert len(ids) == len(set(ids))
-        assert len({x.case.hash for x in planned}) == len(ids)
         assert all(model_problem(x.case.model) is None for x in planned)
     # The default tier is a subset of full: nothing is measured only at the smaller tier.
     assert {x.case.hash for x in default} <= {x.case.hash for x in full}
+
+
+@pytest.mark.parametrize(("tier", "cap"), [("smoke", "SMOKE_MAX"), ("default", "DEFAULT_MAX")])
+def test_a_tier_above_its_cap_is_refused(monkeypatch, tier, cap):
+    planned = len(build_matrix(get_profile("t4"), tier))
+    monkeypatch.setattr(f"qlora_core.matrix.{cap}", planned - 1)
+    with pytest.raises(MatrixError, match=f"{tier} matrix for t4 has {planned} cases \\(> {planned - 1}\\)"):
+        build_matrix(get_profile("t4"), tier)
 
 
 def test_counts_per_profile_are_pinned():

@@ -280,4 +280,10 @@ def test_cpu_offload_is_tagged_in_the_id_and_leaves_the_case_without_it_unchange
 
 
 def test_ddp_keeps_uint8_storage_and_prepare():
-    MULTI.replace(strategy="ddp", quant_storage="uint8", prepare_kbit=True)  # valid: no error
+    # FSDP refuses both (above); DDP keeps the whole model on each rank, so both are valid there.
+    with pytest.raises(CaseError, match="quant_storage equal to compute_dtype") as refused:
+        MULTI.replace(quant_storage="uint8", prepare_kbit=True)
+    assert "needs prepare_kbit=False" in str(refused.value)
+    ddp = MULTI.replace(strategy="ddp", quant_storage="uint8", prepare_kbit=True)
+    assert (ddp.strategy, ddp.quant_storage, ddp.prepare_kbit) == ("ddp", "uint8", True)
+    assert ddp.id.endswith("-2gpu-ddp") and ddp.hash != MULTI.replace(strategy="ddp").hash

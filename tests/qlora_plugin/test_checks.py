@@ -21,7 +21,8 @@ from qlora_plugin.checks import (
     assert_ranks_consistent,
 )
 from reports.baseline import make_baseline
-from reports.frame import RunData, load_run, read_results_jsonl
+from reports.frame import RunData, load_run
+from reports.run_folder import read_results_jsonl
 
 REFERENCE = Path(__file__).resolve().parents[2] / "reports" / "reference" / "h200-smoke"
 

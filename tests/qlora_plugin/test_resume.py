@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from qlora_core.result import RESULT_SCHEMA_VERSION
 from qlora_plugin.options import parse_force
 from qlora_plugin.resume import (
     MatrixSettings,
@@ -19,6 +20,7 @@ from qlora_plugin.resume import (
     resolve_settings,
     run_folder_problem,
 )
+from reports.run_folder import ENVIRONMENT_SCHEMA_VERSION
 
 NO_OPTIONS = {"--model": [], "--force": []}  # what pytest gives for options not on the command line
 
@@ -71,6 +73,21 @@ def test_what_is_not_a_run_folder_is_named(tmp_path, make, words):
     problem = run_folder_problem(candidate)
     assert problem is not None and problem.startswith(f"--resume {candidate}: ") and words in problem
     assert "Traceback" not in problem and "codec" not in problem
+
+
+def test_a_folder_of_a_newer_schema_is_not_resumed(tmp_path):
+    newer_environment = run_folder(tmp_path, schema_version=ENVIRONMENT_SCHEMA_VERSION + 1)
+    assert run_folder_problem(newer_environment) == (
+        f"--resume {newer_environment}: environment.json: schema_version {ENVIRONMENT_SCHEMA_VERSION + 1}"
+        f" is newer than this qlora-bench reads ({ENVIRONMENT_SCHEMA_VERSION}); read it with the"
+        " qlora-bench that wrote it, or a newer one"
+    )
+    (tmp_path / "rows").mkdir()
+    newer_rows = run_folder(tmp_path / "rows")
+    (newer_rows / "results.jsonl").write_text(json.dumps({"schema_version": RESULT_SCHEMA_VERSION + 1}))
+    problem = run_folder_problem(newer_rows)
+    assert problem is not None and problem.startswith(f"--resume {newer_rows}: results.jsonl line 1:")
+    assert f"schema_version {RESULT_SCHEMA_VERSION + 1} is newer" in problem
 
 
 def test_a_folder_that_is_not_a_run_folder_is_one_problem_among_the_options(tmp_path):

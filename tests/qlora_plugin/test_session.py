@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,10 +21,9 @@ from qlora_core.result import Result
 from qlora_core.spec import Case
 from qlora_plugin.options import BenchOptions, parse_force
 from qlora_plugin.progress import format_duration
-from qlora_plugin.run_folder import LOCK_FILE, RunFolderInUseError, append_line, lock_run_dir
 from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError
 from qlora_plugin.shard import Shard, recorded_run_s
-from reports.frame import read_results_jsonl
+from reports.run_folder import RunFolderInUseError, read_results_jsonl
 from reports.thresholds import Thresholds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,35 +90,6 @@ def test_two_new_sessions_started_together_get_two_folders(tmp_path):
     assert one.run_dir != two.run_dir and one.run_dir.parent == two.run_dir.parent == tmp_path
     one.close()
     two.close()
-
-
-def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
-    code = (
-        "import os, sys; from pathlib import Path; from qlora_plugin.run_folder import lock_run_dir;"
-        " lock_run_dir(Path(sys.argv[1])); os.kill(os.getpid(), 9)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert "pid" in (tmp_path / LOCK_FILE).read_text()  # the dead holder's note is still there
-    lock_run_dir(tmp_path).close()
-
-
-# -- whole appends --------------------------------------------------------------------------------
-def test_append_line_rolls_back_a_write_cut_short(tmp_path):
-    path = tmp_path / "results.jsonl"
-    append_line(path, '{"case_id": "a"}')
-    before = path.read_bytes()
-    # A real short write: the kernel stops at the file-size limit (EFBIG), as a full disk would.
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 100, hard))
-    try:
-        with pytest.raises(OSError, match="too large"):
-            append_line(path, "x" * 1000)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, old_handler)
-    assert path.read_bytes() == before
 
 
 def test_a_row_that_cannot_be_stored_is_a_loud_error(tmp_path):

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from qlora_plugin.run_folder import lock_run_dir
-from reports.frame import read_results_jsonl
+from reports.run_folder import lock_run_dir, read_results_jsonl
 
 pytestmark = pytest.mark.slow
 

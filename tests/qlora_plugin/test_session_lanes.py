@@ -16,9 +16,8 @@ from qlora_core.matrix import PlannedCase
 from qlora_core.process.side_by_side import Job
 from qlora_core.result import Result, result_file_name
 from qlora_core.spec import Case
-from qlora_plugin.run_folder import CASES_DIR, case_file_problem
 from qlora_plugin.session import BenchSession, CaseRun
-from reports.frame import RESULTS_JSONL, read_results_jsonl
+from reports.run_folder import CASES_DIR, RESULTS_JSONL, case_file_problem, read_results_jsonl
 from reports.wall_time import AFTER_LANE, SET_ASIDE, SHARED, timed_runs
 from tests.qlora_plugin.test_session import _alone_row, make_options
 

@@ -24,7 +24,8 @@ from qlora_core.models import SHAPES as MODEL_SHAPES
 from qlora_core.result import RESULT_FIELDS, Result
 from qlora_core.spec import FIELD_NAMES, LESSON_TARGET_MODULES, Case
 from reports.claims.lora_config import lora_param_count
-from reports.frame import ENVIRONMENT_JSON, MEASUREMENTS_DIR, RESULTS_JSONL, RunData, results_frame
+from reports.frame import RunData, results_frame
+from reports.run_folder import ENVIRONMENT_JSON, MEASUREMENTS_DIR, RESULTS_JSONL
 
 GIB = 2**30
 

@@ -613,8 +613,11 @@ def test_gate_raises_on_a_baseline_of_another_profile(baseline_path: Path, tmp_p
 
 def test_save_run_baseline_loads_back(tmp_path: Path) -> None:
     run = RunData(results_frame(clean_results()), environment=ENVIRONMENT)
-    loaded = save_run_baseline(tmp_path / "b.json", run, command=COMMAND)
-    assert len(loaded["cases"]) == len(CASES)
+    saved = save_run_baseline(tmp_path / "b.json", run, command=COMMAND)
+    loaded = load_baseline(tmp_path / "b.json")
+    assert loaded == json.loads(json.dumps(saved))  # what was written is what is read, every field
+    assert sorted(loaded["cases"]) == sorted(case.id for case in CASES)
+    assert (loaded["profile"], loaded["command"]) == (PROFILE, COMMAND)
 
 
 # -- bench/test_gate.py inside a pytest session with a stand-in bench_session ---------------------

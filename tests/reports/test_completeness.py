@@ -10,9 +10,10 @@ import pytest
 
 from reports.__main__ import EXIT_OK, EXIT_USAGE, main
 from reports.completeness import INCOMPLETE, PLANNED_RUNS, completing_command, incompleteness
-from reports.frame import load_run, read_results_jsonl
+from reports.frame import load_run
 from reports.merge import merge_runs
 from reports.render import incomplete_mark
+from reports.run_folder import read_results_jsonl
 
 SIX = {f"case-{k}": 1 for k in range(1, 7)}
 

@@ -12,10 +12,11 @@ import pytest
 from reports.__main__ import main
 from reports.baseline import save_run_baseline
 from reports.claims import evaluate_all
-from reports.frame import ENVIRONMENT_JSON, RESULTS_JSONL, load_run
+from reports.frame import load_run
 from reports.gate import gate
 from reports.merge import MergeError, merge_runs
 from reports.render import CLAIMS_MD, render_run
+from reports.run_folder import ENVIRONMENT_JSON, RESULTS_JSONL
 from reports.thresholds import Thresholds
 
 

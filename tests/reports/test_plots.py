@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reports.plots import PLOTS, plot_memory_vs_seq, render_plots
+from qlora_core.gpus import get_profile
+from reports.plots import PLOTS, memory_vs_seq_figure, plot_memory_vs_seq, render_plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,6 +42,14 @@ def test_memory_plot_marks_oom_points_and_uses_rss_off_gpu(build, tmp_path):
         build.result(families="sweep", **build.gpu(), **build.memory(2.0, 2.8, 2.9, 4.0)),
         build.result(families="sweep", seq_len=2048, status="oom", **build.gpu()),
     ]
+    (ax,) = memory_vs_seq_figure(build.run(rows)).axes
+    assert ax.get_ylabel() == "peak reserved (GiB)"
+    (ok_line, t4_line) = ax.get_lines()  # the ok point, and the T4's memory as a dashed line
+    assert list(ok_line.get_ydata()) == [4.3] and list(ok_line.get_xdata()) == [512]
+    t4_gib = get_profile("t4").total_gib
+    assert list(t4_line.get_ydata()) == [t4_gib, t4_gib] and t4_line.get_linestyle() == "--"
+    (oom,) = ax.collections  # the OOM point: a cross at the T4's memory, labelled as such
+    assert oom.get_label() == "nf4+dq b1: oom" and oom.get_offsets()[:, 1].tolist() == [t4_gib]
     assert _is_png(plot_memory_vs_seq(build.run(rows), tmp_path / "gpu.png"))
     cpu = [
         build.result(
@@ -48,6 +57,11 @@ def test_memory_plot_marks_oom_points_and_uses_rss_off_gpu(build, tmp_path):
         )
         for s in (32, 64)
     ]
-    assert _is_png(plot_memory_vs_seq(build.run(cpu), tmp_path / "cpu.png"))
+    (ax,) = memory_vs_seq_figure(build.run(cpu)).axes
+    assert ax.get_ylabel() == "process peak RSS (GiB)"
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [[1.5, 2.0]]  # no GPU memory line
+    assert not ax.collections
     failed_only = [build.result(families="sweep", status="crashed", **build.gpu())]
+    assert memory_vs_seq_figure(build.run(failed_only)) is None
     assert plot_memory_vs_seq(build.run(failed_only), tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

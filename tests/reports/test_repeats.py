@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from qlora_core.result import Result
-from reports.frame import load_run, read_results_jsonl, results_frame
+from reports.frame import load_run, results_frame
 from reports.repeats import fold_case, fold_repeats
+from reports.run_folder import read_results_jsonl
 from reports.stats import bootstrap_median_ci
 
 

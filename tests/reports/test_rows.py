@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from qlora_core.spec import FIELD_NAMES
+from reports.frame import load_run
 from reports.rows import POINT_FIELDS, NoRows, family_rows, model_sizes, pairs, usable
+from reports.run_folder import RESULTS_JSONL
 
 
 def test_family_rows_matches_exact_tags_and_prefixes(build):
@@ -78,10 +82,13 @@ def test_an_fp32_compute_row_is_not_a_16_bit_stored_model():
     assert stored_in_16bit(rows.iloc[0:0]).empty
 
 
-def test_pairs_read_a_later_field_missing_from_an_older_row_as_its_default(build):
-    df = build.run([build.result(compute_dtype="bf16"), build.result(compute_dtype="fp32")]).results
-    df["load_only"] = df["load_only"].astype(object)
-    df.loc[df["compute_dtype"] == "fp32", "load_only"] = None  # stored before the field existed
+def test_pairs_read_a_later_field_missing_from_an_older_row_as_its_default(build, tmp_path):
+    older = json.loads(build.result(compute_dtype="fp32").to_json())
+    del older["case"]["load_only"]  # stored before the field existed, at schema version 1
+    older["schema_version"] = 1
+    rows = [build.result(compute_dtype="bf16").to_json(), json.dumps(older)]
+    (tmp_path / RESULTS_JSONL).write_text("".join(row + "\n" for row in rows))
+    df = load_run(tmp_path).results
     bf16, fp32 = df[df["compute_dtype"] == "bf16"], df[df["compute_dtype"] == "fp32"]
     assert len(pairs(bf16, fp32, vary=("compute_dtype",))) == 1
     df.loc[df["compute_dtype"] == "fp32", "load_only"] = True  # a real difference still splits

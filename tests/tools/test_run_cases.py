@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from qlora_core.spec import Case, CaseError
+from reports.run_folder import holding_run_dir
 
 _PATH = Path(__file__).resolve().parents[2] / "tools" / "run_cases.py"
 _spec = importlib.util.spec_from_file_location("run_cases", _PATH)
@@ -41,3 +42,11 @@ def test_repeat_must_be_at_least_one(tmp_path: Path, capsys) -> None:
     assert rc.main(["--out", str(tmp_path / "run"), "--case", "model=tiny", "--repeat", "0"]) == 2
     assert "--repeat 0 must be an integer >= 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_another_session_holds_is_refused_before_any_run(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    with holding_run_dir(run_dir):
+        assert rc.main(["--out", str(run_dir), "--case", "model=tiny"]) == 2
+    assert "in use by another qlora-bench session" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.iterdir()) == []  # nothing written, the lock file gone

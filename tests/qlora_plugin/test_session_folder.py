@@ -1,39 +1,21 @@
-"""The run folder's lock (qlora_plugin.run_folder): removed by its holder on every exit, never
-shared by two sessions, and the plan a session records for its readers (reports.completeness)."""
+"""A session's run folder (its owner: reports.run_folder): the lock removed by the session on every
+exit, and the plan it records for its readers (reports.completeness)."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from qlora_plugin.run_folder import LOCK_FILE, RunFolderInUseError, lock_run_dir, unlock_run_dir
 from qlora_plugin.session import BenchSession
 from reports.completeness import INCOMPLETE, PLANNED_RUNS
-from reports.frame import read_results_jsonl
+from reports.run_folder import (
+    LOCK_FILE,
+    read_results_jsonl,
+)
 from tests.qlora_plugin.test_session import REFERENCE, make_options
-
-
-def test_the_holder_removes_the_lock_file_when_it_ends(tmp_path):
-    handle = lock_run_dir(tmp_path)
-    assert (tmp_path / LOCK_FILE).read_text().startswith("pid ")
-    unlock_run_dir(handle, tmp_path)
-    assert not (tmp_path / LOCK_FILE).exists() and handle.closed
-
-
-def test_a_session_that_locked_the_removed_file_takes_the_new_one(tmp_path):
-    first = lock_run_dir(tmp_path)
-    late = (tmp_path / LOCK_FILE).open("a+")  # opened just before the holder removed it
-    unlock_run_dir(first, tmp_path)
-    fcntl.flock(late, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the removed file's lock is free to take...
-    second = lock_run_dir(tmp_path)  # ...so a check of the path is what keeps the lock exclusive
-    with pytest.raises(RunFolderInUseError):
-        lock_run_dir(tmp_path)
-    late.close()
-    unlock_run_dir(second, tmp_path)
 
 
 def test_a_closed_session_leaves_no_lock_file(tmp_path):
