@@ -8,9 +8,9 @@ from qlora_core.gpus import GpuProfile
 from qlora_core.models import SHAPES
 from qlora_core.spec import Case, reference_of
 from qlora_core.tiers import (
-    _LARGE_GPU_MIN_GIB,
     KERNEL_ENGINE,
     LADDER_START_LR,
+    LARGE_GPU_MIN_GIB,
     NAN_FAILURE_LR,
     NAN_LRS,
     NAN_REMEDY_LR,
@@ -68,7 +68,7 @@ def big_model_cases(profile: GpuProfile, tier: Tier, lesson: Case) -> list[Case]
     load from the weights' exact bytes on the meta device (computed, not measured; `child`). On a
     card that could hold them (the H200) no 16-bit row is planned: it could not be measured.
     """
-    if not profile.is_gpu or profile.count > 1 or profile.total_gib < _LARGE_GPU_MIN_GIB:
+    if not profile.is_gpu or profile.count > 1 or profile.total_gib < LARGE_GPU_MIN_GIB:
         return []
     qlora = lesson.replace(
         model=BIG_MODEL, batch_size=1, seq_len=tier.ref_seq, prequantized=True, **BIG_MODEL_STEPS

@@ -253,12 +253,14 @@ ALL_CPU_DTYPES: frozenset[str] = frozenset({"fp32", *HALF_DTYPES})
 # asks for (torch's mkldnn_bf16_device_check / mkldnn_fp16_device_check), else in a scalar
 # fallback: 75x slower than fp32 on an AVX2-only EPYC (128x576 @ 576x1536: 207 ms vs 2.7 ms, bf16
 # and fp16 alike), 37 s per step of the real model at b2 s64 against 1.7 s in fp32.
-_X86_NATIVE: dict[str, tuple[frozenset[str], ...]] = {
-    # any one of these sets of /proc/cpuinfo flags is enough
-    "bf16": (frozenset({"avx512bw", "avx512vl", "avx512dq"}), frozenset({"amx_bf16"})),
-    "fp16": (frozenset({"avx512_fp16"}), frozenset({"amx_fp16"})),
+_NATIVE_FLAGS: dict[str, dict[str, tuple[frozenset[str], ...]]] = {
+    # /proc/cpuinfo's key of the flags line -> dtype -> sets of flags, any one of which is enough
+    "flags": {  # x86
+        "bf16": (frozenset({"avx512bw", "avx512vl", "avx512dq"}), frozenset({"amx_bf16"})),
+        "fp16": (frozenset({"avx512_fp16"}), frozenset({"amx_fp16"})),
+    },
+    "Features": {"bf16": (frozenset({"bf16"}),), "fp16": (frozenset({"asimdhp"}),)},  # Arm
 }
-_ARM_NATIVE: dict[str, frozenset[str]] = {"bf16": frozenset({"bf16"}), "fp16": frozenset({"asimdhp"})}
 
 
 CPU_DTYPES_ENV = "QLORA_BENCH_CPU_DTYPES"
@@ -291,21 +293,10 @@ def cpu_native_dtypes(cpuinfo: str | None = None, override: str | None = None) -
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return ALL_CPU_DTYPES
-    flags: set[str] = set()
-    arm = False
     for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key in _NATIVE_FLAGS:
             flags = set(value.split())
-            arm = key.strip() == "Features"
-            break
-    else:
-        return ALL_CPU_DTYPES
-    native = {"fp32"}
-    for dtype in HALF_DTYPES:
-        if arm:
-            if _ARM_NATIVE[dtype] <= flags:
-                native.add(dtype)
-        elif any(needed <= flags for needed in _X86_NATIVE[dtype]):
-            native.add(dtype)
-    return frozenset(native)
+            native = {d for d, needs in _NATIVE_FLAGS[key].items() if any(n <= flags for n in needs)}
+            return frozenset({"fp32", *native})
+    return ALL_CPU_DTYPES

@@ -28,8 +28,8 @@ may lack those added after the first release). Readers migrate older rows and re
 class Status(str, Enum):
     """How a case ended. Every outcome is a recorded row; none is an exception in the parent.
 
-    Which exception gives which status: `qlora_core.outcomes`; how the child died (timeout,
-    signal, exit code): `qlora_core.runner`.
+    Which exception gives which status: `qlora_core.process.outcomes`; how the child died (timeout,
+    signal, exit code): `qlora_core.process.runner`.
     """
 
     OK = "ok"
@@ -73,7 +73,7 @@ class Result:
     wall_s: float | None = None  # the parent's: spawning the child to its exit
     # where the wall time goes, phase by phase (seconds; see child.py)
     start_s: float | None = None  # parent's spawn (or hand-over to a warm spare) to the child's main
-    warm_spare: bool | None = None  # the case ran in a warm spare (qlora_core/spare.py); False: cold
+    warm_spare: bool | None = None  # the case ran in a warm spare (process/spare.py); False: cold
     spare_import_s: float | None = None  # the spare's imports before the hand-over (not in wall_s)
     import_s: float | None = None  # importing torch, transformers, peft, bitsandbytes
     create_s: float | None = None  # creating the model's checkpoint in the cache (None: it was there)
@@ -201,7 +201,7 @@ class Result:
     params_on_in_training: str = ""
 
     # multi-GPU: a case of num_gpus > 1 is one row merged from its ranks
-    # (qlora_core.distributed.merge_ranks). Its single-GPU fields say: memory peaks are the max
+    # (qlora_core.process.distributed.merge_ranks). Its single-GPU fields say: memory peaks are the max
     # over ranks (what each GPU must hold), step_ms the slowest rank's time per step,
     # tokens_per_step and tokens_per_s over all ranks; the lists below are indexed by rank.
     world_size: int | None = None  # ranks launched; None for a single-process case
@@ -222,7 +222,7 @@ class Result:
 
     # what an OOM needs: a row that ran out of memory under an emulated cap keeps its
     # status, and gains what the same case measured when rerun uncapped on the host GPU
-    # (`qlora_core.oom_need`); None when not rerun. These are not the capped run's figures:
+    # (`qlora_core.process.oom_need`); None when not rerun. These are not the capped run's figures:
     # readers label them "needed (measured uncapped on <needed_on>)". NEEDED_OF maps each to its field.
     needed_status: str | None = None  # the rerun's status: ok, or oom when even the host could not
     needed_on: str | None = None  # the GPU the rerun ran on (its gpu_name; "cpu" on the CPU)

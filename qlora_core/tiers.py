@@ -104,7 +104,7 @@ CPU_TIER = Tier(
 )
 # Larger GPUs add the 13B shape to what runs (compat family).
 _LARGE_GPU_EXTRA_MODELS: tuple[str, ...] = ("llama-2-13b",)
-_LARGE_GPU_MIN_GIB = 40.0
+LARGE_GPU_MIN_GIB = 40.0
 # ...and are device-bound at the lesson's T4 setting (b4 s2048), which fits them.
 _LARGE_GPU_DEVICE_BOUND = (4, 2048)
 
@@ -112,7 +112,7 @@ _LARGE_GPU_DEVICE_BOUND = (4, 2048)
 def tier_for(profile: GpuProfile) -> Tier:
     if not profile.is_gpu:
         return CPU_TIER
-    if profile.total_gib >= _LARGE_GPU_MIN_GIB:
+    if profile.total_gib >= LARGE_GPU_MIN_GIB:
         return replace(
             GPU_TIER,
             models=GPU_TIER.models + _LARGE_GPU_EXTRA_MODELS,
