@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from qlora_core.families import Family
 from qlora_core.matrix import PlannedCase, build_matrix, family_name
 from qlora_core.result import Result, repeat_suffix
 from qlora_plugin.interrupt import ReportsInterrupted, StopGuard, stop_paragraph
@@ -31,22 +32,22 @@ from reports.frame import RunData
 from reports.run_folder import RESULTS_JSONL, RunFolderInUseError
 
 # Which module tests a case: the first of its families found here, in this order.
-_MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
-    ("multigpu", "multigpu"),  # multi-GPU
-    ("quality", "quality"),
-    ("stability", "stability"),
-    ("nan", "stability"),  # the NaN advice's learning-rate grid: numerics on text, like stability
-    ("ladder", "memory"),
-    ("compat", "memory"),
-    ("weights", "weights"),
-    ("factorial", "throughput"),
-    ("fp32", "throughput"),
-    ("speed", "throughput"),
-    ("engine", "throughput"),
-    ("gc", "memory"),
-    ("prepare", "memory"),
-    ("sweep", "memory"),
-    ("reference", "memory"),
+_MODULE_BY_FAMILY: tuple[tuple[Family, str], ...] = (
+    (Family.MULTIGPU, "multigpu"),  # multi-GPU
+    (Family.QUALITY, "quality"),
+    (Family.STABILITY, "stability"),
+    (Family.NAN, "stability"),  # the NaN advice's learning-rate grid: numerics on text, like stability
+    (Family.LADDER, "memory"),
+    (Family.COMPAT, "memory"),
+    (Family.WEIGHTS, "weights"),
+    (Family.FACTORIAL, "throughput"),
+    (Family.FP32, "throughput"),
+    (Family.SPEED, "throughput"),
+    (Family.ENGINE, "throughput"),
+    (Family.GC, "memory"),
+    (Family.PREPARE, "memory"),
+    (Family.SWEEP, "memory"),
+    (Family.REFERENCE, "memory"),
 )
 # The formats' measurements and the kernel timings run in this process and, on a GPU, create a
 # CUDA context, which NVML would count in every later case: they go after the cases. Claims and

@@ -32,6 +32,7 @@ from enum import Enum
 
 import pandas as pd
 
+from qlora_core.families import Family
 from reports.frame import RunData
 from reports.markdown import md_table
 from reports.rows import family_rows, fval, is_nan_run, where
@@ -111,7 +112,7 @@ def outcome_text(row: pd.Series) -> str:
 def nan_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The learning-rate rows on text the NaN advice is judged on: the ``nan`` family, and the
     ``stability`` family's (older runs have only those; a case serving both appears once)."""
-    rows = pd.concat([family_rows(df, "nan"), family_rows(df, "stability")])
+    rows = pd.concat([family_rows(df, Family.NAN), family_rows(df, Family.STABILITY)])
     return rows[~rows.index.duplicated()] if not rows.empty else rows
 
 

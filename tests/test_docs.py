@@ -1,7 +1,8 @@
 """The docs hold together: the README stays a first screen, every relative link and #anchor of the
 pages resolves, the README's claims.md lines are copied from the folder it names, the tier
 ceilings the docs quote are the matrix's, and no page or module speaks in tracker or sitting
-numbers (name the feature or the run folder instead)."""
+numbers (name the feature or the run folder instead). The figures the docs quote from the code
+(tier ceilings and sizes, profiles, families, the options and their defaults) are the code's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import os
 import re
 from pathlib import Path
 
-from qlora_core.matrix import DEFAULT_MAX, SMOKE_MAX
+from qlora_core.families import Family
+from qlora_core.gpus import PROFILE_NAMES, get_profile
+from qlora_core.matrix import DEFAULT_MAX, SHAREABLE_FAMILIES, SMOKE_MAX, build_matrix
+from qlora_core.process.request import DEFAULT_TIMEOUT_S
+from qlora_core.process.side_by_side import MAX_LANES
+from qlora_plugin.options import pytest_addoption
+from reports.thresholds import threshold_options
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -163,3 +170,84 @@ def test_the_tier_ceilings_the_docs_quote_are_the_matrix_s():
     quoted = re.search(r"`smoke` \(<= (\d+) cases\), `default` \(<= (\d+)\)", usage)
     assert quoted is not None, "docs/usage.md lost the --matrix row's ceilings"
     assert (int(quoted.group(1)), int(quoted.group(2))) == (SMOKE_MAX, DEFAULT_MAX)
+
+
+def test_the_tier_ceilings_and_sizes_the_matrix_page_and_readme_quote_are_the_matrix_s():
+    matrix_md, readme = (ROOT / "docs" / "matrix.md").read_text(), README.read_text()
+    ceilings = re.search(
+        r"`--matrix smoke` \(at most (\d+) cases.*?`default` \(at most (\d+):", matrix_md, re.DOTALL
+    )
+    assert ceilings is not None and (int(ceilings[1]), int(ceilings[2])) == (SMOKE_MAX, DEFAULT_MAX)
+    assert re.search(rf"`--matrix smoke` runs at most {SMOKE_MAX} cases", readme)
+    sizes = re.search(
+        r"the t4 profile (\d+), h100 and h200 (\d+), cpu (\d+), or (\d+) on a CPU without", matrix_md
+    )
+    assert sizes is not None, "docs/matrix.md lost the default tier's sizes"
+    cpu = get_profile("cpu")
+    assert [int(n) for n in sizes.groups()] == [
+        len(build_matrix(get_profile("t4"))),
+        len(build_matrix(get_profile("h100"))),
+        len(build_matrix(cpu)),
+        len(build_matrix(cpu, cpu_dtypes=frozenset({"fp32"}))),
+    ]
+    assert len(build_matrix(get_profile("h200"))) == len(build_matrix(get_profile("h100")))
+    cpu_row = re.search(r"\((\d+) cases on an AVX2-only CPU, (\d+) with AVX-512, (\d+) with", readme)
+    assert cpu_row is not None, "README.md lost the cpu tier's sizes"
+    assert [int(n) for n in cpu_row.groups()] == [
+        len(build_matrix(cpu, cpu_dtypes=frozenset(dtypes)))
+        for dtypes in (("fp32",), ("fp32", "bf16"), ("fp32", "bf16", "fp16"))
+    ]
+
+
+def test_the_readme_lists_every_single_card_profile():
+    listed = re.search(r"`pytest bench --gpu t4` \(any of (.*?)\)\.\n", README.read_text(), re.DOTALL)
+    assert listed is not None, "README.md lost the list of profiles"
+    names = re.findall(r"`([\w-]+)`", listed[1])
+    assert names == [name for name in PROFILE_NAMES if get_profile(name).count == 1]
+
+
+def test_the_matrix_page_names_every_family():
+    text = (ROOT / "docs" / "matrix.md").read_text()
+    unnamed = [f.value for f in Family if f"`{f.value}`" not in text and f"`{f.value}:" not in text]
+    assert unnamed == [], f"docs/matrix.md does not name the families {unnamed}"
+
+
+def pytest_bench_options() -> dict[str, dict]:
+    """`pytest bench`'s options as its plugin declares them: flag -> addoption's keyword arguments."""
+    declared: dict[str, dict] = {}
+
+    class Group:
+        def addoption(self, *flags: str, **kwargs: object) -> None:
+            declared.update({flag: kwargs for flag in flags if flag.startswith("--")})
+
+    class Parser:
+        def getgroup(self, *_: str) -> Group:
+            return Group()
+
+    pytest_addoption(Parser())  # type: ignore[arg-type]
+    return declared
+
+
+def usage_table_flags(usage: str) -> list[str]:
+    """The flags the first column of docs/usage.md's options table names."""
+    section = usage.split("## Options", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `--")]
+    return [flag for cell in cells for flag in re.findall(r"`(--[\w-]+)", cell)]
+
+
+def test_the_usage_table_has_every_option_of_pytest_bench_and_its_figures():
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    declared, documented = pytest_bench_options(), usage_table_flags(usage)
+    thresholds = {option.flag for option in threshold_options()}  # one row: "--tokens-per-s-drop-pct ..."
+    assert len(declared) > 20 and documented[0] == "--gpu"
+    assert sorted(set(declared) - thresholds - set(documented)) == [], "an option is missing from the table"
+    assert sorted(set(documented) - set(declared)) == [], "the table names an option pytest bench lacks"
+    row = {flag: line for line in usage.splitlines() for flag in re.findall(r"^\| `(--[\w-]+)", line)}
+    assert f"(default {DEFAULT_TIMEOUT_S:g})" in row["--case-timeout"]
+    assert f"(default `{declared['--out']['default']}/`)" in row["--out"]
+    assert f"(at most {MAX_LANES})" in row["--side-by-side"]
+    families = row["--side-by-side"].split("(numerics: ", 1)[1].split(")", 1)[0]
+    assert set(re.findall(r"`(\w+)`", families)) == SHAREABLE_FAMILIES
+    side_by_side = (ROOT / "docs" / "side-by-side.md").read_text()
+    assert f"one lane per two\nhost cores (at most {MAX_LANES})" in side_by_side
+    assert f"{declared['--out']['default']}/<profile>-<tier>-<time>/" in README.read_text()
