@@ -204,7 +204,8 @@ def build_matrix(
     for quant in ("nf4", "fp4"):
         for dq in (True, False):
             for cdt in ("fp16", "bf16"):
-                plan.add(bound.replace(quant_type=quant, double_quant=dq, compute_dtype=cdt), Family.FACTORIAL)
+                point = bound.replace(quant_type=quant, double_quant=dq, compute_dtype=cdt)
+                plan.add(point, Family.FACTORIAL)
     plan.add(bound, Family.SPEED)
     plan.add(reference_of(bound), Family.SPEED)
     plan.add(bound.replace(compute_dtype="fp32"), Family.FP32)

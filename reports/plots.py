@@ -60,7 +60,8 @@ def memory_vs_seq_figure(run: RunData) -> Figure | None:
     reference rows; OOM points as crosses at the profile's memory line. Off the GPU the memory is
     the process's peak RSS."""
     df = run.results
-    rows = pd.concat([family_rows(df, Family.SWEEP), family_rows(df, Family.REFERENCE)]).drop_duplicates("case_hash")
+    both = [family_rows(df, Family.SWEEP), family_rows(df, Family.REFERENCE)]
+    rows = pd.concat(both).drop_duplicates("case_hash")
     if rows.empty:
         return None
     on_gpu = present(rows["peak_reserved_gib"]).any()
