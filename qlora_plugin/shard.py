@@ -45,10 +45,18 @@ SHARD_SKIP_REASON = (
 START_S = 20.0
 LOAD_S_PER_BILLION_PARAMS = 6.0
 NOMINAL_FLOP_PER_S = 5e13
-CPU_NOMINAL_FLOP_PER_S = 4e9
-"""The CPU tier's rate, of the order measured on 2 cores through bitsandbytes' 4-bit CPU path
-(SmolLM2-135M's perplexity over 16 x 64 held-out tokens, 2.8e11 FLOPs: ~300 s on a machine shared
-four ways), so that a SmolLM2 case on text costs ~30 tiny cases, not one as a GPU rate makes it."""
+CPU_START_S = 10.0
+"""A CPU case's fixed cost: the child's hand-over from a warm spare, the load, the steps of a
+model too small to count (the cpu tier's tiny cases took 5-22 s, median 13 s, on a 2-core
+AVX2-only machine: reports/reference/cpu-default-avx2)."""
+CPU_NOMINAL_FLOP_PER_S = 3.5e10
+"""The CPU tier's rate through bitsandbytes' 4-bit CPU path, in a compute dtype the CPU has
+(fp32 everywhere; the matrix plans bf16/fp16 text cases only where the CPU has them): SmolLM2-135M
+on text, 2.6e12 FLOPs of steps and perplexity, took 73-144 s a case in the same run (the core
+loop 73-90 s, the Trainer 92 s, SFTTrainer 144 s), so a text case costs ~7 tiny cases. The
+earlier 4e9, measured in bf16 without the instructions, made it ~30: the time left read 3.9x
+the truth after the second run and 0.65x after the text cases; these constants keep it within
+0.73x-1.32x (`tests/qlora_plugin/test_progress.py` replays that run)."""
 # A model the registry cannot size (a local checkpoint, a hub id) is costed as this many params.
 UNKNOWN_MODEL_PARAMS = 1_000_000_000
 _REAL_MODEL_SHAPE = "smollm2-135m"  # the real model's architecture among the registered shapes
@@ -94,8 +102,9 @@ def estimated_run_s(case: Case, device: str = "cuda") -> float:
     flops = 6 * params * case.tokens_per_step * steps
     if case.data == "text":  # perplexity before and after training, forward only
         flops += 2 * 2 * params * HELDOUT_WINDOWS * case.seq_len
-    rate = NOMINAL_FLOP_PER_S if device == "cuda" else CPU_NOMINAL_FLOP_PER_S
-    return START_S + load_s + flops / rate
+    if device == "cuda":
+        return START_S + load_s + flops / NOMINAL_FLOP_PER_S
+    return CPU_START_S + load_s + flops / CPU_NOMINAL_FLOP_PER_S
 
 
 def run_cost_s(case: Case, recorded: Mapping[str, float], device: str = "cuda") -> float:
