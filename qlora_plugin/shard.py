@@ -1,24 +1,8 @@
 """`--shard I/N`: a deterministic, balanced part of the matrix for one of N runners.
 
-Every planned case goes to exactly one shard, with all of its repeats (a repeat is a fresh
-process of the same case; splitting them would let machine drift between runners pass for noise
-between processes). Balancing is greedy longest-first: cases sorted by cost, largest first (ties
-by case hash, so the order never depends on the matrix's order or on the machine), each given
-to the shard with the least cost so far (ties: the lowest index). The result depends only on the
-case set, the costs and N, so N runners given the same options agree without talking.
-
-Cost of a case = its runs (repeats) x the seconds one run takes:
-- recorded: the mean `wall_s` of that case id's runs in a previous run folder, or the `wall_s` a
-  baseline file stores per case (`--shard-costs RUN_DIR|BASELINE.json`); every runner must be
-  given the same one, or their shards would disagree;
-- else estimated from the case's size (`estimated_run_s`): a fixed start (process start, imports,
-  the model's load, which grows with its parameters) plus the training FLOPs of its warm-up and
-  measured steps (6 x parameters x tokens) and, for a case on real text, its two held-out
-  perplexity passes (2 x parameters x tokens each) at a nominal rate for the device (a GPU's, or
-  a CPU's, far lower). The estimate only has to rank cases and be of the order of the recorded
-  seconds; both are documented in docs/shards.md.
-
-The session's time left (`qlora_plugin.progress`) reads the same costs (`run_cost_s`).
+Every planned case goes to exactly one shard, with all of its repeats, balanced greedily
+longest-first by cost (`run_cost_s`: recorded seconds, else `estimated_run_s`); the session's time
+left reads the same costs. See docs/shards.md.
 """
 
 from __future__ import annotations
