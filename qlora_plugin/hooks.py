@@ -1,16 +1,7 @@
 """The matrix as pytest tests: parametrization, ordering, fixtures, and the end of the session.
 
-Each `bench/test_<family>.py` module declares `FAMILY`; every planned case is tested by exactly
-one module (`module_for`), even when it serves several families; test ids are
-`<profile>-<case id>`. With `--repeat N` (or a case's own `repeats`) each repeat is its own test,
-`...-r2`, `-r3` after the first, ordered round by round across the whole matrix (round 1: every
-case, round 2: every case, ...) so that drift over the session hits every case alike. Kernel
-timings, claims and the release gate read the whole run, so their modules are ordered after
-every case. At the end the run's tables and reports are written from
-the stored results; a report that cannot be written fails the session (the results stay).
-From the opening of the run folder on, Ctrl-C and SIGTERM stop the session cleanly
-(`qlora_plugin.interrupt`); the summary ends with what finished and the command that resumes
-or completes the run (`reports.completeness`).
+Every planned case is tested by exactly one `bench/test_<family>.py` module (`module_for`); test
+ids are `<profile>-<case id>`, repeats ordered round by round. See docs/design.md#the-pytest-hooks.
 """
 
 from __future__ import annotations
