@@ -71,6 +71,7 @@ from qlora_core.tiers import (
     KERNEL_ENGINE,
     STABILITY_LRS,
     USERS_ENGINE,
+    Tier,
     half_dtypes,
     lesson_dtype,
     runs_at_speed,
@@ -158,26 +159,54 @@ def build_matrix(
     (`gpus.cpu_native_dtypes`; every dtype by default): see `tiers.text_dtype` and `half_dtypes`."""
     if matrix not in MATRICES:
         raise MatrixError(f"unknown matrix {matrix!r}; allowed: {', '.join(MATRICES)}")
+    models = tuple(models) if models else ()
     tier = tier_for(profile)
     if models:
-        models = tuple(models)
         tier = replace(tier, models=models, primary=models[0], ladder_model=models[-1])
     if profile.count > 1:  # multi-GPU: a multi-card machine runs its own family only
         return [PlannedCase(case, [str(Family.MULTIGPU)]) for case in multigpu_cases(profile, tier)]
-    dtype = lesson_dtype(profile)
+    points = _points(profile, tier, cpu_dtypes)
+    plan = _Plan()
+    if matrix == "smoke":
+        _add_smoke(plan, points)
+        return _at_most(plan.cases(), SMOKE_MAX, f"smoke matrix for {profile.name}")
+    full = matrix == "full"
+    _add_device_bound(plan, points.bound)
+    _add_sweep(plan, points.lesson, tier, full)
+    _add_switches(plan, points.lesson)
+    # The 70B shape costs minutes of GPU each (a 70B checkpoint, a 70B load): full tier only.
+    _add_fit(plan, profile, tier, points.lesson, full, big_models=full and not models)
+    _add_text(plan, profile, points.text, full, cpu_dtypes)
+    _add_engines(plan, points.text if tier.engine_on_text else points.bound, points.lesson, full)
+    return plan.cases() if full else _at_most(plan.cases(), DEFAULT_MAX, f"default matrix for {profile.name}")
+
+
+@dataclass(frozen=True)
+class _Points:
+    """The three cases every family varies."""
+
+    lesson: Case
+    """The lesson's recommended config (nf4 + double quant + its compute dtype for the profile) at
+    the tier's reference point, on the Trainer."""
+    bound: Case
+    """`lesson` at the device-bound point (`Tier.device_bound`)."""
+    text: Case
+    """The real model on text, on the core loop, for exactly its measured steps."""
+
+
+def _points(profile: GpuProfile, tier: Tier, cpu_dtypes: frozenset[str]) -> _Points:
     lesson = Case(
         tier.primary,
         quant_type="nf4",
         double_quant=True,
-        compute_dtype=dtype,
+        compute_dtype=lesson_dtype(profile),
         batch_size=tier.ref_batch,
         seq_len=tier.ref_seq,
         engine=USERS_ENGINE,
         warmup_steps=tier.warmup_steps,
         measured_steps=tier.measured_steps,
     )
-    bound = lesson.replace(batch_size=tier.device_bound[0], seq_len=tier.device_bound[1])
-    text_lesson = Case(
+    text = Case(
         REAL_MODEL,
         compute_dtype=text_dtype(profile, cpu_dtypes),
         batch_size=tier.text_batch,
@@ -187,20 +216,31 @@ def build_matrix(
         measured_steps=tier.text_steps,
         data="text",
     )
-    plan = _Plan()
-    if matrix == "smoke":
-        plan.add(bound, Family.FACTORIAL)
-        plan.add(bound.replace(quant_type="fp4"), Family.FACTORIAL)
-        plan.add(bound.replace(double_quant=False), Family.FACTORIAL)
-        plan.add(reference_of(bound), Family.SPEED)
-        plan.add(bound.replace(compute_dtype="fp32"), Family.FP32)
-        plan.add(text_lesson, Family.QUALITY)
-        planned = plan.cases()
-        if len(planned) > SMOKE_MAX:
-            raise MatrixError(f"smoke matrix for {profile.name} has {len(planned)} cases (> {SMOKE_MAX})")
-        return planned
+    bound = lesson.replace(batch_size=tier.device_bound[0], seq_len=tier.device_bound[1])
+    return _Points(lesson=lesson, bound=bound, text=text)
 
-    full = matrix == "full"
+
+def _at_most(planned: list[PlannedCase], limit: int, what: str) -> list[PlannedCase]:
+    """`planned`, or a MatrixError when a tier outgrew its documented size."""
+    if len(planned) > limit:
+        raise MatrixError(f"{what} has {len(planned)} cases (> {limit})")
+    return planned
+
+
+def _add_smoke(plan: _Plan, points: _Points) -> None:
+    """The smoke tier: the device-bound point's nf4+dq, fp4 and no-double-quant rows, its 16-bit
+    reference and fp32-compute rows, and one quality case."""
+    bound = points.bound
+    plan.add(bound, Family.FACTORIAL)
+    plan.add(bound.replace(quant_type="fp4"), Family.FACTORIAL)
+    plan.add(bound.replace(double_quant=False), Family.FACTORIAL)
+    plan.add(reference_of(bound), Family.SPEED)
+    plan.add(bound.replace(compute_dtype="fp32"), Family.FP32)
+    plan.add(points.text, Family.QUALITY)
+
+
+def _add_device_bound(plan: _Plan, bound: Case) -> None:
+    """``factorial`` (the four axes), ``speed`` (beside the 16-bit reference), ``fp32``."""
     for quant in ("nf4", "fp4"):
         for dq in (True, False):
             for cdt in ("fp16", "bf16"):
@@ -209,7 +249,10 @@ def build_matrix(
     plan.add(bound, Family.SPEED)
     plan.add(reference_of(bound), Family.SPEED)
     plan.add(bound.replace(compute_dtype="fp32"), Family.FP32)
-    # sweep with the 16-bit reference at the same points
+
+
+def _add_sweep(plan: _Plan, lesson: Case, tier: Tier, full: bool) -> None:
+    """``sweep``: batch x sequence length, with the 16-bit reference at the same points."""
     batches = tier.sweep_batches if full else tier.default_sweep_batches
     seqs = tier.sweep_seqs if full else tier.default_sweep_seqs
     for b in batches:
@@ -217,10 +260,21 @@ def build_matrix(
             point = lesson.replace(batch_size=b, seq_len=s)
             plan.add(point, Family.SWEEP)
             plan.add(reference_of(point), Family.REFERENCE)
+
+
+def _add_switches(plan: _Plan, lesson: Case) -> None:
+    """``gc`` / ``prepare``: gradient checkpointing off, prepare_model_for_kbit_training off."""
     plan.add(lesson, Family.GC)
     plan.add(lesson.replace(gradient_checkpointing=False), Family.GC)
     plan.add(lesson, Family.PREPARE)
     plan.add(lesson.replace(prepare_kbit=False), Family.PREPARE)
+
+
+def _add_fit(
+    plan: _Plan, profile: GpuProfile, tier: Tier, lesson: Case, full: bool, big_models: bool
+) -> None:
+    """What fits in memory: ``ladder:N``, ``compat`` (each model, and the 70B shape when
+    `big_models`), ``weights``."""
     for step, case in enumerate(ladder_cases(profile, tier)):
         plan.add(case, ladder_tag(step))
     for model in tier.models:
@@ -229,26 +283,29 @@ def build_matrix(
         small = lesson.replace(model=model, batch_size=1, seq_len=tier.ref_seq)
         plan.add(small, Family.COMPAT)
         plan.add(reference_of(small), Family.COMPAT)
-    if full and not models:  # minutes of GPU each (a 70B checkpoint, a 70B load): full tier only
+    if big_models:
         for case in big_model_cases(profile, tier, lesson):
             plan.add(case, Family.COMPAT)
     for case in weights_cases(profile, tier, full):
         plan.add(case, Family.WEIGHTS)
+
+
+def _add_text(plan: _Plan, profile: GpuProfile, text: Case, full: bool, cpu_dtypes: frozenset[str]) -> None:
+    """The real model on text: ``quality``, ``stability``, ``nan``."""
     for quant in ("nf4", "fp4"):
         for dq in (True, False):
-            plan.add(text_lesson.replace(quant_type=quant, double_quant=dq), Family.QUALITY)
-    if runs_at_speed(profile, reference_of(text_lesson).compute_dtype, cpu_dtypes):
-        plan.add(reference_of(text_lesson), Family.QUALITY)
+            plan.add(text.replace(quant_type=quant, double_quant=dq), Family.QUALITY)
+    if runs_at_speed(profile, reference_of(text).compute_dtype, cpu_dtypes):
+        plan.add(reference_of(text), Family.QUALITY)
     for cdt in half_dtypes(profile, cpu_dtypes):
         for lr in STABILITY_LRS:
-            plan.add(text_lesson.replace(compute_dtype=cdt, lr=lr), Family.STABILITY)
-    for case in nan_cases(profile, text_lesson, full, half_dtypes(profile, cpu_dtypes)):
+            plan.add(text.replace(compute_dtype=cdt, lr=lr), Family.STABILITY)
+    for case in nan_cases(profile, text, full, half_dtypes(profile, cpu_dtypes)):
         plan.add(case, Family.NAN)
-    device_bound = text_lesson if tier.engine_on_text else bound
+
+
+def _add_engines(plan: _Plan, device_bound: Case, lesson: Case, full: bool) -> None:
+    """``engine``: every engine at the device-bound point and, in the full tier, the lesson's."""
     for point in (device_bound, lesson) if full else (device_bound,):
         for engine in ENGINES:
             plan.add(point.replace(engine=engine), Family.ENGINE)
-    planned = plan.cases()
-    if not full and len(planned) > DEFAULT_MAX:
-        raise MatrixError(f"default matrix for {profile.name} has {len(planned)} cases (> {DEFAULT_MAX})")
-    return planned
