@@ -6,9 +6,10 @@ line for a case hash and repeat wins), `environment.json`, and `measurements/<na
 in-process measurements that are not training cases (4-bit code tables, per-layer quantization
 error, kernel timings).
 
-The results frame is typed once, here, from the `Result` and `Case` field annotations: bools as
-pandas `boolean`, ints as nullable `Int64`, floats as `float64` (NaN = not measured), text as `str`;
-the per-step lists stay Python lists. Readers compare and mask columns directly, without guards.
+The results frame is typed once, here, from the `Result` (`RESULT_FIELD_TYPES`) and `Case` field
+annotations: bools as pandas `boolean`, ints as nullable `Int64`, floats as `float64` (NaN = not
+measured), text as `str`; the per-step lists stay Python lists. Readers compare and mask columns
+directly, without guards.
 
 `RunData.results` holds one row per case, the fresh-process repeats of `--repeat N` folded
 (`reports.repeats`: median tokens/s, its spread and interval); `RunData.repeats` holds every
@@ -28,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from qlora_core.result import Result
+from qlora_core.result import RESULT_FIELD_TYPES, Result
 from qlora_core.spec import Case
 from reports.repeats import RepeatStats, fold_repeats
 from reports.run_folder import (
@@ -76,11 +77,8 @@ def column_dtype(annotation: Any) -> str | None:
 
 def _column_dtypes() -> dict[str, str | None]:
     """Column -> dtype for every column of a results frame, in `Result.row()` order."""
-    result_hints = typing.get_type_hints(Result)
     case_hints = typing.get_type_hints(Case)
-    columns = {
-        f.name: column_dtype(result_hints[f.name]) for f in dataclasses.fields(Result) if f.name != "case"
-    }
+    columns = {name: column_dtype(hint) for name, hint in RESULT_FIELD_TYPES.items() if name != "case"}
     for f in dataclasses.fields(Case):
         columns.setdefault(f.name, column_dtype(case_hints[f.name]))
     repeat_hints = typing.get_type_hints(RepeatStats)

@@ -14,7 +14,7 @@ beside the same case without offload: `families.big_model_multigpu_cases`):
 - refuted: it ran out of memory under the cap, or its device peak is over the card; the corrected
   statement says what it needed, where its uncapped rerun measured it (`rows.peak_figures`);
 - inconclusive: it ended otherwise (crashed, timed out, ...), measured no peak, or its
-  parameters were not on the host in training (`Result.params_on_in_training`: the offload asked
+  parameters were not on the host in training (`Result.precision.params_on_in_training`: the offload asked
   for was not in effect);
 - not run: no such row.
 

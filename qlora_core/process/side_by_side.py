@@ -18,10 +18,10 @@ window (kernel time, GPU busy), and the steps are the case's own, fixed (adaptiv
 times). Its device memory is NVML's per-process line for its own process
 (`measure.NVML_PROCESS`: `nvml_scope`, base 0), not the device-wide "used" that the other cases
 count in; alone, a case samples both and they agree (`nvml_own_peak_gib`), which the GPU tests
-hold. Its cap's CUDA context is read from that line too (`Result.context_gib`), which is why a GPU
+hold. Its cap's CUDA context is read from that line too (`Result.hardware.context_gib`), which is why a GPU
 session shares only after a row of its own showed that the list names its processes
 (`sharing_supported`). Each row says how many cases shared the device at most
-(`Result.side_by_side`).
+(`Result.hardware.side_by_side`).
 
 The parent side only; children are started by `runner.run_case`, one thread each.
 """
@@ -87,18 +87,29 @@ two differed by 5.6 MiB alone, and side by side the own line read 17.6 MiB under
 def ran_alone_on_gpu(row: Result) -> bool:
     """Whether `row` ran on CUDA with no case beside it and read NVML's device-wide memory: a row
     that could show whether its own NVML line agrees with that reading."""
-    return row.device == "cuda" and row.side_by_side is None and row.nvml_peak_gib is not None
+    return (
+        row.hardware.device == "cuda"
+        and row.hardware.side_by_side is None
+        and row.memory.nvml_peak_gib is not None
+    )
 
 
 def own_line_agrees(row: Result) -> bool:
     """Whether `row` ran alone on CUDA and its own NVML line agreed with the device-wide reading:
     the evidence that a case side by side, which reads only its own line, measures what it would
     alone."""
-    if not ran_alone_on_gpu(row) or row.context_gib is None:
+    if not ran_alone_on_gpu(row) or row.hardware.context_gib is None:
         return False
-    if row.nvml_own_peak_gib is None or row.nvml_peak_gib is None or row.nvml_base_gib is None:
+    if (
+        row.memory.nvml_own_peak_gib is None
+        or row.memory.nvml_peak_gib is None
+        or row.memory.nvml_base_gib is None
+    ):
         return False
-    return abs(row.nvml_own_peak_gib - (row.nvml_peak_gib - row.nvml_base_gib)) <= OWN_LINE_AGREEMENT_GIB
+    return (
+        abs(row.memory.nvml_own_peak_gib - (row.memory.nvml_peak_gib - row.memory.nvml_base_gib))
+        <= OWN_LINE_AGREEMENT_GIB
+    )
 
 
 def sharing_supported(profile: GpuProfile, rows: Iterable[Result]) -> bool:
@@ -131,7 +142,7 @@ def run_side_by_side(
     called in this thread as each ends. With `spares`, the pool keeps one spare waiting per lane
     meanwhile and a lane hands its case to one whose imports are done, else starts it cold
     (`SparePool.deepened`). Each child takes its share of the host's cores for torch
-    (`Result.torch_threads`). An interrupt (Ctrl-C) or an error in `on_done` kills every
+    (`Result.hardware.torch_threads`). An interrupt (Ctrl-C) or an error in `on_done` kills every
     running child before it propagates: nothing outlives the call, and no half-run case is
     reported. `on_wait`: called in this thread at every poll with the running jobs' Result files."""
     if lanes < 1:

@@ -25,7 +25,7 @@ So the pool imports them in a spare only on proof that they create no CUDA conte
 first spare (`SparePool.prime`, started before any case runs) imports them and reports whether
 any device got a primary context (`primary_contexts`); later spares import them only if it
 reported none. Without that proof (no `prime`, a context seen, a probe that died) the libraries
-stay in the case (`Result.import_s`), as before.
+stay in the case (`Result.timing.import_s`), as before.
 
 A spare that dies before its request is replaced: `take` discards a dead one; one that dies
 between `take` and reading its request leaves no Result file, and the runner then runs the case
