@@ -36,7 +36,7 @@ def write_in_stage(path: Path, stage: str, steps: int = 0) -> None:
     """A Result file as the child leaves it while `stage` runs (`checkpointer.Checkpointer`)."""
     result = Result.for_case(CASE, "cpu")
     result.status, result.reason = Status.CRASHED.value, f"died during {stage}"
-    result.losses = [2.0] * steps
+    result.training.losses = [2.0] * steps
     write_atomic(path, result.to_json())
 
 
@@ -111,9 +111,9 @@ def test_time_left_weighs_each_run_by_its_expected_cost():
 
 def test_recorded_walls_prefer_this_folders_runs_and_skip_an_unreadable_source(tmp_path):
     row = Result.for_case(CASE, "cpu")
-    row.wall_s = 12.0
+    row.timing.wall_s = 12.0
     other = Result.for_case(CASE, "cpu")
-    other.wall_s = 18.0
+    other.timing.wall_s = 18.0
     bad = tmp_path / "broken.json"
     bad.write_bytes(b"\xd9\x00not json")
     assert recorded_walls([None, bad], [row, other]) == {CASE.id: 15.0}
