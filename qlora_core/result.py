@@ -63,7 +63,7 @@ FINAL_STATUSES: frozenset[str] = frozenset(
 
 @dataclass
 class Timing:
-    """Where the wall time goes, phase by phase (seconds; see `qlora_core.process.child`)."""
+    """The wall time and where it goes, phase by phase (seconds; see `qlora_core.process.child`)."""
 
     wall_s: float | None = None  # the parent's: spawning the child to its exit
     start_s: float | None = None  # parent's spawn (or hand-over to a warm spare) to the child's main
@@ -81,7 +81,7 @@ class Timing:
 
 @dataclass
 class Hardware:
-    """The device and its emulation."""
+    """The device the case ran on, its emulation of a profile, and its share of a shared card."""
 
     device: str = ""  # "cuda" or "cpu"
     gpu_name: str = ""
@@ -111,7 +111,7 @@ class Hardware:
 
 @dataclass
 class Environment:
-    """Library versions of the child."""
+    """The library versions of the process that ran the case."""
 
     python_version: str = ""
     torch_version: str = ""
@@ -126,7 +126,7 @@ class Environment:
 
 @dataclass
 class Weights:
-    """Parameters and bytes."""
+    """Parameter counts and the bytes of weights, adapters and optimizer state."""
 
     total_params: int | None = None  # as peft counts them (4-bit packed weights counted x2); a
     # load-only case: the model without adapters, by the same counter
@@ -172,7 +172,7 @@ class StageMemory:
 
 @dataclass
 class Training:
-    """Training."""
+    """The steps: per-step series, their summary, device time and MFU, the losses."""
 
     tokens_per_step: int | None = None
     step_ms: list[float] = field(default_factory=list)  # measured steps only
@@ -203,7 +203,7 @@ class Training:
 
 @dataclass
 class Quality:
-    """Quality (data == "text")."""
+    """Held-out quality (data == "text")."""
 
     ppl_before: float | None = None  # held-out perplexity after load, before training
     ppl_after: float | None = None  # held-out perplexity after training
