@@ -376,7 +376,9 @@ class Result:
 
 
 _GROUP_CLASSES: dict[str, type[Any]] = {
-    name: hint for name, hint in typing.get_type_hints(Result).items() if dataclasses.is_dataclass(hint)
+    name: hint
+    for name, hint in typing.get_type_hints(Result).items()
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint)
 }
 """Result's group attribute -> its dataclass, in Result's order."""
 _GROUP_OF: dict[str, str] = {

@@ -156,7 +156,7 @@ class _CaseRun:
     prepare_s: float = 0.0  # prepare_model_for_kbit_training's seconds, until LoRA adds its own
     plan: StepPlan | None = None
     batches: list[torch.Tensor] = field(default_factory=list)
-    heldout: list[torch.Tensor] | None = None  # held-out windows (data == "text")
+    heldout: torch.Tensor | None = None  # held-out windows (data == "text")
 
     @property
     def r(self) -> Result:

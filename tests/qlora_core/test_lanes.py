@@ -212,7 +212,7 @@ def test_on_a_real_card_a_lane_is_capped_at_its_share_and_not_at_the_profiles(gp
     )
     starved = run_case(case.replace(batch_size=8, seq_len=512), tight, tmp_path / "tight.json")
     assert starved.status == "oom" and starved.hardware.memory_cap_gib is None, starved.reason
-    assert lane_rerun_reason(case, Lane(tight.hardware.lane_share_gib, real_card=True), starved) is not None
+    assert lane_rerun_reason(case, Lane(tight.lane_share_gib, real_card=True), starved) is not None
     alone = run_case(
         case.replace(batch_size=8, seq_len=512), RunOptions(profile=profile.name), tmp_path / "alone.json"
     )

@@ -557,7 +557,9 @@ def test_error_classes_are_distinct_value_errors() -> None:
 def test_render_diff_markdown_shows_everything(baseline_path: Path) -> None:
     new = CASE_A.replace(seq_len=2048)
     run = [
-        make_result(CASE_A, tokens_per_s=make_result(CASE_A).training.tokens_per_s * 0.8, torch_version="2.12.0"),
+        make_result(
+            CASE_A, tokens_per_s=make_result(CASE_A).training.tokens_per_s * 0.8, torch_version="2.12.0"
+        ),
         make_result(CASE_B, status="oom", torch_version="2.12.0"),
         make_result(new, torch_version="2.12.0"),
     ]

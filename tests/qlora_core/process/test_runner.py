@@ -154,10 +154,7 @@ def test_a_stability_case_trains_its_fixed_steps_where_pacing_is_asked_for(tmp_p
         steps,
         stability.measured_steps,
     )
-    assert (
-        result.training.tokens_per_step == stability.training.tokens_per_step
-        and not result.training.profiled_steps
-    )
+    assert result.training.tokens_per_step == stability.tokens_per_step and not result.training.profiled_steps
     # Its synthetic twin is paced: it stops for a reason of the step times, not at "fixed".
     twin = run_case(stability.replace(data="synthetic"), paced, tmp_path / "synthetic.json")
     assert twin.status == "ok", twin.reason
