@@ -5,6 +5,8 @@ In memory the measurements sit in groups (`Result.timing`, `.hardware`, `.enviro
 a frame row, they are one flat record: a group's fields keep their own names as columns, in
 `RESULT_FIELDS` order (`Result.flat`, `Result.from_dict`). A field name is unique across groups,
 so code that goes by column name reads and writes through `Result.get_field` / `set_fields`.
+The classes have slots: a column name written at the wrong level (`r.peak_alloc_gib = ...`)
+raises instead of adding a stray attribute that nothing stores.
 
 Units live in the field names (`_gib`, `_bytes`, `_ms`, `_s`, `_per_s`). Memory is in GiB
 (2**30 bytes) unless the name says bytes. Per-step series (`step_ms`, `losses`, `grad_norms`) are
@@ -61,7 +63,7 @@ FINAL_STATUSES: frozenset[str] = frozenset(
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class Timing:
     """The wall time and where it goes, phase by phase (seconds; see `qlora_core.process.child`)."""
 
@@ -79,7 +81,7 @@ class Timing:
     eval_s: float | None = None  # held-out perplexity, before and after training (data == "text")
 
 
-@dataclass
+@dataclass(slots=True)
 class Hardware:
     """The device the case ran on, its emulation of a profile, and its share of a shared card."""
 
@@ -109,7 +111,7 @@ class Hardware:
     bf16_torch_supported: bool | None = None  # torch.cuda.is_bf16_supported() (counts emulation)
 
 
-@dataclass
+@dataclass(slots=True)
 class Environment:
     """The library versions of the process that ran the case."""
 
@@ -124,7 +126,7 @@ class Environment:
     trl_version: str = ""  # TRL, whose SFTTrainer is the `sft` engine
 
 
-@dataclass
+@dataclass(slots=True)
 class Weights:
     """Parameter counts and the bytes of weights, adapters and optimizer state."""
 
@@ -144,7 +146,7 @@ class Weights:
     computed_weight_bytes: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class StageMemory:
     """Memory by stage (allocator on CUDA; process RSS on the CPU)."""
 
@@ -170,7 +172,7 @@ class StageMemory:
     cpu_peak_rss_gib: float | None = None  # ru_maxrss of the child
 
 
-@dataclass
+@dataclass(slots=True)
 class Training:
     """The steps: per-step series, their summary, device time and MFU, the losses."""
 
@@ -201,7 +203,7 @@ class Training:
     first_nonfinite_step: int | None = None  # 0-based index into losses; None if all finite
 
 
-@dataclass
+@dataclass(slots=True)
 class Quality:
     """Held-out quality (data == "text")."""
 
@@ -209,7 +211,7 @@ class Quality:
     ppl_after: float | None = None  # held-out perplexity after training
 
 
-@dataclass
+@dataclass(slots=True)
 class MixedPrecision:
     """Mixed precision as the engine ran it (the engine itself is the case's `engine` field)."""
 
@@ -223,7 +225,7 @@ class MixedPrecision:
     params_on_in_training: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Ranks:
     """Multi-GPU: a case of num_gpus > 1 is one row merged from its ranks
     (`qlora_core.process.distributed.merge_ranks`). Its single-GPU fields say: memory peaks are the
@@ -247,7 +249,7 @@ class Ranks:
     nvml_peak_gib_sum: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Needed:
     """What an OOM needs: a row that ran out of memory under an emulated cap keeps its status, and
     gains what the same case measured when rerun uncapped on the host GPU
@@ -268,7 +270,7 @@ class Needed:
     needed_weight_bytes: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """One case's outcome and measurements: its identity and status here, the measurements in
     groups. Case fields are copied in flat by `row`, prefixed by nothing."""

@@ -238,6 +238,8 @@ def test_fields_are_set_and_read_by_column_name_and_an_unknown_one_is_refused():
     with pytest.raises(ValueError, match="not a field of Result: peak_gib"):
         Result.from_dict({**result.flat(), "peak_gib": 1.0})
     assert unknown_fields({"peak_gib": 1, "wall_s": 2, "memory": 3}) == ["peak_gib", "memory"]
+    with pytest.raises(AttributeError):
+        result.peak_alloc_gib = 1.0  # type: ignore[attr-defined]  # a column at the wrong level
 
 
 def test_a_replaced_copy_shares_no_group_with_its_original():
