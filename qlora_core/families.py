@@ -1,8 +1,12 @@
-"""The matrix's larger families, each built from a `Tier`: the lesson's OOM ladder, the 70B
-shape on one card and on several, the nan grid, the weights family and the multi-GPU family.
-`qlora_core.matrix` decides which of them a tier runs."""
+"""The matrix's families: their names (`Family`, the one source of the strings a row's `families`
+column holds), and the builders of the larger ones, each from a `Tier`: the lesson's OOM ladder,
+the 70B shape on one card and on several, the nan grid, the weights family and the multi-GPU
+family. `qlora_core.matrix` decides which of them a tier runs; docs/matrix.md#families says what
+each one measures."""
 
 from __future__ import annotations
+
+from enum import Enum
 
 from qlora_core.gpus import GpuProfile
 from qlora_core.models import SHAPES
@@ -18,6 +22,42 @@ from qlora_core.tiers import (
     Tier,
     lesson_dtype,
 )
+
+
+class Family(str, Enum):
+    """A family a case serves: its value is what rows store (`Result.families`, comma-separated
+    tags), so a value never changes. A str: compares, hashes and joins as its value."""
+
+    FACTORIAL = "factorial"
+    SPEED = "speed"
+    FP32 = "fp32"
+    SWEEP = "sweep"
+    REFERENCE = "reference"
+    GC = "gc"
+    PREPARE = "prepare"
+    LADDER = "ladder"
+    """Tagged by step: `ladder_tag(k)`, `ladder:0` .. `ladder:4`."""
+    COMPAT = "compat"
+    WEIGHTS = "weights"
+    QUALITY = "quality"
+    STABILITY = "stability"
+    NAN = "nan"
+    ENGINE = "engine"
+    MULTIGPU = "multigpu"
+    # Outside the matrix: the rows of the tools that run cases it does not plan.
+    HAND_PICKED = "hand-picked"
+    """`tools/run_cases.py`'s cases."""
+    FIT_ADVISOR = "fit-advisor"
+    """`tools/measure_fit.py`'s cases: the fit advisor's answer, measured."""
+
+    def __str__(self) -> str:
+        # The value, as str() and f-strings give a plain str (Python 3.12 changed an Enum's format).
+        return self.value
+
+
+def ladder_tag(step: int) -> str:
+    """The tag of the OOM ladder's step `step` (0-based): ``ladder:2``."""
+    return f"{Family.LADDER}:{step}"
 
 
 def ladder_cases(profile: GpuProfile, tier: Tier) -> list[Case]:

@@ -1,26 +1,6 @@
-"""FLOPs of one optimizer step of LoRA/QLoRA training, and MFU from them.
-
-The model (per optimizer step of T = batch_size x seq_len x grad_accum tokens; a multiply-add is
-2 FLOPs; Llama-style decoders: q, k, v, o, gate, up, down projections and an untied or tied
-lm_head):
-
-- forward over the frozen base weights: 2 x N x T, N the weights of every decoder projection
-  plus lm_head (the embedding is a lookup, no FLOPs);
-- backward through the base: the *input* gradients only, another 2 x N x T (frozen weights get
-  no weight gradients; the 4-bit matmul's backward dequantizes and multiplies once);
-- the adapters: a rank-r adapter on a d_in -> d_out projection costs 2 x r x (d_in + d_out) x T
-  forward, as much for its input gradient and as much for its weight gradients: 3x in all;
-- attention's seq^2 term: per layer and sequence 4 x seq^2 x (heads x head_dim) forward (Q K^T
-  and A V, the full square as MFU conventionally counts it, although a causal kernel skips about
-  half), twice that backward (gradients of Q, K and V, which the adapters need);
-- gradient checkpointing recomputes the decoder layers' forward once more in the backward (base,
-  adapters and attention; not lm_head, which is outside the checkpointed layers).
-
-Elementwise work (norms, activations, softmax, the optimizer) is left out: it is a few percent at
-most and runs on no tensor core. MFU = FLOPs per step / step time / the dense peak of the GPU the
-kernels ran on at the compute dtype (`gpus.GpuProfile.peak_tflops`): `mfu` from the median wall
-step (the speed a user gets), `mfu_kernel` from the kernel time per step (the device's own
-efficiency; on a host-bound row the two differ by about `gpu_busy`).
+"""FLOPs of one optimizer step of LoRA/QLoRA training, and MFU from them (`mfu` from the median
+wall step, `mfu_kernel` from the kernel time per step).
+See docs/gate.md#flops-and-mfu for the model and what it leaves out.
 """
 
 from __future__ import annotations

@@ -1,24 +1,9 @@
 """Lanes on a card: each shareable case's share of the device's memory, and which cases run alone.
 
-Cases that read no speed may run side by side (`qlora_core.process.side_by_side`). On an emulated profile
-each lane is one emulated card: its share is the profile's memory, and an OOM under that cap is
-the profile's verdict. On a real card of the profile (`pytest bench` on an H100, profile h100)
-the user's claim is about the whole card, so a lane's cap is only the suite's way to fit several
-cases on it: an OOM under it says nothing about the profile. There each case gets a share sized
-from what it is estimated to need (`estimated_need_gib`, with a margin: `lane_share_gib`); the
-shares of the cases running at once never exceed the card (`card_budget_gib`); a case whose share
-would not fit the card runs alone, uncapped (`alone_reason`); and a shared run that ran out of
-memory, or came within its largest allocation of its cap (where the caching allocator may have
-flushed its cache to fit, and its reserved peak is no longer the card's own), is run again alone
-(`lane_rerun_reason`). Only the rerun's row is the case's.
-
-The estimate is the fit advisor's memory model (`reports/fit_model.py`: context + weights +
-gradients and optimizer + lm_head copy + activation terms per token), computed before anything
-ran, from the model's registered shape, with coefficients above the ones that model fits to the
-committed measurements (the CPU tests hold the estimate above every committed footprint). It is a
-scheduling estimate, never reported as a measurement. A share also covers creating the case's
-checkpoint on a cold cache (`creation_gib`), which happens on the device in a process of its own
-before the case's. No torch here: the parent plans the lanes.
+`lane_share_gib` sizes a case's share from `estimated_need_gib` (a scheduling estimate, never
+reported), `card_budget_gib` bounds the shares running at once, `alone_reason` and
+`lane_rerun_reason` say which cases run alone. No torch here: the parent plans the lanes.
+See docs/side-by-side.md#on-a-real-card-of-the-profile.
 """
 
 from __future__ import annotations

@@ -55,7 +55,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from qlora_core.families import big_model_cases, ladder_cases, multigpu_cases, nan_cases, weights_cases
+from qlora_core.families import (
+    Family,
+    big_model_cases,
+    ladder_cases,
+    ladder_tag,
+    multigpu_cases,
+    nan_cases,
+    weights_cases,
+)
 from qlora_core.gpus import ALL_CPU_DTYPES, GpuProfile
 from qlora_core.models import REAL_MODEL
 from qlora_core.spec import ENGINES, Case, reference_of
@@ -80,7 +88,18 @@ class MatrixError(ValueError):
 
 
 SHAREABLE_FAMILIES: frozenset[str] = frozenset(
-    {"quality", "stability", "nan", "sweep", "reference", "gc", "prepare", "compat", "ladder", "weights"}
+    {
+        Family.QUALITY,
+        Family.STABILITY,
+        Family.NAN,
+        Family.SWEEP,
+        Family.REFERENCE,
+        Family.GC,
+        Family.PREPARE,
+        Family.COMPAT,
+        Family.LADDER,
+        Family.WEIGHTS,
+    }
 )
 """Families whose claims and tables never read speed, only numerics (losses, norms, perplexity)
 or memory (the allocator's per-process peaks, NVML's per-process line): their cases may share the
@@ -119,9 +138,10 @@ class _Plan:
         self._by_hash: dict[str, PlannedCase] = {}
 
     def add(self, case: Case, family: str) -> None:
+        """Tag `case` with `family` (a `Family` or a ladder step's tag), stored as a plain str."""
         planned = self._by_hash.setdefault(case.hash, PlannedCase(case))
         if family not in planned.families:
-            planned.families.append(family)
+            planned.families.append(str(family))
 
     def cases(self) -> list[PlannedCase]:
         return list(self._by_hash.values())
@@ -143,7 +163,7 @@ def build_matrix(
         models = tuple(models)
         tier = replace(tier, models=models, primary=models[0], ladder_model=models[-1])
     if profile.count > 1:  # multi-GPU: a multi-card machine runs its own family only
-        return [PlannedCase(case, ["multigpu"]) for case in multigpu_cases(profile, tier)]
+        return [PlannedCase(case, [str(Family.MULTIGPU)]) for case in multigpu_cases(profile, tier)]
     dtype = lesson_dtype(profile)
     lesson = Case(
         tier.primary,
@@ -169,12 +189,12 @@ def build_matrix(
     )
     plan = _Plan()
     if matrix == "smoke":
-        plan.add(bound, "factorial")
-        plan.add(bound.replace(quant_type="fp4"), "factorial")
-        plan.add(bound.replace(double_quant=False), "factorial")
-        plan.add(reference_of(bound), "speed")
-        plan.add(bound.replace(compute_dtype="fp32"), "fp32")
-        plan.add(text_lesson, "quality")
+        plan.add(bound, Family.FACTORIAL)
+        plan.add(bound.replace(quant_type="fp4"), Family.FACTORIAL)
+        plan.add(bound.replace(double_quant=False), Family.FACTORIAL)
+        plan.add(reference_of(bound), Family.SPEED)
+        plan.add(bound.replace(compute_dtype="fp32"), Family.FP32)
+        plan.add(text_lesson, Family.QUALITY)
         planned = plan.cases()
         if len(planned) > SMOKE_MAX:
             raise MatrixError(f"smoke matrix for {profile.name} has {len(planned)} cases (> {SMOKE_MAX})")
@@ -184,49 +204,50 @@ def build_matrix(
     for quant in ("nf4", "fp4"):
         for dq in (True, False):
             for cdt in ("fp16", "bf16"):
-                plan.add(bound.replace(quant_type=quant, double_quant=dq, compute_dtype=cdt), "factorial")
-    plan.add(bound, "speed")
-    plan.add(reference_of(bound), "speed")
-    plan.add(bound.replace(compute_dtype="fp32"), "fp32")
+                point = bound.replace(quant_type=quant, double_quant=dq, compute_dtype=cdt)
+                plan.add(point, Family.FACTORIAL)
+    plan.add(bound, Family.SPEED)
+    plan.add(reference_of(bound), Family.SPEED)
+    plan.add(bound.replace(compute_dtype="fp32"), Family.FP32)
     # sweep with the 16-bit reference at the same points
     batches = tier.sweep_batches if full else tier.default_sweep_batches
     seqs = tier.sweep_seqs if full else tier.default_sweep_seqs
     for b in batches:
         for s in seqs:
             point = lesson.replace(batch_size=b, seq_len=s)
-            plan.add(point, "sweep")
-            plan.add(reference_of(point), "reference")
-    plan.add(lesson, "gc")
-    plan.add(lesson.replace(gradient_checkpointing=False), "gc")
-    plan.add(lesson, "prepare")
-    plan.add(lesson.replace(prepare_kbit=False), "prepare")
+            plan.add(point, Family.SWEEP)
+            plan.add(reference_of(point), Family.REFERENCE)
+    plan.add(lesson, Family.GC)
+    plan.add(lesson.replace(gradient_checkpointing=False), Family.GC)
+    plan.add(lesson, Family.PREPARE)
+    plan.add(lesson.replace(prepare_kbit=False), Family.PREPARE)
     for step, case in enumerate(ladder_cases(profile, tier)):
-        plan.add(case, f"ladder:{step}")
+        plan.add(case, ladder_tag(step))
     for model in tier.models:
         if model == REAL_MODEL:
             continue
         small = lesson.replace(model=model, batch_size=1, seq_len=tier.ref_seq)
-        plan.add(small, "compat")
-        plan.add(reference_of(small), "compat")
+        plan.add(small, Family.COMPAT)
+        plan.add(reference_of(small), Family.COMPAT)
     if full and not models:  # minutes of GPU each (a 70B checkpoint, a 70B load): full tier only
         for case in big_model_cases(profile, tier, lesson):
-            plan.add(case, "compat")
+            plan.add(case, Family.COMPAT)
     for case in weights_cases(profile, tier, full):
-        plan.add(case, "weights")
+        plan.add(case, Family.WEIGHTS)
     for quant in ("nf4", "fp4"):
         for dq in (True, False):
-            plan.add(text_lesson.replace(quant_type=quant, double_quant=dq), "quality")
+            plan.add(text_lesson.replace(quant_type=quant, double_quant=dq), Family.QUALITY)
     if runs_at_speed(profile, reference_of(text_lesson).compute_dtype, cpu_dtypes):
-        plan.add(reference_of(text_lesson), "quality")
+        plan.add(reference_of(text_lesson), Family.QUALITY)
     for cdt in half_dtypes(profile, cpu_dtypes):
         for lr in STABILITY_LRS:
-            plan.add(text_lesson.replace(compute_dtype=cdt, lr=lr), "stability")
+            plan.add(text_lesson.replace(compute_dtype=cdt, lr=lr), Family.STABILITY)
     for case in nan_cases(profile, text_lesson, full, half_dtypes(profile, cpu_dtypes)):
-        plan.add(case, "nan")
+        plan.add(case, Family.NAN)
     device_bound = text_lesson if tier.engine_on_text else bound
     for point in (device_bound, lesson) if full else (device_bound,):
         for engine in ENGINES:
-            plan.add(point.replace(engine=engine), "engine")
+            plan.add(point.replace(engine=engine), Family.ENGINE)
     planned = plan.cases()
     if not full and len(planned) > DEFAULT_MAX:
         raise MatrixError(f"default matrix for {profile.name} has {len(planned)} cases (> {DEFAULT_MAX})")

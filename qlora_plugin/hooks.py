@@ -1,16 +1,7 @@
 """The matrix as pytest tests: parametrization, ordering, fixtures, and the end of the session.
 
-Each `bench/test_<family>.py` module declares `FAMILY`; every planned case is tested by exactly
-one module (`module_for`), even when it serves several families; test ids are
-`<profile>-<case id>`. With `--repeat N` (or a case's own `repeats`) each repeat is its own test,
-`...-r2`, `-r3` after the first, ordered round by round across the whole matrix (round 1: every
-case, round 2: every case, ...) so that drift over the session hits every case alike. Kernel
-timings, claims and the release gate read the whole run, so their modules are ordered after
-every case. At the end the run's tables and reports are written from
-the stored results; a report that cannot be written fails the session (the results stay).
-From the opening of the run folder on, Ctrl-C and SIGTERM stop the session cleanly
-(`qlora_plugin.interrupt`); the summary ends with what finished and the command that resumes
-or completes the run (`reports.completeness`).
+Every planned case is tested by exactly one `bench/test_<family>.py` module (`module_for`); test
+ids are `<profile>-<case id>`, repeats ordered round by round. See docs/design.md#the-pytest-hooks.
 """
 
 from __future__ import annotations
@@ -21,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from qlora_core.families import Family
 from qlora_core.matrix import PlannedCase, build_matrix, family_name
 from qlora_core.result import Result, repeat_suffix
 from qlora_plugin.interrupt import ReportsInterrupted, StopGuard, stop_paragraph
@@ -31,22 +23,22 @@ from reports.frame import RunData
 from reports.run_folder import RESULTS_JSONL, RunFolderInUseError
 
 # Which module tests a case: the first of its families found here, in this order.
-_MODULE_BY_FAMILY: tuple[tuple[str, str], ...] = (
-    ("multigpu", "multigpu"),  # multi-GPU
-    ("quality", "quality"),
-    ("stability", "stability"),
-    ("nan", "stability"),  # the NaN advice's learning-rate grid: numerics on text, like stability
-    ("ladder", "memory"),
-    ("compat", "memory"),
-    ("weights", "weights"),
-    ("factorial", "throughput"),
-    ("fp32", "throughput"),
-    ("speed", "throughput"),
-    ("engine", "throughput"),
-    ("gc", "memory"),
-    ("prepare", "memory"),
-    ("sweep", "memory"),
-    ("reference", "memory"),
+_MODULE_BY_FAMILY: tuple[tuple[Family, str], ...] = (
+    (Family.MULTIGPU, "multigpu"),  # multi-GPU
+    (Family.QUALITY, "quality"),
+    (Family.STABILITY, "stability"),
+    (Family.NAN, "stability"),  # the NaN advice's learning-rate grid: numerics on text, like stability
+    (Family.LADDER, "memory"),
+    (Family.COMPAT, "memory"),
+    (Family.WEIGHTS, "weights"),
+    (Family.FACTORIAL, "throughput"),
+    (Family.FP32, "throughput"),
+    (Family.SPEED, "throughput"),
+    (Family.ENGINE, "throughput"),
+    (Family.GC, "memory"),
+    (Family.PREPARE, "memory"),
+    (Family.SWEEP, "memory"),
+    (Family.REFERENCE, "memory"),
 )
 # The formats' measurements and the kernel timings run in this process and, on a GPU, create a
 # CUDA context, which NVML would count in every later case: they go after the cases. Claims and

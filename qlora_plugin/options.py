@@ -7,7 +7,6 @@ goes through NVML, and model names are checked against the registry only.
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import sys
 from dataclasses import dataclass
@@ -16,24 +15,27 @@ from typing import Any
 
 import pytest
 
+from qlora_core.case_fields import parse_fields
 from qlora_core.gpus import (
     ALL_CPU_DTYPES,
-    PROFILE_NAMES,
     CpuDtypesError,
     DetectedGpu,
     GpuProfile,
-    UnknownProfileError,
     cpu_native_dtypes,
     is_emulated,
-    resolve_profile,
 )
 from qlora_core.matrix import DEFAULT_MAX, MATRICES, SMOKE_MAX
 from qlora_core.models import model_problem
-from qlora_core.process import faults
-from qlora_core.process.faults import EXTRA_KNOBS
-from qlora_core.process.request import DEFAULT_TIMEOUT_S
+from qlora_core.process.shared_options import (
+    GPU,
+    REPEAT,
+    add_shared_options,
+    case_timeout_problem,
+    parse_gpu,
+    parse_repeat,
+)
 from qlora_core.process.side_by_side import MAX_LANES, auto_lanes
-from qlora_core.spec import FIELD_NAMES, Case, CaseError
+from qlora_core.spec import FIELD_NAMES, CaseError
 from qlora_plugin.resume import profile_conflict, resolve_settings
 from qlora_plugin.shard import Shard, parse_shard
 from reports.baseline import BaselineError, load_baseline
@@ -42,7 +44,9 @@ from reports.run_folder import RESULTS_JSONL
 from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
 
 _OPTIONS_KEY = pytest.StashKey["BenchOptions"]()
-# Every Case field but the model (--model chooses it) and extra (test-only fault injection).
+# What the help adds after the default of an option --resume takes from the folder.
+_RESUMED = "on --resume: the folder's"
+# Every Case field but the model (--model chooses it).
 _FORCEABLE = tuple(f for f in FIELD_NAMES if f != "model")
 
 
@@ -91,13 +95,9 @@ class BenchOptions:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qlora-bench", "qlora-bench: the QLoRA measurement matrix")
-    group.addoption(
-        "--gpu",
-        default=None,  # auto; on --resume the folder's profile (qlora_plugin.resume)
-        metavar="PROFILE",
-        help=f"GPU profile: {', '.join(PROFILE_NAMES)} or auto (the GPU present, cpu without one)."
-        " A profile smaller than the GPU present is emulated by capping memory. Default: auto"
-        " (on --resume: the folder's).",
+    # --gpu, --case-timeout, --repeat, --no-oom-rerun: declared with tools/run_cases.py's.
+    add_shared_options(
+        group.addoption, notes={GPU.flag: _RESUMED, REPEAT.flag: f"or a case's own count; {_RESUMED}"}
     )
     group.addoption(
         "--matrix",
@@ -130,22 +130,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="continue RUN_DIR: keep its finished cases, rerun the missing and failed ones. The"
         " folder's profile, tier, --model, --force and --shard are kept (a conflicting one is"
         " refused), and its --repeat unless given.",
-    )
-    group.addoption(
-        "--case-timeout",
-        default=DEFAULT_TIMEOUT_S,
-        type=float,
-        metavar="SECONDS",
-        help="seconds before a case's child is killed and recorded as timeout."
-        f" Default: {DEFAULT_TIMEOUT_S:g}.",
-    )
-    group.addoption(
-        "--repeat",
-        default=None,
-        metavar="N",
-        help="run every case N times, each in a fresh process, interleaved across the matrix (round"
-        " 1: every case, round 2: every case, ...); reports fold the repeats (median tokens/s, its"
-        " spread and 95%% interval). Test ids of repeats 2.. end in -r2, -r3. Default: 1.",
     )
     group.addoption(
         "--shard",
@@ -188,20 +172,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " baseline from another GPU, speed is not compared (see --require-speed).",
     )
     group.addoption(
-        "--no-oom-rerun",
-        action="store_true",
-        default=False,
-        help="do not rerun a case that ran out of memory under an emulated profile's cap uncapped"
-        " on the host GPU (by default its row records what it needed: needed_* fields).",
-    )
-    group.addoption(
         "--side-by-side",
         default="auto",
         metavar="N|auto",
         help="run up to N cases of the families that read no speed on the device at once; their"
         " rows then have no speed, and their device memory is their own NVML line. auto (default):"
         " on an emulated profile as many of its caps as the host GPU holds, on a real card of the"
-        " profile one per two host cores, each capped at its estimated need (at most 8); 1 on the CPU.",
+        f" profile one per two host cores, each capped at its estimated need (at most {MAX_LANES}); 1 on"
+        " the CPU.",
     )
     add_threshold_options(group.addoption)
 
@@ -249,13 +227,11 @@ def read_options(config: pytest.Config) -> BenchOptions:
         except BaselineError as exc:
             problems.append(f"--shard-costs: {exc}")
     timeout = config.getoption("--case-timeout")
-    if timeout <= 0:
-        problems.append(f"--case-timeout {timeout:g} must be positive")
-    try:
-        profile, gpu = resolve_profile(settings.gpu)
-    except UnknownProfileError as exc:
-        problems.append(f"--gpu: {exc}")
-        profile, gpu = None, None
+    if timeout_problem := case_timeout_problem(timeout):
+        problems.append(timeout_problem)
+    profile, gpu, gpu_problem = parse_gpu(settings.gpu)
+    if gpu_problem:
+        problems.append(gpu_problem)
     if profile is not None and (mismatch := profile_conflict(settings.gpu, profile.name, resume)):
         problems.append(mismatch)
     require_speed = bool(config.getoption("require_speed"))
@@ -322,71 +298,13 @@ def parse_side_by_side(raw: str, profile: GpuProfile | None, gpu: DetectedGpu | 
     return int(raw), ""
 
 
-def parse_repeat(raw: str | None) -> tuple[int | None, str]:
-    """--repeat's value as an int >= 1 (None when not given), or the problem with it."""
-    if raw is None:
-        return None, ""
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1 or str(raw).strip() != str(value):
-        return None, f"--repeat {raw!r} must be an integer >= 1 (the fresh-process runs of each case)"
-    return value, ""
-
-
 def parse_force(items: list[str]) -> tuple[tuple[str, Any], ...]:
-    """`FIELD=VALUE` pairs for --force, typed like the Case field; errors name the fields."""
-    forced: list[tuple[str, Any]] = []
-    problems: list[str] = []
-    defaults = {f.name: f.default for f in dataclasses.fields(Case)}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        if not sep or name not in _FORCEABLE:
-            problems.append(f"--force {item!r}: expected FIELD=VALUE with FIELD one of {list(_FORCEABLE)}")
-            continue
-        try:
-            value = _extra_knobs(raw) if name == "extra" else _typed_like(defaults[name], raw)
-            forced.append((name, value))
-        except ValueError as exc:  # a CaseError (a bad knob) lists its problems; say each once
-            problems += [f"--force {item!r}: {why}" for why in getattr(exc, "problems", [str(exc)])]
-    if problems:
-        raise CaseError(problems)
-    return tuple(forced)
-
-
-def _extra_knobs(raw: str) -> tuple[tuple[str, str], ...]:
-    """`KEY:VALUE[,KEY:VALUE]` -> Case.extra pairs, each knob validated (e.g. `slowdown:10`, the
-    test-only device work that shows the release gate catching a known slowdown)."""
-    pairs = []
-    for item in (x.strip() for x in raw.split(",") if x.strip()):
-        key, sep, value = item.partition(":")
-        if not sep or key not in EXTRA_KNOBS:
-            raise ValueError(
-                f"expected KEY:VALUE pairs with KEY one of {list(EXTRA_KNOBS)}, e.g. slowdown:10"
-            )
-        if key == faults.SLOWDOWN_KEY:
-            faults.parse_slowdown(value)
-        else:
-            faults.parse_fault(value)
-        pairs.append((key, value))
-    return tuple(pairs)
-
-
-def _typed_like(default: Any, raw: str) -> Any:
-    """`raw` converted to the type of a Case field's default; ValueError when it does not parse."""
-    # bool before int: a bool is an int.
-    if isinstance(default, bool):
-        if raw.lower() not in ("true", "false", "on", "off", "1", "0"):
-            raise ValueError("expected true/false")
-        return raw.lower() in ("true", "on", "1")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    if isinstance(default, tuple):
-        return tuple(s for s in raw.split(",") if s)
-    return raw
+    """`FIELD=VALUE` pairs for --force, typed like the Case fields (`qlora_core.case_fields`, the
+    rule `tools/run_cases.py --case` reads too); one CaseError names every bad item."""
+    try:
+        return tuple(parse_fields(items, _FORCEABLE).items())
+    except CaseError as exc:
+        raise CaseError([f"--force {problem}" for problem in exc.problems]) from None
 
 
 def command_line() -> str:

@@ -1,20 +1,6 @@
-"""What a session prints while it waits: a heartbeat for long cases and the time left.
-
-**Heartbeat.** While a case runs, the parent waits for its child (`runner.run_case`'s `on_wait`,
-`side_by_side.run_side_by_side`'s for the cases running side by side) and nothing else prints;
-on a CPU one case can take minutes. `Heartbeat.tick` is called at every poll with the Result files
-of the running cases and, at most every `HEARTBEAT_S`, writes one line per case running that long:
-the case, its stage, the step it reached, the time it has run. It reads only the child's Result
-file, which the child writes as each stage starts and, in training, after a step at most every
-`checkpointer.PROGRESS_SAVE_S` (a JSON file of a few kB: a cheap read every 30 s).
-
-**Time left.** From the expected cost of each run (`shard.run_cost_s`: one source, the costs that
-shards are balanced by: a recorded wall time where one is known, else the documented
-estimate), calibrated by how this session's runs compared with their expected costs:
-time left = (session time so far / expected cost of the runs made) x expected cost of the runs
-left. A naive running mean (time so far / runs made x runs left) jumps when cheap cases come
-first and expensive ones later (on the CPU tier "~3:44 left" became "~32:04 left"); weighting each run by
-its expected cost does not, and a recorded cost gives the right figure from the first run on.
+"""What a session prints while it waits: a heartbeat for long cases (`Heartbeat.tick`, at most
+every `HEARTBEAT_S`) and the time left, each run weighted by its expected cost
+(`shard.run_cost_s`). See docs/usage.md#the-time-left.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """`--resume RUN_DIR` keeps the folder's settings: what it is checked for, and what it inherits.
 
-A run folder records, in its environment.json, the options that decide which runs belong in it
-(`MatrixSettings`): the profile (`--gpu`), the tier (`--matrix`), `--model`, `--force`, `--repeat`,
-`--shard` and `--shard-costs`. On `--resume` each of them comes from the folder unless given; one
-given with another value is refused, naming both values, since the folder would then mix two
-matrices under one name. `--repeat` is the exception: given, it sets the folder's count from
-then on (resuming with a higher count adds the missing repeats).
-
-Before anything is written, `--resume` is refused on a folder that is not a qlora-bench run folder
-(no readable environment.json naming its profile and tier, as `pytest bench` writes at its start).
-Options that do not decide the runs (`--case-timeout`, `--side-by-side`, `--baseline`, ...) are the
-resuming session's own.
+The options that decide which runs belong in a folder (`MatrixSettings`) come from its
+environment.json unless given; one given with another value is refused, naming both, except
+`--repeat`, which may raise the count. A folder that is not a run folder is refused before
+anything is written. See the `--resume` row of docs/usage.md#options.
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
 """One `pytest bench` session: its run folder, resume, progress lines and outputs.
 
-`BenchSession.open` takes the run folder (a new one, or `--resume RUN_DIR`) under an exclusive
-lock, so that a second session on the same folder is refused instead of interleaving its rows.
-Each run of a case (`CaseRun`: the case and its 0-based repeat) goes to `BenchSession.run`,
-which runs it in a fresh child (or reuses a stored result of that case and repeat on --resume),
-appends its row to `results.jsonl` and prints one progress line. Reports read the repeats folded
-into one row per case (`reports.repeats`); the summary names a repeat whose memory differs. At
-the end `finish` writes results.csv/.parquet (one row per case) and environment.json; the hooks
-render the reports after it.
-
-Nothing measured is lost to a fault of the session itself:
-- a row is appended whole or not at all: a failed append (a full disk) is cut back, and the
-  case's own `cases/<hash>.json` (written atomically by the runner) stays;
-- on --resume, a last line cut mid-write is moved to `results.jsonl.torn` and its case reruns;
-  a case whose `cases/<hash>.json` is unreadable or disagrees with its row reruns, with a warning.
+`BenchSession.open` takes the run folder under an exclusive lock; `BenchSession.run` runs one
+`CaseRun` and appends its row; `finish` writes results.csv/.parquet and environment.json.
+See docs/usage.md#faults-of-the-session.
 """
 
 from __future__ import annotations

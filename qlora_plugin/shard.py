@@ -1,24 +1,8 @@
 """`--shard I/N`: a deterministic, balanced part of the matrix for one of N runners.
 
-Every planned case goes to exactly one shard, with all of its repeats (a repeat is a fresh
-process of the same case; splitting them would let machine drift between runners pass for noise
-between processes). Balancing is greedy longest-first: cases sorted by cost, largest first (ties
-by case hash, so the order never depends on the matrix's order or on the machine), each given
-to the shard with the least cost so far (ties: the lowest index). The result depends only on the
-case set, the costs and N, so N runners given the same options agree without talking.
-
-Cost of a case = its runs (repeats) x the seconds one run takes:
-- recorded: the mean `wall_s` of that case id's runs in a previous run folder, or the `wall_s` a
-  baseline file stores per case (`--shard-costs RUN_DIR|BASELINE.json`); every runner must be
-  given the same one, or their shards would disagree;
-- else estimated from the case's size (`estimated_run_s`): a fixed start (process start, imports,
-  the model's load, which grows with its parameters) plus the training FLOPs of its warm-up and
-  measured steps (6 x parameters x tokens) and, for a case on real text, its two held-out
-  perplexity passes (2 x parameters x tokens each) at a nominal rate for the device (a GPU's, or
-  a CPU's, far lower). The estimate only has to rank cases and be of the order of the recorded
-  seconds; both are documented in docs/shards.md.
-
-The session's time left (`qlora_plugin.progress`) reads the same costs (`run_cost_s`).
+Every planned case goes to exactly one shard, with all of its repeats, balanced greedily
+longest-first by cost (`run_cost_s`: recorded seconds, else `estimated_run_s`); the session's time
+left reads the same costs. See docs/shards.md.
 """
 
 from __future__ import annotations
@@ -45,10 +29,18 @@ SHARD_SKIP_REASON = (
 START_S = 20.0
 LOAD_S_PER_BILLION_PARAMS = 6.0
 NOMINAL_FLOP_PER_S = 5e13
-CPU_NOMINAL_FLOP_PER_S = 4e9
-"""The CPU tier's rate, of the order measured on 2 cores through bitsandbytes' 4-bit CPU path
-(SmolLM2-135M's perplexity over 16 x 64 held-out tokens, 2.8e11 FLOPs: ~300 s on a machine shared
-four ways), so that a SmolLM2 case on text costs ~30 tiny cases, not one as a GPU rate makes it."""
+CPU_START_S = 10.0
+"""A CPU case's fixed cost: the child's hand-over from a warm spare, the load, the steps of a
+model too small to count (the cpu tier's tiny cases took 5-22 s, median 13 s, on a 2-core
+AVX2-only machine: reports/reference/cpu-default-avx2)."""
+CPU_NOMINAL_FLOP_PER_S = 3.5e10
+"""The CPU tier's rate through bitsandbytes' 4-bit CPU path, in a compute dtype the CPU has
+(fp32 everywhere; the matrix plans bf16/fp16 text cases only where the CPU has them): SmolLM2-135M
+on text, 2.6e12 FLOPs of steps and perplexity, took 73-144 s a case in the same run (the core
+loop 73-90 s, the Trainer 92 s, SFTTrainer 144 s), so a text case costs ~7 tiny cases. The
+earlier 4e9, measured in bf16 without the instructions, made it ~30: the time left read 3.9x
+the truth after the second run and 0.65x after the text cases; these constants keep it within
+0.73x-1.32x (`tests/qlora_plugin/test_progress.py` replays that run)."""
 # A model the registry cannot size (a local checkpoint, a hub id) is costed as this many params.
 UNKNOWN_MODEL_PARAMS = 1_000_000_000
 _REAL_MODEL_SHAPE = "smollm2-135m"  # the real model's architecture among the registered shapes
@@ -94,8 +86,9 @@ def estimated_run_s(case: Case, device: str = "cuda") -> float:
     flops = 6 * params * case.tokens_per_step * steps
     if case.data == "text":  # perplexity before and after training, forward only
         flops += 2 * 2 * params * HELDOUT_WINDOWS * case.seq_len
-    rate = NOMINAL_FLOP_PER_S if device == "cuda" else CPU_NOMINAL_FLOP_PER_S
-    return START_S + load_s + flops / rate
+    if device == "cuda":
+        return START_S + load_s + flops / NOMINAL_FLOP_PER_S
+    return CPU_START_S + load_s + flops / CPU_NOMINAL_FLOP_PER_S
 
 
 def run_cost_s(case: Case, recorded: Mapping[str, float], device: str = "cuda") -> float:

@@ -1,27 +1,6 @@
-"""The reports command line, for stored run folders (no GPU needed):
-
-- `python -m reports render RUN_DIR`: re-render claims.md, tables.md and plots/.
-- `python -m reports baseline RUN_DIR PATH`: store a run as a baseline (as --save-baseline does;
-  PATH a folder: `<profile>-<tier>-<gpu>.json` in it).
-- `python -m reports merge RUN_DIR... --out MERGED [--partial]`: merge the run folders of a sharded
-  run (`pytest bench --shard I/N`) into one, then render it as `render` does.
-- `python -m reports gate RUN_DIR BASELINE`: compare a stored run with a baseline (as --baseline
-  does; BASELINE a file or a folder of baselines), write RUN_DIR/baseline-diff.md.
-
-- `python -m reports fit --gpu t4 --model llama-3.1-8b --batch-size 1 --seq-len 1024
-  [--gradient-checkpointing on|off] [--optimizer ...] [--compute-dtype ...] [--quant-type ...]
-  [--double-quant on|off] [--grad-accum N] [--runs DIR...] [--show-held-out]`: the fit advisor
-  (`reports.fit`; its options: `reports.fit_query`). Measuring the answer for real is
-  `tools/measure_fit.py` (this package launches no case).
-
-- `python -m reports claims-matrix ROOT --out FILE`: the claims x runs table of every run folder at or
-  under ROOT (`reports.claims_matrix`), e.g. of the committed reference runs.
-
-Exit codes: 0 done (gate: passed); 1 the gate found regressions; 2 usage error, missing folder,
-a folder without results.jsonl (claims-matrix: none under ROOT), a run folder file that cannot be
-read (each named, no raw exception text: `readable_run_dir`), an unusable baseline, or folders that
-cannot be merged. `render` prints the incomplete line of a run that lacks runs of its plan
-(`reports.completeness`).
+"""The reports command line, for stored run folders (no GPU needed): `render`, `baseline`, `merge`,
+`gate`, `fit` and `claims-matrix` (`python -m reports --help`).
+See docs/usage.md#reports-from-stored-runs.
 """
 
 from __future__ import annotations

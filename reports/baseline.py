@@ -1,19 +1,8 @@
 """Baselines: one JSON file per GPU profile that a later run is gated against (`reports.gate`).
 
-A baseline holds the environment it was measured in (profile, matrix tier, GPU, torch,
-transformers, peft, bitsandbytes, CUDA, driver), the command that made it, and per case id the
-case hash, the status,
-the gated metrics and what the speed rules need: the per-repeat tokens/s and kernel times, their
-spread and interval, the within-run step-time spread, host_bound and gpu_busy. Writing one,
-reading one back, and refusing every unreadable kind with its own `BaselineError` (never a pass)
-live here; the comparison lives in `reports.gate`, the choice of one from a folder of baselines
-in `reports.baseline_choice`.
-
-Schema versions (`BASELINE_SCHEMA_VERSION`): 2 added the repeats, kernel time and noise of each
-case (a version-1 file lacks what the speed rules need and is refused); 3 added `matrix`, the tier
-the baseline was made of, so that a baseline of another tier is refused before a run. A version-2
-file is read as version 3: its tier is the `--matrix` of its command (`pytest bench`'s default
-when the command names none). A file newer than this code is refused.
+Writing one, reading one back, and refusing every unreadable kind with its own `BaselineError`
+(never a pass) live here; the choice of one from a folder is `reports.baseline_choice`.
+See docs/gate.md#what-a-baseline-holds.
 """
 
 from __future__ import annotations

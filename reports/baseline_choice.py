@@ -1,28 +1,7 @@
-"""Which baseline a run is gated against, and whether its speed can be compared with it.
-
-**The device kind.** Speed (tokens/s, kernel time) measures the hardware as much as the code: the
-same case's kernel time differs 8-13% between an H100 and an H200, while allocator peaks under
-one cap are identical across GPU kinds (87 of 88 t4-tier figures equal on an H100 and an H200).
-So a baseline's speed is compared only with a run on the same *device kind*, and its memory,
-statuses and losses with any run of its profile and tier. The kind is the GPU's name as NVML and
-torch report it (`gpu_name`: "NVIDIA H100 80GB HBM3", "NVIDIA H200", "Tesla T4"), whitespace
-collapsed and case folded, and nothing coarser: an H100 PCIe, SXM ("80GB HBM3") and NVL are
-different names because they are different speeds. An emulated profile's kind is its host GPU's
-(a t4 tier emulated on an H200 runs at the H200's speed). A run on several kinds has them all, and
-matches only the same set. On the CPU (no GPU name) the kind is "cpu": rows record no CPU model,
-and CPU speed is the host's, which no claim decides (a CPU runner pool that mixes CPU models gets
-speed comparisons between them; its tokens/s noise is what the too-noisy rule is for). A GPU run
-whose GPU name was not recorded has an unknown kind, which matches nothing: its speed is not
-compared.
-
-**A folder of baselines** (`--baseline DIR`, `python -m reports gate RUN DIR`): every `*.json` in
-it is read; the one of this run's profile, tier and device kind is chosen (the newest, if several).
-Where none is, the refusal lists what the folder holds (file, profile, tier, GPU) and the exact
-`pytest bench ... --save-baseline` command that makes the missing one. A file named explicitly is
-used whatever its GPU: that is how memory is gated against another GPU's baseline.
-`--save-baseline DIR` writes `<profile>-<tier>-<gpu>.json` into DIR (`save_target`).
-
-No torch here: the plugin reads this while it validates its options, before any case runs.
+"""Which baseline a run is gated against, and whether its speed can be compared with it: the
+device kind (`gpu_name` normalized), the choice from a folder of baselines, and the file name
+`--save-baseline DIR` writes (`save_target`). No torch here: the plugin reads this while it
+validates its options, before any case runs. See docs/gate.md#baselines-per-gpu-kind.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from qlora_core.families import Family
 from qlora_core.gpus import PROFILES
 from reports.frame import RunData
 from reports.markdown import md_table
@@ -37,9 +38,9 @@ def _dtype_point(df: pd.DataFrame) -> pd.DataFrame:
     lesson's (nf4 + double quant) factorial point when no fp32 row ran."""
     rows = quantized(df[df["status"] == "ok"]) if not df.empty else df
     rows = rows[present(rows["tokens_per_s"])] if not rows.empty else rows
-    anchors = family_rows(rows, "fp32")
+    anchors = family_rows(rows, Family.FP32)
     if anchors.empty:
-        anchors = family_rows(rows, "factorial")
+        anchors = family_rows(rows, Family.FACTORIAL)
         anchors = anchors[(anchors["quant_type"] == "nf4") & anchors["double_quant"]]
     if anchors.empty:
         return anchors
@@ -61,7 +62,7 @@ def _final_loss(row: pd.Series) -> str:
 
 
 def _stability_cells(df: pd.DataFrame, dtype: str) -> tuple[str, str]:
-    rows = family_rows(df, "stability")
+    rows = family_rows(df, Family.STABILITY)
     rows = rows[rows["compute_dtype"] == dtype] if not rows.empty else rows
     if rows.empty:
         return NOT_RUN, NOT_RUN

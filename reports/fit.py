@@ -1,18 +1,8 @@
 """The fit advisor: does a QLoRA setting fit a GPU as given, and if not, what is the smallest
 change that makes it fit (`python -m reports fit --gpu t4 --model llama-3.1-8b --batch-size 1
---seq-len 1024 --optimizer adamw_8bit`; the question's options: `reports.fit_query`)?
-
-The changes are the lesson's OOM ladder's knobs, applied to the setting alone or together
-(`changes`): a smaller batch with more accumulation (the tokens per optimizer step kept),
-gradient checkpointing, a shorter sequence. Smallest first: fewest halvings of the sequence (it
-changes what is trained, and the headline says so), then fewest knobs, then the lesson's order
-(batch before checkpointing), the larger batch first.
-
-Every number it prints is *predicted* by `reports.fit_model`, fitted to measured rows (default:
-the committed reference runs, `REFERENCE_DIR`; `--runs DIR...` chooses others), and shown beside
-the model's leave-one-configuration-out error on those rows (every row with `--show-held-out`).
-`tools/measure_fit.py` runs the setting and the answer for real and prints measured beside
-predicted (this package reads stored runs; it launches no case).
+--seq-len 1024 --optimizer adamw_8bit`; the question's options: `reports.fit_query`)? Every number
+is predicted by `reports.fit_model`; this package launches no case (`tools/measure_fit.py` does).
+See docs/fit.md.
 """
 
 from __future__ import annotations

@@ -1,39 +1,7 @@
-"""The fit advisor's memory model: a case's device peak from the suite's own measured rows.
-
-What is predicted is the *device footprint* of the training process: NVML's peak minus what the
-device used before the process started (`nvml_peak_gib - nvml_base_gib`). That is what decides
-whether a card holds the run: it includes the CUDA context and everything outside PyTorch's
-allocator, which `peak_reserved_gib` (and the emulated T4's allocator cap) does not see. A case
-fits a profile when its footprint is at most the profile's memory (`GpuProfile.total_gib`).
-
-A row's tokens are those its device trained per micro-batch, which is not always its case's
-batch (`trained_batch`): a single-process `Trainer` that sees several GPUs feeds each step
-`per_device_train_batch_size` x that many rows, all on the one GPU that holds a quantized model.
-
-    footprint = context                                   measured: nvml_peak - nvml_base - peak_reserved
-              + static                                    exact: the LoRA stage's allocation (weights,
-                                                          quantization statistics, prepare's fp32
-                                                          casts, the adapters), deterministic per
-                                                          weight configuration
-              + trainable x (4 + optimizer bytes/param)   fp32 gradients; optimizer bytes measured
-              + lm_head copy                              exact: autocast's 16-bit copy of the fp32
-                                                          lm_head that prepare leaves (vocab x hidden x 2)
-              + a_0 + tokens x (a_v x vocab + a_h x layers x hidden
-                                + a_p x layers x hidden for a prepared 4-bit model
-                                + a_n x layers x (hidden + intermediate) without checkpointing
-                                + a_8 x layers x (hidden + intermediate), int8 weights, checkpointed)
-
-The coefficients (a_0 in GiB, the others in bytes per token and unit of shape; `ACTIVATION_TERMS`)
-are fitted by least squares on the rows; they carry the logits and their gradient, the
-checkpointed hidden states (fp32 where prepare cast the norms), a layer's saved activations,
-what training allocates whatever the tokens (a_0), and the caching allocator's slack above what
-is allocated. a_8 is LLM.int8()'s: bitsandbytes' `MatMul8bitLt` keeps each int8 layer's input as
-an attribute of its autograd context, not through `save_for_backward`, so the saved-tensor hooks
-of transformers' default (non-reentrant) checkpointing never free it: under checkpointing an
-int8 model still holds every layer's linear inputs (Llama-2-7B b1 s512: 1.84 GiB more than its
-NF4 twin above the LoRA stage; the mechanism is a CPU test of `tests/reports/test_fit_model.py`). Engines that
-allocate alike (the core loop and Trainer peak to the byte alike) share one fit; SFTTrainer (its
-fused LM head, bf16 adapters) gets its own.
+"""The fit advisor's memory model: a case's device peak (NVML's peak minus what the device used
+before the process) from the suite's own measured rows: exact static terms plus activation
+coefficients (`ACTIVATION_TERMS`) fitted by least squares; `trained_batch` gives a row's tokens.
+See docs/fit.md#the-model and docs/fit.md#the-formula.
 """
 
 from __future__ import annotations

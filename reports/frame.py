@@ -1,19 +1,7 @@
-"""Results of a run as pandas: the one DataFrame every report, claim and gate reads.
-
-A run folder (its layout, reads and writes: `reports.run_folder`) holds `results.jsonl` (one
-Result per line, appended as cases finish; a case rerun by --resume appends again and the last
-line for a case hash and repeat wins), `environment.json`, and `measurements/<name>.csv` for
-in-process measurements that are not training cases (4-bit code tables, per-layer quantization
-error, kernel timings).
-
-The results frame is typed once, here, from the `Result` (`RESULT_FIELD_TYPES`) and `Case` field
-annotations: bools as pandas `boolean`, ints as nullable `Int64`, floats as `float64` (NaN = not
-measured), text as `str`; the per-step lists stay Python lists. Readers compare and mask columns
-directly, without guards.
-
-`RunData.results` holds one row per case, the fresh-process repeats of `--repeat N` folded
-(`reports.repeats`: median tokens/s, its spread and interval); `RunData.repeats` holds every
-repeat's own row.
+"""Results of a run as pandas: the one DataFrame every report, claim and gate reads, typed once
+from the `Result` and `Case` annotations. `RunData.results` holds one row per case (repeats
+folded, `reports.repeats`), `RunData.repeats` every repeat's own row.
+See docs/usage.md#the-results-frame.
 """
 
 from __future__ import annotations

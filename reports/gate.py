@@ -1,19 +1,8 @@
 """Release gating: a run compared against a stored baseline fails on regressions.
 
-A baseline (`reports.baseline`) holds per case id the case hash, the status, the gated metrics
-and their noise. `compare` matches a run's cases (repeats folded, `reports.repeats`) to it by case
-id and hash; each metric of a case ok on both sides is judged by its rule in `reports.gate_rules`
-(kernel time, tokens/s with significance and "too noisy to gate", memory, loss) against
-`Thresholds`. Any change of status fails (ok -> oom, and oom -> ok too: the baseline is stale); a
-changed case hash, a case on one side only, and a metric measured on one side only fail as well.
-
-A different library version is a flag, not a failure: judging a release bump is what the gate is
-for. A different GPU kind (`reports.baseline_choice`) is a flag too, and more: speed (tokens/s,
-kernel time) measured on another GPU measures the hardware, so it is not compared, each speed row
-says why, and so do the verdict and the summary ("speed not compared: baseline from X, run on
-Y"); memory, statuses and losses are still gated. With `require_speed` (`--require-speed`) a run
-whose speed could not be compared fails. A different profile or tier, and every kind of
-unreadable baseline, is a `BaselineError` (never a pass).
+`compare` matches a run's cases (repeats folded) to a baseline (`reports.baseline`) by case id and
+hash and judges each metric by its rule (`reports.gate_rules`). See docs/gate.md#the-gate and
+docs/gate.md#what-else-fails.
 """
 
 from __future__ import annotations

@@ -1,30 +1,7 @@
-"""The gate's rule per metric: one case that is ok on both sides, judged metric by metric.
-
-- **kernel_ms_per_step** (GPU kernel time per optimizer step) fails when it rises by more than
-  `kernel_ms_rise_pct`. Device time is stable across processes (0.2% at 8B b4 s2048), which
-  makes a tight limit fair.
-- **tokens_per_s** fails only when its median drops by more than `tokens_per_s_drop_pct` (the
-  minimum effect) AND the drop is significant over the repeats:
-  - 3 or more repeats on each side, enough for the test to reach p < `speed_alpha` (3 vs 3
-    cannot: its smallest p-value is 1/20 = 0.05): the one-sided Mann-Whitney U test (baseline
-    above this run) gives p < `speed_alpha`;
-  - otherwise: the 95% bootstrap intervals of the medians do not overlap (as asv does; a side of
-    one repeat is its single value);
-  - one repeat on both sides: the minimum effect alone decides, and the rule says so.
-  Before that, a case whose noise would need a limit more than twice the minimum effect (the
-  larger side's 95% interval half-width, or with one repeat its within-run relative IQR of step
-  times) is **too noisy to gate**: it fails unless `--allow-noisy`, then it is listed. A
-  host-bound case (`host_bound`, on either side) is gated on kernel time instead, where both
-  sides measured it: its wall time is the host's and jitters 10-40% between processes.
-- each **memory** metric fails when it rises by more than max(`memory_rise_pct` % of the baseline,
-  `memory_rise_min_mib` MiB); **final_loss** when it rises by more than `final_loss_rise_pct` %.
-
-A rise of speed, a drop of memory, loss or kernel time never fails. A metric measured on one
-side only fails (regenerate the baseline), except speed (tokens/s, kernel time) missing on a side
-that ran the case side by side (`qlora_core.process.side_by_side`): such a row measures no speed by
-design, and which case of a shareable family runs alone first, for the evidence that sharing is
-measured right, depends on the run's order (a shard's differs). That is `n/a`, with the reason,
-never a pass. Each comparison names its rule and its evidence.
+"""The gate's rule per metric: one case that is ok on both sides, judged metric by metric (kernel
+time, tokens/s with significance and "too noisy to gate", memory, loss) against `Thresholds`;
+each comparison names its rule and its evidence.
+See docs/gate.md#the-gate and docs/gate.md#what-else-fails.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from qlora_core.families import ladder_tag
 from reports.claims.issues import LADDER_STEPS, step_change
 from reports.frame import RunData
 from reports.markdown import md_table
@@ -50,7 +51,7 @@ def _sequence_note(fitting: pd.Series, first: pd.Series) -> str:
 def oom_ladder(run: RunData) -> str:
     """Peak memory at every ladder step, what each step saved, and the first step that fits."""
     title = "## OOM ladder: the lesson's solutions in order\n\n"
-    steps = {k: family_rows(run.results, f"ladder:{k}") for k in range(LADDER_STEPS)}
+    steps = {k: family_rows(run.results, ladder_tag(k)) for k in range(LADDER_STEPS)}
     present = [k for k, rows in steps.items() if not rows.empty]
     if not present:
         return title + f"{NOT_RUN}: no ladder rows in this run."

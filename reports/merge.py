@@ -1,19 +1,6 @@
-"""Merge run folders (the shards of one matrix, `pytest bench --shard I/N`) into one run folder.
-
-`merge_runs` writes a folder that `render`, `baseline` and `gate` read like any single run:
-- `results.jsonl`: the union of the shards' rows (the last row per case hash and repeat of each
-  shard, as `read_results_jsonl` reads it); the same row in two folders is kept once;
-- `cases/` joined; `measurements/<name>.csv` joined, rows in folder order, repeated rows once;
-- `results.csv` and `results.parquet` as a session writes them;
-- `environment.json`: the first shard's fields (profile, tier, GPU, versions) at the top,
-  every shard's environment under `shards`, every command under `commands`, and `merge` saying
-  what was merged, what is missing (`--partial`) and what differs between the shards (`flags`).
-
-Refused, before anything is written, with an error naming the cases or folders (`MergeError`):
-two rows for one case and repeat with different results; shards of different profiles, tiers or
-matrices; a case of the matrix no shard ran (unless `partial`, which claims.md then states).
-Different GPUs, drivers or library versions across shards are flagged, not refused: the rows
-carry their own, and the gate flags them against the baseline as for any run.
+"""Merge run folders (the shards of one matrix, `pytest bench --shard I/N`) into one run folder
+(`merge_runs`) that `render`, `baseline` and `gate` read like any single run; refused, before
+anything is written, with a `MergeError` naming the cases or folders. See docs/shards.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,7 @@
-"""How a training run on text ended, for the lesson's NaN advice: one classification per row.
-
-The lesson's "Loss: nan" section offers two remedies ("Reduce to 1e-4", "Use bfloat16"); the
-``nan`` family (qlora_core.matrix) trains the real model over a learning-rate grid in fp16 and
-bf16, through the core loop and the Trainer. Each row ends in one of four ways (`Outcome`):
-
-- non-finite at step k: the run recorded a non-finite loss (or, without a gradient scaler, a
-  non-finite gradient norm) at step k and stopped there (status nan, `first_nonfinite_step`);
-- no update: a gradient scaler skipped every optimizer step (its gradients overflowed each
-  time): the loss is finite but the adapters never moved, which is not "fine";
-- finite but diverging: the mean loss of the last `DIVERGE_WINDOW` steps is more than
-  `DIVERGE_MARGIN` above the first step's loss. Why this rule: the first step's loss is the model
-  before any update (every engine logs the loss the step's update starts from), the one clean
-  baseline: at a high rate the second step's loss already carries the first update, and a window
-  over the first steps would take in their spikes (bf16 at lr 0.1 on the CPU: 5.05, 4.19, 115).
-  Every step trains on new text, so single losses differ from batch to batch by up to ~20%;
-  the mean of the last three damps the end, the 25% margin covers the single baseline batch.
-  A working rate ends well below its start (fine-tuning lowers the loss on text within 20-30
-  steps); a run that ends more than 25% above it made the model worse, whether it climbed
-  steadily or spiked and only partly came back (that bf16 run ended at 11.7);
-- fine: none of the above.
-
-`nan_rows` is where the claims and the NaN table read these rows; `nan_table` is tables.md's
-section.
+"""How a training run on text ended, for the lesson's NaN advice: one classification per row
+(`Outcome`: non-finite at step k, no update, finite but diverging, fine). `nan_rows` is where the
+claims and the NaN table read these rows; `nan_table` is tables.md's section.
+See docs/matrix.md#the-nan-advice.
 """
 
 from __future__ import annotations
@@ -32,6 +12,7 @@ from enum import Enum
 
 import pandas as pd
 
+from qlora_core.families import Family
 from reports.frame import RunData
 from reports.markdown import md_table
 from reports.rows import family_rows, fval, is_nan_run, where
@@ -111,7 +92,7 @@ def outcome_text(row: pd.Series) -> str:
 def nan_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The learning-rate rows on text the NaN advice is judged on: the ``nan`` family, and the
     ``stability`` family's (older runs have only those; a case serving both appears once)."""
-    rows = pd.concat([family_rows(df, "nan"), family_rows(df, "stability")])
+    rows = pd.concat([family_rows(df, Family.NAN), family_rows(df, Family.STABILITY)])
     return rows[~rows.index.duplicated()] if not rows.empty else rows
 
 

@@ -1,43 +1,9 @@
 """Noise floors of a single-process speed comparison, by point class, with their evidence.
 
-A speed claim that has one process per row reads the ratio of two tokens/s widened by a noise
-floor (`reports.claims.speed`). How much two single processes of the same case differ depends on
-what paces the step (`qlora_core.engines.devicetime`):
-
-- *device-bound* rows (`host_bound` False: the GPU busy at least `HOST_BOUND_BELOW` of the step)
-  repeat closely between fresh processes; their floor is derived from the between-process
-  variation of device-bound cases run with `--repeat 3`, per GPU kind (`derive`);
-- *host-bound* rows (`host_bound` True) are the host's pace; the claims leave them out of speed
-  verdicts. Their variation is recorded here as evidence only (it is why they are left out);
-- *unmeasured* rows (no device time: the CPU, rows stored before it was measured) may be either,
-  and keep the conservative floor.
-
-The floors live in one data file, `reports/noise_floors.json`, each GPU kind's entry holding its
-value, the statistic, the reference folders it was derived from and every case behind it. Adding
-a GPU's evidence is a data change: `python -m reports.noise_floors derive FOLDER... --write`
-(folders of a `--repeat 3` run on that GPU); `python -m reports.noise_floors check` recomputes
-every stored entry from its stored folders and fails on any difference.
-
-How a per-process CV becomes a floor for a ratio of two single processes: model one process's
-tokens/s as mu x (1 + e), e between processes with standard deviation sigma (the between-process
-CV), independent for the two rows of a pair. Then a/b = (mu_a/mu_b) x (1 + e_a - e_b + ...),
-and e_a - e_b has standard deviation sqrt(2) x sigma: a 95% interval of mu_a/mu_b from one
-process each is the ratio x (1 +- 1.96 x sqrt(2) x sigma). sigma is not known; a CV of three
-processes has two degrees of freedom and may read below it. So sigma is taken as the *largest*
-sample CV over the N evidence cases, not their pooled value: cases differ in their noise (0.1% to
-0.6% on the H200), the floor must cover the noisiest one seen, and if all N shared one sigma, the
-largest of N three-process CVs would fall below it with probability (1 - 1/e)^N only (0.03 for
-N = 8). The floor is also never below the largest relative difference observed between two
-processes of one evidence case: a smaller floor would tell apart two processes of the same case.
-It is rounded up to 0.01%. A row whose own step times spread widely raises its pair's noise above
-this floor (`reports.claims.speed.speed_noise`): that guards against a disturbed process, which
-the evidence cases (undisturbed, as far as their spread says) do not stand for.
-
-Which cases are evidence: one GPU (`num_gpus` 1: the speed claims compare one-card rows; a
-multi-GPU rank paces with its collectives), no test-only knob (`extra` empty: the slowdown knob
-calibrates its added work per process from one warm-up step, so its processes differ by more
-than the machine's noise), every process ok with tokens/s, at least `MIN_PROCESSES` of them, all
-device-bound (or, for the host-bound record, all host-bound).
+The floors live in `reports/noise_floors.json`: `python -m reports.noise_floors derive FOLDER...
+--write` adds a GPU kind's entry from `--repeat 3` folders, `python -m reports.noise_floors check`
+recomputes every stored entry. See docs/gate.md#noise-floors and
+docs/gate.md#how-a-noise-floor-is-derived.
 """
 
 from __future__ import annotations

@@ -1,26 +1,8 @@
 """Losses and perplexities compared like for like: the rule every claim that compares them uses.
 
-**Same steps, same tokens** (`mismatch`). Rows compared by their training losses or by their
-held-out perplexity after training must have trained the same number of optimizer steps over the
-same tokens per step. The rows a claim pairs stand at the same point (equal on every case field
-but the one compared), and a case on text trains a fixed plan (`Case.fixed_steps`), so rows of one
-run agree; rows whose pacing added steps (adaptive measuring, a profiler window: runs made before
-text cases had a fixed plan) may not, and then the comparison is inconclusive and names the counts:
-"bf16 trained 36 steps x 8,192 tokens, fp16 32 steps x 8,192 tokens: not compared". A row that
-stopped at a non-finite loss ran only up to it: it is compared with a finite row that trained at
-least as far (that row went through the step where the other failed).
-
-**A statistic one batch cannot swing** (`last_losses`): the mean of the last `LAST_K` training
-losses. Every step trains on a new batch of text, and one batch's loss differs from the next by up
-to ~10% at the end of a run (the real model, 30 steps, b4 s512 on an H200: 2.50 to 2.76 within the
-last 8) and by ~20% over a run (`reports.nan`), far more than the 2% the bf16-quality claim resolves:
-a "final loss" is mostly its batch. The two rows of a pair trained on the same batches in the same
-order (same seed, data and shape; the first rule makes the steps the same), so the mean over the
-same last K steps compares the rows on equal text, and a batch on which one row alone spikes moves
-it by 1/K of that spike: with K = 8, one batch would have to differ by 16% between the rows to
-move the mean by 2%. K = 8 fits the text families' 20 (CPU) and 30 (GPU) steps while staying in
-the last part of the curve. Held-out perplexity (`ppl_after`, over up to 16 held-out windows) is
-such a statistic already: the perplexity claims read it, under the first rule.
+`mismatch` makes a comparison of rows of different steps or tokens per step inconclusive, naming
+the counts; `last_losses` is the mean of the last `LAST_K` training losses, a statistic one batch
+cannot swing. See docs/matrix.md#numerics-compared-like-for-like.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from qlora_core.families import Family
 from qlora_core.gpus import PROFILES
 from reports.frame import RunData
 from reports.rows import CPU_SPEED_LABEL, family_rows, group_by, num, present, quant_label, speed_is_measured
@@ -59,7 +60,8 @@ def memory_vs_seq_figure(run: RunData) -> Figure | None:
     reference rows; OOM points as crosses at the profile's memory line. Off the GPU the memory is
     the process's peak RSS."""
     df = run.results
-    rows = pd.concat([family_rows(df, "sweep"), family_rows(df, "reference")]).drop_duplicates("case_hash")
+    both = [family_rows(df, Family.SWEEP), family_rows(df, Family.REFERENCE)]
+    rows = pd.concat(both).drop_duplicates("case_hash")
     if rows.empty:
         return None
     on_gpu = present(rows["peak_reserved_gib"]).any()
@@ -147,7 +149,7 @@ def plot_tokens_per_s(run: RunData, path: Path) -> Path | None:
 
 def _quality_rows(run: RunData) -> pd.DataFrame:
     df = run.results
-    rows = family_rows(df, "quality")
+    rows = family_rows(df, Family.QUALITY)
     return rows[rows["status"].isin({"ok", "nan"})] if not rows.empty else rows
 
 

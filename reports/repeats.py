@@ -1,18 +1,6 @@
-"""Folding the fresh-process repeats of a case (`--repeat N`) into the one row reports read.
-
-Every repeat is its own row in results.jsonl (`Result.repeat`, 0-based). Tables, claims and the
-gate read one row per case, folded here:
-
-- the status is ok only when every repeat is ok; otherwise the row is the first non-ok repeat's
-  (its status, reason and measurements): a failing repeat is a recorded outcome, never hidden;
-- memory, losses and everything else come from the first ok repeat (memory is exact: a repeat
-  whose peak allocated memory differs by more than 1% is named in `repeat_memory_note`);
-- tokens/s, the median step time and the kernel time per step are the median of the per-repeat
-  values, with the between-process coefficient of variation, a 95% bootstrap interval of that
-  median and the per-repeat values themselves (the gate tests significance on them).
-
-With a single repeat the spread fields are None: one process says nothing about the noise
-between processes.
+"""Folding the fresh-process repeats of a case (`--repeat N`) into the one row reports read: the
+status ok only when every repeat is, memory and losses from the first ok repeat, tokens/s and
+kernel time the median with its spread and interval. See docs/usage.md#repeats.
 """
 
 from __future__ import annotations

@@ -1,21 +1,8 @@
 """The run folder, the contract every part shares: its layout, lock, writes, reads and schema.
 
 Every writer of a run folder (the pytest session, `python -m reports merge`, tools/run_cases.py,
-tools/measure_fit.py) and every reader goes through this module:
-- layout: `results.jsonl` (one Result per line; a case rerun appends again, the last line per case
-  hash, profile and repeat wins), `cases/<hash>.json` (each run's own Result, written atomically
-  by its child), `environment.json`, `measurements/<name>.csv`, `results.csv`/`.parquet`, and
-  `session.lock` while a session writes;
-- the lock (`lock_run_dir`, `holding_run_dir`): one writing session per folder;
-- writes: a row is appended whole or not at all, under the results file's own lock
-  (`append_result`); every other file is replaced atomically (`write_results`,
-  `write_environment`, `write_measurement`);
-- reads: `read_results` names every line it cannot read (`StoredResults.notes`), and
-  `repair_torn_tail` sets aside a last line cut mid-write;
-- schema: a row carries `schema_version` (`RESULT_SCHEMA_VERSION`), environment.json too
-  (`ENVIRONMENT_SCHEMA_VERSION`; a file without one is version 1). As asv's `Results` does with its
-  `api_version` and `update_to_N`, a reader refuses a newer version than it knows (`SchemaError`,
-  naming both) and migrates an older one step by step (`RESULT_MIGRATIONS`).
+tools/measure_fit.py) and every reader goes through this module.
+See docs/usage.md#the-run-folders-owner.
 """
 
 from __future__ import annotations

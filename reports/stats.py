@@ -1,16 +1,10 @@
-"""The few statistics the repeats and the release gate need, in plain Python (no scipy, no numpy).
-
-- `median`, `quantile` (linear interpolation between order statistics, numpy's default),
-  `rel_iqr` (interquartile range / median) and `cv` (sample standard deviation / mean);
-- `bootstrap_median_ci`: a percentile bootstrap interval of the median, seeded, so the same
-  values always give the same interval; `bootstrap_ratio_ci` the same for a ratio of medians
-  (the speed claims' "a ran at x times b's tokens/s");
-- `mann_whitney_greater`: the one-sided Mann-Whitney U test "the first sample tends to be
-  larger", with the exact p-value when there are no ties and a normal approximation (tie and
-  continuity corrected) when there are.
-
-Every function returns None where the statistic does not exist (too few values, a zero mean):
-a statistic that cannot be computed is not measured, never 0.
+"""The few statistics the repeats and the release gate need, in plain Python (no scipy, no numpy):
+`median`, `quantile` (numpy's default interpolation), `rel_iqr`, `cv`; `bootstrap_median_ci` and
+`bootstrap_ratio_ci` (seeded percentile bootstrap intervals of a median and of a ratio of
+medians); `mann_whitney_greater` (one-sided U test: exact p without ties, else a normal
+approximation, tie and continuity corrected). Every function returns None where the statistic does
+not exist (too few values, a zero mean): a statistic that cannot be computed is not measured,
+never 0.
 """
 
 from __future__ import annotations

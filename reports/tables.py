@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from qlora_core.families import Family, ladder_tag
 from reports import two_card_70b
 from reports.claims.calculation import LESSON_FORMULA_SIZES_B, nominal_size
 from reports.claims.memory_problem import (
@@ -233,7 +234,7 @@ def memory_by_precision(run: RunData) -> str:
 # -- T4 budget ------------------------------------------------------------------------------------
 def _budget_row(df: pd.DataFrame) -> tuple[pd.Series | None, str]:
     t4 = df[df["profile"] == "t4"] if not df.empty else df
-    rows = family_rows(t4, "ladder:0")
+    rows = family_rows(t4, ladder_tag(0))
     if rows.empty:
         profiles = ", ".join(sorted(set(df["profile"].astype(str)))) if not df.empty else "none"
         return None, f"{NOT_RUN} (no ladder:0 row on profile t4; this run: {profiles})"
@@ -303,7 +304,7 @@ def _speed_cells(df: pd.DataFrame) -> tuple[str, str]:
 
 
 def _quality_cells(df: pd.DataFrame) -> tuple[str, str]:
-    rows = family_rows(df, "quality")
+    rows = family_rows(df, Family.QUALITY)
     rows = rows[(rows["status"] == "ok") & present(rows["ppl_after"])] if not rows.empty else rows
     found = pairs(quantized(rows, "nf4"), sixteen_bit(rows), vary=QUANT_FIELDS)
     found = [(a, b) for a, b in found if a["double_quant"]] or found

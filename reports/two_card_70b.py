@@ -1,26 +1,7 @@
-"""The verdict on "70B on two 24 GB GPUs": FSDP-QLoRA's headline, decided on the
-configuration its recipe runs.
-
-The claim is not the lesson's (which says nothing about several GPUs, so it is no `Claim` of
-`reports.claims`): it is the headline of FSDP-QLoRA as Answer.AI published it, fine-tuning a 70B
-model on two 24 GB GPUs. Its recipe shards the 4-bit weights (stored in bf16) with FSDP and
-offloads the sharded parameters to the CPU (fsdp_qlora's `--use_cpu_offload`; the
-alignment-handbook's `fsdp_qlora.yaml` sets `fsdp_offload_params: true`). So the verdict reads the
-70B rows of a two-card 24 GB profile (`l4x2`) whose case has `cpu_offload` (the matrix plans it
-beside the same case without offload: `families.big_model_multigpu_cases`):
-
-- holds: the recipe's row trained and fits the card (`multigpu_table.card_fit`: ok under each
-  rank's allocator cap, and its per-GPU device peak at most the card's memory);
-- refuted: it ran out of memory under the cap, or its device peak is over the card; the corrected
-  statement says what it needed, where its uncapped rerun measured it (`rows.peak_figures`);
-- inconclusive: it ended otherwise (crashed, timed out, ...), measured no peak, or its
-  parameters were not on the host in training (`Result.precision.params_on_in_training`: the offload asked
-  for was not in effect);
-- not run: no such row.
-
-Each verdict also says what the same case without offload did (a 70B shard kept on each card), and
-what the host gave: each rank's peak RSS (rank 0's includes the model it loaded into CPU RAM).
-Numbers come from the rows only. The section is part of tables.md's multi-GPU section.
+"""The verdict on "70B on two 24 GB GPUs": FSDP-QLoRA's headline, decided on the configuration
+its recipe runs (the `cpu_offload` row of a two-card 24 GB profile, `l4x2`), with the same case
+without offload and each rank's host RAM beside it. Part of tables.md's multi-GPU section.
+See docs/multi-gpu.md#the-70b-on-two-24-gb-gpus-verdict.
 """
 
 from __future__ import annotations

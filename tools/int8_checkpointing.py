@@ -1,20 +1,7 @@
 """LLM.int8() LoRA under gradient checkpointing, reentrant or not, beside its NF4 twin (on a GPU).
 
-bitsandbytes' `MatMul8bitLt` (its CUDA training path) keeps each layer's input as an attribute of
-its autograd context, not through `save_for_backward`; the saved-tensor hooks of non-reentrant
-checkpointing (transformers' default) never see it, so every int8 layer's input stays alive until
-the backward. Reentrant checkpointing runs the forward without grad and keeps nothing. This tool
-measures what that costs: Llama-2-7B's shape (the suite's random checkpoint), b1 s512, loaded,
-prepared (with checkpointing) and given LoRA by the suite's recipe (`qlora_core.load`: r=16 on the
-seven projections), fp16 autocast, AdamW, 3 optimizer steps; it prints one JSON line: the
-allocator's peak above the LoRA stage.
-
-    python -u tools/int8_checkpointing.py int8 nonreentrant >> results.jsonl
-    python -u tools/int8_checkpointing.py int8 reentrant >> results.jsonl
-    python -u tools/int8_checkpointing.py nf4 nonreentrant >> results.jsonl
-
-Run each in a fresh process (the allocator's peak is per process). The mechanism itself is a CPU
-test (`tests/reports/test_fit_model.py`); the fit model's int8 term exists because of it.
+Prints one JSON line: the allocator's peak above the LoRA stage; run each in a fresh process.
+See docs/fit.md#llmint8-under-gradient-checkpointing.
 """
 
 from __future__ import annotations

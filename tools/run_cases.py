@@ -9,7 +9,10 @@ under the folder's lock (`reports.run_folder`), and `python -m reports render OU
         --case model=llama-3.1-8b,batch_size=4,seq_len=2048,engine=loop \\
         --case model=llama-3.1-8b,batch_size=4,seq_len=2048,engine=trainer
 
-A field's value is read as JSON when it parses (4, true, 2e-4), else as a string. `--repeat N`
+A field's value is typed like the Case field, as `pytest bench --force` reads it
+(`qlora_core.case_fields`: 4, true, 2e-4; a list field's items follow it, comma-separated:
+`target_modules=q_proj,v_proj`). `--gpu`, `--case-timeout`, `--repeat` and `--no-oom-rerun` are
+`pytest bench`'s, declared and checked once (`qlora_core.process.shared_options`). `--repeat N`
 runs every case N times, each in a fresh child, round by round (all cases, then all again), so
 drift hits every case alike; the reports fold the repeats (median tokens/s, its spread).
 """
@@ -17,7 +20,7 @@ drift hits every case alike; the reports fold the repeats (median tokens/s, its 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -25,10 +28,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from qlora_core.case_fields import case_from_text  # noqa: E402  (after the path)
+from qlora_core.families import Family  # noqa: E402
 from qlora_core.process.oom_need import run_case_measuring_need  # noqa: E402
-from qlora_core.process.request import DEFAULT_TIMEOUT_S, RunOptions  # noqa: E402
+from qlora_core.process.request import RunOptions  # noqa: E402
+from qlora_core.process.shared_options import (  # noqa: E402
+    GPU,
+    add_shared_options,
+    case_timeout_problem,
+    parse_gpu,
+    parse_repeat,
+)
 from qlora_core.process.spare import SparePool  # noqa: E402
-from qlora_core.result import Result, repeat_suffix  # noqa: E402  (after the path)
+from qlora_core.result import Result, repeat_suffix  # noqa: E402
 from qlora_core.spec import Case, CaseError  # noqa: E402
 from reports.run_folder import (  # noqa: E402
     RunFolderInUseError,
@@ -41,16 +53,7 @@ from reports.run_folder import (  # noqa: E402
 
 def parse_case(text: str) -> Case:
     """`field=value,field=value` -> a validated Case (every problem named at once)."""
-    fields: dict[str, object] = {}
-    for item in filter(None, text.split(",")):
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise CaseError([f"{item!r} is not FIELD=VALUE"])
-        try:
-            fields[key.strip()] = json.loads(raw)
-        except ValueError:
-            fields[key.strip()] = raw
-    return Case.from_dict(fields)
+    return case_from_text(text)
 
 
 def summary(result: Result) -> str:
@@ -62,48 +65,46 @@ def summary(result: Result) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpu", default="cpu", metavar="PROFILE", help="GPU profile. Default: cpu.")
+    # The default profile stays cpu here (pytest bench: auto), so a GPU is used only when named.
+    add_shared_options(parser.add_argument, defaults={GPU.flag: "cpu"})
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="the run folder")
-    parser.add_argument("--case", action="append", required=True, metavar="FIELDS", help="repeatable")
-    parser.add_argument("--case-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
     parser.add_argument(
-        "--repeat", type=int, default=1, metavar="N", help="fresh-process runs of each case. Default: 1."
-    )
-    parser.add_argument(
-        "--no-oom-rerun",
-        action="store_true",
-        help="do not rerun a case that ran out of memory under an emulated cap uncapped on the host GPU",
+        "--case", action="append", required=True, metavar="FIELD=VALUE,...", help="a case (repeatable)"
     )
     args = parser.parse_args(argv)
-    if args.repeat < 1:
-        print(f"run_cases: --repeat {args.repeat} must be an integer >= 1", file=sys.stderr)
+    problems: list[str] = []
+    profile, _, gpu_problem = parse_gpu(args.gpu)
+    repeat, repeat_problem = parse_repeat(args.repeat)
+    problems += [p for p in (gpu_problem, case_timeout_problem(args.case_timeout), repeat_problem) if p]
+    cases: list[Case] = []
+    for text in args.case:
+        try:
+            cases.append(parse_case(text))
+        except CaseError as error:
+            problems += [f"--case {text!r}: {problem}" for problem in error.problems]
+    if problems or profile is None:
+        print("run_cases options:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
-    try:
-        cases = [parse_case(text) for text in args.case]
-    except CaseError as error:
-        print(f"run_cases: {error}", file=sys.stderr)
-        return 2
+    options = RunOptions(profile=profile.name, timeout_s=args.case_timeout, families=str(Family.HAND_PICKED))
     try:
         with holding_run_dir(args.out):
             write_environment(args.out, {"commands": [shlex.join([sys.executable, *sys.argv])]})
-            run_all(args, cases)
+            run_all(args.out, cases, options, repeat or 1, not args.no_oom_rerun)
     except RunFolderInUseError as error:
         print(f"run_cases: {error}", file=sys.stderr)
         return 2
     return 0
 
 
-def run_all(args: argparse.Namespace, cases: list[Case]) -> None:
-    """Each case `args.repeat` times, round by round; each row appended as soon as it ends."""
+def run_all(out: Path, cases: list[Case], options: RunOptions, repeats: int, oom_rerun: bool) -> None:
+    """Each case `repeats` times, round by round; each row appended as soon as it ends."""
     with SparePool() as spares:  # no spare outlives the run, Ctrl-C included
         spares.prime()
-        for repeat, case in ((r, c) for r in range(args.repeat) for c in cases):
-            options = RunOptions(
-                profile=args.gpu, timeout_s=args.case_timeout, families="hand-picked", repeat=repeat
-            )
-            path = case_result_path(args.out, case.hash, repeat)
-            result = run_case_measuring_need(case, options, path, not args.no_oom_rerun, spares)
-            append_result(args.out, result)
+        for repeat, case in ((r, c) for r in range(repeats) for c in cases):
+            path = case_result_path(out, case.hash, repeat)
+            run = dataclasses.replace(options, repeat=repeat)
+            result = run_case_measuring_need(case, run, path, oom_rerun, spares)
+            append_result(out, result)
             print(summary(result), flush=True)
 
 

@@ -1,18 +1,8 @@
 """Training engines: how a case trains, one contract whichever engine runs it.
 
-`run_training(model, case, batches, device, on_step, plan, on_start)` trains a loaded, prepared LoRA model
-on `batches` (`plan.max_total_steps * grad_accum` micro-batches [batch_size, seq_len]) with the
-engine `case.engine` names, and returns `TrainStats`. The plan (`engines.pacing`) says how many
-steps are warm-up, measured (adaptive on CUDA; fixed for a case on text) and profiled for device
-time (`engines.devicetime`, CUDA); `engines.slowdown` is the test-only slowdown knob. The engines:
-
-- `loop` (`engines.loop`): the core loop, mixed precision under autocast as frameworks do it;
-- `trainer` (`engines.hf`): `transformers.Trainer`;
-- `sft` (`engines.hf`): TRL's `SFTTrainer`.
-
-Every engine trains the case alike (`engines.common`: clipping, weight decay, warm-up schedule)
-and fills the same fields: per-step synchronized times (warm-up excluded), losses, grad norms,
-the first non-finite step, optimizer-state bytes, and what mixed precision actually ran.
+`run_training(model, case, batches, device, on_step, plan, on_start)` trains a prepared LoRA model
+with the engine `case.engine` names (`loop`, `trainer`, `sft`) and returns `TrainStats`.
+See docs/engines.md#the-engine-contract.
 """
 
 from __future__ import annotations

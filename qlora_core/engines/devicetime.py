@@ -1,31 +1,8 @@
-"""Device time per optimizer step, from a short torch.profiler window after the measured steps.
+"""Device time per optimizer step, from a short torch.profiler window after the measured steps:
+`kernel_ms_per_step`, `kernels_per_step`, `comm_ms_per_step` and `gpu_busy`.
 
-Wall step time on a fast GPU is often the host's time: a small QLoRA step launches thousands of
-small kernels and the GPU waits on Python and the launch queue between them (PITFALLS.md,
-"Host-bound steps"). The profiler's kernel records are timed on the device (CUPTI), so their sum
-does not carry that jitter. Three figures per step come out of a window of `PROFILED_STEPS`
-extra optimizer steps, which never enter `step_ms`:
-
-- `kernel_ms_per_step`: the *sum* of kernel durations. A sum, not the union of busy intervals:
-  it is the device work the step asks for, additive (a known amount of added work raises it by
-  that amount, which the slowdown knob relies on) and independent of how kernels of different
-  streams happen to overlap. The union is what "busy" means, so it feeds `gpu_busy` instead.
-- `kernels_per_step`: kernels launched (copies and memsets are device activity, counted in the
-  times, not as kernels).
-- `comm_ms_per_step`: the sum of the communication kernels' durations (NCCL's, on a rank of a
-  multi-GPU case), kept *out of* `kernel_ms_per_step`: a collective's kernel starts when its rank
-  reaches it and ends when every rank has, so its duration holds the wait for the slowest peer,
-  not work this device does. Counted in, they made an FSDP rank's "kernel time" 8x the one-card
-  case's on the H200 (2,097 vs 251 ms per step). 0 on one GPU.
-- `gpu_busy`: the union of the device's busy intervals per step over the *median measured wall
-  step* (the unprofiled steps). Not over the profiled steps' own wall time: CUPTI's per-launch
-  callbacks slow the host, so a host-bound step takes longer under the profiler and would look
-  even less busy than it is; the device-side durations are not slowed. A ratio above 1 (only
-  possible through step-to-step variation of the wall time) is clamped to 1. Communication
-  kernels count as busy: a device in a collective waits on its peers, not on its host.
-
-`reduce_device_spans` is the pure reduction (spans -> figures), tested on the CPU with real
-profiler output from CPU ops and with hand-built spans; `ProfileWindow` runs the profiler.
+`reduce_device_spans` is the pure reduction (spans -> figures); `ProfileWindow` runs the profiler.
+See docs/engines.md#device-time-per-step.
 """
 
 from __future__ import annotations

@@ -1,31 +1,7 @@
 """The trainer engines: transformers' `Trainer` and TRL's `SFTTrainer`, set up as the lesson's
-readers write them, fed the same token batches as the core loop.
-
-Both get `TrainingArguments` (an `SFTConfig` for TRL) with the case's batch size, gradient
-accumulation, checkpointing, fp16/bf16, optimizer, step count, learning rate and the loop's
-warm-up schedule; no evaluation, saving or reporting. What they do with it is theirs: accelerate
-applies autocast and, for fp16 on a GPU, a gradient scaler; SFTTrainer computes the loss through
-its fused LM head and casts QLoRA adapters to bf16. The row reports what actually ran (autocast,
-scaler, adapter dtypes) read from the trainer once it is built, before the first step, so that a
-run that fails in training keeps them too (`on_start`).
-
-**SFTTrainer with fp16 on a quantized model** (trl 1.16.0, `trl/trainer/sft_trainer.py`): line
-710 sets `_is_quantized_model` from the model's `is_loaded_in_4bit`/`is_loaded_in_8bit` (a
-PeftModel forwards them from its base), and lines 902-911 cast every trainable parameter but
-DoRA's magnitude to bfloat16 when it is set, whatever `fp16`/`bf16` say. Under `fp16=True` on a
-GPU, accelerate's gradient scaler then meets bf16 gradients at the first unscale (the Trainer's
-gradient clipping) and torch refuses them (`outcomes.GRAD_SCALER_BF16`). That is what a reader
-gets who builds the PeftModel and passes `SFTConfig(fp16=True)` (or passes `peft_config` instead:
-the same cast): the case ends `unsupported`, its reason naming the cast measured at init. On the
-CPU accelerate has no fp16 scaler, and the same case trains with bf16 adapters.
-
-accelerate gives fp16 no autocast and no scaler on the CPU (`Accelerator` sets `native_amp` only
-for a non-CPU device), so an fp16 case on the CPU trains in the model's own dtypes there; bf16
-on the CPU runs under CPU autocast.
-
-Measuring choices, none of which changes training: one log per step (`logging_steps=1`) with the
-NaN filter off (`logging_nan_inf_filter=True`, the default, would replace a NaN loss in the log
-by the mean of the previous ones), no progress bar, a temporary output directory.
+readers write them, fed the same token batches as the core loop; the row records what mixed
+precision actually ran. See docs/engines.md#the-trainer-engines and, for SFTTrainer's bf16 cast
+under fp16, docs/engines.md#sfttrainer-with-fp16-on-a-qlora-model-fails-on-a-gpu.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
-"""The core loop, with mixed precision as training frameworks apply it.
-
-fp16/bf16 compute: the forward and the loss run under `torch.autocast` of the compute dtype, the
-backward outside it; fp16 adds a gradient scaler as `Trainer(fp16=True)` does (the loss scaled
-before backward, gradients unscaled before clipping, an overflowing step skipped and counted).
-fp32 compute: no autocast. The 16-bit LoRA reference runs the same way.
-
-Without autocast nobody trains QLoRA: after `prepare_model_for_kbit_training` the norms,
-embeddings and lm_head are fp32, peft's adapters are fp32 and `Linear4bit` returns the input's
-dtype, so everything but the 4-bit matmuls would run in fp32.
-
-On the CPU the loop does exactly what it does on CUDA: torch's CPU autocast supports bf16 and
-fp16 (torch 2.13: `torch.autocast("cpu", dtype=torch.float16)` casts matmuls to fp16) and
-`torch.amp.GradScaler("cpu")` scales, unscales and skips through the same kernels. (accelerate,
-and so Trainer, turns fp16 on the CPU into no autocast and no scaler: see `hf.py`.)
+"""The core loop, with mixed precision as training frameworks apply it: the forward and loss under
+`torch.autocast` of the compute dtype, fp16 with a gradient scaler, on CUDA and the CPU alike.
+See docs/engines.md#the-core-loop.
 """
 
 from __future__ import annotations

@@ -1,32 +1,8 @@
 """How many steps a case runs and what each one is for: warm-up, measured, profiled.
 
-`Case.measured_steps` is the minimum of measured steps. With adaptive measuring on (the default on
-CUDA, where the time is the point; off on the CPU, so the CPU tests are deterministic), the
-engines keep measuring, as `torch.utils.benchmark.Timer.adaptive_autorange` does, until the
-relative IQR of the measured step times is under a target, the spread shows the target out of
-reach, the measuring budget is spent or the step cap is reached; `stop_reason` says which
-("fixed" when adaptive measuring is off). Then,
-when the plan has a profiler window (CUDA), `PROFILED_STEPS` more steps are profiled for device
-time (`devicetime`), never timed. The learning-rate schedule (`constant_with_warmup`) is constant
-after warm-up, so training does not depend on how many steps were measured.
-
-A case of `Case.fixed_steps` (one on text: the quality, stability and nan families) has a fixed
-plan by construction, whatever the device or the run's options: exactly its warm-up and measured
-steps, never adaptive (`fixed_plan`). Its losses and perplexity are compared between rows; steps
-that the device's pace added to one row of a pair (bf16 36 steps against fp16's 32 on an H100)
-made "final loss" mean different steps. A profiler window, where the plan has one (CUDA, the case
-alone on the device), takes the last `PROFILED_STEPS` of its measured steps instead of adding its
-own: profiled steps train too, and a window that only a case run alone has would make the same
-case train 33 steps alone and 30 side by side. Its kernel time stays measured (the gate's rule
-for a host-bound row reads it); its wall time is taken over the steps before the window.
-
-`StepClock` walks a plan step by step; the loop and the trainer engines drive it alike.
-
-The ranks of a multi-GPU case stop together (`every_rank_agrees`): each reads its own clock, so
-left alone one rank would stop measuring a step before another and leave it blocked for ever in
-the next step's collective (the DDP case of the two-GPU test hung so; its stacks showed rank 0 in
-the Trainer's end-of-training broadcast and rank 1 still in its epoch). A rank keeps the first
-reason it had to stop and measures on until every rank has one.
+`plan_steps` / `fixed_plan` make the plan, `StepClock` walks it step by step (the loop and the
+trainer engines drive it alike), `every_rank_agrees` stops a multi-GPU case's ranks together.
+See docs/engines.md#the-step-plan.
 """
 
 from __future__ import annotations

@@ -1,28 +1,7 @@
 """A test-only slowdown knob: `Case.extra=(("slowdown", "PCT"),)` adds PCT% of the step's device
-time as device work to every step after warm-up, inside the timed region, in every engine.
-
-It exists to show that the speed measurements and the gate see a known regression: the work is
-a fixed matmul on the device, so it shows in kernel time, and in wall time where the device is
-what the step waits on. Calibrated once, after the warm-up steps, on one of two bases:
-
-- **kernel time**, wherever the run measures it (a plan with a profiler window: CUDA). The last
-  warm-up step runs under the profiler; its kernel time (`devicetime.reduce_device_spans`, the
-  same sum `kernel_ms_per_step` is) is the base, and a matmul's kernel time, profiled the same
-  way, the grain. Each later step then runs round(PCT% x base / matmul) matmuls, so kernel time
-  rises by PCT% whether the step is device-bound or host-bound. The base was wall time before:
-  on a host-bound step (GPU busy ~30%) "5" added ~15% of kernel time, 10-19% measured on 3B b4
-  s512 cases on an H100, and 5.0% on a device-bound one. On a host-bound step the added kernels
-  may fill the device's idle time, so wall time rises by less than PCT%, or not at all: that is
-  what such a step is (its gate reads kernel time). With one warm-up step the profiled step is
-  the first, which also holds one-off kernels (the optimizer's states created); two (the
-  default) leave it out.
-- **wall time**, where no kernel time is measured (the CPU, whose "device" is the host): the
-  median warm-up step (the first left out when there are others: it pays one-off costs) is the
-  base and a matmul's synchronized wall time the grain, so the step takes PCT% longer.
-
-`ms_per_step` is what was added on that basis, as calibrated; `basis` says which. Like the fault
-knob, it is part of the case's id, so it cannot hide in a matrix; it is parsed, without torch,
-where the fault knob is (`faults.slowdown_of`).
+time as device work to every step after warm-up, inside the timed region, in every engine, so
+that the speed measurements and the gate can be shown a known regression.
+See docs/gate.md#how-the-slowdown-knob-is-calibrated.
 """
 
 from __future__ import annotations

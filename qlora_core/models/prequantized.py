@@ -1,16 +1,7 @@
-"""Pre-quantized bitsandbytes 4-bit checkpoints of a shape, built one tensor at a time.
-
-A 70B shape's 16-bit checkpoint is 138 GB: more than the GPU machine's disk. This writer never
-holds more than one 16-bit weight: it walks the shape's parameters on the meta device in the order
-`shapes.write_shape_checkpoint` draws them (same seed, same generator, so the same values), draws
-each on `device`, quantizes each decoder linear weight with bitsandbytes' own `Params4bit`, and
-writes what transformers' `save_pretrained` writes for a bnb 4-bit model: the packed weight (in
-the storage dtype) and `QuantState.as_dict(packed=True)` under `<name>.weight.*`, every other
-tensor as it is, in safetensors shards with an index, plus `config.json` carrying the
-`quantization_config`. `AutoModelForCausalLM.from_pretrained(path)` loads it as users load a
-pre-quantized checkpoint (the quantization settings come from the checkpoint).
-
-Peak memory: one 16-bit tensor on the device, one shard (`_SHARD_BYTES`) on the host.
+"""Pre-quantized bitsandbytes 4-bit checkpoints of a shape, built one tensor at a time (a 70B
+shape's 16-bit checkpoint, 138 GB, never exists), loadable as users load a pre-quantized
+checkpoint. Peak memory: one 16-bit tensor on the device, one shard (`_SHARD_BYTES`) on the host.
+See docs/matrix.md#70b-on-one-card.
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
 """Multi-GPU cases: the accelerate config, the launch, and one row from the ranks.
 
-A case of `num_gpus > 1` runs as the user's recipe does: `accelerate launch` with a config the
-suite writes per case (FSDP wrapping each transformer layer, or DDP), which starts one process per
-rank through torchrun; each rank runs the child's stages (`qlora_core.process.rank`) and trains with
-`transformers.Trainer`, which takes the FSDP plugin from the launcher's environment and wraps the
-LoRA model with peft's auto-wrap policy and the 4-bit storage dtype as FSDP's parameter dtype.
-
-The process tree, and why every rank dies with the case:
-
-    runner -> python -m qlora_core.process.distributed REQUEST CONFIG    (own session; becomes, by exec,)
-              python -m accelerate.commands.launch ...           (`accelerate launch`: torchrun's agent)
-                -> python -m qlora_core.process.rank REQUEST             (one per rank, each in a session of
-                                                                  its own: torchrun's choice)
-
-The launcher dies with the runner (PDEATHSIG set before the exec) and each rank with the launcher
-(`qlora_core.process.rank`); a timeout or an interrupt takes down the launcher's group and the groups of
-every rank (`process_groups`, collected before anything is signalled). A rank that ends other than
-ok exits 1, so torchrun stops the others at once instead of leaving them blocked in a collective.
-
-Each rank writes its own Result (`rank_result_path`); `merge_rank_files` makes the case's row
-(fields in `Result`'s "multi-GPU" block). This module imports no torch at import time: the
-runner imports it.
+`launch_command` starts `python -m qlora_core.process.distributed REQUEST CONFIG`, which execs
+`accelerate launch` of one `qlora_core.process.rank` per GPU; `merge_rank_files` makes the case's
+row from the ranks' Results. No torch at import time: the runner imports it.
+See docs/multi-gpu.md#the-process-tree.
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
-"""How a case's first process starts: one `launch(request)` over three launchers.
-
-As optimum-benchmark's launchers hide whether a benchmark runs inline, in a process or under
-torchrun, `launch` hides how a case's child starts, and the runner waits for what it returns
-alike (`runner.run_case`):
-
-- `launch_accelerate`: a multi-GPU case, `python -m qlora_core.process.distributed REQUEST CONFIG`, which
-  becomes `accelerate launch` of one `qlora_core.process.rank` per GPU (`qlora_core.process.distributed`);
-- `launch_spare`: a single-GPU case handed to a warm spare of the pool (`qlora_core.process.spare`), a
-  child whose imports are already done;
-- `launch_cold`: a fresh interpreter, `python -m qlora_core.process.child REQUEST`.
-
-Each writes the request file (`request.ChildRequest`) first. Every first process runs in a session
-of its own (the runner kills its group whole) and writes to the case's log; a spare writes to its
-own log, which the runner moves into place when the case is over.
+"""How a case's first process starts: one `launch(request)` over three launchers
+(`launch_accelerate`, `launch_spare`, `launch_cold`); the runner waits for what it returns alike.
+See docs/design.md#how-a-cases-process-starts.
 """
 
 from __future__ import annotations

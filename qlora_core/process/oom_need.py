@@ -1,17 +1,9 @@
-"""What an OOM needs: a case that ran out of memory under a cap, rerun uncapped.
-
-An emulated profile (a T4 on an H200) caps each child's allocator at the profile's memory, so an
-OOM there is the right verdict, but it says nothing about by how much the case misses. When the
-host GPU has more memory than the cap, the same Case runs again in a fresh child without the cap
-(`RunOptions.uncapped`): only memory is wanted, so it runs `pacing.MEMORY_ONLY_STEPS` fixed steps
-(no warm-up, no adaptive pacing, no profiler window; enough for the peak to hold the optimizer's
-states), and
-the rerun's memory is folded into the capped row as the `needed_*` fields (`result.NEEDED_OF`).
-The capped row keeps `status="oom"`; the rerun's whole Result is kept beside the case's own
-(`cases/<hash>-uncapped.json` and its `.log`), so nothing it measured is lost.
+"""What an OOM needs: a case that ran out of memory under a cap, rerun uncapped in a fresh child,
+its memory folded into the capped row as the `needed_*` fields.
 
 The parent side only: callers (the pytest plugin's session, `tools/run_cases.py`) call
 `run_case_measuring_need` instead of `runner.run_case`. No torch is imported here.
+See docs/oom-needs.md.
 """
 
 from __future__ import annotations

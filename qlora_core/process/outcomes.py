@@ -1,19 +1,6 @@
-"""How an exception raised while running a case becomes the case's outcome (a `Status`).
-
-The statuses mean different things to a reader and to `--resume` (`result.FINAL_STATUSES`):
-
-- `config_error`: the Case or its arguments failed validation: a `CaseError` (ours; also what
-  the loader raises when the model refuses the case, e.g. target modules it does not have) or an
-  `UnknownProfileError`. Final: rerunning the same case cannot help.
-- `missing_model`: the model cannot be provided here (`ModelUnavailableError`); reruns.
-- `oom`: the allocator could not serve an allocation. Final (a fact about the case on that GPU).
-- `cuda_error`: a CUDA error poisoned the process (device-side assert, illegal access); reruns.
-- `unsupported`: a library refused the case in a way recognised below (`RECOGNISED_REFUSALS`),
-  e.g. no kernel for this dtype on this device. Final, and a finding (the bench xfails it, as an
-  OOM). A message that merely contains "not supported" is not enough: it must match a refusal we
-  know.
-- `crashed`: everything else, including a `ValueError`/`KeyError`/`TypeError` from a bug in our
-  own code; the row keeps the traceback and `--resume` reruns it.
+"""How an exception raised while running a case becomes the case's outcome (a `Status`): a
+recognised library refusal (`RECOGNISED_REFUSALS`) is `unsupported`, anything unrecognised is
+`crashed`. See docs/design.md#statuses for what each status means to a reader and to `--resume`.
 """
 
 from __future__ import annotations

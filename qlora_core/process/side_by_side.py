@@ -1,29 +1,6 @@
-"""Cases that may share the device: cases that read no speed run several at once.
-
-A case is run alone, in a fresh child, so that its speed and the device's used memory are its own.
-Some cases need no speed: the families in `matrix.SHAREABLE_FAMILIES` read losses, gradient norms,
-the first non-finite step and perplexity, which do not depend on what else runs on the device,
-or memory: the allocator's peaks, which are per process, and NVML's per-process line. On an
-emulated profile the host GPU holds many emulated cards' memory (an H200 holds nine T4 caps), so
-those cases can run side by side, each capped like its card. In the t4 default tier they are 34
-of 46: SmolLM2 on real text (30 host-bound steps, ~21 s each alone on the H200) and the memory
-families' 3B, 7B and 8B cases. On a real card of the profile they share it too, each capped at a
-share sized from its estimated need (`qlora_core.lanes`): the shares of the cases running at once
-fit the card (`Job.share_gib`, the `budget_gib` of `run_side_by_side`), and a lane's OOM is not
-the profile's verdict: the case runs again alone (the session does, `lanes.lane_rerun_reason`).
-
-What a side-by-side row does not have (None, never a number another process shared): its
-speed. Step times are kept as measured but not summarized (no tokens/s), there is no profiler
-window (kernel time, GPU busy), and the steps are the case's own, fixed (adaptive pacing reads step
-times). Its device memory is NVML's per-process line for its own process
-(`measure.NVML_PROCESS`: `nvml_scope`, base 0), not the device-wide "used" that the other cases
-count in; alone, a case samples both and they agree (`nvml_own_peak_gib`), which the GPU tests
-hold. Its cap's CUDA context is read from that line too (`Result.hardware.context_gib`), which is why a GPU
-session shares only after a row of its own showed that the list names its processes
-(`sharing_supported`). Each row says how many cases shared the device at most
-(`Result.hardware.side_by_side`).
-
-The parent side only; children are started by `runner.run_case`, one thread each.
+"""Cases that may share the device: cases that read no speed run several at once, each in its own
+child (`run_side_by_side`), capped like its card or at its share of a real card; their rows have
+no speed. The parent side only. See docs/side-by-side.md#side-by-side.
 """
 
 from __future__ import annotations

@@ -1,35 +1,8 @@
 """Warm spare children: a case's child whose imports are already done when its case arrives.
 
-Importing torch and transformers costs a case 5-15 s of its wall time, before any of its work.
-A `SparePool` keeps spares (two: `SPARE_DEPTH`), each a fresh interpreter (`python -m
-qlora_core.process.spare PID`, never a fork) that has imported what can be imported without
-touching the device (`SPARE_IMPORTS`), prints `SPARE_READY` and blocks on its stdin.
-`launch.launch` hands the next single-GPU case to the oldest (the request's path, one line) and
-the spare becomes that case's child (`child.child_main`), with every guarantee of a cold one: its
-own session and process group (killed whole on a timeout or an interrupt), SIGKILL when the
-parent dies (PDEATHSIG, set before its imports), the environment of `request.child_env()` (a
-spare started under another environment is discarded, not used).
-
-When a spare starts: as soon as the running case has started. Its imports overlap the whole of that
-case (at low priority, `SPARE_NICE`, on one of the host's other cores: a host-bound step's one
-dispatching thread keeps its core, a device-bound step's time is the GPU's), so even a case that
-ends early (an OOM at its first step, ~10 s on the H200) leaves a spare that is ready or nearly.
-The spare returns to its own priority at hand-over, where the process may do so (root or
-RLIMIT_NICE); elsewhere it imports at normal priority, so that a case never runs niced.
-
-What a spare imports: always `SPARE_IMPORTS`, which touch no device. bitsandbytes, peft and
-transformers' Trainer (`LIBRARY_IMPORTS`, ~3 s of every case on the H200's host) initialise
-torch's CUDA state when imported (bitsandbytes reads the device's capability), and a spare waits
-while another case runs, whose device memory (NVML, device-wide) must not see a second process.
-So the pool imports them in a spare only on proof that they create no CUDA context here: the
-first spare (`SparePool.prime`, started before any case runs) imports them and reports whether
-any device got a primary context (`primary_contexts`); later spares import them only if it
-reported none. Without that proof (no `prime`, a context seen, a probe that died) the libraries
-stay in the case (`Result.timing.import_s`), as before.
-
-A spare that dies before its request is replaced: `take` discards a dead one; one that dies
-between `take` and reading its request leaves no Result file, and the runner then runs the case
-cold (never a lost case). Multi-GPU cases are launched by `accelerate launch` as before.
+A `SparePool` keeps spares (`python -m qlora_core.process.spare PID`), each blocked on its stdin
+after its imports; `launch.launch` hands the next single-GPU case to the oldest, which becomes
+that case's child with every guarantee of a cold one. See docs/side-by-side.md#warm-spares.
 """
 
 from __future__ import annotations

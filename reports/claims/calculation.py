@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from qlora_core.families import Family
 from reports.claims.common import in_range, lesson_sized, modules_label, select, with_note, within
 from reports.claims.model import ON_GPU, Claim, Evaluation, holds, inconclusive, not_run, refuted
 from reports.claims.points import Judged, left_out_text, points_text, with_needed
@@ -202,7 +203,7 @@ def check_activation_overhead(run: RunData) -> list[Evaluation]:
     (the lesson's T4 budget point b4 s2048 among them); a point that ran out of memory under the
     cap is judged by what its uncapped rerun needed, labelled so; a point with no figure at all
     keeps the claim from holding, and so does a run without the budget point (a shard of a tier)."""
-    judged_all = with_needed(on_gpu(family_rows(run.results, "sweep")))
+    judged_all = with_needed(on_gpu(family_rows(run.results, Family.SWEEP)))
     rows = select(judged_all.rows, "sweep", ("peak_alloc_gib", "lora_alloc_gib"))
     if isinstance(rows, Evaluation):
         return [rows]

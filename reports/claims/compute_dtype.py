@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from qlora_core.families import Family
 from qlora_core.gpus import PROFILES
 from reports.claims.common import lower_better, select
 from reports.claims.model import ON_GPU, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
@@ -80,7 +81,7 @@ def check_dtype_speed(run: RunData) -> list[Evaluation]:
 
 def stability_pairs(df: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
     """(fp16 row, bf16 row) of the stability family at the same learning rate and point."""
-    rows = family_rows(df, "stability")
+    rows = family_rows(df, Family.STABILITY)
     rows = rows[rows["status"].isin({"ok", "nan"})]
     return pairs(
         rows[rows["compute_dtype"] == "fp16"], rows[rows["compute_dtype"] == "bf16"], ("compute_dtype",)
@@ -89,7 +90,7 @@ def stability_pairs(df: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
 
 def stability_gate(df: pd.DataFrame) -> list[Evaluation]:
     """not_run / inconclusive when the stability family cannot answer at all; [] when it can."""
-    fam = family_rows(df, "stability")
+    fam = family_rows(df, Family.STABILITY)
     if fam.empty:
         return [not_run("no stability rows in this run")]
     if not stability_pairs(df):

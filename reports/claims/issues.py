@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from qlora_core.families import Family, ladder_tag
 from reports.claims.common import select
 from reports.claims.model import ON_GPU, Claim, Evaluation, Verdict, holds, inconclusive, not_run, refuted
 from reports.claims.points import DEVICE_BOUND_POINT, points_text, with_needed
@@ -87,7 +88,7 @@ def check_oom_ladder(run: RunData) -> list[Evaluation]:
     run holds and one that turned a run into an OOM is refuted.
     """
     df = run.results
-    steps = {k: family_rows(df, f"ladder:{k}") for k in range(LADDER_STEPS)}
+    steps = {k: family_rows(df, ladder_tag(k)) for k in range(LADDER_STEPS)}
     out = []
     for k in range(1, LADDER_STEPS):
         prev, cur = steps[k - 1], steps[k]
@@ -144,7 +145,7 @@ def check_gc_activations(run: RunData) -> list[Evaluation]:
     gc_off = rows[~rows["gradient_checkpointing"]]
     found = pairs(gc_on, gc_off, vary=("gradient_checkpointing",))
     if not found:
-        fam = family_rows(df, "gc")
+        fam = family_rows(df, Family.GC)
         if fam.empty:
             return [not_run("no rows with and without checkpointing at the same point")]
         return [

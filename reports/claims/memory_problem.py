@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from qlora_core.families import Family
 from qlora_core.gpus import PROFILES
 from reports.claims.common import select, within
 from reports.claims.model import ON_GPU, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
@@ -267,7 +268,7 @@ COMFORT = 0.10  # "comfortably": at least this share of the T4 left at the peak
 def check_t4_fits_7b(run: RunData) -> list[Evaluation]:
     """Claim "a 7B model fits comfortably in T4's 15GB": 7-8B QLoRA compat rows on t4."""
     df = run.results
-    rows = quantized(seven_b_rows(family_rows(df, "compat")))
+    rows = quantized(seven_b_rows(family_rows(df, Family.COMPAT)))
     if rows.empty:
         return [not_run("no 7-8B QLoRA compat row on t4")]
     total = PROFILES["t4"].total_gib

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from qlora_core.families import Family
 from reports.claims.common import lower_better, measurement, select, within
 from reports.claims.model import Claim, Evaluation, holds, inconclusive, not_run, refuted
 from reports.frame import RunData
@@ -133,7 +134,7 @@ def check_nf4_quality(run: RunData) -> list[Evaluation]:
     """NF4 vs FP4: held-out perplexity (before and after training), reconstruction error, bytes."""
     df = run.results
     out: list[Evaluation] = []
-    quality = select(family_rows(df, "quality"), "quality", ("ppl_before",))
+    quality = select(family_rows(df, Family.QUALITY), "quality", ("ppl_before",))
     if isinstance(quality, Evaluation):
         out.append(dataclasses.replace(quality, condition="perplexity"))
     else:

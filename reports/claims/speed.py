@@ -1,22 +1,7 @@
-"""How a speed claim compares two rows: the ratio of their tokens/s, the interval around it, and
-whether the point was device-bound at all.
-
-A verdict on speed reads an interval, not a point estimate:
-- with repeats (`--repeat N`, N >= 2, on both rows) the interval is the 95% percentile-bootstrap
-  interval of median(a) / median(b) over the per-process tokens/s (`reports.stats`);
-- with one process per row it is the ratio widened by the noise floor of the pair's point class
-  (`speed_noise`, `reports.noise_floors`): for two device-bound rows, the floor derived from
-  device-bound cases repeated in fresh processes on the rows' GPU kind; for rows that never
-  measured device time, the conservative floor. The basis names the floor and its evidence.
-
-A claim holds where that interval lies inside the lesson's range, is refuted where it lies
-wholly outside, and is inconclusive only where it straddles a bound (`place`).
-
-Host-bound rows (`host_bound`: the GPU busy for less than the threshold of the step, see
-`qlora_core.engines.devicetime`) are left out of speed verdicts: their tokens/s is the host's
-pace (Python, kernel launches), which moves with the machine's CPU and load, not with what the
-lesson compares. A row that never measured device time (the CPU, rows stored before it was
-measured) is not known to be host-bound and is judged.
+"""How a speed claim compares two rows: the ratio of their tokens/s, the interval around it
+(bootstrap over repeats, or the noise floor of the pair's point class: `speed_noise`), where it
+lies against the lesson's range (`place`), and whether the point was device-bound at all.
+See docs/gate.md#how-a-speed-claim-reads-its-interval.
 """
 
 from __future__ import annotations

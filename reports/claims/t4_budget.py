@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from qlora_core.families import ladder_tag
 from qlora_core.gpus import PROFILES
 from reports.claims.common import within
 from reports.claims.model import ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
@@ -131,7 +132,7 @@ def needed_miss_text(row: pd.Series) -> str:
 def check_t4_budget(run: RunData) -> list[Evaluation]:
     """The T4 budget table for 8B at batch 4, seq 2048: the ladder:0 row, component by component."""
     df = run.results
-    rows = family_rows(df, "ladder:0")
+    rows = family_rows(df, ladder_tag(0))
     if rows.empty:
         return [not_run("no ladder:0 row (8B, b4, s2048, 8-bit Adam, no checkpointing) on t4")]
     row = rows.iloc[-1]

@@ -12,6 +12,7 @@ import math
 
 import pandas as pd
 
+from qlora_core.families import Family
 from reports.claims.common import select
 from reports.claims.memory_problem import WEIGHTS_TOL, weights_by_precision
 from reports.claims.model import ON_A100, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
@@ -46,7 +47,7 @@ MIN_FINETUNE_TOKENS = 50_000  # tokens trained before a fine-tuned quality gap i
 def check_tradeoff_quality(run: RunData) -> list[Evaluation]:
     """Quality "Slightly higher" (LoRA) vs "Slightly lower" (QLoRA): held-out perplexity after training."""
     df = run.results
-    rows = select(family_rows(df, "quality"), "quality", ("ppl_after",))
+    rows = select(family_rows(df, Family.QUALITY), "quality", ("ppl_after",))
     if isinstance(rows, Evaluation):
         return [rows]
     found = pairs(quantized(rows, "nf4"), sixteen_bit(rows), vary=QUANT_FIELDS)
@@ -106,7 +107,7 @@ def compat_outcomes(
     df: pd.DataFrame,
 ) -> tuple[dict[str, dict[str, pd.Series]], dict[str, tuple[float, str]]]:
     """kind ("lora", "qlora") -> model -> its compat row; and each model's size."""
-    rows = family_rows(df, "compat")
+    rows = family_rows(df, Family.COMPAT)
     out: dict[str, dict[str, pd.Series]] = {"lora": {}, "qlora": {}}
     for _, r in rows.iterrows():
         out["lora" if r["quant_type"] == "none" else "qlora"][str(r["model"])] = r

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from qlora_core.engines.pacing import plan_steps
+from qlora_core.families import Family, ladder_tag
 from qlora_core.gpus import PROFILE_NAMES, get_profile
-from qlora_core.matrix import DEFAULT_MAX, MatrixError, build_matrix
+from qlora_core.matrix import (
+    DEFAULT_MAX,
+    MATRICES,
+    SHAREABLE_FAMILIES,
+    MatrixError,
+    build_matrix,
+    family_name,
+)
 from qlora_core.models import REAL_MODEL, model_problem
 from qlora_core.process.distributed import loads_on_rank0_only
 from qlora_core.spec import ENGINES
@@ -50,6 +58,33 @@ def test_a_tier_above_its_cap_is_refused(monkeypatch, tier, cap):
     monkeypatch.setattr(f"qlora_core.matrix.{cap}", planned - 1)
     with pytest.raises(MatrixError, match=f"{tier} matrix for t4 has {planned} cases \\(> {planned - 1}\\)"):
         build_matrix(get_profile("t4"), tier)
+
+
+def test_every_family_planned_is_a_family_stored_as_its_plain_name():
+    tags = [
+        tag
+        for name in PROFILE_NAMES
+        for tier in MATRICES
+        for planned in build_matrix(get_profile(name), tier)
+        for tag in planned.families
+    ]
+    assert all(type(tag) is str for tag in tags)  # rows and request files hold plain strings
+    planned = {family_name(tag) for tag in tags}
+    assert planned <= {f.value for f in Family}
+    # Every member but the two tools' is planned by some profile and tier.
+    assert {f.value for f in Family} - planned == {"hand-picked", "fit-advisor"}
+    assert {ladder_tag(k) for k in range(5)} <= set(tags)
+    assert SHAREABLE_FAMILIES < {f.value for f in Family}
+
+
+def test_family_names_are_the_stored_strings():
+    # Rows store these (their `families` column): a changed value would orphan every stored run.
+    assert [f.value for f in Family] == [
+        "factorial", "speed", "fp32", "sweep", "reference", "gc", "prepare", "ladder", "compat",
+        "weights", "quality", "stability", "nan", "engine", "multigpu", "hand-picked", "fit-advisor",
+    ]  # fmt: skip
+    assert (str(Family.NAN), f"{Family.LADDER}", ladder_tag(2)) == ("nan", "ladder", "ladder:2")
+    assert Family.QUALITY == "quality" and "quality" in {Family.QUALITY}
 
 
 def test_counts_per_profile_are_pinned():

@@ -20,6 +20,8 @@ from qlora_plugin.progress import (
     steps_planned,
     time_left_s,
 )
+from qlora_plugin.shard import run_cost_s
+from reports.run_folder import read_results_jsonl
 
 CASE = Case("tiny", seq_len=64)
 
@@ -107,6 +109,26 @@ def test_time_left_weighs_each_run_by_its_expected_cost():
     # A machine twice as slow as expected: the same costs, scaled by what the runs took.
     assert time_left_s(2 * elapsed, cheap[:5], cheap[5:] + dear) == pytest.approx(2 * true_left)
     assert time_left_s(elapsed, [], cheap) is None  # nothing made yet: no scale
+
+
+CPU_TIER_RUN = Path(__file__).parents[2] / "reports" / "reference" / "cpu-default-avx2"
+
+
+def test_the_cpu_tiers_time_left_stays_near_what_the_measured_run_took():
+    """Replays the committed cpu tier (34 cases on a 2-core AVX2-only machine, tiny cases first,
+    SmolLM2 on text in the middle) with no recorded wall times, as a first run sees it: after
+    each run the time left the estimate gives is within 0.65x-1.4x of what the rest took. The
+    earlier CPU rate said 3.9x after the second run and 0.65x after the text cases."""
+    rows = read_results_jsonl(CPU_TIER_RUN / "results.jsonl")
+    assert len(rows) == 34 and all(r.timing.wall_s for r in rows)
+    expected = [run_cost_s(Case.from_dict(r.case), {}, "cpu") for r in rows]
+    walls = [float(r.timing.wall_s or 0.0) for r in rows]
+    ratios = []
+    for made in range(2, len(rows) - 4):  # the last few: seconds left, any ratio is noise
+        left = time_left_s(sum(walls[:made]), expected[:made], expected[made:])
+        assert left is not None
+        ratios.append(left / sum(walls[made:]))
+    assert 0.65 < min(ratios) and max(ratios) < 1.4, [round(r, 2) for r in ratios]
 
 
 def test_recorded_walls_prefer_this_folders_runs_and_skip_an_unreadable_source(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.families import Family
 from reports.fit import REFERENCE_DIR
 
 _PATH = Path(__file__).resolve().parents[2] / "tools" / "measure_fit.py"
@@ -41,7 +42,7 @@ def test_the_setting_is_measured_into_a_run_folder_on_the_cpu(tmp_path: Path, ca
     report = capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["case"]["batch_size"], r["case"]["seq_len"], r["status"]) for r in rows] == [(2, 64, "ok")]
-    assert rows[0]["families"] == mf.FAMILY
+    assert rows[0]["families"] == Family.FIT_ADVISOR
     assert (out / "cases" / f"{rows[0]['case_hash']}.json").is_file()
     assert "**undecided: " in report and "| measured status |" in report
     assert f"| {rows[0]['case_id']} | - | - | - | ok |" in report

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.process.shared_options import case_timeout_problem, parse_gpu, parse_repeat
 from qlora_core.spec import Case, CaseError
+from qlora_plugin.options import parse_force
 from reports.run_folder import holding_run_dir
 
 _PATH = Path(__file__).resolve().parents[2] / "tools" / "run_cases.py"
@@ -19,12 +21,16 @@ sys.modules["run_cases"] = rc
 _spec.loader.exec_module(rc)
 
 
-def test_fields_parse_as_json_else_strings() -> None:
+def test_fields_are_typed_like_the_case_fields_as_force_reads_them() -> None:
     case = rc.parse_case(
         "model=llama-3.1-8b,batch_size=4,seq_len=2048,engine=trainer,double_quant=false,lr=1e-4"
     )
     assert case == Case(
         "llama-3.1-8b", batch_size=4, seq_len=2048, engine="trainer", double_quant=False, lr=1e-4
+    )
+    forced = dict(parse_force(["batch_size=4", "double_quant=off", "target_modules=q_proj,v_proj"]))
+    assert rc.parse_case("model=tiny,batch_size=4,double_quant=off,target_modules=q_proj,v_proj") == Case(
+        "tiny", **forced
     )
 
 
@@ -38,9 +44,16 @@ def test_every_problem_is_named_before_any_run(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_repeat_must_be_at_least_one(tmp_path: Path, capsys) -> None:
-    assert rc.main(["--out", str(tmp_path / "run"), "--case", "model=tiny", "--repeat", "0"]) == 2
-    assert "--repeat 0 must be an integer >= 1" in capsys.readouterr().err
+def test_the_options_it_shares_with_pytest_bench_are_checked_alike(tmp_path: Path, capsys) -> None:
+    out = ["--out", str(tmp_path / "run")]
+    assert (
+        rc.main([*out, "--case", "model=tiny", "--repeat", "0", "--gpu", "nope", "--case-timeout", "0"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("run_cases options:\n")
+    for problem in (parse_repeat("0")[1], parse_gpu("nope")[2], case_timeout_problem(0)):
+        assert f"  {problem}\n" in err  # the text pytest bench gives, every problem at once
+    assert "--repeat '0' must be an integer >= 1" in err
     assert not (tmp_path / "run").exists()
 
 
