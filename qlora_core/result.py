@@ -1,17 +1,12 @@
 """`Result`: one case's outcome and measurements, as the child measured it.
 
-In memory the measurements sit in groups (`Result.timing`, `.hardware`, `.environment`,
-`.weights`, `.memory`, `.training`, `.quality`, `.precision`, `.ranks`, `.needed`); stored, and as
-a frame row, they are one flat record: a group's fields keep their own names as columns, in
-`RESULT_FIELDS` order (`Result.flat`, `Result.from_dict`). A field name is unique across groups,
-so code that goes by column name reads and writes through `Result.get_field` / `set_fields`.
-The classes have slots: a column name written at the wrong level (`r.peak_alloc_gib = ...`)
-raises instead of adding a stray attribute that nothing stores.
-
-Units live in the field names (`_gib`, `_bytes`, `_ms`, `_s`, `_per_s`). Memory is in GiB
-(2**30 bytes) unless the name says bytes. Per-step series (`step_ms`, `losses`, `grad_norms`) are
-lists; everything else is a scalar, so `pd.DataFrame(rows)` needs no flattening. A metric that
-was not measured is None (NaN in the frame), never 0.
+Its measurements sit in groups (`.timing`, `.hardware`, `.environment`, `.weights`, `.memory`,
+`.training`, `.quality`, `.precision`, `.ranks`, `.needed`) whose fields keep their column names:
+stored and in a frame they are one flat record in `RESULT_FIELDS` order (`Result.flat`,
+`from_dict`); code that goes by column name uses `get_field` / `set_fields`. Slots make a column
+written at the wrong level (`r.peak_alloc_gib = ...`) raise. Units live in the field names
+(`_gib` = 2**30 bytes, `_bytes`, `_ms`, `_s`, `_per_s`); per-step series are lists, the rest
+scalars; a metric not measured is None (NaN in the frame), never 0. See docs/design.md.
 """
 
 from __future__ import annotations
