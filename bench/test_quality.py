@@ -8,6 +8,6 @@ FAMILY = "quality"
 
 
 def test_case(case_result):
-    assert case_result.ppl_before is not None and math.isfinite(case_result.ppl_before)
-    assert case_result.ppl_after is not None and math.isfinite(case_result.ppl_after)
-    assert case_result.ppl_before > 1.0
+    assert case_result.quality.ppl_before is not None and math.isfinite(case_result.quality.ppl_before)
+    assert case_result.quality.ppl_after is not None and math.isfinite(case_result.quality.ppl_after)
+    assert case_result.quality.ppl_before > 1.0

@@ -222,13 +222,13 @@ def lane_rerun_reason(case: Case, lane: Lane, result: Result) -> str | None:
     if not lane.real_card or lane.share_gib is None:
         return None  # emulated: the cap is the profile's and its OOM the verdict
     share = f"a lane share of {lane.share_gib:.2f} GiB"
-    if result.lane_cap_gib is not None:
-        share += f" (allocator cap {result.lane_cap_gib:.2f} GiB)"
+    if result.hardware.lane_cap_gib is not None:
+        share += f" (allocator cap {result.hardware.lane_cap_gib:.2f} GiB)"
     if result.status in LANE_FAILURES:
         return f"{result.status} sharing the card under {share}"
-    peak = max(result.peak_reserved_gib or 0.0, result.load_peak_reserved_gib or 0.0)
+    peak = max(result.memory.peak_reserved_gib or 0.0, result.memory.load_peak_reserved_gib or 0.0)
     clearance = largest_allocation_gib(case)
-    if result.lane_cap_gib is not None and peak + clearance > result.lane_cap_gib:
+    if result.hardware.lane_cap_gib is not None and peak + clearance > result.hardware.lane_cap_gib:
         return (
             f"its reserved peak ({peak:.2f} GiB) came within its largest allocation"
             f" ({clearance:.2f} GiB) of its cap under {share}: the allocator may have flushed its"

@@ -62,7 +62,7 @@ def current_rss_gib() -> float:
 
 
 NVML_DEVICE, NVML_PROCESS = "device", "process"
-"""What an NVML reading covers (`Result.nvml_scope`): the device's used memory, minus what it held
+"""What an NVML reading covers (`Result.memory.nvml_scope`): the device's used memory, minus what it held
 before the process (`nvml_base_gib`); or this process's own line of NVML's per-process list,
 which other processes on the device do not touch (cases side by side, `qlora_core.process.side_by_side`)."""
 
@@ -232,8 +232,8 @@ def base_parameter_count(model: torch.nn.Module) -> int:
 def params_device(model: torch.nn.Module) -> str:
     """The device type holding most of the bytes of `model`'s parameters ("cuda", "cpu"; "meta"
     for a model built without weights); "" for a model without parameters. Read after the load
-    (`Result.loaded_on`: "meta" on a rank that loaded none, under rank-0-only FSDP loading) and
-    once the engine has wrapped the model (`Result.params_on_in_training`: FSDP's flattened shards,
+    (`Result.ranks.loaded_on`: "meta" on a rank that loaded none, under rank-0-only FSDP loading) and
+    once the engine has wrapped the model (`Result.precision.params_on_in_training`: FSDP's flattened shards,
     on "cpu" under its CPU offload)."""
     bytes_by_device: dict[str, int] = {}
     for param in model.parameters():

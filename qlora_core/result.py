@@ -1,17 +1,23 @@
-"""`Result`: one flat row per Case, as the child measured it.
+"""`Result`: one case's outcome and measurements, as the child measured it.
 
-Units live in the field names (`_gib`, `_bytes`, `_ms`, `_s`, `_per_s`). Memory is in GiB
-(2**30 bytes) unless the name says bytes. Per-step series (`step_ms`, `losses`, `grad_norms`) are
-lists; everything else is a scalar, so `pd.DataFrame(rows)` needs no flattening. A metric that
-was not measured is None (NaN in the frame), never 0.
+Its measurements sit in groups (`.timing`, `.hardware`, `.environment`, `.weights`, `.memory`,
+`.training`, `.quality`, `.precision`, `.ranks`, `.needed`) whose fields keep their column names:
+stored and in a frame they are one flat record in `RESULT_FIELDS` order (`Result.flat`,
+`from_dict`); code that goes by column name uses `get_field` / `set_fields`. Slots make a column
+written at the wrong level (`r.peak_alloc_gib = ...`) raise. Units live in the field names
+(`_gib` = 2**30 bytes, `_bytes`, `_ms`, `_s`, `_per_s`); per-step series are lists, the rest
+scalars; a metric not measured is None (NaN in the frame), never 0. See docs/design.md.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import tempfile
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -52,26 +58,11 @@ FINAL_STATUSES: frozenset[str] = frozenset(
 )
 
 
-@dataclass
-class Result:
-    """One case's outcome and measurements. Case fields are copied in flat, prefixed by nothing."""
+@dataclass(slots=True)
+class Timing:
+    """The wall time and where it goes, phase by phase (seconds; see `qlora_core.process.child`)."""
 
-    # identity
-    case_id: str
-    case_hash: str
-    profile: str
-    case: dict[str, Any]
-    families: str = ""  # matrix families this case serves, comma-separated ("factorial,ladder:2")
-    overrides: str = ""  # run-level forced fields (`--force`), e.g. "prepare_kbit=True"; "" if none
-    repeat: int = 0  # 0-based: which fresh-process repeat of the case this row is (`--repeat N`)
-    status: str = Status.CRASHED.value
-    reason: str = ""  # why it ended as it did: the stage and the error, or how the child died
-    traceback: str = ""  # the formatted traceback of the exception that ended the case; "" if none
-    schema_version: int = RESULT_SCHEMA_VERSION
-    started_at: str = ""
-    finished_at: str = ""
     wall_s: float | None = None  # the parent's: spawning the child to its exit
-    # where the wall time goes, phase by phase (seconds; see child.py)
     start_s: float | None = None  # parent's spawn (or hand-over to a warm spare) to the child's main
     warm_spare: bool | None = None  # the case ran in a warm spare (process/spare.py); False: cold
     spare_import_s: float | None = None  # the spare's imports before the hand-over (not in wall_s)
@@ -84,7 +75,11 @@ class Result:
     profile_s: float | None = None  # profiled steps, the profiler's start, stop and parse
     eval_s: float | None = None  # held-out perplexity, before and after training (data == "text")
 
-    # device and emulation
+
+@dataclass(slots=True)
+class Hardware:
+    """The device the case ran on, its emulation of a profile, and its share of a shared card."""
+
     device: str = ""  # "cuda" or "cpu"
     gpu_name: str = ""
     gpu_capability: str = ""
@@ -110,7 +105,11 @@ class Result:
     bf16_native: bool | None = None  # compute capability >= 8.0
     bf16_torch_supported: bool | None = None  # torch.cuda.is_bf16_supported() (counts emulation)
 
-    # environment
+
+@dataclass(slots=True)
+class Environment:
+    """The library versions of the process that ran the case."""
+
     python_version: str = ""
     torch_version: str = ""
     cuda_version: str = ""
@@ -121,7 +120,11 @@ class Result:
     accelerate_version: str = ""
     trl_version: str = ""  # TRL, whose SFTTrainer is the `sft` engine
 
-    # parameters and bytes
+
+@dataclass(slots=True)
+class Weights:
+    """Parameter counts and the bytes of weights, adapters and optimizer state."""
+
     total_params: int | None = None  # as peft counts them (4-bit packed weights counted x2); a
     # load-only case: the model without adapters, by the same counter
     trainable_params: int | None = None
@@ -137,7 +140,11 @@ class Result:
     # a row judged "does not fit at load" without loading (a shape with no 16-bit checkpoint).
     computed_weight_bytes: int | None = None
 
-    # memory by stage (allocator on CUDA; process RSS on the CPU)
+
+@dataclass(slots=True)
+class StageMemory:
+    """Memory by stage (allocator on CUDA; process RSS on the CPU)."""
+
     load_alloc_gib: float | None = None
     load_reserved_gib: float | None = None
     prepare_alloc_gib: float | None = None
@@ -159,7 +166,11 @@ class Result:
     nvml_own_peak_gib: float | None = None  # this process's own line at its highest sample
     cpu_peak_rss_gib: float | None = None  # ru_maxrss of the child
 
-    # training
+
+@dataclass(slots=True)
+class Training:
+    """The steps: per-step series, their summary, device time and MFU, the losses."""
+
     tokens_per_step: int | None = None
     step_ms: list[float] = field(default_factory=list)  # measured steps only
     losses: list[float] = field(default_factory=list)  # every step, warm-up included
@@ -186,11 +197,19 @@ class Result:
     final_loss: float | None = None
     first_nonfinite_step: int | None = None  # 0-based index into losses; None if all finite
 
-    # quality (data == "text")
+
+@dataclass(slots=True)
+class Quality:
+    """Held-out quality (data == "text")."""
+
     ppl_before: float | None = None  # held-out perplexity after load, before training
     ppl_after: float | None = None  # held-out perplexity after training
 
-    # mixed precision as the engine ran it (the engine itself is the case's `engine` field)
+
+@dataclass(slots=True)
+class MixedPrecision:
+    """Mixed precision as the engine ran it (the engine itself is the case's `engine` field)."""
+
     autocast: str = ""  # dtype forward and loss ran under torch.autocast: "bf16", "fp16" or "none"
     grad_scaler: bool | None = None  # an fp16 gradient scaler scaled the loss
     scaler_skipped_steps: int | None = None  # steps the scaler skipped on overflow; None: no scaler
@@ -200,10 +219,14 @@ class Result:
     # first step: "cpu" under FSDP's CPU offload (Case.cpu_offload), "cuda" otherwise on a GPU
     params_on_in_training: str = ""
 
-    # multi-GPU: a case of num_gpus > 1 is one row merged from its ranks
-    # (qlora_core.process.distributed.merge_ranks). Its single-GPU fields say: memory peaks are the max
-    # over ranks (what each GPU must hold), step_ms the slowest rank's time per step,
-    # tokens_per_step and tokens_per_s over all ranks; the lists below are indexed by rank.
+
+@dataclass(slots=True)
+class Ranks:
+    """Multi-GPU: a case of num_gpus > 1 is one row merged from its ranks
+    (`qlora_core.process.distributed.merge_ranks`). Its single-GPU fields say: memory peaks are the
+    max over ranks (what each GPU must hold), step_ms the slowest rank's time per step,
+    tokens_per_step and tokens_per_s over all ranks; the lists below are indexed by rank."""
+
     world_size: int | None = None  # ranks launched; None for a single-process case
     failed_rank: int | None = None  # the rank whose outcome is the case's; None if every rank ended ok
     rank_statuses: list[str] = field(default_factory=list)
@@ -220,10 +243,15 @@ class Result:
     peak_reserved_gib_sum: float | None = None
     nvml_peak_gib_sum: float | None = None
 
-    # what an OOM needs: a row that ran out of memory under an emulated cap keeps its
-    # status, and gains what the same case measured when rerun uncapped on the host GPU
-    # (`qlora_core.process.oom_need`); None when not rerun. These are not the capped run's figures:
-    # readers label them "needed (measured uncapped on <needed_on>)". NEEDED_OF maps each to its field.
+
+@dataclass(slots=True)
+class Needed:
+    """What an OOM needs: a row that ran out of memory under an emulated cap keeps its status, and
+    gains what the same case measured when rerun uncapped on the host GPU
+    (`qlora_core.process.oom_need`); None when not rerun. These are not the capped run's figures:
+    readers label them "needed (measured uncapped on <needed_on>)". NEEDED_OF maps each to its
+    field."""
+
     needed_status: str | None = None  # the rerun's status: ok, or oom when even the host could not
     needed_on: str | None = None  # the GPU the rerun ran on (its gpu_name; "cpu" on the CPU)
     needed_peak_alloc_gib: float | None = None
@@ -236,21 +264,72 @@ class Result:
     needed_optimizer_state_bytes: int | None = None
     needed_weight_bytes: int | None = None
 
+
+@dataclass(slots=True)
+class Result:
+    """One case's outcome and measurements: its identity and status here, the measurements in
+    groups. Case fields are copied in flat by `row`, prefixed by nothing."""
+
+    # identity
+    case_id: str
+    case_hash: str
+    profile: str
+    case: dict[str, Any]
+    families: str = ""  # matrix families this case serves, comma-separated ("factorial,ladder:2")
+    overrides: str = ""  # run-level forced fields (`--force`), e.g. "prepare_kbit=True"; "" if none
+    repeat: int = 0  # 0-based: which fresh-process repeat of the case this row is (`--repeat N`)
+    status: str = Status.CRASHED.value
+    reason: str = ""  # why it ended as it did: the stage and the error, or how the child died
+    traceback: str = ""  # the formatted traceback of the exception that ended the case; "" if none
+    schema_version: int = RESULT_SCHEMA_VERSION
+    started_at: str = ""
+    finished_at: str = ""
+
+    # the measurements, group by group (each group's fields follow the ones above, in this order)
+    timing: Timing = field(default_factory=Timing)
+    hardware: Hardware = field(default_factory=Hardware)
+    environment: Environment = field(default_factory=Environment)
+    weights: Weights = field(default_factory=Weights)
+    memory: StageMemory = field(default_factory=StageMemory)
+    training: Training = field(default_factory=Training)
+    quality: Quality = field(default_factory=Quality)
+    precision: MixedPrecision = field(default_factory=MixedPrecision)
+    ranks: Ranks = field(default_factory=Ranks)
+    needed: Needed = field(default_factory=Needed)
+
+    def flat(self) -> dict[str, Any]:
+        """The stored record: every field by its column name, in `RESULT_FIELDS` order (deep
+        copies, as `dataclasses.asdict` makes)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _GROUP_CLASSES:
+                out.update(dataclasses.asdict(value))
+            else:
+                out[f.name] = copy.deepcopy(value)
+        return out
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=False, allow_nan=True)
+        return json.dumps(self.flat(), sort_keys=False, allow_nan=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Result:
-        """The Result of its fields (`to_json`'s dict). A key that is not a field is refused, never
-        dropped unseen: a stored row goes through `reports.run_folder.result_from_row`, which
-        checks its schema version and names such keys."""
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        """The Result of its flat fields (`flat`'s dict; a group's fields may be left out, as can
+        any field with a default). A key that is not a field is refused, never dropped unseen: a
+        stored row goes through `reports.run_folder.result_from_row`, which checks its schema
+        version and names such keys."""
         unknown = unknown_fields(data)
         if unknown:
             raise ValueError(
                 f"not a field of Result: {', '.join(unknown)} (row of schema_version"
                 f" {data.get('schema_version')!r}; this qlora-bench writes {RESULT_SCHEMA_VERSION})"
             )
-        return cls(**data)
+        top = {k: v for k, v in data.items() if k not in _GROUP_OF}
+        groups = {
+            name: group(**{k: v for k, v in data.items() if _GROUP_OF.get(k) == name})
+            for name, group in _GROUP_CLASSES.items()
+        }
+        return cls(**top, **groups)
 
     @classmethod
     def for_case(cls, case: Case, profile: str, families: str = "") -> Result:
@@ -258,9 +337,33 @@ class Result:
             case_id=case.id, case_hash=case.hash, profile=profile, case=case.to_dict(), families=families
         )
 
+    def get_field(self, name: str) -> Any:
+        """The field `name` (a column name of `RESULT_FIELDS`), from its group or the top."""
+        group = _GROUP_OF.get(name)
+        if group is not None:
+            return getattr(getattr(self, group), name)
+        if name not in RESULT_FIELDS:
+            raise AttributeError(f"not a field of Result: {name}")
+        return getattr(self, name)
+
+    def set_fields(self, values: Mapping[str, Any]) -> None:
+        """Set fields by their column names (`RESULT_FIELDS`), each in its group or at the top."""
+        unknown = unknown_fields(values)
+        if unknown:
+            raise AttributeError(f"not a field of Result: {', '.join(unknown)}")
+        for name, value in values.items():
+            group = _GROUP_OF.get(name)
+            setattr(getattr(self, group) if group is not None else self, name, value)
+
+    def replaced(self, **values: Any) -> Result:
+        """A copy with the fields `values` (by column name) changed, as `dataclasses.replace`."""
+        out = copy.deepcopy(self)
+        out.set_fields(values)
+        return out
+
     def row(self) -> dict[str, Any]:
         """Flat dict for a DataFrame row: the case's fields beside the measurements."""
-        out = dataclasses.asdict(self)
+        out = self.flat()
         case = out.pop("case")
         case["target_modules"] = ",".join(case["target_modules"])
         case["extra"] = ",".join(f"{k}={v}" for k, v in case["extra"])
@@ -269,18 +372,47 @@ class Result:
         return out
 
 
-RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Result))
+_GROUP_CLASSES: dict[str, type[Any]] = {
+    name: hint
+    for name, hint in typing.get_type_hints(Result).items()
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint)
+}
+"""Result's group attribute -> its dataclass, in Result's order."""
+_GROUP_OF: dict[str, str] = {
+    f.name: name for name, group in _GROUP_CLASSES.items() for f in dataclasses.fields(group)
+}
+"""Column name of a grouped field -> the Result attribute of its group."""
+
+RESULT_FIELDS: tuple[str, ...] = tuple(
+    column
+    for f in dataclasses.fields(Result)
+    for column in (
+        [g.name for g in dataclasses.fields(_GROUP_CLASSES[f.name])] if f.name in _GROUP_CLASSES else [f.name]
+    )
+)
+"""Every column of a stored Result, in its order: the top-level fields, then each group's."""
 
 
-def unknown_fields(data: dict[str, Any]) -> list[str]:
+def _field_types() -> dict[str, Any]:
+    types: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(Result).items():
+        types.update(typing.get_type_hints(_GROUP_CLASSES[name]) if name in _GROUP_CLASSES else {name: hint})
+    return types
+
+
+RESULT_FIELD_TYPES: dict[str, Any] = _field_types()
+"""Column name -> its field's annotation (resolved), in `RESULT_FIELDS` order: the frame's types."""
+
+
+def unknown_fields(data: Mapping[str, Any]) -> list[str]:
     """The keys of `data` that are not Result fields, in its order."""
-    return [key for key in data if key not in RESULT_FIELDS]
+    return [key for key in data if key not in RESULT_FIELD_TYPES]
 
 
 NEEDED_OF: dict[str, str] = {
     f.name: f.name.removeprefix("needed_")
-    for f in dataclasses.fields(Result)
-    if f.name.startswith("needed_") and f.name not in ("needed_status", "needed_on")
+    for f in dataclasses.fields(Needed)
+    if f.name not in ("needed_status", "needed_on")
 }
 """needed_* field -> the measured field of the uncapped rerun it copies (needed_peak_alloc_gib ->
 peak_alloc_gib); needed_status and needed_on say how the rerun ended and where."""

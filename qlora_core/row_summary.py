@@ -20,15 +20,17 @@ def summarize_steps(r: Result) -> None:
     # merge, `qlora_core.process.distributed`).
     from qlora_core.engines.pacing import percentile, rel_iqr
 
-    if not r.step_ms:
+    if not r.training.step_ms:
         return
-    ordered = sorted(r.step_ms)
+    ordered = sorted(r.training.step_ms)
     median = statistics.median(ordered)
-    r.step_ms_median = median
-    r.step_ms_spread = (percentile(ordered, 0.9) - percentile(ordered, 0.1)) / median if median > 0 else None
-    r.step_ms_rel_iqr = rel_iqr(ordered)
-    if r.tokens_per_step and median > 0:
-        r.tokens_per_s = r.tokens_per_step / (median / 1000.0)
+    r.training.step_ms_median = median
+    r.training.step_ms_spread = (
+        (percentile(ordered, 0.9) - percentile(ordered, 0.1)) / median if median > 0 else None
+    )
+    r.training.step_ms_rel_iqr = rel_iqr(ordered)
+    if r.training.tokens_per_step and median > 0:
+        r.training.tokens_per_s = r.training.tokens_per_step / (median / 1000.0)
 
 
 def record_mfu(r: Result, case: Case, config: Any, gpu: DetectedGpu | None) -> None:
@@ -37,7 +39,7 @@ def record_mfu(r: Result, case: Case, config: Any, gpu: DetectedGpu | None) -> N
     dims = flops.dims_of(config)
     if dims is None:
         return
-    r.flops_per_step = flops.step_flops(
+    r.training.flops_per_step = flops.step_flops(
         dims,
         batch_size=case.batch_size,
         seq_len=case.seq_len,
@@ -48,5 +50,5 @@ def record_mfu(r: Result, case: Case, config: Any, gpu: DetectedGpu | None) -> N
     )
     host = profile_for_device(gpu.name, gpu.total_gib) if gpu is not None else None
     peak = host.peak_tflops(case.compute_dtype) if host is not None else None
-    r.mfu = flops.mfu(r.flops_per_step, r.step_ms_median, peak)
-    r.mfu_kernel = flops.mfu(r.flops_per_step, r.kernel_ms_per_step, peak)
+    r.training.mfu = flops.mfu(r.training.flops_per_step, r.training.step_ms_median, peak)
+    r.training.mfu_kernel = flops.mfu(r.training.flops_per_step, r.training.kernel_ms_per_step, peak)

@@ -28,11 +28,11 @@ def assert_memory_consistent(result: Result) -> None:
     parameters were counted as 4-bit and their quantization statistics were counted.
     """
     name = result.case_id
-    if result.device == "cuda":
+    if result.hardware.device == "cuda":
         figures = ("lora_alloc_gib", "peak_alloc_gib", "peak_reserved_gib", "nvml_peak_gib")
-        missing = [f for f in figures if getattr(result, f) is None]
+        missing = [f for f in figures if result.get_field(f) is None]
         assert not missing, f"{name}: not measured: {missing}"
-        lora, peak, reserved, nvml = (getattr(result, f) for f in figures)
+        lora, peak, reserved, nvml = (result.get_field(f) for f in figures)
         assert peak >= lora * _PEAK_VS_STAGE_SLACK, (
             f"{name}: training peak {peak:.3f} GiB is below the"
             f" {lora:.3f} GiB held after LoRA: the peaks were not measured over training"
@@ -42,19 +42,19 @@ def assert_memory_consistent(result: Result) -> None:
             f"{name}: NVML saw {nvml:.3f} GiB, less than the allocator's {reserved:.3f} GiB reserved"
         )
     else:
-        assert result.cpu_peak_rss_gib is not None and result.lora_alloc_gib is not None, (
-            f"{name}: CPU memory not measured"
+        rss, lora_rss = result.memory.cpu_peak_rss_gib, result.memory.lora_alloc_gib
+        assert rss is not None and lora_rss is not None, f"{name}: CPU memory not measured"
+        assert rss >= lora_rss, (
+            f"{name}: peak RSS {rss:.3f} GiB is below the RSS after LoRA"
+            f" ({lora_rss:.3f} GiB): a unit or a reading is wrong"
         )
-        assert result.cpu_peak_rss_gib >= result.lora_alloc_gib, (
-            f"{name}: peak RSS {result.cpu_peak_rss_gib:.3f} GiB is below the RSS after LoRA"
-            f" ({result.lora_alloc_gib:.3f} GiB): a unit or a reading is wrong"
-        )
+    weights = result.weights
     if result.case["quant_type"] != "none":
-        assert result.quantized_params, f"{name}: a 4-bit case with no parameter counted in 4-bit"
-        assert result.quant_stats_bytes, f"{name}: a 4-bit case without quantization statistics"
-        assert result.weight_bytes and result.weight_bytes > result.quant_stats_bytes, (
-            f"{name}: weight bytes {result.weight_bytes} do not include the statistics"
-            f" ({result.quant_stats_bytes} bytes)"
+        assert weights.quantized_params, f"{name}: a 4-bit case with no parameter counted in 4-bit"
+        assert weights.quant_stats_bytes, f"{name}: a 4-bit case without quantization statistics"
+        assert weights.weight_bytes and weights.weight_bytes > weights.quant_stats_bytes, (
+            f"{name}: weight bytes {weights.weight_bytes} do not include the statistics"
+            f" ({weights.quant_stats_bytes} bytes)"
         )
 
 
@@ -73,33 +73,34 @@ def assert_weights_consistent(result: Result) -> None:
     """
     name = result.case_id
     case = result.case
-    assert result.weight_bytes and result.total_params, f"{name}: weight bytes or parameters not counted"
-    dense = result.total_params * _DTYPE_BYTES[case["compute_dtype"]]
+    weights, memory = result.weights, result.memory
+    assert weights.weight_bytes and weights.total_params, f"{name}: weight bytes or parameters not counted"
+    dense = weights.total_params * _DTYPE_BYTES[case["compute_dtype"]]
     if case["quant_type"] == "none":
-        assert abs(result.weight_bytes - dense) <= _BUFFER_SLACK * dense, (
-            f"{name}: {result.weight_bytes} weight bytes for {result.total_params} {case['compute_dtype']}"
+        assert abs(weights.weight_bytes - dense) <= _BUFFER_SLACK * dense, (
+            f"{name}: {weights.weight_bytes} weight bytes for {weights.total_params} {case['compute_dtype']}"
             f" parameters (expected ~{dense})"
         )
     else:
-        assert result.quantized_params, f"{name}: a quantized case with no parameter counted as quantized"
-        assert result.quant_stats_bytes, f"{name}: a quantized case without its scaling statistics"
-        assert result.weight_bytes < dense, (
-            f"{name}: quantized weights take {result.weight_bytes} bytes, not less than {dense} unquantized"
+        assert weights.quantized_params, f"{name}: a quantized case with no parameter counted as quantized"
+        assert weights.quant_stats_bytes, f"{name}: a quantized case without its scaling statistics"
+        assert weights.weight_bytes < dense, (
+            f"{name}: quantized weights take {weights.weight_bytes} bytes, not less than {dense} unquantized"
         )
-    if result.device == "cuda":
-        assert result.load_alloc_gib is not None and result.load_nvml_gib is not None, (
+    if result.hardware.device == "cuda":
+        assert memory.load_alloc_gib is not None and memory.load_nvml_gib is not None, (
             f"{name}: allocator or NVML not read after the load"
         )
-        held = result.load_alloc_gib * 2**30
-        assert held >= result.weight_bytes * (1 - _BUFFER_SLACK), (
+        held = memory.load_alloc_gib * 2**30
+        assert held >= weights.weight_bytes * (1 - _BUFFER_SLACK), (
             f"{name}: the allocator holds {held:.0f} bytes after the load, less than the"
-            f" {result.weight_bytes} counted weight bytes"
+            f" {weights.weight_bytes} counted weight bytes"
         )
 
 
 def assert_adapters_only_train(result: Result) -> None:
     """LoRA trains some parameters, and fewer than the model has (the base stays frozen)."""
-    trainable, total = result.trainable_params, result.total_params
+    trainable, total = result.weights.trainable_params, result.weights.total_params
     assert trainable and total, f"{result.case_id}: parameters not counted ({trainable} of {total})"
     assert 0 < trainable < total, (
         f"{result.case_id}: {trainable:,} of {total:,} parameters train: the base model is not frozen"
@@ -124,17 +125,17 @@ def assert_ranks_consistent(result: Result) -> None:
     allocated one. (A rank's training peak may be below what it held after LoRA under FSDP: each
     rank loads the whole 4-bit model, and FSDP frees all but its shard.)
     """
-    name, world = result.case_id, result.world_size
-    asked = result.case["num_gpus"]
+    name, ranks, cuda = result.case_id, result.ranks, result.hardware.device == "cuda"
+    world, asked = ranks.world_size, result.case["num_gpus"]
     assert world is not None and world == asked, f"{name}: {world} ranks merged, the case asks for {asked}"
-    assert result.rank_statuses == ["ok"] * world, f"{name}: rank outcomes {result.rank_statuses}"
-    assert len(result.rank_step_ms) == world and all(result.rank_step_ms), f"{name}: a rank timed no step"
-    peaks = result.rank_peak_alloc_gib if result.device == "cuda" else result.rank_cpu_peak_rss_gib
+    assert ranks.rank_statuses == ["ok"] * world, f"{name}: rank outcomes {ranks.rank_statuses}"
+    assert len(ranks.rank_step_ms) == world and all(ranks.rank_step_ms), f"{name}: a rank timed no step"
+    peaks = ranks.rank_peak_alloc_gib if cuda else ranks.rank_cpu_peak_rss_gib
     measured = [p for p in peaks if p is not None]
     assert len(peaks) == len(measured) == world, f"{name}: per-rank peaks not measured: {peaks}"
-    merged = result.peak_alloc_gib if result.device == "cuda" else result.cpu_peak_rss_gib
+    merged = result.memory.peak_alloc_gib if cuda else result.memory.cpu_peak_rss_gib
     assert merged == max(measured), f"{name}: row peak {merged} is not the largest rank's {peaks}"
-    if result.device == "cuda":
-        for rank, (alloc, reserved) in enumerate(zip(measured, result.rank_peak_reserved_gib, strict=True)):
+    if cuda:
+        for rank, (alloc, reserved) in enumerate(zip(measured, ranks.rank_peak_reserved_gib, strict=True)):
             assert reserved is not None and reserved >= alloc, f"{name}: rank {rank} reserved < allocated"
-        assert result.peak_alloc_gib_sum == sum(measured), f"{name}: peak sum is not the ranks' total"
+        assert ranks.peak_alloc_gib_sum == sum(measured), f"{name}: peak sum is not the ranks' total"

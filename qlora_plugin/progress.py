@@ -139,7 +139,7 @@ def recorded_walls(sources: Iterable[Path | None], rows: Iterable[Result]) -> di
                 recorded.update(recorded_run_s(source))
     walls: dict[str, list[float]] = {}
     for row in rows:
-        if row.wall_s:
-            walls.setdefault(row.case_id, []).append(row.wall_s)
+        if row.timing.wall_s:
+            walls.setdefault(row.case_id, []).append(row.timing.wall_s)
     recorded.update({case_id: mean(values) for case_id, values in walls.items()})
     return recorded

@@ -277,7 +277,7 @@ class BenchSession:
         alone = run_case_measuring_need(
             job.case, self._run_options(run), job.result_path, self.options.oom_rerun, self.spares, self._beat
         )
-        alone.lane_rerun_reason, alone.lane_rerun_share_gib = why, job.share_gib
+        alone.hardware.lane_rerun_reason, alone.hardware.lane_rerun_share_gib = why, job.share_gib
         write_atomic(job.result_path, alone.to_json())
         self._record_as_planned(alone, run)
 
@@ -320,10 +320,14 @@ class BenchSession:
     def _progress(self, r: Result, reused: bool = False) -> None:
         done = len(self.results)
         total = len(self.planned) or done
-        speed = f"{r.tokens_per_s:,.0f} tok/s" if r.tokens_per_s else "-"
-        peak = r.peak_reserved_gib if r.peak_reserved_gib is not None else r.cpu_peak_rss_gib
+        speed = f"{r.training.tokens_per_s:,.0f} tok/s" if r.training.tokens_per_s else "-"
+        peak = (
+            r.memory.peak_reserved_gib
+            if r.memory.peak_reserved_gib is not None
+            else r.memory.cpu_peak_rss_gib
+        )
         peak_text = f"peak {peak:.2f} GiB" if peak is not None else "peak -"
-        took = "reused" if reused else f"{r.wall_s or 0:.1f} s"
+        took = "reused" if reused else f"{r.timing.wall_s or 0:.1f} s"
         name = self._run_name(r)
         line = f"[{done}/{total}] {name}  {r.status}  {speed}  {peak_text}  ({took})  {self._timing(total)}"
         if r.status != "ok" and r.reason:
@@ -469,9 +473,9 @@ class BenchSession:
         ]
         if self.reused:
             lines.append(f"  {len(self.reused)} reused from {self.run_dir} (--resume)")
-        slow = sorted((r for r in results if r.wall_s), key=lambda r: -(r.wall_s or 0))[:5]
+        slow = sorted((r for r in results if r.timing.wall_s), key=lambda r: -(r.timing.wall_s or 0))[:5]
         if slow:
-            lines.append("  slowest: " + ", ".join(f"{run_label(r)} {r.wall_s:.0f} s" for r in slow))
+            lines.append("  slowest: " + ", ".join(f"{run_label(r)} {r.timing.wall_s:.0f} s" for r in slow))
         timing = wall_time_line(self.run_dir)  # where the time went, by stage (reports.wall_time)
         if timing:
             lines.append(f"  {timing}")

@@ -115,8 +115,8 @@ def recorded_run_s(source: Path) -> dict[str, float]:
         )
     walls: dict[str, list[float]] = {}
     for result in read_results_jsonl(path):
-        if result.wall_s is not None and result.wall_s > 0:
-            walls.setdefault(result.case_id, []).append(result.wall_s)
+        if result.timing.wall_s is not None and result.timing.wall_s > 0:
+            walls.setdefault(result.case_id, []).append(result.timing.wall_s)
     return {case_id: mean(values) for case_id, values in walls.items()}
 
 

@@ -68,7 +68,7 @@ CASE_FIELDS: tuple[str, ...] = ("case_hash", "status", "repeats", "host_bound", 
 # Optional per case (files written before it lack it): one run's wall seconds, which `--shard
 # --shard-costs BASELINE` balances shards by. Not gated: wall time is the host's and the suite's.
 CASE_WALL_S = "wall_s"
-# Optional per case too: how many cases shared the device with it (`Result.side_by_side`; null:
+# Optional per case too: how many cases shared the device with it (`Result.hardware.side_by_side`; null:
 # alone). Such a row has no speed, by design; the gate does not compare what it did not measure.
 CASE_SIDE_BY_SIDE = "side_by_side"
 # Library name in the baseline's `versions` -> column of the results frame.

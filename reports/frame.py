@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from qlora_core.result import Result
+from qlora_core.result import RESULT_FIELD_TYPES, Result
 from qlora_core.spec import Case
 from reports.repeats import RepeatStats, fold_repeats
 from reports.run_folder import (
@@ -65,11 +65,8 @@ def column_dtype(annotation: Any) -> str | None:
 
 def _column_dtypes() -> dict[str, str | None]:
     """Column -> dtype for every column of a results frame, in `Result.row()` order."""
-    result_hints = typing.get_type_hints(Result)
     case_hints = typing.get_type_hints(Case)
-    columns = {
-        f.name: column_dtype(result_hints[f.name]) for f in dataclasses.fields(Result) if f.name != "case"
-    }
+    columns = {name: column_dtype(hint) for name, hint in RESULT_FIELD_TYPES.items() if name != "case"}
     for f in dataclasses.fields(Case):
         columns.setdefault(f.name, column_dtype(case_hints[f.name]))
     repeat_hints = typing.get_type_hints(RepeatStats)

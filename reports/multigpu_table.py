@@ -124,7 +124,7 @@ def offloaded(row: pd.Series) -> bool:
 
 def offload_not_in_effect(row: pd.Series) -> str | None:
     """Where the parameters were in training when the case asked for CPU offload and they were
-    not on the host (`Result.params_on_in_training`: "cuda", the offload not applied); None when
+    not on the host (`Result.precision.params_on_in_training`: "cuda", the offload not applied); None when
     they were, when the case asked for none, or when no step began (nothing recorded)."""
     held = row.get("params_on_in_training")
     if not offloaded(row) or not isinstance(held, str) or held in ("", "cpu"):
@@ -168,7 +168,7 @@ def _gib(value: float | None, peaks: PeakFigures | None, row: pd.Series, ranks_c
 def _loaded_on(row: pd.Series) -> str:
     """Where each rank's weights were after the load: "loaded on cpu/meta" under FSDP's rank-0-only
     loading (rank 0 in CPU RAM, the others none), "loaded on cuda" when every rank loaded onto its
-    GPU; "load not recorded" for rows stored before `Result.rank_loaded_on`."""
+    GPU; "load not recorded" for rows stored before `Result.ranks.rank_loaded_on`."""
     ranks = row.get("rank_loaded_on")
     if isinstance(ranks, (list, np.ndarray)) and len(ranks) and all(ranks):
         return "loaded on " + "/".join(dict.fromkeys(str(r) for r in ranks))
@@ -182,7 +182,7 @@ def _number(row: pd.Series, col: str, fmt: str) -> str:
 
 
 def host_bound(row: pd.Series) -> bool:
-    """The row's GPU waited on the host (`Result.host_bound`); False when not measured."""
+    """The row's GPU waited on the host (`Result.training.host_bound`); False when not measured."""
     value = row.get("host_bound")
     return isinstance(value, (bool, np.bool_)) and bool(value)
 

@@ -58,12 +58,14 @@ def fold_case(repeats: list[Result]) -> dict[str, Any]:
     row = ok[0].row()
     stats = RepeatStats(repeats=len(ok), repeat_memory_note=memory_note(ok))
     for metric in _MEDIAN_METRICS:
-        values = [v for v in (getattr(r, metric) for r in ok) if v is not None]
+        values = [v for v in (r.get_field(metric) for r in ok) if v is not None]
         if len(values) == len(ok):  # a metric missing from some repeat is not folded from the rest
             row[metric] = median(values)
     if len(ok) > 1:
-        _add_spread(stats, "tokens_per_s", [r.tokens_per_s for r in ok], "tokens_per_s_repeats")
-        _add_spread(stats, "kernel_ms_per_step", [r.kernel_ms_per_step for r in ok], "kernel_ms_repeats")
+        _add_spread(stats, "tokens_per_s", [r.training.tokens_per_s for r in ok], "tokens_per_s_repeats")
+        _add_spread(
+            stats, "kernel_ms_per_step", [r.training.kernel_ms_per_step for r in ok], "kernel_ms_repeats"
+        )
     return {**row, **dataclasses.asdict(stats)}
 
 
@@ -81,17 +83,17 @@ def _add_spread(stats: RepeatStats, metric: str, values: list[float | None], lis
 
 def memory_note(ok: list[Result]) -> str:
     """Each repeat whose peak allocated memory differs from the first ok repeat's by more than 1%."""
-    first = ok[0].peak_alloc_gib
+    first = ok[0].memory.peak_alloc_gib
     notes = []
     for r in ok[1:]:
         if (
             first
-            and r.peak_alloc_gib is not None
-            and abs(r.peak_alloc_gib - first) > MEMORY_TOLERANCE * first
+            and r.memory.peak_alloc_gib is not None
+            and abs(r.memory.peak_alloc_gib - first) > MEMORY_TOLERANCE * first
         ):
-            change = (r.peak_alloc_gib - first) / first * 100
+            change = (r.memory.peak_alloc_gib - first) / first * 100
             notes.append(
-                f"repeat {r.repeat + 1}: peak_alloc_gib {r.peak_alloc_gib:.3f} vs {first:.3f} GiB"
+                f"repeat {r.repeat + 1}: peak_alloc_gib {r.memory.peak_alloc_gib:.3f} vs {first:.3f} GiB"
                 f" ({change:+.1f}%)"
             )
     return "; ".join(notes)

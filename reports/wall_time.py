@@ -1,6 +1,6 @@
 """wall_time.md: where a run's wall time went, by how its cases ran, by family and by stage.
 
-Every run of a case records its wall time (`Result.wall_s`, the parent's: spawn to exit) and its
+Every run of a case records its wall time (`Result.timing.wall_s`, the parent's: spawn to exit) and its
 phases (`start_s`, `import_s`, `create_s`, `load_s`, `prepare_s`, `warmup_s`, `train_s`,
 `profile_s`, `eval_s`; `qlora_core.process.child`); the rest of a run's wall ("other") is the model's
 resolution, the data, the CUDA and NVML set-up, a wait for a spare and the Result's writing. Runs
@@ -59,9 +59,9 @@ class TimedRun:
 
 def how_it_ran(result: Result) -> str:
     """ALONE, SHARED or AFTER_LANE for a row of results.jsonl."""
-    if result.lane_rerun_reason:
+    if result.hardware.lane_rerun_reason:
         return AFTER_LANE
-    return SHARED if result.side_by_side else ALONE
+    return SHARED if result.hardware.side_by_side else ALONE
 
 
 def timed_runs(run_dir: Path) -> list[TimedRun]:
@@ -87,7 +87,7 @@ def elapsed_s(results: Iterable[Result]) -> float:
     for r in results:
         start, end = _when(r.started_at), _when(r.finished_at)
         if start is not None and end is not None:
-            spans.append((start, max(end, start + (r.wall_s or 0.0))))
+            spans.append((start, max(end, start + (r.timing.wall_s or 0.0))))
     total, reach = 0.0, float("-inf")
     for start, end in sorted(spans):
         if end > reach:
@@ -102,10 +102,10 @@ def stage_sums(results: Iterable[Result]) -> dict[str, float]:
     for r in results:
         staged = 0.0
         for name, label in STAGES:
-            value = getattr(r, name) or 0.0
+            value = r.get_field(name) or 0.0
             sums[label] += value
             staged += value
-        sums[OTHER] += max(0.0, (r.wall_s or 0.0) - staged)
+        sums[OTHER] += max(0.0, (r.timing.wall_s or 0.0) - staged)
     return sums
 
 
@@ -119,7 +119,7 @@ def _rows(groups: dict[str, list[Result]], with_elapsed: bool) -> list[list[str]
         cells = [name, str(len(results))]
         if with_elapsed:
             cells.append(_seconds(elapsed_s(results)))
-        cells.append(_seconds(sum(r.wall_s or 0.0 for r in results)))
+        cells.append(_seconds(sum(r.timing.wall_s or 0.0 for r in results)))
         cells += [_seconds(v) for v in stage_sums(results).values()]
         rows.append(cells)
     return rows
@@ -131,7 +131,7 @@ def _by(runs: Sequence[TimedRun], key: str) -> dict[str, list[Result]]:
         groups.setdefault(getattr(run, key), []).append(run.result)
     if key == "how":
         return {how: groups[how] for how in HOW_ORDER if how in groups}
-    return dict(sorted(groups.items(), key=lambda item: -sum(r.wall_s or 0.0 for r in item[1])))
+    return dict(sorted(groups.items(), key=lambda item: -sum(r.timing.wall_s or 0.0 for r in item[1])))
 
 
 def render_wall_time(run_dir: Path) -> str:
@@ -154,7 +154,7 @@ def render_wall_time(run_dir: Path) -> str:
     lines += [
         f"- runs: {len(runs)}; with a run going: {running_s:.0f} s",
         f"- warm spares' imports before their hand-over (not in any wall):"
-        f" {sum(r.spare_import_s or 0.0 for r in results):.0f} s",
+        f" {sum(r.timing.spare_import_s or 0.0 for r in results):.0f} s",
         "",
         "Seconds. Elapsed: wall-clock time while any run of the group ran (runs side by side"
         " overlap, so their walls add up to more). The stage columns sum each run's own phases;"

@@ -56,7 +56,7 @@ def bench(*args: str, out: Path) -> tuple[subprocess.CompletedProcess, float, fl
 
 def baseline(profile: str = "cpu", matrix: str = "smoke", gpu_name: str = "") -> dict:
     row = Result.for_case(Case("tiny"), profile)
-    row.status, row.gpu_name, row.tokens_per_s = "ok", gpu_name, 1000.0
+    row.status, row.hardware.gpu_name, row.training.tokens_per_s = "ok", gpu_name, 1000.0
     return make_baseline(results_frame([row]), command="pytest bench", environment={"matrix": matrix})
 
 

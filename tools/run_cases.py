@@ -57,8 +57,8 @@ def parse_case(text: str) -> Case:
 
 
 def summary(result: Result) -> str:
-    speed = f"{result.tokens_per_s:,.0f} tok/s" if result.tokens_per_s else "-"
-    peak = f"peak {result.peak_alloc_gib:.2f} GiB" if result.peak_alloc_gib else ""
+    speed = f"{result.training.tokens_per_s:,.0f} tok/s" if result.training.tokens_per_s else "-"
+    peak = f"peak {result.memory.peak_alloc_gib:.2f} GiB" if result.memory.peak_alloc_gib else ""
     name = result.case_id + repeat_suffix(result.repeat)
     return f"{name}: {result.status} {speed} {peak} {result.reason[:200]}".rstrip()
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from qlora_core.process import faults
+from qlora_core.process.stages import STAGES
 from qlora_core.result import Result, Status, write_atomic
 
 PROGRESS_SAVE_S = 10.0
@@ -27,8 +28,8 @@ class Checkpointer:
         self._saved_at = time.monotonic()
 
     def stage(self, name: str) -> None:
-        if name not in faults.STAGES:
-            raise AssertionError(f"stage {name!r} is not in faults.STAGES")
+        if name not in STAGES:
+            raise AssertionError(f"stage {name!r} is not in stages.STAGES")
         self.current = name
         self.result.status = Status.CRASHED.value
         self.result.reason = f"died during {name}"

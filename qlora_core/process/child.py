@@ -4,10 +4,10 @@
 
 where REQUEST is a `request.ChildRequest` file (the case, its `RunOptions`, where the Result goes,
 the parent's pid); the child dies with that parent (`lifecycle.die_with_parent`).
-The stages (`faults.STAGES`) run in order: on CUDA, the checkpoint is created in a process of its
-own, NVML is read and the allocator capped (emulation); then model resolution, 4-bit load,
-prepare_model_for_kbit_training, LoRA, data, (perplexity,) training, (perplexity); a load-only
-case (`Case.load_only`) stops after the load. The Result is
+The stages (`stages.STAGES`) run in order, one function each (`_STAGE_STEPS`): on CUDA, the
+checkpoint is created in a process of its own, NVML is read and the allocator capped (emulation);
+then model resolution, 4-bit load, prepare_model_for_kbit_training, LoRA, data, (perplexity,)
+training, (perplexity); a load-only case (`Case.load_only`) stops after the load. The Result is
 written atomically as each stage starts, marked "died during <stage>", so a child that dies keeps
 what it measured before; an exception is classified (`outcomes.classify_exception`) and recorded
 with its traceback. The child always exits 0 itself; any other exit is a death the parent reads.
@@ -27,22 +27,31 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile, is_emulated
-from qlora_core.lanes import lane_cap_gib
+from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile
 from qlora_core.models import Prequant
 from qlora_core.models.registry import NO_16BIT_CHECKPOINT, shape_spec
 from qlora_core.process import faults
 from qlora_core.process.checkpointer import Checkpointer
-from qlora_core.process.distributed import local_device_index
+from qlora_core.process.cuda_setup import setup_cuda
 from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent, materialize, now_iso
 from qlora_core.process.outcomes import classify_exception, recognised_refusal
 from qlora_core.process.request import ChildRequest, RunOptions, quiet_offline_kernel_notices
+from qlora_core.process.stages import STAGES
 from qlora_core.result import Result, Status
 from qlora_core.row_summary import record_mfu, summarize_steps
 from qlora_core.spec import HELDOUT_WINDOWS, Case
+
+if TYPE_CHECKING:  # typing only: these import torch, which the child imports once it runs a case
+    import torch
+
+    from qlora_core.engines.pacing import StepPlan
+    from qlora_core.measure import NvmlSampler
+    from qlora_core.models.resolve import ResolvedModel
 
 # This module imports no torch at import time (the session and the spare pool import it in the
 # parent): torch and the modules that import it (data, load, measure, quality, engines,
@@ -109,9 +118,9 @@ def run_child(
     result.started_at = now_iso()
     result.overrides = options.overrides
     result.repeat = options.repeat
-    result.start_s = start_s
-    result.warm_spare = spare_import_s is not None
-    result.spare_import_s = spare_import_s
+    result.timing.start_s = start_s
+    result.timing.warm_spare = spare_import_s is not None
+    result.timing.spare_import_s = spare_import_s
     ckpt = Checkpointer(result, result_path)
     ckpt.stage("start-up")  # from here on the result file exists, whatever happens
     tb = ""
@@ -131,159 +140,286 @@ def run_child(
     return ckpt.result
 
 
+@dataclass
+class _CaseRun:
+    """What the child's stages hand each other, beside the Result they fill (`ckpt.result`)."""
+
+    case: Case
+    options: RunOptions
+    ckpt: Checkpointer
+    profile: GpuProfile
+    gpu: DetectedGpu | None
+    device: str  # "cuda" or "cpu"
+    sampler: NvmlSampler | None = None  # started on CUDA by the CUDA set-up
+    resolved: ResolvedModel | None = None
+    model: Any = None
+    prepare_s: float = 0.0  # prepare_model_for_kbit_training's seconds, until LoRA adds its own
+    plan: StepPlan | None = None
+    batches: list[torch.Tensor] = field(default_factory=list)
+    heldout: torch.Tensor | None = None  # held-out windows (data == "text")
+
+    @property
+    def r(self) -> Result:
+        return self.ckpt.result
+
+
+StageStep = Callable[[_CaseRun], tuple[Status, str] | None]
+"""A stage's work: None to go on to the next stage, or the outcome that ends the case there."""
+
+
 def _run_stages(case: Case, options: RunOptions, ckpt: Checkpointer) -> tuple[Status, str]:
+    """The start-up (its stage entered by `run_child`), then each later stage of `STAGES` that
+    applies to the case (`_STAGE_STEPS`), entered (`Checkpointer.stage`: the Result written, a
+    fault fired) before its work."""
+    run = _start_up(case, options, ckpt)
+    judged = _judge_16bit_without_checkpoint(case, run.profile, run.r)
+    if judged is not None:
+        return judged
+    if run.device != "cuda":  # no model creation stage: the ML stack comes at the end of start-up
+        _import_ml_stack(run)
+    for name in STAGES[1:]:
+        applies, step = _STAGE_STEPS[name]
+        if applies(run):
+            ckpt.stage(name)
+            outcome = step(run)
+            if outcome is not None:
+                return outcome
+    return Status.OK, ""
+
+
+def _start_up(case: Case, options: RunOptions, ckpt: Checkpointer) -> _CaseRun:
+    """The device, torch (timed), the share of the host's cores."""
     r = ckpt.result
     profile = get_profile(options.profile)
     gpu = detect_gpu() if profile.is_gpu else None
-    device = "cuda" if gpu is not None else "cpu"
-    r.device = device
-    sampler = None
+    run = _CaseRun(case, options, ckpt, profile, gpu, "cuda" if gpu is not None else "cpu")
+    r.hardware.device = run.device
     t0 = time.perf_counter()
-    import torch  # touches no device: NVML's base reading below stays the device's own
+    import torch  # touches no device: NVML's base reading (the CUDA set-up) stays the device's own
 
-    r.import_s = time.perf_counter() - t0
-    r.side_by_side = options.shared_device if options.shared_device > 1 else None
-    r.lane_share_gib = options.lane_share_gib
-    if r.side_by_side:
+    r.timing.import_s = time.perf_counter() - t0
+    r.hardware.side_by_side = options.shared_device if options.shared_device > 1 else None
+    r.hardware.lane_share_gib = options.lane_share_gib
+    if r.hardware.side_by_side:
         # N cases share the host's cores: each takes its share for its CPU-side work (LoRA's init,
         # the data), not every core N times over (prepare + LoRA took 16-30 s so on the H200).
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // options.shared_device))
-    r.torch_threads = torch.get_num_threads()
-    judged = _judge_16bit_without_checkpoint(case, profile, r)
-    if judged is not None:
-        return judged
-    if device == "cuda":
-        ckpt.stage("model creation")
-        t0 = time.perf_counter()
-        if materialize(case.model, device, Prequant.of_case(case)):
-            r.create_s = time.perf_counter() - t0
-        sampler = _setup_cuda(r, profile, gpu, options)
+    r.hardware.torch_threads = torch.get_num_threads()
+    return run
+
+
+def _create_model(run: _CaseRun) -> None:
+    """CUDA only: the shape's checkpoint created in a process of its own (timed when it was not
+    in the cache), the CUDA set-up (`cuda_setup.setup_cuda`), then the ML stack."""
+    t0 = time.perf_counter()
+    if materialize(run.case.model, run.device, Prequant.of_case(run.case)):
+        run.r.timing.create_s = time.perf_counter() - t0
+    run.sampler = setup_cuda(run.r, run.profile, run.gpu, run.options)
+    _import_ml_stack(run)
+
+
+def _import_ml_stack(run: _CaseRun) -> None:
+    """Import the ML stack (added to `import_s`), record the library versions, seed torch."""
     t0 = time.perf_counter()
     # After the CUDA set-up: bitsandbytes loads its CUDA library when imported. Our modules that
-    # need the ML stack come with it, timed together (`Result.import_s`); the module's top
-    # imports none of them (see there).
+    # need the ML stack come with it, timed together (`Timing.import_s`); the module's top
+    # imports none of them (see there), and the stages' own imports of them find them loaded.
     import bitsandbytes  # noqa: F401
     import peft  # noqa: F401
+    import torch
     import transformers  # noqa: F401
 
-    from qlora_core import data as data_mod
-    from qlora_core import load, measure, quality
-    from qlora_core.engines import TrainStats, plan_steps, run_training
-    from qlora_core.models.resolve import resolve_model
+    from qlora_core import data, load, measure, quality  # noqa: F401
+    from qlora_core.engines import run_training  # noqa: F401
+    from qlora_core.models.resolve import resolve_model  # noqa: F401
 
-    r.import_s += time.perf_counter() - t0
+    run.r.timing.import_s = (run.r.timing.import_s or 0.0) + time.perf_counter() - t0
+    run.r.set_fields(environment_fields())
+    torch.manual_seed(run.case.seed)
 
-    for key, value in environment_fields().items():
-        setattr(r, key, value)
-    torch.manual_seed(case.seed)
 
-    ckpt.stage("model resolution")
-    resolved = resolve_model(case.model, device=device, prequant=Prequant.of_case(case))
+def _resolve_model(run: _CaseRun) -> None:
+    from qlora_core.models.resolve import resolve_model  # imported by _import_ml_stack (timed)
 
-    ckpt.stage("load")
+    run.resolved = resolve_model(run.case.model, device=run.device, prequant=Prequant.of_case(run.case))
+
+
+def _load(run: _CaseRun) -> tuple[Status, str] | None:
+    """The load (timed), where the weights went and their bytes, the memory after it; a load-only
+    case (`Case.load_only`) ends here, ok."""
+    from qlora_core import load, measure  # imported by _import_ml_stack (timed)
+
+    assert run.resolved is not None
+    r = run.r
     t0 = time.perf_counter()
-    model = load.load_model(case, resolved.path, device)
-    r.load_s = time.perf_counter() - t0
-    r.loaded_on = measure.params_device(model)
-    if r.loaded_on != "meta":  # a rank holding no weight has none to count: left None
-        counted = measure.weight_bytes(model)
-        r.weight_bytes = counted.weight_bytes
-        r.quant_data_bytes = counted.quant_data_bytes
-        r.quant_stats_bytes = counted.quant_stats_bytes
-        r.quantized_params = counted.quantized_params
-        r.footprint_bytes = counted.footprint_bytes
-    _record_stage(r, "load", device)
-    if case.load_only:
-        _record_load_only(r, model, device, sampler)
+    run.model = load.load_model(run.case, run.resolved.path, run.device)
+    r.timing.load_s = time.perf_counter() - t0
+    r.ranks.loaded_on = measure.params_device(run.model)
+    if r.ranks.loaded_on != "meta":  # a rank holding no weight has none to count: left None
+        counted = measure.weight_bytes(run.model)
+        r.weights.weight_bytes = counted.weight_bytes
+        r.weights.quant_data_bytes = counted.quant_data_bytes
+        r.weights.quant_stats_bytes = counted.quant_stats_bytes
+        r.weights.quantized_params = counted.quantized_params
+        r.weights.footprint_bytes = counted.footprint_bytes
+    _record_stage(r, "load", run.device)
+    if run.case.load_only:
+        _record_load_only(r, run.model, run.device, run.sampler)
         return Status.OK, ""
+    return None
 
-    ckpt.stage("prepare")  # also saves what load measured, so a crash from here keeps it
+
+def _prepare(run: _CaseRun) -> None:
+    """prepare_model_for_kbit_training. Entering it also saved what load measured, so a crash from
+    here keeps it."""
+    from qlora_core import load  # imported by _import_ml_stack (timed)
+
     t0 = time.perf_counter()
-    model = load.prepare(model, case)
-    prepare_s = time.perf_counter() - t0
-    _record_stage(r, "prepare", device)
+    run.model = load.prepare(run.model, run.case)
+    run.prepare_s = time.perf_counter() - t0
+    _record_stage(run.r, "prepare", run.device)
 
-    ckpt.stage("LoRA")
+
+def _add_lora(run: _CaseRun) -> None:
+    """The LoRA adapters (their seconds added to prepare's), the parameters and their bytes."""
+    from qlora_core import load, measure  # imported by _import_ml_stack (timed)
+
+    r = run.r
     t0 = time.perf_counter()
-    model = load.add_lora(model, case)
-    r.prepare_s = prepare_s + time.perf_counter() - t0
-    r.trainable_params, r.total_params = measure.parameter_counts(model)
-    r.trainable_dtypes = measure.trainable_dtypes(model)
-    r.trainable_bytes = measure.trainable_bytes(model)
-    _record_stage(r, "lora", device)
+    run.model = load.add_lora(run.model, run.case)
+    r.timing.prepare_s = run.prepare_s + time.perf_counter() - t0
+    r.weights.trainable_params, r.weights.total_params = measure.parameter_counts(run.model)
+    r.weights.trainable_dtypes = measure.trainable_dtypes(run.model)
+    r.weights.trainable_bytes = measure.trainable_bytes(run.model)
+    _record_stage(r, "lora", run.device)
 
-    ckpt.stage("data")
+
+def _data(run: _CaseRun) -> None:
+    """The step plan and the batches for it (text: the held-out windows too)."""
+    from qlora_core import data  # imported by _import_ml_stack (timed)
+    from qlora_core.engines import plan_steps
+
+    case, options, resolved = run.case, run.options, run.resolved
+    assert resolved is not None
     # An uncapped rerun wants memory only (oom_need): its peak, in a few fixed steps.
     # Side by side (qlora_core.process.side_by_side), kernel time would be shared too: no profiler window.
     # Nor adaptive pacing, which reads step times: side by side, the case's own steps, fixed.
     shared = options.shared_device > 1
-    plan = plan_steps(
+    run.plan = plan_steps(
         case,
-        device,
+        run.device,
         adaptive=False if shared else options.adaptive_steps,
         profile=False if shared else None,
         memory_only=options.uncapped,
     )
     # The batches cover the step cap, for every rank (each draws its share).
-    count = plan.max_total_steps * case.grad_accum * case.num_gpus
-    heldout = None
+    count = run.plan.max_total_steps * case.grad_accum * case.num_gpus
     if case.data == "text":
-        ids = data_mod.cached_corpus_ids(resolved.tokenizer_path, resolved.vocab_size)
-        train_ids, heldout_ids = data_mod.split_train_heldout(ids)
-        batches = data_mod.text_batches(train_ids, case.batch_size, case.seq_len, count, case.seed)
-        heldout = data_mod.heldout_windows(heldout_ids, case.seq_len, max_windows=HELDOUT_WINDOWS)
-        ckpt.stage("perplexity before training")
-        t0 = time.perf_counter()
-        r.ppl_before = quality.perplexity(model, heldout, device)
-        r.eval_s = time.perf_counter() - t0
+        ids = data.cached_corpus_ids(resolved.tokenizer_path, resolved.vocab_size)
+        train_ids, heldout_ids = data.split_train_heldout(ids)
+        run.batches = data.text_batches(train_ids, case.batch_size, case.seq_len, count, case.seed)
+        run.heldout = data.heldout_windows(heldout_ids, case.seq_len, max_windows=HELDOUT_WINDOWS)
     else:
-        batches = data_mod.synthetic_batches(
+        run.batches = data.synthetic_batches(
             resolved.vocab_size, case.batch_size, case.seq_len, count, case.seed
         )
 
-    ckpt.stage("training")
-    if device == "cuda":
+
+def _perplexity_before(run: _CaseRun) -> None:
+    from qlora_core import quality  # imported by _import_ml_stack (timed)
+
+    assert run.heldout is not None
+    t0 = time.perf_counter()
+    run.r.quality.ppl_before = quality.perplexity(run.model, run.heldout, run.device)
+    run.r.timing.eval_s = time.perf_counter() - t0
+
+
+def _train(run: _CaseRun) -> tuple[Status, str] | None:
+    """The warm-up, measured and profiled steps (`engines.run_training`), the Result on disk as they
+    go; then the peaks, the step summary and MFU. A non-finite loss ends the case: nan."""
+    from qlora_core import measure  # imported by _import_ml_stack (timed)
+    from qlora_core.engines import TrainStats, run_training
+
+    case, r, ckpt = run.case, run.r, run.ckpt
+    if run.device == "cuda":
         measure.reset_cuda_peaks()
-    r.tokens_per_step = case.tokens_per_step
+    r.training.tokens_per_step = case.tokens_per_step
 
     def on_step(step: int, stats: TrainStats) -> None:
-        r.losses, r.grad_norms, r.step_ms = stats.losses, stats.grad_norms, stats.step_ms
-        r.params_on_in_training = stats.params_on_in_training  # kept by a row that fails later
-        if stats.train_s is not None and r.train_s is None:
+        r.training.losses, r.training.grad_norms, r.training.step_ms = (
+            stats.losses,
+            stats.grad_norms,
+            stats.step_ms,
+        )
+        r.precision.params_on_in_training = stats.params_on_in_training  # kept by a row that fails later
+        if stats.train_s is not None and r.timing.train_s is None:
             # The timed steps are over: on disk at once, so a child that dies from here on (the
             # profiler window, perplexity) keeps its training time.
-            r.train_s = stats.train_s
+            r.timing.train_s = stats.train_s
             ckpt.save()
         else:
             ckpt.save_progress()  # between steps, outside their timed region
 
     def on_start(stats: TrainStats) -> None:  # on disk before step 1: a failed case keeps it
-        for name, value in stats.start_fields().items():
-            setattr(r, name, value)
+        r.set_fields(stats.start_fields())
         ckpt.save()
 
-    stats = run_training(model, case, batches, device, on_step=on_step, plan=plan, on_start=on_start)
-    if device == "cuda":
-        r.peak_alloc_gib, r.peak_reserved_gib = measure.cuda_peaks()
-    if sampler is not None:
-        r.nvml_peak_gib = sampler.stop()
-        r.nvml_own_peak_gib = sampler.own_peak_gib
-    r.cpu_peak_rss_gib = measure.peak_rss_gib()
-    for name, value in stats.result_fields().items():
-        setattr(r, name, value)
-    r.first_loss = stats.losses[0] if stats.losses else None
-    r.final_loss = stats.losses[-1] if stats.losses else None
-    if r.side_by_side is None:  # beside other cases the step times are theirs too: kept, not summarized
+    stats = run_training(
+        run.model, case, run.batches, run.device, on_step=on_step, plan=run.plan, on_start=on_start
+    )
+    if run.device == "cuda":
+        r.memory.peak_alloc_gib, r.memory.peak_reserved_gib = measure.cuda_peaks()
+    if run.sampler is not None:
+        r.memory.nvml_peak_gib = run.sampler.stop()
+        r.memory.nvml_own_peak_gib = run.sampler.own_peak_gib
+    r.memory.cpu_peak_rss_gib = measure.peak_rss_gib()
+    r.set_fields(stats.result_fields())
+    r.training.first_loss = stats.losses[0] if stats.losses else None
+    r.training.final_loss = stats.losses[-1] if stats.losses else None
+    if (
+        r.hardware.side_by_side is None
+    ):  # beside other cases the step times are theirs too: kept, not summarized
         summarize_steps(r)
-    record_mfu(r, case, model.config, gpu)
+    record_mfu(r, case, run.model.config, run.gpu)
     if stats.diverged:
         return Status.NAN, f"non-finite loss or gradient norm at step {stats.first_nonfinite_step}"
-    if heldout is not None:
-        ckpt.stage("perplexity after training")
-        t0 = time.perf_counter()
-        r.ppl_after = quality.perplexity(model, heldout, device)
-        r.eval_s = (r.eval_s or 0.0) + time.perf_counter() - t0
-    return Status.OK, ""
+    return None
+
+
+def _perplexity_after(run: _CaseRun) -> None:
+    from qlora_core import quality  # imported by _import_ml_stack (timed)
+
+    assert run.heldout is not None
+    t0 = time.perf_counter()
+    run.r.quality.ppl_after = quality.perplexity(run.model, run.heldout, run.device)
+    run.r.timing.eval_s = (run.r.timing.eval_s or 0.0) + time.perf_counter() - t0
+
+
+def _always(run: _CaseRun) -> bool:
+    return True
+
+
+def _on_cuda(run: _CaseRun) -> bool:
+    return run.device == "cuda"
+
+
+def _with_heldout(run: _CaseRun) -> bool:
+    return run.heldout is not None
+
+
+_STAGE_STEPS: dict[str, tuple[Callable[[_CaseRun], bool], StageStep]] = {
+    "model creation": (_on_cuda, _create_model),
+    "model resolution": (_always, _resolve_model),
+    "load": (_always, _load),
+    "prepare": (_always, _prepare),
+    "LoRA": (_always, _add_lora),
+    "data": (_always, _data),
+    "perplexity before training": (_with_heldout, _perplexity_before),
+    "training": (_always, _train),
+    "perplexity after training": (_with_heldout, _perplexity_after),
+}
+"""Each stage after start-up (`STAGES`, which orders them): whether it runs for the case, and its
+work."""
 
 
 def _judge_16bit_without_checkpoint(case: Case, profile: GpuProfile, r: Result) -> tuple[Status, str] | None:
@@ -295,13 +431,13 @@ def _judge_16bit_without_checkpoint(case: Case, profile: GpuProfile, r: Result) 
         return None
     from qlora_core.measure import meta_weight_bytes  # imports torch: see the module's imports
 
-    r.computed_weight_bytes = meta_weight_bytes(shape_spec(case.model))
-    need_gib, have_gib = r.computed_weight_bytes / 2**30, profile.total_gib
+    r.weights.computed_weight_bytes = meta_weight_bytes(shape_spec(case.model))
+    need_gib, have_gib = r.weights.computed_weight_bytes / 2**30, profile.total_gib
     if need_gib <= have_gib:
         return None
     return Status.OOM, (
         f"load: computed, not measured: the 16-bit weights of {case.model} are"
-        f" {r.computed_weight_bytes:,} bytes ({need_gib:.2f} GiB) on the meta device, more than the"
+        f" {r.weights.computed_weight_bytes:,} bytes ({need_gib:.2f} GiB) on the meta device, more than the"
         f" {have_gib:.2f} GiB of {profile.name}: it does not fit at load"
     )
 
@@ -311,14 +447,14 @@ def _record_load_only(r: Result, model: Any, device: str, sampler: Any) -> None:
     load's allocator peaks (nothing ran before it in this process) and the device's used memory."""
     from qlora_core import measure  # imports torch: see the module's imports
 
-    r.total_params = measure.base_parameter_count(model)
+    r.weights.total_params = measure.base_parameter_count(model)
     if device == "cuda":
-        r.load_peak_alloc_gib, r.load_peak_reserved_gib = measure.cuda_peaks()
+        r.memory.load_peak_alloc_gib, r.memory.load_peak_reserved_gib = measure.cuda_peaks()
     if sampler is not None:
         sampler.stop()
-        r.load_nvml_gib = sampler.used_gib()
-        r.nvml_own_peak_gib = sampler.own_peak_gib
-    r.cpu_peak_rss_gib = measure.peak_rss_gib()
+        r.memory.load_nvml_gib = sampler.used_gib()
+        r.memory.nvml_own_peak_gib = sampler.own_peak_gib
+    r.memory.cpu_peak_rss_gib = measure.peak_rss_gib()
 
 
 def _record_stage(r: Result, stage: str, device: str) -> None:
@@ -329,64 +465,7 @@ def _record_stage(r: Result, stage: str, device: str) -> None:
     else:
         # On the CPU the process RSS is what the stage costs; reserved has no meaning.
         alloc, reserved = measure.current_rss_gib(), None
-    setattr(r, f"{stage}_alloc_gib", alloc)
-    setattr(r, f"{stage}_reserved_gib", reserved)
-
-
-def _setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options: RunOptions) -> Any:
-    """Read NVML before anything touches the device, create the context, cap the allocator.
-
-    Emulating a smaller GPU: the cap is the profile's device memory minus this process's CUDA
-    context (measured here, since the allocator cannot see it), as a fraction of the real card.
-    A lane of a real card shared side by side (`RunOptions.lane_share_gib`): its share less the
-    context, the same way (`lanes.lane_cap_gib`). Returns the started NVML sampler.
-    """
-    # Here, not at the top: torch, and measure, which imports it (see the module's imports).
-    import torch
-
-    from qlora_core.measure import NVML_DEVICE, NVML_PROCESS, NvmlSampler, gib
-
-    index = local_device_index()  # 0, or this rank's GPU in a multi-GPU case
-    shared = options.shared_device > 1
-    # Side by side, NVML's device-wide "used" counts the other cases: this process's own line only.
-    sampler = NvmlSampler(index, NVML_PROCESS if shared else NVML_DEVICE)
-    r.nvml_scope = sampler.scope
-    r.nvml_base_gib = sampler.base_gib
-    torch.cuda.set_device(index)
-    _free, total_b = torch.cuda.mem_get_info(index)  # creates the context, allocates nothing
-    total = gib(total_b)
-    r.context_gib = sampler.own_gib()
-    context_gib = max(0.0, sampler.used_gib() - sampler.base_gib)
-    if shared:  # other cases use the device too: only this process's own reading is its context
-        if r.context_gib is None:
-            raise RuntimeError(
-                "side by side, the CUDA context must be read from NVML's per-process list, which does"
-                " not name this process here; run the case alone (--side-by-side 1)"
-            )
-        context_gib = r.context_gib
-    props = torch.cuda.get_device_properties(index)
-    r.gpu_name = props.name
-    r.gpu_capability = f"{props.major}.{props.minor}"
-    r.gpu_total_gib = total
-    r.gpus_visible = torch.cuda.device_count()
-    r.driver_version = gpu.driver_version if gpu else ""
-    r.bf16_native = (props.major, props.minor) >= (8, 0)
-    r.bf16_torch_supported = bool(torch.cuda.is_bf16_supported())
-    cap = None if options.uncapped else options.memory_cap_gib  # oom_need: measure what it needs
-    if cap is None and is_emulated(profile, gpu) and not options.uncapped:
-        cap = profile.total_gib - context_gib
-        r.emulated = True
-        r.emulated_on = props.name
-        # What the emulated card would say about bf16, not the host's answer.
-        r.bf16_native = profile.native_bf16
-    if cap is not None:
-        r.memory_cap_gib = cap
-    elif options.lane_share_gib is not None and not options.uncapped:
-        # A lane of a real card: the suite's cap, kept apart from the profile's (memory_cap_gib).
-        cap = r.lane_cap_gib = lane_cap_gib(options.lane_share_gib, context_gib)
-    if cap is not None:
-        torch.cuda.set_per_process_memory_fraction(min(1.0, max(cap, 0.01) / total), index)
-    return sampler.start()
+    r.set_fields({f"{stage}_alloc_gib": alloc, f"{stage}_reserved_gib": reserved})
 
 
 if __name__ == "__main__":

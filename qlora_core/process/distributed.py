@@ -249,29 +249,29 @@ def merge_ranks(
     merged = Result.from_dict(json.loads(base.to_json()))
     merged.families = families
     merged.profile = profile
-    merged.world_size = len(ranks)
-    merged.rank_statuses = [r.status if r is not None else Status.CRASHED.value for r in ranks]
+    merged.ranks.world_size = len(ranks)
+    merged.ranks.rank_statuses = [r.status if r is not None else Status.CRASHED.value for r in ranks]
     for name in _PER_GPU_MAX_FIELDS:
-        values = [getattr(r, name) if r is not None else None for r in ranks]
+        values = [r.get_field(name) if r is not None else None for r in ranks]
         measured = [v for v in values if v is not None]
-        setattr(merged, name, max(measured) if measured else None)
+        merged.set_fields({name: max(measured) if measured else None})
         if name in ("peak_alloc_gib", "peak_reserved_gib", "nvml_peak_gib", "cpu_peak_rss_gib"):
-            setattr(merged, f"rank_{name}", values)
+            merged.set_fields({f"rank_{name}": values})
         if name in ("peak_alloc_gib", "peak_reserved_gib", "nvml_peak_gib"):
-            setattr(merged, f"{name}_sum", sum(measured) if measured else None)
-    merged.rank_loaded_on = [r.loaded_on if r is not None else "" for r in ranks]
-    merged.rank_step_ms = [list(r.step_ms) if r is not None else [] for r in ranks]
+            merged.set_fields({f"{name}_sum": sum(measured) if measured else None})
+    merged.ranks.rank_loaded_on = [r.ranks.loaded_on if r is not None else "" for r in ranks]
+    merged.ranks.rank_step_ms = [list(r.training.step_ms) if r is not None else [] for r in ranks]
     # A data-parallel step ends when its slowest rank does.
-    merged.step_ms = [max(times) for times in zip(*merged.rank_step_ms, strict=False)]
-    merged.step_ms_median = merged.step_ms_spread = merged.tokens_per_s = None
-    merged.tokens_per_step = case.tokens_per_step
+    merged.training.step_ms = [max(times) for times in zip(*merged.ranks.rank_step_ms, strict=False)]
+    merged.training.step_ms_median = merged.training.step_ms_spread = merged.training.tokens_per_s = None
+    merged.training.tokens_per_step = case.tokens_per_step
     summarize_steps(merged)
-    failed = _failed_rank(merged.rank_statuses, root_cause)
-    merged.failed_rank = failed
+    failed = _failed_rank(merged.ranks.rank_statuses, root_cause)
+    merged.ranks.failed_rank = failed
     if failed is None:
         merged.status, merged.reason, merged.traceback = Status.OK.value, "", ""
         return merged
-    merged.status = merged.rank_statuses[failed]
+    merged.status = merged.ranks.rank_statuses[failed]
     why = [f"rank {failed}: {_reason(ranks[failed])}"]
     why += [f"rank {i}: {_reason(r)}" for i, r in enumerate(ranks) if i != failed and _failed(r)]
     merged.reason = "; ".join(why)

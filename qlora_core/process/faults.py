@@ -22,21 +22,8 @@ import signal
 import time
 from dataclasses import dataclass
 
+from qlora_core.process.stages import STAGES
 from qlora_core.spec import Case, CaseError
-
-STAGES: tuple[str, ...] = (
-    "start-up",
-    "model creation",  # CUDA only: a shape's checkpoint is built in a process of its own
-    "model resolution",
-    "load",
-    "prepare",
-    "LoRA",
-    "data",
-    "perplexity before training",  # data == "text" only
-    "training",
-    "perplexity after training",  # data == "text" only
-)
-"""The child's stages, in order; its Result is written as each one starts."""
 
 FAULT_KINDS: dict[str, str] = {
     "sigkill": "the child sends itself SIGKILL (as the kernel's OOM killer does)",

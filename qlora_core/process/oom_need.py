@@ -30,18 +30,21 @@ def why_no_rerun(result: Result) -> str | None:
     exceeds, not yet rerun). The CPU has no cap, so a CPU row is never rerun."""
     if result.status != Status.OOM.value:
         return f"status {result.status}, not oom"
-    if result.computed_weight_bytes is not None:
+    if result.weights.computed_weight_bytes is not None:
         # Judged from the weights' exact bytes without loading (no 16-bit checkpoint exists to
         # load: models.prequantized); uncapped it would only be judged again.
         return "judged from computed weight bytes, not measured: there is nothing to rerun"
-    if result.needed_status is not None:
-        return f"already rerun uncapped ({result.needed_status} on {result.needed_on})"
-    if result.memory_cap_gib is None:
+    if result.needed.needed_status is not None:
+        return f"already rerun uncapped ({result.needed.needed_status} on {result.needed.needed_on})"
+    if result.hardware.memory_cap_gib is None:
         return "it ran without a memory cap: the OOM is the device's own"
-    if result.gpu_total_gib is not None and result.gpu_total_gib <= result.memory_cap_gib:
+    if (
+        result.hardware.gpu_total_gib is not None
+        and result.hardware.gpu_total_gib <= result.hardware.memory_cap_gib
+    ):
         return (
-            f"the host GPU ({result.gpu_total_gib:.1f} GiB) has no more memory than the cap"
-            f" ({result.memory_cap_gib:.1f} GiB)"
+            f"the host GPU ({result.hardware.gpu_total_gib:.1f} GiB) has no more memory than the cap"
+            f" ({result.hardware.memory_cap_gib:.1f} GiB)"
         )
     return None
 
@@ -61,10 +64,9 @@ def uncapped_options(options: RunOptions) -> RunOptions:
 
 def fold_need(capped: Result, uncapped: Result) -> None:
     """Copy the uncapped rerun's memory into the capped row's `needed_*` fields (in place)."""
-    capped.needed_status = uncapped.status
-    capped.needed_on = uncapped.gpu_name or uncapped.device or "unknown device"
-    for needed, measured in NEEDED_OF.items():
-        setattr(capped, needed, getattr(uncapped, measured))
+    capped.needed.needed_status = uncapped.status
+    capped.needed.needed_on = uncapped.hardware.gpu_name or uncapped.hardware.device or "unknown device"
+    capped.set_fields({needed: uncapped.get_field(measured) for needed, measured in NEEDED_OF.items()})
 
 
 def measure_need(

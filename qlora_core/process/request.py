@@ -60,7 +60,7 @@ class RunOptions:
     lane_share_gib: float | None = None
     """Side by side on a real card of the profile (`qlora_core.lanes`): this run's share of the
     device, GiB with its CUDA context; the child caps its allocator at the share less its measured
-    context (`Result.lane_cap_gib`). Not the profile's cap (`memory_cap_gib` stays None): an OOM
+    context (`Result.hardware.lane_cap_gib`). Not the profile's cap (`memory_cap_gib` stays None): an OOM
     under it is the suite's, and the case reruns alone. None: no lane cap."""
 
     def check(self) -> None:

@@ -218,7 +218,7 @@ def _collect(
             result.reason = f"{result.reason}\n--- last lines of {request.log_path.name} ---\n{tail}"
     result.started_at = result.started_at or started_at
     result.finished_at = now_iso()
-    result.wall_s = wall_s
+    result.timing.wall_s = wall_s
     result.families = options.families
     result.overrides = options.overrides
     result.repeat = options.repeat

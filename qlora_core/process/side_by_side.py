@@ -64,18 +64,29 @@ two differed by 5.6 MiB alone, and side by side the own line read 17.6 MiB under
 def ran_alone_on_gpu(row: Result) -> bool:
     """Whether `row` ran on CUDA with no case beside it and read NVML's device-wide memory: a row
     that could show whether its own NVML line agrees with that reading."""
-    return row.device == "cuda" and row.side_by_side is None and row.nvml_peak_gib is not None
+    return (
+        row.hardware.device == "cuda"
+        and row.hardware.side_by_side is None
+        and row.memory.nvml_peak_gib is not None
+    )
 
 
 def own_line_agrees(row: Result) -> bool:
     """Whether `row` ran alone on CUDA and its own NVML line agreed with the device-wide reading:
     the evidence that a case side by side, which reads only its own line, measures what it would
     alone."""
-    if not ran_alone_on_gpu(row) or row.context_gib is None:
+    if not ran_alone_on_gpu(row) or row.hardware.context_gib is None:
         return False
-    if row.nvml_own_peak_gib is None or row.nvml_peak_gib is None or row.nvml_base_gib is None:
+    if (
+        row.memory.nvml_own_peak_gib is None
+        or row.memory.nvml_peak_gib is None
+        or row.memory.nvml_base_gib is None
+    ):
         return False
-    return abs(row.nvml_own_peak_gib - (row.nvml_peak_gib - row.nvml_base_gib)) <= OWN_LINE_AGREEMENT_GIB
+    return (
+        abs(row.memory.nvml_own_peak_gib - (row.memory.nvml_peak_gib - row.memory.nvml_base_gib))
+        <= OWN_LINE_AGREEMENT_GIB
+    )
 
 
 def sharing_supported(profile: GpuProfile, rows: Iterable[Result]) -> bool:
@@ -108,7 +119,7 @@ def run_side_by_side(
     called in this thread as each ends. With `spares`, the pool keeps one spare waiting per lane
     meanwhile and a lane hands its case to one whose imports are done, else starts it cold
     (`SparePool.deepened`). Each child takes its share of the host's cores for torch
-    (`Result.torch_threads`). An interrupt (Ctrl-C) or an error in `on_done` kills every
+    (`Result.hardware.torch_threads`). An interrupt (Ctrl-C) or an error in `on_done` kills every
     running child before it propagates: nothing outlives the call, and no half-run case is
     reported. `on_wait`: called in this thread at every poll with the running jobs' Result files."""
     if lanes < 1:

@@ -44,14 +44,18 @@ def committed_footprints() -> dict[str, tuple[Case, float]]:
     for path in sorted((ROOT / "reports" / "reference").glob("**/results.jsonl")):
         for r in read_results_jsonl(path):
             case = Case.from_dict(r.case)
-            if r.device != "cuda" or case.num_gpus != 1:
+            if r.hardware.device != "cuda" or case.num_gpus != 1:
                 continue
-            if r.status == "ok" and r.nvml_peak_gib is not None:
-                used = r.nvml_peak_gib - (r.nvml_base_gib or 0.0)
-            elif r.status == "ok" and r.load_nvml_gib is not None:
-                used = r.load_nvml_gib - (r.nvml_base_gib or 0.0)
-            elif r.status == "oom" and r.needed_status == "ok" and r.needed_nvml_peak_gib is not None:
-                used = r.needed_nvml_peak_gib - (r.needed_nvml_base_gib or 0.0)
+            if r.status == "ok" and r.memory.nvml_peak_gib is not None:
+                used = r.memory.nvml_peak_gib - (r.memory.nvml_base_gib or 0.0)
+            elif r.status == "ok" and r.memory.load_nvml_gib is not None:
+                used = r.memory.load_nvml_gib - (r.memory.nvml_base_gib or 0.0)
+            elif (
+                r.status == "oom"
+                and r.needed.needed_status == "ok"
+                and r.needed.needed_nvml_peak_gib is not None
+            ):
+                used = r.needed.needed_nvml_peak_gib - (r.needed.needed_nvml_base_gib or 0.0)
             else:
                 continue
             found[r.case_id] = (case, used)
@@ -138,9 +142,8 @@ def test_a_lane_cap_is_its_share_less_the_context_and_what_lives_outside_the_all
 
 
 def _lane_row(status: str = "ok", cap: float | None = 12.0, reserved: float | None = 6.0) -> Result:
-    return Result(
-        "c", "h", "h100", {}, status=status, lane_share_gib=13.0, lane_cap_gib=cap, peak_reserved_gib=reserved
-    )
+    fields = {"status": status, "lane_share_gib": 13.0, "lane_cap_gib": cap, "peak_reserved_gib": reserved}
+    return Result.from_dict({"case_id": "c", "case_hash": "h", "profile": "h100", "case": {}, **fields})
 
 
 def test_a_lane_oom_on_a_real_card_reruns_alone_and_on_an_emulated_one_is_the_verdict():
@@ -156,7 +159,16 @@ def test_a_lane_oom_on_a_real_card_reruns_alone_and_on_an_emulated_one_is_the_ve
     # a reserved peak within the case's largest allocation of the cap: the cap may have bitten
     near = 12.0 - largest_allocation_gib(case) + 0.01
     assert "came within its largest allocation" in lane_rerun_reason(case, real, _lane_row(reserved=near))
-    load = Result("c", "h", "h100", {}, lane_cap_gib=12.0, load_peak_reserved_gib=11.9)
+    load = Result.from_dict(
+        {
+            "case_id": "c",
+            "case_hash": "h",
+            "profile": "h100",
+            "case": {},
+            "lane_cap_gib": 12.0,
+            "load_peak_reserved_gib": 11.9,
+        }
+    )
     assert lane_rerun_reason(case.replace(load_only=True), real, load) is not None
 
 
@@ -189,17 +201,19 @@ def test_on_a_real_card_a_lane_is_capped_at_its_share_and_not_at_the_profiles(gp
     case = Case("tiny", seq_len=128, warmup_steps=0, measured_steps=3)
     options = RunOptions(profile=profile.name, shared_device=2, lane_share_gib=4.0)
     row = run_case(case, options, tmp_path / "lane.json")
-    assert row.status == "ok" and row.side_by_side == 2, row.reason
-    assert row.memory_cap_gib is None and not row.emulated
-    assert row.lane_share_gib == 4.0 and row.context_gib is not None
-    assert row.lane_cap_gib == pytest.approx(lane_cap_gib(4.0, row.context_gib))
+    assert row.status == "ok" and row.hardware.side_by_side == 2, row.reason
+    assert row.hardware.memory_cap_gib is None and not row.hardware.emulated
+    assert row.hardware.lane_share_gib == 4.0 and row.hardware.context_gib is not None
+    assert row.hardware.lane_cap_gib == pytest.approx(lane_cap_gib(4.0, row.hardware.context_gib))
     tight = RunOptions(
-        profile=profile.name, shared_device=2, lane_share_gib=row.context_gib + OUTSIDE_ALLOCATOR_GIB + 0.001
+        profile=profile.name,
+        shared_device=2,
+        lane_share_gib=row.hardware.context_gib + OUTSIDE_ALLOCATOR_GIB + 0.001,
     )
     starved = run_case(case.replace(batch_size=8, seq_len=512), tight, tmp_path / "tight.json")
-    assert starved.status == "oom" and starved.memory_cap_gib is None, starved.reason
+    assert starved.status == "oom" and starved.hardware.memory_cap_gib is None, starved.reason
     assert lane_rerun_reason(case, Lane(tight.lane_share_gib, real_card=True), starved) is not None
     alone = run_case(
         case.replace(batch_size=8, seq_len=512), RunOptions(profile=profile.name), tmp_path / "alone.json"
     )
-    assert alone.status == "ok" and alone.lane_cap_gib is None and gpu is not None, alone.reason
+    assert alone.status == "ok" and alone.hardware.lane_cap_gib is None and gpu is not None, alone.reason

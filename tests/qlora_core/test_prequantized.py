@@ -130,7 +130,7 @@ def test_16bit_70b_is_judged_from_meta_weight_bytes_only_where_they_exceed_the_c
     status, reason = _judge_16bit_without_checkpoint(case, PROFILES["a100-80gb"], row)
     assert status == Status.OOM and reason.startswith("load: computed, not measured")
     # bf16 parameters, plus the rotary inv_freq and original_inv_freq buffers (64 fp32 each)
-    assert row.computed_weight_bytes == 2 * 68_976_648_192 + 512
+    assert row.weights.computed_weight_bytes == 2 * 68_976_648_192 + 512
     # A card that could hold the weights is not judged; a 4-bit case or another shape never is.
     assert _judge_16bit_without_checkpoint(case, PROFILES["h200"], Result.for_case(case, "h200", "")) is None
     q = Case("llama-2-70b", prequantized=True)

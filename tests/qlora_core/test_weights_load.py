@@ -4,8 +4,6 @@ quantization); the parameter counts of real architectures instantiated without w
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -43,9 +41,12 @@ def test_every_weight_type_loads_and_is_counted(case: Case) -> None:
     counted = measure.weight_bytes(model)
     assert measure.base_parameter_count(model) == TINY.total_params
     result = Result.for_case(case, "cpu")
-    result.weight_bytes, result.total_params = counted.weight_bytes, TINY.total_params
-    result.quantized_params, result.quant_stats_bytes = counted.quantized_params, counted.quant_stats_bytes
-    result.device = "cpu"
+    result.weights.weight_bytes, result.weights.total_params = counted.weight_bytes, TINY.total_params
+    result.weights.quantized_params, result.weights.quant_stats_bytes = (
+        counted.quantized_params,
+        counted.quant_stats_bytes,
+    )
+    result.hardware.device = "cpu"
     assert_weights_consistent(result)
     if case.is_quantized:
         assert counted.quantized_params == TINY.linear_params
@@ -63,15 +64,23 @@ def test_int8_counts_its_row_scales() -> None:
 
 def test_weights_check_fails_on_broken_counts() -> None:
     good = Result.for_case(LOAD, "cpu")
-    good.weight_bytes, good.total_params, good.device = 4 * TINY.total_params, TINY.total_params, "cpu"
+    good.weights.weight_bytes, good.weights.total_params, good.hardware.device = (
+        4 * TINY.total_params,
+        TINY.total_params,
+        "cpu",
+    )
     assert_weights_consistent(good)
     with pytest.raises(AssertionError, match="expected"):
-        assert_weights_consistent(dataclasses.replace(good, weight_bytes=2 * TINY.total_params))
+        assert_weights_consistent(good.replaced(weight_bytes=2 * TINY.total_params))
     int8 = Result.for_case(LOAD.replace(quant_type="int8", compute_dtype="bf16"), "cpu")
-    int8.weight_bytes, int8.total_params, int8.device = 2 * TINY.total_params, TINY.total_params, "cpu"
+    int8.weights.weight_bytes, int8.weights.total_params, int8.hardware.device = (
+        2 * TINY.total_params,
+        TINY.total_params,
+        "cpu",
+    )
     with pytest.raises(AssertionError, match="quantized"):
         assert_weights_consistent(int8)
-    cuda = dataclasses.replace(good, device="cuda", load_alloc_gib=0.0, load_nvml_gib=1.0)
+    cuda = good.replaced(device="cuda", load_alloc_gib=0.0, load_nvml_gib=1.0)
     with pytest.raises(AssertionError, match="allocator holds"):
         assert_weights_consistent(cuda)
 
@@ -82,11 +91,15 @@ def test_load_only_case_stops_after_the_load(tmp_path) -> None:
         LOAD.replace(quant_type="int8", compute_dtype="bf16"), RunOptions(profile="cpu"), tmp_path / "r.json"
     )
     assert result.status == "ok", result.reason
-    assert result.weight_bytes and result.total_params == TINY.total_params
-    assert result.load_alloc_gib is not None and result.cpu_peak_rss_gib is not None
+    assert result.weights.weight_bytes and result.weights.total_params == TINY.total_params
+    assert result.memory.load_alloc_gib is not None and result.memory.cpu_peak_rss_gib is not None
     # No training stage ran: nothing of it is recorded as if it had.
-    assert result.prepare_alloc_gib is None and result.lora_alloc_gib is None
-    assert result.trainable_params is None and result.step_ms == [] and result.peak_alloc_gib is None
+    assert result.memory.prepare_alloc_gib is None and result.memory.lora_alloc_gib is None
+    assert (
+        result.weights.trainable_params is None
+        and result.training.step_ms == []
+        and result.memory.peak_alloc_gib is None
+    )
     assert_weights_consistent(result)
 
 
@@ -123,9 +136,9 @@ def test_load_only_on_gpu_reads_allocator_and_nvml(gpu_required, tmp_path) -> No
     for case in (LOAD, LOAD.replace(quant_type="int8", compute_dtype="bf16")):
         result = run_case(case, RunOptions(profile="h200"), tmp_path / f"{case.hash}.json")
         assert result.status == "ok", result.reason
-        assert result.load_peak_alloc_gib is not None and result.load_nvml_gib is not None
-        assert result.load_nvml_gib > (result.nvml_base_gib or 0.0)
-        assert result.nvml_peak_gib is None and result.peak_alloc_gib is None
+        assert result.memory.load_peak_alloc_gib is not None and result.memory.load_nvml_gib is not None
+        assert result.memory.load_nvml_gib > (result.memory.nvml_base_gib or 0.0)
+        assert result.memory.nvml_peak_gib is None and result.memory.peak_alloc_gib is None
         assert_weights_consistent(result)
 
 
@@ -145,6 +158,11 @@ def test_lora_trains_over_int8_weights_as_the_weights_family_plans_it(tmp_path) 
     ]
     result = run_case(case, RunOptions(profile="cpu", families="weights"), tmp_path / "r.json")
     assert result.status == "ok", result.reason
-    assert result.quantized_params and result.quant_stats_bytes  # 8-bit weights with their row scales
-    assert result.trainable_params and result.trainable_params < result.total_params
-    assert len(result.losses) == case.warmup_steps + case.measured_steps and result.cpu_peak_rss_gib
+    assert (
+        result.weights.quantized_params and result.weights.quant_stats_bytes
+    )  # 8-bit weights with their row scales
+    assert result.weights.trainable_params and result.weights.trainable_params < result.weights.total_params
+    assert (
+        len(result.training.losses) == case.warmup_steps + case.measured_steps
+        and result.memory.cpu_peak_rss_gib
+    )

@@ -6,7 +6,6 @@ Real rows: the H200 reference run committed in reports/reference/h200-smoke (CUD
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "reports" / "reference" / "h20
 @pytest.fixture(scope="module")
 def reference_rows() -> list[Result]:
     rows = read_results_jsonl(REFERENCE / "results.jsonl")
-    assert rows and all(r.status == "ok" and r.device == "cuda" for r in rows)
+    assert rows and all(r.status == "ok" and r.hardware.device == "cuda" for r in rows)
     return rows
 
 
@@ -62,17 +61,17 @@ def test_real_rows_pass(reference_rows: list[Result]) -> None:
 )
 def test_memory_check_fails_on_inconsistent_cuda_figures(quantized: Result, broken, message) -> None:
     with pytest.raises(AssertionError, match=message):
-        assert_memory_consistent(dataclasses.replace(quantized, **broken))
+        assert_memory_consistent(quantized.replaced(**broken))
 
 
 def test_memory_check_on_the_cpu_compares_peak_and_stage_rss(quantized: Result) -> None:
-    cpu = dataclasses.replace(quantized, device="cpu", lora_alloc_gib=0.45, cpu_peak_rss_gib=0.47)
+    cpu = quantized.replaced(device="cpu", lora_alloc_gib=0.45, cpu_peak_rss_gib=0.47)
     assert_memory_consistent(cpu)
     with pytest.raises(AssertionError, match=r"peak RSS .* is below the RSS after LoRA"):
         # e.g. ru_maxrss read in the wrong unit
-        assert_memory_consistent(dataclasses.replace(cpu, cpu_peak_rss_gib=0.47 / 1024))
+        assert_memory_consistent(cpu.replaced(cpu_peak_rss_gib=0.47 / 1024))
     with pytest.raises(AssertionError, match="CPU memory not measured"):
-        assert_memory_consistent(dataclasses.replace(cpu, cpu_peak_rss_gib=None))
+        assert_memory_consistent(cpu.replaced(cpu_peak_rss_gib=None))
 
 
 @pytest.mark.parametrize(
@@ -83,9 +82,7 @@ def test_adapter_check_fails_when_the_base_trains_or_nothing_was_counted(
     quantized: Result, trainable, total, message
 ) -> None:
     with pytest.raises(AssertionError, match=message):
-        assert_adapters_only_train(
-            dataclasses.replace(quantized, trainable_params=trainable, total_params=total)
-        )
+        assert_adapters_only_train(quantized.replaced(trainable_params=trainable, total_params=total))
 
 
 def test_baseline_check_passes_on_its_own_run_and_fails_on_a_changed_one() -> None:
@@ -111,17 +108,17 @@ def test_baseline_check_passes_on_its_own_run_and_fails_on_a_changed_one() -> No
 def test_ranks_check_passes_a_merged_row_and_fails_each_broken_one(quantized: Result) -> None:
     """Two real CUDA rows as the ranks of a DDP case, merged as the runner does."""
     case = Case.from_dict(quantized.case).replace(engine="trainer", num_gpus=2, strategy="ddp")
-    ranks = [dataclasses.replace(quantized, case=case.to_dict()) for _ in range(2)]
-    ranks[1].peak_alloc_gib += 0.5
-    ranks[1].peak_reserved_gib += 0.5
+    ranks = [quantized.replaced(case=case.to_dict()) for _ in range(2)]
+    ranks[1].memory.peak_alloc_gib += 0.5
+    ranks[1].memory.peak_reserved_gib += 0.5
     merged = merge_ranks(case, quantized.profile, "multigpu", ranks)
     assert_ranks_consistent(merged)
     broken = {
-        "rank outcomes": dataclasses.replace(merged, rank_statuses=["ok", "crashed"]),
-        "not the largest": dataclasses.replace(merged, peak_alloc_gib=ranks[0].peak_alloc_gib),
-        "reserved < allocated": dataclasses.replace(merged, rank_peak_reserved_gib=[0.0, 0.0]),
-        "per-rank peaks not measured": dataclasses.replace(merged, rank_peak_alloc_gib=[None, 1.0]),
-        "ranks merged": dataclasses.replace(merged, world_size=1),
+        "rank outcomes": merged.replaced(rank_statuses=["ok", "crashed"]),
+        "not the largest": merged.replaced(peak_alloc_gib=ranks[0].memory.peak_alloc_gib),
+        "reserved < allocated": merged.replaced(rank_peak_reserved_gib=[0.0, 0.0]),
+        "per-rank peaks not measured": merged.replaced(rank_peak_alloc_gib=[None, 1.0]),
+        "ranks merged": merged.replaced(world_size=1),
     }
     for words, row in broken.items():
         with pytest.raises(AssertionError, match=words):

@@ -38,7 +38,7 @@ def write_in_stage(path: Path, stage: str, steps: int = 0) -> None:
     """A Result file as the child leaves it while `stage` runs (`checkpointer.Checkpointer`)."""
     result = Result.for_case(CASE, "cpu")
     result.status, result.reason = Status.CRASHED.value, f"died during {stage}"
-    result.losses = [2.0] * steps
+    result.training.losses = [2.0] * steps
     write_atomic(path, result.to_json())
 
 
@@ -120,9 +120,9 @@ def test_the_cpu_tiers_time_left_stays_near_what_the_measured_run_took():
     each run the time left the estimate gives is within 0.65x-1.4x of what the rest took. The
     earlier CPU rate said 3.9x after the second run and 0.65x after the text cases."""
     rows = read_results_jsonl(CPU_TIER_RUN / "results.jsonl")
-    assert len(rows) == 34 and all(r.wall_s for r in rows)
+    assert len(rows) == 34 and all(r.timing.wall_s for r in rows)
     expected = [run_cost_s(Case.from_dict(r.case), {}, "cpu") for r in rows]
-    walls = [float(r.wall_s or 0.0) for r in rows]
+    walls = [float(r.timing.wall_s or 0.0) for r in rows]
     ratios = []
     for made in range(2, len(rows) - 4):  # the last few: seconds left, any ratio is noise
         left = time_left_s(sum(walls[:made]), expected[:made], expected[made:])
@@ -133,9 +133,9 @@ def test_the_cpu_tiers_time_left_stays_near_what_the_measured_run_took():
 
 def test_recorded_walls_prefer_this_folders_runs_and_skip_an_unreadable_source(tmp_path):
     row = Result.for_case(CASE, "cpu")
-    row.wall_s = 12.0
+    row.timing.wall_s = 12.0
     other = Result.for_case(CASE, "cpu")
-    other.wall_s = 18.0
+    other.timing.wall_s = 18.0
     bad = tmp_path / "broken.json"
     bad.write_bytes(b"\xd9\x00not json")
     assert recorded_walls([None, bad], [row, other]) == {CASE.id: 15.0}

@@ -205,7 +205,7 @@ def test_a_run_is_named_as_its_test_is(reference_copy):
     assert len(set(labels)) == len(rows)
     first = rows[0]
     assert run_label(first) == first.case_id
-    assert run_label(dataclasses.replace(first, repeat=2)) == f"{first.case_id}-r3"
+    assert run_label(first.replaced(repeat=2)) == f"{first.case_id}-r3"
 
 
 @pytest.mark.slow
@@ -220,12 +220,12 @@ def test_shareable_runs_go_side_by_side_once_and_the_rest_alone(tmp_path):
     session.planned = [shareable[0], alone, *shareable[1:]]
     try:
         first = session.run(shareable[0])
-        assert len(session.results) == 3 and first.side_by_side == 2
+        assert len(session.results) == 3 and first.hardware.side_by_side == 2
         assert [session.run(r) for r in shareable[1:]] == [
             session.results[(r.planned.case.hash, 0)] for r in shareable[1:]
         ]
         after = session.run(alone)  # the probe spare waited through the group: still the one used
-        assert after.side_by_side is None and after.warm_spare is True
+        assert after.hardware.side_by_side is None and after.timing.warm_spare is True
     finally:
         session.close()
     rows = read_results_jsonl(session.run_dir / "results.jsonl")
@@ -236,7 +236,9 @@ def test_shareable_runs_go_side_by_side_once_and_the_rest_alone(tmp_path):
 def _alone_row(own_peak_gib: float) -> Result:
     """A row that ran alone on the GPU: 8.0 GiB device-wide over the base, its own line `own`."""
     nvml = {"nvml_peak_gib": 8.5, "nvml_base_gib": 0.5, "nvml_own_peak_gib": own_peak_gib}
-    return Result("a", "h", "t4", {}, device="cuda", context_gib=0.6, **nvml)
+    return Result.from_dict(
+        dict(case_id="a", case_hash="h", profile="t4", case={}, device="cuda", context_gib=0.6, **nvml)
+    )
 
 
 def test_a_gpu_session_shares_only_after_a_row_alone_showed_its_own_nvml_line_agrees(tmp_path):

@@ -64,19 +64,29 @@ def test_a_lane_oom_on_a_real_card_is_run_again_alone_and_only_that_row_is_the_c
     share = lane_share_gib(TINY)
     for seed in (0, 2):  # shared the card, each under its own share; the profile has no cap
         row = rows[seed]
-        assert row.status == "ok" and row.side_by_side == 2 and row.lane_share_gib == pytest.approx(share)
-        assert row.memory_cap_gib is None and row.lane_rerun_reason == ""
+        assert (
+            row.status == "ok"
+            and row.hardware.side_by_side == 2
+            and row.hardware.lane_share_gib == pytest.approx(share)
+        )
+        assert row.hardware.memory_cap_gib is None and row.hardware.lane_rerun_reason == ""
     again = rows[1]
-    assert again.status == "ok" and again.side_by_side is None and again.lane_share_gib is None
-    assert again.lane_rerun_reason.startswith(f"oom sharing the card under a lane share of {share:.2f} GiB")
-    assert again.lane_rerun_share_gib == pytest.approx(share) and again.memory_cap_gib is None
+    assert (
+        again.status == "ok" and again.hardware.side_by_side is None and again.hardware.lane_share_gib is None
+    )
+    assert again.hardware.lane_rerun_reason.startswith(
+        f"oom sharing the card under a lane share of {share:.2f} GiB"
+    )
+    assert (
+        again.hardware.lane_rerun_share_gib == pytest.approx(share) and again.hardware.memory_cap_gib is None
+    )
     assert case_file_problem(session.run_dir, again) is None  # --resume takes the rerun's row
     stored = json.loads((session.run_dir / CASES_DIR / result_file_name(again.case_hash)).read_text())
-    assert stored["lane_rerun_reason"] == again.lane_rerun_reason
+    assert stored["lane_rerun_reason"] == again.hardware.lane_rerun_reason
     lane = Result.from_dict(
         json.loads((session.run_dir / CASES_DIR / f"{again.case_hash}-lane.json").read_text())
     )
-    assert lane.status == "oom" and lane.side_by_side == 2 and "injected fault" in lane.reason
+    assert lane.status == "oom" and lane.hardware.side_by_side == 2 and "injected fault" in lane.reason
     assert sum("it runs again alone" in line for line in lines) == 1
     hows = sorted(run.how for run in timed_runs(session.run_dir))
     assert hows == sorted([SHARED, SHARED, AFTER_LANE, SET_ASIDE])

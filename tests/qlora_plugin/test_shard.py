@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -116,7 +115,7 @@ def test_on_the_cpu_a_case_on_real_text_costs_many_tiny_cases():
 
 def test_recorded_run_s_reads_mean_wall_times_of_a_run_folder(tmp_path):
     case = Case(model="tiny")
-    rows = [replace(Result.for_case(case, "cpu"), wall_s=w, repeat=r) for r, w in enumerate((10.0, 20.0))]
+    rows = [Result.for_case(case, "cpu").replaced(wall_s=w, repeat=r) for r, w in enumerate((10.0, 20.0))]
     (tmp_path / "results.jsonl").write_text("".join(r.to_json() + "\n" for r in rows))
     assert recorded_run_s(tmp_path) == {case.id: 15.0}
     with pytest.raises(FileNotFoundError, match="expected a run folder or a baseline file"):
@@ -130,7 +129,7 @@ def test_recorded_run_s_reads_the_wall_times_a_baseline_stores(tmp_path):
         Case(model="tiny", seq_len=64),
     )
     rows = [
-        replace(Result.for_case(case, "cpu"), status="ok", wall_s=wall)
+        Result.for_case(case, "cpu").replaced(status="ok", wall_s=wall)
         for case, wall in ((fast, 10.0), (slow, 30.0), (unrecorded, None))
     ]
     run = tmp_path / "run"

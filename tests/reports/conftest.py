@@ -9,7 +9,6 @@ numbers are test inputs shaped like real measurements, not measurements.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -72,8 +71,7 @@ def make_result(
     result.status = status
     unknown = [k for k in fields if k not in RESULT_FIELDS]
     assert not unknown, f"not Result fields: {unknown}"
-    for key, value in fields.items():
-        setattr(result, key, value)
+    result.set_fields(fields)
     return result
 
 
@@ -162,7 +160,7 @@ def training(tokens_per_s: float, losses: list[float] | None = None, spread: flo
 
 def in_processes(result: Result, tokens_per_s: Iterable[float]) -> list[Result]:
     """`result` as run in one fresh process per value (`--repeat N`), each its own tokens/s."""
-    return [dataclasses.replace(result, repeat=i, tokens_per_s=tps) for i, tps in enumerate(tokens_per_s)]
+    return [result.replaced(repeat=i, tokens_per_s=tps) for i, tps in enumerate(tokens_per_s)]
 
 
 STABILITY_STEPS = 10

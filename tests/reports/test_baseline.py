@@ -7,7 +7,6 @@ thresholds must pass.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import textwrap
@@ -83,7 +82,7 @@ def make_result(case: Case, profile: str = PROFILE, **changes: Any) -> Result:
         "final_loss": 2.5,
     }
     values.update(changes)
-    return dataclasses.replace(Result.for_case(case, profile), **values)
+    return Result.for_case(case, profile).replaced(**values)
 
 
 def clean_results() -> list[Result]:
@@ -97,7 +96,7 @@ def changed(case: Case, **changes: Any) -> list[Result]:
 
 def scaled(case: Case, metric: str, factor: float) -> list[Result]:
     """The clean run with one case's metric multiplied by `factor`."""
-    return changed(case, **{metric: getattr(make_result(case), metric) * factor})
+    return changed(case, **{metric: make_result(case).get_field(metric) * factor})
 
 
 @pytest.fixture
@@ -141,7 +140,7 @@ def test_save_and_load_round_trip(baseline_path: Path) -> None:
     entry = loaded["cases"][CASE_B.id]
     assert entry["case_hash"] == CASE_B.hash
     assert entry["status"] == "ok"
-    assert entry["tokens_per_s"] == pytest.approx(make_result(CASE_B).tokens_per_s)
+    assert entry["tokens_per_s"] == pytest.approx(make_result(CASE_B).training.tokens_per_s)
     assert entry["peak_alloc_gib"] == pytest.approx(12.0)
 
 
@@ -170,7 +169,7 @@ def test_unmeasured_metrics_are_stored_as_null(tmp_path: Path) -> None:
 
 
 def test_environment_falls_back_to_environment_json() -> None:
-    bare = dataclasses.replace(make_result(CASE_A), torch_version="", gpu_name="")
+    bare = make_result(CASE_A).replaced(torch_version="", gpu_name="")
     baseline = make_baseline(
         results_frame([bare]),
         command=COMMAND,
@@ -206,7 +205,7 @@ def test_noise_within_thresholds_passes(baseline_path: Path) -> None:
         "nvml_peak_gib": 1.02,
         "final_loss": 1.01,
     }
-    run = [make_result(c, **{m: getattr(make_result(c), m) * f for m, f in factors.items()}) for c in CASES]
+    run = [make_result(c, **{m: make_result(c).get_field(m) * f for m, f in factors.items()}) for c in CASES]
     report = judge(baseline_path, run)
     assert report.passed, report.failures
 
@@ -215,7 +214,7 @@ def test_improvements_never_fail(baseline_path: Path) -> None:
     run = [
         make_result(
             c,
-            tokens_per_s=make_result(c).tokens_per_s * 1.5,
+            tokens_per_s=make_result(c).training.tokens_per_s * 1.5,
             peak_alloc_gib=1.0,
             peak_reserved_gib=1.0,
             nvml_peak_gib=1.0,
@@ -252,12 +251,16 @@ def test_nvml_is_gated_on_what_the_process_used_not_on_what_the_device_held_befo
     """Another process held 0.6 GiB more on this runner's device: the raw peak rose by that much,
     the case's own use did not."""
     clean = make_result(CASE_A)
-    moved = changed(CASE_A, nvml_base_gib=clean.nvml_base_gib + 0.6, nvml_peak_gib=clean.nvml_peak_gib + 0.6)
+    moved = changed(
+        CASE_A, nvml_base_gib=clean.memory.nvml_base_gib + 0.6, nvml_peak_gib=clean.memory.nvml_peak_gib + 0.6
+    )
     report = judge(baseline_path, moved)
     assert report.passed, report.failures
     assert verdict_of(report, CASE_A, NVML_USED) == "pass"
     # side by side, the row reads its own line: base 0, its peak what it used
-    own = changed(CASE_A, nvml_base_gib=0.0, nvml_peak_gib=clean.nvml_peak_gib - clean.nvml_base_gib)
+    own = changed(
+        CASE_A, nvml_base_gib=0.0, nvml_peak_gib=clean.memory.nvml_peak_gib - clean.memory.nvml_base_gib
+    )
     assert judge(baseline_path, own).passed
 
 
@@ -290,8 +293,7 @@ LOAD = Case("llama-2-7b", quant_type="int8", compute_dtype="fp16", load_only=Tru
 
 def _loaded(alloc: float = 6.64, reserved: float = 6.95, nvml: float = 8.07) -> Result:
     """A load-only row as the child writes one: its memory under the load's names only."""
-    return dataclasses.replace(
-        Result.for_case(LOAD, PROFILE),
+    return Result.for_case(LOAD, PROFILE).replaced(
         **ENV_FIELDS,
         status="ok",
         load_peak_alloc_gib=alloc,
@@ -555,7 +557,9 @@ def test_error_classes_are_distinct_value_errors() -> None:
 def test_render_diff_markdown_shows_everything(baseline_path: Path) -> None:
     new = CASE_A.replace(seq_len=2048)
     run = [
-        make_result(CASE_A, tokens_per_s=make_result(CASE_A).tokens_per_s * 0.8, torch_version="2.12.0"),
+        make_result(
+            CASE_A, tokens_per_s=make_result(CASE_A).training.tokens_per_s * 0.8, torch_version="2.12.0"
+        ),
         make_result(CASE_B, status="oom", torch_version="2.12.0"),
         make_result(new, torch_version="2.12.0"),
     ]
@@ -704,7 +708,7 @@ def test_bench_gate_fails_on_regressions_listing_each(
 ) -> None:
     run = scaled(CASE_A, "tokens_per_s", 0.5)
     run = [r for r in run if r.case_id != CASE_C.id]
-    run = [dataclasses.replace(r, torch_version="2.12.0") for r in run]
+    run = [r.replaced(torch_version="2.12.0") for r in run]
     result = bench_gate(run, baseline=baseline_path)
     result.assert_outcomes(failed=1, skipped=1)
     result.stdout.fnmatch_lines(

@@ -26,8 +26,8 @@ def test_baseline_then_gate_passes_and_a_slower_run_fails(build, synthetic_run_d
     # The same run, every ok case 30% slower (beyond any noise floor of the synthetic spreads).
     slower = []
     for result in build.synthetic_results():
-        if result.status == "ok" and result.tokens_per_s:
-            result.tokens_per_s *= 0.7
+        if result.status == "ok" and result.training.tokens_per_s:
+            result.training.tokens_per_s *= 0.7
         slower.append(result)
     slow_dir = build.write_run_dir(tmp_path / "slow", slower, environment=build.synthetic_environment())
     assert main(["gate", str(slow_dir), str(baseline)]) == EXIT_REGRESSION

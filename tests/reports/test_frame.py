@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pandas as pd
 import pytest
 
-from qlora_core.result import Result
+from qlora_core.result import RESULT_FIELDS
 from qlora_core.spec import FIELD_NAMES
 from reports.frame import COLUMN_DTYPES, column_dtype, load_run, results_frame
 from reports.repeats import REPEAT_COLUMNS
 
 
 def test_every_result_and_case_field_is_a_column_with_its_type():
-    columns = [f.name for f in dataclasses.fields(Result) if f.name != "case"] + list(FIELD_NAMES)
+    columns = [name for name in RESULT_FIELDS if name != "case"] + list(FIELD_NAMES)
     columns += list(REPEAT_COLUMNS)
     assert list(COLUMN_DTYPES) == columns
     assert COLUMN_DTYPES["emulated"] == "boolean" and COLUMN_DTYPES["bf16_native"] == "boolean"
@@ -54,7 +52,7 @@ def test_a_run_read_back_is_typed_and_keeps_missing_values_missing(build, tmp_pa
 
 
 def test_a_mistyped_value_fails_at_load_not_in_a_report(build):
-    bad = dataclasses.asdict(build.result())
+    bad = build.result().flat()
     bad["case"]["batch_size"] = "four"
     with pytest.raises((TypeError, ValueError)):
         results_frame([bad])

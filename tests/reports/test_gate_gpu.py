@@ -4,7 +4,6 @@ schema migration that records a baseline's tier. Constructed rows, no GPU."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,14 +50,12 @@ def rows(build: SimpleNamespace, gpu_name: str = H200, **changes: Any) -> list[R
             step_ms_rel_iqr=0.005,
             torch_version="2.11.0",
         )
-        out += build.in_processes(dataclasses.replace(base, **changes), [1000.0 * batch] * 3)
+        out += build.in_processes(base.replaced(**changes), [1000.0 * batch] * 3)
     return out
 
 
 def scaled(results: list[Result], **factors: float) -> list[Result]:
-    return [
-        dataclasses.replace(r, **{name: getattr(r, name) * f for name, f in factors.items()}) for r in results
-    ]
+    return [r.replaced(**{name: r.get_field(name) * f for name, f in factors.items()}) for r in results]
 
 
 def save(path: Path, results: list[Result], matrix: str = "default") -> Path:

@@ -4,7 +4,6 @@ baseline and read back, as the gate sees them."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,7 @@ def repeats(tokens_per_s: list[float], kernel_ms: float | list[float] = 100.0, *
     """One ok row per repeat of CASE on an H200: device-bound (tight step times) unless changed."""
     kernels = kernel_ms if isinstance(kernel_ms, list) else [kernel_ms] * len(tokens_per_s)
     device_bound = {"step_ms_rel_iqr": 0.002, "host_bound": False, "gpu_busy": 0.97}
-    base = dataclasses.replace(
-        Result.for_case(CASE, "h200"),
+    base = Result.for_case(CASE, "h200").replaced(
         status="ok",
         device="cuda",
         gpu_name="NVIDIA H200",
@@ -37,7 +35,7 @@ def repeats(tokens_per_s: list[float], kernel_ms: float | list[float] = 100.0, *
         **{**device_bound, **fields},
     )
     return [
-        dataclasses.replace(base, repeat=i, tokens_per_s=t, kernel_ms_per_step=k)
+        base.replaced(repeat=i, tokens_per_s=t, kernel_ms_per_step=k)
         for i, (t, k) in enumerate(zip(tokens_per_s, kernels))
     ]
 

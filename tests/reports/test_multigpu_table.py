@@ -66,14 +66,14 @@ def _table_row(text: str, case_end: str) -> dict[str, str]:
 
 def _pair(build: SimpleNamespace, single_tps: float = 1000.0, **multi_fields: Any) -> list[Result]:
     single = _row(build, **POINT, **FSDP_READY, **build.gpu(), **build.memory(7, 7, 7.2, 12.0))
-    single.tokens_per_s = single_tps
+    single.training.tokens_per_s = single_tps
     ddp = _row(
         build,
         **{**POINT, **FSDP_READY, "num_gpus": 2, "strategy": "ddp", **multi_fields},
         **build.gpu(),
         **_ranks(9.0),
     )
-    ddp.tokens_per_s = 1500.0
+    ddp.training.tokens_per_s = 1500.0
     return [single, ddp]
 
 
@@ -102,13 +102,13 @@ def test_no_efficiency_against_a_one_card_case_of_other_settings(build: SimpleNa
 
 def test_no_efficiency_when_the_one_card_case_measured_no_speed(build: SimpleNamespace) -> None:
     rows = _pair(build)
-    rows[0].status, rows[0].tokens_per_s = "oom", None
+    rows[0].status, rows[0].training.tokens_per_s = "oom", None
     assert _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")[SCALING] == "-"
 
 
 def test_a_host_bound_side_is_marked_on_the_efficiency(build: SimpleNamespace) -> None:
     rows = _pair(build)
-    rows[1].host_bound, rows[1].gpu_busy = True, 0.4
+    rows[1].training.host_bound, rows[1].training.gpu_busy = True, 0.4
     ddp = _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")
     assert ddp[BUSY] == "0.40 (host-bound)" and ddp[SCALING] == "0.75 (a host-bound side)"
 
@@ -124,7 +124,7 @@ def test_per_gpu_peaks_are_the_max_over_ranks_with_each_rank_beside(build: Simpl
 def test_an_ok_row_over_the_card_does_not_fit(build: SimpleNamespace) -> None:
     # The allocator cap held, but the device peak (NVML) is above T4's 15 GiB.
     rows = _pair(build)
-    rows[1].nvml_peak_gib = 0.6 + 15.2
+    rows[1].memory.nvml_peak_gib = 0.6 + 15.2
     assert _table_row(multigpu_table(build.run(rows)), "-2gpu-ddp")[FIT] == "no (device 15.20 of 15.00 GiB)"
 
 
@@ -172,7 +172,7 @@ def test_the_committed_h200_run_renders_its_per_gpu_memory_and_scaling() -> None
 
 def test_the_load_cell_says_where_each_rank_loaded(build: SimpleNamespace) -> None:
     rows = _pair(build)
-    rows[1].rank_loaded_on = ["cpu", "meta"]  # FSDP rank-0-only loading: rank 1 held no weight
+    rows[1].ranks.rank_loaded_on = ["cpu", "meta"]  # FSDP rank-0-only loading: rank 1 held no weight
     text = multigpu_table(build.run(rows))
     assert _table_row(text, "-2gpu-ddp")[LOAD] == "fp16, prepare off, loaded on cpu/meta"
     # a row stored before the field: said so, not guessed
@@ -196,6 +196,6 @@ def test_cpu_offload_is_labelled_and_each_ranks_host_ram_shown(build: SimpleName
     # its one-card reference is the same one-card case: offload is how the work is spread
     assert cells[SCALING] == "0.60" and "CPU offload of the parameters" in text  # 1200 / (2 x 1000)
     # asked for, but the parameters trained from the GPU: the cell says so
-    offload.params_on_in_training = "cuda"
+    offload.precision.params_on_in_training = "cuda"
     cells = _table_row(multigpu_table(build.run([*rows, offload])), "-2gpu-fsdp-offload")
     assert cells[STRATEGY] == "fsdp + CPU offload (but parameters on cuda in training)"

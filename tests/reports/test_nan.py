@@ -82,8 +82,7 @@ def _train_row(build, case: Case):
     stats = run_training(model, case, batches, "cpu", None, plan)
     result = Result.for_case(case, "cpu", families="nan")
     result.status = "nan" if stats.diverged else "ok"
-    for name, value in stats.result_fields().items():
-        setattr(result, name, value)
+    result.set_fields(stats.result_fields())
     return build.run([result]).results.iloc[0]
 
 

@@ -3,7 +3,6 @@ point class and GPU kind."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -72,7 +71,7 @@ def test_derive_leaves_out_knobs_two_gpus_failures_and_short_repeats(build, tmp_
     two = _cases(build, {"a": [1000.0, 1300.0, 900.0]}, **ddp, **DEVICE)
     short = _cases(build, {"a": [1000.0, 1300.0]}, seq_len=1024, **DEVICE)
     failed = _cases(build, {"a": [1000.0, 1300.0, 900.0]}, seq_len=2048, **DEVICE)
-    failed[1] = dataclasses.replace(failed[1], status="crashed")
+    failed[1] = failed[1].replaced(status="crashed")
     host = _cases(build, {"a": [600.0, 900.0, 800.0]}, seq_len=128, **{**DEVICE, "host_bound": True})
     folder = build.write_run_dir(tmp_path / "run", good + knob + two + short + failed + host)
     entry = derive([folder])["Tesla T4"]

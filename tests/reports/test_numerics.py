@@ -17,10 +17,10 @@ NAN = float("nan")
 def _row(build, losses: list[float], **fields) -> pd.Series:
     """One text row of the real model (b2 s64: 128 tokens a step) as the frame holds it."""
     result = build.result(SMALL, families="stability", data="text", batch_size=2, seq_len=64, **fields)
-    result.losses = losses
+    result.training.losses = losses
     if any(not math.isfinite(x) for x in losses):
         result.status = "nan"
-        result.first_nonfinite_step = next(i for i, x in enumerate(losses) if not math.isfinite(x))
+        result.training.first_nonfinite_step = next(i for i, x in enumerate(losses) if not math.isfinite(x))
     return build.run([result]).results.iloc[0]
 
 

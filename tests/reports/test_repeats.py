@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pandas as pd
@@ -19,7 +18,7 @@ def repeats_of(base: Result, **per_repeat: list) -> list[Result]:
     """One Result per repeat: `field=[value of repeat 0, value of repeat 1, ...]`."""
     count = len(next(iter(per_repeat.values())))
     return [
-        dataclasses.replace(base, repeat=i, **{name: values[i] for name, values in per_repeat.items()})
+        base.replaced(repeat=i, **{name: values[i] for name, values in per_repeat.items()})
         for i in range(count)
     ]
 
@@ -85,9 +84,9 @@ def test_a_run_folder_keeps_every_repeat_and_reads_back_folded(build, tmp_path):
     run_dir = build.write_run_dir(tmp_path / "run", rows)
     # A rerun of repeat 1 (as --resume appends) replaces that repeat only.
     with (run_dir / "results.jsonl").open("a") as f:
-        f.write(dataclasses.replace(rows[1], tokens_per_s=140.0).to_json() + "\n")
+        f.write(rows[1].replaced(tokens_per_s=140.0).to_json() + "\n")
     stored = read_results_jsonl(run_dir / "results.jsonl")
-    assert [(r.repeat, r.tokens_per_s) for r in stored] == [(0, 100.0), (1, 140.0)]
+    assert [(r.repeat, r.training.tokens_per_s) for r in stored] == [(0, 100.0), (1, 140.0)]
     run = load_run(run_dir)
     assert len(run.results) == 1 and run.results["tokens_per_s"].iloc[0] == 120.0
     assert run.results["tokens_per_s_repeats"].iloc[0] == [100.0, 140.0]

@@ -102,7 +102,7 @@ def test_render_tables_on_an_empty_run_makes_up_no_number(build, title, columns)
 
 def test_budget_table_needs_the_t4_profile_and_header_falls_back_to_results(build):
     row = build.result("llama-3.1-8b", families="ladder:0", profile="h100", **build.gpu(False))
-    row.torch_version = "2.13.0"
+    row.environment.torch_version = "2.13.0"
     text = render_tables(build.run([row]))
     assert "no ladder:0 row on profile t4; this run: h100" in _section(text, "T4 budget")
     assert "- profile: h100" in text and "torch 2.13.0" in text and "GPU: Tesla T4" in text
@@ -205,7 +205,7 @@ def test_budget_and_ladder_of_ooms_show_what_they_needed_and_no_not_run_cell(bui
     assert "It trains seq 1024, not step 0's 512: the steps add up." in ladder  # a shorter sequence, said
     # Deliberately broken: without the reruns the ladder's oom peaks are not run.
     for row in rows[:4]:
-        row.needed_status = None
+        row.needed.needed_status = None
     ladder = _section(render_tables(build.run(rows)), "OOM ladder")
     assert _row(ladder, "ladder:0")[4] == f"{NOT_RUN} (status oom)"
 

@@ -53,8 +53,8 @@ def test_gate_command_reads_threshold_options(build, synthetic_run_dir, tmp_path
     assert main(["baseline", str(synthetic_run_dir), str(baseline)]) == EXIT_OK
     slower = build.synthetic_results()
     for result in slower:
-        if result.status == "ok" and result.tokens_per_s:
-            result.tokens_per_s *= 0.7
+        if result.status == "ok" and result.training.tokens_per_s:
+            result.training.tokens_per_s *= 0.7
     slow_dir = build.write_run_dir(tmp_path / "slow", slower, environment=build.synthetic_environment())
     args = ["gate", str(slow_dir), str(baseline), "--pyproject", str(tmp_path / "none.toml")]
     assert main(args) == EXIT_REGRESSION

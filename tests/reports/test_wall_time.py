@@ -26,15 +26,17 @@ T4_ON_H200 = ROOT / "reports" / "reference" / "t4-default-on-h200"
 
 def _run(start: str, end: str, wall_s: float, **phases: float) -> Result:
     stamp = "2026-01-01T00:{}+00:00"
-    return Result(
-        "c",
-        "h",
-        "t4",
-        {},
-        started_at=stamp.format(start),
-        finished_at=stamp.format(end),
-        wall_s=wall_s,
-        **phases,
+    return Result.from_dict(
+        dict(
+            case_id="c",
+            case_hash="h",
+            profile="t4",
+            case={},
+            started_at=stamp.format(start),
+            finished_at=stamp.format(end),
+            wall_s=wall_s,
+            **phases,
+        )
     )
 
 
@@ -43,7 +45,9 @@ def test_elapsed_time_is_the_union_of_the_runs_intervals_not_their_sum():
     assert elapsed_s(apart) == 15.0
     overlapping = [_run("00:00", "00:10", 10.0), _run("00:05", "00:20", 15.0), _run("00:06", "00:08", 2.0)]
     assert elapsed_s(overlapping) == 20.0  # 27 s of walls in 20 s of clock
-    assert elapsed_s([Result("c", "h", "t4", {}, wall_s=5.0)]) == 0.0  # no timestamps: not counted
+    assert (
+        elapsed_s([_run("", "", 5.0).replaced(started_at="", finished_at="")]) == 0.0
+    )  # no timestamps: not counted
 
 
 def test_each_runs_wall_splits_into_its_stages_and_the_rest():
@@ -60,7 +64,7 @@ def test_the_committed_t4_run_shows_its_groups_and_their_overlap():
     shared = by_how[SHARED]
     # 34 cases side by side, 8 at a time: 132 s of clock (the reference README's figure) for 810 s of walls
     assert elapsed_s(shared) == pytest.approx(132, abs=2)
-    assert sum(r.wall_s or 0 for r in shared) > 5 * elapsed_s(shared)
+    assert sum(r.timing.wall_s or 0 for r in shared) > 5 * elapsed_s(shared)
     text = render_wall_time(T4_ON_H200)
     assert text.startswith("# Where the wall time went")
     assert "| side by side | 34 | 13" in text and "## By family" in text and "| ladder |" in text

@@ -13,11 +13,11 @@ def test_training_progress_is_written_at_most_every_interval(tmp_path, monkeypat
     result = Result.for_case(Case("tiny"), "cpu")
     ckpt = checkpointer.Checkpointer(result, path)
     ckpt.stage("training")
-    assert read_result(path).reason == "died during training" and read_result(path).losses == []
-    result.losses = [2.5]
+    assert read_result(path).reason == "died during training" and read_result(path).training.losses == []
+    result.training.losses = [2.5]
     ckpt.save_progress()  # the stage's own write was just now: not again yet
-    assert read_result(path).losses == []
+    assert read_result(path).training.losses == []
     monkeypatch.setattr(checkpointer, "PROGRESS_SAVE_S", 0.0)
     ckpt.save_progress()
     written = read_result(path)
-    assert written.losses == [2.5] and written.reason == "died during training"  # still in the stage
+    assert written.training.losses == [2.5] and written.reason == "died during training"  # still in the stage

@@ -128,9 +128,13 @@ def test_launch_refuses_what_the_profile_cannot_run(tmp_path):
 
 def _rank(status: str, step_ms: list[float], peak: float | None, reason: str = "") -> Result:
     r = Result.for_case(DDP, "t4x2")
-    r.status, r.reason, r.step_ms, r.device = status, reason, step_ms, "cuda"
-    r.peak_alloc_gib, r.peak_reserved_gib, r.nvml_peak_gib = peak, None if peak is None else peak + 1, None
-    r.losses = [2.0, 1.5, 1.0]
+    r.status, r.reason, r.training.step_ms, r.hardware.device = status, reason, step_ms, "cuda"
+    r.memory.peak_alloc_gib, r.memory.peak_reserved_gib, r.memory.nvml_peak_gib = (
+        peak,
+        None if peak is None else peak + 1,
+        None,
+    )
+    r.training.losses = [2.0, 1.5, 1.0]
     return r
 
 
@@ -138,26 +142,33 @@ def test_merge_keeps_every_rank_and_takes_max_sum_and_slowest_step():
     merged = merge_ranks(
         DDP, "t4x2", "multigpu", [_rank("ok", [10.0, 30.0], 3.0), _rank("ok", [20.0, 20.0], 5.0)]
     )
-    assert merged.status == "ok" and merged.failed_rank is None and merged.world_size == 2
-    assert merged.rank_peak_alloc_gib == [3.0, 5.0] and merged.peak_alloc_gib == 5.0
-    assert merged.peak_alloc_gib_sum == 8.0 and merged.peak_reserved_gib_sum == 10.0
-    assert merged.nvml_peak_gib is None and merged.nvml_peak_gib_sum is None  # not measured: None, not 0
-    assert merged.rank_step_ms == [[10.0, 30.0], [20.0, 20.0]] and merged.step_ms == [20.0, 30.0]
+    assert merged.status == "ok" and merged.ranks.failed_rank is None and merged.ranks.world_size == 2
+    assert merged.ranks.rank_peak_alloc_gib == [3.0, 5.0] and merged.memory.peak_alloc_gib == 5.0
+    assert merged.ranks.peak_alloc_gib_sum == 8.0 and merged.ranks.peak_reserved_gib_sum == 10.0
+    assert (
+        merged.memory.nvml_peak_gib is None and merged.ranks.nvml_peak_gib_sum is None
+    )  # not measured: None, not 0
+    assert merged.ranks.rank_step_ms == [[10.0, 30.0], [20.0, 20.0]] and merged.training.step_ms == [
+        20.0,
+        30.0,
+    ]
     # tokens over both ranks (2 x 2 rows x 32 tokens) per median slowest-rank step (25 ms)
-    assert merged.tokens_per_step == 128 and merged.tokens_per_s == pytest.approx(128 / 0.025)
+    assert merged.training.tokens_per_step == 128 and merged.training.tokens_per_s == pytest.approx(
+        128 / 0.025
+    )
 
 
 def test_merge_takes_a_ranks_own_outcome_over_a_peer_stopped_after_it():
     ranks = [_rank("crashed", [], 3.0, "died during training"), _rank("oom", [], None, "training: OOM")]
     merged = merge_ranks(DDP, "t4x2", "", ranks)
-    assert (merged.status, merged.failed_rank) == ("oom", 1)
+    assert (merged.status, merged.ranks.failed_rank) == ("oom", 1)
     assert merged.reason.startswith("rank 1: oom, training: OOM; rank 0: crashed")
     # every rank crashed: torchrun's first observed failure decides, else the lowest rank
     crashed = [_rank("crashed", [], 3.0), _rank("crashed", [], 3.0)]
-    assert merge_ranks(DDP, "t4x2", "", crashed, root_cause=1).failed_rank == 1
-    assert merge_ranks(DDP, "t4x2", "", crashed, root_cause=None).failed_rank == 0
+    assert merge_ranks(DDP, "t4x2", "", crashed, root_cause=1).ranks.failed_rank == 1
+    assert merge_ranks(DDP, "t4x2", "", crashed, root_cause=None).ranks.failed_rank == 0
     missing = merge_ranks(DDP, "t4x2", "", [_rank("ok", [1.0], 3.0), None])
-    assert (missing.status, missing.rank_statuses) == ("crashed", ["ok", "crashed"])
+    assert (missing.status, missing.ranks.rank_statuses) == ("crashed", ["ok", "crashed"])
     assert "rank 1: wrote no result" in missing.reason
 
 
@@ -188,12 +199,16 @@ def _alive(processes: set[psutil.Process]) -> list[psutil.Process]:
 def test_two_ranks_through_accelerate_launch_merge_into_one_row(tmp_path):
     result, seen = _run_watching(DDP, RunOptions(profile="cpu", timeout_s=300), tmp_path / "r.json")
     assert result.status == "ok", result.reason
-    assert result.world_size == 2 and result.rank_statuses == ["ok", "ok"] and result.failed_rank is None
-    assert [len(steps) for steps in result.rank_step_ms] == [2, 2]
-    assert result.tokens_per_step == 2 * 2 * 32 and result.tokens_per_s > 0
-    assert len(result.losses) == 3 and all(loss == loss for loss in result.losses)
-    assert None not in result.rank_cpu_peak_rss_gib and result.cpu_peak_rss_gib == max(
-        result.rank_cpu_peak_rss_gib
+    assert (
+        result.ranks.world_size == 2
+        and result.ranks.rank_statuses == ["ok", "ok"]
+        and result.ranks.failed_rank is None
+    )
+    assert [len(steps) for steps in result.ranks.rank_step_ms] == [2, 2]
+    assert result.training.tokens_per_step == 2 * 2 * 32 and result.training.tokens_per_s > 0
+    assert len(result.training.losses) == 3 and all(loss == loss for loss in result.training.losses)
+    assert None not in result.ranks.rank_cpu_peak_rss_gib and result.memory.cpu_peak_rss_gib == max(
+        result.ranks.rank_cpu_peak_rss_gib
     )
     ranks = [read_result(rank_result_path(tmp_path / "r.json", i)) for i in (0, 1)]
     assert {r.status for r in ranks} == {"ok"}
@@ -210,17 +225,17 @@ def test_ranks_measuring_adaptively_stop_at_the_same_step(tmp_path):
     options = RunOptions(profile="cpu", timeout_s=300, adaptive_steps=True)
     result = run_case(DDP, options, tmp_path / "r.json")
     assert result.status == "ok", result.reason
-    steps = [len(ms) for ms in result.rank_step_ms]
+    steps = [len(ms) for ms in result.ranks.rank_step_ms]
     assert steps[0] == steps[1] >= DDP.measured_steps, steps
     ranks = [read_result(rank_result_path(tmp_path / "r.json", i)) for i in (0, 1)]
-    assert all(r.stop_reason in ("target", "spread", "budget", "cap") for r in ranks), ranks
+    assert all(r.training.stop_reason in ("target", "spread", "budget", "cap") for r in ranks), ranks
 
 
 @pytest.mark.slow
 def test_a_rank_killed_mid_run_is_the_recorded_outcome_and_nothing_survives(tmp_path):
     options = RunOptions(profile="cpu", timeout_s=300, inject_fault="sigkill@training@rank1")
     result, seen = _run_watching(DDP, options, tmp_path / "r.json")
-    assert result.status == "crashed" and result.failed_rank == 1, result.reason
+    assert result.status == "crashed" and result.ranks.failed_rank == 1, result.reason
     assert result.reason.startswith(
         "rank 1: crashed, died during training (injected fault sigkill@training@rank1)"
     )
@@ -285,14 +300,18 @@ def test_two_gpus_each_capped_like_one_card(two_gpus, case, tmp_cache, tmp_path)
     result = run_case(case, RunOptions(profile="t4x2", timeout_s=600), tmp_path / "r.json")
     assert result.status == "ok", result.reason
     # the 70B two-card path: rank 0 loaded into CPU RAM, rank 1 no weight, FSDP trained both
-    assert result.rank_loaded_on == (["cpu", "meta"] if loads_on_rank0_only(case) else ["cuda", "cuda"])
+    assert result.ranks.rank_loaded_on == (["cpu", "meta"] if loads_on_rank0_only(case) else ["cuda", "cuda"])
     # FSDP's CPU offload in effect, not only configured: the shards trained from host RAM
-    assert result.params_on_in_training == ("cpu" if case.cpu_offload else "cuda")
-    assert None not in result.rank_cpu_peak_rss_gib
-    assert result.rank_statuses == ["ok", "ok"] and result.emulated
-    assert None not in result.rank_peak_alloc_gib and None not in result.rank_nvml_peak_gib
-    assert result.peak_alloc_gib == max(result.rank_peak_alloc_gib) <= result.memory_cap_gib
+    assert result.precision.params_on_in_training == ("cpu" if case.cpu_offload else "cuda")
+    assert None not in result.ranks.rank_cpu_peak_rss_gib
+    assert result.ranks.rank_statuses == ["ok", "ok"] and result.hardware.emulated
+    assert None not in result.ranks.rank_peak_alloc_gib and None not in result.ranks.rank_nvml_peak_gib
+    assert (
+        result.memory.peak_alloc_gib
+        == max(result.ranks.rank_peak_alloc_gib)
+        <= result.hardware.memory_cap_gib
+    )
     # the ranks stopped measuring together (NCCL all-reduce of pacing's verdict); the collectives'
     # kernels are apart from the compute kernels' time
-    assert len({len(steps) for steps in result.rank_step_ms}) == 1, result.rank_step_ms
-    assert result.comm_ms_per_step is not None and result.comm_ms_per_step > 0
+    assert len({len(steps) for steps in result.ranks.rank_step_ms}) == 1, result.ranks.rank_step_ms
+    assert result.training.comm_ms_per_step is not None and result.training.comm_ms_per_step > 0

@@ -23,9 +23,10 @@ import psutil
 import pytest
 
 from qlora_core.process import faults
-from qlora_core.process.faults import FAULT_KINDS, STAGES, Fault, parse_fault
+from qlora_core.process.faults import FAULT_KINDS, Fault, parse_fault
 from qlora_core.process.request import RunOptions
 from qlora_core.process.runner import run_case
+from qlora_core.process.stages import STAGES
 from qlora_core.result import FINAL_STATUSES, Result, read_result
 from qlora_core.spec import Case, CaseError
 
@@ -50,7 +51,7 @@ NOISE_FIELDS = frozenset(
 
 def comparable(result: Result) -> dict[str, Any]:
     """The row without the fields that differ between two runs of the same case."""
-    return {k: v for k, v in dataclasses.asdict(result).items() if k not in NOISE_FIELDS}
+    return {k: v for k, v in result.flat().items() if k not in NOISE_FIELDS}
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +95,10 @@ def test_run_case_refuses_bad_faults_before_starting_a_child(tmp_path: Path):
 
 def test_rows_compare_equal_only_when_they_are(clean: Result):
     """The comparison used below can fail: a changed measurement or status is seen."""
-    other = dataclasses.replace(clean, losses=[*clean.losses[:-1], clean.losses[-1] + 1e-3])
+    other = clean.replaced(losses=[*clean.training.losses[:-1], clean.training.losses[-1] + 1e-3])
     assert comparable(other) != comparable(clean)
-    assert comparable(dataclasses.replace(clean, status="crashed")) != comparable(clean)
-    assert comparable(dataclasses.replace(clean, wall_s=1e6)) == comparable(clean)
+    assert comparable(clean.replaced(status="crashed")) != comparable(clean)
+    assert comparable(clean.replaced(wall_s=1e6)) == comparable(clean)
 
 
 # -- faults in the child, then a rerun -------------------------------------------------------------
@@ -127,10 +128,12 @@ def test_child_fault_is_recorded_then_rerun_clean(
         assert in_traceback in result.traceback
     else:
         assert result.traceback == ""
-    assert getattr(result, kept) is not None
+    assert result.get_field(kept) is not None
     if kept not in NOISE_FIELDS:
-        assert getattr(result, kept) == getattr(clean, kept)
-    assert result.torch_version == clean.torch_version  # the environment is recorded before any stage
+        assert result.get_field(kept) == clean.get_field(kept)
+    assert (
+        result.environment.torch_version == clean.environment.torch_version
+    )  # the environment is recorded before any stage
     assert read_result(path).status == status
     assert status not in FINAL_STATUSES  # so --resume reruns it:
     assert_rerun_matches(clean, path)
@@ -141,8 +144,8 @@ def test_oom_is_final_and_keeps_what_was_measured(clean: Result, tmp_path: Path)
     assert result.status == "oom", result.reason
     assert "OutOfMemoryError" in result.reason and "injected fault oom@training" in result.reason
     assert "OutOfMemoryError" in result.traceback
-    assert result.trainable_params == clean.trainable_params
-    assert result.weight_bytes == clean.weight_bytes
+    assert result.weights.trainable_params == clean.weights.trainable_params
+    assert result.weights.weight_bytes == clean.weights.weight_bytes
     # An OOM is a fact about the case on this GPU: --resume keeps it rather than rerunning.
     assert result.status in FINAL_STATUSES
 
@@ -153,8 +156,8 @@ def test_hang_past_the_timeout_is_killed_then_rerun_clean(clean: Result, tmp_pat
     result = run_case(CASE, options, path)
     assert result.status == "timeout"
     assert f"no result after {HANG_TIMEOUT_S} s (in prepare (injected fault hang@prepare))" in result.reason
-    assert result.weight_bytes == clean.weight_bytes  # measured before the hang, kept
-    assert HANG_TIMEOUT_S <= result.wall_s < HANG_TIMEOUT_S + 15
+    assert result.weights.weight_bytes == clean.weights.weight_bytes  # measured before the hang, kept
+    assert HANG_TIMEOUT_S <= result.timing.wall_s < HANG_TIMEOUT_S + 15
     # where it hung, in its log: every thread's stack, the main one in the hang (faults.fire)
     log = path.with_suffix(".log").read_text()
     assert "stacks are in its log" in result.reason
@@ -223,7 +226,7 @@ def test_parent_interrupted_mid_case_leaves_no_child_and_reruns_clean(
         assert "KeyboardInterrupt" in output  # the parent killed the child's group, then re-raised
     _wait_for(lambda: not any(c.is_running() and c.status() != "zombie" for c in children), 10, "no child")
     row = read_result(path)  # what the child had written: crashed, so --resume reruns the case
-    assert row.status == "crashed" and row.trainable_params == clean.trainable_params
+    assert row.status == "crashed" and row.weights.trainable_params == clean.weights.trainable_params
     assert_rerun_matches(clean, path)
 
 
@@ -237,7 +240,7 @@ def test_device_side_assert_is_cuda_error_then_rerun_clean(gpu_required, tmp_pat
     first = run_case(CASE, dataclasses.replace(gpu, inject_fault="cuda-assert@training"), path)
     assert first.status == "cuda_error", first.reason
     assert "device-side assert" in first.reason and "injected fault cuda-assert@training" in first.reason
-    assert first.trainable_params is not None and first.lora_alloc_gib is not None
+    assert first.weights.trainable_params is not None and first.memory.lora_alloc_gib is not None
     assert "cuda_error" not in FINAL_STATUSES
     clean_gpu = run_case(CASE, gpu, tmp_path / "clean.json")
     assert clean_gpu.status == "ok", clean_gpu.reason

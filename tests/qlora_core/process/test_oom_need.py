@@ -31,9 +31,13 @@ CPU_OOM = RunOptions(profile="cpu", timeout_s=600, inject_fault="oom@training")
 def capped_oom(**changes: object) -> Result:
     """A row as an emulated T4 on an H200 writes it when training runs out of memory."""
     row = Result.for_case(TINY, "t4")
-    row.status, row.memory_cap_gib, row.gpu_total_gib, row.emulated = "oom", 14.5, 139.8, True
-    for name, value in changes.items():
-        setattr(row, name, value)
+    row.status, row.hardware.memory_cap_gib, row.hardware.gpu_total_gib, row.hardware.emulated = (
+        "oom",
+        14.5,
+        139.8,
+        True,
+    )
+    row.set_fields(changes)
     return row
 
 
@@ -87,12 +91,20 @@ def test_needed_fields_are_named_as_the_other_branches_read_them() -> None:
 def test_fold_copies_the_reruns_memory_and_keeps_the_capped_status() -> None:
     capped = capped_oom()
     uncapped = Result.for_case(TINY, "t4")
-    uncapped.status, uncapped.gpu_name = "ok", "NVIDIA H200"
-    uncapped.peak_alloc_gib, uncapped.optimizer_state_bytes, uncapped.nvml_peak_gib = 16.2, 123, 18.0
+    uncapped.status, uncapped.hardware.gpu_name = "ok", "NVIDIA H200"
+    uncapped.memory.peak_alloc_gib, uncapped.weights.optimizer_state_bytes, uncapped.memory.nvml_peak_gib = (
+        16.2,
+        123,
+        18.0,
+    )
     fold_need(capped, uncapped)
-    assert (capped.status, capped.needed_status, capped.needed_on) == ("oom", "ok", "NVIDIA H200")
-    assert (capped.needed_peak_alloc_gib, capped.needed_optimizer_state_bytes) == (16.2, 123)
-    assert capped.peak_alloc_gib is None  # the capped run's own fields are untouched
+    assert (capped.status, capped.needed.needed_status, capped.needed.needed_on) == (
+        "oom",
+        "ok",
+        "NVIDIA H200",
+    )
+    assert (capped.needed.needed_peak_alloc_gib, capped.needed.needed_optimizer_state_bytes) == (16.2, 123)
+    assert capped.memory.peak_alloc_gib is None  # the capped run's own fields are untouched
 
 
 @pytest.mark.slow
@@ -101,24 +113,24 @@ def test_a_capped_oom_rerun_uncapped_end_to_end(tmp_path: Path) -> None:
     capped = run_case_measuring_need(TINY, CPU_OOM, path)
     # On the CPU there is no cap: the production path records the OOM and leaves it.
     assert capped.status == "oom" and "injected fault oom@training" in capped.reason
-    assert capped.needed_status is None
+    assert capped.needed.needed_status is None
     assert not (path.parent / uncapped_file_name(TINY.hash)).exists()
 
     uncapped = measure_need(TINY, CPU_OOM, capped, path)  # what the production path runs when due
     assert uncapped.status == "ok", uncapped.reason
-    assert uncapped.memory_cap_gib is None and uncapped.stop_reason == "fixed"
+    assert uncapped.hardware.memory_cap_gib is None and uncapped.training.stop_reason == "fixed"
     # Memory only: MEMORY_ONLY_STEPS steps, whatever the case's own (step >= 2: optimizer states).
-    assert len(uncapped.losses) == len(uncapped.step_ms) == MEMORY_ONLY_STEPS
+    assert len(uncapped.training.losses) == len(uncapped.training.step_ms) == MEMORY_ONLY_STEPS
     assert capped.status == "oom"
-    assert (capped.needed_status, capped.needed_on) == ("ok", "cpu")
+    assert (capped.needed.needed_status, capped.needed.needed_on) == ("ok", "cpu")
     for needed, measured in NEEDED_OF.items():
-        assert getattr(capped, needed) == getattr(uncapped, measured), needed
-    assert capped.needed_optimizer_state_bytes and capped.needed_optimizer_state_bytes > 0
-    assert capped.needed_load_alloc_gib and capped.needed_lora_alloc_gib
+        assert capped.get_field(needed) == uncapped.get_field(measured), needed
+    assert capped.needed.needed_optimizer_state_bytes and capped.needed.needed_optimizer_state_bytes > 0
+    assert capped.needed.needed_load_alloc_gib and capped.needed.needed_lora_alloc_gib
     # Nothing measured is lost: the rerun's whole Result and log beside the case's own file,
     # and the case's own file holds the folded row.
     stored = path.parent / uncapped_file_name(TINY.hash)
-    assert read_result(stored).losses == uncapped.losses
+    assert read_result(stored).training.losses == uncapped.training.losses
     assert stored.with_suffix(".log").exists()
     assert json.loads(path.read_text())["needed_status"] == "ok"
     assert why_no_rerun(read_result(path)) is not None  # --resume: not rerun again
@@ -130,9 +142,12 @@ def test_an_emulated_oom_records_what_it_needed(gpu_required, tmp_path: Path) ->
     on the host runs and records a peak above the cap."""
     options = RunOptions(profile="t4", timeout_s=600, memory_cap_gib=0.5)
     row = run_case_measuring_need(Case("llama-3.2-3b", seq_len=512), options, tmp_path / "r.json")
-    assert row.status == "oom" and row.memory_cap_gib == 0.5, row.reason
-    assert row.needed_status == "ok" and row.needed_on
-    assert row.needed_peak_alloc_gib is not None and row.needed_peak_alloc_gib > row.memory_cap_gib
-    assert row.needed_nvml_peak_gib is not None and row.needed_optimizer_state_bytes
+    assert row.status == "oom" and row.hardware.memory_cap_gib == 0.5, row.reason
+    assert row.needed.needed_status == "ok" and row.needed.needed_on
+    assert (
+        row.needed.needed_peak_alloc_gib is not None
+        and row.needed.needed_peak_alloc_gib > row.hardware.memory_cap_gib
+    )
+    assert row.needed.needed_nvml_peak_gib is not None and row.needed.needed_optimizer_state_bytes
     rerun = read_result(tmp_path / uncapped_file_name(row.case_hash))
-    assert rerun.memory_cap_gib is None and rerun.profiled_steps in (None, 0)
+    assert rerun.hardware.memory_cap_gib is None and rerun.training.profiled_steps in (None, 0)

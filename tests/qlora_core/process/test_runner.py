@@ -62,18 +62,24 @@ def tiny_pair(tmp_path_factory):
 def test_tiny_runs_ok_with_real_numbers(tiny_pair):
     dq, _ = tiny_pair
     assert dq.status == "ok", dq.reason
-    assert dq.device == "cpu" and dq.torch_version and dq.bitsandbytes_version
-    assert dq.trainable_params == SHAPES["tiny"].lora_params(16, LESSON_TARGET_MODULES)
-    assert dq.trainable_dtypes == "float32"  # peft autocasts adapters to fp32 by default
-    assert dq.trainable_bytes == 4 * dq.trainable_params
-    assert dq.optimizer_state_bytes == 2 * dq.trainable_bytes + 4 * 28  # AdamW: 2 moments + steps
-    assert dq.quantized_params == SHAPES["tiny"].linear_params
-    assert len(dq.step_ms) == 3 and len(dq.losses) == 4
-    assert all(math.isfinite(x) for x in dq.losses + dq.grad_norms)
-    assert dq.tokens_per_s == pytest.approx(128 / (dq.step_ms_median / 1000))
-    assert dq.cpu_peak_rss_gib > dq.load_alloc_gib * 0.5 > 0
+    assert (
+        dq.hardware.device == "cpu" and dq.environment.torch_version and dq.environment.bitsandbytes_version
+    )
+    assert dq.weights.trainable_params == SHAPES["tiny"].lora_params(16, LESSON_TARGET_MODULES)
+    assert dq.weights.trainable_dtypes == "float32"  # peft autocasts adapters to fp32 by default
+    assert dq.weights.trainable_bytes == 4 * dq.weights.trainable_params
+    assert (
+        dq.weights.optimizer_state_bytes == 2 * dq.weights.trainable_bytes + 4 * 28
+    )  # AdamW: 2 moments + steps
+    assert dq.weights.quantized_params == SHAPES["tiny"].linear_params
+    assert len(dq.training.step_ms) == 3 and len(dq.training.losses) == 4
+    assert all(math.isfinite(x) for x in dq.training.losses + dq.training.grad_norms)
+    assert dq.training.tokens_per_s == pytest.approx(128 / (dq.training.step_ms_median / 1000))
+    assert dq.memory.cpu_peak_rss_gib > dq.memory.load_alloc_gib * 0.5 > 0
     # get_memory_footprint does not see the quantization statistics; our count does.
-    assert dq.weight_bytes - dq.footprint_bytes == pytest.approx(dq.quant_stats_bytes, rel=0.05)
+    assert dq.weights.weight_bytes - dq.weights.footprint_bytes == pytest.approx(
+        dq.weights.quant_stats_bytes, rel=0.05
+    )
 
 
 def test_tiny_double_quant_saves_what_the_layout_predicts(tiny_pair):
@@ -96,8 +102,8 @@ def test_tiny_double_quant_saves_what_the_layout_predicts(tiny_pair):
     for a, b in shapes:
         blocks = math.ceil(a * b / 64)
         saving += 4 * blocks - (blocks + 4 * math.ceil(blocks / 256) + 256 * 4 + 4)
-    assert nodq.quant_stats_bytes - dq.quant_stats_bytes == saving
-    assert nodq.quant_data_bytes == dq.quant_data_bytes
+    assert nodq.weights.quant_stats_bytes - dq.weights.quant_stats_bytes == saving
+    assert nodq.weights.quant_data_bytes == dq.weights.quant_data_bytes
 
 
 @pytest.mark.slow
@@ -117,11 +123,19 @@ def test_real_model_nf4_dq_trains_on_real_text(tmp_path):
     nodq = run_case(case.replace(double_quant=False, measured_steps=1), CPU, tmp_path / "nodq.json")
     assert dq.status == "ok", dq.reason
     assert nodq.status == "ok", nodq.reason
-    assert dq.trainable_params == SHAPES["smollm2-135m"].lora_params(16, LESSON_TARGET_MODULES) == 4_884_480
-    assert len(dq.losses) == 20 and all(math.isfinite(x) for x in dq.losses)
-    assert sum(dq.losses[-5:]) < sum(dq.losses[:5]), dq.losses  # training loss falls
-    assert dq.ppl_after < dq.ppl_before  # and so does held-out perplexity
-    saved_bits = (nodq.quant_stats_bytes - dq.quant_stats_bytes) * 8 / dq.quantized_params
+    assert (
+        dq.weights.trainable_params
+        == SHAPES["smollm2-135m"].lora_params(16, LESSON_TARGET_MODULES)
+        == 4_884_480
+    )
+    assert len(dq.training.losses) == 20 and all(math.isfinite(x) for x in dq.training.losses)
+    assert sum(dq.training.losses[-5:]) < sum(dq.training.losses[:5]), (
+        dq.training.losses
+    )  # training loss falls
+    assert dq.quality.ppl_after < dq.quality.ppl_before  # and so does held-out perplexity
+    saved_bits = (
+        (nodq.weights.quant_stats_bytes - dq.weights.quant_stats_bytes) * 8 / dq.weights.quantized_params
+    )
     assert saved_bits == pytest.approx(DQ_SAVING_BITS, rel=0.10)
 
 
@@ -135,16 +149,16 @@ def test_a_stability_case_trains_its_fixed_steps_where_pacing_is_asked_for(tmp_p
     result = run_case(stability, paced, tmp_path / "text.json")
     assert result.status == "ok", result.reason
     steps = stability.warmup_steps + stability.measured_steps
-    assert (result.stop_reason, len(result.losses), len(result.step_ms)) == (
+    assert (result.training.stop_reason, len(result.training.losses), len(result.training.step_ms)) == (
         "fixed",
         steps,
         stability.measured_steps,
     )
-    assert result.tokens_per_step == stability.tokens_per_step and not result.profiled_steps
+    assert result.training.tokens_per_step == stability.tokens_per_step and not result.training.profiled_steps
     # Its synthetic twin is paced: it stops for a reason of the step times, not at "fixed".
     twin = run_case(stability.replace(data="synthetic"), paced, tmp_path / "synthetic.json")
     assert twin.status == "ok", twin.reason
-    assert twin.stop_reason in ("target", "spread", "budget", "cap")
+    assert twin.training.stop_reason in ("target", "spread", "budget", "cap")
 
 
 def test_nan_from_a_huge_learning_rate_is_recorded(tmp_path):
@@ -152,16 +166,16 @@ def test_nan_from_a_huge_learning_rate_is_recorded(tmp_path):
     case = Case("tiny", seq_len=64, lr=1e5, measured_steps=6, compute_dtype="fp16")
     result = run_case(case, CPU, tmp_path / "r.json")
     assert result.status == "nan", result.reason
-    assert result.first_nonfinite_step is not None
-    assert len(result.losses) == result.first_nonfinite_step + 1  # stopped at the bad step
-    assert not math.isfinite(result.losses[-1]) or not math.isfinite(result.grad_norms[-1])
+    assert result.training.first_nonfinite_step is not None
+    assert len(result.training.losses) == result.training.first_nonfinite_step + 1  # stopped at the bad step
+    assert not math.isfinite(result.training.losses[-1]) or not math.isfinite(result.training.grad_norms[-1])
 
 
 def test_config_error_and_missing_model(tmp_path):
     bad_target = run_case(Case("tiny", seq_len=64, target_modules=("nope_proj",)), CPU, tmp_path / "a.json")
     assert bad_target.status == "config_error"
     assert "nope_proj" in bad_target.reason and "q_proj" in bad_target.reason  # names what exists
-    assert "CaseError" in bad_target.reason and bad_target.trainable_params is None
+    assert "CaseError" in bad_target.reason and bad_target.weights.trainable_params is None
     missing = run_case(Case(str(tmp_path / "no-such-model"), seq_len=64), CPU, tmp_path / "b.json")
     assert missing.status == "missing_model"
     assert "no-such-model" in missing.reason
@@ -176,9 +190,9 @@ def test_an_sft_fp16_row_records_trls_cast_of_the_adapters(tmp_path):
     # On the CPU accelerate gives fp16 no scaler: the bf16 adapters train (on a GPU: below).
     result = run_case(SFT_FP16, CPU, tmp_path / "r.json")
     assert result.status == "ok", result.reason
-    assert (result.trainable_dtypes, result.trained_dtypes) == ("float32", "bfloat16")
-    assert (result.autocast, result.grad_scaler) == ("none", False)
-    assert result.trl_version == importlib.metadata.version("trl")
+    assert (result.weights.trainable_dtypes, result.precision.trained_dtypes) == ("float32", "bfloat16")
+    assert (result.precision.autocast, result.precision.grad_scaler) == ("none", False)
+    assert result.environment.trl_version == importlib.metadata.version("trl")
 
 
 @pytest.mark.gpu
@@ -192,9 +206,9 @@ def test_sft_fp16_on_a_gpu_is_unsupported_naming_trls_cast(gpu_required, tmp_pat
     assert result.reason.startswith(f"training: {why}: NotImplementedError: {TRL_CAST}"), result.reason
     assert "not implemented for 'BFloat16'" in result.reason
     # What training was set up with, kept though no step finished.
-    assert (result.autocast, result.grad_scaler) == ("fp16", True)
-    assert (result.trainable_dtypes, result.trained_dtypes) == ("float32", "bfloat16")
-    assert result.losses == [] and result.optimizer_state_bytes is None
+    assert (result.precision.autocast, result.precision.grad_scaler) == ("fp16", True)
+    assert (result.weights.trainable_dtypes, result.precision.trained_dtypes) == ("float32", "bfloat16")
+    assert result.training.losses == [] and result.weights.optimizer_state_bytes is None
 
 
 @pytest.mark.gpu
@@ -202,7 +216,7 @@ def test_oom_forced_by_a_small_memory_cap(gpu_required, tmp_path):
     options = RunOptions(profile="h200", timeout_s=600, memory_cap_gib=0.5)
     result = run_case(Case("llama-3.2-3b", seq_len=512), options, tmp_path / "r.json")
     assert result.status == "oom", result.reason
-    assert result.memory_cap_gib == 0.5
+    assert result.hardware.memory_cap_gib == 0.5
 
 
 @pytest.mark.gpu
@@ -211,7 +225,7 @@ def test_gpu_case_measures_every_stage(gpu_required, tmp_path):
         Case("tiny", seq_len=64, measured_steps=3), RunOptions(profile="h200"), tmp_path / "r.json"
     )
     assert result.status == "ok", result.reason
-    assert result.device == "cuda" and result.gpu_name
+    assert result.hardware.device == "cuda" and result.hardware.gpu_name
     for name in (
         "load_alloc_gib",
         "prepare_alloc_gib",
@@ -221,14 +235,14 @@ def test_gpu_case_measures_every_stage(gpu_required, tmp_path):
         "nvml_peak_gib",
         "nvml_base_gib",
     ):
-        assert getattr(result, name) is not None, name
-    assert result.nvml_peak_gib > result.nvml_base_gib
-    assert result.gpus_visible == 1  # pinned, however many GPUs the runner sees (child_env)
+        assert result.get_field(name) is not None, name
+    assert result.memory.nvml_peak_gib > result.memory.nvml_base_gib
+    assert result.hardware.gpus_visible == 1  # pinned, however many GPUs the runner sees (child_env)
 
 
 def test_result_files_are_complete_json(tmp_path, tiny_pair):
     for result in tiny_pair:
-        assert result.case_hash and result.finished_at and result.wall_s > 0
+        assert result.case_hash and result.finished_at and result.timing.wall_s > 0
     assert not list(Path(tmp_path).glob("*.tmp"))
 
 

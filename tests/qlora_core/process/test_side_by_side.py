@@ -67,7 +67,7 @@ def _alone(own: float | None, peak: float = 8.6, base: float = 0.6, **fields) ->
     """A GPU row that ran alone: device-wide peak 8.6 GiB over a 0.6 GiB base, its own line `own`."""
     fields = {"device": "cuda", "context_gib": 0.5, **fields}
     nvml = {"nvml_peak_gib": peak, "nvml_base_gib": base, "nvml_own_peak_gib": own}
-    return Result("a", "h", "t4", {}, **nvml, **fields)
+    return Result.from_dict(dict(case_id="a", case_hash="h", profile="t4", case={}, **nvml, **fields))
 
 
 def test_sharing_needs_a_row_alone_whose_own_nvml_line_agreed_with_the_device():
@@ -123,17 +123,23 @@ def test_side_by_side_rows_have_the_numbers_of_alone_and_no_speed(tmp_path: Path
     assert waited and max(len(w) for w in waited) == 2  # never more running than lanes
     assert {path for w in waited for path in w} <= {job.result_path for job in jobs}
     rows = {job.case.seed: result for job, result in done}
-    assert all(r.status == "ok" and r.side_by_side == 2 for r in rows.values()), rows
+    assert all(r.status == "ok" and r.hardware.side_by_side == 2 for r in rows.values()), rows
     shared = rows[0]
     # What does not depend on the device's other users is the same as alone...
-    assert shared.losses == pytest.approx(alone.losses, rel=1e-6)
-    assert shared.grad_norms == pytest.approx(alone.grad_norms, rel=1e-6)
-    assert alone.side_by_side is None and alone.tokens_per_s is not None
+    assert shared.training.losses == pytest.approx(alone.training.losses, rel=1e-6)
+    assert shared.training.grad_norms == pytest.approx(alone.training.grad_norms, rel=1e-6)
+    assert alone.hardware.side_by_side is None and alone.training.tokens_per_s is not None
     # ...what does is not reported: step times kept, not summarized into a speed.
-    assert len(shared.step_ms) == 3 and shared.tokens_per_s is None and shared.step_ms_median is None
-    assert shared.kernel_ms_per_step is None and shared.nvml_peak_gib is None  # the CPU: no NVML
+    assert (
+        len(shared.training.step_ms) == 3
+        and shared.training.tokens_per_s is None
+        and shared.training.step_ms_median is None
+    )
+    assert (
+        shared.training.kernel_ms_per_step is None and shared.memory.nvml_peak_gib is None
+    )  # the CPU: no NVML
     # each takes its share of the host's cores for its CPU-side work
-    assert shared.torch_threads == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert shared.hardware.torch_threads == max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 @pytest.mark.slow
@@ -169,7 +175,7 @@ def test_lanes_hand_their_cases_to_warm_spares_whose_imports_are_done(tmp_path: 
         run_side_by_side(jobs, 3, lambda job, result: done.append(result), pool)
         assert pool.depth == SPARE_DEPTH  # one per lane only while the lanes ran
     assert len(done) == 3 and all(r.status == "ok" for r in done), [r.reason for r in done]
-    assert sorted(bool(r.warm_spare) for r in done) == [False, True, True]
+    assert sorted(bool(r.timing.warm_spare) for r in done) == [False, True, True]
     assert _children_of(os.getpid()) == []
 
 
@@ -211,21 +217,31 @@ def test_on_the_gpu_shared_rows_read_the_memory_they_read_alone(gpu_required, tm
     list, and it is what the same case reads alone from the device-wide "used"."""
     cases = [case.replace(seq_len=128) for case in CASES]
     alone = run_case(cases[0], RunOptions(profile="t4"), tmp_path / "alone.json")
-    assert alone.status == "ok" and alone.nvml_scope == "device", alone.reason
-    assert own_line_agrees(alone), (alone.nvml_own_peak_gib, alone.nvml_peak_gib, alone.nvml_base_gib)
+    assert alone.status == "ok" and alone.memory.nvml_scope == "device", alone.reason
+    assert own_line_agrees(alone), (
+        alone.memory.nvml_own_peak_gib,
+        alone.memory.nvml_peak_gib,
+        alone.memory.nvml_base_gib,
+    )
     done: dict[int, Result] = {}
     jobs = [Job(case, RunOptions(profile="t4"), tmp_path / f"{case.seed}.json") for case in cases]
     run_side_by_side(jobs, 3, lambda job, result: done.__setitem__(job.case.seed, result))
     assert len(done) == 3
     for r in done.values():
-        assert r.status == "ok" and r.side_by_side == 3, r.reason
-        assert r.context_gib is not None and 0.1 < r.context_gib < 2.0
-        assert r.emulated and r.memory_cap_gib == pytest.approx(get_profile("t4").total_gib - r.context_gib)
-        assert r.nvml_scope == NVML_PROCESS and r.nvml_base_gib == 0.0 and r.tokens_per_s is None
-        assert r.nvml_peak_gib is not None and r.nvml_peak_gib >= r.peak_reserved_gib
-        assert r.peak_alloc_gib is not None and r.losses
+        assert r.status == "ok" and r.hardware.side_by_side == 3, r.reason
+        assert r.hardware.context_gib is not None and 0.1 < r.hardware.context_gib < 2.0
+        assert r.hardware.emulated and r.hardware.memory_cap_gib == pytest.approx(
+            get_profile("t4").total_gib - r.hardware.context_gib
+        )
+        assert (
+            r.memory.nvml_scope == NVML_PROCESS
+            and r.memory.nvml_base_gib == 0.0
+            and r.training.tokens_per_s is None
+        )
+        assert r.memory.nvml_peak_gib is not None and r.memory.nvml_peak_gib >= r.memory.peak_reserved_gib
+        assert r.memory.peak_alloc_gib is not None and r.training.losses
     shared = done[cases[0].seed]
-    assert shared.peak_alloc_gib == alone.peak_alloc_gib
-    assert shared.peak_reserved_gib == alone.peak_reserved_gib
-    device_used = alone.nvml_peak_gib - alone.nvml_base_gib
-    assert abs(shared.nvml_peak_gib - device_used) <= OWN_LINE_AGREEMENT_GIB, (shared, device_used)
+    assert shared.memory.peak_alloc_gib == alone.memory.peak_alloc_gib
+    assert shared.memory.peak_reserved_gib == alone.memory.peak_reserved_gib
+    device_used = alone.memory.nvml_peak_gib - alone.memory.nvml_base_gib
+    assert abs(shared.memory.nvml_peak_gib - device_used) <= OWN_LINE_AGREEMENT_GIB, (shared, device_used)

@@ -83,14 +83,26 @@ def _started(pool: SparePool) -> Spare:
 def test_the_second_case_runs_in_a_warm_spare_with_its_imports_done(tmp_path):
     with SparePool() as pool:
         cold = run_case(CASE, RunOptions(), tmp_path / "cold.json", pool)
-        assert cold.status == "ok" and cold.warm_spare is False and cold.spare_import_s is None
+        assert cold.status == "ok" and cold.timing.warm_spare is False and cold.timing.spare_import_s is None
         _wait_ready(pool)  # on a loaded machine, the imports may outlast the first case
         warm = run_case(CASE.replace(seed=1), RunOptions(), tmp_path / "warm.json", pool)
     assert warm.status == "ok", warm.reason
-    assert warm.warm_spare is True and warm.spare_import_s is not None and warm.spare_import_s > 0
+    assert (
+        warm.timing.warm_spare is True
+        and warm.timing.spare_import_s is not None
+        and warm.timing.spare_import_s > 0
+    )
     # Hand-over to the case's first stage: a fraction of the cold child's imports.
-    assert cold.import_s is not None and warm.start_s is not None and warm.import_s is not None
-    assert warm.start_s + warm.import_s < 0.5 * cold.import_s, (warm.start_s, warm.import_s, cold.import_s)
+    assert (
+        cold.timing.import_s is not None
+        and warm.timing.start_s is not None
+        and warm.timing.import_s is not None
+    )
+    assert warm.timing.start_s + warm.timing.import_s < 0.5 * cold.timing.import_s, (
+        warm.timing.start_s,
+        warm.timing.import_s,
+        cold.timing.import_s,
+    )
     assert SPARE_READY in (tmp_path / "warm.log").read_text()  # the spare's log is the case's log
 
 
@@ -101,7 +113,7 @@ def test_a_spare_killed_while_waiting_is_replaced_and_the_case_runs(tmp_path):
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait()
         result = run_case(CASE, RunOptions(), tmp_path / "r.json", pool)
-        assert result.status == "ok" and result.warm_spare is False  # ran cold
+        assert result.status == "ok" and result.timing.warm_spare is False  # ran cold
         assert pool.waiting is not None and pool.waiting.process.pid != first.process.pid
         assert pool.waiting.process.poll() is None  # a new spare waits for the next case
 
@@ -113,7 +125,7 @@ def test_a_dead_spare_is_skipped_for_the_next_one_and_the_pool_refilled(tmp_path
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait()
         result = run_case(CASE, RunOptions(), tmp_path / "r.json", pool)
-        assert result.status == "ok" and result.warm_spare is True, result.reason  # the second one
+        assert result.status == "ok" and result.timing.warm_spare is True, result.reason  # the second one
         assert pool.waiting is not None and pool.waiting.process.poll() is None
         assert pool.waiting.process.pid != first.process.pid
 
@@ -127,7 +139,7 @@ def test_a_spare_that_dies_after_the_hand_over_before_reading_leaves_the_case_to
         killer.start()
         result = run_case(CASE, RunOptions(), tmp_path / "r.json", pool)
         killer.join()
-    assert result.status == "ok" and result.warm_spare is False, result.reason
+    assert result.status == "ok" and result.timing.warm_spare is False, result.reason
 
 
 @pytest.mark.slow
@@ -139,15 +151,17 @@ def test_a_primed_pool_imports_the_libraries_in_its_spares_once_the_probe_saw_no
         pool.prime()
         assert pool.imports_libraries is None  # not known until the probe answers
         first = run_case(CASE, RunOptions(), tmp_path / "first.json", pool)
-        assert first.status == "ok" and first.warm_spare is True, first.reason
+        assert first.status == "ok" and first.timing.warm_spare is True, first.reason
         assert pool.imports_libraries is True
         assert pool.waiting is not None and pool.waiting.libraries
         _wait_ready(pool)
         second = run_case(CASE.replace(seed=1), RunOptions(), tmp_path / "second.json", pool)
-    assert second.status == "ok" and second.warm_spare is True, second.reason
+    assert second.status == "ok" and second.timing.warm_spare is True, second.reason
     log = (tmp_path / "second.log").read_text()
     assert f"with {', '.join(LIBRARY_IMPORTS)}: no CUDA context" in log
-    assert second.import_s is not None and second.import_s < 0.2, second.import_s  # all done before
+    assert second.timing.import_s is not None and second.timing.import_s < 0.2, (
+        second.timing.import_s
+    )  # all done before
 
 
 @pytest.mark.slow

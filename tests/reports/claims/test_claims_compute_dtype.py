@@ -31,7 +31,7 @@ def test_dtype_speed(build):
     close = build.in_processes(row("fp16", 0), [1000.0, 1001.0, 999.0])
     close += build.in_processes(row("fp32", 0), [950.0, 951.0, 949.0])
     assert build.verdicts(check_dtype_speed(build.run(close)))[0] == "refuted"
-    host = [dataclasses.replace(r, host_bound=True) for r in close]
+    host = [r.replaced(host_bound=True) for r in close]
     (left_out, _) = check_dtype_speed(build.run(host))
     assert left_out.verdict.value == "inconclusive" and "host-bound" in left_out.measured
     assert build.verdicts(check_dtype_speed(build.run([row("fp16", 1000.0)]))) == ["not_run"]
@@ -108,7 +108,7 @@ def test_t4_bf16_real_gpu_reporting_native_bf16_refutes_and_registry_decides_whe
     build, monkeypatch
 ):
     row = _t4(build, "fp16", emulated=False)
-    row.bf16_native = True
+    row.hardware.bf16_native = True
     evals = check_t4_bf16(build.run([row]))
     assert build.pick(evals, "hardware").verdict is Verdict.REFUTED
     fake = dataclasses.replace(PROFILES["t4"], capability=(8, 0))
@@ -131,7 +131,7 @@ def test_bf16_quality_both_nan_or_unmeasured_is_inconclusive(build):
     # Four steps each: alike, but too short for the mean of the last 8 losses.
     rows = [build.stability("fp16", 1e-4, 2.9), build.stability("bf16", 1e-4, 2.5)]
     for row in rows:
-        row.losses = row.losses[:4]
+        row.training.losses = row.training.losses[:4]
     (only,) = check_bf16_quality(build.run(rows))
     assert only.verdict is Verdict.INCONCLUSIVE and "fewer than 8 finite training losses" in only.why
 
@@ -140,7 +140,7 @@ def _paced(build, dtype: str, losses: list[float]):
     """A stability row at lr 1e-4 that trained `losses` (one per step), as an adaptive pacing
     might have run it: 8,192 tokens a step (b4 s2048)."""
     row = build.stability(dtype, 1e-4, 2.0, batch_size=4, seq_len=2048, tokens_per_step=8192)
-    row.losses, row.final_loss = losses, losses[-1]
+    row.training.losses, row.training.final_loss = losses, losses[-1]
     return row
 
 
@@ -157,7 +157,7 @@ def test_bf16_quality_rows_of_different_steps_are_not_compared_and_name_the_coun
     assert only.verdict is Verdict.INCONCLUSIVE
     assert only.why == "bf16 trained 36 steps x 8,192 tokens, fp16 32 steps x 8,192 tokens: not compared"
     # The same rows cut to the same 32 steps compare: 0.1% apart, within the claim's 2%.
-    rows[1].losses = rows[1].losses[:32]
+    rows[1].training.losses = rows[1].training.losses[:32]
     (alike,) = check_bf16_quality(build.run(rows))
     assert alike.verdict is Verdict.INCONCLUSIVE and "no difference beyond it" in alike.why
     assert "mean of the last 8 training losses, steps 25-32, same batches" in alike.why
@@ -175,12 +175,12 @@ def test_bf16_quality_one_batch_cannot_swing_the_verdict_eight_can(build):
 
 def test_bf16_quality_nan_at_a_step_the_other_row_never_reached_is_not_compared(build):
     fp16 = build.stability("fp16", 1e-3, None)
-    fp16.losses = [3.0] * 12 + [float("nan")]
-    fp16.first_nonfinite_step = 12
+    fp16.training.losses = [3.0] * 12 + [float("nan")]
+    fp16.training.first_nonfinite_step = 12
     short = build.stability("bf16", 1e-3, 2.7)  # finite, but only through step 10
     (only,) = check_bf16_quality(build.run([fp16, short]))
     assert only.verdict is Verdict.INCONCLUSIVE
     assert "bf16 trained 10 steps" in only.why and "fp16 13 steps" in only.why
     assert "(stopped at a non-finite loss)" in only.why
-    short.losses = [3.0] + [2.7] * 29  # through step 30: it went past fp16's failure
+    short.training.losses = [3.0] + [2.7] * 29  # through step 30: it went past fp16's failure
     assert check_bf16_quality(build.run([fp16, short]))[0].verdict is Verdict.HOLDS

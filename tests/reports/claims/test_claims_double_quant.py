@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from reports.claims import Verdict
 from reports.claims.double_quant import check_dq_compute_overhead, check_dq_factor_dtype, check_dq_overhead
 
@@ -70,7 +68,7 @@ def test_dq_compute_overhead(build):
     # One process each: a 3% overhead's interval reaches past 10% at the +-15% noise floor.
     (single,) = check_dq_compute_overhead(build.run(_speed_pair(build, 1030.0)))
     assert single.verdict is Verdict.INCONCLUSIVE
-    host = [dataclasses.replace(r, host_bound=True) for r in pair([1050.0, 1052.0, 1049.0])]
+    host = [r.replaced(host_bound=True) for r in pair([1050.0, 1052.0, 1049.0])]
     (left_out,) = check_dq_compute_overhead(build.run(host))
     assert left_out.verdict is Verdict.INCONCLUSIVE and "host-bound" in left_out.why
     (none,) = check_dq_compute_overhead(build.run(_speed_pair(build, 1000.0)[:1]))

@@ -237,13 +237,13 @@ def test_nan_bf16_at_the_failure_point(build):
 def test_a_remedy_that_stopped_before_the_failing_step_is_not_compared(build):
     rows = _grid(build, fp16_0p1=None, bf16_0p1=2.8, fp16_0p0001=2.5)
     failure = rows[0]
-    failure.losses, failure.first_nonfinite_step = [3.0] * 14 + [float("nan")], 14
+    failure.training.losses, failure.training.first_nonfinite_step = [3.0] * 14 + [float("nan")], 14
     for check in (check_nan_bf16, check_nan_lr):
         (only,) = check(build.run(rows))  # the remedies trained 10 steps; fp16 failed at the 15th
         assert only.verdict is Verdict.INCONCLUSIVE, check
         assert "trained 10 steps x 128 tokens" in only.why and "15 steps" in only.why
         assert only.why.endswith(": not compared")
-    failure.losses, failure.first_nonfinite_step = [3.0] * 9 + [float("nan")], 9
+    failure.training.losses, failure.training.first_nonfinite_step = [3.0] * 9 + [float("nan")], 9
     assert check_nan_bf16(build.run(rows))[0].verdict is Verdict.HOLDS  # went through step 10
 
 
@@ -255,10 +255,9 @@ def _ladder_with_need(build, peaks: list[tuple[str, float]]):
     """Ladder rows: ("oom", needed peak) or ("ok", capped peak)."""
     rows = _ladder(build, [(status, peak if status == "ok" else None) for status, peak in peaks])
     for row, (status, peak) in zip(rows, peaks):
-        row.memory_cap_gib = 14.49
+        row.hardware.memory_cap_gib = 14.49
         if status == "oom":
-            for name, value in build.needed(peak, peak + 1.0).items():
-                setattr(row, name, value)
+            row.set_fields(build.needed(peak, peak + 1.0))
     return rows
 
 
@@ -282,5 +281,5 @@ def test_ladder_refuted_when_a_needed_peak_rises(build):
 
 def test_ladder_needed_of_an_oom_even_uncapped_is_no_peak(build):
     rows = _ladder_with_need(build, [("oom", 21.0), ("oom", 17.5)])
-    rows[1].needed_status = "oom"  # even the host could not hold it: its peak is truncated
+    rows[1].needed.needed_status = "oom"  # even the host could not hold it: its peak is truncated
     assert check_oom_ladder(build.run(rows))[0].verdict is Verdict.INCONCLUSIVE

@@ -113,7 +113,7 @@ def test_quality_and_error_tables_with_missing_halves(build):
     evals = check_nf4_quality(build.run(rows, {"quant_error": nf4_only}))
     assert {e.verdict for e in evals if "reconstruction" in e.condition} == {Verdict.NOT_RUN}
     pair = [_quality(build, "nf4", True, 21.0, 17.0), _quality(build, "fp4", True, 24.0, 19.0)]
-    pair[1].ppl_after = None
+    pair[1].quality.ppl_after = None
     after = build.pick(check_nf4_quality(build.run(pair)), "after training")
     assert after.verdict is Verdict.INCONCLUSIVE and "ppl_after" in after.why
 

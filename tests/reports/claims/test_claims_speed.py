@@ -60,7 +60,7 @@ def test_a_host_bound_pair_is_still_left_out(build):
     (left_out,) = check_dq_compute_overhead(build.run(_dq_pair(build, 995.0, 1000.0, **HOST_BOUND)))
     assert left_out.verdict is Verdict.INCONCLUSIVE and "host-bound, not judged on speed" in left_out.why
     mixed = _dq_pair(build, 995.0, 1000.0, **DEVICE_BOUND)
-    mixed[1].host_bound = True
+    mixed[1].training.host_bound = True
     (left_out,) = check_dq_compute_overhead(build.run(mixed))
     assert left_out.verdict is Verdict.INCONCLUSIVE and "host-bound" in left_out.why
 

@@ -105,7 +105,7 @@ def test_budget_of_an_oom_reads_what_it_needed_uncapped_and_by_how_much_it_misse
     assert "-3.10 GiB" in build.pick(evals, "Available buffer").measured
     assert label not in build.pick(evals, "8B model").measured  # the capped run measured its load
     # Deliberately broken: a rerun that ran out of memory even uncapped gives no training figures.
-    row.needed_status = "oom"
+    row.needed.needed_status = "oom"
     evals = check_t4_budget(build.run([row]))
     assert build.pick(evals, "Activations").verdict is Verdict.INCONCLUSIVE
     assert "misses" not in build.pick(evals, "fits").measured
