@@ -1,53 +1,7 @@
-"""The benchmark matrix: which Cases a profile runs, in one place.
+"""The benchmark matrix: which Cases a profile runs at a tier (`build_matrix`), in one place.
 
-Engines. The families the claims and tables read for memory and speed run on `USERS_ENGINE`,
-transformers' `Trainer` as the lesson's readers configure it: what a Trainer user gets, not a
-hand-written loop (at 3B b2 s1024 the two differ by gigabytes). Families that compare the data
-types' numerics on text (``quality``, ``stability``) keep the core loop, same numerics, cheaper.
-
-Families (each case carries the tags of every family it serves, so a case shared by two
-families runs once):
-- ``factorial``: the lesson's four axes, nf4/fp4 x double quant on/off x fp16/bf16, at the
-  profile's device-bound point (`Tier.device_bound`): every speed comparison between those axes
-  (double quant's overhead, fp16 vs bf16, nf4 vs fp4) is made where the GPU, not the host,
-  sets the pace. Memory comparisons hold at any point.
-- ``speed``: the device-bound point's nf4 + double quant row beside its 16-bit LoRA reference
-  and its fp32-compute row: the QLoRA-vs-LoRA slowdown and the compute-dtype table.
-- ``sweep``: batch x sequence length at the lesson's recommended config (nf4 + double quant +
-  the lesson's compute dtype for the profile), beside the 16-bit LoRA reference (tag ``reference``).
-- ``fp32``: bitsandbytes' default compute dtype (fp32), at the device-bound point.
-- ``gc`` / ``prepare``: gradient checkpointing off, prepare_model_for_kbit_training off, each beside
-  the lesson's point (which carries the tag too).
-- ``ladder:N``: the lesson's OOM resolution order from its T4 setting (8B, batch 4, seq 2048,
-  8-bit Adam, no checkpointing): batch 2 -> batch 1 with gradient accumulation keeping the
-  effective batch -> seq 1024 -> gradient checkpointing.
-- ``compat``: each model of the profile loaded and trained as QLoRA and as 16-bit LoRA at the
-  smallest point: which sizes fit on this GPU at all. GPUs run the 7B shape (Llama-2-7B) here
-  too, so the lesson's 7B claims are judged on a 7B model. In the full tier, cards of 40 GB or
-  more add the 70B shape (`big_model_cases`): QLoRA from a pre-quantized checkpoint, 16-bit
-  judged from its exact weight bytes where they exceed the card (computed, not measured).
-- ``weights``: the weights model (7B on GPUs, tiny on the CPU) loaded only (`Case.load_only`) at
-  each precision of the lesson's 7B table, and trained with LoRA over its INT8 weights (that
-  row's training total); see `weights_cases`.
-- ``quality``: the real model on held-out text: nf4/fp4 x double quant and the 16-bit reference.
-- ``stability``: the real model on text, fp16 vs bf16 compute at learning rates 1e-4, 2e-4, 1e-3.
-  Like ``quality`` and ``nan``, its cases train on text, so each trains exactly its warm-up and
-  measured steps on every device (`Case.fixed_steps`): the claims compare their losses step for step.
-- ``nan``: the lesson's NaN advice exercised where fp16 goes non-finite, with its two remedies
-  there (lr 1e-4; bf16 at the same rate); see `nan_cases`.
-- ``engine``: the same case trained by the core loop, transformers' Trainer and TRL's SFTTrainer,
-  at the device-bound point (the CPU: the real model on text) and, in the full tier, at the
-  lesson's point too. The default tier leaves the lesson's point out: its batch-1 steps are
-  host-bound (their times jitter 10-40% between processes).
-- ``multigpu``: what a multi-card profile (``t4x2``, ``l4x2``, ``h200x2``) runs instead of the
-  families above (its card's: ``--gpu t4``); see `multigpu_cases`.
-
-The device-bound point: large GPUs b4 s2048 (the lesson's T4 setting); smaller GPUs b4 s512, the
-largest default sweep point that fits an emulated T4; the CPU the largest default sweep point.
-
-Tiers: ``smoke`` (at most 6 cases: the device-bound point's nf4+dq, fp4 and no-double-quant
-rows, its 16-bit reference and fp32-compute rows, and one quality case), ``default`` (at most
-49: the t4 profile 47, h200 49, cpu 42), ``full`` (everything).
+The families, the device-bound point, the engines each family trains on and the tiers' sizes:
+docs/matrix.md#families and docs/matrix.md#tiers.
 """
 
 from __future__ import annotations

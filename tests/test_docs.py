@@ -38,14 +38,6 @@ _HEADING = re.compile(r"^#{1,6} +(.+?) *$", re.MULTILINE)
 # reasoning and the figures behind it live on that page.
 PACKAGES = ("qlora_core", "qlora_plugin", "reports", "tools", "bench")
 DOCSTRING_MAX_LINES = 12
-# Being reworked now (their docstrings move to docs/ with that work): remove each entry once its
-# docstring is short; the test below fails on an entry that no longer needs to be here.
-LONG_DOCSTRING_ALLOWED = {
-    "qlora_core/matrix.py",
-    "qlora_core/process/child.py",
-    "qlora_core/process/faults.py",
-    "tools/run_cases.py",
-}
 _DOC_POINTER = re.compile(r"docs/([\w.-]+\.md)(?:#([\w-]+))?")
 
 
@@ -301,10 +293,8 @@ def test_the_usage_table_has_every_option_of_pytest_bench_and_its_figures():
 def test_module_docstrings_are_short():
     modules = package_modules()
     assert len(modules) > 100
-    too_long = [hit for hit in long_docstrings(modules) if hit.split(":")[0] not in LONG_DOCSTRING_ALLOWED]
+    too_long = long_docstrings(modules)
     assert too_long == [], "move the reasoning to the module's docs/ page and point to it"
-    still_long = {hit.split(":")[0] for hit in long_docstrings(modules)}
-    assert sorted(LONG_DOCSTRING_ALLOWED - still_long) == [], "short now: remove from LONG_DOCSTRING_ALLOWED"
 
 
 def test_a_long_docstring_is_named(tmp_path):

@@ -1,20 +1,11 @@
 """Run a hand-picked list of cases, outside the matrix, into a run folder the reports can read.
 
-For a measurement the matrix does not plan (an engine comparison at one point, a repro of one
-case): each case runs in its own child exactly as `pytest bench` runs it, its row is appended whole
-to `OUT/results.jsonl` as soon as it finishes (nothing measured is lost if the command is killed),
-under the folder's lock (`reports.run_folder`), and `python -m reports render OUT` works on it.
-
     python -u tools/run_cases.py --gpu h200 --out runs/engines \\
         --case model=llama-3.1-8b,batch_size=4,seq_len=2048,engine=loop \\
         --case model=llama-3.1-8b,batch_size=4,seq_len=2048,engine=trainer
 
-A field's value is typed like the Case field, as `pytest bench --force` reads it
-(`qlora_core.case_fields`: 4, true, 2e-4; a list field's items follow it, comma-separated:
-`target_modules=q_proj,v_proj`). `--gpu`, `--case-timeout`, `--repeat` and `--no-oom-rerun` are
-`pytest bench`'s, declared and checked once (`qlora_core.process.shared_options`). `--repeat N`
-runs every case N times, each in a fresh child, round by round (all cases, then all again), so
-drift hits every case alike; the reports fold the repeats (median tokens/s, its spread).
+Each case runs in its own child as `pytest bench` runs it; its row is appended whole to
+OUT/results.jsonl under the folder's lock as it ends. See docs/usage.md#hand-picked-cases.
 """
 
 from __future__ import annotations

@@ -1,22 +1,8 @@
-"""The child process: runs one Case and writes its Result. Started by `runner.run_case` as
+"""The child process: runs one Case and writes its Result, one function per stage.
 
-    python -m qlora_core.process.child REQUEST
-
-where REQUEST is a `request.ChildRequest` file (the case, its `RunOptions`, where the Result goes,
-the parent's pid); the child dies with that parent (`lifecycle.die_with_parent`).
-The stages (`stages.STAGES`) run in order, one function each (`_STAGE_STEPS`): on CUDA, the
-checkpoint is created in a process of its own, NVML is read and the allocator capped (emulation);
-then model resolution, 4-bit load, prepare_model_for_kbit_training, LoRA, data, (perplexity,)
-training, (perplexity); a load-only case (`Case.load_only`) stops after the load. The Result is
-written atomically as each stage starts, marked "died during <stage>", so a child that dies keeps
-what it measured before; an exception is classified (`outcomes.classify_exception`) and recorded
-with its traceback. The child always exits 0 itself; any other exit is a death the parent reads.
-
-**Fault injection (tests only).** A fault `KIND@STAGE` fires as the child enters STAGE:
-`RunOptions.inject_fault` for one run (outside the case's identity: the same case can fault, then
-rerun clean), or `Case.extra=(("fault", "KIND@STAGE"),)` for every run of a case (part of its id,
-so it cannot hide in a production matrix). Kinds (`faults.FAULT_KINDS`): sigkill, sigsegv, exit,
-hang, oom, error, cuda-assert (CUDA only). A fired fault is named in the row's reason.
+Started by `runner.run_case` (through `launch`) as `python -m qlora_core.process.child REQUEST`,
+REQUEST a `request.ChildRequest` file; the stages run in `stages.STAGES` order (`_STAGE_STEPS`).
+See docs/design.md#the-childs-stages.
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
-"""Test-only fault injection into the child: `KIND@STAGE`, fired when the child enters STAGE.
+"""Test-only fault injection into the child (`KIND@STAGE`, fired as the child enters STAGE) and
+the `slowdown` knob's parsing: `parse_fault`, `fire`, `for_rank`, `parse_slowdown`.
 
-Two sources, one syntax (see `qlora_core.process.child`):
-- `RunOptions(inject_fault="sigkill@training")`: one run only, outside the case's identity, so
-  the same case can fault once and then run clean (what a `--resume` after a fault does).
-- `Case.extra=(("fault", "exit@prepare"),)`: every run of that case; part of its id, so it can
-  never hide in a production matrix.
-When a fault fires, the row's reason says so ("... (injected fault sigkill@training)").
-In a multi-GPU case every rank fires the fault, unless a rank selector names one:
-`KIND@STAGE@rankN` (`for_rank`).
-
-The other test-only knob of `Case.extra`, `("slowdown", "PCT")`, is parsed here too (no torch,
-so the child refuses a bad one at start-up); what it does: `qlora_core.engines.slowdown`.
+See docs/design.md#the-childs-stages.
 """
 
 from __future__ import annotations
