@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from reports.claims import CLAIMS, Claim, claim_outcome, evaluate
-from reports.frame import RunData
+from reports.run.frame import RunData
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.id for c in CLAIMS])

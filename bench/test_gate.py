@@ -5,8 +5,8 @@ to choose from by profile, tier and GPU, checked by the options before the run) 
 regression; `--save-baseline
 PATH` stores this run as the baseline. Against a baseline from another GPU, speed is not compared
 and the console says so; `--require-speed` makes that a failure. Given both (even the same path), the
-comparison runs first, against the old file. The logic lives in `reports.gate` (the comparison)
-and `reports.baseline` (the file).
+comparison runs first, against the old file. The logic lives in `reports.gate.verdict` (the comparison)
+and `reports.gate.baseline` (the file).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 
 from qlora_plugin.checks import assert_baseline_reproduces_run
 from qlora_plugin.hooks import GATE_LINES_KEY
-from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
-from reports.baseline_choice import save_target
-from reports.gate import gate
+from reports.gate.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
+from reports.gate.baseline_choice import save_target
+from reports.gate.verdict import gate
 
 
 # Defined first so that with --baseline and --save-baseline on one path, the old file is judged

@@ -3,7 +3,7 @@ device the profile runs on (each call synchronizes, so the timer sees the kernel
 
 import pytest
 
-from qlora_core import quantization
+from qlora_core.measurement import quantization
 
 # Big enough to be past launch overhead on a GPU; small enough for 2 CPU cores.
 _SIZE = {"cuda": 8192, "cpu": 1024}

@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from qlora_core import quantization
-from qlora_core.spec import LESSON_TARGET_MODULES
+from qlora_core.cases.case import LESSON_TARGET_MODULES
+from qlora_core.measurement import quantization
 
 
 def _device(bench_session) -> str:

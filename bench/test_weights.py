@@ -3,9 +3,9 @@ without double quantization), its weight bytes and the device after the load, an
 over its INT8 weights (that precision's training total); and the parameter counts of the
 lesson's models, from their architectures instantiated without weights."""
 
-from qlora_core import measure
+from qlora_core.cases.case import LESSON_TARGET_MODULES
+from qlora_core.measurement import memory
 from qlora_core.models.registry import COUNTED_MODELS, PARAM_COUNTS_TABLE
-from qlora_core.spec import LESSON_TARGET_MODULES
 from qlora_plugin.checks import (
     assert_adapters_only_train,
     assert_memory_consistent,
@@ -27,7 +27,7 @@ def test_case(case_result):
 def test_parameter_counts(bench_session):
     """On every tier: no weights, no GPU, seconds (print-trainable-3b reads this table)."""
     rows = [
-        measure.empty_weight_counts(model, LESSON_LORA_R, LESSON_TARGET_MODULES) for model in COUNTED_MODELS
+        memory.empty_weight_counts(model, LESSON_LORA_R, LESSON_TARGET_MODULES) for model in COUNTED_MODELS
     ]
     bench_session.record_measurement(PARAM_COUNTS_TABLE, rows)
     for row in rows:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from qlora_core.result import Result
-from reports.frame import RunData
-from reports.gate import compare
-from reports.thresholds import Thresholds
+from qlora_core.measurement.result import Result
+from reports.gate.thresholds import Thresholds
+from reports.gate.verdict import compare
+from reports.run.frame import RunData
 
 # NVML samples the device every few ms and can miss the last ~1% of a short-lived peak.
 _NVML_SAMPLING_SLACK = 0.99

@@ -12,15 +12,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from qlora_core.families import Family
-from qlora_core.matrix import PlannedCase, build_matrix, family_name
-from qlora_core.result import Result, repeat_suffix
+from qlora_core.cases.families import Family
+from qlora_core.cases.matrix import PlannedCase, build_matrix, family_name
+from qlora_core.measurement.result import Result, repeat_suffix
 from qlora_plugin.interrupt import ReportsInterrupted, StopGuard, stop_paragraph
 from qlora_plugin.options import bench_options
 from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError
 from qlora_plugin.shard import SHARD_SKIP_REASON, recorded_run_s, select_shard
-from reports.frame import RunData
-from reports.run_folder import RESULTS_JSONL, RunFolderInUseError
+from reports.run.folder import RESULTS_JSONL, RunFolderInUseError
+from reports.run.frame import RunData
 
 # Which module tests a case: the first of its families found here, in this order.
 _MODULE_BY_FAMILY: tuple[tuple[Family, str], ...] = (
@@ -211,7 +211,7 @@ def case_result(case_run: CaseRun, bench_session: BenchSession, request: pytest.
 
 def planned_runs(config: pytest.Config) -> dict[str, int]:
     """The runs the session's run folder is to hold: every case of its matrix (of its shard with
-    --shard) and its repeats, whatever -k selects (`reports.completeness`)."""
+    --shard) and its repeats, whatever -k selects (`reports.run.completeness`)."""
     repeat = bench_options(config).repeat
     return {p.case.id: repeat if repeat is not None else p.repeats for p in session_cases(config)}
 

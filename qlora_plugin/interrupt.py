@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from reports.completeness import Incompleteness, completing_command
+from reports.run.completeness import Incompleteness, completing_command
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _SIGNAL_WORDS = {"SIGINT": "SIGINT (Ctrl-C)", "SIGTERM": "SIGTERM"}

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from qlora_core.case_fields import parse_fields
-from qlora_core.gpus import (
+from qlora_core.cases.case import FIELD_NAMES, CaseError
+from qlora_core.cases.case_fields import parse_fields
+from qlora_core.cases.gpus import (
     ALL_CPU_DTYPES,
     CpuDtypesError,
     DetectedGpu,
@@ -24,7 +25,7 @@ from qlora_core.gpus import (
     cpu_native_dtypes,
     is_emulated,
 )
-from qlora_core.matrix import DEFAULT_MAX, MATRICES, SMOKE_MAX
+from qlora_core.cases.matrix import DEFAULT_MAX, MATRICES, SMOKE_MAX
 from qlora_core.models import model_problem
 from qlora_core.process.shared_options import (
     GPU,
@@ -36,13 +37,12 @@ from qlora_core.process.shared_options import (
     parse_repeat,
 )
 from qlora_core.process.side_by_side import MAX_LANES, auto_lanes
-from qlora_core.spec import FIELD_NAMES, CaseError
 from qlora_plugin.resume import profile_conflict, resolve_settings
 from qlora_plugin.shard import Shard, parse_shard
-from reports.baseline import BaselineError, load_baseline
-from reports.baseline_choice import CPU_PROFILE, baseline_option_problems
-from reports.run_folder import RESULTS_JSONL
-from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
+from reports.gate.baseline import BaselineError, load_baseline
+from reports.gate.baseline_choice import CPU_PROFILE, baseline_option_problems
+from reports.gate.thresholds import Thresholds, add_threshold_options, resolve_thresholds
+from reports.run.folder import RESULTS_JSONL
 
 _OPTIONS_KEY = pytest.StashKey["BenchOptions"]()
 # What the help adds after the default of an option --resume takes from the folder.
@@ -338,7 +338,7 @@ def parse_side_by_side(raw: str, profile: GpuProfile | None, gpu: DetectedGpu | 
 
 
 def parse_force(items: list[str]) -> tuple[tuple[str, Any], ...]:
-    """`FIELD=VALUE` pairs for --force, typed like the Case fields (`qlora_core.case_fields`, the
+    """`FIELD=VALUE` pairs for --force, typed like the Case fields (`qlora_core.cases.case_fields`, the
     rule `tools/run_cases.py --case` reads too); one CaseError names every bad item."""
     try:
         return tuple(parse_fields(items, _FORCEABLE).items())

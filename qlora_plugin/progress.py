@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 
-from qlora_core.result import Result
-from qlora_core.spec import Case
+from qlora_core.cases.case import Case
+from qlora_core.measurement.result import Result
 from qlora_plugin.shard import recorded_run_s
-from reports.baseline import BaselineError
+from reports.gate.baseline import BaselineError
 
 HEARTBEAT_S = 30.0
 """The time between two heartbeat lines while cases run, and how long a case runs before its first."""

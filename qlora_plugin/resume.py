@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qlora_core.gpus import PROFILE_NAMES
-from qlora_core.matrix import MATRICES
-from qlora_core.spec import CaseError
+from qlora_core.cases.case import CaseError
+from qlora_core.cases.gpus import PROFILE_NAMES
+from qlora_core.cases.matrix import MATRICES
 from qlora_plugin.shard import parse_shard
-from reports.run_folder import (
+from reports.run.folder import (
     ENVIRONMENT_JSON,
     RESULTS_JSONL,
     check_environment,

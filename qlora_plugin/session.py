@@ -20,9 +20,12 @@ from typing import IO, Any, NamedTuple
 
 import pandas as pd
 
-from qlora_core.lanes import Lane, card_budget_gib, lane_rerun_reason, plan_lane, set_aside_lane_run
-from qlora_core.matrix import PlannedCase
+from qlora_core.cases.case import Case
+from qlora_core.cases.matrix import PlannedCase
+from qlora_core.cases.tiers import cpu_text_note
+from qlora_core.measurement.result import FINAL_STATUSES, Result, repeat_suffix, write_atomic
 from qlora_core.process.child import environment_fields
+from qlora_core.process.lanes import Lane, card_budget_gib, lane_rerun_reason, plan_lane, set_aside_lane_run
 from qlora_core.process.oom_need import (
     measure_need,
     run_case_measuring_need,
@@ -32,18 +35,15 @@ from qlora_core.process.oom_need import (
 from qlora_core.process.request import RunOptions
 from qlora_core.process.side_by_side import Job, ran_alone_on_gpu, run_side_by_side, sharing_supported
 from qlora_core.process.spare import SparePool
-from qlora_core.result import FINAL_STATUSES, Result, repeat_suffix, write_atomic
-from qlora_core.spec import Case
-from qlora_core.tiers import cpu_text_note
 from qlora_plugin.options import BenchOptions
 from qlora_plugin.progress import Heartbeat, Watched, recorded_walls, steps_planned, timing_text
 from qlora_plugin.resume import recorded_settings
 from qlora_plugin.shard import run_cost_s
-from reports import run_folder
-from reports.completeness import INCOMPLETE, PLANNED_RUNS, Incompleteness, folder_incompleteness
-from reports.frame import MATRIX_NOTES, RunData, load_run, write_result_tables
-from reports.repeats import fold_repeats
-from reports.wall_time import wall_time_line
+from reports.run import folder
+from reports.run.completeness import INCOMPLETE, PLANNED_RUNS, Incompleteness, folder_incompleteness
+from reports.run.frame import MATRIX_NOTES, RunData, load_run, write_result_tables
+from reports.run.repeats import fold_repeats
+from reports.tables.wall_time import wall_time_line
 
 
 class CaseRun(NamedTuple):
@@ -95,12 +95,12 @@ class BenchSession:
         --resume can reuse. `matrix_case_ids`: the whole matrix's ids, recorded so that a merge of
         shards can name the cases no shard ran; `planned_runs`: the runs the folder is to hold
         (its shard's cases with --shard), recorded so that every reader can tell what is missing
-        (`reports.completeness`)."""
+        (`reports.run.completeness`)."""
         name = f"{options.profile.name}-{options.matrix}"
-        run_dir = options.resume if options.resume is not None else run_folder.new_run_dir(options.out, name)
+        run_dir = options.resume if options.resume is not None else folder.new_run_dir(options.out, name)
         session = cls(options, run_dir, write_line=write_line, matrix_case_ids=list(matrix_case_ids or []))
         session.planned_runs = dict(planned_runs or {})
-        session._lock = run_folder.lock_run_dir(run_dir)
+        session._lock = folder.lock_run_dir(run_dir)
         try:
             session._open_folder()
         except BaseException:  # interrupted or failed while opening: the lock goes with it
@@ -112,7 +112,7 @@ class BenchSession:
         """Read what --resume can reuse, record the environment, start the first spare."""
         if self.options.resume is not None:
             self._read_stored()
-            earlier = run_folder.read_environment(self.run_dir)
+            earlier = folder.read_environment(self.run_dir)
             if earlier:
                 self.earlier_commands = earlier.get("commands") or [earlier.get("command", "")]
         self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -127,7 +127,7 @@ class BenchSession:
             self.spares.shutdown()
         finally:
             if self._lock is not None:
-                run_folder.unlock_run_dir(self._lock, self.run_dir)
+                folder.unlock_run_dir(self._lock, self.run_dir)
                 self._lock = None
 
     def warn(self, message: str) -> None:
@@ -135,17 +135,15 @@ class BenchSession:
         self.write_line(f"qlora-bench: warning: {message}")
 
     def _read_stored(self) -> None:
-        torn = run_folder.repair_torn_tail(self.run_dir / run_folder.RESULTS_JSONL)
+        torn = folder.repair_torn_tail(self.run_dir / folder.RESULTS_JSONL)
         if torn:
             self.warn(torn)
-        stored = run_folder.read_results(self.run_dir / run_folder.RESULTS_JSONL)
+        stored = folder.read_results(self.run_dir / folder.RESULTS_JSONL)
         for note in stored.notes:
             self.warn(note)
         for result in stored.results:
             problem = (
-                run_folder.case_file_problem(self.run_dir, result)
-                if result.status in FINAL_STATUSES
-                else None
+                folder.case_file_problem(self.run_dir, result) if result.status in FINAL_STATUSES else None
             )
             if problem:
                 self.warn(f"{problem}: case {result.case_id} is treated as not measured and reruns")
@@ -203,7 +201,7 @@ class BenchSession:
         return previous
 
     def _result_path(self, run: CaseRun) -> Path:
-        return run_folder.case_result_path(self.run_dir, run.planned.case.hash, run.repeat)
+        return folder.case_result_path(self.run_dir, run.planned.case.hash, run.repeat)
 
     def _record_as_planned(self, result: Result, run: CaseRun) -> None:
         # The matrix's identity stays the key (the gate matches on it); what ran is in `case`.
@@ -303,14 +301,14 @@ class BenchSession:
 
     def record(self, result: Result) -> None:
         """Append `result` to results.jsonl (whole, or not at all) and print its progress line."""
-        path = self.run_dir / run_folder.RESULTS_JSONL
+        path = self.run_dir / folder.RESULTS_JSONL
         try:
-            run_folder.append_result(self.run_dir, result)
+            folder.append_result(self.run_dir, result)
         except OSError as exc:
             raise ResultNotStoredError(
                 f"case {result.case_id} ran ({result.status}) but its row could not be appended to {path}:"
                 f" {exc}. Every earlier row is intact; the case's own result is in"
-                f" {run_folder.case_result_path(self.run_dir, result.case_hash, result.repeat)}."
+                f" {folder.case_result_path(self.run_dir, result.case_hash, result.repeat)}."
                 " Free the space and run"
                 f" again with --resume {self.run_dir}: this case reruns."
             ) from exc
@@ -379,11 +377,11 @@ class BenchSession:
 
     def record_measurement(self, name: str, rows: list[dict[str, Any]]) -> Path:
         """Store an in-process measurement table as measurements/<name>.csv (replacing it)."""
-        return run_folder.write_measurement(self.run_dir, name, pd.DataFrame(rows).to_csv(index=False))
+        return folder.write_measurement(self.run_dir, name, pd.DataFrame(rows).to_csv(index=False))
 
     def append_measurement(self, name: str, row: dict[str, Any]) -> Path:
         """Add one row to measurements/<name>.csv (rows from earlier in this session are kept)."""
-        path = run_folder.measurement_path(self.run_dir, name)
+        path = folder.measurement_path(self.run_dir, name)
         rows = pd.read_csv(path).to_dict("records") if path.exists() else []
         return self.record_measurement(name, [*rows, row])
 
@@ -432,10 +430,10 @@ class BenchSession:
         """environment.json: `environment()`, the `ended` fields, what the folder lacks (`INCOMPLETE`)."""
         env = {**self.environment(), **ended}
         env[INCOMPLETE] = self._incomplete_json(env)
-        run_folder.write_environment(self.run_dir, env)
+        folder.write_environment(self.run_dir, env)
 
     def incompleteness(self) -> Incompleteness | None:
-        """What the folder lacks of its plan now (`reports.completeness`); None when complete."""
+        """What the folder lacks of its plan now (`reports.run.completeness`); None when complete."""
         return folder_incompleteness(self.run_dir, {PLANNED_RUNS: self.planned_runs})
 
     def _incomplete_json(self, env: dict[str, Any]) -> dict[str, Any] | None:
@@ -476,7 +474,7 @@ class BenchSession:
         slow = sorted((r for r in results if r.timing.wall_s), key=lambda r: -(r.timing.wall_s or 0))[:5]
         if slow:
             lines.append("  slowest: " + ", ".join(f"{run_label(r)} {r.timing.wall_s:.0f} s" for r in slow))
-        timing = wall_time_line(self.run_dir)  # where the time went, by stage (reports.wall_time)
+        timing = wall_time_line(self.run_dir)  # where the time went, by stage (reports.tables.wall_time)
         if timing:
             lines.append(f"  {timing}")
         lines += [f"  not planned on this host: {note}" for note in self.matrix_notes]

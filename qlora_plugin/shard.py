@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from qlora_core.matrix import PlannedCase
+from qlora_core.cases.case import HELDOUT_WINDOWS, Case
+from qlora_core.cases.matrix import PlannedCase
 from qlora_core.models import REAL_MODEL
 from qlora_core.models.registry import SHAPES
-from qlora_core.spec import HELDOUT_WINDOWS, Case
-from reports.baseline import CASE_WALL_S, load_baseline
-from reports.run_folder import RESULTS_JSONL, read_results_jsonl
+from reports.gate.baseline import CASE_WALL_S, load_baseline
+from reports.run.folder import RESULTS_JSONL, read_results_jsonl
 
 SHARD_SKIP_REASON = (
     "merge first: a shard holds part of the matrix; kernels, claims and the gate run on the"

@@ -15,17 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
-from reports.baseline_choice import save_target
-from reports.claims_matrix import write_claims_matrix
-from reports.completeness import completing_command, folder_incompleteness
-from reports.fit import run_advisor
-from reports.fit_query import AdvisorError, add_query_options, query_case
-from reports.frame import RunFolderError, check_run_dir, load_run
-from reports.gate import gate
-from reports.merge import MergeError, merge_runs
+from reports.claims.matrix import write_claims_matrix
+from reports.fit.advisor import run_advisor
+from reports.fit.query import AdvisorError, add_query_options, query_case
+from reports.gate.baseline import BASELINE_DIFF_MD, BaselineError, save_run_baseline
+from reports.gate.baseline_choice import save_target
+from reports.gate.thresholds import Thresholds, add_threshold_options, resolve_thresholds
+from reports.gate.verdict import gate
 from reports.render import render_run
-from reports.run_folder import (
+from reports.run.completeness import completing_command, folder_incompleteness
+from reports.run.folder import (
     ENVIRONMENT_JSON,
     MEASUREMENTS_DIR,
     RESULTS_JSONL,
@@ -35,7 +34,8 @@ from reports.run_folder import (
     read_environment,
     read_results,
 )
-from reports.thresholds import Thresholds, add_threshold_options, resolve_thresholds
+from reports.run.frame import RunFolderError, check_run_dir, load_run
+from reports.run.merge import MergeError, merge_runs
 
 EXIT_OK = 0
 EXIT_REGRESSION = 1

@@ -22,13 +22,13 @@ from reports.claims import (
     deciding_evaluation,
     evaluate_all,
 )
-from reports.completeness import run_incompleteness
-from reports.frame import MATRIX_NOTES, RunData, check_run_dir, load_run
 from reports.markdown import MAX_LINE_CHARS, fit_width, md_cell, md_table
-from reports.merge import merge_notes
-from reports.plots import render_plots
-from reports.tables import header, render_tables, run_context
-from reports.wall_time import WALL_TIME_MD, render_wall_time
+from reports.run.completeness import run_incompleteness
+from reports.run.frame import MATRIX_NOTES, RunData, check_run_dir, load_run
+from reports.run.merge import merge_notes
+from reports.tables.lesson import header, render_tables, run_context
+from reports.tables.plots import render_plots
+from reports.tables.wall_time import WALL_TIME_MD, render_wall_time
 
 CLAIMS_MD = "claims.md"
 TABLES_MD = "tables.md"
@@ -199,7 +199,7 @@ def render_claims(run: RunData) -> str:
 
 def incomplete_mark(run: RunData) -> str:
     """The first line of claims.md and tables.md of a run that lacks runs of its plan
-    (`reports.completeness`): how many, which, and the command that completes it; "" otherwise."""
+    (`reports.run.completeness`): how many, which, and the command that completes it; "" otherwise."""
     missing = run_incompleteness(run)
     return f"{missing.line()}\n\n" if missing else ""
 

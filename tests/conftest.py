@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from qlora_core.gpus import detect_gpu
+from qlora_core.cases.gpus import detect_gpu
 from qlora_core.models.cache import CACHE_ENV
 
 

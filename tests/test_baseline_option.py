@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.result import Result
-from qlora_core.spec import Case
-from reports.baseline import make_baseline
-from reports.frame import results_frame
+from qlora_core.cases.case import Case
+from qlora_core.measurement.result import Result
+from reports.gate.baseline import make_baseline
+from reports.run.frame import results_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTEST_BENCH = (

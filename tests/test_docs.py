@@ -12,13 +12,13 @@ import os
 import re
 from pathlib import Path
 
-from qlora_core.families import Family
-from qlora_core.gpus import PROFILE_NAMES, get_profile
-from qlora_core.matrix import DEFAULT_MAX, SHAREABLE_FAMILIES, SMOKE_MAX, build_matrix
+from qlora_core.cases.families import Family
+from qlora_core.cases.gpus import PROFILE_NAMES, get_profile
+from qlora_core.cases.matrix import DEFAULT_MAX, SHAREABLE_FAMILIES, SMOKE_MAX, build_matrix
 from qlora_core.process.request import DEFAULT_TIMEOUT_S
 from qlora_core.process.side_by_side import MAX_LANES
 from qlora_plugin.options import pytest_addoption
-from reports.thresholds import threshold_options
+from reports.gate.thresholds import threshold_options
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -235,6 +235,6 @@ def test_the_parent_imports_no_torch() -> None:
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
     # The check can fail: a module that imports torch is seen.
-    code = "import sys, qlora_core.measure; print('torch' in sys.modules)"
+    code = "import sys, qlora_core.measurement.memory; print('torch' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "True"

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qlora_core.gpus import CPU_DTYPES_ENV
-from qlora_core.matrix import DEFAULT_MAX, SMOKE_MAX
+from qlora_core.cases.gpus import CPU_DTYPES_ENV
+from qlora_core.cases.matrix import DEFAULT_MAX, SMOKE_MAX
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CASES = "test_case and tiny"  # -k expression: the tiny shape's training cases only

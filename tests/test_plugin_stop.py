@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from reports.run_folder import LOCK_FILE
+from reports.run.folder import LOCK_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_TINY = "tiny-nf4-dq-bf16-b4-s128-w1m4-trainer"  # a smoke case on the CPU tier

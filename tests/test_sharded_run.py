@@ -11,7 +11,7 @@ import pytest
 
 from reports.__main__ import main as reports_main
 from reports.claims import evaluate_all
-from reports.frame import load_run
+from reports.run.frame import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 3

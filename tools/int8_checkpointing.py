@@ -29,14 +29,14 @@ def main() -> None:
     import torch
     import transformers
 
-    from qlora_core import load
+    from qlora_core.cases.case import Case
+    from qlora_core.models import load
     from qlora_core.models.resolve import resolve_model
-    from qlora_core.spec import Case
 
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU: bitsandbytes trains LLM.int8() through MatMul8bitLt on CUDA only")
     reentrant = args.checkpointing == "reentrant"
-    # The suite's recipe (qlora_core.load) for the case, with the checkpointing mode set.
+    # The suite's recipe (qlora_core.models.load) for the case, with the checkpointing mode set.
     case = Case(MODEL, quant_type=args.quant, compute_dtype="fp16", batch_size=BATCH, seq_len=SEQ)
     model = load.load_model(case, resolve_model(MODEL, device="cuda").path, "cuda")
     model = load.prepare(model, case, checkpointing_kwargs={"use_reentrant": reentrant})

@@ -6,7 +6,7 @@ advisor's report with measured beside predicted.
         --batch-size 4 --seq-len 2048 --gradient-checkpointing off --optimizer adamw_8bit \\
         --out runs/fit-measure
 
-The options are `python -m reports fit`'s (`reports.fit_query`), plus `--out` (a run folder:
+The options are `python -m reports fit`'s (`reports.fit.query`), plus `--out` (a run folder:
 rows appended whole to results.jsonl as each case ends, under the folder's lock; `python -m reports
 render OUT` reads it) and `--case-timeout`. A case that runs out of memory under an emulated cap
 is rerun uncapped on the host GPU (`qlora_core.process.oom_need`) and reports what it needed.
@@ -22,15 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qlora_core.families import Family  # noqa: E402  (after the path)
+from qlora_core.cases.case import Case  # noqa: E402
+from qlora_core.cases.families import Family  # noqa: E402  (after the path)
 from qlora_core.process.oom_need import run_case_measuring_need  # noqa: E402
 from qlora_core.process.request import RunOptions  # noqa: E402
 from qlora_core.process.shared_options import CASE_TIMEOUT, add_shared_options, case_timeout_problem  # noqa: E402
 from qlora_core.process.spare import SparePool  # noqa: E402
-from qlora_core.spec import Case  # noqa: E402
-from reports.fit import advise, measured_figures, render  # noqa: E402
-from reports.fit_query import AdvisorError, add_query_options, query_case  # noqa: E402
-from reports.run_folder import (  # noqa: E402
+from reports.fit.advisor import advise, measured_figures, render  # noqa: E402
+from reports.fit.query import AdvisorError, add_query_options, query_case  # noqa: E402
+from reports.run.folder import (  # noqa: E402
     ENVIRONMENT_JSON,
     RunFolderInUseError,
     append_result,

@@ -19,8 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qlora_core.case_fields import case_from_text  # noqa: E402  (after the path)
-from qlora_core.families import Family  # noqa: E402
+from qlora_core.cases.case import Case, CaseError  # noqa: E402
+from qlora_core.cases.case_fields import case_from_text  # noqa: E402  (after the path)
+from qlora_core.cases.families import Family  # noqa: E402
+from qlora_core.measurement.result import Result, repeat_suffix  # noqa: E402
 from qlora_core.process.oom_need import run_case_measuring_need  # noqa: E402
 from qlora_core.process.request import RunOptions  # noqa: E402
 from qlora_core.process.shared_options import (  # noqa: E402
@@ -31,9 +33,7 @@ from qlora_core.process.shared_options import (  # noqa: E402
     parse_repeat,
 )
 from qlora_core.process.spare import SparePool  # noqa: E402
-from qlora_core.result import Result, repeat_suffix  # noqa: E402
-from qlora_core.spec import Case, CaseError  # noqa: E402
-from reports.run_folder import (  # noqa: E402
+from reports.run.folder import (  # noqa: E402
     RunFolderInUseError,
     append_result,
     case_result_path,

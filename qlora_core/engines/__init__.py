@@ -2,6 +2,7 @@
 
 `run_training(model, case, batches, device, on_step, plan, on_start)` trains a prepared LoRA model
 with the engine `case.engine` names (`loop`, `trainer`, `sft`) and returns `TrainStats`.
+Its batches come from `engines.data` (synthetic, or real text with a held-out tail).
 See docs/engines.md#the-engine-contract.
 """
 
@@ -11,10 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
+from qlora_core.cases.case import ENGINES, Case
 from qlora_core.engines.common import OnStart, OnStep, TrainStats
 from qlora_core.engines.loop import run_loop
 from qlora_core.engines.pacing import StepPlan, plan_steps
-from qlora_core.spec import ENGINES, Case
 
 __all__ = ["ENGINES", "OnStart", "OnStep", "StepPlan", "TrainStats", "plan_steps", "run_training"]
 

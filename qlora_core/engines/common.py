@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from qlora_core.spec import Case
+from qlora_core.cases.case import Case
 
 # Training settings every engine uses alike, so that a case trains the same way whichever engine
 # runs it. Each equals what `TrainingArguments` gives a reader who does not set it (a test pins

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from qlora_core.cases.case import Case
 from qlora_core.engines.common import (
     LR_SCHEDULER,
     MAX_GRAD_NORM,
@@ -28,9 +29,8 @@ from qlora_core.engines.common import (
     trainable_parameters,
 )
 from qlora_core.engines.pacing import StepClock, StepPlan, plan_steps
-from qlora_core.measure import params_device, trainable_dtypes
+from qlora_core.measurement.memory import params_device, trainable_dtypes
 from qlora_core.process.outcomes import GRAD_SCALER_BF16, recognised_refusal
-from qlora_core.spec import Case
 
 # Case.optimizer -> TrainingArguments.optim (transformers' names for the same optimizers).
 TRAINER_OPTIMS: dict[str, str] = {

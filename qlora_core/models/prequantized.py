@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from qlora_core.cases.case import CaseError
 from qlora_core.models.cache import cache_dir, library_versions
 from qlora_core.models.registry import INIT_SEED, SHAPE_RECIPE, ModelUnavailableError, Prequant, ShapeSpec
 from qlora_core.models.shapes import build_meta_model, draw_param_
-from qlora_core.spec import CaseError
 
 if TYPE_CHECKING:  # typing only: transformers is imported where a model is built, not here
     from transformers import PreTrainedModel

@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from qlora_core.measurement.result import Result, Status, write_atomic
 from qlora_core.process import faults
 from qlora_core.process.stages import STAGES
-from qlora_core.result import Result, Status, write_atomic
 
 PROGRESS_SAVE_S = 10.0
 """During training the Result is written at most this often (after a step): the parent's

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qlora_core.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile
+from qlora_core.cases.case import HELDOUT_WINDOWS, Case
+from qlora_core.cases.gpus import DetectedGpu, GpuProfile, detect_gpu, get_profile
+from qlora_core.measurement.result import Result, Status
+from qlora_core.measurement.row_summary import record_mfu, summarize_steps
 from qlora_core.models import Prequant
 from qlora_core.models.registry import NO_16BIT_CHECKPOINT, shape_spec
 from qlora_core.process import faults
@@ -28,15 +31,12 @@ from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent, materi
 from qlora_core.process.outcomes import classify_exception, recognised_refusal
 from qlora_core.process.request import ChildRequest, RunOptions, quiet_offline_kernel_notices
 from qlora_core.process.stages import STAGES
-from qlora_core.result import Result, Status
-from qlora_core.row_summary import record_mfu, summarize_steps
-from qlora_core.spec import HELDOUT_WINDOWS, Case
 
 if TYPE_CHECKING:  # typing only: these import torch, which the child imports once it runs a case
     import torch
 
     from qlora_core.engines.pacing import StepPlan
-    from qlora_core.measure import NvmlSampler
+    from qlora_core.measurement.memory import NvmlSampler
     from qlora_core.models.resolve import ResolvedModel
 
 # This module imports no torch at import time (the session and the spare pool import it in the
@@ -215,8 +215,12 @@ def _import_ml_stack(run: _CaseRun) -> None:
     import torch
     import transformers  # noqa: F401
 
-    from qlora_core import data, load, measure, quality  # noqa: F401
-    from qlora_core.engines import run_training  # noqa: F401
+    from qlora_core.engines import (
+        data,  # noqa: F401
+        run_training,  # noqa: F401
+    )
+    from qlora_core.measurement import memory, quality  # noqa: F401
+    from qlora_core.models import load  # noqa: F401
     from qlora_core.models.resolve import resolve_model  # noqa: F401
 
     run.r.timing.import_s = (run.r.timing.import_s or 0.0) + time.perf_counter() - t0
@@ -233,16 +237,17 @@ def _resolve_model(run: _CaseRun) -> None:
 def _load(run: _CaseRun) -> tuple[Status, str] | None:
     """The load (timed), where the weights went and their bytes, the memory after it; a load-only
     case (`Case.load_only`) ends here, ok."""
-    from qlora_core import load, measure  # imported by _import_ml_stack (timed)
+    from qlora_core.measurement import memory  # imported by _import_ml_stack (timed)
+    from qlora_core.models import load  # imported by _import_ml_stack (timed)
 
     assert run.resolved is not None
     r = run.r
     t0 = time.perf_counter()
     run.model = load.load_model(run.case, run.resolved.path, run.device)
     r.timing.load_s = time.perf_counter() - t0
-    r.ranks.loaded_on = measure.params_device(run.model)
+    r.ranks.loaded_on = memory.params_device(run.model)
     if r.ranks.loaded_on != "meta":  # a rank holding no weight has none to count: left None
-        counted = measure.weight_bytes(run.model)
+        counted = memory.weight_bytes(run.model)
         r.weights.weight_bytes = counted.weight_bytes
         r.weights.quant_data_bytes = counted.quant_data_bytes
         r.weights.quant_stats_bytes = counted.quant_stats_bytes
@@ -258,7 +263,7 @@ def _load(run: _CaseRun) -> tuple[Status, str] | None:
 def _prepare(run: _CaseRun) -> None:
     """prepare_model_for_kbit_training. Entering it also saved what load measured, so a crash from
     here keeps it."""
-    from qlora_core import load  # imported by _import_ml_stack (timed)
+    from qlora_core.models import load  # imported by _import_ml_stack (timed)
 
     t0 = time.perf_counter()
     run.model = load.prepare(run.model, run.case)
@@ -268,22 +273,25 @@ def _prepare(run: _CaseRun) -> None:
 
 def _add_lora(run: _CaseRun) -> None:
     """The LoRA adapters (their seconds added to prepare's), the parameters and their bytes."""
-    from qlora_core import load, measure  # imported by _import_ml_stack (timed)
+    from qlora_core.measurement import memory  # imported by _import_ml_stack (timed)
+    from qlora_core.models import load  # imported by _import_ml_stack (timed)
 
     r = run.r
     t0 = time.perf_counter()
     run.model = load.add_lora(run.model, run.case)
     r.timing.prepare_s = run.prepare_s + time.perf_counter() - t0
-    r.weights.trainable_params, r.weights.total_params = measure.parameter_counts(run.model)
-    r.weights.trainable_dtypes = measure.trainable_dtypes(run.model)
-    r.weights.trainable_bytes = measure.trainable_bytes(run.model)
+    r.weights.trainable_params, r.weights.total_params = memory.parameter_counts(run.model)
+    r.weights.trainable_dtypes = memory.trainable_dtypes(run.model)
+    r.weights.trainable_bytes = memory.trainable_bytes(run.model)
     _record_stage(r, "lora", run.device)
 
 
 def _data(run: _CaseRun) -> None:
     """The step plan and the batches for it (text: the held-out windows too)."""
-    from qlora_core import data  # imported by _import_ml_stack (timed)
-    from qlora_core.engines import plan_steps
+    from qlora_core.engines import (
+        data,  # imported by _import_ml_stack (timed)
+        plan_steps,
+    )
 
     case, options, resolved = run.case, run.options, run.resolved
     assert resolved is not None
@@ -312,7 +320,7 @@ def _data(run: _CaseRun) -> None:
 
 
 def _perplexity_before(run: _CaseRun) -> None:
-    from qlora_core import quality  # imported by _import_ml_stack (timed)
+    from qlora_core.measurement import quality  # imported by _import_ml_stack (timed)
 
     assert run.heldout is not None
     t0 = time.perf_counter()
@@ -323,12 +331,12 @@ def _perplexity_before(run: _CaseRun) -> None:
 def _train(run: _CaseRun) -> tuple[Status, str] | None:
     """The warm-up, measured and profiled steps (`engines.run_training`), the Result on disk as they
     go; then the peaks, the step summary and MFU. A non-finite loss ends the case: nan."""
-    from qlora_core import measure  # imported by _import_ml_stack (timed)
     from qlora_core.engines import TrainStats, run_training
+    from qlora_core.measurement import memory  # imported by _import_ml_stack (timed)
 
     case, r, ckpt = run.case, run.r, run.ckpt
     if run.device == "cuda":
-        measure.reset_cuda_peaks()
+        memory.reset_cuda_peaks()
     r.training.tokens_per_step = case.tokens_per_step
 
     def on_step(step: int, stats: TrainStats) -> None:
@@ -354,11 +362,11 @@ def _train(run: _CaseRun) -> tuple[Status, str] | None:
         run.model, case, run.batches, run.device, on_step=on_step, plan=run.plan, on_start=on_start
     )
     if run.device == "cuda":
-        r.memory.peak_alloc_gib, r.memory.peak_reserved_gib = measure.cuda_peaks()
+        r.memory.peak_alloc_gib, r.memory.peak_reserved_gib = memory.cuda_peaks()
     if run.sampler is not None:
         r.memory.nvml_peak_gib = run.sampler.stop()
         r.memory.nvml_own_peak_gib = run.sampler.own_peak_gib
-    r.memory.cpu_peak_rss_gib = measure.peak_rss_gib()
+    r.memory.cpu_peak_rss_gib = memory.peak_rss_gib()
     r.set_fields(stats.result_fields())
     r.training.first_loss = stats.losses[0] if stats.losses else None
     r.training.final_loss = stats.losses[-1] if stats.losses else None
@@ -373,7 +381,7 @@ def _train(run: _CaseRun) -> tuple[Status, str] | None:
 
 
 def _perplexity_after(run: _CaseRun) -> None:
-    from qlora_core import quality  # imported by _import_ml_stack (timed)
+    from qlora_core.measurement import quality  # imported by _import_ml_stack (timed)
 
     assert run.heldout is not None
     t0 = time.perf_counter()
@@ -415,7 +423,7 @@ def _judge_16bit_without_checkpoint(case: Case, profile: GpuProfile, r: Result) 
     case that might fit is left to resolution, which says why it cannot run here)."""
     if case.is_quantized or case.model not in NO_16BIT_CHECKPOINT or not profile.is_gpu:
         return None
-    from qlora_core.measure import meta_weight_bytes  # imports torch: see the module's imports
+    from qlora_core.measurement.memory import meta_weight_bytes  # imports torch: see the module's imports
 
     r.weights.computed_weight_bytes = meta_weight_bytes(shape_spec(case.model))
     need_gib, have_gib = r.weights.computed_weight_bytes / 2**30, profile.total_gib
@@ -431,26 +439,26 @@ def _judge_16bit_without_checkpoint(case: Case, profile: GpuProfile, r: Result) 
 def _record_load_only(r: Result, model: Any, device: str, sampler: Any) -> None:
     """What a load-only case measures after its load: the parameter count (peft's counter), the
     load's allocator peaks (nothing ran before it in this process) and the device's used memory."""
-    from qlora_core import measure  # imports torch: see the module's imports
+    from qlora_core.measurement import memory  # imports torch: see the module's imports
 
-    r.weights.total_params = measure.base_parameter_count(model)
+    r.weights.total_params = memory.base_parameter_count(model)
     if device == "cuda":
-        r.memory.load_peak_alloc_gib, r.memory.load_peak_reserved_gib = measure.cuda_peaks()
+        r.memory.load_peak_alloc_gib, r.memory.load_peak_reserved_gib = memory.cuda_peaks()
     if sampler is not None:
         sampler.stop()
         r.memory.load_nvml_gib = sampler.used_gib()
         r.memory.nvml_own_peak_gib = sampler.own_peak_gib
-    r.memory.cpu_peak_rss_gib = measure.peak_rss_gib()
+    r.memory.cpu_peak_rss_gib = memory.peak_rss_gib()
 
 
 def _record_stage(r: Result, stage: str, device: str) -> None:
-    from qlora_core import measure  # imports torch: see the module's imports
+    from qlora_core.measurement import memory  # imports torch: see the module's imports
 
     if device == "cuda":
-        alloc, reserved = measure.cuda_stage_memory()
+        alloc, reserved = memory.cuda_stage_memory()
     else:
         # On the CPU the process RSS is what the stage costs; reserved has no meaning.
-        alloc, reserved = measure.current_rss_gib(), None
+        alloc, reserved = memory.current_rss_gib(), None
     r.set_fields({f"{stage}_alloc_gib": alloc, f"{stage}_reserved_gib": reserved})
 
 

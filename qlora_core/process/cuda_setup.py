@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qlora_core.gpus import DetectedGpu, GpuProfile, is_emulated
-from qlora_core.lanes import lane_cap_gib
+from qlora_core.cases.gpus import DetectedGpu, GpuProfile, is_emulated
+from qlora_core.measurement.result import Result
 from qlora_core.process.distributed import local_device_index
+from qlora_core.process.lanes import lane_cap_gib
 from qlora_core.process.request import RunOptions
-from qlora_core.result import Result
 
 if TYPE_CHECKING:  # typing only: measure imports torch, which the child imports once it runs a case
-    from qlora_core.measure import NvmlSampler
+    from qlora_core.measurement.memory import NvmlSampler
 
 
 def setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options: RunOptions) -> NvmlSampler:
@@ -27,7 +27,7 @@ def setup_cuda(r: Result, profile: GpuProfile, gpu: DetectedGpu | None, options:
     # Here, not at the top: torch, and measure, which imports it (see the module's imports).
     import torch
 
-    from qlora_core.measure import NVML_DEVICE, NVML_PROCESS, NvmlSampler, gib
+    from qlora_core.measurement.memory import NVML_DEVICE, NVML_PROCESS, NvmlSampler, gib
 
     index = local_device_index()  # 0, or this rank's GPU in a multi-GPU case
     shared = options.shared_device > 1

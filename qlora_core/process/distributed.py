@@ -19,13 +19,13 @@ from typing import Any
 
 import psutil
 
-from qlora_core.gpus import get_profile
+from qlora_core.cases.case import Case, CaseError
+from qlora_core.cases.gpus import get_profile
+from qlora_core.measurement.result import Result, Status, read_result, write_atomic
+from qlora_core.measurement.row_summary import summarize_steps
 from qlora_core.models import Prequant
 from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent, materialize
 from qlora_core.process.request import ChildRequest
-from qlora_core.result import Result, Status, read_result, write_atomic
-from qlora_core.row_summary import summarize_steps
-from qlora_core.spec import Case, CaseError
 
 MIXED_PRECISION_BY_COMPUTE = {"fp16": "fp16", "bf16": "bf16", "fp32": "no"}
 """accelerate's `mixed_precision` for a case's compute dtype (fp32 compute: no mixed precision)."""

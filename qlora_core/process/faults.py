@@ -13,8 +13,8 @@ import signal
 import time
 from dataclasses import dataclass
 
+from qlora_core.cases.case import Case, CaseError
 from qlora_core.process.stages import STAGES
-from qlora_core.spec import Case, CaseError
 
 FAULT_KINDS: dict[str, str] = {
     "sigkill": "the child sends itself SIGKILL (as the kernel's OOM killer does)",

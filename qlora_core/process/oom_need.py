@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from qlora_core.cases.case import Case
+from qlora_core.measurement.result import NEEDED_OF, Result, Status, repeat_suffix, write_atomic
 from qlora_core.process.request import RunOptions
 from qlora_core.process.runner import OnWait, run_case
 from qlora_core.process.spare import SparePool
-from qlora_core.result import NEEDED_OF, Result, Status, repeat_suffix, write_atomic
-from qlora_core.spec import Case
 
 UNCAPPED_SUFFIX = "-uncapped"
 

@@ -9,10 +9,10 @@ import re
 import sys
 from dataclasses import dataclass
 
-from qlora_core.gpus import UnknownProfileError
+from qlora_core.cases.case import CaseError
+from qlora_core.cases.gpus import UnknownProfileError
+from qlora_core.measurement.result import Status
 from qlora_core.models import ModelUnavailableError
-from qlora_core.result import Status
-from qlora_core.spec import CaseError
 
 # Messages of CUDA failures that leave the context unusable (only a new process recovers).
 _CUDA_ERROR_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "cuBLAS error")

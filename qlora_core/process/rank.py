@@ -16,11 +16,11 @@ import os
 import sys
 from pathlib import Path
 
+from qlora_core.measurement.result import Status
 from qlora_core.process.child import run_child
 from qlora_core.process.distributed import rank_result_path
 from qlora_core.process.lifecycle import arm_stack_dump, die_with_parent
 from qlora_core.process.request import ChildRequest, quiet_offline_kernel_notices
-from qlora_core.result import Status
 
 
 def rank_main(request_path: str) -> None:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qlora_core.gpus import first_visible_gpu, get_profile
+from qlora_core.cases.case import Case, CaseError
+from qlora_core.cases.gpus import first_visible_gpu, get_profile
+from qlora_core.measurement.result import write_atomic
 from qlora_core.models.registry import needs_hub
 from qlora_core.process import faults
-from qlora_core.result import write_atomic
-from qlora_core.spec import Case, CaseError
 
 DEFAULT_TIMEOUT_S = 1800.0
 REQUEST_VERSION = 1
@@ -58,7 +58,7 @@ class RunOptions:
     its speed is not measured (None: other processes share the device), and its device memory is
     NVML's per-process line for its own process (`measure.NVML_PROCESS`)."""
     lane_share_gib: float | None = None
-    """Side by side on a real card of the profile (`qlora_core.lanes`): this run's share of the
+    """Side by side on a real card of the profile (`qlora_core.process.lanes`): this run's share of the
     device, GiB with its CUDA context; the child caps its allocator at the share less its measured
     context (`Result.hardware.lane_cap_gib`). Not the profile's cap (`memory_cap_gib` stays None): an OOM
     under it is the suite's, and the case reruns alone. None: no lane cap."""

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import psutil
 
+from qlora_core.cases.case import Case
+from qlora_core.measurement.result import Result, Status, read_result, write_atomic
 from qlora_core.process import distributed
 from qlora_core.process.launch import launch, launch_cold
 from qlora_core.process.lifecycle import STACK_DUMP_SIGNAL, now_iso
 from qlora_core.process.request import ChildRequest, RunOptions
 from qlora_core.process.spare import SparePool
-from qlora_core.result import Result, Status, read_result, write_atomic
-from qlora_core.spec import Case
 
 _KILL_GRACE_S = 5.0
 _POLL_S = 0.25

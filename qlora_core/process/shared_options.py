@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qlora_core.gpus import PROFILE_NAMES, DetectedGpu, GpuProfile, UnknownProfileError, resolve_profile
+from qlora_core.cases.gpus import PROFILE_NAMES, DetectedGpu, GpuProfile, UnknownProfileError, resolve_profile
 from qlora_core.process.request import DEFAULT_TIMEOUT_S
 
 AUTO_GPU = "auto"

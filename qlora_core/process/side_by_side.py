@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from qlora_core.gpus import DetectedGpu, GpuProfile, is_emulated
+from qlora_core.cases.case import Case
+from qlora_core.cases.gpus import DetectedGpu, GpuProfile, is_emulated
+from qlora_core.measurement.result import Result
 from qlora_core.process.request import RunOptions
 from qlora_core.process.runner import OnWait, run_case
 from qlora_core.process.spare import SparePool
-from qlora_core.result import Result
-from qlora_core.spec import Case
 
 MAX_LANES = 8
 """The most cases side by side: the H200's host has 16 cores, and each host-bound case keeps one
@@ -45,7 +45,7 @@ def auto_lanes(profile: GpuProfile, gpu: DetectedGpu | None, host_cores: int | N
     """Lanes `--side-by-side auto` gives: on an emulated GPU profile, as many of the profile's caps
     as the host GPU holds (at most `MAX_LANES`); on a real card of the profile, one per two of the
     host's cores (`host_cores`, default this process's; at most `MAX_LANES`), each case then
-    capped at its own share of the card (`qlora_core.lanes`); 1 (alone) on the CPU."""
+    capped at its own share of the card (`qlora_core.process.lanes`); 1 (alone) on the CPU."""
     if gpu is None or not profile.is_gpu:
         return 1
     if is_emulated(profile, gpu):

@@ -37,10 +37,10 @@ SPARE_IMPORTS: tuple[str, ...] = (
     "torch",
     "transformers",
     "transformers.models.llama.modeling_llama",  # every shape and the real model are Llamas
-    "qlora_core.data",
-    "qlora_core.load",
-    "qlora_core.measure",
-    "qlora_core.quality",
+    "qlora_core.engines.data",
+    "qlora_core.models.load",
+    "qlora_core.measurement.memory",
+    "qlora_core.measurement.quality",
     "qlora_core.models.resolve",
     "qlora_core.engines",
 )

@@ -1,14 +1,9 @@
 """The lesson's claims: one module per lesson section, each check beside its claim entry.
 
-`CLAIMS` is assembled here, once, in the lesson's order, with the known documentation errors of
-`reports.known_errors` applied. The claim model (`Claim`, `Evaluation`, `Verdict`, `evaluate`,
-`claim_outcome`) lives in `reports.claims.model`; the names re-exported below are the API the
-bench session and the reports use.
-
-Units. The lesson writes "GB" for two things: parameters x bytes (its 7B table, the formula, the
-budget's model row: 10**9 bytes) and torch's `memory_allocated() / 1024**3` (its "Allocated:
-2.84 GB", a GiB). Each claim's `measures` says which one it compares; `measured` shows both where
-it matters. Allocator columns (`*_gib`) are GiB; `*_bytes` columns are bytes.
+Beside them, what the claims share: `numerics`, `nan`, `noise_floors`, `known_errors`, and
+`matrix` (every claim's verdict on every run under a root). `CLAIMS` is assembled here, once, in
+the lesson's order, with the known documentation errors applied; the claim model lives in
+`reports.claims.model`. How a claim reads "GB" (10**9 bytes or a GiB): docs/usage.md#claimsmd.
 """
 
 from __future__ import annotations
@@ -29,6 +24,7 @@ from reports.claims import (
     tradeoffs,
     verification,
 )
+from reports.claims.known_errors import KNOWN_DOC_ERRORS
 from reports.claims.model import (
     CLAIM_VERDICT_RULE,
     Claim,
@@ -40,8 +36,7 @@ from reports.claims.model import (
     evaluate,
     evaluate_claims,
 )
-from reports.frame import RunData
-from reports.known_errors import KNOWN_DOC_ERRORS
+from reports.run.frame import RunData
 
 __all__ = [
     "CLAIMS",

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from qlora_core.families import Family
+from qlora_core.cases.families import Family
 from reports.claims.common import in_range, lesson_sized, modules_label, select, with_note, within
 from reports.claims.model import ON_GPU, Claim, Evaluation, holds, inconclusive, not_run, refuted
 from reports.claims.points import Judged, left_out_text, points_text, with_needed
 from reports.claims.t4_budget import LESSON_BUDGET_POINT
-from reports.frame import RunData
-from reports.rows import (
+from reports.run.frame import RunData
+from reports.run.rows import (
     LOADED,
     activation_gib,
     adapter_gib,

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from qlora_core.spec import LESSON_TARGET_MODULES
+from qlora_core.cases.case import LESSON_TARGET_MODULES
 from reports.claims.model import Evaluation, inconclusive, not_run
-from reports.frame import RunData
-from reports.rows import OK_ONLY, NoRows, model_sizes, usable
+from reports.run.frame import RunData
+from reports.run.rows import OK_ONLY, NoRows, model_sizes, usable
 
 SEVEN_MODULES = ",".join(LESSON_TARGET_MODULES)  # the lesson's target modules as a row holds them
 LESSON_SIZED_MIN = 2.5e9  # the lesson's examples and budgets are about 3B-13B models

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import pandas as pd
 
-from qlora_core.families import Family
-from qlora_core.gpus import PROFILES
+from qlora_core.cases.families import Family
+from qlora_core.cases.gpus import PROFILES
 from reports.claims.common import lower_better, select
 from reports.claims.model import ON_GPU, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
+from reports.claims.numerics import LAST_K, last_losses, mismatch
 from reports.claims.points import DEVICE_BOUND_POINT
 from reports.claims.speed import Place, device_bound_pairs, place, speed_ratio
-from reports.frame import RunData
-from reports.numerics import LAST_K, last_losses, mismatch
-from reports.rows import (
+from reports.run.frame import RunData
+from reports.run.rows import (
     family_rows,
     fval,
     ids,
@@ -116,7 +116,7 @@ def loss_text(row: pd.Series) -> str:
 
 def check_bf16_quality(run: RunData) -> list[Evaluation]:
     """bfloat16 "Better" than float16: NaN outcomes of the stability rows per lr, else the mean of
-    their last training losses over the same steps (`reports.numerics`)."""
+    their last training losses over the same steps (`reports.claims.numerics`)."""
     df = run.results
     gate = stability_gate(df)
     if gate:
@@ -197,7 +197,7 @@ def _t4_bf16_hardware(df: pd.DataFrame) -> Evaluation:
     t4 = PROFILES["t4"]
     capability = f"{t4.capability[0]}.{t4.capability[1]}"
     why = (
-        f"datasheet fact, not measured (qlora_core.gpus registry: T4 compute capability {capability});"
+        f"datasheet fact, not measured (qlora_core.cases.gpus registry: T4 compute capability {capability});"
         " no row ran on a real T4"
     )
     measured = f"capability {capability} (datasheet)"

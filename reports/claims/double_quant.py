@@ -18,8 +18,8 @@ from reports.claims.memory_problem import LESSON_7B_PARAMS
 from reports.claims.model import ON_GPU, Claim, Evaluation, holds, inconclusive, not_run, refuted
 from reports.claims.points import DEVICE_BOUND_POINT
 from reports.claims.speed import Place, device_bound_pairs, place, speed_ratio
-from reports.frame import RunData
-from reports.rows import (
+from reports.run.frame import RunData
+from reports.run.rows import (
     DTYPE_BYTES,
     LOADED,
     fval,

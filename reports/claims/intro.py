@@ -12,8 +12,8 @@ import pandas as pd
 
 from reports.claims.common import lesson_sized, modules_label, select, with_note, within
 from reports.claims.model import Claim, Evaluation, holds, inconclusive, refuted
-from reports.frame import RunData
-from reports.rows import (
+from reports.run.frame import RunData
+from reports.run.rows import (
     LOADED,
     group_by,
     ids,

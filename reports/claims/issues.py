@@ -14,15 +14,15 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from qlora_core.families import Family, ladder_tag
+from qlora_core.cases.families import Family, ladder_tag
 from reports.claims.common import select
 from reports.claims.model import ON_GPU, Claim, Evaluation, Verdict, holds, inconclusive, not_run, refuted
+from reports.claims.nan import Outcome, classify, nan_rows, outcome_text
+from reports.claims.numerics import mismatch
 from reports.claims.points import DEVICE_BOUND_POINT, points_text, with_needed
 from reports.claims.speed import Place, device_bound_pairs, place, speed_ratio
-from reports.frame import RunData
-from reports.nan import Outcome, classify, nan_rows, outcome_text
-from reports.numerics import mismatch
-from reports.rows import (
+from reports.run.frame import RunData
+from reports.run.rows import (
     QUANT_FIELDS,
     PeakFigures,
     activation_gib,
@@ -405,7 +405,7 @@ CLAIMS: tuple[Claim, ...] = (
         measures=(
             "nan-family rows per engine (core loop, Trainer): fp16's lowest lr above 1e-4 that went"
             " non-finite (first_nonfinite_step), and the outcome of the same run at lr 1e-4"
-            " (reports.nan.classify: non-finite at step k, no update, finite but diverging, fine),"
+            " (reports.claims.nan.classify: non-finite at step k, no update, finite but diverging, fine),"
             " trained alike (the same tokens a step, through the failure's step at least)"
         ),
         expected="at fp16's failure point, the run at lr 1e-4 is fine",
@@ -422,7 +422,7 @@ CLAIMS: tuple[Claim, ...] = (
         quote="Numerical instability → Use bfloat16",
         measures=(
             "nan-family rows per engine: the outcome of bf16 at fp16's failure point (its lowest lr"
-            " above 1e-4 that went non-finite), classified by reports.nan.classify, trained alike (the"
+            " above 1e-4 that went non-finite), classified by reports.claims.nan.classify, trained alike (the"
             " same tokens a step, through the failure's step at least)"
         ),
         expected="at fp16's failure point, bf16 at the same lr is fine (finite and not diverging)",

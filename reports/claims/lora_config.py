@@ -12,13 +12,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from qlora_core.cases.case import LESSON_TARGET_MODULES
 from qlora_core.models import SHAPES
 from qlora_core.models.registry import PARAM_COUNTS_TABLE
-from qlora_core.spec import LESSON_TARGET_MODULES
 from reports.claims.common import SEVEN_MODULES, select
 from reports.claims.model import Claim, Evaluation, holds, refuted
-from reports.frame import RunData
-from reports.rows import LOADED, NoRows, group_by, ids, model_rows, num, quantized, usable
+from reports.run.frame import RunData
+from reports.run.rows import LOADED, NoRows, group_by, ids, model_rows, num, quantized, usable
 
 SECTION = "Combining QLoRA with LoRA Config"
 

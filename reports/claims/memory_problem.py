@@ -16,13 +16,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from qlora_core.families import Family
-from qlora_core.gpus import PROFILES
+from qlora_core.cases.families import Family
+from qlora_core.cases.gpus import PROFILES
 from reports.claims.common import select, within
 from reports.claims.model import ON_GPU, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
 from reports.claims.points import with_needed
-from reports.frame import RunData
-from reports.rows import (
+from reports.run.frame import RunData
+from reports.run.rows import (
     LOADED,
     base_params,
     device_used_gib,

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from qlora_core.gpus import PROFILES, GpuProfile
+from qlora_core.cases.gpus import PROFILES, GpuProfile
 from reports.claims.points import points_of
-from reports.frame import RunData
+from reports.run.frame import RunData
 
 
 class Verdict(str, Enum):

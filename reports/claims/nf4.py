@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qlora_core.families import Family
+from qlora_core.cases.families import Family
 from reports.claims.common import lower_better, measurement, select, within
 from reports.claims.model import Claim, Evaluation, holds, inconclusive, not_run, refuted
-from reports.frame import RunData
-from reports.numerics import mismatch
-from reports.rows import LOADED, family_rows, fval, group_by, num, pairs, quantized
+from reports.claims.numerics import mismatch
+from reports.run.frame import RunData
+from reports.run.rows import LOADED, family_rows, fval, group_by, num, pairs, quantized
 from reports.units import pct
 
 SECTION = "NormalFloat4: The Optimal Format"

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from qlora_core.gpus import PROFILES
-from qlora_core.result import NEEDED_OF
-from qlora_core.tiers import tier_for
-from reports.rows import fval, needed_label
+from qlora_core.cases.gpus import PROFILES
+from qlora_core.cases.tiers import tier_for
+from qlora_core.measurement.result import NEEDED_OF
+from reports.run.rows import fval, needed_label
 
 
 def point_label(row: pd.Series) -> str:
@@ -87,7 +87,7 @@ class Judged:
 
     rows: pd.DataFrame
     """Every input row; an oom row whose uncapped rerun ran ok has that rerun's figures in its
-    measured fields (`qlora_core.result.NEEDED_OF`), status ok and no cap."""
+    measured fields (`qlora_core.measurement.result.NEEDED_OF`), status ok and no cap."""
     labels: dict[str, str] = field(default_factory=dict)
     """Case id -> `needed_label` of each row replaced by its uncapped rerun."""
 

@@ -12,9 +12,9 @@ from enum import Enum
 
 import pandas as pd
 
-from reports.noise_floors import HOST_BOUND, pair_floor, point_class
-from reports.rows import fval
-from reports.stats import bootstrap_ratio_ci
+from reports.claims.noise_floors import HOST_BOUND, pair_floor, point_class
+from reports.run.rows import fval
+from reports.run.stats import bootstrap_ratio_ci
 from reports.units import pct
 
 

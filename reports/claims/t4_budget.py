@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from qlora_core.families import ladder_tag
-from qlora_core.gpus import PROFILES
+from qlora_core.cases.families import ladder_tag
+from qlora_core.cases.gpus import PROFILES
 from reports.claims.common import within
 from reports.claims.model import ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
-from reports.frame import RunData
-from reports.rows import (
+from reports.run.frame import RunData
+from reports.run.rows import (
     activation_gib,
     adapter_gib,
     device_used_gib,

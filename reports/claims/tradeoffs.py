@@ -12,14 +12,14 @@ import math
 
 import pandas as pd
 
-from qlora_core.families import Family
+from qlora_core.cases.families import Family
 from reports.claims.common import select
 from reports.claims.memory_problem import WEIGHTS_TOL, weights_by_precision
 from reports.claims.model import ON_A100, ON_T4, Claim, Evaluation, holds, inconclusive, not_run, refuted
 from reports.claims.nf4 import PPL_NOISE
-from reports.frame import RunData
-from reports.numerics import mismatch, trained_tokens
-from reports.rows import (
+from reports.claims.numerics import mismatch, trained_tokens
+from reports.run.frame import RunData
+from reports.run.rows import (
     QUANT_FIELDS,
     SEVENTY_B_CLASS_MIN,
     family_rows,

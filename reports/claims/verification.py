@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from qlora_core.gpus import PROFILES
+from qlora_core.cases.gpus import PROFILES
 from reports.claims.common import select, within
 from reports.claims.model import ON_GPU, ON_T4, Claim, Evaluation, holds, not_run, refuted
-from reports.frame import RunData
-from reports.rows import LOADED, ids, median_of, model_rows, num, on_gpu, quantized, where
+from reports.run.frame import RunData
+from reports.run.rows import LOADED, ids, median_of, model_rows, num, on_gpu, quantized, where
 from reports.units import fmt_gib, span
 
 SECTION = "Memory Verification"

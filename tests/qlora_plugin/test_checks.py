@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.cases.case import Case
+from qlora_core.measurement.result import Result
 from qlora_core.process.distributed import merge_ranks
-from qlora_core.result import Result
-from qlora_core.spec import Case
 from qlora_plugin.checks import (
     assert_adapters_only_train,
     assert_baseline_reproduces_run,
     assert_memory_consistent,
     assert_ranks_consistent,
 )
-from reports.baseline import make_baseline
-from reports.frame import RunData, load_run
-from reports.run_folder import read_results_jsonl
+from reports.gate.baseline import make_baseline
+from reports.run.folder import read_results_jsonl
+from reports.run.frame import RunData, load_run
 
 REFERENCE = Path(__file__).resolve().parents[2] / "reports" / "reference" / "h200-smoke"
 

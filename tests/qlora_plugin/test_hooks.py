@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from qlora_core.result import Result
-from qlora_core.spec import Case
+from qlora_core.cases.case import Case
+from qlora_core.measurement.result import Result
 from qlora_plugin.hooks import (
     _CLAIMS_KEY,
     _REPORTS_KEY,
@@ -89,8 +89,8 @@ def test_the_end_screen_puts_the_gate_and_the_report_paths_last(tmp_path):
 
     from reports.claims import CLAIMS
     from reports.claims.model import holds
-    from reports.completeness import Incompleteness
     from reports.render import ClaimSummary
+    from reports.run.completeness import Incompleteness
 
     config = SimpleNamespace(stash=pytest.Stash())
     config.stash[_CLAIMS_KEY] = [ClaimSummary(CLAIMS[1], [holds("1")])]

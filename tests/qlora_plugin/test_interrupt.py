@@ -11,7 +11,7 @@ import signal
 import pytest
 
 from qlora_plugin.interrupt import ReportsInterrupted, StopGuard, stop_paragraph
-from reports.completeness import incompleteness
+from reports.run.completeness import incompleteness
 
 
 @pytest.fixture

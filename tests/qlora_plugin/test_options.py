@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.gpus import get_profile
-from qlora_core.spec import CaseError
+from qlora_core.cases.case import CaseError
+from qlora_core.cases.gpus import get_profile
 from qlora_plugin.options import parse_force, parse_side_by_side
 
 pytest_plugins = ("pytester",)

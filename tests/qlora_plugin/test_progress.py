@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.cases.case import Case
+from qlora_core.measurement.result import Result, Status, write_atomic
 from qlora_core.process.request import RunOptions
 from qlora_core.process.runner import run_case
-from qlora_core.result import Result, Status, write_atomic
-from qlora_core.spec import Case
 from qlora_plugin.progress import (
     Heartbeat,
     Watched,
@@ -21,7 +21,7 @@ from qlora_plugin.progress import (
     time_left_s,
 )
 from qlora_plugin.shard import run_cost_s
-from reports.run_folder import read_results_jsonl
+from reports.run.folder import read_results_jsonl
 
 CASE = Case("tiny", seq_len=64)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from qlora_core.result import RESULT_SCHEMA_VERSION
+from qlora_core.measurement.result import RESULT_SCHEMA_VERSION
 from qlora_plugin.options import parse_force
 from qlora_plugin.resume import (
     MatrixSettings,
@@ -20,7 +20,7 @@ from qlora_plugin.resume import (
     resolve_settings,
     run_folder_problem,
 )
-from reports.run_folder import ENVIRONMENT_SCHEMA_VERSION
+from reports.run.folder import ENVIRONMENT_SCHEMA_VERSION
 
 NO_OPTIONS = {"--model": [], "--force": []}  # what pytest gives for options not on the command line
 

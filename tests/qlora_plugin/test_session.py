@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.gpus import get_profile
-from qlora_core.matrix import PlannedCase
-from qlora_core.result import Result
-from qlora_core.spec import Case
+from qlora_core.cases.case import Case
+from qlora_core.cases.gpus import get_profile
+from qlora_core.cases.matrix import PlannedCase
+from qlora_core.measurement.result import Result
 from qlora_plugin.options import BenchOptions, parse_force
 from qlora_plugin.progress import format_duration
 from qlora_plugin.session import BenchSession, CaseRun, ResultNotStoredError
 from qlora_plugin.shard import Shard, recorded_run_s
-from reports.run_folder import RunFolderInUseError, read_results_jsonl
-from reports.thresholds import Thresholds
+from reports.gate.thresholds import Thresholds
+from reports.run.folder import RunFolderInUseError, read_results_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "reports" / "reference" / "h200-smoke"

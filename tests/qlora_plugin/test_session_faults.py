@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.run_folder import lock_run_dir, read_results_jsonl
+from reports.run.folder import lock_run_dir, read_results_jsonl
 
 pytestmark = pytest.mark.slow
 

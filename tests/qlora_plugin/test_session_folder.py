@@ -1,5 +1,5 @@
-"""A session's run folder (its owner: reports.run_folder): the lock removed by the session on every
-exit, and the plan it records for its readers (reports.completeness)."""
+"""A session's run folder (its owner: reports.run.folder): the lock removed by the session on every
+exit, and the plan it records for its readers (reports.run.completeness)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from qlora_plugin.session import BenchSession
-from reports.completeness import INCOMPLETE, PLANNED_RUNS
-from reports.run_folder import (
+from reports.run.completeness import INCOMPLETE, PLANNED_RUNS
+from reports.run.folder import (
     LOCK_FILE,
     read_results_jsonl,
 )

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.gpus import DetectedGpu, get_profile
-from qlora_core.lanes import Lane, lane_share_gib
-from qlora_core.matrix import PlannedCase
+from qlora_core.cases.case import Case
+from qlora_core.cases.gpus import DetectedGpu, get_profile
+from qlora_core.cases.matrix import PlannedCase
+from qlora_core.measurement.result import Result, result_file_name
+from qlora_core.process.lanes import Lane, lane_share_gib
 from qlora_core.process.side_by_side import Job
-from qlora_core.result import Result, result_file_name
-from qlora_core.spec import Case
 from qlora_plugin.session import BenchSession, CaseRun
-from reports.run_folder import CASES_DIR, RESULTS_JSONL, case_file_problem, read_results_jsonl
-from reports.wall_time import AFTER_LANE, SET_ASIDE, SHARED, timed_runs
+from reports.run.folder import CASES_DIR, RESULTS_JSONL, case_file_problem, read_results_jsonl
+from reports.tables.wall_time import AFTER_LANE, SET_ASIDE, SHARED, timed_runs
 from tests.qlora_plugin.test_session import _alone_row, make_options
 
 H100 = DetectedGpu("NVIDIA H100 80GB HBM3", 81559 / 1024, (9, 0), "570.133.20", 1)

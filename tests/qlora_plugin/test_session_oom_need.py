@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.matrix import PlannedCase
+from qlora_core.cases.case import Case
+from qlora_core.cases.matrix import PlannedCase
+from qlora_core.measurement.result import Result, result_file_name, write_atomic
 from qlora_core.process.oom_need import uncapped_file_name
-from qlora_core.result import Result, result_file_name, write_atomic
-from qlora_core.spec import Case
 from qlora_plugin.session import CaseRun
-from reports.run_folder import CASES_DIR, RESULTS_JSONL, append_line, read_results_jsonl
+from reports.run.folder import CASES_DIR, RESULTS_JSONL, append_line, read_results_jsonl
 from tests.qlora_plugin.test_session import make_options, open_quietly
 
 TINY = Case("tiny", seq_len=64, batch_size=2, warmup_steps=1, measured_steps=2)

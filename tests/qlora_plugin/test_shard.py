@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.gpus import PROFILES
-from qlora_core.matrix import MATRICES, PlannedCase, build_matrix
-from qlora_core.result import Result
-from qlora_core.spec import Case
+from qlora_core.cases.case import Case
+from qlora_core.cases.gpus import PROFILES
+from qlora_core.cases.matrix import MATRICES, PlannedCase, build_matrix
+from qlora_core.measurement.result import Result
 from qlora_plugin.shard import (
     START_S,
     Shard,
@@ -24,8 +24,8 @@ from qlora_plugin.shard import (
     run_cost_s,
     select_shard,
 )
-from reports.baseline import save_run_baseline
-from reports.frame import load_run
+from reports.gate.baseline import save_run_baseline
+from reports.run.frame import load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,7 @@
 
 `make_result(model=..., families=..., status=..., **fields)` splits its keyword arguments into
 Case fields and Result fields, so a row is written the way the runner writes it. `make_run`
-turns Results (and measurement tables) into `RunData` through `reports.frame.results_frame`.
+turns Results (and measurement tables) into `RunData` through `reports.run.frame.results_frame`.
 `synthetic_results()` is a plausible T4 run (emulated on an H200) over every matrix family; the
 numbers are test inputs shaped like real measurements, not measurements.
 """
@@ -18,13 +18,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from qlora_core.cases.case import FIELD_NAMES, LESSON_TARGET_MODULES, Case
+from qlora_core.measurement.result import RESULT_FIELDS, Result
 from qlora_core.models import REAL_MODEL
 from qlora_core.models import SHAPES as MODEL_SHAPES
-from qlora_core.result import RESULT_FIELDS, Result
-from qlora_core.spec import FIELD_NAMES, LESSON_TARGET_MODULES, Case
 from reports.claims.lora_config import lora_param_count
-from reports.frame import RunData, results_frame
-from reports.run_folder import ENVIRONMENT_JSON, MEASUREMENTS_DIR, RESULTS_JSONL
+from reports.run.folder import ENVIRONMENT_JSON, MEASUREMENTS_DIR, RESULTS_JSONL
+from reports.run.frame import RunData, results_frame
 
 GIB = 2**30
 

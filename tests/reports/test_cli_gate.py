@@ -7,7 +7,7 @@ import json
 import pytest
 
 from reports.__main__ import EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, main
-from reports.baseline import BASELINE_DIFF_MD
+from reports.gate.baseline import BASELINE_DIFF_MD
 
 
 def test_baseline_then_gate_passes_and_a_slower_run_fails(build, synthetic_run_dir, tmp_path, capsys):

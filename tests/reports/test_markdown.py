@@ -24,7 +24,7 @@ def test_md_table_rejects_ragged_rows():
 
 
 def test_baseline_diff_tables_use_the_same_writer():
-    from reports.gate import _table
+    from reports.gate.verdict import _table
 
     rows = [["a|b", "two\nlines"]]
     assert _table(["x", "y"], rows) == md_table(["x", "y"], rows)

@@ -12,10 +12,10 @@ import pytest
 
 from reports.__main__ import EXIT_OK, EXIT_USAGE, main
 from reports.claims import CLAIMS, claim_verdict, evaluate_all
-from reports.frame import RunFolderError, check_run_dir
 from reports.markdown import MAX_LINE_CHARS, md_table
 from reports.render import render_claims, render_run
-from reports.tables import render_tables
+from reports.run.frame import RunFolderError, check_run_dir
+from reports.tables.lesson import render_tables
 
 REPO = Path(__file__).resolve().parents[2]
 VERDICTS = ("holds", "refuted", "inconclusive", "not run")

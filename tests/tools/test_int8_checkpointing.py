@@ -1,6 +1,6 @@
 """tools/int8_checkpointing.py: its input is checked, and without a GPU it stops before any model
 work, saying why. (What it measures is on the H200: reports/reference/int8-checkpointing; the
-mechanism is a CPU test in tests/reports/test_fit_model.py.)"""
+mechanism is a CPU test in tests/reports/fit/test_model.py.)"""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.families import Family
-from reports.fit import REFERENCE_DIR
+from qlora_core.cases.families import Family
+from reports.fit.advisor import REFERENCE_DIR
 
 _PATH = Path(__file__).resolve().parents[2] / "tools" / "measure_fit.py"
 _spec = importlib.util.spec_from_file_location("measure_fit", _PATH)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.cases.case import Case, CaseError
 from qlora_core.process.shared_options import case_timeout_problem, parse_gpu, parse_repeat
-from qlora_core.spec import Case, CaseError
 from qlora_plugin.options import parse_force
-from reports.run_folder import holding_run_dir
+from reports.run.folder import holding_run_dir
 
 _PATH = Path(__file__).resolve().parents[2] / "tools" / "run_cases.py"
 _spec = importlib.util.spec_from_file_location("run_cases", _PATH)

@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 from accelerate.utils.fsdp_utils import ensure_weights_retied
 
-from qlora_core.load import load_model
-from qlora_core.measure import params_device
-from qlora_core.spec import Case
+from qlora_core.cases.case import Case
+from qlora_core.measurement.memory import params_device
+from qlora_core.models.load import load_model
 
 case = Case.from_dict(json.loads(sys.argv[1]))
 path, out = sys.argv[2], sys.argv[3]

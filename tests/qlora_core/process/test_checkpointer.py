@@ -3,9 +3,9 @@ starts and, in training, at most every PROGRESS_SAVE_S (what the parent's heartb
 
 from __future__ import annotations
 
+from qlora_core.cases.case import Case
+from qlora_core.measurement.result import Result, read_result
 from qlora_core.process import checkpointer
-from qlora_core.result import Result, read_result
-from qlora_core.spec import Case
 
 
 def test_training_progress_is_written_at_most_every_interval(tmp_path, monkeypatch):

@@ -19,8 +19,10 @@ import torch
 from accelerate.commands.config.config_args import ClusterConfig
 
 import qlora_core
-from qlora_core.load import load_on_meta
+from qlora_core.cases.case import Case, CaseError
+from qlora_core.measurement.result import Result, read_result
 from qlora_core.models import Prequant
+from qlora_core.models.load import load_on_meta
 from qlora_core.models.resolve import resolve_model
 from qlora_core.process.distributed import (
     accelerate_config,
@@ -35,8 +37,6 @@ from qlora_core.process.distributed import (
 )
 from qlora_core.process.request import ChildRequest, RunOptions
 from qlora_core.process.runner import run_case
-from qlora_core.result import Result, read_result
-from qlora_core.spec import Case, CaseError
 
 DDP = Case(
     "tiny", seq_len=32, batch_size=2, warmup_steps=1, measured_steps=2, engine="trainer", num_gpus=2,

@@ -22,13 +22,13 @@ from typing import Any
 import psutil
 import pytest
 
+from qlora_core.cases.case import Case, CaseError
+from qlora_core.measurement.result import FINAL_STATUSES, Result, read_result
 from qlora_core.process import faults
 from qlora_core.process.faults import FAULT_KINDS, Fault, parse_fault
 from qlora_core.process.request import RunOptions
 from qlora_core.process.runner import run_case
 from qlora_core.process.stages import STAGES
-from qlora_core.result import FINAL_STATUSES, Result, read_result
-from qlora_core.spec import Case, CaseError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CASE = Case("tiny", seq_len=32, warmup_steps=0, measured_steps=2)
@@ -182,7 +182,7 @@ PARENT = textwrap.dedent(
     from pathlib import Path
     from qlora_core.process.request import RunOptions
     from qlora_core.process.runner import run_case
-    from qlora_core.spec import Case
+    from qlora_core.cases.case import Case
 
     case = Case("tiny", seq_len=32, warmup_steps=0, measured_steps=2)
     run_case(case, RunOptions(profile="cpu", timeout_s=600, inject_fault="hang@training"), Path(sys.argv[1]))

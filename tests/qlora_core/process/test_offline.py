@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.cases.case import Case
 from qlora_core.models.registry import needs_hub
 from qlora_core.process.request import OFFLINE_ENV, RunOptions, child_env
 from qlora_core.process.runner import run_case
-from qlora_core.spec import Case
 
 FORCE_AVX512BF16 = '''
 import importlib.abc, importlib.machinery, sys

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.cases.case import Case
 from qlora_core.engines.pacing import MEMORY_ONLY_STEPS
+from qlora_core.measurement.result import NEEDED_OF, RESULT_FIELDS, Result, read_result
 from qlora_core.process.oom_need import (
     fold_need,
     measure_need,
@@ -21,8 +23,6 @@ from qlora_core.process.oom_need import (
     why_no_rerun,
 )
 from qlora_core.process.request import RunOptions
-from qlora_core.result import NEEDED_OF, RESULT_FIELDS, Result, read_result
-from qlora_core.spec import Case
 
 TINY = Case("tiny", seq_len=64, batch_size=2, warmup_steps=1, measured_steps=2)
 CPU_OOM = RunOptions(profile="cpu", timeout_s=600, inject_fault="oom@training")

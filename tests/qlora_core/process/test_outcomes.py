@@ -8,7 +8,9 @@ import bitsandbytes.functional as bnb_functional
 import pytest
 import torch
 
-from qlora_core.gpus import get_profile
+from qlora_core.cases.case import Case, CaseError
+from qlora_core.cases.gpus import get_profile
+from qlora_core.measurement.result import FINAL_STATUSES, STATUSES, Status
 from qlora_core.models import ModelUnavailableError
 from qlora_core.models.resolve import resolve_model
 from qlora_core.process.outcomes import (
@@ -17,8 +19,6 @@ from qlora_core.process.outcomes import (
     classify_exception,
     recognised_refusal,
 )
-from qlora_core.result import FINAL_STATUSES, STATUSES, Status
-from qlora_core.spec import Case, CaseError
 
 
 def raised_by(action: Callable[[], object]) -> BaseException:

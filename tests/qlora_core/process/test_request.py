@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from qlora_core.cases.case import Case
 from qlora_core.process.request import REQUEST_VERSION, ChildRequest, RequestError, RunOptions, child_env
-from qlora_core.spec import Case
 
 CASE = Case("tiny", seq_len=64, measured_steps=2, extra=(("fault", "exit@prepare"),))
 

@@ -13,13 +13,13 @@ import bitsandbytes.functional as bnb_functional
 import pytest
 import torch
 
-from qlora_core.gpus import get_profile
-from qlora_core.matrix import build_matrix
-from qlora_core.measure import quant_state_bytes
+from qlora_core.cases.case import LESSON_TARGET_MODULES, Case, CaseError
+from qlora_core.cases.gpus import get_profile
+from qlora_core.cases.matrix import build_matrix
+from qlora_core.measurement.memory import quant_state_bytes
 from qlora_core.models import REAL_MODEL, SHAPES
 from qlora_core.process.request import RunOptions
 from qlora_core.process.runner import run_case
-from qlora_core.spec import LESSON_TARGET_MODULES, Case, CaseError
 
 CPU = RunOptions(profile="cpu", timeout_s=600)
 # bitsandbytes' layout: per 64-weight block an fp32 absmax (0.5 bit/param); with double
@@ -109,7 +109,7 @@ def test_tiny_double_quant_saves_what_the_layout_predicts(tiny_pair):
 @pytest.mark.slow
 def test_real_model_nf4_dq_trains_on_real_text(tmp_path):
     # fp32 compute: on a CPU without bf16 instructions a bf16 step of the real model takes ~37 s
-    # (qlora_core.gpus.cpu_native_dtypes); the double-quant saving and the falling loss are the same.
+    # (qlora_core.cases.gpus.cpu_native_dtypes); the double-quant saving and the falling loss are the same.
     case = Case(
         REAL_MODEL,
         compute_dtype="fp32",

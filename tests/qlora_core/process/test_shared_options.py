@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qlora_core.gpus import PROFILE_NAMES
+from qlora_core.cases.gpus import PROFILE_NAMES
 from qlora_core.process.request import DEFAULT_TIMEOUT_S
 from qlora_core.process.shared_options import (
     CASE_TIMEOUT,

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from processes import live_processes
 
-from qlora_core.gpus import DetectedGpu, get_profile
-from qlora_core.matrix import SHAREABLE_FAMILIES, PlannedCase, build_matrix, family_name
-from qlora_core.measure import NVML_PROCESS
+from qlora_core.cases.case import Case, CaseError
+from qlora_core.cases.gpus import DetectedGpu, get_profile
+from qlora_core.cases.matrix import SHAREABLE_FAMILIES, PlannedCase, build_matrix, family_name
+from qlora_core.measurement.memory import NVML_PROCESS
+from qlora_core.measurement.result import Result
 from qlora_core.process.request import RunOptions
 from qlora_core.process.runner import run_case
 from qlora_core.process.side_by_side import (
@@ -26,8 +28,6 @@ from qlora_core.process.side_by_side import (
     sharing_supported,
 )
 from qlora_core.process.spare import SPARE_DEPTH, SparePool
-from qlora_core.result import Result
-from qlora_core.spec import Case, CaseError
 
 H200 = DetectedGpu("NVIDIA H200", 139.8, (9, 0), "580.159.04", 1)
 T4 = DetectedGpu("Tesla T4", 15.0, (7, 5), "535", 1)

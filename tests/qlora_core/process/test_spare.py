@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from processes import alive, live_processes
 
+from qlora_core.cases.case import Case
 from qlora_core.process.request import RunOptions, child_env
 from qlora_core.process.runner import run_case
 from qlora_core.process.spare import (
@@ -28,7 +29,6 @@ from qlora_core.process.spare import (
     read_verdict,
     same_environment,
 )
-from qlora_core.spec import Case
 
 CASE = Case("tiny", warmup_steps=1, measured_steps=2, seq_len=32)
 ROOT = Path(__file__).resolve().parents[3]
@@ -239,10 +239,10 @@ def test_a_spare_survives_torch_setting_its_cache_dir_in_the_runner(monkeypatch)
     assert not same_environment({**started, "TORCHINDUCTOR_CACHE_DIR": "/tmp/a"}, moved)
     with SparePool() as pool:
         spare = _started(pool)
-        from qlora_core import measure
-        from qlora_core.spec import LESSON_TARGET_MODULES
+        from qlora_core.cases.case import LESSON_TARGET_MODULES
+        from qlora_core.measurement import memory
 
-        measure.empty_weight_counts("tiny", 16, LESSON_TARGET_MODULES)  # what the session runs
+        memory.empty_weight_counts("tiny", 16, LESSON_TARGET_MODULES)  # what the session runs
         assert pool.take() is spare
         end(spare)
 

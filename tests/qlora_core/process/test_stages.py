@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from qlora_core.cases.case import Case
+from qlora_core.measurement.result import Result, read_result
 from qlora_core.process import checkpointer, child, faults
 from qlora_core.process.request import RunOptions
 from qlora_core.process.stages import STAGES
-from qlora_core.result import Result, read_result
-from qlora_core.spec import Case
 
 CPU = RunOptions(profile="cpu", timeout_s=300)
 TRAIN = Case("tiny", seq_len=32, warmup_steps=0, measured_steps=2)

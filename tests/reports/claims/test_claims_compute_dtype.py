@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from qlora_core.gpus import PROFILES
+from qlora_core.cases.gpus import PROFILES
 from reports.claims import Verdict, claim_by_id, evaluate
 from reports.claims.compute_dtype import check_bf16_quality, check_dtype_speed, check_t4_bf16
 

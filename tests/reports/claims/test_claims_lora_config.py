@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qlora_core.spec import LESSON_TARGET_MODULES
+from qlora_core.cases.case import LESSON_TARGET_MODULES
 from reports.claims import Verdict
 from reports.claims.lora_config import (
     check_adapter_dtype,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from reports.claims import CLAIMS, SECTIONS, Verdict, claim_by_id, evaluate, evaluate_all, with_known_errors
+from reports.claims.known_errors import KNOWN_DOC_ERRORS
 from reports.claims.model import ON_A100, ON_T4, Claim
-from reports.frame import load_run
-from reports.known_errors import KNOWN_DOC_ERRORS
+from reports.run.frame import load_run
 
 REFERENCE = Path(__file__).resolve().parents[3] / "reports" / "reference"
 # The lesson's order of the claims (one per checked statement), as claims.md lists them.

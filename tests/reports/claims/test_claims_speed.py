@@ -8,8 +8,8 @@ import pytest
 from reports.claims import Verdict
 from reports.claims.double_quant import check_dq_compute_overhead
 from reports.claims.issues import check_qlora_slower
+from reports.claims.noise_floors import stored_floors
 from reports.claims.speed import speed_ratio
-from reports.noise_floors import stored_floors
 
 THREE = "llama-3.2-3b"
 DEVICE_BOUND = {"gpu_busy": 0.97, "host_bound": False}
