@@ -165,8 +165,9 @@ def test_the_projects_modules_import_no_cycle() -> None:
 def test_an_import_inside_a_function_says_why() -> None:
     local = [imp for imp in all_imports(ROOT) if not imp.at_top]
     assert local, "no function-level import found: the walk is broken"
-    silent = [f"{imp.importer}:{imp.line} imports {imp.imported}" for imp in local if not imp.commented]
-    assert silent == [], "imports inside a function with no comment saying why:\n" + "\n".join(silent)
+    unexplained = [f"{imp.importer}:{imp.line} imports {imp.imported}" for imp in local if not imp.commented]
+    why = "imports inside a function with no comment saying why:\n"
+    assert unexplained == [], why + "\n".join(unexplained)
 
 
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:

@@ -121,7 +121,7 @@ def test_a_noisy_case_fails_unless_allowed_and_is_then_listed(tmp_path):
     noisy = {"step_ms_rel_iqr": 0.25}  # one repeat, steps jitter +-25%: no 7% verdict is possible
     report = judge(tmp_path, repeats([1000.0], **noisy), repeats([1000.0], **noisy))
     comparison = speed(report)
-    assert comparison.verdict == "too noisy to gate" and not report.passed  # never a silent pass
+    assert comparison.verdict == "too noisy to gate" and not report.passed  # never passed unseen
     assert "noise ±25.0% (baseline: within-run relative IQR" in comparison.why
     assert report.failures == [f"{CASE.id}: tokens_per_s too noisy to gate: {comparison.why}"]
     allowed = judge(tmp_path, repeats([1000.0], **noisy), repeats([1000.0], **noisy), allow_noisy=True)
