@@ -40,8 +40,9 @@ if TYPE_CHECKING:  # typing only: these import torch, which the child imports on
     from qlora_core.models.resolve import ResolvedModel
 
 # This module imports no torch at import time (the session and the spare pool import it in the
-# parent): torch and the modules that import it (data, load, measure, quality, engines,
-# models.resolve) are imported in the functions that use them, once the child runs its case.
+# parent): torch and the modules that import it (engines with engines.data, models.load,
+# models.resolve, measurement.memory, measurement.quality) are imported in the functions that use
+# them, once the child runs its case.
 _REASON_CHARS = 2000
 # The innermost frames and the message are at the end of a traceback; keep those.
 _TRACEBACK_CHARS = 16000
@@ -370,9 +371,8 @@ def _train(run: _CaseRun) -> tuple[Status, str] | None:
     r.set_fields(stats.result_fields())
     r.training.first_loss = stats.losses[0] if stats.losses else None
     r.training.final_loss = stats.losses[-1] if stats.losses else None
-    if (
-        r.hardware.side_by_side is None
-    ):  # beside other cases the step times are theirs too: kept, not summarized
+    # Beside other cases the step times are theirs too: kept, not summarized.
+    if r.hardware.side_by_side is None:
         summarize_steps(r)
     record_mfu(r, case, run.model.config, run.gpu)
     if stats.diverged:

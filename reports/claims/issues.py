@@ -62,7 +62,7 @@ def _ladder_measured(k: int, p: pd.Series, c: pd.Series, peaks: list[PeakFigures
     """ "ladder:0 oom, ladder:1 oom; peak alloc 21.00 -> 17.50 GiB, ...; ladder:0, ladder:1 needed
     (measured uncapped on ...)": the two steps' statuses, their peaks and where each came from."""
     before, after = peaks
-    text = f"ladder:{k - 1} {p['status']}, ladder:{k} {c['status']}; "
+    text = f"{ladder_tag(k - 1)} {p['status']}, {ladder_tag(k)} {c['status']}; "
     if before is None or after is None:
         return text + "no complete peak on both"
     text += ", ".join(
@@ -75,7 +75,7 @@ def _ladder_measured(k: int, p: pd.Series, c: pd.Series, peaks: list[PeakFigures
     )
     for step, figures in ((k - 1, before), (k, after)):
         if figures.label:
-            text += f"; ladder:{step} {figures.label}"
+            text += f"; {ladder_tag(step)} {figures.label}"
     return text
 
 
@@ -94,7 +94,7 @@ def check_oom_ladder(run: RunData) -> list[Evaluation]:
         prev, cur = steps[k - 1], steps[k]
         condition = f"step {k}"
         if prev.empty or cur.empty:
-            missing = ", ".join(f"ladder:{j}" for j in (k - 1, k) if steps[j].empty)
+            missing = ", ".join(ladder_tag(j) for j in (k - 1, k) if steps[j].empty)
             out.append(not_run(f"{missing} not in this run", condition=condition))
             continue
         p, c = prev.iloc[-1], cur.iloc[-1]
@@ -124,10 +124,13 @@ def check_oom_ladder(run: RunData) -> list[Evaluation]:
             out.append(holds(measured, evidence, condition, "the step turned an OOM into a run"))
         elif p["status"] == "ok" and c["status"] == "oom":
             out.append(
-                refuted(measured, f"step {k} ran out of memory after ladder:{k - 1} fit", evidence, condition)
+                refuted(
+                    measured, f"step {k} ran out of memory after {ladder_tag(k - 1)} fit", evidence, condition
+                )
             )
         else:
-            why = f"ladder:{k - 1} {p['status']} and ladder:{k} {c['status']}: no complete peak to compare"
+            was, now = f"{ladder_tag(k - 1)} {p['status']}", f"{ladder_tag(k)} {c['status']}"
+            why = f"{was} and {now}: no complete peak to compare"
             out.append(inconclusive(why, measured, evidence, condition))
     return out
 

@@ -59,7 +59,7 @@ def oom_ladder(run: RunData) -> str:
     caps = []
     for k in range(LADDER_STEPS):
         if steps[k].empty:
-            rows.append((f"ladder:{k}", LESSON_STEPS[k], "-", NOT_RUN, NOT_RUN, NOT_RUN, "-", "-"))
+            rows.append((ladder_tag(k), LESSON_STEPS[k], "-", NOT_RUN, NOT_RUN, NOT_RUN, "-", "-"))
             previous = None
             continue
         row = steps[k].iloc[-1]
@@ -77,7 +77,7 @@ def oom_ladder(run: RunData) -> str:
             caps.append(cap)
         rows.append(
             (
-                f"ladder:{k}",
+                ladder_tag(k),
                 LESSON_STEPS[k],
                 change,
                 str(row["status"]),
@@ -101,7 +101,8 @@ def oom_ladder(run: RunData) -> str:
     cap_text = f"cap {max(caps):.2f} GiB" if caps else "no memory cap"
     if first_fit is not None:
         k, row = first_fit
-        fit_text = f"First step that fits ({cap_text}): ladder:{k}, {LESSON_STEPS[k]} ({row['case_id']})."
+        step = f"{ladder_tag(k)}, {LESSON_STEPS[k]}"
+        fit_text = f"First step that fits ({cap_text}): {step} ({row['case_id']})."
         fit_text += _sequence_note(row, steps[present[0]].iloc[-1])
     else:
         fit_text = f"No ladder step in this run fits ({cap_text})."
